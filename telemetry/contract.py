@@ -1,0 +1,118 @@
+"""MQTT contract v1: topics and payload models (documented in docs/mqtt-contract.md).
+
+The models are strict on purpose: a device that sends ``"12"`` for a number or ``false``
+for a percentage is broken and should be told so, not silently coerced. Numbers may be
+integers or floats (JSON does not distinguish ``12`` from ``12.0`` reliably across firmware).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+__all__ = [
+    "CHANNELS",
+    "DEVICE_ID_RE",
+    "TOPIC_ROOT",
+    "Battery",
+    "Channel",
+    "Event",
+    "EventType",
+    "Gps",
+    "RecordingState",
+    "Status",
+    "Telemetry",
+    "topic_for",
+]
+
+TOPIC_ROOT = "watchfloor/v1/devices"
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class Channel(StrEnum):
+    """The last level of a device topic: what kind of message it carries."""
+
+    TELEMETRY = "telemetry"
+    EVENTS = "events"
+    STATUS = "status"
+    COMMANDS = "commands"
+    COMMAND_REPLIES = "command-replies"
+
+
+#: Channels that devices publish and ingest stores.
+CHANNELS = (Channel.TELEMETRY, Channel.EVENTS, Channel.STATUS)
+
+
+def topic_for(device_id: str, channel: Channel) -> str:
+    """The topic a device publishes (or receives) ``channel`` on."""
+    return f"{TOPIC_ROOT}/{device_id}/{channel.value}"
+
+
+class RecordingState(StrEnum):
+    OFF = "off"
+    BUFFERING = "buffering"  # pre-event buffer running, nothing kept yet
+    RECORDING = "recording"
+
+
+class EventType(StrEnum):
+    RECORDING_STARTED = "recording_started"
+    RECORDING_STOPPED = "recording_stopped"
+    EMERGENCY = "emergency"
+    EMERGENCY_CLEARED = "emergency_cleared"
+    DOCKED = "docked"
+    UNDOCKED = "undocked"
+    WATCH_ME = "watch_me"
+
+
+Number = float  # strict float still accepts JSON integers
+Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+Percent = Annotated[Number, Field(ge=0, le=100)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Battery(_Strict):
+    pct: Percent
+    charging: StrictBool
+    temp_c: Annotated[Number, Field(ge=-40, le=100)] | None = None
+
+
+class Gps(_Strict):
+    lat: Annotated[Number, Field(ge=-90, le=90)]
+    lon: Annotated[Number, Field(ge=-180, le=180)]
+    accuracy_m: Annotated[Number, Field(ge=0, le=10_000)]
+    speed_mps: Annotated[Number, Field(ge=0, le=100)] | None = None
+    heading_deg: Annotated[Number, Field(ge=0, lt=360)] | None = None
+
+
+class Telemetry(_Strict):
+    """A periodic report: ``watchfloor/v1/devices/{id}/telemetry``, QoS 1."""
+
+    seq: Seq
+    ts: AwareDatetime
+    battery: Battery
+    gps: Gps | None
+    recording: RecordingState
+    storage_pct: Percent | None = None
+    docked: StrictBool | None = None
+    firmware: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
+    live: StrictBool = False
+    viewers: Annotated[StrictInt, Field(ge=0, le=1_000)] = 0
+
+
+class Event(_Strict):
+    """A discrete event: ``watchfloor/v1/devices/{id}/events``, QoS 1."""
+
+    seq: Seq
+    ts: AwareDatetime
+    type: EventType
+    # Free-form but small: e.g. {"trigger": "holster"} for recording_started.
+    details: Annotated[dict[str, Any], Field(max_length=16)] | None = None
+
+
+Status = Literal["online", "offline"]

@@ -1,0 +1,109 @@
+"""Embedded parts for a machine with nothing installed: PostgreSQL and an MQTT broker.
+
+* PostgreSQL comes from the ``pgserver`` wheel: a real server (16.x), on a unix socket in
+  ``data_dir/pg``. It has no TimescaleDB, so the schema takes the plain-PostgreSQL path.
+* The broker is rumqttd, via the ``iotcore`` wheel, in a child process. It was chosen over
+  amqtt because amqtt drops unacknowledged QoS 1 messages after a crash (so "acknowledged
+  after commit" would lose data) and has no MQTT 5 and no shared subscriptions. rumqttd
+  redelivers them; but it panics when a persistent session with a ``$share`` filter
+  resumes, so the embedded set-up runs one ingest worker on a direct subscription.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+
+__all__ = ["EmbeddedBroker", "embedded_database_url", "free_port"]
+
+log = logging.getLogger(__name__)
+
+_BROKER_TOML = """\
+id = 0
+
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 5000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "{host}:{port}"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 65536
+    max_inflight_count = 1000
+    dynamic_filters = true
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _clear_dead_handles(pgdata: Path) -> None:
+    """pgserver keeps the pids of its users and never stops a server whose owner was
+    SIGKILLed; forget dead pids so the last live user stops it."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = json.loads(handles.read_text())
+    except ValueError:
+        return
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(int(pid), 0)
+            alive.append(pid)
+        except (OSError, ValueError):
+            pass
+    handles.write_text(json.dumps(alive))
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``data_dir/pg``; its URL."""
+    # pgserver keeps a lock file under XDG_RUNTIME_DIR, read when it is first imported.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str((data_dir / "run").absolute()))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
+    import pgserver
+
+    pgdata = (data_dir / "pg").absolute()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    _clear_dead_handles(pgdata)
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+class EmbeddedBroker:
+    """rumqttd on 127.0.0.1, MQTT 3.1.1, in a child process; ``stop()`` is idempotent."""
+
+    def __init__(self, data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        from iotcore import Broker
+
+        self.host = host
+        self.port = port or free_port(host)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config = data_dir / "rumqttd.toml"
+        config.write_text(_BROKER_TOML.format(host=host, port=self.port))
+        self._broker = Broker(config_path=str(config))
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self) -> "EmbeddedBroker":
+        self._broker.start()
+        log.info("embedded broker on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self._broker.stop()

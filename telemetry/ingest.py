@@ -1,0 +1,302 @@
+"""The ingest loop: bounded inbox -> decode -> one transaction per batch -> acknowledge.
+
+A message is acknowledged to the broker only after the transaction that stores it (or
+stores its rejection) has committed. If the process dies, or the database is away, the
+broker still holds everything unacknowledged and delivers it again; the store's keys turn
+the second copy into a no-op. While the database is away nothing is acknowledged, the
+inbox fills, paho's thread blocks on it, and the broker stops sending: memory stays
+bounded by ``ingest_queue_max`` plus one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+
+from telemetry.contract import CHANNELS, TOPIC_ROOT, Event
+from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
+from telemetry.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
+from telemetry.schema import ensure_partitions, features, run_maintenance
+from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
+from watchfloor.settings import Settings
+
+__all__ = ["IngestStats", "IngestWorker", "subscription_topics"]
+
+log = logging.getLogger(__name__)
+
+_MAINTENANCE_EVERY_S = 3600.0
+_REGISTRY_REFRESH_S = 5.0
+
+
+def subscription_topics(share_group: str) -> list[str]:
+    """The filters ingest subscribes to, in a shared group when one is set."""
+    filters = [f"{TOPIC_ROOT}/+/{channel.value}" for channel in CHANNELS]
+    return [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
+
+
+@dataclass
+class IngestStats:
+    """Counters for logs and, later, metrics. Written by the ingest thread only."""
+
+    received: int = 0
+    stored_telemetry: int = 0
+    stored_events: int = 0
+    statuses: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    database_errors: int = 0
+    last_batch_s: float = 0.0
+    last_commit_lag_s: float = 0.0  # from the oldest message's arrival to its commit
+
+
+class IngestWorker:
+    """One ingest process's work. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, *, settings: Settings, database_url: str, mqtt_url: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+        self._settings = settings
+        self._database_url = database_url
+        self._address = BrokerAddress.parse(mqtt_url)
+        self._clock = clock
+        self._limits = Limits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+            max_age=timedelta(days=settings.retention_days),
+        )
+        # Bounded: when full, paho's network thread waits in put(), so it stops reading
+        # the socket and the broker holds the backlog (push back on the producer).
+        self._inbox: queue.Queue[Inbound] = queue.Queue(maxsize=settings.ingest_queue_max)
+        self._stopping = threading.Event()
+        self.stats = IngestStats()
+        self._known: set[str] = set()
+        self._registry_loaded_at = 0.0
+        self._ready_days: set[date] = set()
+        self._session: MqttSession | None = None
+        self._conn: psycopg.Connection | None = None
+
+    # paho's thread hands over here: the one place where a message crosses into our thread.
+    def _enqueue(self, message: Inbound) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._inbox.put(message, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._inbox.qsize()
+
+    def run(self, ready: threading.Event | None = None) -> None:
+        settings = self._settings
+        self._conn = self._connect_database()
+        self._feats = features(self._conn)
+        self._maintain()
+        protocol = self._choose_protocol()
+        self._session = MqttSession(
+            self._address,
+            client_id=settings.ingest_client_id,
+            topics=subscription_topics(settings.ingest_share_group),
+            protocol=protocol,
+            session_expiry_s=settings.mqtt_session_expiry_s,
+            keepalive_s=settings.mqtt_keepalive_s,
+            deliver=self._enqueue,
+        )
+        self._session.start()
+        if not self._session.wait_connected(30):
+            log.warning("broker not reachable yet; paho keeps trying")
+        if ready is not None:
+            ready.set()
+        next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+        try:
+            while not self._stopping.is_set():
+                items = self._collect()
+                if items:
+                    self._process(items)
+                if time.monotonic() >= next_maintenance:
+                    self._maintain()
+                    next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+        finally:
+            self._session.stop()
+            if self._conn is not None:
+                self._conn.close()
+
+    def _choose_protocol(self) -> int:
+        import paho.mqtt.client as paho
+
+        chosen = self._settings.mqtt_protocol
+        if chosen == "5":
+            return paho.MQTTv5
+        if chosen == "3.1.1":
+            return paho.MQTTv311
+        return detect_protocol(self._address, client_id=self._settings.ingest_client_id)
+
+    def _collect(self) -> list[Inbound]:
+        """Up to ``ingest_batch_max`` messages, waiting at most one batch interval."""
+        interval = self._settings.ingest_batch_interval_ms / 1000
+        try:
+            first = self._inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        items = [first]
+        deadline = time.monotonic() + interval
+        limit = self._settings.ingest_batch_max
+        while len(items) < limit:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, 0.002))
+        return items
+
+    def _decode(self, items: list[Inbound]) -> Batch:
+        now = self._clock()
+        batch = Batch()
+        keep = self._settings.rejected_payload_keep_bytes
+        for item in items:
+            received = datetime.fromtimestamp(item.received_at, timezone.utc)
+            result = decode(item.topic, item.payload, now=now, limits=self._limits)
+            if isinstance(result, (Decoded, StatusChange)):
+                refused = self._admit(result.device_id, batch)
+                if refused is not None:
+                    result = refused
+            if isinstance(result, Rejection):
+                batch.rejected.append(RejectedMessage(result, item.topic, item.payload[:keep], received))
+            elif isinstance(result, StatusChange):
+                batch.statuses.append((result.device_id, received, result))
+            elif isinstance(result.message, Event):
+                batch.events.append((result.device_id, received, result.message))
+            else:
+                batch.telemetry.append((result.device_id, received, result.message))
+        return batch
+
+    def _admit(self, device_id: str, batch: Batch) -> Rejection | None:
+        """Registry check: an unknown device is refused, or registered on first sight."""
+        if device_id in self._known:
+            return None
+        if not self._settings.require_registration:
+            batch.new_devices.add(device_id)
+            return None
+        if time.monotonic() - self._registry_loaded_at > _REGISTRY_REFRESH_S:
+            self._load_registry()
+            if device_id in self._known:
+                return None
+        return Rejection(Reason.UNKNOWN_DEVICE, "device is not registered (or retired)", device_id)
+
+    def _process(self, items: list[Inbound]) -> None:
+        started = time.monotonic()
+        batch = self._decode(items)
+        self._write(batch)
+        assert self._session is not None
+        self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
+        self._known |= batch.new_devices
+        s = self.stats
+        s.received += len(items)
+        s.batches += 1
+        for r in batch.rejected:
+            s.rejected[r.rejection.reason.value] += 1
+        s.statuses += len(batch.statuses)
+        s.last_batch_s = time.monotonic() - started
+        s.last_commit_lag_s = time.time() - min(i.received_at for i in items)
+
+    def _write(self, batch: Batch) -> None:
+        """Commit ``batch``, retrying through database outages until it is stored."""
+        delay = 0.1
+        while True:
+            try:
+                conn = self._conn if self._conn is not None and not self._conn.closed else None
+                if conn is None:
+                    conn = self._conn = self._connect_database()
+                self._ensure_partitions(conn, batch)
+                try:
+                    self._write_counted(conn, batch)
+                    conn.commit()
+                except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
+                    conn.rollback()
+                    log.error("batch refused by the database (%s); storing message by message", error)
+                    self._write_isolated(conn, batch)
+                return
+            except psycopg.OperationalError as error:
+                self.stats.database_errors += 1
+                log.warning("database unavailable (%s); retrying in %.1fs, nothing acknowledged",
+                            error, delay)
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                if self._stopping.wait(delay):
+                    raise SystemExit("stopped during a database outage; the broker keeps the batch")
+                delay = min(delay * 2, 5.0)
+
+    def _write_counted(self, conn: psycopg.Connection, batch: Batch) -> None:
+        stored_t, stored_e = write_batch(conn, batch)
+        self.stats.stored_telemetry += stored_t
+        self.stats.stored_events += stored_e
+        self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e
+
+    def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> None:
+        """Store what can be stored; a message the database refuses becomes a rejection."""
+        singles: list[tuple[Batch, str, bytes]] = []
+        for d, r, t in batch.telemetry:
+            singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
+                            d, t.model_dump_json().encode()))
+        for d, r, e in batch.events:
+            singles.append((Batch(events=[(d, r, e)], new_devices={d} & batch.new_devices),
+                            d, e.model_dump_json().encode()))
+        refused: list[RejectedMessage] = list(batch.rejected)
+        for single, device_id, payload in singles:
+            try:
+                with conn.transaction():
+                    write_batch(conn, single)
+            except psycopg.Error as error:
+                rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
+                refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
+        write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
+                                new_devices=batch.new_devices))
+        conn.commit()
+        batch.rejected = refused
+
+    def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
+        if "native_partitioning" not in self._feats:
+            return
+        days = {ts.ts.astimezone(timezone.utc).date() for _, _, ts in batch.telemetry}
+        days |= {e.ts.astimezone(timezone.utc).date() for _, _, e in batch.events}
+        missing = days - self._ready_days
+        if missing:
+            ensure_partitions(conn, missing)
+            self._ready_days |= missing
+
+    def _maintain(self) -> None:
+        assert self._conn is not None
+        dropped = run_maintenance(self._conn, feats=self._feats,
+                                  keep=timedelta(days=self._settings.retention_days), now=self._clock())
+        if dropped:
+            log.info("retention: dropped %d partitions", dropped)
+            self._ready_days.clear()
+
+    def _load_registry(self) -> None:
+        assert self._conn is not None
+        with self._conn.transaction():
+            rows = self._conn.execute("SELECT device_id FROM devices WHERE retired_at IS NULL").fetchall()
+        self._known = {r[0] for r in rows}
+        self._registry_loaded_at = time.monotonic()
+
+    def _connect_database(self) -> psycopg.Connection:
+        conn = psycopg.connect(self._database_url, connect_timeout=5)
+        prepare_connection(conn)
+        self._conn = conn
+        self._load_registry()
+        return conn

@@ -1,0 +1,195 @@
+"""The paho-mqtt adapter: connection, persistent session, and acknowledgement after commit.
+
+paho runs its network loop on its own thread and calls ``on_message`` there with the
+client's lock held. :meth:`MqttSession.start` hands each message to a callback that must
+only enqueue it; acknowledgements are queued back with :meth:`MqttSession.ack`, which paho
+writes from its network thread. Never publish-and-wait inside a callback: it deadlocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+__all__ = ["BrokerAddress", "Inbound", "MqttSession", "detect_protocol", "new_client"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> "BrokerAddress":
+        """``mqtt://[user[:password]@]host[:port]``; ``mqtts://`` for TLS."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"unsupported MQTT URL scheme {parts.scheme!r} (use mqtt:// or mqtts://)")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message as it left paho's thread: enough to decode it and to acknowledge it."""
+
+    generation: int  # which connection delivered it; a packet id is only valid on that one
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_at: float  # time.time()
+
+
+def new_client(
+    address: BrokerAddress, *, client_id: str, protocol: int, clean: bool = True
+) -> paho.Client:
+    kwargs: dict[str, object] = {}
+    if protocol != paho.MQTTv5:
+        kwargs["clean_session"] = clean
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs  # type: ignore[arg-type]
+    )
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
+def detect_protocol(address: BrokerAddress, *, client_id: str, timeout: float = 5.0) -> int:
+    """MQTT 5 if the broker accepts it, else 3.1.1 (probed with a throw-away clean session)."""
+    result: list[bool] = []
+    done = threading.Event()
+    client = new_client(address, client_id=f"{client_id}-probe", protocol=paho.MQTTv5)
+
+    def on_connect(c: paho.Client, u: object, f: object, reason: paho.ReasonCode, p: object) -> None:
+        result.append(not reason.is_failure)
+        done.set()
+
+    def on_disconnect(c: paho.Client, u: object, f: object, reason: paho.ReasonCode, p: object) -> None:
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    try:
+        client.connect(address.host, address.port, keepalive=10)
+        client.loop_start()
+        done.wait(timeout)
+        client.disconnect()
+        client.loop_stop()
+    except OSError:
+        result.clear()
+    return paho.MQTTv5 if result and result[0] else paho.MQTTv311
+
+
+class MqttSession:
+    """A persistent QoS 1 subscription whose messages are acknowledged only when told to."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        client_id: str,
+        topics: Iterable[str],
+        protocol: int,
+        session_expiry_s: int,
+        keepalive_s: int,
+        deliver: Callable[[Inbound], None],
+    ) -> None:
+        self._address = address
+        self._topics = list(topics)
+        self._protocol = protocol
+        self._session_expiry_s = session_expiry_s
+        self._keepalive_s = keepalive_s
+        self._deliver = deliver
+        self._generation = 0
+        self.connected = threading.Event()
+        self._client = new_client(address, client_id=client_id, protocol=protocol, clean=False)
+        self._client.manual_ack_set(True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def protocol_name(self) -> str:
+        return "5" if self._protocol == paho.MQTTv5 else "3.1.1"
+
+    def start(self) -> None:
+        kwargs: dict[str, object] = {}
+        if self._protocol == paho.MQTTv5:
+            # clean_start must be False explicitly: paho's default (clean on the first
+            # connect of a process) would throw away what a crashed worker left unacked.
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry_s
+            kwargs = {"clean_start": False, "properties": props}
+        self._client.connect_async(
+            self._address.host, self._address.port, keepalive=self._keepalive_s, **kwargs  # type: ignore[arg-type]
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def stop(self) -> None:
+        """Disconnect, keeping the broker-side session (and what it holds) for the next start."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def ack(self, items: Iterable[tuple[int, int]]) -> int:
+        """Acknowledge (generation, mid) pairs; ones from an older connection are skipped.
+
+        A skipped one is redelivered by the broker on the new connection and acknowledged
+        then (its row is already stored, so the insert does nothing).
+        """
+        current = self._generation
+        sent = 0
+        for generation, mid in items:
+            if generation == current and mid:
+                self._client.ack(mid, 1)
+                sent += 1
+        return sent
+
+    # paho's network thread from here on
+
+    def _on_connect(self, client: paho.Client, u: object, flags: paho.ConnectFlags,
+                    reason: paho.ReasonCode, p: object) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._generation += 1
+        # Subscribing again is harmless when the session survived, and needed when it did not.
+        client.subscribe([(topic, 1) for topic in self._topics])
+        log.info("connected to %s:%s (MQTT %s, session present: %s)", self._address.host,
+                 self._address.port, self.protocol_name, flags.session_present)
+        self.connected.set()
+
+    def _on_disconnect(self, client: paho.Client, u: object, f: object,
+                       reason: paho.ReasonCode, p: object) -> None:
+        self.connected.clear()
+        log.warning("disconnected from broker: %s", reason)
+
+    def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
+        self._deliver(Inbound(self._generation, message.mid, message.qos, message.topic,
+                              message.payload, time.time()))

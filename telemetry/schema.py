@@ -1,0 +1,350 @@
+"""Versioned schema migrations, for TimescaleDB or plain PostgreSQL (>= 14).
+
+The same tables and columns exist on both; only the storage mechanics differ:
+
+============================  ===============================  ================================
+feature                       TimescaleDB (timescale license)  plain PostgreSQL
+============================  ===============================  ================================
+time partitioning             hypertables, 1-day chunks        ``PARTITION BY RANGE (ts)``, daily
+retention                     ``add_retention_policy``         :func:`run_maintenance` drops days
+compression                   segmented by ``device_id``       none
+``device_health_hourly``      continuous aggregate             a plain view over ``telemetry``
+============================  ===============================  ================================
+
+Migration 1 decides which path to take and records it; :func:`features` reads it back so
+the rest of the code never guesses. Migrations take an advisory lock, so several processes
+may run ``watchfloor db migrate`` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import psycopg
+
+__all__ = [
+    "MIGRATIONS",
+    "ensure_partitions",
+    "features",
+    "migrate",
+    "run_maintenance",
+]
+
+_LOCK_KEY = 0x57415443  # "WATC": serialises migrations and maintenance across processes
+TIME_PARTITIONED = ("telemetry", "device_events")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[psycopg.Connection, frozenset[str], "Retention"], None]
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep: timedelta
+    compress_after: timedelta
+
+
+_CORE = """
+CREATE TABLE devices (
+    device_id       text PRIMARY KEY CHECK (device_id ~ '^[A-Za-z0-9_-]{1,64}$'),
+    callsign        text,
+    officer         text,
+    borough         text,
+    role            text NOT NULL DEFAULT 'response',
+    profile         text NOT NULL DEFAULT 'standard',
+    auto_registered boolean NOT NULL DEFAULT false,
+    registered_at   timestamptz NOT NULL DEFAULT now(),
+    retired_at      timestamptz
+);
+CREATE INDEX devices_borough_role ON devices (borough, role);
+
+CREATE TABLE telemetry (
+    device_id      text NOT NULL,
+    ts             timestamptz NOT NULL,
+    seq            bigint NOT NULL,
+    received_at    timestamptz NOT NULL,
+    battery_pct    real NOT NULL,
+    charging       boolean NOT NULL,
+    battery_temp_c real,
+    lat            double precision,
+    lon            double precision,
+    accuracy_m     real,
+    speed_mps      real,
+    heading_deg    real,
+    recording      text NOT NULL,
+    storage_pct    real,
+    docked         boolean,
+    firmware       text,
+    live           boolean NOT NULL,
+    viewers        smallint NOT NULL,
+    PRIMARY KEY (device_id, ts, seq)
+) {partitioning};
+
+CREATE TABLE device_events (
+    device_id   text NOT NULL,
+    ts          timestamptz NOT NULL,
+    seq         bigint NOT NULL,
+    received_at timestamptz NOT NULL,
+    type        text NOT NULL,
+    details     jsonb,
+    PRIMARY KEY (device_id, ts, seq)
+) {partitioning};
+
+-- One row per device: the control room's first paint reads this, never the history.
+-- lat/lon keep the last fix; gps_fix says whether the latest report had one.
+CREATE TABLE device_latest (
+    device_id      text PRIMARY KEY REFERENCES devices (device_id),
+    ts             timestamptz,
+    seq            bigint,
+    received_at    timestamptz,
+    battery_pct    real,
+    charging       boolean,
+    battery_temp_c real,
+    gps_fix        boolean,
+    lat            double precision,
+    lon            double precision,
+    accuracy_m     real,
+    speed_mps      real,
+    heading_deg    real,
+    last_fix_at    timestamptz,
+    recording      text,
+    storage_pct    real,
+    docked         boolean,
+    firmware       text,
+    live           boolean,
+    viewers        smallint,
+    online         boolean,
+    status_at      timestamptz
+);
+
+CREATE TABLE rejected_messages (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at   timestamptz NOT NULL,
+    topic         text NOT NULL,
+    device_id     text,
+    reason        text NOT NULL,
+    detail        text NOT NULL,
+    payload_bytes integer NOT NULL,
+    payload       bytea NOT NULL  -- the first bytes only (rejected_payload_keep_bytes)
+);
+CREATE INDEX rejected_messages_received ON rejected_messages (received_at);
+CREATE INDEX rejected_messages_reason ON rejected_messages (reason, received_at);
+"""
+
+_HEALTH_COLUMNS = """
+    device_id,
+    min(battery_pct) AS battery_min,
+    max(battery_pct) AS battery_max,
+    avg(battery_pct) AS battery_avg,
+    max(storage_pct) AS storage_max,
+    count(*) AS samples,
+    count(*) FILTER (WHERE recording = 'recording') AS recording_samples
+FROM telemetry
+GROUP BY bucket, device_id
+"""
+
+_PARTITION_FUNCTIONS = """
+CREATE FUNCTION watchfloor_ensure_partition(parent text, day date) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    child text := format('%s_p%s', parent, to_char(day, 'YYYYMMDD'));
+BEGIN
+    IF to_regclass(child) IS NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext(child));
+        EXECUTE format(
+            'CREATE TABLE IF NOT EXISTS %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+            child, parent,
+            day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
+    END IF;
+END $$;
+
+-- Retention on plain PostgreSQL: drop whole days, which costs no vacuum.
+CREATE FUNCTION watchfloor_drop_partitions(parent text, before date) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    child record;
+    dropped integer := 0;
+BEGIN
+    FOR child IN
+        SELECT c.relname FROM pg_inherits i
+        JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = parent::regclass
+          AND c.relname ~ ('^' || parent || '_p[0-9]{8}$')
+          AND to_date(right(c.relname, 8), 'YYYYMMDD') < before
+    LOOP
+        EXECUTE format('DROP TABLE %I', child.relname);
+        dropped := dropped + 1;
+    END LOOP;
+    RETURN dropped;
+END $$;
+"""
+
+
+def _initial(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    timescale = "timescaledb" in feats
+    partitioning = "" if timescale else "PARTITION BY RANGE (ts)"
+    conn.execute(_CORE.replace("{partitioning}", partitioning))
+    if not timescale:
+        conn.execute(_PARTITION_FUNCTIONS)
+        conn.execute(
+            "CREATE VIEW device_health_hourly AS SELECT date_trunc('hour', ts) AS bucket,"
+            + _HEALTH_COLUMNS
+        )
+        return
+
+    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    for table in TIME_PARTITIONED:
+        conn.execute(
+            "SELECT create_hypertable(%s::regclass, by_range('ts', INTERVAL '1 day'))", (table,)
+        )
+    if "compression" in feats:
+        for table in TIME_PARTITIONED:
+            conn.execute(
+                f"ALTER TABLE {table} SET (timescaledb.compress,"
+                " timescaledb.compress_segmentby = 'device_id',"
+                " timescaledb.compress_orderby = 'ts DESC, seq DESC')"
+            )
+            conn.execute(
+                "SELECT add_compression_policy(%s::regclass, %s)",
+                (table, retention.compress_after),
+            )
+    if "retention_policy" in feats:
+        for table in TIME_PARTITIONED:
+            conn.execute("SELECT add_retention_policy(%s::regclass, %s)", (table, retention.keep))
+    if "continuous_aggregate" in feats:
+        conn.execute(
+            "CREATE MATERIALIZED VIEW device_health_hourly WITH (timescaledb.continuous) AS"
+            " SELECT time_bucket(INTERVAL '1 hour', ts) AS bucket," + _HEALTH_COLUMNS
+            + " WITH NO DATA"
+        )
+        # Real-time aggregation (materialized_only = false) makes the last hour visible too.
+        conn.execute(
+            "ALTER MATERIALIZED VIEW device_health_hourly SET (timescaledb.materialized_only = false)"
+        )
+        conn.execute(
+            "SELECT add_continuous_aggregate_policy('device_health_hourly',"
+            " start_offset => INTERVAL '3 days', end_offset => INTERVAL '1 hour',"
+            " schedule_interval => INTERVAL '15 minutes')"
+        )
+    else:
+        conn.execute(
+            "CREATE VIEW device_health_hourly AS SELECT time_bucket(INTERVAL '1 hour', ts) AS bucket,"
+            + _HEALTH_COLUMNS
+        )
+
+
+MIGRATIONS: Sequence[Migration] = (Migration(1, "initial schema", _initial),)
+
+
+def _detect(conn: psycopg.Connection, timescaledb: str) -> frozenset[str]:
+    """Which storage features this server offers, as migration 1 will use them."""
+    if timescaledb == "off":
+        return frozenset({"native_partitioning"})
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    preloaded = "timescaledb" in str(
+        conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]  # type: ignore[index]
+    )
+    if row is None or not preloaded:
+        if timescaledb == "require":
+            raise RuntimeError("TimescaleDB is required but not available (or not preloaded)")
+        return frozenset({"native_partitioning"})
+    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    license_ = conn.execute("SELECT current_setting('timescaledb.license')").fetchone()[0]  # type: ignore[index]
+    feats = {"timescaledb"}
+    if license_ == "timescale":
+        feats |= {"compression", "retention_policy", "continuous_aggregate"}
+    return frozenset(feats)
+
+
+def migrate(
+    conn: psycopg.Connection,
+    *,
+    retention: timedelta,
+    compress_after: timedelta,
+    timescaledb: str = "auto",
+) -> list[str]:
+    """Apply every pending migration, each in its own transaction. Returns what was applied."""
+    conn.commit()
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " features text[] NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        recorded = features(conn) if done else None
+        feats = recorded if recorded is not None else _detect(conn, timescaledb)
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            migration.apply(conn, feats, Retention(retention, compress_after))
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, features) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, sorted(feats)),
+            )
+            applied.append(f"{migration.version:04d} {migration.name}")
+    return applied
+
+
+def features(conn: psycopg.Connection) -> frozenset[str]:
+    """The storage features that migration 1 chose for this database."""
+    row = conn.execute(
+        "SELECT features FROM schema_migrations WHERE version = 1"
+    ).fetchone()
+    if row is None:
+        raise RuntimeError("database not migrated: run `watchfloor db migrate`")
+    return frozenset(row[0])
+
+
+def _day(ts: datetime) -> date:
+    return ts.astimezone(timezone.utc).date()
+
+
+def ensure_partitions(conn: psycopg.Connection, days: Iterable[date]) -> None:
+    """Create the daily partitions (plain PostgreSQL only) for ``days``, committed at once."""
+    with conn.transaction():
+        for day in sorted(set(days)):
+            for table in TIME_PARTITIONED:
+                conn.execute("SELECT watchfloor_ensure_partition(%s, %s)", (table, day))
+
+
+def run_maintenance(
+    conn: psycopg.Connection, *, feats: frozenset[str], keep: timedelta, now: datetime
+) -> int:
+    """Keep partitions ahead of time and apply retention. Returns partitions dropped.
+
+    With TimescaleDB's policies the server does this itself; on plain PostgreSQL (or an
+    Apache-only TimescaleDB) it is our job, and ingest calls this hourly.
+    """
+    today = _day(now)
+    dropped = 0
+    with conn.transaction():
+        got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY + 1,)).fetchone()
+        if not got or not got[0]:
+            return 0  # another process is doing it
+        for table in TIME_PARTITIONED:
+            if "native_partitioning" in feats:
+                for ahead in range(3):
+                    conn.execute(
+                        "SELECT watchfloor_ensure_partition(%s, %s)",
+                        (table, today + timedelta(days=ahead)),
+                    )
+                row = conn.execute(
+                    "SELECT watchfloor_drop_partitions(%s, %s)", (table, today - keep)
+                ).fetchone()
+                dropped += int(row[0]) if row else 0
+            elif "retention_policy" not in feats:
+                rows = conn.execute(
+                    "SELECT drop_chunks(%s::regclass, older_than => %s)", (table, now - keep)
+                ).fetchall()
+                dropped += len(rows)
+    return dropped

@@ -1,0 +1,162 @@
+"""Writes: one decoded batch into the database, inside the caller's transaction.
+
+Nothing here commits: the ingest loop commits a whole batch, then acknowledges it to the
+broker. Rows are copied into temporary stage tables and moved with
+``INSERT ... ON CONFLICT DO NOTHING``, so a message the broker delivers twice (after a crash,
+before its acknowledgement) is stored once: the key is (device_id, ts, seq).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+import psycopg
+
+from telemetry.contract import Event, Telemetry
+from telemetry.decode import Rejection, StatusChange
+
+__all__ = ["Batch", "RejectedMessage", "prepare_connection", "write_batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    rejection: Rejection
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass
+class Batch:
+    """What one transaction stores, already decoded."""
+
+    telemetry: list[tuple[str, datetime, Telemetry]] = field(default_factory=list)
+    events: list[tuple[str, datetime, Event]] = field(default_factory=list)
+    statuses: list[tuple[str, datetime, StatusChange]] = field(default_factory=list)
+    rejected: list[RejectedMessage] = field(default_factory=list)
+    new_devices: set[str] = field(default_factory=set)
+
+    def device_ids(self) -> set[str]:
+        ids = {d for d, _, _ in self.telemetry} | {d for d, _, _ in self.events}
+        return ids | {d for d, _, _ in self.statuses}
+
+
+_STAGES = """
+CREATE TEMPORARY TABLE IF NOT EXISTS stage_telemetry
+    (LIKE telemetry INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMPORARY TABLE IF NOT EXISTS stage_events
+    (LIKE device_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+"""
+
+_TELEMETRY_COLUMNS = (
+    "device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, lat, lon,"
+    " accuracy_m, speed_mps, heading_deg, recording, storage_pct, docked, firmware, live, viewers"
+)
+
+# DISTINCT ON picks each device's newest report of the batch; the WHERE keeps an older
+# report (out of order, or split across two workers) from overwriting a newer one. Rows
+# are locked in device_id order, so two workers cannot deadlock on device_latest.
+_UPSERT_LATEST = """
+INSERT INTO device_latest AS d (
+    device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, gps_fix,
+    lat, lon, accuracy_m, speed_mps, heading_deg, last_fix_at, recording, storage_pct,
+    docked, firmware, live, viewers)
+SELECT DISTINCT ON (device_id)
+    device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, lat IS NOT NULL,
+    lat, lon, accuracy_m, speed_mps, heading_deg, CASE WHEN lat IS NOT NULL THEN ts END,
+    recording, storage_pct, docked, firmware, live, viewers
+FROM stage_telemetry
+ORDER BY device_id, ts DESC, seq DESC
+ON CONFLICT (device_id) DO UPDATE SET
+    ts = EXCLUDED.ts, seq = EXCLUDED.seq, received_at = EXCLUDED.received_at,
+    battery_pct = EXCLUDED.battery_pct, charging = EXCLUDED.charging,
+    battery_temp_c = EXCLUDED.battery_temp_c, gps_fix = EXCLUDED.gps_fix,
+    lat = COALESCE(EXCLUDED.lat, d.lat), lon = COALESCE(EXCLUDED.lon, d.lon),
+    accuracy_m = COALESCE(EXCLUDED.accuracy_m, d.accuracy_m),
+    speed_mps = EXCLUDED.speed_mps, heading_deg = EXCLUDED.heading_deg,
+    last_fix_at = COALESCE(EXCLUDED.last_fix_at, d.last_fix_at),
+    recording = EXCLUDED.recording, storage_pct = COALESCE(EXCLUDED.storage_pct, d.storage_pct),
+    docked = COALESCE(EXCLUDED.docked, d.docked), firmware = COALESCE(EXCLUDED.firmware, d.firmware),
+    live = EXCLUDED.live, viewers = EXCLUDED.viewers,
+    -- A report is proof of life, whatever an older retained status said.
+    online = true, status_at = GREATEST(d.status_at, EXCLUDED.received_at)
+WHERE d.ts IS NULL OR (EXCLUDED.ts, EXCLUDED.seq) > (d.ts, d.seq)
+"""
+
+_UPSERT_STATUS = """
+INSERT INTO device_latest AS d (device_id, online, status_at) VALUES (%s, %s, %s)
+ON CONFLICT (device_id) DO UPDATE SET online = EXCLUDED.online, status_at = EXCLUDED.status_at
+WHERE d.status_at IS NULL OR d.status_at <= EXCLUDED.status_at
+"""
+
+
+def prepare_connection(conn: psycopg.Connection) -> None:
+    """Create this session's stage tables (once per connection)."""
+    with conn.transaction():
+        conn.execute(_STAGES)
+
+
+def _telemetry_row(device_id: str, received_at: datetime, t: Telemetry) -> tuple[object, ...]:
+    gps = t.gps
+    return (
+        device_id, t.ts, t.seq, received_at, t.battery.pct, t.battery.charging, t.battery.temp_c,
+        gps.lat if gps else None, gps.lon if gps else None, gps.accuracy_m if gps else None,
+        gps.speed_mps if gps else None, gps.heading_deg if gps else None,
+        t.recording.value, t.storage_pct, t.docked, t.firmware, t.live, t.viewers,
+    )
+
+
+def _copy(conn: psycopg.Connection, table: str, columns: str, rows: Sequence[tuple[object, ...]]) -> None:
+    with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def write_batch(conn: psycopg.Connection, batch: Batch) -> tuple[int, int]:
+    """Store ``batch`` in the current transaction; the caller commits.
+
+    Returns the telemetry and event rows inserted: fewer than offered means duplicates.
+    """
+    stored_telemetry = stored_events = 0
+    if batch.new_devices:
+        conn.cursor().executemany(
+            "INSERT INTO devices (device_id, auto_registered) VALUES (%s, true)"
+            " ON CONFLICT DO NOTHING",
+            [(d,) for d in sorted(batch.new_devices)],
+        )
+    if batch.telemetry:
+        _copy(conn, "stage_telemetry", _TELEMETRY_COLUMNS,
+              [_telemetry_row(d, r, t) for d, r, t in batch.telemetry])
+        stored_telemetry = conn.execute(
+            f"INSERT INTO telemetry ({_TELEMETRY_COLUMNS}) SELECT {_TELEMETRY_COLUMNS}"
+            " FROM stage_telemetry ON CONFLICT DO NOTHING"
+        ).rowcount
+        conn.execute(_UPSERT_LATEST)
+    if batch.events:
+        _copy(conn, "stage_events", "device_id, ts, seq, received_at, type, details", [
+            (d, e.ts, e.seq, r, e.type.value,
+             orjson.dumps(e.details).decode() if e.details is not None else None)
+            for d, r, e in batch.events
+        ])
+        stored_events = conn.execute(
+            "INSERT INTO device_events (device_id, ts, seq, received_at, type, details)"
+            " SELECT device_id, ts, seq, received_at, type, details FROM stage_events"
+            " ON CONFLICT DO NOTHING"
+        ).rowcount
+    if batch.statuses:
+        conn.cursor().executemany(
+            _UPSERT_STATUS,
+            [(d, s.online, r) for d, r, s in sorted(batch.statuses, key=lambda x: (x[0], x[1]))],
+        )
+    if batch.rejected:
+        conn.cursor().executemany(
+            "INSERT INTO rejected_messages"
+            " (received_at, topic, device_id, reason, detail, payload_bytes, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(r.received_at, r.topic[:512], r.rejection.device_id, r.rejection.reason.value,
+              r.rejection.detail[:1000], len(r.payload), r.payload) for r in batch.rejected],
+        )
+    return stored_telemetry, stored_events

@@ -1,0 +1,1 @@
+"""Watchfloor: the command line and the settings that wire the components together."""

@@ -1,0 +1,189 @@
+"""``watchfloor``: the command line. Each subcommand builds the settings and runs one part."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+
+from telemetry.embedded import EmbeddedBroker, embedded_database_url
+from telemetry.ingest import IngestWorker
+from telemetry.registry import DeviceRecord, upsert_devices
+from telemetry.schema import features, migrate, run_maintenance
+from telemetry.simulator.run import Simulator
+from watchfloor.settings import Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("watchfloor")
+
+
+def _database_url(settings: Settings) -> str:
+    return settings.database_url or embedded_database_url(settings.data_dir)
+
+
+def _mqtt_url(settings: Settings) -> str:
+    if not settings.mqtt_url:
+        sys.exit("WATCHFLOOR_MQTT_URL is not set (`watchfloor demo` starts an embedded broker)")
+    return settings.mqtt_url
+
+
+def _migrate(settings: Settings, url: str) -> tuple[list[str], frozenset[str]]:
+    with psycopg.connect(url) as conn:
+        applied = migrate(conn, retention=timedelta(days=settings.retention_days),
+                          compress_after=timedelta(days=settings.compress_after_days),
+                          timescaledb=settings.timescaledb)
+        return applied, features(conn)
+
+
+def _register(url: str, sim: Simulator) -> None:
+    with psycopg.connect(url) as conn:
+        upsert_devices(conn, (DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
+                              for u in sim.units))
+
+
+def _stop_on_signals(*stoppers: threading.Event | IngestWorker | Simulator) -> threading.Event:
+    done = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        done.set()
+        for s in stoppers:
+            s.set() if isinstance(s, threading.Event) else s.stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return done
+
+
+def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    applied, feats = _migrate(settings, _database_url(settings))
+    print("applied:", ", ".join(applied) if applied else "nothing (up to date)")
+    print("storage features:", ", ".join(sorted(feats)))
+
+
+def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
+    with psycopg.connect(_database_url(settings)) as conn:
+        dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
+                                  now=datetime.now(timezone.utc))
+    print(f"partitions dropped: {dropped}")
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
+    url = _database_url(settings)
+    _migrate(settings, url)
+    worker = IngestWorker(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings))
+    _stop_on_signals(worker)
+    threading.Thread(target=_report, args=(worker, None), daemon=True).start()
+    worker.run()
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
+    sim = Simulator(mqtt_url=_mqtt_url(settings), devices=args.devices, interval_s=args.interval,
+                    seed=args.seed, connections=args.connections)
+    if args.register:
+        _register(_database_url(settings), sim)
+    _stop_on_signals(sim)
+    print(f"simulating {len(sim.units)} devices every {args.interval}s (seed {args.seed})", flush=True)
+    sim.run(duration_s=args.duration)
+
+
+def _report(worker: IngestWorker, sim: Simulator | None, every_s: float = 10.0) -> None:
+    while True:
+        time.sleep(every_s)
+        s = worker.stats
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(s.rejected.items())) or "none"
+        line = (f"ingest: received {s.received}, stored {s.stored_telemetry} telemetry + "
+                f"{s.stored_events} events, duplicates {s.duplicates}, rejected {rejected}, "
+                f"queue {worker.queue_depth}, commit lag {s.last_commit_lag_s * 1000:.0f} ms")
+        if sim is not None:
+            line += f"; simulator published {sim.stats.published}"
+        print(line, flush=True)
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    broker: EmbeddedBroker | None = None
+    if settings.mqtt_url:
+        mqtt_url = settings.mqtt_url
+    else:
+        broker = EmbeddedBroker(settings.data_dir / "broker").start()
+        mqtt_url = broker.url
+        settings = settings.model_copy(update={"ingest_share_group": ""})
+    try:
+        db_url = _database_url(settings)
+        applied, feats = _migrate(settings, db_url)
+        print("Watchfloor demo", flush=True)
+        print(f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not settings.database_url else 'external'}"
+              f" ({', '.join(sorted(feats))})")
+        print(f"  broker:   {mqtt_url} ({'embedded rumqttd' if broker else 'external'})")
+        sim = Simulator(mqtt_url=mqtt_url, devices=args.devices, interval_s=args.interval, seed=args.seed,
+                        client_prefix="watchfloor-demo-sim")
+        _register(db_url, sim)
+        worker = IngestWorker(settings=settings, database_url=db_url, mqtt_url=mqtt_url)
+        done = _stop_on_signals(worker, sim)
+        ready = threading.Event()
+        ingest_thread = threading.Thread(target=worker.run, kwargs={"ready": ready}, name="ingest")
+        ingest_thread.start()
+        ready.wait(30)
+        sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": args.duration}, name="simulator")
+        sim_thread.start()
+        print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
+        print(f"  try:      psql '{db_url}' -c 'select * from device_latest limit 5'")
+        print("  Ctrl-C stops everything.", flush=True)
+        threading.Thread(target=_report, args=(worker, sim, args.report_every), daemon=True).start()
+        sim_thread.join()
+        if not done.is_set():
+            time.sleep(2.0)  # let ingest drain what the simulator sent last
+        worker.stop()
+        ingest_thread.join()
+        s = worker.stats
+        print(f"demo finished: published {sim.stats.published}, received {s.received}, "
+              f"stored {s.stored_telemetry} telemetry + {s.stored_events} events", flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="watchfloor", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def fleet_options(p: argparse.ArgumentParser, devices: int) -> None:
+        p.add_argument("--devices", type=int, default=devices, help="number of simulated cameras")
+        p.add_argument("--interval", type=float, default=1.0, help="seconds between reports of one camera")
+        p.add_argument("--seed", type=int, default=1, help="seed for a repeatable fleet")
+        p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+    demo = sub.add_parser("demo", help="embedded database and broker, ingest and a simulated fleet")
+    fleet_options(demo, 300)
+    demo.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
+    demo.set_defaults(run=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="publish a simulated fleet to the broker")
+    fleet_options(sim, 1000)
+    sim.add_argument("--connections", type=int, default=None,
+                     help="MQTT connections (default: one per device up to 2,000 devices, else 200)")
+    sim.add_argument("--register", action="store_true", help="write the fleet into the device registry")
+    sim.set_defaults(run=cmd_simulate)
+
+    ingest = sub.add_parser("ingest", help="store telemetry from the broker (run several to scale out)")
+    ingest.set_defaults(run=cmd_ingest)
+
+    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply pending schema migrations").set_defaults(run=cmd_db_migrate)
+    db.add_parser("maintain", help="create partitions ahead and apply retention").set_defaults(run=cmd_db_maintain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    args.run(Settings(), args)

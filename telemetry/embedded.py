@@ -73,7 +73,7 @@ def embedded_database_url(data_dir: Path) -> str:
     """Start (or attach to) the embedded PostgreSQL under ``data_dir/pg``; its URL."""
     # pgserver keeps a lock file under XDG_RUNTIME_DIR, read when it is first imported.
     os.environ.setdefault("XDG_RUNTIME_DIR", str((data_dir / "run").absolute()))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
     import pgserver
 
     pgdata = (data_dir / "pg").absolute()

@@ -223,10 +223,9 @@ class IngestWorker:
                     conn = self._conn = self._connect_database()
                 self._ensure_partitions(conn, batch)
                 try:
-                    self._write_counted(conn, batch)
-                    conn.commit()
+                    with conn.transaction():
+                        self._write_counted(conn, batch)
                 except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
-                    conn.rollback()
                     log.error("batch refused by the database (%s); storing message by message", error)
                     self._write_isolated(conn, batch)
                 return
@@ -257,16 +256,16 @@ class IngestWorker:
             singles.append((Batch(events=[(d, r, e)], new_devices={d} & batch.new_devices),
                             d, e.model_dump_json().encode()))
         refused: list[RejectedMessage] = list(batch.rejected)
-        for single, device_id, payload in singles:
-            try:
-                with conn.transaction():
-                    write_batch(conn, single)
-            except psycopg.Error as error:
-                rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
-                refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
-        write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
-                                new_devices=batch.new_devices))
-        conn.commit()
+        with conn.transaction():
+            for single, device_id, payload in singles:
+                try:
+                    with conn.transaction():  # a savepoint per message
+                        self._write_counted(conn, single)
+                except psycopg.Error as error:
+                    rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
+                    refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
+            write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
+                                    new_devices=batch.new_devices))
         batch.rejected = refused
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
@@ -295,7 +294,9 @@ class IngestWorker:
         self._registry_loaded_at = time.monotonic()
 
     def _connect_database(self) -> psycopg.Connection:
-        conn = psycopg.connect(self._database_url, connect_timeout=5)
+        # Autocommit, so that every unit of work is an explicit ``transaction()`` block and
+        # no read leaves a transaction open (and its locks held) between batches.
+        conn = psycopg.connect(self._database_url, connect_timeout=5, autocommit=True)
         prepare_connection(conn)
         self._conn = conn
         self._load_registry()

@@ -56,33 +56,41 @@ _TELEMETRY_COLUMNS = (
     " accuracy_m, speed_mps, heading_deg, recording, storage_pct, docked, firmware, live, viewers"
 )
 
-# DISTINCT ON picks each device's newest report of the batch; the WHERE keeps an older
+# DISTINCT ON picks each device's newest report (and newest fix) of the batch; the WHERE keeps an older
 # report (out of order, or split across two workers) from overwriting a newer one. Rows
 # are locked in device_id order, so two workers cannot deadlock on device_latest.
 _UPSERT_LATEST = """
+WITH newest AS (
+    SELECT DISTINCT ON (device_id) * FROM stage_telemetry ORDER BY device_id, ts DESC, seq DESC
+), fix AS (
+    SELECT DISTINCT ON (device_id) device_id, ts, lat, lon, accuracy_m
+    FROM stage_telemetry WHERE lat IS NOT NULL ORDER BY device_id, ts DESC, seq DESC
+)
 INSERT INTO device_latest AS d (
     device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, gps_fix,
     lat, lon, accuracy_m, speed_mps, heading_deg, last_fix_at, recording, storage_pct,
-    docked, firmware, live, viewers)
-SELECT DISTINCT ON (device_id)
-    device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, lat IS NOT NULL,
-    lat, lon, accuracy_m, speed_mps, heading_deg, CASE WHEN lat IS NOT NULL THEN ts END,
-    recording, storage_pct, docked, firmware, live, viewers
-FROM stage_telemetry
-ORDER BY device_id, ts DESC, seq DESC
+    docked, firmware, live, viewers, online, status_at)
+SELECT n.device_id, n.ts, n.seq, n.received_at, n.battery_pct, n.charging, n.battery_temp_c,
+    n.lat IS NOT NULL, f.lat, f.lon, f.accuracy_m, n.speed_mps, n.heading_deg, f.ts,
+    n.recording, n.storage_pct, n.docked, n.firmware, n.live, n.viewers, true, n.ts
+FROM newest n LEFT JOIN fix f USING (device_id)
+ORDER BY n.device_id
 ON CONFLICT (device_id) DO UPDATE SET
     ts = EXCLUDED.ts, seq = EXCLUDED.seq, received_at = EXCLUDED.received_at,
     battery_pct = EXCLUDED.battery_pct, charging = EXCLUDED.charging,
     battery_temp_c = EXCLUDED.battery_temp_c, gps_fix = EXCLUDED.gps_fix,
-    lat = COALESCE(EXCLUDED.lat, d.lat), lon = COALESCE(EXCLUDED.lon, d.lon),
-    accuracy_m = COALESCE(EXCLUDED.accuracy_m, d.accuracy_m),
-    speed_mps = EXCLUDED.speed_mps, heading_deg = EXCLUDED.heading_deg,
+    lat = CASE WHEN EXCLUDED.last_fix_at IS NULL THEN d.lat ELSE EXCLUDED.lat END,
+    lon = CASE WHEN EXCLUDED.last_fix_at IS NULL THEN d.lon ELSE EXCLUDED.lon END,
+    accuracy_m = CASE WHEN EXCLUDED.last_fix_at IS NULL THEN d.accuracy_m ELSE EXCLUDED.accuracy_m END,
     last_fix_at = COALESCE(EXCLUDED.last_fix_at, d.last_fix_at),
+    speed_mps = EXCLUDED.speed_mps, heading_deg = EXCLUDED.heading_deg,
     recording = EXCLUDED.recording, storage_pct = COALESCE(EXCLUDED.storage_pct, d.storage_pct),
     docked = COALESCE(EXCLUDED.docked, d.docked), firmware = COALESCE(EXCLUDED.firmware, d.firmware),
     live = EXCLUDED.live, viewers = EXCLUDED.viewers,
-    -- A report is proof of life, whatever an older retained status said.
-    online = true, status_at = GREATEST(d.status_at, EXCLUDED.received_at)
+    -- A report is proof of life, unless the status changed after the report was made
+    -- (the broker does not keep order between a device's status and telemetry topics).
+    online = CASE WHEN d.status_at IS NULL OR EXCLUDED.ts >= d.status_at THEN true ELSE d.online END,
+    status_at = GREATEST(d.status_at, EXCLUDED.ts)
 WHERE d.ts IS NULL OR (EXCLUDED.ts, EXCLUDED.seq) > (d.ts, d.seq)
 """
 

@@ -1,0 +1,182 @@
+"""Real parts for the tests: PostgreSQL (machine or embedded), Mosquitto with the shipped
+configuration on a spare port, and the embedded broker. Everything runs on 127.0.0.1, and
+each test gets its own database so tests never see each other's rows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from telemetry.embedded import EmbeddedBroker, embedded_database_url, free_port
+from telemetry.schema import migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_PG = os.environ.get("WATCHFLOOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SHIPPED_MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
+_REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest")
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1,
+             what: str = "condition") -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _machine_pg_available() -> bool:
+    try:
+        with psycopg.connect(MACHINE_PG, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _machine_has_timescale() -> bool:
+    if not _machine_pg_available():
+        return False
+    with psycopg.connect(MACHINE_PG) as conn:
+        avail = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    return bool(avail) and preload is not None and "timescaledb" in preload[0]
+
+
+@dataclass
+class Database:
+    url: str
+    kind: str  # plain | timescale | embedded
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def scalar(self, sql: str, params: tuple[object, ...] = ()) -> object:
+        with self.connect() as conn:
+            row = conn.execute(sql, params).fetchone()
+            return row[0] if row else None
+
+
+@pytest.fixture(scope="session")
+def embedded_pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return embedded_database_url(tmp_path_factory.mktemp("pgserver"))
+
+
+def _with_database(admin_url: str, kind: str) -> Iterator[Database]:
+    name = f"wf_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    with psycopg.connect(url) as conn:
+        migrate(conn, retention=timedelta(days=30), compress_after=timedelta(days=2),
+                timescaledb="require" if kind == "timescale" else "off")
+    try:
+        yield Database(url, kind)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _database(request: pytest.FixtureRequest, kind: str) -> Iterator[Database]:
+    if kind == "embedded":
+        yield from _with_database(request.getfixturevalue("embedded_pg_url"), kind)
+        return
+    if not _machine_pg_available():
+        pytest.skip("the machine's PostgreSQL is not reachable")
+    if kind == "timescale" and not _machine_has_timescale():
+        pytest.skip("the machine's PostgreSQL has no (preloaded) TimescaleDB")
+    yield from _with_database(MACHINE_PG, kind)
+
+
+@pytest.fixture(params=["plain", "timescale", "embedded"])
+def any_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """Each storage path in turn: plain PostgreSQL, TimescaleDB, embedded pgserver."""
+    yield from _database(request, request.param)
+
+
+@pytest.fixture
+def pg(request: pytest.FixtureRequest) -> Iterator[Database]:
+    """The machine's PostgreSQL, plain path (falls back to embedded when it is absent)."""
+    kind = "plain" if _machine_pg_available() else "embedded"
+    yield from _database(request, kind)
+
+
+class Mosquitto:
+    """A Mosquitto started from deploy/mosquitto/mosquitto.conf on a spare port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        data = workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines()
+                if not line.strip().startswith(_REPLACED)]
+        kept += [f"listener {self.port} 127.0.0.1", f"persistence_location {data}/",
+                 "allow_anonymous true", f"log_dest file {workdir}/mosquitto.log"]
+        if os.geteuid() == 0:  # pytest's temporary folders are private to root
+            kept.append("user root")
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(kept) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)])
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout=10, what="mosquitto to listen")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def embedded_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    broker = EmbeddedBroker(tmp_path / "rumqttd").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -1,5 +1,9 @@
 """The ingest loop: bounded inbox -> decode -> one transaction per batch -> acknowledge.
 
+Two stages on two threads, so that decoding the next batch overlaps the database's work
+on the current one: the *decoder* collects and validates; the *writer* owns the database
+connection, commits, then acknowledges. Between them sits a hand-off of one batch.
+
 A message is acknowledged to the broker only after the transaction that stores it (or
 stores its rejection) has committed. If the process dies, or the database is away, the
 broker still holds everything unacknowledged and delivers it again; the store's keys turn
@@ -23,6 +27,7 @@ import psycopg
 
 from telemetry.contract import CHANNELS, TOPIC_ROOT, Event
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
+from telemetry.latency import LatencyHistogram
 from telemetry.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from telemetry.schema import ensure_partitions, features, run_maintenance
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
@@ -44,7 +49,7 @@ def subscription_topics(share_group: str) -> list[str]:
 
 @dataclass
 class IngestStats:
-    """Counters for logs and, later, metrics. Written by the ingest thread only."""
+    """Counters for logs and, later, metrics. Written by the writer thread only."""
 
     received: int = 0
     stored_telemetry: int = 0
@@ -56,6 +61,8 @@ class IngestStats:
     database_errors: int = 0
     last_batch_s: float = 0.0
     last_commit_lag_s: float = 0.0  # from the oldest message's arrival to its commit
+    # From the device's timestamp to the commit: publish-to-commit when clocks agree.
+    commit_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class IngestWorker:
@@ -80,11 +87,19 @@ class IngestWorker:
         self._known: set[str] = set()
         self._registry_loaded_at = 0.0
         self._ready_days: set[date] = set()
+        # One decoded batch may wait while the writer commits the previous one.
+        self._decoded: queue.Queue[tuple[list[Inbound], Batch]] = queue.Queue(maxsize=1)
         self._session: MqttSession | None = None
-        self._conn: psycopg.Connection | None = None
+        self._conn: psycopg.Connection | None = None  # the writer's
+        self._registry_conn: psycopg.Connection | None = None  # the decoder's
 
     # paho's thread hands over here: the one place where a message crosses into our thread.
     def _enqueue(self, message: Inbound) -> None:
+        try:
+            self._inbox.put_nowait(message)
+            return
+        except queue.Full:
+            pass
         while not self._stopping.is_set():
             try:
                 self._inbox.put(message, timeout=0.5)
@@ -96,6 +111,10 @@ class IngestWorker:
         self._stopping.set()
 
     @property
+    def protocol_name(self) -> str:
+        return self._session.protocol_name if self._session is not None else "?"
+
+    @property
     def queue_depth(self) -> int:
         return self._inbox.qsize()
 
@@ -103,6 +122,7 @@ class IngestWorker:
         settings = self._settings
         self._conn = self._connect_database()
         self._feats = features(self._conn)
+        self._load_registry()
         self._maintain()
         protocol = self._choose_protocol()
         self._session = MqttSession(
@@ -114,24 +134,55 @@ class IngestWorker:
             keepalive_s=settings.mqtt_keepalive_s,
             deliver=self._enqueue,
         )
+        writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        writer.start()
         self._session.start()
         if not self._session.wait_connected(30):
             log.warning("broker not reachable yet; paho keeps trying")
         if ready is not None:
             ready.set()
-        next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and writer.is_alive():
                 items = self._collect()
                 if items:
-                    self._process(items)
-                if time.monotonic() >= next_maintenance:
-                    self._maintain()
-                    next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+                    self._hand_off((items, self._decode(items)))
         finally:
+            self._stopping.set()
+            writer.join()
             self._session.stop()
-            if self._conn is not None:
-                self._conn.close()
+            for conn in (self._conn, self._registry_conn):
+                if conn is not None:
+                    conn.close()
+
+    def _hand_off(self, work: tuple[list[Inbound], Batch]) -> None:
+        """Give a decoded batch to the writer; waits while it still has one (push back)."""
+        while not self._stopping.is_set():
+            try:
+                self._decoded.put(work, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit each decoded batch, then acknowledge it."""
+        next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+        while True:
+            if time.monotonic() >= next_maintenance:
+                next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+                try:
+                    self._maintain()
+                except psycopg.Error as error:  # retried in an hour; ingest goes on
+                    log.warning("maintenance failed: %s", error)
+            try:
+                items, batch = self._decoded.get(timeout=0.2)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            try:
+                self._store(items, batch)
+            except SystemExit:
+                return  # stopped during an outage; the broker redelivers the batch
 
     def _choose_protocol(self) -> int:
         import paho.mqtt.client as paho
@@ -185,11 +236,16 @@ class IngestWorker:
         return batch
 
     def _admit(self, device_id: str, batch: Batch) -> Rejection | None:
-        """Registry check: an unknown device is refused, or registered on first sight."""
+        """Registry check: an unknown device is refused, or registered on first sight.
+
+        Runs on the decoder thread, which alone owns ``_known``. A device is taken as known
+        as soon as its batch is handed off: the writer retries that batch until it commits.
+        """
         if device_id in self._known:
             return None
         if not self._settings.require_registration:
             batch.new_devices.add(device_id)
+            self._known.add(device_id)
             return None
         if time.monotonic() - self._registry_loaded_at > _REGISTRY_REFRESH_S:
             self._load_registry()
@@ -197,13 +253,11 @@ class IngestWorker:
                 return None
         return Rejection(Reason.UNKNOWN_DEVICE, "device is not registered (or retired)", device_id)
 
-    def _process(self, items: list[Inbound]) -> None:
+    def _store(self, items: list[Inbound], batch: Batch) -> None:
         started = time.monotonic()
-        batch = self._decode(items)
         self._write(batch)
         assert self._session is not None
         self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
-        self._known |= batch.new_devices
         s = self.stats
         s.received += len(items)
         s.batches += 1
@@ -211,7 +265,12 @@ class IngestWorker:
             s.rejected[r.rejection.reason.value] += 1
         s.statuses += len(batch.statuses)
         s.last_batch_s = time.monotonic() - started
-        s.last_commit_lag_s = time.time() - min(i.received_at for i in items)
+        committed = time.time()
+        s.last_commit_lag_s = committed - min(i.received_at for i in items)
+        for _, _, message in batch.telemetry:
+            s.commit_lag.record(committed - message.ts.timestamp())
+        for _, _, event in batch.events:
+            s.commit_lag.record(committed - event.ts.timestamp())
 
     def _write(self, batch: Batch) -> None:
         """Commit ``batch``, retrying through database outages until it is stored."""
@@ -271,15 +330,19 @@ class IngestWorker:
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
         if "native_partitioning" not in self._feats:
             return
-        days = {ts.ts.astimezone(timezone.utc).date() for _, _, ts in batch.telemetry}
-        days |= {e.ts.astimezone(timezone.utc).date() for _, _, e in batch.events}
+        stamps = [t.ts for _, _, t in batch.telemetry] + [e.ts for _, _, e in batch.events]
+        if not stamps:
+            return
+        first, last = (min(stamps).astimezone(timezone.utc).date(), max(stamps).astimezone(timezone.utc).date())
+        days = {first + timedelta(days=n) for n in range((last - first).days + 1)}
         missing = days - self._ready_days
         if missing:
             ensure_partitions(conn, missing)
             self._ready_days |= missing
 
     def _maintain(self) -> None:
-        assert self._conn is not None
+        if self._conn is None:
+            self._conn = self._connect_database()
         dropped = run_maintenance(self._conn, feats=self._feats,
                                   keep=timedelta(days=self._settings.retention_days), now=self._clock())
         if dropped:
@@ -287,17 +350,22 @@ class IngestWorker:
             self._ready_days.clear()
 
     def _load_registry(self) -> None:
-        assert self._conn is not None
-        with self._conn.transaction():
-            rows = self._conn.execute("SELECT device_id FROM devices WHERE retired_at IS NULL").fetchall()
-        self._known = {r[0] for r in rows}
+        """(Re)read the registry on the decoder's own connection; keep the old one on error."""
         self._registry_loaded_at = time.monotonic()
+        try:
+            if self._registry_conn is None or self._registry_conn.closed:
+                self._registry_conn = psycopg.connect(self._database_url, connect_timeout=5, autocommit=True)
+            rows = self._registry_conn.execute("SELECT device_id FROM devices WHERE retired_at IS NULL").fetchall()
+        except psycopg.OperationalError as error:
+            log.warning("registry not refreshed: %s", error)
+            if self._registry_conn is not None:
+                self._registry_conn.close()
+            return
+        self._known = {r[0] for r in rows}
 
     def _connect_database(self) -> psycopg.Connection:
         # Autocommit, so that every unit of work is an explicit ``transaction()`` block and
         # no read leaves a transaction open (and its locks held) between batches.
         conn = psycopg.connect(self._database_url, connect_timeout=5, autocommit=True)
         prepare_connection(conn)
-        self._conn = conn
-        self._load_registry()
         return conn

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,13 +16,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from telemetry.embedded import EmbeddedBroker, embedded_database_url, free_port
+from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.schema import migrate
+from watchfloor.mosquitto import MosquittoProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 MACHINE_PG = os.environ.get("WATCHFLOOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-SHIPPED_MOSQUITTO_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
-_REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest")
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1,
@@ -116,56 +111,12 @@ def pg(request: pytest.FixtureRequest) -> Iterator[Database]:
     yield from _database(request, kind)
 
 
-class Mosquitto:
-    """A Mosquitto started from deploy/mosquitto/mosquitto.conf on a spare port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        data = workdir / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in SHIPPED_MOSQUITTO_CONF.read_text().splitlines()
-                if not line.strip().startswith(_REPLACED)]
-        kept += [f"listener {self.port} 127.0.0.1", f"persistence_location {data}/",
-                 "allow_anonymous true", f"log_dest file {workdir}/mosquitto.log"]
-        if os.geteuid() == 0:  # pytest's temporary folders are private to root
-            kept.append("user root")
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text("\n".join(kept) + "\n")
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)])
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(listening, timeout=10, what="mosquitto to listen")
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A Mosquitto from deploy/mosquitto/mosquitto.conf on a spare port."""
     if shutil.which("mosquitto") is None:
         pytest.skip("mosquitto is not installed")
-    broker = Mosquitto(tmp_path / "mosquitto")
+    broker = MosquittoProcess(tmp_path / "mosquitto")
     broker.start()
     try:
         yield broker

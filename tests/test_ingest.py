@@ -15,8 +15,16 @@ import pytest
 from telemetry.contract import Channel, topic_for
 from telemetry.mqtt import BrokerAddress, new_client
 from telemetry.registry import DeviceRecord, upsert_devices
-from tests.conftest import Database, Mosquitto, wait_for
-from tests.support import event_payload, hours_ago, make_settings, publish_all, running_worker, telemetry_payload
+from tests.conftest import Database, wait_for
+from tests.support import (
+    event_payload,
+    hours_ago,
+    make_settings,
+    publish_all,
+    running_worker,
+    telemetry_payload,
+)
+from watchfloor.mosquitto import MosquittoProcess
 
 
 @dataclass
@@ -83,7 +91,7 @@ def test_stream_is_stored_once_with_latest_state(stack: Stack) -> None:
     assert db.scalar("SELECT sum(samples) FROM device_health_hourly") == 600
 
 
-def test_gps_loss_keeps_last_fix(pg: Database, mosquitto: Mosquitto) -> None:
+def test_gps_loss_keeps_last_fix(pg: Database, mosquitto: MosquittoProcess) -> None:
     """A report without a fix keeps the last known position but says there is no fix."""
     settings = make_settings()
     msgs = [(topic_for("unit-9", Channel.TELEMETRY), telemetry_payload(1, lat=51.6, lon=-0.2)),
@@ -96,7 +104,7 @@ def test_gps_loss_keeps_last_fix(pg: Database, mosquitto: Mosquitto) -> None:
     assert row == (False, 51.6, -0.2, 2, True)
 
 
-def test_out_of_order_report_does_not_overwrite_newer_state(pg: Database, mosquitto: Mosquitto) -> None:
+def test_out_of_order_report_does_not_overwrite_newer_state(pg: Database, mosquitto: MosquittoProcess) -> None:
     """Latest state follows the device's clock and sequence, not arrival order."""
     settings = make_settings()
     newer = (topic_for("unit-5", Channel.TELEMETRY), telemetry_payload(10, battery=40.0))
@@ -133,7 +141,7 @@ def _bad_messages() -> list[tuple[str, bytes, str]]:
     ]
 
 
-def test_bad_messages_are_rejected_and_good_ones_beside_them_stored(pg: Database, mosquitto: Mosquitto) -> None:
+def test_bad_messages_are_rejected_and_good_ones_beside_them_stored(pg: Database, mosquitto: MosquittoProcess) -> None:
     """A stream that mixes every kind of bad message with good ones: every good one is
     stored, every bad one is counted and kept with its reason and a bounded payload copy,
     and ingest keeps running."""
@@ -167,7 +175,7 @@ def test_bad_messages_are_rejected_and_good_ones_beside_them_stored(pg: Database
     assert pg.scalar("SELECT count(*) FROM devices") == 2  # the stranger was not registered
 
 
-def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: Mosquitto) -> None:
+def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: MosquittoProcess) -> None:
     """With the telemetry table locked, ingest stores nothing, acknowledges nothing, and
     holds no more than its bounded queue plus one batch; once the lock goes, all is stored."""
     settings = make_settings(ingest_queue_max=200, ingest_batch_max=100)
@@ -191,7 +199,7 @@ def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: Mosqui
     assert pg.scalar("SELECT count(*) FROM telemetry") == 3000
 
 
-def test_two_workers_share_the_load_without_duplicates(pg: Database, mosquitto: Mosquitto) -> None:
+def test_two_workers_share_the_load_without_duplicates(pg: Database, mosquitto: MosquittoProcess) -> None:
     """Two workers in one $share group split the stream; every message is stored once."""
     messages = _stream(devices=40, reports=50)  # 2,000
     a = make_settings(ingest_client_id="ingest-a")
@@ -206,7 +214,7 @@ def test_two_workers_share_the_load_without_duplicates(pg: Database, mosquitto: 
     assert pg.scalar("SELECT count(*) FROM device_latest WHERE seq = 50") == 40
 
 
-def test_last_will_marks_the_device_offline(pg: Database, mosquitto: Mosquitto) -> None:
+def test_last_will_marks_the_device_offline(pg: Database, mosquitto: MosquittoProcess) -> None:
     """A camera that vanishes without DISCONNECT is marked offline by its Last Will."""
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
         address = BrokerAddress.parse(mosquitto.url)

@@ -16,8 +16,9 @@ from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.simulator.fleet import FleetProfile, build_fleet
 from telemetry.simulator.geo import load_boroughs
 from telemetry.simulator.run import Simulator
-from tests.conftest import Database, Mosquitto, wait_for
+from tests.conftest import Database, wait_for
 from tests.support import make_settings, running_worker
+from watchfloor.mosquitto import MosquittoProcess
 
 START = datetime(2026, 12, 1, 7, 0, tzinfo=timezone.utc)
 LIMITS = Limits(max_payload_bytes=4096, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=30))
@@ -130,7 +131,7 @@ def test_full_met_fleet_builds_and_reports_from_one_process() -> None:
 
 
 @pytest.mark.parametrize("connections", [None, 5])
-def test_simulator_drives_ingest_through_a_real_broker(pg: Database, mosquitto: Mosquitto,
+def test_simulator_drives_ingest_through_a_real_broker(pg: Database, mosquitto: MosquittoProcess,
                                                        connections: int | None) -> None:
     """With one connection per device (each with its Last Will) or a few shared ones, the
     simulated fleet reaches the database through the broker and ingest."""

@@ -29,7 +29,8 @@ class ClientPool:
         self._selector = selectors.DefaultSelector()
         self._clients: list[paho.Client] = []
         self._up: list[bool] = [False] * count
-        self._down_until: list[float] = [0.0] * count
+        self._wanted: list[bool] = [False] * count  # False after a deliberate drop()
+        self._retry_at: list[float] = [0.0] * count
         for index in range(count):
             client = new_client(address, client_id=f"{prefix}-{index}", protocol=paho.MQTTv311)
             # A pooled connection carries hundreds of devices: let QoS 1 flow freely.
@@ -51,11 +52,13 @@ class ClientPool:
 
     def connect(self, index: int) -> None:
         client = self._clients[index]
+        self._wanted[index] = True
+        self._retry_at[index] = time.monotonic() + 5.0  # give the CONNACK time to come
         try:
             client.connect(self._address.host, self._address.port, keepalive=self._keepalive_s)
         except OSError as error:
             log.warning("connection %d: %s", index, error)
-            self._down_until[index] = time.monotonic() + 2.0
+            self._retry_at[index] = time.monotonic() + 2.0
             return
         sock = client.socket()
         if sock is not None:
@@ -83,6 +86,7 @@ class ClientPool:
             self._forget(sock)
             sock.close()
         self._up[index] = False
+        self._wanted[index] = False
 
     def _forget(self, sock: object) -> None:
         try:
@@ -97,20 +101,24 @@ class ClientPool:
             if client.loop_read() != paho.MQTT_ERR_SUCCESS:
                 self._forget(key.fileobj)
                 self._up[key.data] = False
+                self._retry_at[key.data] = time.monotonic() + 2.0
         for client in self._clients:
             if client.want_write():
                 client.loop_write()
 
     def keepalive(self) -> None:
-        """Once a second or so: pings, and reconnecting pooled connections that fell."""
+        """Once a second or so: pings, and reconnecting connections that fell by themselves
+        (a broker restart), as a camera's firmware would."""
         now = time.monotonic()
         for index, client in enumerate(self._clients):
             if self._up[index]:
                 client.loop_misc()
-
-    def reconnect(self, index: int) -> None:
-        self.drop(index)
-        self.connect(index)
+            elif self._wanted[index] and now >= self._retry_at[index]:
+                self._retry_at[index] = now + 2.0
+                sock = client.socket()
+                if sock is not None:
+                    self._forget(sock)
+                self.connect(index)
 
     def close(self) -> None:
         for index, client in enumerate(self._clients):

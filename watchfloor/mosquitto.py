@@ -1,0 +1,79 @@
+"""A Mosquitto started from the shipped configuration on a spare port.
+
+Tests and benchmarks use this instead of the machine's broker: the machine's stock
+configuration drops QoS 1 messages under load, and "nothing lost" must be shown against
+the configuration the product ships (deploy/mosquitto/mosquitto.conf). Only the listener,
+the file locations and authentication are replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from telemetry.embedded import free_port
+
+__all__ = ["MosquittoProcess", "SHIPPED_CONF"]
+
+SHIPPED_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
+_REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest")
+
+
+class MosquittoProcess:
+    """Owns one mosquitto process (by PID); ``stop()`` and ``kill()`` are idempotent."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, extra: list[str] | None = None) -> None:
+        if shutil.which("mosquitto") is None:
+            raise FileNotFoundError("mosquitto is not installed")
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        data = workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in SHIPPED_CONF.read_text().splitlines()
+                if not line.strip().startswith(_REPLACED)]
+        kept += [f"listener {self.port} 127.0.0.1", f"persistence_location {data}/",
+                 "allow_anonymous true", f"log_dest file {workdir}/mosquitto.log", *(extra or [])]
+        if os.geteuid() == 0:  # private temporary folders: do not drop to the mosquitto user
+            kept.append("user root")
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(kept) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, timeout: float = 10.0) -> "MosquittoProcess":
+        log = (self.workdir / "stderr.log").open("ab")
+        self.process = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"mosquitto exited: {(self.workdir / 'stderr.log').read_text()}")
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("mosquitto did not start listening")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None

@@ -9,7 +9,7 @@ stores its rejection) has committed. If the process dies, or the database is awa
 broker still holds everything unacknowledged and delivers it again; the store's keys turn
 the second copy into a no-op. While the database is away nothing is acknowledged, the
 inbox fills, paho's thread blocks on it, and the broker stops sending: memory stays
-bounded by ``ingest_queue_max`` plus one batch.
+bounded by ``ingest_queue_max`` plus two batches (one being written, one handed off).
 """
 
 from __future__ import annotations

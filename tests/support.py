@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -59,7 +60,11 @@ def publish_all(url: str, messages: Iterable[tuple[str, bytes]], *, client_id: s
 
 
 def make_settings(**overrides: Any) -> Settings:
-    base: dict[str, Any] = {"ingest_batch_interval_ms": 20, "mqtt_keepalive_s": 10}
+    """Settings for a test: a client id of its own (sessions outlive a test on a shared
+    broker) that the broker forgets soon after."""
+    base: dict[str, Any] = {"ingest_batch_interval_ms": 20, "mqtt_keepalive_s": 10,
+                            "ingest_client_id": f"test-ingest-{uuid.uuid4().hex[:8]}",
+                            "mqtt_session_expiry_s": 120}
     base.update(overrides)
     return Settings(**base)
 

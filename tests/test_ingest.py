@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,18 +35,34 @@ class Stack:
     share_group: str
 
 
-@pytest.fixture(params=["mosquitto+plain", "mosquitto+timescale", "embedded+embedded"])
+MACHINE_MQTT = "mqtt://127.0.0.1:1883"
+
+
+def _machine_mosquitto_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 1883), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["mosquitto+plain", "mosquitto+timescale", "machine+plain", "embedded+embedded"])
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     """Each supported pair: Mosquitto (shipped config) with plain PostgreSQL and with
-    TimescaleDB, and the embedded pair the demo uses (rumqttd + pgserver)."""
+    TimescaleDB, the machine's own Mosquitto and PostgreSQL, and the embedded pair the demo
+    uses (rumqttd + pgserver)."""
     broker_kind, db_kind = request.param.split("+")
     from tests.conftest import _database
 
+    if broker_kind == "machine" and not _machine_mosquitto_up():
+        pytest.skip("the machine's Mosquitto is not running on 127.0.0.1:1883")
     db_iter = _database(request, db_kind)
     db = next(db_iter)
     if broker_kind == "mosquitto":
         broker = request.getfixturevalue("mosquitto")
         yield Stack(db, broker.url, "watchfloor-ingest")
+    elif broker_kind == "machine":
+        yield Stack(db, MACHINE_MQTT, f"wf-test-{uuid.uuid4().hex[:6]}")
     else:
         broker = request.getfixturevalue("embedded_broker")
         yield Stack(db, broker.url, "")

@@ -86,12 +86,24 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
     sim = Simulator(mqtt_url=_mqtt_url(settings), devices=args.devices, interval_s=args.interval,
-                    seed=args.seed, connections=args.connections)
+                    seed=args.seed, connections=args.connections, first=args.first)
     if args.register:
         _register(_database_url(settings), sim)
     _stop_on_signals(sim)
-    print(f"simulating {len(sim.units)} devices every {args.interval}s (seed {args.seed})", flush=True)
+    mode = "one connection each" if sim.dedicated else f"{sim.connections} shared connections"
+    print(f"simulating {len(sim.units)} devices every {args.interval}s (seed {args.seed}, {mode})", flush=True)
+    threading.Thread(target=_report_simulator, args=(sim, args.report_every), daemon=True).start()
     sim.run(duration_s=args.duration)
+
+
+def _report_simulator(sim: Simulator, every_s: float) -> None:
+    last, last_at = 0, time.monotonic()
+    while True:
+        time.sleep(every_s)
+        now, published = time.monotonic(), sim.stats.published
+        print(f"simulator: published {published} ({(published - last) / (now - last_at):.0f}/s), "
+              f"behind schedule {sim.stats.late_s * 1000:.0f} ms, dropped (backlog) {sim.dropped}", flush=True)
+        last, last_at = published, now
 
 
 def _report(worker: IngestWorker, sim: Simulator | None, every_s: float = 10.0) -> None:
@@ -171,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--connections", type=int, default=None,
                      help="MQTT connections (default: one per device up to 2,000 devices, else 200)")
     sim.add_argument("--register", action="store_true", help="write the fleet into the device registry")
+    sim.add_argument("--first", type=int, default=0,
+                     help="index of the first device, to split one fleet over several processes")
+    sim.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
     sim.set_defaults(run=cmd_simulate)
 
     ingest = sub.add_parser("ingest", help="store telemetry from the broker (run several to scale out)")

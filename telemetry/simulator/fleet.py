@@ -211,10 +211,15 @@ class Unit:
         }
 
 
-def build_fleet(boroughs: list[Borough], count: int, *, seed: int, profile: FleetProfile) -> list[Unit]:
-    """``count`` units spread evenly over ``boroughs``, the same for the same seed."""
+def build_fleet(boroughs: list[Borough], count: int, *, seed: int, profile: FleetProfile,
+                first: int = 0) -> list[Unit]:
+    """``count`` units spread evenly over ``boroughs``, the same for the same seed.
+
+    ``first`` is the index of the first unit, so that several simulator processes can
+    drive disjoint parts of one fleet.
+    """
     units: list[Unit] = []
-    for index in range(count):
+    for index in range(first, first + count):
         rng = random.Random(f"{seed}:{index}")
         borough = boroughs[index % len(boroughs)]
         firearms = rng.random() < profile.firearms_share

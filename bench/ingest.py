@@ -48,6 +48,9 @@ class Row:
     cpu_db: float
 
 
+Snapshot = tuple[float, float, float, float]  # wall clock, then CPU seconds of each party
+
+
 class CpuMeter:
     """CPU of what is measured (the bare subscriber, then the ingest workers), the broker
     and the database server, in % of one core."""
@@ -78,12 +81,12 @@ class CpuMeter:
                 pass
         return total
 
-    def snapshot(self) -> tuple[float, float, float, float]:
+    def snapshot(self) -> Snapshot:
         return (time.monotonic(), self._cpu(self._me), self._cpu([self._broker]),
                 self._cpu(self._db_processes()))
 
     @staticmethod
-    def percent(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> tuple[float, float, float]:
+    def percent(a: Snapshot, b: Snapshot) -> tuple[float, float, float]:
         wall = b[0] - a[0]
         return tuple(100.0 * (b[i] - a[i]) / wall for i in (1, 2, 3))  # type: ignore[return-value]
 

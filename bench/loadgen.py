@@ -86,7 +86,8 @@ def run(url: str, rate: float, seconds: float, devices: int, client_id: str) -> 
                 payload = orjson.dumps({
                     "seq": seqs[d], "ts": now,
                     "battery": {"pct": 77.5, "charging": False, "temp_c": 29.0},
-                    "gps": {"lat": 51.5 + d * 1e-5, "lon": -0.12, "accuracy_m": 6.0, "speed_mps": 1.3, "heading_deg": 90.0},
+                    "gps": {"lat": 51.5 + d * 1e-5, "lon": -0.12, "accuracy_m": 6.0,
+                            "speed_mps": 1.3, "heading_deg": 90.0},
                     "recording": "buffering", "storage_pct": 30.0, "docked": False, "firmware": "4.2.1",
                 })
                 chunks.append(_publish_packet(topics[d], payload, packet_id))

@@ -79,7 +79,7 @@ def embedded_database_url(data_dir: Path) -> str:
     pgdata = (data_dir / "pg").absolute()
     pgdata.mkdir(parents=True, exist_ok=True)
     _clear_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

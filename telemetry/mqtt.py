@@ -15,11 +15,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client"]
 
@@ -81,8 +84,11 @@ class BufferedClient(paho.Client):
         self._read_buffer = b""
         self._read_at = 0
 
+    def _buffered(self) -> bool:
+        return self._read_at < len(self._read_buffer)
+
     def _sock_recv(self, bufsize: int) -> bytes:
-        if self._read_at >= len(self._read_buffer):
+        if not self._buffered():
             data = super()._sock_recv(self._READ_SIZE)  # BlockingIOError when nothing came
             if not data:
                 return data  # connection closed
@@ -91,9 +97,9 @@ class BufferedClient(paho.Client):
         self._read_at += len(chunk)
         return chunk
 
-    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
-        while rc == paho.MQTT_ERR_SUCCESS and self._sock is not None and self._read_at < len(self._read_buffer):
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
             rc = super().loop_read(max_packets)
         return rc
 
@@ -105,7 +111,7 @@ class BufferedClient(paho.Client):
             with self._in_callback_mutex:
                 on_message(self, self._userdata, message)
 
-    def reconnect(self) -> paho.MQTTErrorCode:
+    def reconnect(self) -> MQTTErrorCode:
         self._read_buffer, self._read_at = b"", 0  # bytes of the old connection are void
         return super().reconnect()
 
@@ -116,15 +122,17 @@ class BufferedClient(paho.Client):
             self._packet_queue(paho.PUBACK, packet, 0, 0)
 
 
+ClientT = TypeVar("ClientT", bound=BufferedClient)
+
+
 def new_client(
-    address: BrokerAddress, *, client_id: str, protocol: int, clean: bool = True
-) -> BufferedClient:
-    kwargs: dict[str, object] = {}
-    if protocol != paho.MQTTv5:
-        kwargs["clean_session"] = clean
-    client = BufferedClient(
-        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs  # type: ignore[arg-type]
-    )
+    address: BrokerAddress, *, client_id: str, protocol: int, clean: bool = True,
+    cls: type[ClientT] = BufferedClient,  # type: ignore[assignment]
+) -> ClientT:
+    """A client for ``address``: credentials and TLS from the URL, callbacks API v2."""
+    # clean_session is a 3.1.1 notion; MQTT 5 sets clean_start at connect instead.
+    client = cls(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                 clean_session=None if protocol == paho.MQTTv5 else clean)
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.tls:
@@ -136,13 +144,13 @@ def detect_protocol(address: BrokerAddress, *, client_id: str, timeout: float = 
     """MQTT 5 if the broker accepts it, else 3.1.1 (probed with a throw-away clean session)."""
     result: list[bool] = []
     done = threading.Event()
-    client = new_client(address, client_id=f"{client_id}-probe", protocol=paho.MQTTv5)
+    client: BufferedClient = new_client(address, client_id=f"{client_id}-probe", protocol=paho.MQTTv5)
 
-    def on_connect(c: paho.Client, u: object, f: object, reason: paho.ReasonCode, p: object) -> None:
+    def on_connect(c: paho.Client, u: object, f: object, reason: ReasonCode, p: object) -> None:
         result.append(not reason.is_failure)
         done.set()
 
-    def on_disconnect(c: paho.Client, u: object, f: object, reason: paho.ReasonCode, p: object) -> None:
+    def on_disconnect(c: paho.Client, u: object, f: object, reason: ReasonCode, p: object) -> None:
         done.set()
 
     client.on_connect = on_connect
@@ -180,28 +188,28 @@ class MqttSession:
         self._deliver = deliver
         self._generation = 0
         self.connected = threading.Event()
-        self._client = new_client(address, client_id=client_id, protocol=protocol, clean=False)
+        self._client: BufferedClient = new_client(address, client_id=client_id, protocol=protocol, clean=False)
         self._client.manual_ack_set(True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        # paho types its callback setters as a union that mypy reduces to Never.
+        self._client.on_connect = self._on_connect  # type: ignore[assignment]
+        self._client.on_disconnect = self._on_disconnect  # type: ignore[assignment]
+        self._client.on_message = self._on_message  # type: ignore[assignment]
 
     @property
     def protocol_name(self) -> str:
         return "5" if self._protocol == paho.MQTTv5 else "3.1.1"
 
     def start(self) -> None:
-        kwargs: dict[str, object] = {}
+        host, port, keepalive = self._address.host, self._address.port, self._keepalive_s
         if self._protocol == paho.MQTTv5:
             # clean_start must be False explicitly: paho's default (clean on the first
             # connect of a process) would throw away what a crashed worker left unacked.
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._session_expiry_s
-            kwargs = {"clean_start": False, "properties": props}
-        self._client.connect_async(
-            self._address.host, self._address.port, keepalive=self._keepalive_s, **kwargs  # type: ignore[arg-type]
-        )
+            self._client.connect_async(host, port, keepalive=keepalive, clean_start=False, properties=props)
+        else:
+            self._client.connect_async(host, port, keepalive=keepalive)
         self._client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -226,7 +234,7 @@ class MqttSession:
     # paho's network thread from here on
 
     def _on_connect(self, client: paho.Client, u: object, flags: paho.ConnectFlags,
-                    reason: paho.ReasonCode, p: object) -> None:
+                    reason: ReasonCode, p: object) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
@@ -238,10 +246,10 @@ class MqttSession:
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, u: object, f: object,
-                       reason: paho.ReasonCode, p: object) -> None:
+                       reason: ReasonCode, p: object) -> None:
         self.connected.clear()
         log.warning("disconnected from broker: %s", reason)
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         self._deliver(Inbound(self._generation, message.mid, message.qos, message.topic,
-                              message.payload, time.time()))
+                              bytes(message.payload), time.time()))

@@ -23,7 +23,8 @@ REPORTS = 120  # 6,000 messages
 STREAMED = "SELECT count(*) FROM telemetry WHERE device_id LIKE 'crash-%%'"
 
 
-def _start_ingest(db: Database, mqtt_url: str, *, protocol: str, share_group: str, log: Path) -> subprocess.Popen[bytes]:
+def _start_ingest(db: Database, mqtt_url: str, *, protocol: str, share_group: str,
+                  log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ,
                WATCHFLOOR_DATABASE_URL=db.url, WATCHFLOOR_MQTT_URL=mqtt_url,
                WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_SHARE_GROUP=share_group,

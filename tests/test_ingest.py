@@ -185,7 +185,8 @@ def test_bad_messages_are_rejected_and_good_ones_beside_them_stored(pg: Database
         wait_for(lambda: worker.stats.stored_telemetry == good_count + 1, what="a good message after the bad")
 
     with pg.connect() as conn:
-        rows = conn.execute("SELECT topic, reason, payload_bytes, length(payload) FROM rejected_messages ORDER BY id").fetchall()
+        rows = conn.execute("SELECT topic, reason, payload_bytes, length(payload)"
+                            " FROM rejected_messages ORDER BY id").fetchall()
     assert [(r[0], r[1]) for r in rows] == [(topic, reason) for topic, _, reason in bad]
     assert all(r[3] <= 256 and r[3] == min(r[2], 256) for r in rows)
     assert pg.scalar("SELECT count(*) FROM telemetry WHERE device_id = 'reg-2'") == good_count

@@ -131,8 +131,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         db_url = _database_url(settings)
         applied, feats = _migrate(settings, db_url)
         print("Watchfloor demo", flush=True)
-        print(f"  database: {'embedded PostgreSQL in ' + str(settings.data_dir / 'pg') if not settings.database_url else 'external'}"
-              f" ({', '.join(sorted(feats))})")
+        where = "external" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
+        print(f"  database: {where} ({', '.join(sorted(feats))})")
         print(f"  broker:   {mqtt_url} ({'embedded rumqttd' if broker else 'external'})")
         sim = Simulator(mqtt_url=mqtt_url, devices=args.devices, interval_s=args.interval, seed=args.seed,
                         client_prefix="watchfloor-demo-sim")

@@ -39,6 +39,10 @@ class FleetProfile:
     storage_pct_h_recording: float = 6.0
 
 
+def _rfc3339(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
 def _wrap(deg: float) -> float:
     return deg % 360.0
 
@@ -85,8 +89,9 @@ class Unit:
         self.seq += 1
         return self.seq
 
-    def _event(self, now: datetime, kind: EventType, details: dict[str, Any] | None = None) -> tuple[Channel, dict[str, Any]]:
-        payload: dict[str, Any] = {"seq": self._next_seq(), "ts": now.isoformat().replace("+00:00", "Z"), "type": kind.value}
+    def _event(self, now: datetime, kind: EventType,
+               details: dict[str, Any] | None = None) -> tuple[Channel, dict[str, Any]]:
+        payload: dict[str, Any] = {"seq": self._next_seq(), "ts": _rfc3339(now), "type": kind.value}
         if details:
             payload["details"] = details
         return Channel.EVENTS, payload
@@ -149,7 +154,8 @@ class Unit:
             if self._chance(rate, dt):
                 self.recording = RecordingState.RECORDING
                 self.record_s = self.rng.uniform(120, 1200)
-                trigger = self.rng.choice(["button", "button", "holster", "taser"]) if self.role == "firearms" else "button"
+                triggers = ["button", "button", "holster", "taser"] if self.role == "firearms" else ["button"]
+                trigger = self.rng.choice(triggers)
                 out.append(self._event(now, EventType.RECORDING_STARTED, {"trigger": trigger, "pre_event_s": 30}))
 
         # Emergency button: starts recording and holds it until cleared.
@@ -198,7 +204,7 @@ class Unit:
                    "heading_deg": round(self.heading, 1) % 360.0}
         return {
             "seq": self._next_seq(),
-            "ts": now.isoformat().replace("+00:00", "Z"),
+            "ts": _rfc3339(now),
             "battery": {"pct": round(self.battery, 1), "charging": self.docked,
                         "temp_c": round(28 + self.rng.uniform(-2, 4), 1)},
             "gps": gps,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import selectors
+import socket
 import time
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
-from telemetry.mqtt import BrokerAddress, BufferedClient
+from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
 
 __all__ = ["ClientPool"]
 
@@ -60,7 +62,7 @@ class _CorkedClient(BufferedClient):
         del self._unsent[:sent]
         return not self._unsent
 
-    def reconnect(self) -> paho.MQTTErrorCode:
+    def reconnect(self) -> MQTTErrorCode:
         self._unsent.clear()
         return super().reconnect()
 
@@ -68,7 +70,7 @@ class _CorkedClient(BufferedClient):
         # paho closes the socket right after "sending" DISCONNECT; send it for real first,
         # or the broker sees a lost connection and publishes the Last Will.
         sock = self._sock
-        if sock is not None and self._unsent:
+        if isinstance(sock, socket.socket) and self._unsent:
             try:
                 sock.settimeout(1.0)
                 sock.sendall(self._unsent)
@@ -91,8 +93,7 @@ class ClientPool:
         self._wanted: list[bool] = [False] * count  # False after a deliberate drop()
         self._retry_at: list[float] = [0.0] * count
         for index in range(count):
-            client = _CorkedClient(paho.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{index}",
-                                   protocol=paho.MQTTv311)
+            client = new_client(address, client_id=f"{prefix}-{index}", protocol=paho.MQTTv311, cls=_CorkedClient)
             # A pooled connection carries hundreds of devices: let QoS 1 flow, but bound
             # what waits for a PUBACK (the rest is dropped and counted, never hoarded).
             client.max_inflight_messages_set(1_000)
@@ -143,7 +144,7 @@ class ClientPool:
         if client.backlog > _MAX_BACKLOG_BYTES:
             self.dropped += 1
             return
-        if client.publish(topic, payload, qos=1, retain=retain).rc == paho.MQTT_ERR_QUEUE_SIZE:
+        if client.publish(topic, payload, qos=1, retain=retain).rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             self.dropped += 1
         self._dirty.add(index)
 
@@ -168,7 +169,7 @@ class ClientPool:
         """Read what arrived, write what is pending, keep connections alive."""
         for key, _ in self._selector.select(timeout):
             client = self._clients[key.data]
-            if client.loop_read() != paho.MQTT_ERR_SUCCESS:
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._forget(key.fileobj)
                 self._up[key.data] = False
                 self._retry_at[key.data] = time.monotonic() + 2.0

@@ -47,7 +47,8 @@ class Simulator:
         self.interval_s = interval_s
         count = min(connections or default_connections(devices), devices)
         self.dedicated = count == devices
-        wills = [topic_for(u.device_id, Channel.STATUS) for u in self.units] if self.dedicated else [None] * count
+        wills: list[str | None] = [topic_for(u.device_id, Channel.STATUS) if self.dedicated else None
+                                   for u in self.units[:count]]
         self._pool = ClientPool(BrokerAddress.parse(mqtt_url), prefix=f"{client_prefix}-{first}", count=count,
                                 wills=wills)
         self.connections = count

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import TypeVar
 
 import psycopg
 
@@ -45,6 +46,25 @@ def subscription_topics(share_group: str) -> list[str]:
     """The filters ingest subscribes to, in a shared group when one is set."""
     filters = [f"{TOPIC_ROOT}/+/{channel.value}" for channel in CHANNELS]
     return [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
+
+
+T = TypeVar("T")
+
+
+def _put_until_stopped(target: queue.Queue[T], item: T, stopping: threading.Event) -> None:
+    """Put ``item``, waiting while ``target`` is full (that wait is the backpressure),
+    but give up once the worker is stopping."""
+    try:
+        target.put_nowait(item)
+        return
+    except queue.Full:
+        pass
+    while not stopping.is_set():
+        try:
+            target.put(item, timeout=0.5)
+            return
+        except queue.Full:
+            continue
 
 
 @dataclass
@@ -95,17 +115,7 @@ class IngestWorker:
 
     # paho's thread hands over here: the one place where a message crosses into our thread.
     def _enqueue(self, message: Inbound) -> None:
-        try:
-            self._inbox.put_nowait(message)
-            return
-        except queue.Full:
-            pass
-        while not self._stopping.is_set():
-            try:
-                self._inbox.put(message, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        _put_until_stopped(self._inbox, message, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -156,12 +166,7 @@ class IngestWorker:
 
     def _hand_off(self, work: tuple[list[Inbound], Batch]) -> None:
         """Give a decoded batch to the writer; waits while it still has one (push back)."""
-        while not self._stopping.is_set():
-            try:
-                self._decoded.put(work, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        _put_until_stopped(self._decoded, work, self._stopping)
 
     def _write_loop(self) -> None:
         """The writer thread: commit each decoded batch, then acknowledge it."""

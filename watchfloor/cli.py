@@ -150,8 +150,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         print("  Ctrl-C stops everything.", flush=True)
         threading.Thread(target=_report, args=(worker, sim, args.report_every), daemon=True).start()
         sim_thread.join()
-        if not done.is_set():
-            time.sleep(2.0)  # let ingest drain what the simulator sent last
+        deadline = time.monotonic() + 10.0  # let ingest take in what the simulator sent last
+        while not done.is_set() and worker.stats.received < sim.stats.published and time.monotonic() < deadline:
+            time.sleep(0.1)
         worker.stop()
         ingest_thread.join()
         s = worker.stats

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 __all__ = [
+    "ALERTS_TOPIC",
     "CHANNELS",
     "DEVICE_ID_RE",
     "TOPIC_ROOT",
@@ -29,6 +30,9 @@ __all__ = [
 ]
 
 TOPIC_ROOT = "watchfloor/v1/devices"
+#: Alert changes, published by ingest (and by the API on acknowledge/resolve) for every
+#: API process to push live. Devices may neither publish nor read it (deploy/mosquitto/acl).
+ALERTS_TOPIC = "watchfloor/v1/alerts"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
 
+import orjson
 import psycopg
 
-from telemetry.contract import CHANNELS, TOPIC_ROOT, Event
+from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
+from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
 from telemetry.latency import LatencyHistogram
 from telemetry.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
@@ -39,6 +41,7 @@ __all__ = ["IngestStats", "IngestWorker", "subscription_topics"]
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_EVERY_S = 3600.0
+_OFFLINE_SWEEP_EVERY_S = 5.0
 _REGISTRY_REFRESH_S = 5.0
 
 
@@ -76,6 +79,7 @@ class IngestStats:
     stored_events: int = 0
     statuses: int = 0
     duplicates: int = 0
+    alert_changes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     database_errors: int = 0
@@ -94,6 +98,13 @@ class IngestWorker:
         self._database_url = database_url
         self._address = BrokerAddress.parse(mqtt_url)
         self._clock = clock
+        self._rules = AlertRules(
+            battery_warn_pct=settings.alert_battery_warn_pct,
+            battery_critical_pct=settings.alert_battery_critical_pct,
+            storage_warn_pct=settings.alert_storage_warn_pct,
+            gps_lost_after_s=settings.alert_gps_lost_after_s,
+            offline_after_s=settings.alert_offline_after_s,
+        )
         self._limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
@@ -171,7 +182,11 @@ class IngestWorker:
     def _write_loop(self) -> None:
         """The writer thread: commit each decoded batch, then acknowledge it."""
         next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
+        next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
         while True:
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
+                self._sweep()
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
                 try:
@@ -260,9 +275,10 @@ class IngestWorker:
 
     def _store(self, items: list[Inbound], batch: Batch) -> None:
         started = time.monotonic()
-        self._write(batch)
+        alerts = self._write(batch)
         assert self._session is not None
         self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
+        self._publish_alerts(alerts)
         s = self.stats
         s.received += len(items)
         s.batches += 1
@@ -277,8 +293,27 @@ class IngestWorker:
         for _, _, event in batch.events:
             s.commit_lag.record(committed - event.ts.timestamp())
 
-    def _write(self, batch: Batch) -> None:
-        """Commit ``batch``, retrying through database outages until it is stored."""
+    def _publish_alerts(self, alerts: list[dict[str, object]]) -> None:
+        """Tell every API process (after commit: an alert on the feed is in the database)."""
+        assert self._session is not None
+        for alert in alerts:
+            self._session.publish(ALERTS_TOPIC, orjson.dumps(alert))
+        self.stats.alert_changes += len(alerts)
+
+    def _sweep(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = self._connect_database()
+            with self._conn.transaction():
+                alerts = sweep_offline(self._conn, self._rules)
+        except psycopg.Error as error:
+            log.warning("offline sweep failed: %s", error)
+            return
+        self._publish_alerts(alerts)
+
+    def _write(self, batch: Batch) -> list[dict[str, object]]:
+        """Commit ``batch`` and its alerts, retrying through database outages until it is
+        stored. Returns the alerts it changed."""
         delay = 0.1
         while True:
             try:
@@ -289,10 +324,10 @@ class IngestWorker:
                 try:
                     with conn.transaction():
                         self._write_counted(conn, batch)
+                        return evaluate_batch(conn, batch, self._rules)
                 except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
                     log.error("batch refused by the database (%s); storing message by message", error)
-                    self._write_isolated(conn, batch)
-                return
+                    return self._write_isolated(conn, batch)
             except psycopg.OperationalError as error:
                 self.stats.database_errors += 1
                 log.warning("database unavailable (%s); retrying in %.1fs, nothing acknowledged",
@@ -310,7 +345,7 @@ class IngestWorker:
         self.stats.stored_events += stored_e
         self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e
 
-    def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> None:
+    def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> list[dict[str, object]]:
         """Store what can be stored; a message the database refuses becomes a rejection."""
         singles: list[tuple[Batch, str, bytes]] = []
         for d, r, t in batch.telemetry:
@@ -330,7 +365,9 @@ class IngestWorker:
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
             write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
                                     new_devices=batch.new_devices))
+            alerts = evaluate_batch(conn, batch, self._rules)
         batch.rejected = refused
+        return alerts
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
         if "native_partitioning" not in self._feats:

@@ -220,6 +220,10 @@ class MqttSession:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, queued: paho sends it (and retries it) from its own thread."""
+        self._client.publish(topic, payload, qos=1)
+
     def ack(self, items: Iterable[tuple[int, int]]) -> int:
         """Acknowledge (generation, mid) pairs; ones from an older connection are skipped.
 

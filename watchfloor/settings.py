@@ -43,6 +43,13 @@ class Settings(BaseSettings):
     max_future_skew_s: int = Field(default=300, ge=0)
     rejected_payload_keep_bytes: int = Field(default=1_024, ge=0, le=65_536)
 
+    # Alerts (raised by ingest)
+    alert_battery_warn_pct: float = Field(default=20.0, ge=0, le=100)
+    alert_battery_critical_pct: float = Field(default=10.0, ge=0, le=100)
+    alert_storage_warn_pct: float = Field(default=90.0, ge=0, le=100)
+    alert_gps_lost_after_s: int = Field(default=120, ge=1)
+    alert_offline_after_s: int = Field(default=120, ge=5)
+
     # Storage. timescaledb: "auto" uses it when the server has it (preloaded), "off" never,
     # "require" refuses to migrate without it.
     timescaledb: str = Field(default="auto", pattern="^(auto|off|require)$")

@@ -1,0 +1,183 @@
+"""Alert rules: raised from the telemetry and event stream, inside ingest's transaction.
+
+Every rule is set-based SQL over the devices of one batch, and the database enforces one
+open alert per device and kind (a partial unique index), so several ingest workers can
+evaluate the same device at once without a storm of duplicates. An alert whose condition
+clears is resolved by the system (outcome ``cleared``), with the time recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from telemetry.contract import Event, EventType, Telemetry
+from telemetry.store import Batch
+
+__all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "sweep_offline"]
+
+_COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
+            "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note")
+_RETURNING = "RETURNING " + ", ".join(_COLUMNS)
+_RETURNING_A = "RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    battery_warn_pct: float = 20.0
+    battery_critical_pct: float = 10.0
+    storage_warn_pct: float = 90.0
+    gps_lost_after_s: int = 120
+    offline_after_s: int = 120
+
+    def params(self) -> dict[str, Any]:
+        return {"battery_warn": self.battery_warn_pct, "battery_critical": self.battery_critical_pct,
+                "storage_warn": self.storage_warn_pct, "gps_lost_s": self.gps_lost_after_s,
+                "offline_s": self.offline_after_s}
+
+
+@dataclass(frozen=True)
+class _StateRule:
+    """Raised while ``raise_when`` holds for a device's latest state, cleared by ``clear_when``.
+    Both are SQL over ``l`` (device_latest) and ``d`` (devices); a little hysteresis keeps a
+    value on the threshold from flapping. ``candidate`` is the same test in Python on the
+    batch's newest report, so the raising statement only looks at devices that may need it
+    (the clearing one only meets open alerts, through the partial index)."""
+
+    kind: str
+    severity: str  # SQL expression
+    raise_when: str
+    clear_when: str
+    detail: str  # SQL expression
+    candidate: Callable[[Telemetry | None, bool | None, AlertRules], bool]
+
+
+_FIREARMS_HIGH = "CASE WHEN d.role = 'firearms' THEN 'high' ELSE 'warning' END"
+
+STATE_RULES: Sequence[_StateRule] = (
+    _StateRule("battery_critical", "'critical'",
+               "l.battery_pct < %(battery_critical)s AND NOT l.charging",
+               "l.battery_pct >= %(battery_critical)s + 2 OR l.charging",
+               "'battery at ' || round(l.battery_pct)::text || ' per cent'",
+               lambda t, online, r: t is not None and t.battery.pct < r.battery_critical_pct),
+    _StateRule("battery_low", "'warning'",
+               "l.battery_pct < %(battery_warn)s AND NOT l.charging",
+               "l.battery_pct >= %(battery_warn)s + 2 OR l.charging",
+               "'battery at ' || round(l.battery_pct)::text || ' per cent'",
+               lambda t, online, r: t is not None and t.battery.pct < r.battery_warn_pct),
+    _StateRule("storage_full", "'warning'",
+               "l.storage_pct >= %(storage_warn)s",
+               "l.storage_pct < %(storage_warn)s - 2",
+               "'storage ' || round(l.storage_pct)::text || ' per cent used'",
+               lambda t, online, r: t is not None and (t.storage_pct or 0) >= r.storage_warn_pct),
+    _StateRule("gps_lost", _FIREARMS_HIGH,
+               "NOT l.gps_fix AND (l.last_fix_at IS NULL"
+               " OR l.ts - l.last_fix_at > make_interval(secs => %(gps_lost_s)s))",
+               "l.gps_fix",
+               "'no GPS fix since ' || coalesce(to_char(l.last_fix_at AT TIME ZONE 'UTC', 'HH24:MI:SS') || ' UTC',"
+               " 'start of shift')",
+               lambda t, online, r: t is not None and t.gps is None),
+    _StateRule("offline", _FIREARMS_HIGH,
+               "NOT l.online",
+               "l.online AND l.received_at >= now() - make_interval(secs => %(offline_s)s)",
+               "'connection lost (Last Will)'",
+               lambda t, online, r: online is False),
+)
+
+
+def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: dict[str, Telemetry],
+                       online: dict[str, bool], rules: AlertRules) -> list[dict[str, Any]]:
+    changes: list[dict[str, Any]] = []
+    base = rules.params()
+    with conn.cursor(row_factory=dict_row) as cur:
+        for rule in STATE_RULES:
+            cur.execute(
+                f"UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
+                f" resolved_by = 'system' FROM device_latest l JOIN devices d USING (device_id)"
+                f" WHERE a.device_id = l.device_id AND a.kind = '{rule.kind}' AND a.status <> 'resolved'"
+                f" AND a.device_id = ANY(%(ids)s) AND ({rule.clear_when}) {_RETURNING_A}",
+                {**base, "ids": device_ids})
+            changes += cur.fetchall()
+            candidates = [d for d in device_ids if rule.candidate(newest.get(d), online.get(d), rules)]
+            if not candidates:
+                continue
+            cur.execute(
+                f"INSERT INTO alerts (device_id, kind, severity, detail)"
+                f" SELECT l.device_id, '{rule.kind}', {rule.severity}, {rule.detail}"
+                f" FROM device_latest l JOIN devices d USING (device_id)"
+                f" WHERE l.device_id = ANY(%(ids)s) AND ({rule.raise_when}) ORDER BY l.device_id"
+                f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
+                {**base, "ids": candidates})
+            changes += cur.fetchall()
+    return changes
+
+
+_EVENT_ALERTS: dict[EventType, tuple[str, str, str]] = {
+    # event: (kind, severity SQL, detail)
+    EventType.EMERGENCY: ("emergency", "'critical'", "emergency button pressed"),
+    EventType.RECORDING_STARTED: ("recording", "CASE WHEN d.role = 'firearms' THEN 'high' ELSE 'info' END",
+                                  "recording started"),
+    EventType.WATCH_ME: ("watch_me", "'high'", "officer asks to be watched live"),
+}
+_EVENT_CLEARS: dict[EventType, str] = {
+    EventType.EMERGENCY_CLEARED: "emergency",
+    EventType.RECORDING_STOPPED: "recording",
+}
+
+
+def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: Event) -> list[dict[str, Any]]:
+    if event.type in _EVENT_ALERTS:
+        kind, severity, detail = _EVENT_ALERTS[event.type]
+        trigger = (event.details or {}).get("trigger")
+        if trigger is not None:
+            detail = f"{detail} ({trigger})"
+        cur.execute(
+            f"INSERT INTO alerts (device_id, kind, severity, detail, raised_at)"
+            f" SELECT d.device_id, %s, {severity}, %s, %s FROM devices d WHERE d.device_id = %s"
+            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
+            (kind, detail, event.ts, device_id))
+        return cur.fetchall()
+    if event.type in _EVENT_CLEARS:
+        cur.execute(
+            "UPDATE alerts SET status = 'resolved', outcome = 'cleared', resolved_at = %s, resolved_by = 'system'"
+            f" WHERE device_id = %s AND kind = %s AND status <> 'resolved' {_RETURNING}",
+            (event.ts, device_id, _EVENT_CLEARS[event.type]))
+        return cur.fetchall()
+    return []
+
+
+def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules) -> list[dict[str, Any]]:
+    """Raise and clear alerts for what one batch changed; returns the alerts changed."""
+    changes: list[dict[str, Any]] = []
+    with conn.cursor(row_factory=dict_row) as cur:
+        for device_id, _, event in sorted(batch.events, key=lambda e: (e[2].ts, e[2].seq)):
+            changes += _apply_event(cur, device_id, event)
+    newest: dict[str, Telemetry] = {}
+    for device_id, _, report in batch.telemetry:
+        seen = newest.get(device_id)
+        if seen is None or (report.ts, report.seq) > (seen.ts, seen.seq):
+            newest[device_id] = report
+    online = {device_id: status.online for device_id, _, status in batch.statuses}
+    device_ids = sorted(newest.keys() | online.keys())
+    if device_ids:
+        changes += _apply_state_rules(conn, device_ids, newest, online, rules)
+    return changes
+
+
+def sweep_offline(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:
+    """Devices that went quiet raise no message of their own: look for them (periodically)."""
+    params = {**rules.params()}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "INSERT INTO alerts (device_id, kind, severity, detail)"
+            f" SELECT l.device_id, 'offline', {_FIREARMS_HIGH},"
+            " 'no telemetry for ' || %(offline_s)s::text || ' s'"
+            " FROM device_latest l JOIN devices d USING (device_id)"
+            " WHERE d.retired_at IS NULL AND l.received_at < now() - make_interval(secs => %(offline_s)s)"
+            " ORDER BY l.device_id"
+            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}", params)
+        return cur.fetchall()

@@ -1,0 +1,150 @@
+"""Alerts raised by ingest from real telemetry and events: raised once, cleared by the
+system when the condition clears, and published for the API processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import paho.mqtt.client as paho
+
+from telemetry.contract import ALERTS_TOPIC, Channel, topic_for
+from telemetry.mqtt import BrokerAddress, new_client
+from telemetry.registry import DeviceRecord, upsert_devices
+from tests.conftest import Database, wait_for
+from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from watchfloor.mosquitto import MosquittoProcess
+
+
+class AlertFeed:
+    """Subscribes to the alerts topic, as an API process does."""
+
+    def __init__(self, url: str) -> None:
+        address = BrokerAddress.parse(url)
+        self.received: list[dict[str, object]] = []
+        self._lock = threading.Lock()
+        self._client = new_client(address, client_id="alert-feed", protocol=paho.MQTTv311)
+        self._client.on_message = lambda c, u, m: self._add(orjson.loads(m.payload))
+        self._client.connect(address.host, address.port)
+        self._client.subscribe(ALERTS_TOPIC, qos=1)
+        self._client.loop_start()
+        time.sleep(0.3)
+
+    def _add(self, alert: dict[str, object]) -> None:
+        with self._lock:
+            self.received.append(alert)
+
+    def kinds(self) -> list[tuple[object, object, object]]:
+        with self._lock:
+            return [(a["device_id"], a["kind"], a["status"]) for a in self.received]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _register(db: Database) -> None:
+    with db.connect() as conn:
+        upsert_devices(conn, [DeviceRecord("cam-r", "WE001", "PC 1", "Westminster", "response"),
+                              DeviceRecord("cam-f", "WETRJ001", "PC 2", "Westminster", "firearms")])
+
+
+def _alerts(db: Database) -> list[tuple[str, str, str, str, str | None]]:
+    with db.connect() as conn:
+        return conn.execute("SELECT device_id, kind, severity, status, outcome FROM alerts ORDER BY id").fetchall()
+
+
+def test_battery_storage_and_gps_alerts_raise_once_and_clear(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """Low battery raises a warning then a critical alert, once each however many reports
+    repeat it; charging clears both; storage and GPS loss behave alike; every change is
+    published on the alerts topic."""
+    _register(pg)
+    feed = AlertFeed(mosquitto.url)
+    t = topic_for("cam-r", Channel.TELEMETRY)
+    try:
+        with running_worker(database_url=pg.url, mqtt_url=mosquitto.url,
+                            settings=make_settings(alert_gps_lost_after_s=1)) as worker:
+            publish_all(mosquitto.url, [(t, telemetry_payload(1, battery=15.0)),
+                                        (t, telemetry_payload(2, battery=14.0))])
+            wait_for(lambda: worker.stats.stored_telemetry == 2, what="reports")
+            publish_all(mosquitto.url, [(t, telemetry_payload(3, battery=8.0, storage_pct=95.0))])
+            wait_for(lambda: worker.stats.stored_telemetry == 3, what="critical report")
+            assert _alerts(pg) == [("cam-r", "battery_low", "warning", "open", None),
+                                   ("cam-r", "battery_critical", "critical", "open", None),
+                                   ("cam-r", "storage_full", "warning", "open", None)]
+            charging = orjson.loads(telemetry_payload(4, battery=9.0, storage_pct=20.0))
+            charging["battery"]["charging"] = True
+            publish_all(mosquitto.url, [(t, orjson.dumps(charging))])
+            wait_for(lambda: all(a[3] == "resolved" for a in _alerts(pg)), what="alerts cleared")
+            assert {a[4] for a in _alerts(pg)} == {"cleared"}
+            # No fix for longer than the limit: raised; a fix again: cleared.
+            publish_all(mosquitto.url, [(t, telemetry_payload(5, lat=None))])
+            time.sleep(1.2)
+            publish_all(mosquitto.url, [(t, telemetry_payload(6, lat=None))])
+            wait_for(lambda: ("cam-r", "gps_lost", "warning", "open", None) in _alerts(pg), what="gps_lost")
+            publish_all(mosquitto.url, [(t, telemetry_payload(7))])
+            wait_for(lambda: ("cam-r", "gps_lost", "warning", "resolved", "cleared") in _alerts(pg),
+                     what="gps_lost cleared")
+        wait_for(lambda: len(feed.kinds()) == 8, what="every change on the alerts topic")
+        assert feed.kinds()[:3] == [("cam-r", "battery_low", "open"), ("cam-r", "battery_critical", "open"),
+                                    ("cam-r", "storage_full", "open")]
+    finally:
+        feed.close()
+
+
+def test_event_alerts_and_firearms_priority(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """Emergency raises a critical alert cleared by emergency_cleared; recording raises an
+    alert of high priority for a firearms unit (info otherwise), resolved when it stops."""
+    _register(pg)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
+        publish_all(mosquitto.url, [
+            (topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started", trigger="holster")),
+            (topic_for("cam-r", Channel.EVENTS), event_payload(1, "recording_started")),
+            (topic_for("cam-r", Channel.EVENTS), event_payload(2, "emergency")),
+        ])
+        wait_for(lambda: worker.stats.stored_events == 3, what="events")
+        assert _alerts(pg) == [("cam-f", "recording", "high", "open", None),
+                               ("cam-r", "recording", "info", "open", None),
+                               ("cam-r", "emergency", "critical", "open", None)]
+        publish_all(mosquitto.url, [
+            (topic_for("cam-f", Channel.EVENTS), event_payload(2, "recording_stopped")),
+            (topic_for("cam-r", Channel.EVENTS), event_payload(3, "emergency_cleared")),
+        ])
+        wait_for(lambda: worker.stats.stored_events == 5, what="clearing events")
+    statuses = {(a[0], a[1]): (a[3], a[4]) for a in _alerts(pg)}
+    assert statuses == {("cam-f", "recording"): ("resolved", "cleared"),
+                        ("cam-r", "recording"): ("open", None),
+                        ("cam-r", "emergency"): ("resolved", "cleared")}
+    with pg.connect() as conn:
+        detail = conn.execute("SELECT detail FROM alerts WHERE device_id = 'cam-f'").fetchone()
+    assert detail == ("recording started (holster)",)
+
+
+def test_offline_by_last_will_and_by_silence(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A Last Will raises offline at once; a device that just goes quiet is found by the
+    sweep after the configured time; a report clears it."""
+    _register(pg)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url,
+                        settings=make_settings(alert_offline_after_s=5)) as worker:
+        publish_all(mosquitto.url, [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(1)),
+                                    (topic_for("cam-f", Channel.TELEMETRY), telemetry_payload(1))])
+        publish_all(mosquitto.url, [(topic_for("cam-f", Channel.STATUS), b"offline")])
+        wait_for(lambda: ("cam-f", "offline", "high", "open", None) in _alerts(pg), what="Last Will alert")
+        wait_for(lambda: ("cam-r", "offline", "warning", "open", None) in _alerts(pg), timeout=20,
+                 what="silence alert")
+        publish_all(mosquitto.url, [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(2))])
+        wait_for(lambda: ("cam-r", "offline", "warning", "resolved", "cleared") in _alerts(pg), what="cleared")
+        assert worker.stats.alert_changes >= 3
+
+
+def test_two_workers_raise_one_alert(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """With two workers splitting a device's reports, its low battery is one open alert."""
+    _register(pg)
+    reports = [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(i, battery=5.0)) for i in range(1, 200)]
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as a, \
+            running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as b:
+        publish_all(mosquitto.url, reports)
+        wait_for(lambda: a.stats.stored_telemetry + b.stats.stored_telemetry == 199, what="all stored")
+        assert a.stats.received > 0 and b.stats.received > 0
+    assert sorted((x[1], x[3]) for x in _alerts(pg)) == [("battery_critical", "open"), ("battery_low", "open")]

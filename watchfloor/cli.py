@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
@@ -163,6 +164,37 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
             broker.stop()
 
 
+def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    try:
+        secret = settings.signing_secret()
+    except ValueError as error:
+        sys.exit(str(error))
+    url = _database_url(settings)
+    _migrate(settings, url)
+    app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
+    uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
+                log_level=args.log_level.lower(), ws="websockets-sansio")
+
+
+def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
+    from api.auth import Role, add_user
+
+    password = args.password or getpass.getpass(f"password for {args.username}: ")
+    url = _database_url(settings)
+    _migrate(settings, url)
+    with psycopg.connect(url) as conn:
+        try:
+            add_user(conn, username=args.username, password=password, role=Role(args.role),
+                     areas=args.areas.split(","), display_name=args.name)
+        except ValueError as error:
+            sys.exit(str(error))
+    print(f"user {args.username}: {args.role} in {args.areas}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="watchfloor", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -191,6 +223,21 @@ def _parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="store telemetry from the broker (run several to scale out)")
     ingest.set_defaults(run=cmd_ingest)
+
+    api = sub.add_parser("api", help="the control-room API and live feed (needs WATCHFLOOR_AUTH_SECRET)")
+    api.add_argument("--host", default=None, help="listen address (default WATCHFLOOR_API_HOST, 127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="port (default WATCHFLOOR_API_PORT, 8080)")
+    api.set_defaults(run=cmd_api)
+
+    users = sub.add_parser("users", help="local users").add_subparsers(dest="users_command", required=True)
+    add = users.add_parser("add", help="create or replace a local user")
+    add.add_argument("username")
+    add.add_argument("--role", required=True,
+                     choices=["operator", "firearms_commander", "fleet_manager", "auditor", "admin"])
+    add.add_argument("--areas", default="*", help="comma-separated boroughs, or * for all (default)")
+    add.add_argument("--name", default=None, help="display name")
+    add.add_argument("--password", default=None, help="(prompted for when absent)")
+    add.set_defaults(run=cmd_users_add)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="apply pending schema migrations").set_defaults(run=cmd_db_migrate)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+_MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -50,8 +52,31 @@ class Settings(BaseSettings):
     alert_gps_lost_after_s: int = Field(default=120, ge=1)
     alert_offline_after_s: int = Field(default=120, ge=5)
 
+    # API and live feed
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    # Signs the API's bearer tokens. Required outside the demo: from the environment, or
+    # a file (a container secret); never from the repository.
+    auth_secret: SecretStr | None = None
+    auth_secret_file: Path | None = None
+    token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
+    live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
+
     # Storage. timescaledb: "auto" uses it when the server has it (preloaded), "off" never,
     # "require" refuses to migrate without it.
     timescaledb: str = Field(default="auto", pattern="^(auto|off|require)$")
     retention_days: int = Field(default=30, ge=1)
     compress_after_days: int = Field(default=2, ge=1)
+
+    def signing_secret(self) -> str:
+        """The token-signing secret; refuses to run without a strong one."""
+        secret = self.auth_secret.get_secret_value() if self.auth_secret else None
+        if secret is None and self.auth_secret_file is not None:
+            secret = self.auth_secret_file.read_text().strip()
+        if not secret or len(secret.encode()) < _MIN_SECRET_BYTES:
+            raise ValueError(
+                f"set WATCHFLOOR_AUTH_SECRET (or WATCHFLOOR_AUTH_SECRET_FILE) to at least {_MIN_SECRET_BYTES}"
+                " random bytes, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        return secret

@@ -1,0 +1,78 @@
+"""The FastAPI application: created by :func:`create_app`, resources owned by its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from psycopg_pool import ConnectionPool
+
+from api import errors
+from api.auth import TokenIssuer
+from api.live import LiveHub
+from api.routes import alerts, auth, devices, health, live
+from telemetry import queries
+from watchfloor.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+_REGISTRY_REFRESH_S = 30.0
+
+
+async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
+    def load() -> None:
+        with pool.connection() as conn:
+            hub.load(queries.units_snapshot(conn))
+
+    await run_in_threadpool(load)
+
+
+async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
+    """Devices registered (or moved to another borough) after start-up reach the feed."""
+    while True:
+        await asyncio.sleep(_REGISTRY_REFRESH_S)
+        try:
+            await _load_units(pool, hub)
+        except Exception as error:  # the database may be away; the feed goes on
+            log.warning("registry refresh failed: %s", error)
+
+
+def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str) -> FastAPI:
+    """The API for one process. ``signing_secret`` signs its bearer tokens."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False, timeout=10)
+        pool.open(wait=True, timeout=30)
+        hub = LiveHub(mqtt_url=mqtt_url, rate_hz=settings.live_rate_hz, alert_backlog=settings.live_alert_backlog,
+                      client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}")
+        app.state.pool, app.state.hub = pool, hub
+        # Subscribe first, then load the snapshot: an update in between is applied twice,
+        # never lost.
+        hub.start()
+        await _load_units(pool, hub)
+        refresher = asyncio.create_task(_refresh_registry(pool, hub))
+        try:
+            yield
+        finally:
+            refresher.cancel()
+            await hub.stop()
+            pool.close()
+
+    app = FastAPI(title="Watchfloor control-room API", version="1", lifespan=lifespan,
+                  description="Fleet state, history and alerts of body-worn cameras, and the live feed "
+                              "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
+                              "bearer token from POST /api/v1/auth/token.")
+    app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
+    errors.install(app)
+    for module in (health, auth, devices, alerts, live):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,260 @@
+"""The live picture: every unit's latest state, fed by the broker, fanned out to clients.
+
+Each API process subscribes to the device topics itself (a direct subscription, not the
+ingest group's), so every process sees every update whichever ingest worker stores it.
+paho's thread updates the state under a lock and marks the unit dirty; that is the one
+place where the two threads meet. A ticker on the event loop turns the dirty units into a
+delta ``live_rate_hz`` times a second.
+
+Fan-out encodes a delta once per *view* (what a role may see, in which area) and hands the
+same bytes to every client of that view that has finished sending its last frame. A client
+still busy sending (slow) does not hold anyone up: its deltas are merged into a pending
+map of unit -> latest state, bounded by the number of units, so it loses intermediate
+positions, never the latest state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from fastapi import WebSocket
+
+from api.auth import Principal
+from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Telemetry
+from telemetry.decode import Decoded, Limits, StatusChange, decode
+from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
+
+__all__ = ["LiveClient", "LiveHub", "unit_view"]
+
+log = logging.getLogger(__name__)
+
+_REGISTRY_FIELDS = ("callsign", "officer", "borough", "role")
+_POSITION_FIELDS = ("lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "officer", "last_fix_at")
+_UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "received_at", "battery_pct",
+                "charging", "gps_fix", "lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "last_fix_at",
+                "recording", "storage_pct", "docked", "live", "viewers", "online")
+
+
+def unit_view(unit: dict[str, Any], sees_positions: bool) -> dict[str, Any]:
+    """What a client may see of a unit: no positions or names for a health-only role."""
+    if sees_positions:
+        return unit
+    return {k: v for k, v in unit.items() if k not in _POSITION_FIELDS}
+
+
+def _apply_telemetry(unit: dict[str, Any], t: Telemetry, received: datetime) -> None:
+    unit.update(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
+                recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
+                viewers=t.viewers, gps_fix=t.gps is not None, online=True)
+    if t.gps is not None:
+        unit.update(lat=t.gps.lat, lon=t.gps.lon, accuracy_m=t.gps.accuracy_m, speed_mps=t.gps.speed_mps,
+                    heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
+
+
+@dataclass(eq=False)
+class LiveClient:
+    """One websocket client: its principal, and what waits to be sent to it."""
+
+    who: Principal
+    websocket: WebSocket
+    alert_backlog: int
+    frames: deque[bytes] = field(default_factory=deque)  # shared, already encoded
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # conflated, for a lagging client
+    alerts: deque[dict[str, Any]] = field(default_factory=deque)
+    alerts_dropped: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_frames: int = 0
+    conflated_units: int = 0
+
+    @property
+    def view(self) -> tuple[bool, frozenset[str] | None]:
+        return self.who.sees_positions, self.who.areas
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.frames or self.pending)
+
+    def offer(self, frame: bytes, units: list[dict[str, Any]]) -> None:
+        if not self.busy:
+            self.frames.append(frame)
+        else:
+            for unit in units:
+                if unit["device_id"] in self.pending:
+                    self.conflated_units += 1
+                self.pending[unit["device_id"]] = unit
+        self.ready.set()
+
+    def offer_alert(self, alert: dict[str, Any]) -> None:
+        if len(self.alerts) >= self.alert_backlog:
+            self.alerts.popleft()  # the client is told, and can re-read them over REST
+            self.alerts_dropped += 1
+        self.alerts.append(alert)
+        self.ready.set()
+
+    async def send_loop(self) -> None:
+        ws = self.websocket
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            while self.alerts:
+                await ws.send_text(orjson.dumps({"type": "alert", "alert": self.alerts.popleft()}).decode())
+            if self.alerts_dropped:
+                dropped, self.alerts_dropped = self.alerts_dropped, 0
+                await ws.send_text(orjson.dumps({"type": "alerts_dropped", "count": dropped}).decode())
+            while self.frames:
+                await ws.send_text(self.frames[0].decode())
+                self.frames.popleft()
+                self.sent_frames += 1
+            if self.pending:
+                units, self.pending = list(self.pending.values()), {}
+                await ws.send_text(orjson.dumps({"type": "delta", "units": units}).decode())
+                self.sent_frames += 1
+
+
+class LiveHub:
+    def __init__(self, *, mqtt_url: str, rate_hz: float, alert_backlog: int, client_id: str) -> None:
+        self._address = BrokerAddress.parse(mqtt_url)
+        self._interval = 1.0 / rate_hz
+        self._alert_backlog = alert_backlog
+        self._lock = threading.Lock()
+        self._units: dict[str, dict[str, Any]] = {}
+        self._dirty: set[str] = set()
+        self._alerts: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self._clients: set[LiveClient] = set()
+        self._limits = Limits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1),
+                              max_age=timedelta(days=3650))
+        self._client: BufferedClient = new_client(self._address, client_id=client_id, protocol=paho.MQTTv311)
+        self._client.on_connect = self._on_connect  # type: ignore[assignment]
+        self._client.on_message = self._on_message  # type: ignore[assignment]
+        self._ticker: asyncio.Task[None] | None = None
+        self.connected = threading.Event()
+        self.updates = 0
+
+    # lifecycle (owned by the app's lifespan)
+
+    def load(self, units: Iterable[dict[str, Any]]) -> None:
+        """Merge rows from the database: registry fields always, state only where it is newer
+        than what the broker already told us (the subscription starts before the load)."""
+        with self._lock:
+            for row in units:
+                unit = self._units.get(row["device_id"])
+                if unit is None or unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"]):
+                    self._units[row["device_id"]] = {k: row.get(k) for k in _UNIT_FIELDS}
+                else:
+                    unit.update({k: row.get(k) for k in _REGISTRY_FIELDS})
+
+    def start(self) -> None:
+        self._client.connect_async(self._address.host, self._address.port, keepalive=30)
+        self._client.loop_start()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish on the hub's connection (QoS 1, queued; paho's thread sends it)."""
+        self._client.publish(topic, payload, qos=1)
+
+    # paho's thread
+
+    def _on_connect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
+        client.subscribe([(f"{TOPIC_ROOT}/+/{c.value}", 0) for c in CHANNELS] + [(ALERTS_TOPIC, 1)])
+        self.connected.set()
+
+    def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
+        if message.topic == ALERTS_TOPIC:
+            try:
+                alert = orjson.loads(message.payload)
+            except orjson.JSONDecodeError:
+                return
+            with self._lock:
+                self._alerts.append(alert)
+            return
+        result = decode(message.topic, bytes(message.payload), now=datetime.now(timezone.utc), limits=self._limits)
+        if not isinstance(result, (Decoded, StatusChange)) or (
+                isinstance(result, Decoded) and not isinstance(result.message, Telemetry)):
+            return  # events reach clients as alerts; bad input is ingest's to count
+        received = datetime.now(timezone.utc)
+        with self._lock:
+            unit = self._units.get(result.device_id)
+            if unit is None:
+                unit = self._units[result.device_id] = {k: None for k in _UNIT_FIELDS}
+                unit["device_id"] = result.device_id
+            if isinstance(result, StatusChange):
+                unit["online"] = result.online
+            else:
+                assert isinstance(result.message, Telemetry)
+                _apply_telemetry(unit, result.message, received)
+            self._dirty.add(result.device_id)
+            self.updates += 1
+
+    # the event loop
+
+    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, list[dict[str, Any]]]:
+        """Add a client and return its snapshot; every change after it reaches the client as a delta."""
+        client = LiveClient(who, websocket, self._alert_backlog)
+        with self._lock:
+            snapshot = [unit_view(dict(u), who.sees_positions)
+                        for u in self._units.values() if who.covers(u["borough"])]
+            self._clients.add(client)
+        return client, snapshot
+
+    def unregister(self, client: LiveClient) -> None:
+        self._clients.discard(client)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def borough_of(self, device_id: str) -> str | None:
+        unit = self._units.get(device_id)
+        return unit["borough"] if unit else None
+
+    async def _tick_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self._tick()
+            except Exception:  # a bad frame must not stop the feed for everyone
+                log.exception("live tick failed")
+            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    def _tick(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            changed = [dict(self._units[d]) for d in dirty]
+            alerts = list(self._alerts)
+            self._alerts.clear()
+        for alert in alerts:
+            borough = self.borough_of(str(alert.get("device_id")))
+            alert = {**alert, "borough": borough}
+            for client in self._clients:
+                kinds = client.who.alert_kinds()
+                if client.who.covers(borough) and (kinds is None or alert.get("kind") in kinds):
+                    client.offer_alert(alert)
+        if not changed:
+            return
+        frames: dict[tuple[bool, frozenset[str] | None], tuple[bytes, list[dict[str, Any]]]] = {}
+        for client in self._clients:
+            view = client.view
+            if view not in frames:
+                sees, areas = view
+                units = [unit_view(u, sees) for u in changed if areas is None or u["borough"] in areas]
+                frames[view] = (orjson.dumps({"type": "delta", "units": units}), units)
+            frame, units = frames[view]
+            if units:
+                client.offer(frame, units)

@@ -1,0 +1,154 @@
+"""Request and response bodies of the REST API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Alert", "AlertPage", "DeviceIn", "DevicePage", "DeviceEvent", "FleetSummary", "HealthBucket",
+           "NotSeen", "ResolveIn", "TokenIn", "TokenOut", "TrackPoint", "Unit"]
+
+DEVICE_ID = r"^[A-Za-z0-9_-]{1,64}$"
+RoleName = Literal["response", "firearms", "neighbourhood", "traffic", "custody", "other"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Unit(_Out):
+    """A device and its latest state. Position fields are null for roles that may not see them."""
+
+    device_id: str
+    callsign: str | None = None
+    officer: str | None = None
+    borough: str | None = None
+    role: str | None = None
+    state: str | None = Field(default=None, description="offline, recording, buffering or off")
+    ts: datetime | None = None
+    received_at: datetime | None = None
+    battery_pct: float | None = None
+    charging: bool | None = None
+    gps_fix: bool | None = None
+    lat: float | None = None
+    lon: float | None = None
+    accuracy_m: float | None = None
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    last_fix_at: datetime | None = None
+    recording: str | None = None
+    storage_pct: float | None = None
+    docked: bool | None = None
+    firmware: str | None = None
+    live: bool | None = None
+    viewers: int | None = None
+    online: bool | None = None
+    retired_at: datetime | None = None
+
+
+class DevicePage(_Out):
+    items: list[Unit]
+    total: int
+    limit: int
+    offset: int
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=DEVICE_ID)
+    callsign: str | None = Field(default=None, max_length=32)
+    officer: str | None = Field(default=None, max_length=100)
+    borough: str | None = Field(default=None, max_length=64)
+    role: RoleName = "response"
+
+
+class TrackPoint(_Out):
+    ts: datetime
+    lat: float
+    lon: float
+    accuracy_m: float | None = None
+    speed_mps: float | None = None
+    heading_deg: float | None = None
+    recording: str | None = None
+
+
+class DeviceEvent(_Out):
+    ts: datetime
+    seq: int
+    type: str
+    details: dict[str, Any] | None = None
+
+
+class HealthBucket(_Out):
+    bucket: datetime
+    battery_min: float | None
+    battery_max: float | None
+    battery_avg: float | None
+    storage_max: float | None
+    samples: int
+    recording_samples: int
+
+
+class NotSeen(_Out):
+    device_id: str
+    callsign: str | None
+    borough: str | None
+    last_seen: datetime | None
+
+
+class FleetSummary(_Out):
+    total: int
+    by_state: dict[str, int]
+    by_borough: dict[str, int]
+    by_role: dict[str, int]
+    low_battery: int
+    docked: int
+    charging: int
+    not_seen: list[NotSeen] = Field(description="devices not seen for longer than not_seen_hours (at most 1,000)")
+
+
+class Alert(_Out):
+    id: int
+    device_id: str
+    kind: str
+    severity: str
+    status: str
+    detail: str
+    raised_at: datetime
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    outcome: str | None = None
+    note: str | None = None
+    borough: str | None = None
+    callsign: str | None = None
+    role: str | None = None
+
+
+class AlertPage(_Out):
+    items: list[Alert]
+    limit: int
+    offset: int
+
+
+class ResolveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: Literal["resolved", "false_alarm"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    role: str
+    areas: list[str]

@@ -1,0 +1,70 @@
+"""Alerts: list, acknowledge, resolve. Every change is published so that every API process
+pushes it to its live clients."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from api.auth import HANDLES_ALERTS, Principal, Role, require
+from api.deps import Db
+from api.errors import Conflict, ErrorBody, Forbidden, NotFound
+from api.models import Alert, AlertPage, ResolveIn
+from telemetry import queries
+from telemetry.contract import ALERTS_TOPIC
+
+router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+AlertViewer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER))]
+AlertHandler = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def _publish(request: Request, alert: dict[str, Any]) -> None:
+    request.app.state.hub.publish(ALERTS_TOPIC, orjson.dumps(alert))
+
+
+@router.get("", response_model=AlertPage, summary="Alerts in your area, newest first")
+def list_alerts(db: Db, who: AlertViewer,
+                status: Literal["open", "acknowledged", "resolved"] | None = None,
+                kind: Annotated[str | None, Query(max_length=64)] = None,
+                borough: Annotated[str | None, Query(max_length=64)] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                offset: Annotated[int, Query(ge=0)] = 0) -> AlertPage:
+    allowed = who.alert_kinds()
+    if kind is not None and allowed is not None and kind not in allowed:
+        raise Forbidden(f"role {who.role.value} does not see {kind} alerts")
+    kinds = frozenset({kind}) if kind is not None else allowed
+    rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=kinds, borough=borough,
+                               limit=limit, offset=offset)
+    return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=Alert,
+             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def acknowledge(alert_id: AlertId, request: Request, db: Db, who: AlertHandler) -> Alert:
+    alert, changed = queries.acknowledge_alert(db, alert_id, by=who.username, boroughs=who.areas)
+    if alert is None:
+        raise NotFound(f"no alert {alert_id} in your area")
+    if not changed:
+        raise Conflict(f"alert {alert_id} is {alert['status']}, not open")
+    db.commit()  # published only once it is true in the database
+    _publish(request, alert)
+    return Alert.model_validate(alert)
+
+
+@router.post("/{alert_id}/resolve", response_model=Alert,
+             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def resolve(alert_id: AlertId, body: ResolveIn, request: Request, db: Db, who: AlertHandler) -> Alert:
+    alert, changed = queries.resolve_alert(db, alert_id, by=who.username, outcome=body.outcome, note=body.note,
+                                           boroughs=who.areas)
+    if alert is None:
+        raise NotFound(f"no alert {alert_id} in your area")
+    if not changed:
+        raise Conflict(f"alert {alert_id} is already resolved")
+    db.commit()
+    _publish(request, alert)
+    return Alert.model_validate(alert)

@@ -1,0 +1,23 @@
+"""Sign-in: a username and password for a bearer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from api.auth import ALL_AREAS, TokenIssuer, authenticate
+from api.deps import Db
+from api.errors import ErrorBody, NotAuthenticated
+from api.models import TokenIn, TokenOut
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+@router.post("/token", response_model=TokenOut, responses={401: {"model": ErrorBody}},
+             summary="Exchange a username and password for a bearer token")
+def token(body: TokenIn, request: Request, db: Db) -> TokenOut:
+    who = authenticate(db, body.username, body.password)
+    if who is None:
+        raise NotAuthenticated("wrong username or password")
+    tokens: TokenIssuer = request.app.state.tokens
+    return TokenOut(access_token=tokens.issue(who), expires_in=tokens.ttl_s, role=who.role.value,
+                    areas=[ALL_AREAS] if who.areas is None else sorted(who.areas))

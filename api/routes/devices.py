@@ -1,0 +1,127 @@
+"""Devices: the fleet with its latest state, one device's history, the registry, the summary."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from api.auth import SEES_DEVICES, SEES_POSITIONS, Principal, Role, require
+from api.deps import Db
+from api.errors import ErrorBody, InvalidRequest, NotFound
+from api.live import unit_view
+from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummary, HealthBucket, TrackPoint, Unit
+from telemetry import queries
+from telemetry.registry import DeviceRecord, upsert_devices
+
+router = APIRouter(prefix="/api/v1", tags=["devices"],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+DeviceViewer = Annotated[Principal, Depends(require(*SEES_DEVICES))]
+PositionViewer = Annotated[Principal, Depends(require(*SEES_POSITIONS))]
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID)]
+MAX_PAGE = 1000
+MAX_SPAN = timedelta(days=7)
+
+
+def _unit(row: dict[str, Any], who: Principal) -> Unit:
+    return Unit.model_validate(unit_view(row, who.sees_positions))
+
+
+def _span(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
+    end = end or datetime.now(timezone.utc)
+    start = start or end - default
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidRequest("times need a UTC offset (RFC 3339)")
+    if end <= start or end - start > MAX_SPAN:
+        raise InvalidRequest("start must be before end, at most 7 days apart")
+    return start, end
+
+
+def _visible(db: Db, device_id: str, who: Principal) -> dict[str, Any]:
+    row = queries.get_device(db, device_id, boroughs=who.areas)
+    if row is None:
+        raise NotFound(f"no device {device_id} in your area")
+    return row
+
+
+@router.get("/devices", response_model=DevicePage, summary="Devices with their latest state, filtered and paged")
+def list_devices(
+    db: Db, who: DeviceViewer,
+    borough: str | None = None,
+    role: str | None = None,
+    state: Literal["recording", "buffering", "off", "offline"] | None = None,
+    low_battery_below: Annotated[float | None, Query(ge=0, le=100)] = None,
+    q: Annotated[str | None, Query(max_length=64, description="device id, callsign or officer prefix")] = None,
+    include_retired: bool = False,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DevicePage:
+    where = queries.DeviceFilter(borough=borough, role=role, state=state, low_battery_below=low_battery_below,
+                                 search=q if who.sees_positions else None, include_retired=include_retired)
+    rows, total = queries.list_devices(db, boroughs=who.areas, where=where, limit=limit, offset=offset)
+    return DevicePage(items=[_unit(r, who) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}})
+def get_device(device_id: DeviceId, db: Db, who: DeviceViewer) -> Unit:
+    return _unit(_visible(db, device_id, who), who)
+
+
+@router.get("/devices/{device_id}/track", response_model=list[TrackPoint], responses={404: {"model": ErrorBody}},
+            summary="GPS track between two times, simplified to at most max_points")
+def track(device_id: DeviceId, db: Db, who: PositionViewer, start: datetime | None = None,
+          end: datetime | None = None, max_points: Annotated[int, Query(ge=2, le=5000)] = 1000) -> list[TrackPoint]:
+    _visible(db, device_id, who)
+    start, end = _span(start, end, timedelta(hours=12))
+    return [TrackPoint.model_validate(r) for r in queries.track(db, device_id, start=start, end=end,
+                                                                 max_points=max_points)]
+
+
+@router.get("/devices/{device_id}/events", response_model=list[DeviceEvent], responses={404: {"model": ErrorBody}})
+def events(device_id: DeviceId, db: Db, who: PositionViewer, start: datetime | None = None,
+           end: datetime | None = None, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 200) -> list[DeviceEvent]:
+    _visible(db, device_id, who)
+    start, end = _span(start, end, timedelta(hours=12))
+    return [DeviceEvent.model_validate(r) for r in queries.device_events(db, device_id, start=start, end=end,
+                                                                         limit=limit)]
+
+
+@router.get("/devices/{device_id}/health", response_model=list[HealthBucket], responses={404: {"model": ErrorBody}},
+            summary="Hourly battery and storage (continuous aggregate on TimescaleDB)")
+def health(device_id: DeviceId, db: Db, who: DeviceViewer, start: datetime | None = None,
+           end: datetime | None = None) -> list[HealthBucket]:
+    _visible(db, device_id, who)
+    start, end = _span(start, end, timedelta(hours=24))
+    return [HealthBucket.model_validate(r) for r in queries.device_health(db, device_id, start=start, end=end)]
+
+
+@router.get("/fleet/summary", response_model=FleetSummary, summary="Counts by state, borough and role")
+def summary(db: Db, who: DeviceViewer, not_seen_hours: Annotated[float, Query(gt=0, le=24 * 30)] = 24,
+            low_battery_below: Annotated[float, Query(ge=0, le=100)] = 20) -> FleetSummary:
+    return FleetSummary.model_validate(queries.fleet_summary(
+        db, boroughs=who.areas, not_seen=timedelta(hours=not_seen_hours), low_battery_below=low_battery_below))
+
+
+@router.post("/devices", response_model=Unit, status_code=201, summary="Register (or update) a device")
+def register(body: DeviceIn, db: Db, who: Admin) -> Unit:
+    upsert_devices(db, [DeviceRecord(body.device_id, body.callsign, body.officer, body.borough, body.role)])
+    return _unit(_visible(db, body.device_id, who), who)
+
+
+@router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}})
+def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin) -> Unit:
+    _visible(db, device_id, who)
+    if body.device_id != device_id:
+        raise InvalidRequest("the body's device_id must match the path")
+    upsert_devices(db, [DeviceRecord(device_id, body.callsign, body.officer, body.borough, body.role)])
+    return _unit(_visible(db, device_id, who), who)
+
+
+@router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
+def retire(device_id: DeviceId, db: Db, who: Admin) -> Unit:
+    _visible(db, device_id, who)
+    db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
+    return _unit(_visible(db, device_id, who), who)

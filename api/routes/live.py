@@ -1,0 +1,90 @@
+"""The live feed: ``/api/v1/live``.
+
+Protocol (JSON text frames):
+
+1. the client sends ``{"type": "auth", "token": "<bearer token>"}`` within 5 seconds (a
+   browser cannot set headers on a websocket, and a token in the URL ends up in logs);
+2. the server sends ``{"type": "snapshot", "units": [...], "alerts": [...]}``: every unit
+   the caller may see, and the open alerts;
+3. then ``{"type": "delta", "units": [...]}`` (only units that changed, at most
+   ``live_rate_hz`` a second) and ``{"type": "alert", "alert": {...}}`` as they happen.
+
+A client that reconnects starts again at 1 and so gets a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+from starlette.websockets import WebSocketState
+
+from api.auth import ON_LIVE_FEED, Principal, TokenIssuer
+from api.errors import ApiError
+from api.live import LiveHub
+from telemetry import queries
+
+router = APIRouter()
+
+_AUTH_TIMEOUT_S = 5.0
+_POLICY_VIOLATION = 1008
+
+
+def _open_alerts(pool: object, who: Principal) -> list[dict[str, object]]:
+    with pool.connection() as conn:  # type: ignore[attr-defined]
+        rows = []
+        for status in ("open", "acknowledged"):
+            rows += queries.list_alerts(conn, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
+                                        borough=None, limit=1000, offset=0)
+        return rows
+
+
+@router.websocket("/api/v1/live")
+async def live(websocket: WebSocket) -> None:
+    await websocket.accept()
+    tokens: TokenIssuer = websocket.app.state.tokens
+    hub: LiveHub = websocket.app.state.hub
+    try:
+        hello = orjson.loads(await asyncio.wait_for(websocket.receive_text(), _AUTH_TIMEOUT_S))
+        if not isinstance(hello, dict) or hello.get("type") != "auth":
+            raise ApiError("the first message must be {\"type\": \"auth\", \"token\": ...}")
+        who = tokens.verify(str(hello.get("token", "")))
+        if who.role not in ON_LIVE_FEED:
+            raise ApiError(f"role {who.role.value} is not on the live feed")
+    except (asyncio.TimeoutError, orjson.JSONDecodeError, ApiError, WebSocketDisconnect) as error:
+        reason = error.message if isinstance(error, ApiError) else "authenticate first"
+        with contextlib.suppress(Exception):
+            await websocket.close(code=_POLICY_VIOLATION, reason=reason[:120])
+        return
+
+    client, units = hub.register(who, websocket)
+    sender: asyncio.Task[None] | None = None
+    try:
+        alerts = await run_in_threadpool(_open_alerts, websocket.app.state.pool, who)
+        await websocket.send_text(orjson.dumps({"type": "snapshot", "units": units, "alerts": alerts}).decode())
+        sender = asyncio.create_task(client.send_loop())
+        receiver = asyncio.create_task(_drain(websocket))
+        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        receiver.cancel()
+        for task in done:
+            if task is sender and task.exception() is not None and not isinstance(
+                    task.exception(), (WebSocketDisconnect, RuntimeError)):
+                raise task.exception()  # type: ignore[misc]
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.unregister(client)
+        if sender is not None:
+            sender.cancel()
+        if websocket.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, so that a close is noticed."""
+    while True:
+        await websocket.receive_text()

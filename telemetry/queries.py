@@ -1,0 +1,223 @@
+"""Reads for the control room: devices, history, fleet summary, alerts.
+
+Plain functions over a connection, in the caller's transaction. ``boroughs`` is the
+caller's area: ``None`` means every borough, otherwise only devices registered in one of
+them are visible; the filter is applied in SQL, never after the fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+__all__ = [
+    "DeviceFilter",
+    "UNIT_COLUMNS",
+    "acknowledge_alert",
+    "device_events",
+    "device_health",
+    "fleet_summary",
+    "get_device",
+    "list_alerts",
+    "list_devices",
+    "resolve_alert",
+    "track",
+    "units_snapshot",
+]
+
+Row = dict[str, Any]
+
+UNIT_COLUMNS = (
+    "d.device_id, d.callsign, d.officer, d.borough, d.role, d.profile, d.retired_at,"
+    " l.ts, l.seq, l.received_at, l.battery_pct, l.charging, l.battery_temp_c, l.gps_fix, l.lat, l.lon,"
+    " l.accuracy_m, l.speed_mps, l.heading_deg, l.last_fix_at, l.recording, l.storage_pct, l.docked,"
+    " l.firmware, l.live, l.viewers, coalesce(l.online, false) AS online, l.status_at"
+)
+
+# A unit's state as the control room names it: offline wins, then the recording state.
+_STATE = "CASE WHEN NOT coalesce(l.online, false) THEN 'offline' ELSE coalesce(l.recording, 'off') END"
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    borough: str | None = None
+    role: str | None = None
+    state: str | None = None  # recording | buffering | off | offline
+    low_battery_below: float | None = None
+    search: str | None = None  # device id, callsign or officer (prefix, case-insensitive)
+    include_retired: bool = False
+
+
+def _area(boroughs: frozenset[str] | None, params: dict[str, Any]) -> str:
+    if boroughs is None:
+        return "true"
+    params["areas"] = sorted(boroughs)
+    return "d.borough = ANY(%(areas)s)"
+
+
+def list_devices(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, where: DeviceFilter,
+                 limit: int, offset: int) -> tuple[list[Row], int]:
+    """One page of devices with their latest state, and how many match in all."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    clauses = [_area(boroughs, params)]
+    if not where.include_retired:
+        clauses.append("d.retired_at IS NULL")
+    if where.borough is not None:
+        clauses.append("d.borough = %(borough)s")
+        params["borough"] = where.borough
+    if where.role is not None:
+        clauses.append("d.role = %(role)s")
+        params["role"] = where.role
+    if where.state is not None:
+        clauses.append(f"{_STATE} = %(state)s")
+        params["state"] = where.state
+    if where.low_battery_below is not None:
+        clauses.append("l.battery_pct < %(low)s")
+        params["low"] = where.low_battery_below
+    if where.search:
+        clauses.append("(d.device_id ILIKE %(q)s OR d.callsign ILIKE %(q)s OR d.officer ILIKE %(q)s)")
+        params["q"] = where.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    sql_where = " AND ".join(clauses)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {UNIT_COLUMNS}, {_STATE} AS state FROM devices d"
+                    f" LEFT JOIN device_latest l USING (device_id) WHERE {sql_where}"
+                    " ORDER BY d.device_id LIMIT %(limit)s OFFSET %(offset)s", params)
+        rows = cur.fetchall()
+        cur.execute(f"SELECT count(*) AS n FROM devices d LEFT JOIN device_latest l USING (device_id)"
+                    f" WHERE {sql_where}", params)
+        total = cur.fetchone()
+    return rows, int(total["n"]) if total else 0
+
+
+def get_device(conn: psycopg.Connection, device_id: str, *, boroughs: frozenset[str] | None) -> Row | None:
+    params: dict[str, Any] = {"id": device_id}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {UNIT_COLUMNS}, {_STATE} AS state FROM devices d"
+                    f" LEFT JOIN device_latest l USING (device_id)"
+                    f" WHERE d.device_id = %(id)s AND {_area(boroughs, params)}", params)
+        return cur.fetchone()
+
+
+def units_snapshot(conn: psycopg.Connection) -> list[Row]:
+    """Every registered, unretired device with its latest state: the live hub's start."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {UNIT_COLUMNS} FROM devices d LEFT JOIN device_latest l USING (device_id)"
+                    " WHERE d.retired_at IS NULL")
+        return cur.fetchall()
+
+
+def track(conn: psycopg.Connection, device_id: str, *, start: datetime, end: datetime,
+          max_points: int) -> list[Row]:
+    """GPS fixes between ``start`` and ``end``; over ``max_points``, one fix per equal time
+    slice (the latest in it), so a 12-hour track stays small and keeps its shape in time."""
+    step = max((end - start).total_seconds() / max_points, 0.001)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT ts, lat, lon, accuracy_m, speed_mps, heading_deg, recording FROM ("
+            " SELECT DISTINCT ON (floor(extract(epoch FROM ts - %(start)s) / %(step)s))"
+            " ts, lat, lon, accuracy_m, speed_mps, heading_deg, recording FROM telemetry"
+            " WHERE device_id = %(id)s AND ts >= %(start)s AND ts < %(end)s AND lat IS NOT NULL"
+            " ORDER BY floor(extract(epoch FROM ts - %(start)s) / %(step)s), ts DESC) t ORDER BY ts",
+            {"id": device_id, "start": start, "end": end, "step": step})
+        return cur.fetchall()
+
+
+def device_events(conn: psycopg.Connection, device_id: str, *, start: datetime, end: datetime,
+                  limit: int) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT ts, seq, type, details FROM device_events WHERE device_id = %s"
+                    " AND ts >= %s AND ts < %s ORDER BY ts DESC, seq DESC LIMIT %s",
+                    (device_id, start, end, limit))
+        return cur.fetchall()
+
+
+def device_health(conn: psycopg.Connection, device_id: str, *, start: datetime, end: datetime) -> list[Row]:
+    """Hourly battery and storage (the continuous aggregate on TimescaleDB, a view elsewhere)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT bucket, battery_min, battery_max, battery_avg, storage_max, samples,"
+                    " recording_samples FROM device_health_hourly WHERE device_id = %s"
+                    " AND bucket >= %s AND bucket < %s ORDER BY bucket", (device_id, start, end))
+        return cur.fetchall()
+
+
+def fleet_summary(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, not_seen: timedelta,
+                  low_battery_below: float) -> Row:
+    params: dict[str, Any] = {"not_seen": not_seen, "low": low_battery_below}
+    area = _area(boroughs, params)
+    base = f"FROM devices d LEFT JOIN device_latest l USING (device_id) WHERE d.retired_at IS NULL AND {area}"
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_STATE} AS state, count(*) AS n {base} GROUP BY 1 ORDER BY 1", params)
+        by_state = {r["state"]: r["n"] for r in cur.fetchall()}
+        cur.execute(f"SELECT d.borough, count(*) AS n {base} GROUP BY 1 ORDER BY 1", params)
+        by_borough = {r["borough"] or "unassigned": r["n"] for r in cur.fetchall()}
+        cur.execute(f"SELECT d.role, count(*) AS n {base} GROUP BY 1 ORDER BY 1", params)
+        by_role = {r["role"]: r["n"] for r in cur.fetchall()}
+        cur.execute(f"SELECT count(*) FILTER (WHERE l.battery_pct < %(low)s) AS low_battery,"
+                    f" count(*) FILTER (WHERE l.docked) AS docked, count(*) FILTER (WHERE l.charging) AS charging,"
+                    f" count(*) AS total {base}", params)
+        counts = cur.fetchone() or {}
+        cur.execute(f"SELECT d.device_id, d.callsign, d.borough, l.received_at AS last_seen {base}"
+                    " AND (l.received_at IS NULL OR l.received_at < now() - %(not_seen)s)"
+                    " ORDER BY l.received_at NULLS FIRST, d.device_id LIMIT 1000", params)
+        not_seen_rows = cur.fetchall()
+    return {"total": counts.get("total", 0), "by_state": by_state, "by_borough": by_borough, "by_role": by_role,
+            "low_battery": counts.get("low_battery", 0), "docked": counts.get("docked", 0),
+            "charging": counts.get("charging", 0), "not_seen": not_seen_rows}
+
+
+_ALERT_COLUMNS = ("a.id, a.device_id, a.kind, a.severity, a.status, a.detail, a.raised_at, a.acknowledged_at,"
+                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, d.borough, d.callsign, d.role")
+
+
+def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,
+                kinds: frozenset[str] | None, borough: str | None, limit: int, offset: int) -> list[Row]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    clauses = [_area(boroughs, params)]
+    if status is not None:
+        clauses.append("a.status = %(status)s")
+        params["status"] = status
+    if kinds is not None:
+        clauses.append("a.kind = ANY(%(kinds)s)")
+        params["kinds"] = sorted(kinds)
+    if borough is not None:
+        clauses.append("d.borough = %(borough)s")
+        params["borough"] = borough
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+                    f" WHERE {' AND '.join(clauses)} ORDER BY a.raised_at DESC, a.id DESC"
+                    " LIMIT %(limit)s OFFSET %(offset)s", params)
+        return cur.fetchall()
+
+
+def _get_alert(cur: psycopg.Cursor[Row], alert_id: int, boroughs: frozenset[str] | None) -> Row | None:
+    params: dict[str, Any] = {"id": alert_id}
+    cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+                f" WHERE a.id = %(id)s AND {_area(boroughs, params)} FOR UPDATE OF a", params)
+    return cur.fetchone()
+
+
+def acknowledge_alert(conn: psycopg.Connection, alert_id: int, *, by: str,
+                      boroughs: frozenset[str] | None) -> tuple[Row | None, bool]:
+    """(alert, changed): an open alert becomes acknowledged; otherwise it is left as it is."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        alert = _get_alert(cur, alert_id, boroughs)
+        if alert is None or alert["status"] != "open":
+            return alert, False
+        cur.execute("UPDATE alerts SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = %s"
+                    " WHERE id = %s", (by, alert_id))
+        return _get_alert(cur, alert_id, boroughs), True
+
+
+def resolve_alert(conn: psycopg.Connection, alert_id: int, *, by: str, outcome: str, note: str | None,
+                  boroughs: frozenset[str] | None) -> tuple[Row | None, bool]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        alert = _get_alert(cur, alert_id, boroughs)
+        if alert is None or alert["status"] == "resolved":
+            return alert, False
+        cur.execute("UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = %s, outcome = %s,"
+                    " note = %s WHERE id = %s", (by, outcome, note, alert_id))
+        return _get_alert(cur, alert_id, boroughs), True

@@ -1,0 +1,154 @@
+"""Running the API for tests: a real uvicorn server on a spare port, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+import websockets
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.auth import Role, add_user
+from telemetry.embedded import free_port
+from watchfloor.settings import Settings
+
+SECRET = "test-secret-" + "x" * 40
+PASSWORD = "correct horse battery staple"
+
+USERS: dict[str, tuple[Role, list[str]]] = {
+    "op-all": (Role.OPERATOR, ["*"]),
+    "op-west": (Role.OPERATOR, ["Westminster"]),
+    "afo-cmd": (Role.FIREARMS_COMMANDER, ["*"]),
+    "fleet": (Role.FLEET_MANAGER, ["*"]),
+    "audit": (Role.AUDITOR, ["*"]),
+    "admin": (Role.ADMIN, ["*"]),
+}
+
+
+def add_test_users(conn: Any) -> None:
+    for name, (role, areas) in USERS.items():
+        add_user(conn, username=name, password=PASSWORD, role=role, areas=areas)
+
+
+@dataclass
+class ApiServer:
+    base: str
+    app: FastAPI
+
+
+@contextmanager
+def running_api(*, database_url: str, mqtt_url: str, settings: Settings) -> Iterator[ApiServer]:
+    """An API server on 127.0.0.1 (uvicorn, in a thread of this process)."""
+    port = free_port()
+    app = create_app(settings=settings, database_url=database_url, mqtt_url=mqtt_url, signing_secret=SECRET)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           ws="websockets-sansio", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "API did not start"
+        time.sleep(0.05)
+    try:
+        yield ApiServer(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def token(base: str, username: str) -> str:
+    response = httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": PASSWORD})
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def client(base: str, username: str) -> httpx.Client:
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token(base, username)}"}, timeout=10)
+
+
+class LiveReader:
+    """A websocket client of /api/v1/live on a thread of its own, collecting frames."""
+
+    def __init__(self, base: str, bearer: str | None) -> None:
+        self.url = base.replace("http://", "ws://") + "/api/v1/live"
+        self.bearer = bearer
+        self.frames: list[dict[str, Any]] = []
+        self.received_at: list[float] = []
+        self.closed: tuple[int, str] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        try:
+            async with websockets.connect(self.url, max_size=64 * 1024 * 1024, max_queue=None,
+                                          open_timeout=10) as ws:
+                if self.bearer is not None:
+                    await ws.send(orjson.dumps({"type": "auth", "token": self.bearer}).decode())
+                while not self._stop.is_set():
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), 0.2)
+                    except asyncio.TimeoutError:
+                        continue
+                    with self._lock:
+                        self.frames.append(orjson.loads(raw))
+                        self.received_at.append(time.time())
+        except websockets.ConnectionClosed as closed:
+            self.closed = (closed.rcvd.code if closed.rcvd else 1006, closed.rcvd.reason if closed.rcvd else "")
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [f for f in self.frames if f["type"] == kind]
+
+    def latest_unit(self, device_id: str) -> dict[str, Any] | None:
+        unit = None
+        with self._lock:
+            for frame in self.frames:
+                for u in frame.get("units", []):
+                    if u["device_id"] == device_id:
+                        unit = u
+        return unit
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class StalledClient:
+    """A websocket client that authenticates and then never reads: a raw socket with a tiny
+    receive window, so the server's sends to it stall within kilobytes."""
+
+    def __init__(self, base: str, bearer: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8_192)  # before connect: fixes the window
+        self.sock.connect((host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /api/v1/live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(1)
+        assert b" 101 " in response.split(b"\r\n")[0], response
+        payload = orjson.dumps({"type": "auth", "token": bearer})
+        mask = os.urandom(4)
+        header = bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big") if len(payload) > 125 else \
+            bytes([0x81, 0x80 | len(payload)])
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def close(self) -> None:
+        self.sock.close()

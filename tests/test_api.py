@@ -1,0 +1,283 @@
+"""The control-room API against the real database, broker and ingest: authentication on
+every endpoint, role and area filtering, history, alerts, and the live feed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from telemetry.contract import Channel, topic_for
+from telemetry.ingest import IngestWorker
+from telemetry.registry import DeviceRecord, upsert_devices
+from tests.api_support import LiveReader, StalledClient, add_test_users, client, running_api, token
+from tests.conftest import Database, wait_for
+from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from watchfloor.mosquitto import MosquittoProcess
+
+DEVICES = [DeviceRecord("we-1", "WE001", "PC Ada", "Westminster", "response"),
+           DeviceRecord("we-afo", "WETRJ01", "PC Bo", "Westminster", "firearms"),
+           DeviceRecord("ca-1", "CA001", "PC Cy", "Camden", "response")]
+
+
+@dataclass
+class Api:
+    base: str
+    mqtt_url: str
+    db: Database
+    worker: IngestWorker
+    app: FastAPI
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        before = self.worker.stats.received
+        publish_all(self.mqtt_url, messages)
+        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
+
+
+@pytest.fixture
+def api(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Api]:
+    with pg.connect() as conn:
+        add_test_users(conn)
+        upsert_devices(conn, DEVICES)
+    settings = make_settings(live_rate_hz=10.0)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker, \
+            running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        api = Api(server.base, mosquitto.url, pg, worker, server.app)
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(1, battery=80.0, lat=51.50)),
+                     (topic_for("we-afo", Channel.TELEMETRY),
+                      telemetry_payload(1, battery=15.0, recording="recording")),
+                     (topic_for("ca-1", Channel.TELEMETRY), telemetry_payload(1, battery=60.0, lat=51.54))])
+        yield api
+
+
+def test_health_needs_no_token_and_checks_dependencies(api: Api) -> None:
+    assert httpx.get(f"{api.base}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{api.base}/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.parametrize("path", ["/api/v1/devices", "/api/v1/devices/we-1", "/api/v1/devices/we-1/track",
+                                  "/api/v1/fleet/summary", "/api/v1/alerts"])
+def test_every_endpoint_refuses_without_a_valid_token(api: Api, path: str) -> None:
+    """No token, a malformed one, or one signed with another key: 401 in the error shape."""
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic abc"}):
+        response = httpx.get(api.base + path, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "not_authenticated"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_sign_in_with_a_wrong_password_is_refused(api: Api) -> None:
+    response = httpx.post(f"{api.base}/api/v1/auth/token", json={"username": "op-all", "password": "wrong"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "not_authenticated"
+    unknown = httpx.post(f"{api.base}/api/v1/auth/token", json={"username": "nobody", "password": "wrong"})
+    assert unknown.status_code == 401
+
+
+def test_devices_are_filtered_by_area_role_and_state(api: Api) -> None:
+    with client(api.base, "op-all") as everyone, client(api.base, "op-west") as west:
+        page = everyone.get("/api/v1/devices").json()
+        assert [d["device_id"] for d in page["items"]] == ["ca-1", "we-1", "we-afo"] and page["total"] == 3
+        assert [d["device_id"] for d in west.get("/api/v1/devices").json()["items"]] == ["we-1", "we-afo"]
+        assert west.get("/api/v1/devices/ca-1").status_code == 404  # out of area looks like absent
+        firearms = everyone.get("/api/v1/devices", params={"role": "firearms"}).json()["items"]
+        assert [d["device_id"] for d in firearms] == ["we-afo"]
+        recording = everyone.get("/api/v1/devices", params={"state": "recording"}).json()["items"]
+        assert [d["device_id"] for d in recording] == ["we-afo"]
+        low = everyone.get("/api/v1/devices", params={"low_battery_below": 20}).json()["items"]
+        assert [d["device_id"] for d in low] == ["we-afo"]
+        found = everyone.get("/api/v1/devices", params={"q": "WETRJ"}).json()["items"]
+        assert [d["device_id"] for d in found] == ["we-afo"]
+        paged = everyone.get("/api/v1/devices", params={"limit": 2, "offset": 2}).json()
+        assert [d["device_id"] for d in paged["items"]] == ["we-afo"] and paged["total"] == 3
+        too_big = everyone.get("/api/v1/devices", params={"limit": 5000})
+        assert too_big.status_code == 422 and too_big.json()["error"]["code"] == "invalid_request"
+        detail = everyone.get("/api/v1/devices/we-1").json()
+        assert detail["lat"] == 51.5 and detail["battery_pct"] == 80.0 and detail["state"] == "buffering"
+
+
+def test_fleet_manager_sees_health_not_positions_and_auditor_sees_no_devices(api: Api) -> None:
+    with client(api.base, "fleet") as fleet, client(api.base, "audit") as audit:
+        unit = fleet.get("/api/v1/devices/we-1").json()
+        assert unit["battery_pct"] == 80.0 and unit["lat"] is None and unit["officer"] is None
+        assert fleet.get("/api/v1/devices/we-1/track").status_code == 403
+        assert fleet.get("/api/v1/fleet/summary").status_code == 200
+        assert audit.get("/api/v1/devices").status_code == 403
+        assert audit.get("/api/v1/alerts").status_code == 403
+
+
+def test_registry_is_for_admins(api: Api) -> None:
+    body = {"device_id": "ca-2", "callsign": "CA002", "officer": "PC Di", "borough": "Camden", "role": "response"}
+    with client(api.base, "op-all") as op, client(api.base, "admin") as admin:
+        assert op.post("/api/v1/devices", json=body).status_code == 403
+        created = admin.post("/api/v1/devices", json=body)
+        assert created.status_code == 201 and created.json()["callsign"] == "CA002"
+        moved = admin.put("/api/v1/devices/ca-2", json={**body, "borough": "Westminster"}).json()
+        assert moved["borough"] == "Westminster"
+        assert admin.post("/api/v1/devices/ca-2/retire").json()["retired_at"] is not None
+        assert "ca-2" not in [d["device_id"] for d in op.get("/api/v1/devices").json()["items"]]
+        assert admin.post("/api/v1/devices", json={**body, "device_id": "bad id"}).status_code == 422
+
+
+def test_twelve_hour_track_is_simplified_in_time_order(api: Api) -> None:
+    end = datetime.now(timezone.utc).replace(microsecond=0)
+    start = end - timedelta(hours=12)
+    with api.db.connect() as conn:
+        conn.execute(
+            "INSERT INTO telemetry (device_id, ts, seq, received_at, battery_pct, charging, lat, lon, accuracy_m,"
+            " recording, live, viewers) SELECT 'ca-1', %s + make_interval(secs => g * 5), 1000 + g, now(), 50,"
+            " false, 51.5 + g * 1e-5, -0.1, 5, 'buffering', false, 0 FROM generate_series(0, 8639) g", (start,))
+    with client(api.base, "op-all") as op:
+        points = op.get("/api/v1/devices/ca-1/track", params={"start": start.isoformat(), "end": end.isoformat(),
+                                                               "max_points": 500}).json()
+    assert 400 <= len(points) <= 500
+    stamps = [p["ts"] for p in points]
+    assert stamps == sorted(stamps)
+    with client(api.base, "op-all") as op:
+        wide = op.get("/api/v1/devices/ca-1/track", params={"start": (end - timedelta(days=9)).isoformat(),
+                                                             "end": end.isoformat()})
+    assert wide.status_code == 422
+
+
+def test_events_and_health_history(api: Api) -> None:
+    api.publish([(topic_for("we-1", Channel.EVENTS), event_payload(2, "recording_started", trigger="button"))])
+    with client(api.base, "op-all") as op, client(api.base, "fleet") as fleet:
+        events = op.get("/api/v1/devices/we-1/events").json()
+        assert [(e["type"], e["details"]) for e in events] == [("recording_started", {"trigger": "button"})]
+        health = fleet.get("/api/v1/devices/we-1/health").json()
+        assert health and health[-1]["battery_min"] == 80.0 and health[-1]["samples"] == 1
+
+
+def test_fleet_summary_counts(api: Api) -> None:
+    with client(api.base, "op-all") as op, client(api.base, "op-west") as west:
+        summary = op.get("/api/v1/fleet/summary").json()
+        assert summary["total"] == 3
+        assert summary["by_state"] == {"buffering": 2, "recording": 1}
+        assert summary["by_borough"] == {"Camden": 1, "Westminster": 2}
+        assert summary["by_role"] == {"firearms": 1, "response": 2}
+        assert summary["low_battery"] == 1 and summary["not_seen"] == []
+        assert west.get("/api/v1/fleet/summary").json()["total"] == 2
+
+
+def test_alert_lifecycle_through_the_api(api: Api) -> None:
+    """open -> acknowledged (by whom) -> resolved (how, by whom); wrong steps are refused."""
+    with client(api.base, "op-all") as op, client(api.base, "fleet") as fleet:
+        alerts = op.get("/api/v1/alerts", params={"status": "open"}).json()["items"]
+        low = next(a for a in alerts if a["kind"] == "battery_low" and a["device_id"] == "we-afo")
+        assert low["borough"] == "Westminster" and low["callsign"] == "WETRJ01"
+        assert fleet.post(f"/api/v1/alerts/{low['id']}/acknowledge").status_code == 403
+        acked = op.post(f"/api/v1/alerts/{low['id']}/acknowledge").json()
+        assert acked["status"] == "acknowledged" and acked["acknowledged_by"] == "op-all"
+        assert op.post(f"/api/v1/alerts/{low['id']}/acknowledge").status_code == 409
+        bad = op.post(f"/api/v1/alerts/{low['id']}/resolve", json={"outcome": "maybe"})
+        assert bad.status_code == 422
+        done = op.post(f"/api/v1/alerts/{low['id']}/resolve", json={"outcome": "false_alarm", "note": "spare"})
+        assert done.json()["status"] == "resolved" and done.json()["outcome"] == "false_alarm"
+        assert op.post(f"/api/v1/alerts/{low['id']}/resolve", json={"outcome": "resolved"}).status_code == 409
+        assert op.post("/api/v1/alerts/999999/acknowledge").status_code == 404
+        # A fleet manager sees health alerts only.
+        kinds = {a["kind"] for a in fleet.get("/api/v1/alerts").json()["items"]}
+        assert kinds <= {"battery_low", "battery_critical", "storage_full", "offline"}
+        assert fleet.get("/api/v1/alerts", params={"kind": "recording"}).status_code == 403
+
+
+def test_live_feed_snapshot_then_deltas_and_alerts(api: Api) -> None:
+    """After auth: a snapshot of every visible unit with open alerts, then deltas and alerts."""
+    west = LiveReader(api.base, token(api.base, "op-west"))
+    try:
+        wait_for(lambda: west.of_type("snapshot"), what="snapshot")
+        snapshot = west.of_type("snapshot")[0]
+        assert sorted(u["device_id"] for u in snapshot["units"]) == ["we-1", "we-afo"]
+        assert {a["kind"] for a in snapshot["alerts"]} == {"battery_low"}
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(2, battery=70.0)),
+                     (topic_for("ca-1", Channel.TELEMETRY), telemetry_payload(2, battery=50.0)),
+                     (topic_for("we-1", Channel.EVENTS), event_payload(3, "emergency"))])
+        wait_for(lambda: (west.latest_unit("we-1") or {}).get("battery_pct") == 70.0, what="delta")
+        wait_for(lambda: any(f["alert"]["kind"] == "emergency" for f in west.of_type("alert")), what="alert")
+        time.sleep(0.3)
+        assert all(u["device_id"] != "ca-1" for f in west.of_type("delta") for u in f["units"])
+    finally:
+        west.close()
+    again = LiveReader(api.base, token(api.base, "op-west"))
+    try:
+        wait_for(lambda: again.of_type("snapshot"), what="a fresh snapshot")
+        unit = next(u for u in again.of_type("snapshot")[0]["units"] if u["device_id"] == "we-1")
+        assert unit["battery_pct"] == 70.0
+    finally:
+        again.close()
+
+
+def test_live_feed_refuses_without_auth_and_for_auditors(api: Api) -> None:
+    for bearer in (None, "garbage", token(api.base, "audit")):
+        reader = LiveReader(api.base, bearer)
+        try:
+            wait_for(lambda: reader.closed is not None, timeout=10, what="the server to close")
+            assert reader.closed is not None and reader.closed[0] == 1008
+            assert not reader.of_type("snapshot")
+        finally:
+            reader.close()
+
+
+def test_live_feed_strips_positions_for_fleet_managers(api: Api) -> None:
+    fleet = LiveReader(api.base, token(api.base, "fleet"))
+    try:
+        wait_for(lambda: fleet.of_type("snapshot"), what="snapshot")
+        units = fleet.of_type("snapshot")[0]["units"]
+        assert units and all("lat" not in u and "officer" not in u for u in units)
+    finally:
+        fleet.close()
+
+
+def test_live_feed_conflates_to_the_latest_state(api: Api) -> None:
+    """Fifty reports of one unit within a tick reach the client as few deltas, ending on the last."""
+    reader = LiveReader(api.base, token(api.base, "op-all"))
+    try:
+        wait_for(lambda: reader.of_type("snapshot"), what="snapshot")
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(10 + i, battery=float(90 - i)))
+                     for i in range(50)])
+        wait_for(lambda: (reader.latest_unit("we-1") or {}).get("battery_pct") == 41.0, what="the last state")
+        deltas = [f for f in reader.of_type("delta") if any(u["device_id"] == "we-1" for u in f["units"])]
+        assert len(deltas) < 25
+    finally:
+        reader.close()
+
+
+def test_a_stalled_client_does_not_delay_a_healthy_one(api: Api) -> None:
+    """A client that stops reading is left behind (conflated); the healthy one keeps pace."""
+    stalled = StalledClient(api.base, token(api.base, "op-all"))
+    healthy = LiveReader(api.base, token(api.base, "op-all"))
+    try:
+        wait_for(lambda: healthy.of_type("snapshot"), what="snapshot")
+        wait_for(lambda: api.app.state.hub.client_count == 2, what="both registered")
+        many = [DeviceRecord(f"bulk-{i:04d}", None, "PC " + "x" * 2000, "Camden", "response") for i in range(400)]
+        with api.db.connect() as conn:
+            upsert_devices(conn, many)
+        api.app.state.hub.load([{"device_id": d.device_id, "officer": d.officer, "borough": d.borough,
+                                 "callsign": None, "role": d.role, "ts": None} for d in many])
+        lags = []
+        for round_ in range(1, 21):
+            sent = time.time()
+            api.publish([(topic_for(d.device_id, Channel.TELEMETRY), telemetry_payload(round_, battery=float(round_)))
+                         for d in many])
+            wait_for(lambda: (healthy.latest_unit("bulk-0399") or {}).get("battery_pct") == float(round_),
+                     timeout=10, what=f"the healthy client to see round {round_}")
+            lags.append(time.time() - sent)
+        slow, fast = sorted(api.app.state.hub._clients, key=lambda c: c.sent_frames)
+        assert slow.sent_frames < fast.sent_frames
+        assert slow.conflated_units > 0  # the stalled one was left behind, its deltas conflated
+        assert max(lags) < 3.0
+    finally:
+        stalled.close()
+        healthy.close()
+
+
+def test_openapi_documents_every_route(api: Api) -> None:
+    spec = httpx.get(f"{api.base}/openapi.json").json()
+    assert {"/api/v1/devices", "/api/v1/devices/{device_id}/track", "/api/v1/alerts/{alert_id}/resolve",
+            "/api/v1/fleet/summary", "/api/v1/auth/token", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert httpx.get(f"{api.base}/docs").status_code == 200

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.conftest import Database
+from telemetry.embedded import free_port
+from tests.conftest import Database, wait_for
 
 COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "--help"],
             ["db", "migrate", "--help"], ["db", "maintain", "--help"]]
@@ -44,12 +46,30 @@ def test_simulate_without_a_broker_url_says_what_to_set() -> None:
 
 
 def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
-    """No configuration: the demo starts pgserver and rumqttd, says where, and stores what
-    its simulated fleet sends."""
-    result = _watchfloor("demo", "--devices", "50", "--duration", "6", "--report-every", "2",
-                         env={"WATCHFLOOR_DATA_DIR": str(tmp_path / "data")}, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    """No configuration: the demo starts pgserver and rumqttd, says where, stores what its
+    simulated fleet sends, and serves the API to the users it prints."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "50", "--duration", "8",
+                             "--report-every", "2", "--port", str(port)],
+                            env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    password = next(line.split()[1] for line in lines if line.strip().startswith("operator "))
+    login = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token",
+                       json={"username": "operator", "password": password})
+    assert login.status_code == 200, "".join(lines)
+    devices = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/devices", headers={
+        "Authorization": f"Bearer {login.json()['access_token']}"}).json().get("total") == 50, what="devices")
+    assert devices
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    out = "".join(lines) + rest
     assert "embedded PostgreSQL" in out and "embedded rumqttd" in out
     finished = re.search(r"demo finished: published (\d+), received (\d+), stored (\d+) telemetry", out)
     assert finished, out

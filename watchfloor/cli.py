@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 
@@ -147,6 +148,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": args.duration}, name="simulator")
         sim_thread.start()
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
+        server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+        print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
+              f"{args.port}/api/v1/live)")
         print(f"  try:      psql '{db_url}' -c 'select * from device_latest limit 5'")
         print("  Ctrl-C stops everything.", flush=True)
         threading.Thread(target=_report, args=(worker, sim, args.report_every), daemon=True).start()
@@ -154,6 +158,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 10.0  # let ingest take in what the simulator sent last
         while not done.is_set() and worker.stats.received < sim.stats.published and time.monotonic() < deadline:
             time.sleep(0.1)
+        server.should_exit = True
+        api_thread.join(20)
         worker.stop()
         ingest_thread.join()
         s = worker.stats
@@ -162,6 +168,38 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -> tuple[Any, threading.Thread]:
+    """The API on a thread, with a signing secret made for this run and a user per role."""
+    import secrets
+
+    import uvicorn
+
+    from api.app import create_app
+    from api.auth import Role, add_user
+
+    secret = settings.auth_secret.get_secret_value() if settings.auth_secret else secrets.token_urlsafe(48)
+    users = [("operator", Role.OPERATOR, ["*"]), ("operator-westminster", Role.OPERATOR, ["Westminster"]),
+             ("firearms", Role.FIREARMS_COMMANDER, ["*"]), ("fleet", Role.FLEET_MANAGER, ["*"]),
+             ("auditor", Role.AUDITOR, ["*"]), ("admin", Role.ADMIN, ["*"])]
+    print("  users (demo only; passwords are new every run):")
+    with psycopg.connect(db_url) as conn:
+        for name, role, areas in users:
+            password = secrets.token_urlsafe(12)
+            add_user(conn, username=name, password=password, role=role, areas=areas)
+            print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
+    app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
+                                           ws="websockets-sansio"))
+    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not server.started:
+        raise SystemExit(f"the API could not start on {settings.api_host}:{port} (port in use? try --port)")
+    return server, thread
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
@@ -209,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded database and broker, ingest and a simulated fleet")
     fleet_options(demo, 300)
     demo.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
+    demo.add_argument("--port", type=int, default=8080, help="the API's port")
     demo.set_defaults(run=cmd_demo)
 
     sim = sub.add_parser("simulate", help="publish a simulated fleet to the broker")

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from api import errors
 from api.auth import TokenIssuer
 from api.live import LiveHub
-from api.routes import alerts, auth, devices, health, live
+from api.routes import alerts, auth, devices, health, incidents, live
 from telemetry import queries
 from watchfloor.settings import Settings
 
@@ -73,6 +73,6 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                               "bearer token from POST /api/v1/auth/token.")
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
     errors.install(app)
-    for module in (health, auth, devices, alerts, live):
+    for module in (health, auth, devices, alerts, incidents, live):
         app.include_router(module.router)
     return app

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from telemetry.contract import Event, EventType, Telemetry
 from telemetry.store import Batch
 
-__all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "sweep_offline"]
+__all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_offline"]
 
 _COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
             "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note")
@@ -165,7 +165,72 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules) ->
     device_ids = sorted(newest.keys() | online.keys())
     if device_ids:
         changes += _apply_state_rules(conn, device_ids, newest, online, rules)
+        changes += evaluate_incidents(conn, device_ids)
     return changes
+
+
+# Metres between a unit and an incident's centre: equirectangular, fine at a city's scale.
+_DISTANCE_M = ("sqrt(power((l.lat - i.lat) * 111320.0, 2)"
+               " + power((l.lon - i.lon) * 111320.0 * cos(radians(i.lat)), 2))")
+
+
+def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -> list[dict[str, Any]]:
+    """Geofence (a unit entering or leaving an open incident's area) and assigned firearms
+    units that are not recording. ``device_ids`` None: every unit (after an assignment)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT EXISTS (SELECT 1 FROM incidents WHERE status = 'open')")
+        row = cur.fetchone()
+        if not row or not row["exists"]:
+            if device_ids is not None:
+                return []
+        scope = "true" if device_ids is None else "l.device_id = ANY(%(ids)s)"
+        params = {"ids": device_ids}
+        changes: list[dict[str, Any]] = []
+        # Left: was inside, now outside (with a fix), or the incident closed.
+        cur.execute(
+            "DELETE FROM incident_presence p USING device_latest l, incidents i"
+            f" WHERE p.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
+            f" AND (i.status <> 'open' OR (l.gps_fix AND {_DISTANCE_M} > i.radius_m)) RETURNING p.device_id", params)
+        left = sorted({r["device_id"] for r in cur.fetchall()})
+        if left:
+            cur.execute("UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
+                        " resolved_by = 'system' WHERE a.kind = 'geofence' AND a.status <> 'resolved'"
+                        " AND a.device_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM incident_presence p"
+                        f" WHERE p.device_id = a.device_id) {_RETURNING_A}", (left,))
+            changes += cur.fetchall()
+        # Entered: inside now, not before.
+        cur.execute(
+            "INSERT INTO incident_presence (incident_id, device_id, entered_at)"
+            " SELECT i.id, l.device_id, l.ts FROM device_latest l JOIN incidents i ON i.status = 'open'"
+            f" WHERE {scope} AND l.gps_fix AND {_DISTANCE_M} <= i.radius_m ORDER BY i.id, l.device_id"
+            " ON CONFLICT DO NOTHING RETURNING incident_id, device_id", params)
+        entered = cur.fetchall()
+        for e in entered:
+            cur.execute(
+                "INSERT INTO alerts (device_id, kind, severity, detail) SELECT %s, 'geofence', 'warning',"
+                " 'entered the area of incident ' || id::text || ': ' || title FROM incidents WHERE id = %s"
+                f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
+                (e["device_id"], e["incident_id"]))
+            changes += cur.fetchall()
+        # Assigned firearms units must be recording.
+        assigned = ("SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
+                    " WHERE u.device_id = l.device_id AND i.status = 'open'")
+        cur.execute(
+            "UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(), resolved_by = 'system'"
+            " FROM device_latest l WHERE a.device_id = l.device_id AND a.kind = 'assigned_not_recording'"
+            f" AND a.status <> 'resolved' AND {scope}"
+            f" AND (l.recording = 'recording' OR NOT EXISTS ({assigned})) {_RETURNING_A}", params)
+        changes += cur.fetchall()
+        cur.execute(
+            "INSERT INTO alerts (device_id, kind, severity, detail)"
+            " SELECT l.device_id, 'assigned_not_recording', 'high',"
+            " 'assigned firearms unit is ' || coalesce(l.recording, 'unknown') || ', not recording'"
+            " FROM device_latest l JOIN devices d USING (device_id)"
+            f" WHERE {scope} AND d.role = 'firearms' AND coalesce(l.recording, 'off') <> 'recording'"
+            f" AND EXISTS ({assigned}) ORDER BY l.device_id"
+            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}", params)
+        changes += cur.fetchall()
+        return changes
 
 
 def sweep_offline(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:

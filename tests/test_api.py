@@ -281,3 +281,37 @@ def test_openapi_documents_every_route(api: Api) -> None:
     assert {"/api/v1/devices", "/api/v1/devices/{device_id}/track", "/api/v1/alerts/{alert_id}/resolve",
             "/api/v1/fleet/summary", "/api/v1/auth/token", "/healthz", "/readyz"} <= set(spec["paths"])
     assert httpx.get(f"{api.base}/docs").status_code == 200
+
+
+def test_incident_units_geofence_and_unrecorded_firearms(api: Api) -> None:
+    """An incident lists its assigned units with position, battery and recording; an assigned
+    firearms unit that stops recording raises a high alert; a unit entering the area raises
+    a geofence alert, resolved when it leaves."""
+    def open_alerts(op: httpx.Client, kind: str) -> list[dict[str, object]]:
+        return [a for a in op.get("/api/v1/alerts", params={"kind": kind}).json()["items"]
+                if a["status"] != "resolved"]
+
+    with client(api.base, "afo-cmd") as cmd, client(api.base, "fleet") as fleet:
+        body = {"title": "Firearms deployment", "lat": 51.5, "lon": -0.12, "radius_m": 300, "borough": "Westminster"}
+        assert fleet.post("/api/v1/incidents", json=body).status_code == 403
+        incident = cmd.post("/api/v1/incidents", json=body).json()
+        detail = cmd.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": ["we-afo", "we-1"]}).json()
+        units = {u["device_id"]: u for u in detail["units"]}
+        assert units["we-afo"]["recording"] == "recording" and units["we-afo"]["not_recording"] is False
+        assert units["we-afo"]["battery_pct"] == 15.0 and units["we-1"]["lat"] == 51.5
+        assert open_alerts(cmd, "assigned_not_recording") == []
+
+        api.publish([(topic_for("we-afo", Channel.TELEMETRY), telemetry_payload(5, battery=14.0))])
+        wait_for(lambda: [a["device_id"] for a in open_alerts(cmd, "assigned_not_recording")] == ["we-afo"],
+                 what="the not-recording alert")
+        assert cmd.get(f"/api/v1/incidents/{incident['id']}").json()["units"][1]["not_recording"] is True
+
+        api.publish([(topic_for("ca-1", Channel.TELEMETRY), telemetry_payload(5, lat=51.501, lon=-0.12))])
+        wait_for(lambda: "ca-1" in [a["device_id"] for a in open_alerts(cmd, "geofence")], what="geofence entered")
+        api.publish([(topic_for("ca-1", Channel.TELEMETRY), telemetry_payload(6, lat=51.54, lon=-0.12))])
+        wait_for(lambda: "ca-1" not in [a["device_id"] for a in open_alerts(cmd, "geofence")], what="geofence left")
+        assert {a["device_id"] for a in open_alerts(cmd, "geofence")} == {"we-afo", "we-1"}  # inside the area
+
+        cmd.post(f"/api/v1/incidents/{incident['id']}/close")
+        wait_for(lambda: open_alerts(cmd, "assigned_not_recording") == [], what="cleared on close")
+        assert cmd.get("/api/v1/incidents").json() == []

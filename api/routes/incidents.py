@@ -1,0 +1,143 @@
+"""Incidents: firearms commanders and operators see each assigned unit's position, battery
+and recording state, and an alert marks an assigned firearms unit that is not recording."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import HANDLES_ALERTS, Principal, require
+from api.deps import Db
+from api.errors import ErrorBody, InvalidRequest, NotFound
+from api.models import DEVICE_ID
+from telemetry import incidents, queries
+from telemetry.alerts import evaluate_incidents
+from telemetry.contract import ALERTS_TOPIC
+
+router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                              422: {"model": ErrorBody}})
+
+Commander = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
+IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class IncidentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(min_length=1, max_length=200)
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_m: float = Field(gt=0, le=50_000, description="the incident area: a circle around (lat, lon)")
+    borough: str | None = Field(default=None, max_length=64)
+
+
+class Incident(BaseModel):
+    id: int
+    title: str
+    lat: float
+    lon: float
+    radius_m: float
+    borough: str | None
+    status: str
+    created_by: str
+    created_at: datetime
+    closed_at: datetime | None
+
+
+class AssignedUnit(BaseModel):
+    device_id: str
+    callsign: str | None
+    officer: str | None
+    borough: str | None
+    role: str
+    ts: datetime | None
+    lat: float | None
+    lon: float | None
+    accuracy_m: float | None
+    gps_fix: bool | None
+    battery_pct: float | None
+    charging: bool | None
+    recording: str | None
+    online: bool
+    inside_area: bool
+    not_recording: bool = Field(description="an assigned firearms unit that is not recording")
+    assigned_at: datetime
+    assigned_by: str
+
+
+class IncidentDetail(Incident):
+    units: list[AssignedUnit]
+
+
+class AssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_ids: list[Annotated[str, Field(pattern=DEVICE_ID)]] = Field(min_length=1, max_length=500)
+
+
+def _publish(request: Request, changes: list[dict[str, Any]]) -> None:
+    for alert in changes:
+        request.app.state.hub.publish(ALERTS_TOPIC, orjson.dumps(alert))
+
+
+def _detail(db: Db, incident_id: int, who: Principal) -> IncidentDetail:
+    row = incidents.get(db, incident_id, boroughs=who.areas)
+    if row is None:
+        raise NotFound(f"no incident {incident_id} in your area")
+    return IncidentDetail(**row, units=[AssignedUnit(**u) for u in incidents.units(db, incident_id)])
+
+
+@router.post("", response_model=Incident, status_code=201)
+def create(body: IncidentIn, db: Db, who: Commander) -> Incident:
+    if not who.covers(body.borough):
+        raise InvalidRequest("the incident's borough is outside your area")
+    return Incident(**incidents.create(db, title=body.title, lat=body.lat, lon=body.lon, radius_m=body.radius_m,
+                                       borough=body.borough, by=who.username))
+
+
+@router.get("", response_model=list[Incident], summary="Open incidents in your area")
+def list_open(db: Db, who: Commander) -> list[Incident]:
+    return [Incident(**r) for r in incidents.list_open(db, boroughs=who.areas, limit=500)]
+
+
+@router.get("/{incident_id}", response_model=IncidentDetail, summary="An incident and its assigned units")
+def detail(incident_id: IncidentId, db: Db, who: Commander) -> IncidentDetail:
+    return _detail(db, incident_id, who)
+
+
+@router.post("/{incident_id}/units", response_model=IncidentDetail, summary="Assign units")
+def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, who: Commander) -> IncidentDetail:
+    _detail(db, incident_id, who)
+    for device_id in body.device_ids:
+        if queries.get_device(db, device_id, boroughs=who.areas) is None:
+            raise NotFound(f"no device {device_id} in your area")
+    incidents.assign(db, incident_id, body.device_ids, by=who.username)
+    changes = evaluate_incidents(db, body.device_ids)
+    db.commit()
+    _publish(request, changes)
+    return _detail(db, incident_id, who)
+
+
+@router.delete("/{incident_id}/units/{device_id}", response_model=IncidentDetail, summary="Unassign a unit")
+def unassign(incident_id: IncidentId, device_id: Annotated[str, Path(pattern=DEVICE_ID)], request: Request,
+             db: Db, who: Commander) -> IncidentDetail:
+    _detail(db, incident_id, who)
+    if not incidents.unassign(db, incident_id, device_id):
+        raise NotFound(f"{device_id} is not assigned to incident {incident_id}")
+    changes = evaluate_incidents(db, [device_id])
+    db.commit()
+    _publish(request, changes)
+    return _detail(db, incident_id, who)
+
+
+@router.post("/{incident_id}/close", response_model=IncidentDetail)
+def close(incident_id: IncidentId, request: Request, db: Db, who: Commander) -> IncidentDetail:
+    _detail(db, incident_id, who)
+    incidents.close(db, incident_id)
+    changes = evaluate_incidents(db, None)
+    db.commit()
+    _publish(request, changes)
+    return _detail(db, incident_id, who)

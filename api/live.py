@@ -68,7 +68,7 @@ class LiveClient:
     who: Principal
     websocket: WebSocket
     alert_backlog: int
-    frames: deque[bytes] = field(default_factory=deque)  # shared, already encoded
+    frames: deque[str] = field(default_factory=deque)  # shared, already encoded
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # conflated, for a lagging client
     alerts: deque[dict[str, Any]] = field(default_factory=deque)
     alerts_dropped: int = 0
@@ -84,7 +84,7 @@ class LiveClient:
     def busy(self) -> bool:
         return bool(self.frames or self.pending)
 
-    def offer(self, frame: bytes, units: list[dict[str, Any]]) -> None:
+    def offer(self, frame: str, units: list[dict[str, Any]]) -> None:
         if not self.busy:
             self.frames.append(frame)
         else:
@@ -112,7 +112,7 @@ class LiveClient:
                 dropped, self.alerts_dropped = self.alerts_dropped, 0
                 await ws.send_text(orjson.dumps({"type": "alerts_dropped", "count": dropped}).decode())
             while self.frames:
-                await ws.send_text(self.frames[0].decode())
+                await ws.send_text(self.frames[0])
                 self.frames.popleft()
                 self.sent_frames += 1
             if self.pending:
@@ -131,6 +131,8 @@ class LiveHub:
         self._dirty: set[str] = set()
         self._alerts: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._clients: set[LiveClient] = set()
+        self._ticks = 0
+        self._snapshots: dict[tuple[bool, frozenset[str] | None], tuple[int, str]] = {}
         self._limits = Limits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1),
                               max_age=timedelta(days=3650))
         self._client: BufferedClient = new_client(self._address, client_id=client_id, protocol=paho.MQTTv311)
@@ -204,14 +206,27 @@ class LiveHub:
 
     # the event loop
 
-    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, list[dict[str, Any]]]:
-        """Add a client and return its snapshot; every change after it reaches the client as a delta."""
+    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, str]:
+        """Add a client; return it and its snapshot's units, encoded (a JSON array).
+
+        Every change after the snapshot reaches the client as a delta: a change made while
+        the snapshot is copied is also in the dirty set, sent at the next tick to every
+        registered client. For the same reason a snapshot encoded earlier in the same tick
+        is as good as a new one, so a burst of (re)connecting clients of one view shares one
+        encoding instead of blocking the loop once per client.
+        """
         client = LiveClient(who, websocket, self._alert_backlog)
-        with self._lock:
-            snapshot = [unit_view(dict(u), who.sees_positions)
-                        for u in self._units.values() if who.covers(u["borough"])]
+        view = client.view
+        cached = self._snapshots.get(view)
+        if cached is not None and cached[0] == self._ticks:
             self._clients.add(client)
-        return client, snapshot
+            return client, cached[1]
+        with self._lock:
+            units = [unit_view(dict(u), who.sees_positions) for u in self._units.values() if who.covers(u["borough"])]
+            self._clients.add(client)
+        encoded = orjson.dumps(units).decode()
+        self._snapshots[view] = (self._ticks, encoded)
+        return client, encoded
 
     def unregister(self, client: LiveClient) -> None:
         self._clients.discard(client)
@@ -234,6 +249,7 @@ class LiveHub:
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
     def _tick(self) -> None:
+        self._ticks += 1
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             changed = [dict(self._units[d]) for d in dirty]
@@ -248,13 +264,13 @@ class LiveHub:
                     client.offer_alert(alert)
         if not changed:
             return
-        frames: dict[tuple[bool, frozenset[str] | None], tuple[bytes, list[dict[str, Any]]]] = {}
+        frames: dict[tuple[bool, frozenset[str] | None], tuple[str, list[dict[str, Any]]]] = {}
         for client in self._clients:
             view = client.view
             if view not in frames:
                 sees, areas = view
                 units = [unit_view(u, sees) for u in changed if areas is None or u["borough"] in areas]
-                frames[view] = (orjson.dumps({"type": "delta", "units": units}), units)
+                frames[view] = (orjson.dumps({"type": "delta", "units": units}).decode(), units)
             frame, units = frames[view]
             if units:
                 client.offer(frame, units)

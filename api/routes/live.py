@@ -64,7 +64,8 @@ async def live(websocket: WebSocket) -> None:
     sender: asyncio.Task[None] | None = None
     try:
         alerts = await run_in_threadpool(_open_alerts, websocket.app.state.pool, who)
-        await websocket.send_text(orjson.dumps({"type": "snapshot", "units": units, "alerts": alerts}).decode())
+        alerts_json = orjson.dumps(alerts).decode()
+        await websocket.send_text(f'{{"type":"snapshot","alerts":{alerts_json},"units":{units}}}')
         sender = asyncio.create_task(client.send_loop())
         receiver = asyncio.create_task(_drain(websocket))
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,279 @@
+"""bench/fanout: the live feed under the full fleet, beside the broker's own delivery.
+
+    .venv/bin/python bench/fanout.py [--clients 200] [--seconds 30] [--interval 5] [--rate 10]
+
+Starts, as separate processes: Mosquitto (deploy/ config, spare port), one ingest worker,
+one API process, and the 22,000-device simulator. Then opens ``--clients`` websocket
+clients on loopback. Most only count frames and bytes (as a browser tab would receive
+them); a few probes parse every frame and measure publish-to-client latency from each
+unit's ``ts`` (the simulator stamps it when it publishes). The baseline, in the same run,
+is a bare MQTT subscriber's publish-to-delivery latency on the same stream. Also measures
+the first snapshot (every unit) and a 12-hour track query. Prints tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as paho
+import psutil
+import psycopg
+import websockets
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from api.auth import Role, add_user  # noqa: E402
+from telemetry.embedded import free_port  # noqa: E402
+from telemetry.latency import LatencyHistogram  # noqa: E402
+from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
+from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
+from telemetry.schema import migrate  # noqa: E402
+from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
+from telemetry.simulator.geo import load_boroughs  # noqa: E402
+from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
+
+SECRET = "bench-" + uuid.uuid4().hex * 2
+PASSWORD = "bench password " + uuid.uuid4().hex[:8]
+PROBES = 5
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.frames = 0
+        self.bytes = 0
+        self.units = 0
+        self.latency = LatencyHistogram()
+
+
+async def _client(url: str, token: str, stats: Stats, probe: bool, stop: asyncio.Event) -> None:
+    async with websockets.connect(url, max_size=256 * 1024 * 1024, max_queue=None) as ws:
+        await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+        await ws.recv()  # the snapshot
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(ws.recv(), 0.5)
+            except asyncio.TimeoutError:
+                continue
+            now = time.time()
+            stats.frames += 1
+            stats.bytes += len(raw)
+            if probe:
+                frame = orjson.loads(raw)
+                for unit in frame.get("units", []):
+                    stats.units += 1
+                    if unit.get("ts"):
+                        stats.latency.record(now - _epoch(unit["ts"]))
+
+
+async def _snapshot_latency(url: str, token: str, tries: int = 5) -> list[float]:
+    out = []
+    for _ in range(tries):
+        async with websockets.connect(url, max_size=256 * 1024 * 1024) as ws:
+            started = time.perf_counter()
+            await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
+            snapshot = orjson.loads(await ws.recv())
+            out.append((time.perf_counter() - started) * 1000)
+            assert snapshot["type"] == "snapshot"
+            units = len(snapshot["units"])
+    print(f"snapshot carried {units} units")
+    return out
+
+
+def _bulk_clients(url: str, token: str, count: int, seconds: float, results: Any) -> None:
+    """Clients that read and count every frame, as a dashboard tab would receive them."""
+    async def run() -> None:
+        stop = asyncio.Event()
+        stats = [Stats() for _ in range(count)]
+        tasks = [asyncio.create_task(_client(url, token, s, False, stop)) for s in stats]
+        await asyncio.sleep(15)
+        for s in stats:
+            s.frames = s.bytes = 0
+        await asyncio.sleep(seconds - 15)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        results.put((sum(s.frames for s in stats), sum(s.bytes for s in stats)))
+
+    asyncio.run(run())
+
+
+def _bare_subscriber(url: str, seconds: float) -> LatencyHistogram:
+    address = BrokerAddress.parse(url)
+    latency = LatencyHistogram()
+    client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
+    client.on_message = lambda c, u, m: latency.record(time.time() - _epoch(orjson.loads(m.payload)["ts"]))
+    client.connect(address.host, address.port)
+    client.subscribe("watchfloor/v1/devices/+/telemetry", qos=0)
+    client.loop_start()
+    time.sleep(seconds)
+    client.disconnect()
+    client.loop_stop()
+    return latency
+
+
+def _track_latency(base: str, token: str, db_url: str, device_id: str, tries: int = 20) -> list[float]:
+    end = datetime.now(timezone.utc) - timedelta(minutes=5)
+    start = end - timedelta(hours=12)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO telemetry (device_id, ts, seq, received_at, battery_pct, charging, lat, lon, accuracy_m,"
+            " recording, live, viewers) SELECT %s, %s + make_interval(secs => g), 1000000 + g, now(), 50, false,"
+            " 51.5 + g * 1e-6, -0.1, 5, 'buffering', false, 0 FROM generate_series(0, 43199) g", (device_id, start))
+    out = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            r = http.get(f"/api/v1/devices/{device_id}/track", params={"start": start.isoformat(),
+                                                                      "end": end.isoformat()})
+            out.append((time.perf_counter() - t0) * 1000)
+            r.raise_for_status()
+    print(f"12-hour track: 43,200 fixes stored, {len(r.json())} returned")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--devices", type=int, default=22_000)
+    parser.add_argument("--interval", type=float, default=5.0, help="simulator report interval")
+    parser.add_argument("--rate", type=float, default=10.0, help="live_rate_hz of the API")
+    parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="wf-fanout-"))
+    broker = MosquittoProcess(workdir / "mosquitto").start()
+    name = f"wf_fanout_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(args.database, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    db_url = psycopg.conninfo.make_conninfo(args.database, dbname=name)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with psycopg.connect(db_url) as conn:
+            migrate(conn, retention=timedelta(days=30), compress_after=timedelta(days=2), timescaledb="off")
+            units = build_fleet(load_boroughs(), args.devices, seed=1, profile=FleetProfile())
+            upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
+                                  for u in units])
+            add_user(conn, username="bench", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
+        port = free_port()
+        env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
+                   WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
+                   WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="fanout-ingest")
+        log = (workdir / "processes.log").open("ab")
+
+        def start(*cmd: str) -> subprocess.Popen[bytes]:
+            procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", *cmd], env=env, cwd=ROOT,
+                                          stdout=log, stderr=log))
+            return procs[-1]
+
+        start("ingest")
+        api = start("api", "--port", str(port))
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
+        time.sleep(args.interval + 5)  # the fleet connected and reporting
+        token = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}
+                           ).json()["access_token"]
+        url = base.replace("http://", "ws://") + "/api/v1/live"
+
+        baseline = _bare_subscriber(broker.url, min(10.0, args.seconds))
+        api_proc = psutil.Process(api.pid)
+
+        # The bulk of the clients read in another process, so that the probes' clock is not
+        # held up by the reading of everyone else's frames.
+        spawn = multiprocessing.get_context("spawn")
+        results = spawn.Queue()
+        bulk = spawn.Process(target=_bulk_clients, args=(url, token, args.clients - PROBES, args.seconds + 15, results))
+        bulk.start()
+
+        async def run_probes() -> tuple[list[Stats], float, float]:
+            stop = asyncio.Event()
+            stats = [Stats() for _ in range(PROBES)]
+            tasks = [asyncio.create_task(_client(url, token, s, True, stop)) for s in stats]
+            await asyncio.sleep(15)  # everyone connected and past the snapshot
+            for s in stats:
+                s.frames = s.bytes = s.units = 0
+                s.latency.reset()
+            cpu0, t0 = api_proc.cpu_times(), time.monotonic()
+            await asyncio.sleep(args.seconds)
+            cpu1, t1 = api_proc.cpu_times(), time.monotonic()
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0)
+            return stats, cpu, t1 - t0
+
+        stats, cpu, wall = asyncio.run(run_probes())
+        bulk_frames, bulk_bytes = results.get(timeout=300)
+        bulk.join(30)
+        snapshots = asyncio.run(_snapshot_latency(url, token))
+        tracks = _track_latency(base, token, db_url, units[0].device_id)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+        with psycopg.connect(args.database, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    probes = stats[:PROBES]
+    merged = LatencyHistogram()
+    for s in probes:
+        for ms, n in enumerate(s.latency._counts):
+            for _ in range(n):
+                merged.record(ms / 1000)
+    frames = (sum(s.frames for s in stats) + bulk_frames) / wall
+    mbytes = (sum(s.bytes for s in stats) + bulk_bytes) / wall / 1e6
+    per_client_units = statistics.mean(s.units for s in probes) / wall
+    print()
+    print(f"{args.devices} devices reporting every {args.interval}s ({args.devices / args.interval:.0f} msg/s), "
+          f"{args.clients} clients, live_rate_hz {args.rate}, {wall:.0f}s measured")
+    print()
+    print("| path | p50 ms | p99 ms |")
+    print("|---|---|---|")
+    print(f"| publish → bare MQTT subscriber (baseline) | {baseline.quantile(0.5):.0f} "
+          f"| {baseline.quantile(0.99):.0f} |")
+    print(f"| publish → websocket client (through the API's hub) | {merged.quantile(0.5):.0f} "
+          f"| {merged.quantile(0.99):.0f} |")
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| API process CPU | {cpu:.0f}% of one core |")
+    print(f"| frames delivered, all clients | {frames:.0f}/s ({mbytes:.1f} MB/s) |")
+    print(f"| unit updates delivered per client | {per_client_units:.0f}/s |")
+    print(f"| first snapshot ({args.devices} units), p50 / max of {len(snapshots)} | "
+          f"{statistics.median(snapshots):.0f} / {max(snapshots):.0f} ms |")
+    tracks.sort()
+    print(f"| 12-hour track query, p50 / p99 of {len(tracks)} | {statistics.median(tracks):.1f} / "
+          f"{tracks[int(len(tracks) * 0.99) - 1]:.1f} ms |")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,13 @@ from api.routes import alerts, auth, devices, health, incidents, live
 from telemetry import queries
 from watchfloor.settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["WS_DEFLATE", "WS_IMPL", "create_app"]
+
+#: How uvicorn serves the app's websockets. No permessage-deflate: it compresses every frame
+#: again for every client (a zlib context each), which undoes encoding a delta once per
+#: view; measured in bench/fanout, it was most of the API's CPU with 200 clients.
+WS_IMPL = "websockets-sansio"
+WS_DEFLATE = False
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,11 @@ __all__ = ["LiveClient", "LiveHub", "unit_view"]
 log = logging.getLogger(__name__)
 
 _REGISTRY_FIELDS = ("callsign", "officer", "borough", "role")
+# A delta carries a unit's state; its registry fields only when they are new to clients
+# (a unit first seen, or moved): that halves the bytes every client is sent.
+_DELTA_FIELDS = ("device_id", "ts", "received_at", "battery_pct", "charging", "gps_fix", "lat", "lon",
+                 "accuracy_m", "speed_mps", "heading_deg", "last_fix_at", "recording", "storage_pct", "docked",
+                 "live", "viewers", "online")
 _POSITION_FIELDS = ("lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "officer", "last_fix_at")
 _UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "received_at", "battery_pct",
                 "charging", "gps_fix", "lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "last_fix_at",
@@ -129,6 +134,7 @@ class LiveHub:
         self._lock = threading.Lock()
         self._units: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
+        self._full: set[str] = set()  # dirty units whose registry fields clients have not seen
         self._alerts: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._clients: set[LiveClient] = set()
         self._ticks = 0
@@ -150,10 +156,14 @@ class LiveHub:
         with self._lock:
             for row in units:
                 unit = self._units.get(row["device_id"])
+                registry = {k: row.get(k) for k in _REGISTRY_FIELDS}
+                if unit is not None and any(unit[k] != v for k, v in registry.items()):
+                    self._dirty.add(row["device_id"])
+                    self._full.add(row["device_id"])
                 if unit is None or unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"]):
                     self._units[row["device_id"]] = {k: row.get(k) for k in _UNIT_FIELDS}
                 else:
-                    unit.update({k: row.get(k) for k in _REGISTRY_FIELDS})
+                    unit.update(registry)
 
     def start(self) -> None:
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
@@ -196,6 +206,7 @@ class LiveHub:
             if unit is None:
                 unit = self._units[result.device_id] = {k: None for k in _UNIT_FIELDS}
                 unit["device_id"] = result.device_id
+                self._full.add(result.device_id)
             if isinstance(result, StatusChange):
                 unit["online"] = result.online
             else:
@@ -252,7 +263,9 @@ class LiveHub:
         self._ticks += 1
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-            changed = [dict(self._units[d]) for d in dirty]
+            full, self._full = self._full, set()
+            changed = [dict(self._units[d]) if d in full else {k: self._units[d][k] for k in _DELTA_FIELDS}
+                       for d in dirty]
             alerts = list(self._alerts)
             self._alerts.clear()
         for alert in alerts:
@@ -269,7 +282,8 @@ class LiveHub:
             view = client.view
             if view not in frames:
                 sees, areas = view
-                units = [unit_view(u, sees) for u in changed if areas is None or u["borough"] in areas]
+                units = [unit_view(u, sees) for u in changed
+                         if areas is None or self._units[u["device_id"]]["borough"] in areas]
                 frames[view] = (orjson.dumps({"type": "delta", "units": units}).decode(), units)
             frame, units = frames[view]
             if units:

@@ -19,7 +19,7 @@ import uvicorn
 import websockets
 from fastapi import FastAPI
 
-from api.app import create_app
+from api.app import WS_DEFLATE, WS_IMPL, create_app
 from api.auth import Role, add_user
 from telemetry.embedded import free_port
 from watchfloor.settings import Settings
@@ -54,7 +54,8 @@ def running_api(*, database_url: str, mqtt_url: str, settings: Settings) -> Iter
     port = free_port()
     app = create_app(settings=settings, database_url=database_url, mqtt_url=mqtt_url, signing_secret=SECRET)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           ws="websockets-sansio", lifespan="on"))
+                                           lifespan="on", ws=WS_IMPL,
+                                           ws_per_message_deflate=WS_DEFLATE))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

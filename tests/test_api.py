@@ -254,7 +254,8 @@ def test_a_stalled_client_does_not_delay_a_healthy_one(api: Api) -> None:
     try:
         wait_for(lambda: healthy.of_type("snapshot"), what="snapshot")
         wait_for(lambda: api.app.state.hub.client_count == 2, what="both registered")
-        many = [DeviceRecord(f"bulk-{i:04d}", None, "PC " + "x" * 2000, "Camden", "response") for i in range(400)]
+        # Enough bytes (about 12 MB) to fill the kernel's buffers towards the stalled client.
+        many = [DeviceRecord(f"bulk-{i:04d}", None, None, "Camden", "response") for i in range(1500)]
         with api.db.connect() as conn:
             upsert_devices(conn, many)
         api.app.state.hub.load([{"device_id": d.device_id, "officer": d.officer, "borough": d.borough,
@@ -264,7 +265,7 @@ def test_a_stalled_client_does_not_delay_a_healthy_one(api: Api) -> None:
             sent = time.time()
             api.publish([(topic_for(d.device_id, Channel.TELEMETRY), telemetry_payload(round_, battery=float(round_)))
                          for d in many])
-            wait_for(lambda: (healthy.latest_unit("bulk-0399") or {}).get("battery_pct") == float(round_),
+            wait_for(lambda: (healthy.latest_unit("bulk-1499") or {}).get("battery_pct") == float(round_),
                      timeout=10, what=f"the healthy client to see round {round_}")
             lags.append(time.time() - sent)
         slow, fast = sorted(api.app.state.hub._clients, key=lambda c: c.sent_frames)

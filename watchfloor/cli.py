@@ -176,7 +176,7 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
 
     import uvicorn
 
-    from api.app import create_app
+    from api.app import WS_DEFLATE, WS_IMPL, create_app
     from api.auth import Role, add_user
 
     secret = settings.auth_secret.get_secret_value() if settings.auth_secret else secrets.token_urlsafe(48)
@@ -191,7 +191,7 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
     app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
-                                           ws="websockets-sansio"))
+                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -205,7 +205,7 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
 def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from api.app import create_app
+    from api.app import WS_DEFLATE, WS_IMPL, create_app
 
     try:
         secret = settings.signing_secret()
@@ -215,7 +215,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     _migrate(settings, url)
     app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
-                log_level=args.log_level.lower(), ws="websockets-sansio")
+                log_level=args.log_level.lower(), ws=WS_IMPL,
+                ws_per_message_deflate=WS_DEFLATE)
 
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:

@@ -23,11 +23,9 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,19 +34,15 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 import websockets
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, scratch_stack
 
 from api.auth import Role, add_user  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
 from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
-from telemetry.schema import migrate  # noqa: E402
 from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
 from telemetry.simulator.geo import load_boroughs  # noqa: E402
-from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
 SECRET = "bench-" + uuid.uuid4().hex * 2
 PASSWORD = "bench password " + uuid.uuid4().hex[:8]
@@ -183,89 +177,82 @@ def main() -> None:
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="wf-fanout-"))
-    broker = MosquittoProcess(workdir / "mosquitto").start()
-    name = f"wf_fanout_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    db_url = psycopg.conninfo.make_conninfo(args.database, dbname=name)
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        with psycopg.connect(db_url) as conn:
-            migrate(conn, retention=timedelta(days=30), compress_after=timedelta(days=2), timescaledb="off")
-            units = build_fleet(load_boroughs(), args.devices, seed=1, profile=FleetProfile())
-            upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
-                                  for u in units])
-            add_user(conn, username="bench", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
-        port = free_port()
-        env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
-                   WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
-                   WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="fanout-ingest")
-        log = (workdir / "processes.log").open("ab")
+    with scratch_stack(args.database, prefix="wf-fanout") as (broker, db_url):
+        workdir = broker.workdir.parent
+        try:
+            with psycopg.connect(db_url) as conn:
+                units = build_fleet(load_boroughs(), args.devices, seed=1, profile=FleetProfile())
+                upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
+                                      for u in units])
+                add_user(conn, username="bench", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
+            port = free_port()
+            env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
+                       WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
+                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="fanout-ingest")
+            log = (workdir / "processes.log").open("ab")
 
-        def start(*cmd: str) -> subprocess.Popen[bytes]:
-            procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", *cmd], env=env, cwd=ROOT,
-                                          stdout=log, stderr=log))
-            return procs[-1]
+            def start(*cmd: str) -> subprocess.Popen[bytes]:
+                procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", *cmd], env=env, cwd=ROOT,
+                                              stdout=log, stderr=log))
+                return procs[-1]
 
-        start("ingest")
-        api = start("api", "--port", str(port))
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
-        time.sleep(args.interval + 5)  # the fleet connected and reporting
-        token = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}
-                           ).json()["access_token"]
-        url = base.replace("http://", "ws://") + "/api/v1/live"
+            start("ingest")
+            api = start("api", "--port", str(port))
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
+            time.sleep(args.interval + 5)  # the fleet connected and reporting
+            token = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}
+                               ).json()["access_token"]
+            url = base.replace("http://", "ws://") + "/api/v1/live"
 
-        baseline = _bare_subscriber(broker.url, min(10.0, args.seconds))
-        api_proc = psutil.Process(api.pid)
+            baseline = _bare_subscriber(broker.url, min(10.0, args.seconds))
+            api_proc = psutil.Process(api.pid)
 
-        # The bulk of the clients read in another process, so that the probes' clock is not
-        # held up by the reading of everyone else's frames.
-        spawn = multiprocessing.get_context("spawn")
-        results = spawn.Queue()
-        bulk = spawn.Process(target=_bulk_clients, args=(url, token, args.clients - PROBES, args.seconds + 15, results))
-        bulk.start()
+            # The bulk of the clients read in another process, so that the probes' clock is not
+            # held up by the reading of everyone else's frames.
+            spawn = multiprocessing.get_context("spawn")
+            results = spawn.Queue()
+            bulk = spawn.Process(target=_bulk_clients,
+                                 args=(url, token, args.clients - PROBES, args.seconds + 15, results))
+            bulk.start()
 
-        async def run_probes() -> tuple[list[Stats], float, float]:
-            stop = asyncio.Event()
-            stats = [Stats() for _ in range(PROBES)]
-            tasks = [asyncio.create_task(_client(url, token, s, True, stop)) for s in stats]
-            await asyncio.sleep(15)  # everyone connected and past the snapshot
-            for s in stats:
-                s.frames = s.bytes = s.units = 0
-                s.latency.reset()
-            cpu0, t0 = api_proc.cpu_times(), time.monotonic()
-            await asyncio.sleep(args.seconds)
-            cpu1, t1 = api_proc.cpu_times(), time.monotonic()
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0)
-            return stats, cpu, t1 - t0
+            async def run_probes() -> tuple[list[Stats], float, float]:
+                stop = asyncio.Event()
+                stats = [Stats() for _ in range(PROBES)]
+                tasks = [asyncio.create_task(_client(url, token, s, True, stop)) for s in stats]
+                await asyncio.sleep(15)  # everyone connected and past the snapshot
+                for s in stats:
+                    s.frames = s.bytes = s.units = 0
+                    s.latency.reset()
+                cpu0, t0 = api_proc.cpu_times(), time.monotonic()
+                await asyncio.sleep(args.seconds)
+                cpu1, t1 = api_proc.cpu_times(), time.monotonic()
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0)
+                return stats, cpu, t1 - t0
 
-        stats, cpu, wall = asyncio.run(run_probes())
-        _, bulk_bytes = results.get(timeout=300)
-        bulk.join(30)
-        snapshots = asyncio.run(_snapshot_latency(url, token))
-        tracks = _track_latency(base, token, db_url, units[0].device_id)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        broker.stop()
-        with psycopg.connect(args.database, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            stats, cpu, wall = asyncio.run(run_probes())
+            _, bulk_bytes = results.get(timeout=300)
+            bulk.join(30)
+            snapshots = asyncio.run(_snapshot_latency(url, token))
+            tracks = _track_latency(base, token, db_url, units[0].device_id)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
     probes = stats[:PROBES]
     merged = LatencyHistogram()

@@ -13,26 +13,20 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import orjson
 import paho.mqtt.client as paho
 import psutil
 import psycopg
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, scratch_stack
 
 from telemetry.latency import LatencyHistogram  # noqa: E402
 from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
-from telemetry.schema import migrate  # noqa: E402
-from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
 
 @dataclass
@@ -241,16 +235,9 @@ def main() -> None:
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
 
-    workdir = Path(tempfile.mkdtemp(prefix="wf-bench-"))
-    broker = MosquittoProcess(workdir / "mosquitto").start()
-    name = f"wf_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.database, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    db_url = psycopg.conninfo.make_conninfo(args.database, dbname=name)
     rows: list[Row] = []
-    try:
-        with psycopg.connect(db_url) as conn:
-            migrate(conn, retention=timedelta(days=30), compress_after=timedelta(days=2), timescaledb=args.timescaledb)
+    with scratch_stack(args.database, prefix="wf-bench", timescaledb=args.timescaledb) as (broker, db_url):
+        workdir = broker.workdir.parent
         cpu = CpuMeter(broker.pid or 0, db_url)
         # Baselines first, before ingest subscribes, so that nothing else shares the broker.
         baselines = [bare_subscriber(broker.url, rate, args.seconds, cpu) for rate in rates]
@@ -266,10 +253,7 @@ def main() -> None:
             for w in workers:
                 w.terminate()
                 w.wait(20)
-    finally:
-        broker.stop()
-        with psycopg.connect(args.database, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     print()
     print("ratio of ingest to bare subscriber, per offered rate:")
     for bare, ing in zip(rows[::2], rows[1::2]):

@@ -1,0 +1,41 @@
+"""What the benchmarks share: a scratch database on the machine's PostgreSQL and a
+Mosquitto from the shipped configuration, both removed afterwards."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from telemetry.schema import migrate  # noqa: E402
+from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
+
+__all__ = ["ROOT", "scratch_stack"]
+
+
+@contextmanager
+def scratch_stack(admin_url: str, *, prefix: str, timescaledb: str = "off") -> Iterator[tuple[MosquittoProcess, str]]:
+    """(broker, database URL): a fresh migrated database and a Mosquitto on a spare port."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    broker = MosquittoProcess(workdir / "mosquitto").start()
+    name = f"{prefix.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    db_url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    try:
+        with psycopg.connect(db_url) as conn:
+            migrate(conn, retention=timedelta(days=30), compress_after=timedelta(days=2), timescaledb=timescaledb)
+        yield broker, db_url
+    finally:
+        broker.stop()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

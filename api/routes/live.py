@@ -20,6 +20,7 @@ import contextlib
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
+from psycopg_pool import ConnectionPool
 from starlette.websockets import WebSocketState
 
 from api.auth import ON_LIVE_FEED, Principal, TokenIssuer
@@ -33,8 +34,8 @@ _AUTH_TIMEOUT_S = 5.0
 _POLICY_VIOLATION = 1008
 
 
-def _open_alerts(pool: object, who: Principal) -> list[dict[str, object]]:
-    with pool.connection() as conn:  # type: ignore[attr-defined]
+def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]]:
+    with pool.connection() as conn:
         rows = []
         for status in ("open", "acknowledged"):
             rows += queries.list_alerts(conn, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
@@ -71,9 +72,11 @@ async def live(websocket: WebSocket) -> None:
         done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         receiver.cancel()
         for task in done:
-            if task is sender and task.exception() is not None and not isinstance(
-                    task.exception(), (WebSocketDisconnect, RuntimeError)):
-                raise task.exception()  # type: ignore[misc]
+            failure = task.exception()
+            # A client that went away mid-send is the normal end of a feed, not a fault.
+            if task is sender and failure is not None and not isinstance(
+                    failure, (WebSocketDisconnect, OSError, RuntimeError)):
+                raise failure
     except WebSocketDisconnect:
         pass
     finally:

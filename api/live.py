@@ -6,11 +6,11 @@ paho's thread updates the state under a lock and marks the unit dirty; that is t
 place where the two threads meet. A ticker on the event loop turns the dirty units into a
 delta ``live_rate_hz`` times a second.
 
-Fan-out encodes a delta once per *view* (what a role may see, in which area) and hands the
-same bytes to every client of that view that has finished sending its last frame. A client
-still busy sending (slow) does not hold anyone up: its deltas are merged into a pending
-map of unit -> latest state, bounded by the number of units, so it loses intermediate
-positions, never the latest state.
+Fan-out encodes a delta once per *view* (what a role may see, in which area) and queues
+the same text for every client of that view. A client that falls behind does not hold
+anyone up: past a few queued frames its deltas are merged into a pending map of
+unit -> latest state, bounded by the number of units, so it loses intermediate positions,
+never the latest state.
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def _apply_telemetry(unit: dict[str, Any], t: Telemetry, received: datetime) -> 
                     heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
 
 
+_QUEUED_FRAMES = 4
+
+
 @dataclass(eq=False)
 class LiveClient:
     """One websocket client: its principal, and what waits to be sent to it."""
@@ -85,12 +88,10 @@ class LiveClient:
     def view(self) -> tuple[bool, frozenset[str] | None]:
         return self.who.sees_positions, self.who.areas
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.frames or self.pending)
-
     def offer(self, frame: str, units: list[dict[str, Any]]) -> None:
-        if not self.busy:
+        # A few shared frames may queue (a client whose sender has not run since the last
+        # tick is not slow, only unlucky); past that, merge per unit: the client is slow.
+        if not self.pending and len(self.frames) < _QUEUED_FRAMES:
             self.frames.append(frame)
         else:
             for unit in units:

@@ -29,6 +29,12 @@ class LatencyHistogram:
                 return float(ms + 1)
         return float(self._max_ms)
 
+    def merge(self, other: "LatencyHistogram") -> None:
+        """Add ``other``'s samples (same bucket width) to this one."""
+        for ms, n in enumerate(other._counts[: self._max_ms + 1]):
+            self._counts[ms] += n
+        self.count += other.count
+
     def reset(self) -> None:
         self._counts = [0] * (self._max_ms + 1)
         self.count = 0

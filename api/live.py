@@ -78,7 +78,8 @@ class LiveClient:
     alert_backlog: int
     frames: deque[str] = field(default_factory=deque)  # shared, already encoded
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # conflated, for a lagging client
-    alerts: deque[dict[str, Any]] = field(default_factory=deque)
+    alert_frames: deque[tuple[str, int]] = field(default_factory=deque)  # (shared text, alerts in it)
+    queued_alerts: int = 0
     alerts_dropped: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sent_frames: int = 0
@@ -100,11 +101,13 @@ class LiveClient:
                 self.pending[unit["device_id"]] = unit
         self.ready.set()
 
-    def offer_alert(self, alert: dict[str, Any]) -> None:
-        if len(self.alerts) >= self.alert_backlog:
-            self.alerts.popleft()  # the client is told, and can re-read them over REST
-            self.alerts_dropped += 1
-        self.alerts.append(alert)
+    def offer_alerts(self, frame: str, count: int) -> None:
+        self.alert_frames.append((frame, count))
+        self.queued_alerts += count
+        while self.queued_alerts > self.alert_backlog and len(self.alert_frames) > 1:
+            _, dropped = self.alert_frames.popleft()  # the client is told, and re-reads over REST
+            self.queued_alerts -= dropped
+            self.alerts_dropped += dropped
         self.ready.set()
 
     async def send_loop(self) -> None:
@@ -112,8 +115,10 @@ class LiveClient:
         while True:
             await self.ready.wait()
             self.ready.clear()
-            while self.alerts:
-                await ws.send_text(orjson.dumps({"type": "alert", "alert": self.alerts.popleft()}).decode())
+            while self.alert_frames:
+                frame, count = self.alert_frames.popleft()
+                self.queued_alerts -= count
+                await ws.send_text(frame)
             if self.alerts_dropped:
                 dropped, self.alerts_dropped = self.alerts_dropped, 0
                 await ws.send_text(orjson.dumps({"type": "alerts_dropped", "count": dropped}).decode())
@@ -260,6 +265,21 @@ class LiveHub:
                 log.exception("live tick failed")
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
+    def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds)."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None], tuple[str, int]] = {}
+        for client in self._clients:
+            who = client.who
+            key = (who.areas, who.alert_kinds())
+            if key not in frames:
+                areas, kinds = key
+                visible = [a for a in alerts if (areas is None or a["borough"] in areas)
+                           and (kinds is None or a.get("kind") in kinds)]
+                frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
+            frame, count = frames[key]
+            if count:
+                client.offer_alerts(frame, count)
+
     def _tick(self) -> None:
         self._ticks += 1
         with self._lock:
@@ -269,13 +289,8 @@ class LiveHub:
                        for d in dirty]
             alerts = list(self._alerts)
             self._alerts.clear()
-        for alert in alerts:
-            borough = self.borough_of(str(alert.get("device_id")))
-            alert = {**alert, "borough": borough}
-            for client in self._clients:
-                kinds = client.who.alert_kinds()
-                if client.who.covers(borough) and (kinds is None or alert.get("kind") in kinds):
-                    client.offer_alert(alert)
+        if alerts:
+            self._fan_out_alerts([{**a, "borough": self.borough_of(str(a.get("device_id")))} for a in alerts])
         if not changed:
             return
         frames: dict[tuple[bool, frozenset[str] | None], tuple[str, list[dict[str, Any]]]] = {}

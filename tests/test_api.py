@@ -198,7 +198,8 @@ def test_live_feed_snapshot_then_deltas_and_alerts(api: Api) -> None:
                      (topic_for("ca-1", Channel.TELEMETRY), telemetry_payload(2, battery=50.0)),
                      (topic_for("we-1", Channel.EVENTS), event_payload(3, "emergency"))])
         wait_for(lambda: (west.latest_unit("we-1") or {}).get("battery_pct") == 70.0, what="delta")
-        wait_for(lambda: any(f["alert"]["kind"] == "emergency" for f in west.of_type("alert")), what="alert")
+        wait_for(lambda: any(a["kind"] == "emergency" for f in west.of_type("alerts") for a in f["alerts"]),
+                 what="alert")
         time.sleep(0.3)
         assert all(u["device_id"] != "ca-1" for f in west.of_type("delta") for u in f["units"])
     finally:

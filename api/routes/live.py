@@ -7,7 +7,8 @@ Protocol (JSON text frames):
 2. the server sends ``{"type": "snapshot", "units": [...], "alerts": [...]}``: every unit
    the caller may see, and the open alerts;
 3. then ``{"type": "delta", "units": [...]}`` (only units that changed, at most
-   ``live_rate_hz`` a second) and ``{"type": "alert", "alert": {...}}`` as they happen.
+   ``live_rate_hz`` a second) and ``{"type": "alerts", "alerts": [...]}`` with the alert
+   changes of the same tick.
 
 A client that reconnects starts again at 1 and so gets a fresh snapshot.
 """

@@ -152,7 +152,6 @@ class LiveHub:
         self._client.on_message = self._on_message  # type: ignore[assignment]
         self._ticker: asyncio.Task[None] | None = None
         self.connected = threading.Event()
-        self.updates = 0
 
     # lifecycle (owned by the app's lifespan)
 
@@ -219,7 +218,6 @@ class LiveHub:
                 assert isinstance(result.message, Telemetry)
                 _apply_telemetry(unit, result.message, received)
             self._dirty.add(result.device_id)
-            self.updates += 1
 
     # the event loop
 

@@ -178,10 +178,10 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -
     """Geofence (a unit entering or leaving an open incident's area) and assigned firearms
     units that are not recording. ``device_ids`` None: every unit (after an assignment)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT EXISTS (SELECT 1 FROM incidents WHERE status = 'open')")
-        row = cur.fetchone()
-        if not row or not row["exists"]:
-            if device_ids is not None:
+        if device_ids is not None:  # a batch: nothing to do without an open incident
+            cur.execute("SELECT EXISTS (SELECT 1 FROM incidents WHERE status = 'open')")
+            row = cur.fetchone()
+            if not row or not row["exists"]:
                 return []
         scope = "true" if device_ids is None else "l.device_id = ANY(%(ids)s)"
         params = {"ids": device_ids}

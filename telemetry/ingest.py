@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TypeVar
 
 import orjson
+import paho.mqtt.client as paho
 import psycopg
 
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
@@ -205,8 +206,6 @@ class IngestWorker:
                 return  # stopped during an outage; the broker redelivers the batch
 
     def _choose_protocol(self) -> int:
-        import paho.mqtt.client as paho
-
         chosen = self._settings.mqtt_protocol
         if chosen == "5":
             return paho.MQTTv5
@@ -302,10 +301,9 @@ class IngestWorker:
 
     def _sweep(self) -> None:
         try:
-            if self._conn is None:
-                self._conn = self._connect_database()
-            with self._conn.transaction():
-                alerts = sweep_offline(self._conn, self._rules)
+            conn = self._writer_connection()
+            with conn.transaction():
+                alerts = sweep_offline(conn, self._rules)
         except psycopg.Error as error:
             log.warning("offline sweep failed: %s", error)
             return
@@ -317,9 +315,7 @@ class IngestWorker:
         delay = 0.1
         while True:
             try:
-                conn = self._conn if self._conn is not None and not self._conn.closed else None
-                if conn is None:
-                    conn = self._conn = self._connect_database()
+                conn = self._writer_connection()
                 self._ensure_partitions(conn, batch)
                 try:
                     with conn.transaction():
@@ -382,10 +378,14 @@ class IngestWorker:
             ensure_partitions(conn, missing)
             self._ready_days |= missing
 
-    def _maintain(self) -> None:
-        if self._conn is None:
+    def _writer_connection(self) -> psycopg.Connection:
+        """The writer thread's connection, opened again after an outage closed it."""
+        if self._conn is None or self._conn.closed:
             self._conn = self._connect_database()
-        dropped = run_maintenance(self._conn, feats=self._feats,
+        return self._conn
+
+    def _maintain(self) -> None:
+        dropped = run_maintenance(self._writer_connection(), feats=self._feats,
                                   keep=timedelta(days=self._settings.retention_days), now=self._clock())
         if dropped:
             log.info("retention: dropped %d partitions", dropped)

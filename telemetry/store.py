@@ -39,10 +39,6 @@ class Batch:
     rejected: list[RejectedMessage] = field(default_factory=list)
     new_devices: set[str] = field(default_factory=set)
 
-    def device_ids(self) -> set[str]:
-        ids = {d for d, _, _ in self.telemetry} | {d for d, _, _ in self.events}
-        return ids | {d for d, _, _ in self.statuses}
-
 
 _STAGES = """
 CREATE TEMPORARY TABLE IF NOT EXISTS stage_telemetry

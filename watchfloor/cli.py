@@ -235,7 +235,8 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="watchfloor", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="watchfloor", description="Watchfloor: body-worn camera fleet telemetry, alerts and the control-room API.")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["DeviceRecord", "upsert_devices"]
+__all__ = ["DeviceRecord", "provision_device", "revoke_device_secret", "upsert_devices", "verify_device_secret"]
+
+_SECRET_BYTES = 32
+# Verified against for an unknown device (same parameters as real hashes), so a wrong id
+# costs as long as a wrong secret. A constant: it protects nothing.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$RcnLvD2kLWoFi8xTg4K3JQ$R+6VFRt41JiftBWp32OfghQL7JxxXiA/QalufmkrnwA"
 
 
 @dataclass(frozen=True)
@@ -30,3 +38,44 @@ def upsert_devices(conn: psycopg.Connection, devices: Iterable[DeviceRecord]) ->
         rows,
     )
     return len(rows)
+
+
+def provision_device(conn: psycopg.Connection, *, record: DeviceRecord) -> str:
+    """Register (or update) a device and give it a new secret, in the caller's transaction.
+
+    Returns the secret, which exists nowhere else afterwards: only its argon2 hash is kept.
+    A device provisioned again gets a new secret and the old one stops working.
+    """
+    upsert_devices(conn, [record])
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    conn.execute(
+        "INSERT INTO device_credentials (device_id, secret_hash) VALUES (%s, %s)"
+        " ON CONFLICT (device_id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, created_at = now(),"
+        " revoked_at = NULL",
+        (record.device_id, PasswordHasher().hash(secret)))
+    return secret
+
+
+def revoke_device_secret(conn: psycopg.Connection, *, device_id: str) -> bool:
+    """Revoke a device's secret (when it is retired). True if it had a live one."""
+    cursor = conn.execute("UPDATE device_credentials SET revoked_at = now() WHERE device_id = %s"
+                          " AND revoked_at IS NULL", (device_id,))
+    return cursor.rowcount > 0
+
+
+def verify_device_secret(conn: psycopg.Connection, *, device_id: str, secret: str) -> bool:
+    """True if ``secret`` is the device's current secret. Unknown, revoked or retired: False.
+
+    An unknown device costs one argon2 verification too, so timing does not tell which
+    device ids exist.
+    """
+    row = conn.execute(
+        "SELECT c.secret_hash FROM device_credentials c JOIN devices d USING (device_id)"
+        " WHERE c.device_id = %s AND c.revoked_at IS NULL AND d.retired_at IS NULL", (device_id,)).fetchone()
+    stored = str(row[0]) if row is not None else _DUMMY_HASH
+    try:
+        PasswordHasher().verify(stored, secret)
+    except (VerificationError, InvalidHashError):
+        return False
+    return row is not None
+

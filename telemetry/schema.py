@@ -311,10 +311,115 @@ def _incidents(conn: psycopg.Connection, feats: frozenset[str], retention: Reten
     conn.execute(_INCIDENTS)
 
 
+_AUDIT_AND_CREDENTIALS = """
+-- The audit log: append-only and hash-chained (api/audit.py writes and verifies it).
+-- seq numbers the chain without gaps (the identity may skip a value when a transaction
+-- rolls back), so a removed entry shows as a missing number.
+CREATE TABLE audit_log (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq       bigint NOT NULL UNIQUE,
+    at        timestamptz NOT NULL,
+    actor     text NOT NULL,
+    action    text NOT NULL,
+    device_id text,
+    details   jsonb,
+    prev_hash bytea NOT NULL,
+    hash      bytea NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_actor_at ON audit_log (actor, at);
+CREATE INDEX audit_log_device_at ON audit_log (device_id, at) WHERE device_id IS NOT NULL;
+
+-- Revoking privileges does not bind the owner or a superuser; the trigger does, until a
+-- superuser disables it on purpose, and then the hash chain shows what was changed.
+REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM PUBLIC;
+CREATE FUNCTION watchfloor_audit_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+END $$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION watchfloor_audit_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION watchfloor_audit_append_only();
+
+-- One secret per device (MQTT password and WHIP token); only its argon2 hash is kept.
+CREATE TABLE device_credentials (
+    device_id   text PRIMARY KEY REFERENCES devices (device_id),
+    secret_hash text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+"""
+
+
+def _audit_and_credentials(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_AUDIT_AND_CREDENTIALS)
+
+
+_LIVE_VIEW = """
+-- A control-room request to watch a unit live; its id is also the command's id, so the
+-- camera's reply finds it. pending -> accepted | declined | expired.
+CREATE TABLE live_view_requests (
+    id           text PRIMARY KEY CHECK (id ~ '^[A-Za-z0-9_-]{1,64}$'),
+    device_id    text NOT NULL REFERENCES devices (device_id),
+    requested_by text NOT NULL,
+    reason       text NOT NULL CHECK (length(reason) BETWEEN 1 AND 200),
+    status       text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'accepted', 'declined', 'expired')),
+    detail       text,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL,
+    answered_at  timestamptz
+);
+CREATE INDEX live_view_requests_device ON live_view_requests (device_id, created_at DESC);
+CREATE INDEX live_view_requests_pending ON live_view_requests (expires_at) WHERE status = 'pending';
+
+-- Consent in force: why a camera may stream, from when, until when and why it ended.
+-- At most one at a time per device, whichever API process grants it.
+CREATE TABLE live_view_consents (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_id         text NOT NULL REFERENCES devices (device_id),
+    basis             text NOT NULL CHECK (basis IN ('officer_request', 'accepted_request', 'policy_recording')),
+    request_id        text REFERENCES live_view_requests (id),
+    granted_at        timestamptz NOT NULL DEFAULT now(),
+    publisher_session text,
+    publishing_since  timestamptz,
+    ended_at          timestamptz,
+    end_reason        text
+);
+CREATE UNIQUE INDEX live_view_consents_one_active ON live_view_consents (device_id) WHERE ended_at IS NULL;
+
+-- Every viewing session (and every refused attempt): who, which unit, why, when, how it ended.
+-- No foreign key on device_id: a refused attempt may name a device that does not exist.
+CREATE TABLE viewing_sessions (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    session_id text UNIQUE,  -- the relay's; NULL for a refused attempt
+    device_id  text NOT NULL,
+    viewer     text NOT NULL,
+    role       text NOT NULL,
+    reason     text,
+    consent_id bigint REFERENCES live_view_consents (id),
+    started_at timestamptz NOT NULL DEFAULT now(),
+    ended_at   timestamptz,
+    end_reason text,
+    refused    text  -- why the attempt was refused (then ended_at = started_at)
+);
+CREATE INDEX viewing_sessions_device ON viewing_sessions (device_id, started_at DESC);
+CREATE INDEX viewing_sessions_viewer ON viewing_sessions (viewer, started_at DESC);
+CREATE INDEX viewing_sessions_open ON viewing_sessions (device_id) WHERE ended_at IS NULL;
+"""
+
+
+def _live_view(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_LIVE_VIEW)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "users and alerts", _users_and_alerts),
     Migration(3, "incidents", _incidents),
+    Migration(4, "audit log and device credentials", _audit_and_credentials),
+    Migration(5, "live view", _live_view),
 )
 
 

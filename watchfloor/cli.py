@@ -20,6 +20,7 @@ from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import features, migrate, run_maintenance
 from telemetry.simulator.run import Simulator
+from watchfloor.logs import configure_logging
 from watchfloor.settings import Settings
 
 __all__ = ["main"]
@@ -81,6 +82,12 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
     url = _database_url(settings)
     _migrate(settings, url)
     worker = IngestWorker(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings))
+    if settings.metrics_port:
+        from telemetry.metrics import MetricsServer, ingest_registry
+
+        registry = ingest_registry(worker, client_id=settings.ingest_client_id)
+        MetricsServer(registry, host=settings.metrics_host, port=settings.metrics_port)  # a daemon thread
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     _stop_on_signals(worker)
     threading.Thread(target=_report, args=(worker, None), daemon=True).start()
     worker.run()
@@ -216,10 +223,21 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
-                ws_per_message_deflate=WS_DEFLATE)
+                ws_per_message_deflate=WS_DEFLATE,
+                # Our logging (text or JSON) and our access lines (with request ids) instead of uvicorn's.
+                log_config=None, access_log=False)
+
+
+def _cli_actor() -> str:
+    """Who is at the command line, for the audit log: the OS user, marked as the CLI."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container's numeric uid)
+        return "cli"
 
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
+    from api import audit
     from api.auth import Role, add_user
 
     password = args.password or getpass.getpass(f"password for {args.username}: ")
@@ -231,6 +249,9 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
                      areas=args.areas.split(","), display_name=args.name)
         except ValueError as error:
             sys.exit(str(error))
+        audit.record(conn, actor=_cli_actor(), action="user_changed",
+                     details={"username": args.username, "role": args.role, "areas": args.areas.split(","),
+                              "change": "added or replaced"})
     print(f"user {args.username}: {args.role} in {args.areas}")
 
 
@@ -288,6 +309,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    args.run(Settings(), args)
+    settings = Settings()
+    configure_logging(fmt=settings.log_format, level=args.log_level)
+    args.run(settings, args)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from api import audit
 from api.auth import HANDLES_ALERTS, Principal, Role, require
 from api.deps import Db
 from api.errors import Conflict, ErrorBody, Forbidden, NotFound
@@ -51,6 +52,8 @@ def acknowledge(alert_id: AlertId, request: Request, db: Db, who: AlertHandler) 
         raise NotFound(f"no alert {alert_id} in your area")
     if not changed:
         raise Conflict(f"alert {alert_id} is {alert['status']}, not open")
+    audit.record(db, actor=who.username, action="alert_acknowledged", device_id=alert["device_id"],
+                 details={"alert_id": alert_id, "kind": alert["kind"]})
     db.commit()  # published only once it is true in the database
     _publish(request, alert)
     return Alert.model_validate(alert)
@@ -65,6 +68,8 @@ def resolve(alert_id: AlertId, body: ResolveIn, request: Request, db: Db, who: A
         raise NotFound(f"no alert {alert_id} in your area")
     if not changed:
         raise Conflict(f"alert {alert_id} is already resolved")
+    audit.record(db, actor=who.username, action="alert_resolved", device_id=alert["device_id"],
+                 details={"alert_id": alert_id, "kind": alert["kind"], "outcome": body.outcome, "note": body.note})
     db.commit()
     _publish(request, alert)
     return Alert.model_validate(alert)

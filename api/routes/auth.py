@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from api import audit
 from api.auth import ALL_AREAS, TokenIssuer, authenticate
 from api.deps import Db
 from api.errors import ErrorBody, NotAuthenticated
@@ -16,8 +17,12 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
              summary="Exchange a username and password for a bearer token")
 def token(body: TokenIn, request: Request, db: Db) -> TokenOut:
     who = authenticate(db, body.username, body.password)
+    source = {"client": request.client.host if request.client else None}
     if who is None:
+        audit.record(db, actor=body.username, action="sign_in_failed", details=source)
+        db.commit()  # the refusal below rolls the request back; the record stays
         raise NotAuthenticated("wrong username or password")
+    audit.record(db, actor=who.username, action="sign_in", details={**source, "role": who.role.value})
     tokens: TokenIssuer = request.app.state.tokens
     return TokenOut(access_token=tokens.issue(who), expires_in=tokens.ttl_s, role=who.role.value,
                     areas=[ALL_AREAS] if who.areas is None else sorted(who.areas))

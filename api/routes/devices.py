@@ -7,13 +7,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from api import audit
 from api.auth import SEES_DEVICES, SEES_POSITIONS, Principal, Role, require
 from api.deps import Db
 from api.errors import ErrorBody, InvalidRequest, NotFound
 from api.live import unit_view
 from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummary, HealthBucket, TrackPoint, Unit
 from telemetry import queries
-from telemetry.registry import DeviceRecord, upsert_devices
+from telemetry.registry import DeviceRecord, revoke_device_secret, upsert_devices
 
 router = APIRouter(prefix="/api/v1", tags=["devices"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
@@ -124,4 +125,7 @@ def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin) -> Unit:
 def retire(device_id: DeviceId, db: Db, who: Admin) -> Unit:
     _visible(db, device_id, who)
     db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
+    revoked = revoke_device_secret(db, device_id=device_id)  # a retired camera may no longer connect or stream
+    audit.record(db, actor=who.username, action="device_retired", device_id=device_id,
+                 details={"credentials_revoked": revoked})
     return _unit(_visible(db, device_id, who), who)

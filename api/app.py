@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 
-from api import errors
+from api import errors, observability
 from api.auth import TokenIssuer
 from api.live import LiveHub
 from api.routes import alerts, auth, devices, health, incidents, live
@@ -79,6 +79,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                               "bearer token from POST /api/v1/auth/token.")
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
     errors.install(app)
+    observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
     for module in (health, auth, devices, alerts, incidents, live):
         app.include_router(module.router)
     return app

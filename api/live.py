@@ -34,7 +34,7 @@ from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Telemetry
 from telemetry.decode import Decoded, Limits, StatusChange, decode
 from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
 
-__all__ = ["LiveClient", "LiveHub", "unit_view"]
+__all__ = ["FeedCounters", "LiveClient", "LiveHub", "unit_view"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,17 @@ def _apply_telemetry(unit: dict[str, Any], t: Telemetry, received: datetime) -> 
 _QUEUED_FRAMES = 4
 
 
+@dataclass
+class FeedCounters:
+    """Totals of the live feed since the process started, read by its metrics. Written on
+    the event loop, but for ``broker_messages`` (paho's thread, its only writer)."""
+
+    connections: int = 0  # clients registered (each got a snapshot)
+    units_conflated: int = 0  # intermediate states of a unit merged away for a lagging client
+    alerts_dropped: int = 0  # alert changes not sent to a lagging client (told to re-read)
+    broker_messages: int = 0
+
+
 @dataclass(eq=False)
 class LiveClient:
     """One websocket client: its principal, and what waits to be sent to it."""
@@ -84,6 +95,7 @@ class LiveClient:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sent_frames: int = 0
     conflated_units: int = 0
+    counters: FeedCounters = field(default_factory=FeedCounters)  # the hub's, shared
 
     @property
     def view(self) -> tuple[bool, frozenset[str] | None]:
@@ -98,6 +110,7 @@ class LiveClient:
             for unit in units:
                 if unit["device_id"] in self.pending:
                     self.conflated_units += 1
+                    self.counters.units_conflated += 1
                 self.pending[unit["device_id"]] = unit
         self.ready.set()
 
@@ -108,6 +121,7 @@ class LiveClient:
             _, dropped = self.alert_frames.popleft()  # the client is told, and re-reads over REST
             self.queued_alerts -= dropped
             self.alerts_dropped += dropped
+            self.counters.alerts_dropped += dropped
         self.ready.set()
 
     async def send_loop(self) -> None:
@@ -152,6 +166,7 @@ class LiveHub:
         self._client.on_message = self._on_message  # type: ignore[assignment]
         self._ticker: asyncio.Task[None] | None = None
         self.connected = threading.Event()
+        self.counters = FeedCounters()
 
     # lifecycle (owned by the app's lifespan)
 
@@ -193,6 +208,7 @@ class LiveHub:
         self.connected.set()
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
+        self.counters.broker_messages += 1
         if message.topic == ALERTS_TOPIC:
             try:
                 alert = orjson.loads(message.payload)
@@ -230,7 +246,8 @@ class LiveHub:
         is as good as a new one, so a burst of (re)connecting clients of one view shares one
         encoding instead of blocking the loop once per client.
         """
-        client = LiveClient(who, websocket, self._alert_backlog)
+        client = LiveClient(who, websocket, self._alert_backlog, counters=self.counters)
+        self.counters.connections += 1
         view = client.view
         cached = self._snapshots.get(view)
         if cached is not None and cached[0] == self._ticks:

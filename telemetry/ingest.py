@@ -73,7 +73,8 @@ def _put_until_stopped(target: queue.Queue[T], item: T, stopping: threading.Even
 
 @dataclass
 class IngestStats:
-    """Counters for logs and, later, metrics. Written by the writer thread only."""
+    """Counters for logs and metrics (telemetry/metrics.py reads them when scraped). Written by
+    the writer thread only, but for `delivered`."""
 
     received: int = 0
     stored_telemetry: int = 0
@@ -86,6 +87,10 @@ class IngestStats:
     database_errors: int = 0
     last_batch_s: float = 0.0
     last_commit_lag_s: float = 0.0  # from the oldest message's arrival to its commit
+    last_commit_at: float = 0.0  # time.time() of the last commit; 0 before the first
+    delivered: int = 0  # handed over by paho (redeliveries included); written by paho's thread only
+    # How long a batch took from the start of its transaction to its acknowledgement.
+    batch_time: LatencyHistogram = field(default_factory=LatencyHistogram)
     # From the device's timestamp to the commit: publish-to-commit when clocks agree.
     commit_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -127,6 +132,7 @@ class IngestWorker:
 
     # paho's thread hands over here: the one place where a message crosses into our thread.
     def _enqueue(self, message: Inbound) -> None:
+        self.stats.delivered += 1
         _put_until_stopped(self._inbox, message, self._stopping)
 
     def stop(self) -> None:
@@ -139,6 +145,14 @@ class IngestWorker:
     @property
     def queue_depth(self) -> int:
         return self._inbox.qsize()
+
+    @property
+    def queue_capacity(self) -> int:
+        return self._inbox.maxsize
+
+    @property
+    def broker_connected(self) -> bool:
+        return self._session is not None and self._session.connected.is_set()
 
     def run(self, ready: threading.Event | None = None) -> None:
         settings = self._settings
@@ -285,7 +299,9 @@ class IngestWorker:
             s.rejected[r.rejection.reason.value] += 1
         s.statuses += len(batch.statuses)
         s.last_batch_s = time.monotonic() - started
+        s.batch_time.record(s.last_batch_s)
         committed = time.time()
+        s.last_commit_at = committed
         s.last_commit_lag_s = committed - min(i.received_at for i in items)
         for _, _, message in batch.telemetry:
             s.commit_lag.record(committed - message.ts.timestamp())

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
 
+    # Observability. Logs: "text" for people, "json" (one object per line) for collectors.
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    # Ingest serves Prometheus metrics on this port (0: off); loopback unless told otherwise,
+    # because the listener has no authentication.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The API serves /metrics on its own port (aggregates only: no ids, names or tokens).
+    # Keep it off the public route at the proxy, or turn it off here.
+    api_metrics: bool = True
+
     # Storage. timescaledb: "auto" uses it when the server has it (preloaded), "off" never,
     # "require" refuses to migrate without it.
     timescaledb: str = Field(default="auto", pattern="^(auto|off|require)$")

@@ -1,0 +1,241 @@
+"""Every place where Watchfloor reaches into aiortc's internals, and why. Pinned to
+aiortc 1.16 (pyproject.toml); each hook checks that what it replaces is still there and
+raises :class:`AiortcChanged` otherwise, so an upgrade fails loudly instead of quietly
+falling back to decoding every frame.
+
+* **Encoded frames out of a receiver** (:func:`tap_encoded_frames`). aiortc hands each
+  frame that leaves the jitter buffer to a decoder thread through a ``queue.Queue``. The
+  tap replaces that queue with an object whose ``put`` hands the encoded frame to a
+  callback on the event loop (``put`` is called from the receiver's RTP handler, which
+  runs on the loop) and whose ``get`` parks the idle decoder thread until the receiver
+  stops. Nothing is decoded.
+* **A frame leaves the jitter buffer when complete** (:class:`MarkerJitterBuffer`).
+  aiortc's buffer releases a frame only when the first packet of the *next* frame
+  arrives, which adds one frame interval (33 ms at 30 fps) per hop. This one releases
+  it on the RTP marker bit, which the sender sets on a frame's last packet.
+* **Keyframe requests out of a sender** (:func:`on_keyframe_request`). A sender fed with
+  encoded packets has no encoder to force a keyframe from, so a viewer's PLI or FIR is
+  handed to a callback instead (the relay forwards it to the publisher).
+* **Picture loss sent by a receiver** (:func:`send_picture_loss`), to ask a publisher
+  for a keyframe.
+* **Host candidates from chosen addresses** (:func:`restrict_host_candidates`). aioice
+  offers every interface address; a relay behind a known address (or a test that must
+  stay on loopback) offers only those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+__all__ = [
+    "AiortcChanged",
+    "MarkerJitterBuffer",
+    "TappedFrame",
+    "on_keyframe_request",
+    "restrict_host_candidates",
+    "send_picture_loss",
+    "tap_encoded_frames",
+    "use_marker_jitter_buffer",
+]
+
+logger = logging.getLogger(__name__)
+
+# aiortc's receiver keeps these in name-mangled attributes.
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
+_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+
+# A video frame at 1.5 Mbps is at most a few dozen packets; 256 packets is about 2 s of
+# video at 1 Mbps. aiortc uses 512; a smaller buffer gives up sooner on a packet that
+# never comes (the sender only keeps 128 for retransmission anyway).
+VIDEO_JITTER_CAPACITY = 256
+
+
+class AiortcChanged(RuntimeError):
+    """The aiortc in use no longer has the internals these hooks replace."""
+
+
+class TappedFrame(JitterFrame):
+    """A frame out of :class:`MarkerJitterBuffer`, with what is needed to trust it.
+
+    ``synced`` is True when the frame follows a frame this buffer released whole, so it
+    starts at a frame boundary; otherwise (the first frame, or after the buffer dropped
+    packets) ``first_payload`` lets the caller check the codec's start-of-frame bit.
+    """
+
+    def __init__(self, data: bytes, timestamp: int, *, synced: bool, first_payload: bytes) -> None:
+        super().__init__(data=data, timestamp=timestamp)
+        self.synced = synced
+        self.first_payload = first_payload
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, releasing a frame as soon as its marker packet is in.
+
+    A frame is released when every packet from the buffer's origin up to a packet with
+    the marker bit is present and they share one timestamp. If a sender never sets the
+    marker, aiortc's rule still applies: the frame is released when the next one starts.
+    Also remembers the stream's SSRC, to address picture-loss reports to it.
+    """
+
+    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self._synced = False
+        self.ssrc: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        self.ssrc = packet.ssrc
+        return super().add(packet)
+
+    def remove(self, count: int) -> None:
+        # Called by the base class only when it throws packets away (a large jump in
+        # sequence numbers): whatever comes next may start mid-frame.
+        self._synced = False
+        super().remove(count)
+
+    def smart_remove(self, count: int) -> bool:
+        self._synced = False
+        return super().smart_remove(count)
+
+    def _release(self, packets: list[RtpPacket], count: int) -> TappedFrame:
+        frame = TappedFrame(
+            data=b"".join(p._data for p in packets),  # type: ignore[attr-defined]
+            timestamp=packets[0].timestamp,
+            synced=self._synced,
+            first_payload=packets[0].payload,
+        )
+        JitterBuffer.remove(self, count)
+        return frame
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None
+        packets: list[RtpPacket] = []
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None:
+                return None  # a gap: wait for the missing packet (NACK) or give up later
+            if packets and packet.timestamp != packets[0].timestamp:
+                # The next frame began and no marker was seen (a sender that never sets it):
+                # aiortc's own rule. The next frame starts here, so the buffer is in step.
+                frame = self._release(packets, count)
+                self._synced = True
+                return frame
+            packets.append(packet)
+            if packet.marker:
+                frame = self._release(packets, count + 1)
+                self._synced = True
+                return frame
+        return None
+
+
+class _FrameTap:
+    """Stands in for the receiver's decoder queue (see the module docstring)."""
+
+    def __init__(self, on_frame: Callable[[RTCRtpCodecParameters, JitterFrame], None]) -> None:
+        self._on_frame = on_frame
+        self._stopped = threading.Event()
+
+    def put(self, item: tuple[RTCRtpCodecParameters, JitterFrame] | None) -> None:
+        if item is None:  # the receiver is stopping its decoder thread
+            self._stopped.set()
+            return
+        try:
+            self._on_frame(*item)
+        except Exception:  # never let a callback break aiortc's RTP handling
+            logger.exception("encoded frame callback failed")
+
+    def get(self) -> None:
+        self._stopped.wait()
+        return None
+
+
+def _receiver_attr(receiver: RTCRtpReceiver, name: str) -> Any:
+    if not hasattr(receiver, name):
+        raise AiortcChanged(f"RTCRtpReceiver has no {name}")
+    return getattr(receiver, name)
+
+
+def use_marker_jitter_buffer(receiver: RTCRtpReceiver) -> MarkerJitterBuffer:
+    """Give a video receiver a :class:`MarkerJitterBuffer`. Call before it starts
+    (after ``setRemoteDescription``, before the connection is up)."""
+    if not isinstance(_receiver_attr(receiver, _JITTER_BUFFER), JitterBuffer):
+        raise AiortcChanged("RTCRtpReceiver's jitter buffer is not a JitterBuffer")
+    if _receiver_attr(receiver, _DECODER_THREAD) is not None:
+        raise RuntimeError("the receiver has started already")
+    buffer = MarkerJitterBuffer()
+    setattr(receiver, _JITTER_BUFFER, buffer)
+    return buffer
+
+
+def tap_encoded_frames(receiver: RTCRtpReceiver,
+                       on_frame: Callable[[RTCRtpCodecParameters, TappedFrame], None]) -> MarkerJitterBuffer:
+    """Hand each frame a video receiver assembles to ``on_frame`` instead of its decoder.
+
+    ``on_frame`` runs on the event loop, inside the receiver's RTP handling: it must be
+    quick and must not block. The receiver's track never yields a frame. Call before the
+    receiver starts. Returns the receiver's new jitter buffer (it knows the SSRC).
+    """
+    if not hasattr(_receiver_attr(receiver, _DECODER_QUEUE), "put"):
+        raise AiortcChanged("RTCRtpReceiver's decoder queue has no put()")
+    buffer = use_marker_jitter_buffer(receiver)
+
+    def forward(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        if isinstance(frame, TappedFrame):
+            on_frame(codec, frame)
+
+    setattr(receiver, _DECODER_QUEUE, _FrameTap(forward))
+    return buffer
+
+
+async def send_picture_loss(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a PLI (RFC 4585 section 6.3.1) for ``media_ssrc`` from this receiver."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` (on the loop) when the remote side asks this sender for a keyframe."""
+    if not callable(getattr(sender, "_send_keyframe", None)):
+        raise AiortcChanged("RTCRtpSender has no _send_keyframe()")
+    setattr(sender, "_send_keyframe", callback)
+
+
+def restrict_host_candidates(pc: RTCPeerConnection, addresses: Sequence[str]) -> None:
+    """Gather host candidates only on ``addresses`` for every transceiver ``pc`` has now.
+
+    Call after the transceivers exist and before ``setLocalDescription`` (which gathers).
+    STUN and TURN candidates, if ICE servers are configured, are still gathered from
+    these host sockets.
+    """
+    wanted = list(addresses)
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        for name in ("_local_candidates_start", "_local_candidates_end", "_local_candidates", "_components",
+                     "get_component_candidates"):
+            if not hasattr(connection, name):
+                raise AiortcChanged(f"aioice Connection has no {name}")
+        setattr(connection, "gather_candidates", _gather_on(connection, wanted))
+
+
+def _gather_on(connection: Any, addresses: list[str]) -> Callable[[], Any]:
+    async def gather_candidates() -> None:
+        # The same steps as aioice's Connection.gather_candidates, with our addresses.
+        if connection._local_candidates_start:
+            return
+        connection._local_candidates_start = True
+        results = await asyncio.gather(*[
+            connection.get_component_candidates(component=component, addresses=addresses)
+            for component in connection._components])
+        for candidates in results:
+            connection._local_candidates += candidates
+        connection._local_candidates_end = True
+
+    return gather_candidates

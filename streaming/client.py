@@ -1,0 +1,162 @@
+"""The other end of the relay, for tests, benchmarks and the simulated camera: a
+publisher (WHIP-style) and a viewer (WHEP-style) that make an offer, hand it to an
+*exchange* (a function from offer SDP to answer SDP: the relay in-process, or an HTTP
+POST) and apply the answer.
+
+Like the relay, a client never sends its offer before ICE gathering is complete, and
+passes its ICE server list explicitly (empty by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from .aiortc_internals import (
+    TappedFrame,
+    on_keyframe_request,
+    restrict_host_candidates,
+    tap_encoded_frames,
+    use_marker_jitter_buffer,
+)
+from .frames import EncodedFrame, is_keyframe, starts_frame
+from .relay import IceServerConfig
+
+__all__ = ["Exchange", "HttpAnswer", "ViewerPeer", "http_exchange", "start_publisher", "start_viewer"]
+
+Exchange = Callable[[str], Awaitable[str]]
+"""Takes the complete offer SDP, returns the answer SDP."""
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    answer_sdp: str
+    location: str | None
+
+
+async def http_exchange(url: str, offer_sdp: str, *, token: str | None = None, timeout_s: float = 15.0) -> HttpAnswer:
+    """POST ``offer_sdp`` as ``application/sdp`` (WHIP, RFC 9725; WHEP in the same shape).
+
+    Expects ``201 Created`` with the answer and a ``Location`` for the session (DELETE
+    it to end the session). Raises ``urllib.error.HTTPError`` on any other status. Runs
+    the blocking request in a worker thread.
+    """
+    def post() -> HttpAnswer:
+        headers = {"Content-Type": "application/sdp"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, data=offer_sdp.encode(), headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            if response.status != 201:
+                raise urllib.error.HTTPError(url, response.status, "expected 201 Created", response.headers, None)
+            location = response.headers.get("Location")
+            if location is not None:
+                location = urllib.parse.urljoin(url, location)
+            return HttpAnswer(answer_sdp=response.read().decode(), location=location)
+
+    return await asyncio.to_thread(post)
+
+
+def _peer_connection(ice_servers: Sequence[IceServerConfig]) -> RTCPeerConnection:
+    servers = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in ice_servers]
+    return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+
+async def _negotiate(pc: RTCPeerConnection, exchange: Exchange, host_addresses: Sequence[str] | None) -> None:
+    try:
+        if host_addresses is not None:
+            restrict_host_candidates(pc, host_addresses)
+        await pc.setLocalDescription(await pc.createOffer())  # returns once gathering is complete
+        local = pc.localDescription
+        assert local is not None
+        answer = await exchange(local.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    except BaseException:
+        await pc.close()
+        raise
+
+
+def _prefer(transceiver_codecs: list[str]) -> list[RTCRtpCodecCapability]:
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for mime in transceiver_codecs for c in capabilities if c.mimeType.lower() == mime.lower()]
+    return chosen + [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+
+
+async def start_publisher(*, track: MediaStreamTrack, exchange: Exchange, codec: str = "video/VP8",
+                          ice_servers: Sequence[IceServerConfig] = (), host_addresses: Sequence[str] | None = None,
+                          on_keyframe_wanted: Callable[[], None] | None = None) -> RTCPeerConnection:
+    """Send ``track`` (raw frames, which aiortc encodes, or ``av.Packet``s already
+    encoded) to the other side; returns the connecting peer connection.
+
+    ``on_keyframe_wanted`` replaces aiortc's own keyframe forcing: give it when the track
+    yields encoded packets, so that the remote side's PLI reaches your encoder.
+    """
+    pc = _peer_connection(ice_servers)
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    transceiver.setCodecPreferences(_prefer([codec]))
+    if on_keyframe_wanted is not None:
+        on_keyframe_request(transceiver.sender, on_keyframe_wanted)
+    await _negotiate(pc, exchange, host_addresses)
+    return pc
+
+
+@dataclass
+class ViewerPeer:
+    """A connecting viewer: its peer connection, and the receiver's track (which yields
+    decoded frames unless the viewer taps encoded frames)."""
+
+    pc: RTCPeerConnection
+    receiver: RTCRtpReceiver
+    track: MediaStreamTrack | None
+
+
+async def start_viewer(*, exchange: Exchange, on_frame: Callable[[EncodedFrame], None] | None = None,
+                       ice_servers: Sequence[IceServerConfig] = (), host_addresses: Sequence[str] | None = None,
+                       codecs: Sequence[str] = ("video/VP8", "video/H264")) -> ViewerPeer:
+    """Receive video from the other side.
+
+    With ``on_frame``, every complete encoded frame is handed to it (on the loop) and
+    nothing is decoded; frames that may have lost their start are skipped. Without it,
+    ``ViewerPeer.track`` yields decoded frames. Either way, frames leave the jitter
+    buffer on the RTP marker bit.
+    """
+    pc = _peer_connection(ice_servers)
+    transceiver = pc.addTransceiver("video", direction="recvonly")
+    transceiver.setCodecPreferences(_prefer(list(codecs)))
+    receiver = transceiver.receiver
+    track: list[MediaStreamTrack] = []
+    pc.on("track", track.append)
+    if on_frame is None:
+        use_marker_jitter_buffer(receiver)
+    else:
+        callback = on_frame
+        synced = [False]
+
+        def forward(codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
+            if not (frame.synced or starts_frame(codec.name, frame.first_payload)):
+                synced[0] = False
+                return
+            keyframe = is_keyframe(codec.name, frame.data)
+            if keyframe:
+                synced[0] = True
+            if synced[0]:
+                callback(EncodedFrame(data=frame.data, timestamp=frame.timestamp, keyframe=keyframe))
+
+        tap_encoded_frames(receiver, forward)
+    await _negotiate(pc, exchange, host_addresses)
+    return ViewerPeer(pc=pc, receiver=receiver, track=track[0] if track and on_frame is None else None)

@@ -1,0 +1,507 @@
+"""The relay: one publisher per stream, its encoded frames forwarded to every viewer.
+
+Nothing is decoded or re-encoded. The publisher's receiver hands each complete frame
+(released on the RTP marker bit) to the stream's fan-out, which puts it on every
+viewer's bounded queue; each viewer's sender packetises it again with its own sequence
+numbers, SSRC and retransmission history. Keyframes are asked of the publisher when a
+viewer connects, when a viewer's queue overflows, and when a viewer reports picture
+loss, at most one outstanding request per stream (:class:`KeyframeThrottle`).
+
+Signalling stays outside: the caller (the WHIP/WHEP routes) passes an SDP offer and
+gets back a :class:`Session` whose ``answer_sdp`` already holds every ICE candidate
+(aiortc does not trickle, so the answer is returned only once gathering is complete).
+Everything runs on the caller's asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+
+from .aiortc_internals import (
+    MarkerJitterBuffer,
+    TappedFrame,
+    on_keyframe_request,
+    restrict_host_candidates,
+    send_picture_loss,
+    tap_encoded_frames,
+)
+from .errors import InvalidOffer, NoSuchStream
+from .frames import EncodedFrame, is_keyframe, starts_frame
+from .offer import check_offer
+from .queues import KeyframeThrottle, ViewerQueue
+from .tracks import ForwardedTrack
+
+__all__ = ["IceServerConfig", "Relay", "RelayEvent", "RelayStats", "Session"]
+
+logger = logging.getLogger(__name__)
+
+# Codecs the relay forwards, in the order it prefers them from a publisher.
+FORWARDED_CODECS = ("video/VP8", "video/H264")
+# Where a new publisher's timestamps continue the stream: one frame interval at 30 fps.
+_REBASE_GAP_TICKS = 3000
+
+
+@dataclass(frozen=True)
+class IceServerConfig:
+    """One STUN or TURN server (the WebRTC ``RTCIceServer`` dictionary)."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    """A publisher or viewer peer connection, as the caller sees it.
+
+    ``id`` is random and unguessable (it names the WHIP/WHEP resource); ``answer_sdp``
+    is complete, candidates included.
+    """
+
+    id: str
+    stream_id: str
+    kind: Literal["publisher", "viewer"]
+    answer_sdp: str
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    """Something that happened to a session. ``reason`` says why it ended (empty for
+    starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
+    ``connection_closed``, ``setup_timeout`` (never connected), ``replaced`` (another
+    publisher took the stream), ``publisher_ended`` (a viewer whose publisher went
+    away), ``codec_changed`` (the new publisher's codec differs from the one this viewer
+    negotiated), or ``relay_closed``."""
+
+    kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"]
+    stream_id: str
+    session_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RelayStats:
+    """Gauges (streams, viewers) and counters since the relay started.
+
+    ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
+    waiting for a keyframe (after joining, after an overflow, after a gap in the
+    publisher's stream). ``queue_overflows`` counts how often a viewer's queue was full.
+    """
+
+    streams: int
+    viewers: int
+    frames_received: int
+    bytes_received: int
+    frames_forwarded: int
+    bytes_forwarded: int
+    frames_dropped: int
+    queue_overflows: int
+    keyframe_requests: int
+    incomplete_frames: int
+
+
+@dataclass
+class _Counters:
+    frames_received: int = 0
+    bytes_received: int = 0
+    frames_forwarded: int = 0
+    bytes_forwarded: int = 0
+    frames_dropped: int = 0
+    queue_overflows: int = 0
+    keyframe_requests: int = 0
+    incomplete_frames: int = 0
+
+
+@dataclass(eq=False)
+class _Peer:
+    id: str
+    stream_id: str
+    pc: RTCPeerConnection
+    setup_timer: asyncio.TimerHandle | None = None
+    close_task: asyncio.Task[None] | None = None
+
+
+@dataclass(eq=False)
+class _Publisher(_Peer):
+    receiver: RTCRtpReceiver | None = None
+    buffer: MarkerJitterBuffer | None = None
+    codec: str = ""  # mime type, e.g. video/VP8
+
+
+@dataclass(eq=False)
+class _Viewer(_Peer):
+    queue: ViewerQueue = field(default_factory=lambda: ViewerQueue(capacity=1))
+    codec: str = ""
+    connected: bool = False
+
+
+@dataclass(eq=False)
+class _Stream:
+    id: str
+    publisher: _Publisher
+    viewers: dict[str, _Viewer] = field(default_factory=dict)
+    keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    # Timestamps continue across a change of publisher (each one's start at 0).
+    epoch: _Publisher | None = None
+    offset: int = 0
+    last_timestamp: int | None = None
+
+    def rebase(self, publisher: _Publisher, timestamp: int) -> int:
+        if self.epoch is not publisher:
+            self.epoch = publisher
+            self.offset = 0 if self.last_timestamp is None else self.last_timestamp + _REBASE_GAP_TICKS - timestamp
+        self.last_timestamp = timestamp + self.offset
+        return self.last_timestamp
+
+
+class Relay:
+    """Publishers and viewers of live video streams, in one process.
+
+    ``ice_servers`` is passed to every peer connection as is; empty (the default) means
+    host candidates only, never a public STUN server (aiortc adds Google's when given
+    none). ``host_addresses`` limits host candidates to those local addresses (default:
+    every interface). ``viewer_queue_frames`` bounds each viewer's queue (see
+    :class:`ViewerQueue`): 10 frames is a third of a second at 30 fps. A session that is
+    not connected ``setup_timeout_s`` after its answer is closed. ``on_event`` is called
+    on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
+    """
+
+    def __init__(
+        self,
+        *,
+        ice_servers: Sequence[IceServerConfig] = (),
+        viewer_queue_frames: int = 10,
+        on_event: Callable[[RelayEvent], None] | None = None,
+        host_addresses: Sequence[str] | None = None,
+        setup_timeout_s: float = 30.0,
+    ) -> None:
+        if viewer_queue_frames < 1:
+            raise ValueError("viewer_queue_frames must be at least 1")
+        self._ice_servers = tuple(ice_servers)
+        self._queue_frames = viewer_queue_frames
+        self._on_event = on_event
+        self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
+        self._setup_timeout_s = setup_timeout_s
+        self._streams: dict[str, _Stream] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._counters = _Counters()
+        self._closed = False
+
+    # -- queries ---------------------------------------------------------------
+
+    def viewer_count(self, stream_id: str) -> int:
+        stream = self._streams.get(stream_id)
+        return len(stream.viewers) if stream else 0
+
+    def is_publishing(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
+    def stats(self) -> RelayStats:
+        c = self._counters
+        return RelayStats(
+            streams=len(self._streams), viewers=sum(len(s.viewers) for s in self._streams.values()),
+            frames_received=c.frames_received, bytes_received=c.bytes_received,
+            frames_forwarded=c.frames_forwarded, bytes_forwarded=c.bytes_forwarded,
+            frames_dropped=c.frames_dropped, queue_overflows=c.queue_overflows,
+            keyframe_requests=c.keyframe_requests, incomplete_frames=c.incomplete_frames)
+
+    # -- sessions --------------------------------------------------------------
+
+    async def publish(self, stream_id: str, offer_sdp: str) -> Session:
+        """Take a publisher's offer for ``stream_id``; returns the answer.
+
+        A stream that already has a publisher gets the new one in its place: the old
+        one ends (``replaced``) and its viewers stay, and see the new publisher from its
+        next keyframe (viewers whose codec the new publisher does not send end with
+        ``codec_changed``). Raises :class:`InvalidOffer`.
+        """
+        self._check_open()
+        sdp = check_offer(offer_sdp, role="publish")
+        pc = self._new_peer_connection()
+        publisher = _Publisher(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc)
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        transceiver.setCodecPreferences(_capabilities(FORWARDED_CODECS))
+        answer = await self._answer(publisher, transceiver, sdp,
+                                    before_answer=lambda: self._tap(publisher, transceiver))
+        if self._closed:
+            await self._discard(publisher)
+            raise RuntimeError("the relay is closed")
+        self._install(publisher)
+        old = self._streams.get(stream_id)
+        if old is None:
+            self._streams[stream_id] = _Stream(id=stream_id, publisher=publisher)
+        else:
+            previous = old.publisher
+            old.publisher = publisher
+            old.keyframes = KeyframeThrottle()
+            for viewer in list(old.viewers.values()):
+                if viewer.codec.lower() != publisher.codec.lower():
+                    self._begin_close(viewer, "codec_changed")
+                else:
+                    viewer.queue.resync()
+            self._begin_close(previous, "replaced")
+        self._emit("publisher_started", publisher, "")
+        return Session(id=publisher.id, stream_id=stream_id, kind="publisher", answer_sdp=answer)
+
+    async def view(self, stream_id: str, offer_sdp: str) -> Session:
+        """Take a viewer's offer for ``stream_id``; returns the answer.
+
+        The answer offers only the publisher's codec. Raises :class:`NoSuchStream` if
+        nobody publishes ``stream_id`` (also if the publisher leaves while the answer is
+        being made) and :class:`InvalidOffer`.
+        """
+        self._check_open()
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise NoSuchStream(stream_id)
+        sdp = check_offer(offer_sdp, role="view")
+        codec = stream.publisher.codec
+        pc = self._new_peer_connection()
+        viewer = _Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
+                         queue=ViewerQueue(capacity=self._queue_frames), codec=codec)
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        transceiver.setCodecPreferences(_capabilities((codec,)))
+        track = ForwardedTrack(viewer.queue)
+        transceiver.sender.replaceTrack(track)
+        on_keyframe_request(transceiver.sender, lambda: self._viewer_wants_keyframe(viewer))
+        answer = await self._answer(viewer, transceiver, sdp, before_answer=None)
+        if self._closed or self._streams.get(stream_id) is not stream or stream.publisher.codec != codec:
+            await self._discard(viewer)
+            raise NoSuchStream(stream_id)
+        self._install(viewer)
+        stream.viewers[viewer.id] = viewer
+        self._emit("viewer_joined", viewer, "")
+        return Session(id=viewer.id, stream_id=stream_id, kind="viewer", answer_sdp=answer)
+
+    async def close(self, session_id: str, *, reason: str) -> None:
+        """End a publisher (and so its viewers) or a viewer. Unknown or already closed
+        sessions are ignored; returns once the peer connection is closed."""
+        peer = self._peers.get(session_id)
+        if peer is not None:
+            await asyncio.shield(self._begin_close(peer, reason))
+
+    async def aclose(self) -> None:
+        """Close every session and wait for the closes to finish. Idempotent."""
+        self._closed = True
+        publishers = [p for p in self._peers.values() if isinstance(p, _Publisher)]
+        for peer in [*publishers, *self._peers.values()]:
+            self._begin_close(peer, "relay_closed")
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the relay is closed")
+
+    def _new_peer_connection(self) -> RTCPeerConnection:
+        # An explicit list, even empty: RTCPeerConnection() without one adds a public
+        # STUN server, which costs seconds per handshake where it cannot be reached.
+        servers = [RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                   for s in self._ice_servers]
+        return RTCPeerConnection(RTCConfiguration(iceServers=servers))
+
+    async def _answer(self, peer: _Peer, transceiver: RTCRtpTransceiver, sdp: str,
+                      before_answer: Callable[[], None] | None) -> str:
+        """setRemoteDescription, answer, gather; the complete local SDP. Closes the peer
+        connection on any failure (including cancellation: the HTTP client went away)."""
+        pc = peer.pc
+        done = False
+        try:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:  # aiortc raises several types for an offer it cannot take
+                raise InvalidOffer(f"cannot use the offer: {exc}") from exc
+            if transceiver.mid is None or not transceiver._codecs:
+                raise InvalidOffer("no video section the relay can use")
+            for other in pc.getTransceivers():
+                if other is not transceiver:
+                    other.direction = "inactive"  # audio, extra video: not relayed, never decoded
+            if isinstance(peer, _Publisher):
+                peer.codec = transceiver._codecs[0].mimeType
+            if before_answer is not None:
+                before_answer()
+            if self._host_addresses is not None:
+                restrict_host_candidates(pc, self._host_addresses)
+            await pc.setLocalDescription(await pc.createAnswer())
+            local = pc.localDescription
+            assert local is not None
+            done = True
+            return local.sdp
+        finally:
+            if not done:
+                await pc.close()
+
+    def _tap(self, publisher: _Publisher, transceiver: RTCRtpTransceiver) -> None:
+        receiver = transceiver.receiver
+        publisher.receiver = receiver
+        publisher.buffer = tap_encoded_frames(receiver, lambda codec, frame: self._on_frame(publisher, codec, frame))
+
+    def _install(self, peer: _Peer) -> None:
+        """Register ``peer`` and close it when its connection fails, closes, or never comes up."""
+        self._peers[peer.id] = peer
+        pc = peer.pc
+
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                if peer.setup_timer is not None:
+                    peer.setup_timer.cancel()
+                    peer.setup_timer = None
+                if isinstance(peer, _Viewer) and not peer.connected:
+                    peer.connected = True
+                    self._viewer_wants_keyframe(peer)
+            elif state in ("failed", "closed"):
+                self._begin_close(peer, f"connection_{state}")
+
+        pc.on("connectionstatechange", on_state)
+        if pc.connectionState in ("failed", "closed"):  # went down while we answered
+            self._begin_close(peer, f"connection_{pc.connectionState}")
+        elif pc.connectionState == "connected":
+            on_state()
+        else:
+            loop = asyncio.get_running_loop()
+            peer.setup_timer = loop.call_later(self._setup_timeout_s, self._setup_expired, peer)
+
+    def _setup_expired(self, peer: _Peer) -> None:
+        peer.setup_timer = None
+        if peer.pc.connectionState != "connected":
+            self._begin_close(peer, "setup_timeout")
+
+    # -- media -----------------------------------------------------------------
+
+    def _on_frame(self, publisher: _Publisher, codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
+        """A complete frame from a publisher (on the loop, inside its RTP handling)."""
+        stream = self._streams.get(publisher.stream_id)
+        if stream is None or stream.publisher is not publisher:
+            return
+        counters = self._counters
+        if not frame.synced and not starts_frame(codec.name, frame.first_payload):
+            # The buffer lost packets or joined mid-frame: what follows until the next
+            # keyframe cannot be decoded by anyone.
+            counters.incomplete_frames += 1
+            for viewer in stream.viewers.values():
+                viewer.queue.resync()
+            self._request_keyframe(stream)
+            return
+        size = len(frame.data)
+        counters.frames_received += 1
+        counters.bytes_received += size
+        keyframe = is_keyframe(codec.name, frame.data)
+        if keyframe:
+            stream.keyframes.keyframe_seen()
+        timestamp = stream.rebase(publisher, frame.timestamp)
+        if not stream.viewers:
+            return  # a publisher nobody watches costs this much and no more
+        encoded = EncodedFrame(data=frame.data, timestamp=timestamp, keyframe=keyframe)
+        for viewer in stream.viewers.values():
+            if not viewer.connected:
+                continue
+            queue = viewer.queue
+            was_waiting = queue.waiting_for_keyframe
+            if queue.offer(encoded):
+                counters.frames_forwarded += 1
+                counters.bytes_forwarded += size
+                continue
+            counters.frames_dropped += 1
+            if not was_waiting:
+                counters.queue_overflows += 1
+            self._request_keyframe(stream)
+
+    def _viewer_wants_keyframe(self, viewer: _Viewer) -> None:
+        stream = self._streams.get(viewer.stream_id)
+        if stream is not None and viewer.id in stream.viewers:
+            self._request_keyframe(stream)
+
+    def _request_keyframe(self, stream: _Stream) -> None:
+        publisher = stream.publisher
+        receiver, buffer = publisher.receiver, publisher.buffer
+        if receiver is None or buffer is None or buffer.ssrc is None:
+            return  # nothing received yet: the publisher's first frame is a keyframe anyway
+        if not stream.keyframes.should_request(asyncio.get_running_loop().time()):
+            return
+        self._counters.keyframe_requests += 1
+        self._spawn(send_picture_loss(receiver, buffer.ssrc))
+
+    # -- tear-down -------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _begin_close(self, peer: _Peer, reason: str) -> asyncio.Task[None]:
+        """Detach ``peer`` now (and its viewers, for a publisher that was not replaced),
+        tell ``on_event``, and close its peer connection in a task. Idempotent."""
+        if peer.close_task is not None:
+            return peer.close_task
+        if peer.setup_timer is not None:
+            peer.setup_timer.cancel()
+            peer.setup_timer = None
+        stream = self._streams.get(peer.stream_id)
+        ended_viewers: list[_Viewer] = []
+        if isinstance(peer, _Viewer):
+            peer.queue.close()
+            if stream is not None:
+                stream.viewers.pop(peer.id, None)
+        elif stream is not None and stream.publisher is peer:
+            del self._streams[peer.stream_id]
+            ended_viewers = list(stream.viewers.values())
+            stream.viewers.clear()
+        peer.close_task = self._spawn(self._close_peer(peer))
+        self._emit("publisher_ended" if isinstance(peer, _Publisher) else "viewer_ended", peer, reason)
+        for viewer in ended_viewers:
+            self._begin_close(viewer, "publisher_ended")
+        return peer.close_task
+
+    async def _close_peer(self, peer: _Peer) -> None:
+        try:
+            await peer.pc.close()
+        except Exception:
+            logger.exception("closing session %s failed", peer.id)
+        finally:
+            self._peers.pop(peer.id, None)
+
+    async def _discard(self, peer: _Peer) -> None:
+        if isinstance(peer, _Viewer):
+            peer.queue.close()
+        await peer.pc.close()
+
+    def _emit(self, kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"],
+              peer: _Peer, reason: str) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(RelayEvent(kind=kind, stream_id=peer.stream_id, session_id=peer.id, reason=reason))
+        except Exception:
+            logger.exception("relay event callback failed")
+
+
+def _capabilities(mime_types: Sequence[str]) -> list[RTCRtpCodecCapability]:
+    """The codec capabilities for these mime types (every profile), in that order, then RTX."""
+    capabilities = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for mime in mime_types for c in capabilities if c.mimeType.lower() == mime.lower()]
+    return chosen + [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+

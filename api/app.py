@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 from api import errors, observability
 from api.auth import TokenIssuer
 from api.live import LiveHub
-from api.routes import alerts, auth, devices, health, incidents, live
+from api.routes import alerts, auth, dashboard, devices, health, incidents, live, reports
 from telemetry import queries
 from watchfloor.settings import Settings
 
@@ -80,6 +80,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
     errors.install(app)
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live):
+    for module in (health, auth, devices, alerts, incidents, live, reports):
         app.include_router(module.router)
+    dashboard.install(app, settings=settings)  # the control-room page at /
     return app

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
 
+    # Dashboard map: a tile server's URL template ({z}/{x}/{y}), e.g. a force's own; unset,
+    # the page draws borough outlines only (works offline). Its host must be allowed by the CSP.
+    map_tiles_url: str | None = Field(default=None, pattern=r"^https?://[^\s\"'<>]+$")
+    map_tiles_attribution: str = Field(default="", max_length=300)
+
     # Observability. Logs: "text" for people, "json" (one object per line) for collectors.
     log_format: str = Field(default="text", pattern="^(text|json)$")
     # Ingest serves Prometheus metrics on this port (0: off); loopback unless told otherwise,

@@ -1,0 +1,144 @@
+// The alerts panel: open and acknowledged alerts, worst first. An alert that arrives live
+// is highlighted (a pulsing border, the count in the top bar, an emergency banner) until
+// someone acknowledges it or opens it; there is no sound, by design of the control room.
+
+import { clear, fmtAgo, h, throttle } from "./dom.js";
+
+const MAX_SHOWN = 200;
+const KIND_NAMES = {
+  battery_low: "Battery low", battery_critical: "Battery critical", storage_full: "Storage nearly full",
+  gps_lost: "GPS lost", offline: "Offline", emergency: "EMERGENCY", recording: "Recording started",
+  watch_me: "Watch me", geofence: "Entered incident area", assigned_not_recording: "Assigned, NOT recording",
+};
+
+export class AlertsPanel {
+  constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog }) {
+    this.root = root;
+    this.list = root.querySelector(".alert-list");
+    this.summary = root.querySelector(".alert-summary");
+    this.showInfo = root.querySelector("input[name=show-info]");
+    this.badge = badge;
+    this.banner = banner;
+    this.store = store;
+    this.api = api;
+    this.canHandle = canHandle;
+    this.onLocate = onLocate;
+    this.resolveDialog = resolveDialog;
+    this.unseen = new Set();
+    this.render = throttle(() => this.draw(), 250);
+    this.showInfo.addEventListener("change", () => this.draw());
+    store.subscribeAlerts((added) => {
+      for (const a of added) {
+        if (a.severity !== "info" || this.showInfo.checked) this.unseen.add(a.id);
+      }
+      this.render();
+    });
+    banner.addEventListener("click", () => {
+      const a = this.store.alerts.get(Number(banner.dataset.alertId));
+      if (a) this.locate(a);
+    });
+  }
+
+  locate(alert) {
+    this.unseen.delete(alert.id);
+    this.onLocate(alert.device_id);
+    this.render();
+  }
+
+  async act(alert, action) {
+    try {
+      if (action === "acknowledge") {
+        const updated = await this.api.post(`/api/v1/alerts/${alert.id}/acknowledge`);
+        this.store.mergeAlerts([updated], { fresh: false });
+      } else {
+        const answer = await this.resolveDialog.ask(alert);
+        if (!answer) return;
+        const updated = await this.api.post(`/api/v1/alerts/${alert.id}/resolve`, answer);
+        this.store.mergeAlerts([updated], { fresh: false });
+      }
+      this.unseen.delete(alert.id);
+    } catch (error) {
+      this.summary.textContent = `Could not ${action} alert ${alert.id}: ${error.message}`;
+      this.summary.classList.add("error");
+      // The alert may have changed under us (409): re-read the truth.
+      if (error.status === 409) this.refresh();
+    }
+    this.render();
+  }
+
+  async refresh() {
+    const items = [];
+    for (const status of ["open", "acknowledged"]) {
+      items.push(...(await this.api.get("/api/v1/alerts", { status, limit: 1000 })).items);
+    }
+    this.store.replaceAlerts(items);
+  }
+
+  draw() {
+    const all = this.store.sortedAlerts();
+    for (const id of this.unseen) {
+      const a = this.store.alerts.get(id);
+      if (!a || a.status !== "open") this.unseen.delete(id);
+    }
+    const shown = this.showInfo.checked ? all : all.filter((a) => a.severity !== "info");
+    const open = all.filter((a) => a.status === "open").length;
+    this.summary.classList.remove("error");
+    this.summary.textContent = `${open} open, ${all.length - open} acknowledged` +
+      (shown.length < all.length ? ` (${all.length - shown.length} info hidden)` : "");
+    clear(this.list);
+    for (const a of shown.slice(0, MAX_SHOWN)) this.list.append(this.item(a));
+    if (shown.length > MAX_SHOWN) this.list.append(h("li", { class: "more" }, `and ${shown.length - MAX_SHOWN} more`));
+    const fresh = this.unseen.size;
+    this.badge.textContent = fresh ? `${fresh} new alert${fresh > 1 ? "s" : ""}` : `${open} open alerts`;
+    this.badge.classList.toggle("flash", fresh > 0);
+    this.root.classList.toggle("attention", fresh > 0);
+    const emergency = all.find((a) => a.kind === "emergency" && a.status === "open");
+    this.banner.classList.toggle("hidden", !emergency);
+    if (emergency) {
+      this.banner.dataset.alertId = emergency.id;
+      this.banner.textContent = `EMERGENCY — ${emergency.callsign || emergency.device_id} (${emergency.borough || "?"}):` +
+        ` ${emergency.detail}. Click to locate.`;
+    }
+  }
+
+  item(a) {
+    const handle = this.canHandle;
+    return h("li", {
+      class: `alert sev-${a.severity} st-${a.status}${this.unseen.has(a.id) ? " new" : ""}`,
+      dataset: { alertId: a.id, deviceId: a.device_id, kind: a.kind },
+    },
+    h("div", { class: "alert-head" },
+      h("span", { class: "sev" }, a.severity),
+      h("strong", {}, KIND_NAMES[a.kind] || a.kind),
+      h("button", { class: "link", type: "button", onclick: () => this.locate(a) }, a.callsign || a.device_id),
+      h("span", { class: "muted" }, a.borough || "")),
+    h("div", { class: "alert-detail" }, a.detail, " · ", fmtAgo(a.raised_at),
+      a.status === "acknowledged" ? ` · acknowledged by ${a.acknowledged_by}` : ""),
+    handle ? h("div", { class: "alert-actions" },
+      a.status === "open" ? h("button", { type: "button", class: "ack", onclick: () => this.act(a, "acknowledge") },
+        "Acknowledge") : null,
+      h("button", { type: "button", class: "resolve", onclick: () => this.act(a, "resolve") }, "Resolve…")) : null);
+  }
+}
+
+// The resolve dialog: an outcome and a note, asked before an alert is closed.
+export class ResolveDialog {
+  constructor(dialog) {
+    this.dialog = dialog;
+  }
+
+  ask(alert) {
+    const d = this.dialog;
+    d.querySelector(".what").textContent = `${KIND_NAMES[alert.kind] || alert.kind} — ${alert.callsign || alert.device_id}`;
+    d.querySelector("textarea").value = "";
+    d.querySelector("select").value = "resolved";
+    d.showModal();
+    return new Promise((resolve) => {
+      d.addEventListener("close", () => {
+        if (d.returnValue !== "ok") return resolve(null);
+        const note = d.querySelector("textarea").value.trim();
+        resolve({ outcome: d.querySelector("select").value, note: note || null });
+      }, { once: true });
+    });
+  }
+}

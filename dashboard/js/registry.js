@@ -1,0 +1,75 @@
+// The device registry, for admins: find a device, register or change one, retire one.
+
+import { clear, fmtAgo, h } from "./dom.js";
+
+const PAGE = 100;
+
+export class RegistryView {
+  constructor({ root, api, onChanged }) {
+    this.root = root;
+    this.api = api;
+    this.onChanged = onChanged;
+    this.search = root.querySelector("input[name=registry-q]");
+    this.table = root.querySelector("tbody");
+    this.status = root.querySelector(".registry-status");
+    this.form = root.querySelector("form.device-form");
+    this.offset = 0;
+    root.querySelector("form.registry-search").addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.offset = 0;
+      this.load();
+    });
+    root.querySelector("button.prev").addEventListener("click", () => { this.offset = Math.max(0, this.offset - PAGE); this.load(); });
+    root.querySelector("button.next").addEventListener("click", () => { this.offset += PAGE; this.load(); });
+    this.form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      this.save();
+    });
+  }
+
+  async load() {
+    try {
+      const page = await this.api.get("/api/v1/devices", { q: this.search.value.trim(), limit: PAGE, offset: this.offset,
+                                                           include_retired: true });
+      this.status.textContent = `${page.total} devices; showing ${page.total ? this.offset + 1 : 0}–${this.offset + page.items.length}`;
+      clear(this.table).append(...page.items.map((d) => h("tr", { class: d.retired_at ? "retired" : "" },
+        h("td", {}, d.device_id), h("td", {}, d.callsign || "—"), h("td", {}, d.officer || "—"),
+        h("td", {}, d.borough || "—"), h("td", {}, d.role || "—"), h("td", {}, d.retired_at ? "retired" : d.state || "—"),
+        h("td", {}, fmtAgo(d.received_at)),
+        h("td", {}, h("button", { type: "button", class: "small", onclick: () => this.edit(d) }, "Edit"),
+          d.retired_at ? null : h("button", { type: "button", class: "small danger", onclick: () => this.retire(d) }, "Retire")))));
+    } catch (error) {
+      this.status.textContent = error.message;
+    }
+  }
+
+  edit(d) {
+    for (const name of ["device_id", "callsign", "officer", "borough", "role"]) this.form.elements[name].value = d[name] || "";
+    this.form.elements.device_id.focus();
+  }
+
+  async save() {
+    const data = Object.fromEntries(new FormData(this.form).entries());
+    for (const k of Object.keys(data)) if (data[k] === "") data[k] = null;
+    try {
+      const saved = await this.api.post("/api/v1/devices", data);
+      this.status.textContent = `Saved ${saved.device_id}.`;
+      this.form.reset();
+      this.load();
+      this.onChanged();
+    } catch (error) {
+      this.status.textContent = `Not saved: ${error.message}`;
+    }
+  }
+
+  async retire(d) {
+    if (!confirm(`Retire ${d.device_id} (${d.callsign || "no callsign"})? It leaves the live picture.`)) return;
+    try {
+      await this.api.post(`/api/v1/devices/${encodeURIComponent(d.device_id)}/retire`);
+      this.load();
+      this.onChanged();
+    } catch (error) {
+      this.status.textContent = error.message;
+    }
+  }
+}

@@ -1,0 +1,209 @@
+// Live video tiles. Watching a unit is a request to its camera, with a reason asked first:
+//   POST /api/v1/devices/{id}/live-view {reason}  -> a request, pending until the camera
+//   accepts or declines (pushed on the live feed as {"type": "live_view", ...}, and readable
+//   at GET /api/v1/live-view/requests/{request_id});
+//   then WHEP (RFC 9725): POST /api/v1/whep/{id} with our SDP offer -> 201, the answer and a
+//   Location; DELETE that Location to stop watching.
+// aiortc (the relay) does not trickle ICE, so the offer is sent once gathering is complete.
+
+import { $, h } from "./dom.js";
+
+const MAX_TILES = 6;
+const POLL_MS = 1500;
+const REQUEST_TIMEOUT_MS = 90000;
+const GATHER_TIMEOUT_MS = 3000;
+
+function requestId(r) {
+  return r.request_id || r.id;
+}
+
+// Header values must be Latin-1; a reason typed with other characters keeps its meaning.
+function headerSafe(text) {
+  return text.replace(/[^\x20-\x7e\xa0-\xff]/g, "?");
+}
+
+export class VideoTiles {
+  constructor({ root, api, store, reasonDialog }) {
+    this.root = root;
+    this.api = api;
+    this.store = store;
+    this.reasonDialog = reasonDialog;
+    this.tiles = new Map(); // device id -> tile
+    store.subscribe((kind, changed) => {
+      for (const u of changed) if (this.tiles.has(u.device_id)) this.drawWatchers(this.tiles.get(u.device_id));
+    });
+  }
+
+  async askReason(unit) {
+    const d = this.reasonDialog;
+    $(".what", d).textContent = `Live view of ${unit.callsign || unit.device_id}${unit.officer ? ` (${unit.officer})` : ""}`;
+    const input = $("textarea", d);
+    input.value = "";
+    d.showModal();
+    return new Promise((resolve) => {
+      d.addEventListener("close", () => resolve(d.returnValue === "ok" ? input.value.trim() : null), { once: true });
+    });
+  }
+
+  async request(unit) {
+    if (this.tiles.has(unit.device_id)) return;
+    if (this.tiles.size >= MAX_TILES) {
+      alertTile(this.root, `At most ${MAX_TILES} tiles at once: close one first.`);
+      return;
+    }
+    const reason = await this.askReason(unit);
+    if (!reason) return;
+    const tile = this.addTile(unit, reason);
+    try {
+      const req = await this.api.post(`/api/v1/devices/${encodeURIComponent(unit.device_id)}/live-view`, { reason });
+      tile.requestId = requestId(req);
+      this.onRequest(tile, req);
+      if (tile.status === "pending") this.poll(tile);
+    } catch (error) {
+      this.setStatus(tile, "failed", error.status === 404 ? "Live view is not available on this server." : error.message);
+    }
+  }
+
+  // A live_view frame from the feed: the camera answered one of our requests.
+  onFrame(frame) {
+    for (const tile of this.tiles.values()) {
+      if ((frame.request_id && frame.request_id === tile.requestId) ||
+          (!frame.request_id && frame.device_id === tile.deviceId)) {
+        this.onRequest(tile, frame);
+      }
+    }
+  }
+
+  onRequest(tile, req) {
+    if (req.viewers) tile.viewers = req.viewers;
+    const status = req.status || tile.status;
+    if (status === tile.status && status !== "pending") return this.drawWatchers(tile);
+    if (status === "pending") this.setStatus(tile, "pending", "Waiting for the camera to accept…");
+    else if (status === "accepted") this.play(tile);
+    else if (status === "declined") this.setStatus(tile, "declined", req.detail || "The officer declined live view.");
+    else if (status === "expired") this.setStatus(tile, "declined", "The camera did not answer in time.");
+    else this.setStatus(tile, status, req.detail || status);
+  }
+
+  async poll(tile) {
+    const started = Date.now();
+    while (tile.status === "pending" && this.tiles.get(tile.deviceId) === tile) {
+      await new Promise((r) => setTimeout(r, POLL_MS));
+      if (tile.status !== "pending" || !tile.requestId) break;
+      if (Date.now() - started > REQUEST_TIMEOUT_MS) {
+        this.setStatus(tile, "declined", "No answer from the camera.");
+        break;
+      }
+      try {
+        this.onRequest(tile, await this.api.get(`/api/v1/live-view/requests/${encodeURIComponent(tile.requestId)}`));
+      } catch (error) {
+        if (error.status === 404) break;
+      }
+    }
+  }
+
+  async play(tile) {
+    if (tile.pc) return;
+    this.setStatus(tile, "connecting", "Connecting to the video relay…");
+    // No ICE servers: everything is on the force's network; a default public STUN server
+    // would only cost seconds offline.
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    tile.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (event) => {
+      tile.video.srcObject = event.streams[0] || new MediaStream([event.track]);
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "disconnected") {
+        this.setStatus(tile, "failed", "The stream was lost.");
+      }
+    };
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const response = await fetch(`/api/v1/whep/${encodeURIComponent(tile.deviceId)}`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${this.api.token}`, "content-type": "application/sdp",
+                   "X-Viewing-Reason": headerSafe(tile.reason) },
+        body: pc.localDescription.sdp,
+      });
+      if (response.status !== 201) {
+        const body = await response.json().catch(() => ({}));
+        throw new Error(body.error ? body.error.message : `the relay answered ${response.status}`);
+      }
+      tile.location = new URL(response.headers.get("Location"), location.origin).toString();
+      await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      tile.video.onplaying = () => this.setStatus(tile, "playing", "Live");
+    } catch (error) {
+      this.setStatus(tile, "failed", error.message);
+    }
+  }
+
+  addTile(unit, reason) {
+    const video = h("video", { muted: true, autoplay: true, playsinline: true });
+    video.muted = true;
+    const tile = { deviceId: unit.device_id, reason, status: "new", video, viewers: null, pc: null, location: null };
+    tile.statusEl = h("span", { class: "tile-status" });
+    tile.watchersEl = h("span", { class: "tile-watchers" });
+    tile.el = h("figure", { class: "tile", dataset: { deviceId: unit.device_id } },
+      h("figcaption", {},
+        h("strong", {}, unit.callsign || unit.device_id),
+        tile.statusEl,
+        h("button", { type: "button", class: "close", title: "Stop watching", onclick: () => this.close(tile) }, "✕")),
+      video,
+      h("div", { class: "tile-foot" }, h("span", { class: "muted" }, `Reason: ${reason}`), tile.watchersEl));
+    this.tiles.set(unit.device_id, tile);
+    this.root.append(tile.el);
+    this.root.classList.remove("hidden");
+    this.drawWatchers(tile);
+    return tile;
+  }
+
+  setStatus(tile, status, text) {
+    tile.status = status;
+    tile.el.dataset.status = status;
+    tile.statusEl.textContent = text;
+  }
+
+  drawWatchers(tile) {
+    const unit = this.store.units.get(tile.deviceId);
+    const names = Array.isArray(tile.viewers) ? tile.viewers.map((v) => (typeof v === "string" ? v : v.viewer || v.username))
+      .filter((n) => n && n !== this.api.session.username) : null;
+    const count = unit && typeof unit.viewers === "number" ? unit.viewers : null;
+    tile.watchersEl.textContent = names && names.length ? `Also watching: ${names.join(", ")}`
+      : count !== null ? `${count} watching` : "";
+  }
+
+  async close(tile) {
+    this.tiles.delete(tile.deviceId);
+    tile.el.remove();
+    if (!this.tiles.size) this.root.classList.add("hidden");
+    if (tile.pc) tile.pc.close();
+    if (tile.location) {
+      await fetch(tile.location, { method: "DELETE", headers: { Authorization: `Bearer ${this.api.token}` } })
+        .catch(() => {});
+    }
+  }
+
+  closeAll() {
+    for (const tile of [...this.tiles.values()]) this.close(tile);
+  }
+}
+
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") resolve();
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, GATHER_TIMEOUT_MS);
+  });
+}
+
+function alertTile(root, text) {
+  const note = h("p", { class: "tile-note" }, text);
+  root.prepend(note);
+  root.classList.remove("hidden");
+  setTimeout(() => note.remove(), 5000);
+}

@@ -15,7 +15,8 @@ from psycopg_pool import ConnectionPool
 from api import errors, observability
 from api.auth import TokenIssuer
 from api.live import LiveHub
-from api.routes import alerts, auth, dashboard, devices, health, incidents, live, reports
+from api.live_view import LiveView
+from api.routes import alerts, auth, dashboard, devices, health, incidents, live, live_view, reports
 from telemetry import queries
 from watchfloor.settings import Settings
 
@@ -66,10 +67,17 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         hub.start()
         await _load_units(pool, hub)
         refresher = asyncio.create_task(_refresh_registry(pool, hub))
+        # Live view owns the relay: started here, and closed (every session ended, with its
+        # record) before the hub and the pool go.
+        viewing = LiveView(settings=settings, pool=pool, hub=hub, mqtt_url=mqtt_url,
+                           client_id=f"watchfloor-api-lv-{uuid.uuid4().hex[:8]}")
+        app.state.live_view = viewing
+        await viewing.start()
         try:
             yield
         finally:
             refresher.cancel()
+            await viewing.aclose()
             await hub.stop()
             pool.close()
 
@@ -80,7 +88,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
     errors.install(app)
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live, reports):
+    for module in (health, auth, devices, alerts, incidents, live, reports, live_view):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

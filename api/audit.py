@@ -37,7 +37,8 @@ __all__ = [
 ACTIONS = frozenset({
     "sign_in", "sign_in_failed",
     "live_view_requested", "live_view_accepted", "live_view_declined",
-    "viewing_started", "viewing_ended",
+    "live_view_ended",
+    "viewing_started", "viewing_ended", "viewing_refused",
     "alert_acknowledged", "alert_resolved",
     "export",
     "device_provisioned", "device_retired",

@@ -29,7 +29,7 @@ import orjson
 import paho.mqtt.client as paho
 from fastapi import WebSocket
 
-from api.auth import Principal
+from api.auth import Principal, Role
 from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Telemetry
 from telemetry.decode import Decoded, Limits, StatusChange, decode
 from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
@@ -270,6 +270,18 @@ class LiveHub:
     def borough_of(self, device_id: str) -> str | None:
         unit = self._units.get(device_id)
         return unit["borough"] if unit else None
+
+    def push(self, frame: str, *, device_id: str, roles: frozenset[Role]) -> int:
+        """Queue an encoded frame about one unit (a live-view change) for the clients whose
+        role is in ``roles`` and whose area covers the unit; returns how many. It queues with
+        the alert frames, so the same bound holds (a lagging client is told what it missed)."""
+        borough = self.borough_of(device_id)
+        pushed = 0
+        for client in self._clients:
+            if client.who.role in roles and client.who.covers(borough):
+                client.offer_alerts(frame, 1)
+                pushed += 1
+        return pushed
 
     async def _tick_forever(self) -> None:
         while True:

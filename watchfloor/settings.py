@@ -7,6 +7,7 @@ passes it down, so tests build their own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +78,19 @@ class Settings(BaseSettings):
     # The API serves /metrics on its own port (aggregates only: no ids, names or tokens).
     # Keep it off the public route at the proxy, or turn it off here.
     api_metrics: bool = True
+
+    # Live view (docs/api.md "Live view"). ICE servers for the relay's peer connections, as
+    # RTCIceServer JSON objects ({"urls": [...], "username": ..., "credential": ...}); empty:
+    # host candidates only (no public STUN server is ever added behind the operator's back).
+    relay_ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    # A firearms unit that is already recording may be viewed without asking its officer.
+    live_view_policy_firearms_recording: bool = True
+    live_view_request_timeout_s: int = Field(default=60, ge=5, le=3600)  # the camera must answer in this
+    live_view_idle_stop_s: int = Field(default=60, ge=1, le=3600)  # stream stops with no viewer this long
+    # The simulated cameras' WHIP endpoint (the API's base URL) and their secrets (a JSON
+    # file {device_id: secret}); unset, simulated cameras decline live-view requests.
+    simulator_api_url: str | None = None
+    simulator_secrets_file: Path | None = None
 
     # Storage. timescaledb: "auto" uses it when the server has it (preloaded), "off" never,
     # "require" refuses to migrate without it.

@@ -37,6 +37,7 @@ class FleetProfile:
     gps_losses_per_h: float = 0.6
     drops_per_h: float = 0.05  # connection lost (Last Will), back after a while
     storage_pct_h_recording: float = 6.0
+    watch_me_per_h: float = 0.0  # officers asking the control room to watch them live (the demo sets it)
 
 
 def _rfc3339(ts: datetime) -> str:
@@ -170,6 +171,11 @@ class Unit:
                 self.recording = RecordingState.RECORDING
                 self.record_s = self.emergency_s
                 out.append(self._event(now, EventType.RECORDING_STARTED, {"trigger": "emergency", "pre_event_s": 30}))
+
+        # "Watch me": checked only when enabled, so fleets without it keep their random sequence.
+        if profile.watch_me_per_h > 0 and not self.docked and not self.live and \
+                self._chance(profile.watch_me_per_h, dt):
+            out.append(self._event(now, EventType.WATCH_ME))
 
         for kind, details in self.extra_events:
             out.append(self._event(now, kind, details))

@@ -12,6 +12,7 @@ import logging
 import selectors
 import socket
 import time
+from collections import deque
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
@@ -82,7 +83,8 @@ class _CorkedClient(BufferedClient):
 
 class ClientPool:
     def __init__(self, address: BrokerAddress, *, prefix: str, count: int,
-                 wills: list[str | None], keepalive_s: int = 30) -> None:
+                 wills: list[str | None], keepalive_s: int = 30,
+                 subscriptions: list[list[str]] | None = None) -> None:
         self._address = address
         self._keepalive_s = keepalive_s
         self._selector = selectors.DefaultSelector()
@@ -92,6 +94,9 @@ class ClientPool:
         self._up: list[bool] = [False] * count
         self._wanted: list[bool] = [False] * count  # False after a deliberate drop()
         self._retry_at: list[float] = [0.0] * count
+        # Messages to the devices (commands), read in pump() on this thread; bounded: past
+        # this the oldest are dropped, as a camera's own inbox would overflow.
+        self.inbox: deque[tuple[str, bytes]] = deque(maxlen=10_000)
         for index in range(count):
             client = new_client(address, client_id=f"{prefix}-{index}", protocol=paho.MQTTv311, cls=_CorkedClient)
             # A pooled connection carries hundreds of devices: let QoS 1 flow, but bound
@@ -101,7 +106,8 @@ class ClientPool:
             will = wills[index]
             if will is not None:
                 client.will_set(will, b"offline", qos=1, retain=True)
-            client.on_connect = self._marker(index, True)
+            client.on_connect = self._connected(index, (subscriptions or [])[index] if subscriptions else [])
+            client.on_message = self._received
             client.on_disconnect = self._marker(index, False)
             self._clients.append(client)
 
@@ -109,6 +115,17 @@ class ClientPool:
         def callback(*_: object) -> None:
             self._up[index] = up
         return callback
+
+    def _connected(self, index: int, topics: list[str]):  # type: ignore[no-untyped-def]
+        def callback(client: paho.Client, *_: object) -> None:
+            self._up[index] = True
+            if topics:  # a clean session: subscribe again on every connect
+                client.subscribe([(topic, 1) for topic in topics])
+                self._dirty.add(index)
+        return callback
+
+    def _received(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        self.inbox.append((message.topic, bytes(message.payload)))
 
     def is_up(self, index: int) -> bool:
         return self._up[index]

@@ -11,12 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import orjson
+from pydantic import ValidationError
 
-from telemetry.contract import Channel, topic_for
+from telemetry.commands import Command, CommandType, ReplyStatus, reply
+from telemetry.contract import Channel, EventType, topic_for
 from telemetry.mqtt import BrokerAddress
+from telemetry.simulator.camera import CameraPolicy, answer_live_view_request
 from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet
 from telemetry.simulator.geo import load_boroughs
 from telemetry.simulator.publisher import ClientPool
+from telemetry.simulator.video import VideoUplink
 
 __all__ = ["SimulatorStats", "Simulator", "default_connections"]
 
@@ -41,16 +45,25 @@ class SimulatorStats:
 class Simulator:
     def __init__(self, *, mqtt_url: str, devices: int, interval_s: float, seed: int,
                  connections: int | None = None, profile: FleetProfile | None = None,
-                 client_prefix: str = "watchfloor-sim", first: int = 0) -> None:
+                 client_prefix: str = "watchfloor-sim", first: int = 0, commands: bool = True,
+                 video: VideoUplink | None = None, camera_policy: CameraPolicy | None = None) -> None:
         self.profile = profile or FleetProfile()
         self.units: list[Unit] = build_fleet(load_boroughs(), devices, seed=seed, profile=self.profile, first=first)
+        self._by_id = {u.device_id: u for u in self.units}
         self.interval_s = interval_s
         count = min(connections or default_connections(devices), devices)
         self.dedicated = count == devices
         wills: list[str | None] = [topic_for(u.device_id, Channel.STATUS) if self.dedicated else None
                                    for u in self.units[:count]]
+        # Each camera reads its own commands topic (live-view requests), on its connection.
+        subscriptions: list[list[str]] = [[] for _ in range(count)]
+        if commands:
+            for unit in self.units:
+                subscriptions[(unit.index - first) % count].append(topic_for(unit.device_id, Channel.COMMANDS))
         self._pool = ClientPool(BrokerAddress.parse(mqtt_url), prefix=f"{client_prefix}-{first}", count=count,
-                                wills=wills)
+                                wills=wills, subscriptions=subscriptions)
+        self._video = video
+        self.camera_policy = camera_policy or CameraPolicy()
         self.connections = count
         self._first = first
         self.stats = SimulatorStats()
@@ -119,6 +132,13 @@ class Simulator:
                 # Reports due within 5 ms go out together: far fewer wake-ups for a big fleet.
                 wait = schedule[0][0] - time.monotonic() if schedule else 0.05
                 pool.pump(0.0 if wait < 0 else min(max(wait, 0.005), 0.05))
+                if pool.inbox:
+                    self._serve_commands()
+                if self._video is not None:
+                    for device_id, live in self._video.changes():
+                        unit = self._by_id[device_id]
+                        unit.live = live
+                        unit.viewers = unit.viewers if live else 0
         finally:
             pool.close()
 
@@ -137,3 +157,43 @@ class Simulator:
             return
         for channel, payload in unit.step(now, self.interval_s, self.profile):
             self._send(unit, channel, orjson.dumps(payload))
+            if channel is Channel.EVENTS and payload["type"] == EventType.WATCH_ME.value and self._video is not None:
+                self._video.start(unit.device_id)  # the officer asked to be watched: go live
+
+    def _serve_commands(self) -> None:
+        """Answer what the control room sent, as each camera's firmware would."""
+        now = datetime.now(timezone.utc)
+        inbox = self._pool.inbox
+        while inbox:
+            topic, payload = inbox.popleft()
+            unit = self._by_id.get(topic.split("/")[-2])
+            if unit is None or not unit.online:
+                continue  # a camera out of coverage hears nothing
+            try:
+                order = Command.model_validate_json(payload)
+            except ValidationError:
+                log.info("%s: ignored a malformed command", topic)
+                continue
+            self._obey(unit, order, now)
+
+    def _obey(self, unit: Unit, order: Command, now: datetime) -> None:
+        video = self._video
+        if order.type is CommandType.LIVE_VIEW_REQUEST:
+            status, detail = answer_live_view_request(
+                unit, order, now=now, policy=self.camera_policy,
+                can_stream=video is not None and video.can_stream(unit.device_id))
+            self._send(unit, Channel.COMMAND_REPLIES, reply(command_id=order.id, status=status, detail=detail))
+            if status is ReplyStatus.ACCEPTED and video is not None:
+                video.start(unit.device_id)
+        elif order.type is CommandType.LIVE_VIEW_STOP:
+            if video is not None:
+                video.stop(unit.device_id)
+            unit.live, unit.viewers = False, 0
+            self._send(unit, Channel.COMMAND_REPLIES, reply(command_id=order.id, status=ReplyStatus.DONE))
+        elif order.type is CommandType.LIVE_VIEW_STATUS:
+            viewers = order.params.get("viewers")
+            if isinstance(viewers, int) and not isinstance(viewers, bool):
+                unit.viewers = max(0, min(1_000, viewers))  # reported in its next telemetry
+        else:
+            self._send(unit, Channel.COMMAND_REPLIES, reply(command_id=order.id, status=ReplyStatus.FAILED,
+                                                            detail="not supported by the simulator"))

@@ -1,0 +1,215 @@
+"""Live view: requests to cameras, who is watching, and the WHIP/WHEP endpoints.
+
+WHIP (RFC 9725) and WHEP share one shape: ``POST`` an ``application/sdp`` offer with a
+bearer token, get ``201 Created`` with the SDP answer and a ``Location`` header naming the
+session; ``DELETE`` on that location ends it. The answer is complete (aiortc gathers every
+candidate before answering and does not trickle), so ``PATCH`` is not offered (405).
+A camera's bearer token is its own device secret; a viewer's is their user token.
+The decisions are in :mod:`api.consent`; :class:`api.live_view.LiveView` applies them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from api.auth import Principal, Role, bearer, principal, require
+from api.consent import VIEWING_ROLES, Denied, UnitFacts, may_watch
+from api.deps import Db
+from api.errors import ErrorBody, Forbidden, NotFound
+from api.live_view import LiveView, UnsupportedMediaType
+from api.models import DEVICE_ID
+from telemetry import liveview as store
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1", tags=["live view"],
+                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                              409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+
+Caller = Annotated[Principal, Depends(principal)]
+Auditor = Annotated[Principal, Depends(require(Role.AUDITOR, Role.ADMIN))]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID)]
+SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+_SDP = "application/sdp"
+_MAX_SDP_BYTES = 64 * 1024
+
+
+class LiveViewRequestIn(BaseModel):
+    reason: str = Field(min_length=3, max_length=200, description="why the control room wants to watch")
+
+
+class LiveViewRequest(BaseModel):
+    request_id: str
+    device_id: str
+    requested_by: str
+    reason: str
+    status: Literal["pending", "accepted", "declined", "expired"]
+    detail: str | None = None
+    created_at: datetime
+    expires_at: datetime
+    answered_at: datetime | None = None
+
+
+class Consent(BaseModel):
+    consent_id: int
+    basis: Literal["officer_request", "accepted_request", "policy_recording"]
+    request_id: str | None = None
+    granted_at: datetime
+    publishing_since: datetime | None = None
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+class Viewing(BaseModel):
+    """A viewing session (or, with ``refused``, an attempt that was refused)."""
+
+    session_id: str | None = None
+    device_id: str
+    viewer: str
+    role: str
+    reason: str | None = None
+    consent_id: int | None = None
+    started_at: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+    refused: str | None = None
+
+
+class LiveViewStatus(BaseModel):
+    device_id: str
+    consent: Consent | None = Field(description="the consent in force, if any")
+    live: bool = Field(description="the camera is streaming now")
+    whep_url: str | None = Field(description="where to POST a WHEP offer while live")
+    viewers: list[Viewing]
+
+
+def _service(request: Request) -> LiveView:
+    service: LiveView = request.app.state.live_view
+    return service
+
+
+def _check(db: Db, who: Principal, device_id: str) -> None:
+    row = store.unit_for_live_view(db, device_id)
+    denied: Denied | None = may_watch(who, UnitFacts.from_row(row) if row is not None else None)
+    if denied is not None:
+        raise (Forbidden if denied.kind == "forbidden" else NotFound)(denied.message)
+
+
+# requests and status
+
+@router.post("/devices/{device_id}/live-view", response_model=LiveViewRequest, status_code=201,
+             summary="Ask a camera to stream live (or, by policy, start at once)")
+async def request_live_view(device_id: DeviceId, body: LiveViewRequestIn, request: Request,
+                            who: Caller) -> LiveViewRequest:
+    row = await _service(request).request(who, device_id, body.reason)
+    return LiveViewRequest.model_validate(row)
+
+
+@router.delete("/devices/{device_id}/live-view", response_model=Consent,
+               summary="Stop the camera's stream (ends the consent in force)")
+async def stop_live_view(device_id: DeviceId, request: Request, who: Caller) -> Consent:
+    return Consent.model_validate(await _service(request).stop(who, device_id))
+
+
+@router.get("/devices/{device_id}/live-view", response_model=LiveViewStatus,
+            summary="Consent in force, whether the camera streams, and who is watching")
+def live_view_status(device_id: DeviceId, db: Db, who: Caller) -> LiveViewStatus:
+    _check(db, who, device_id)
+    consent = store.active_consent(db, device_id)
+    live = consent is not None and consent["publisher_session"] is not None
+    return LiveViewStatus(device_id=device_id, consent=Consent.model_validate(consent) if consent else None,
+                          live=live, whep_url=f"/api/v1/whep/{device_id}" if live else None,
+                          viewers=[Viewing.model_validate(v) for v in store.open_viewings(db, device_id)])
+
+
+@router.get("/devices/{device_id}/viewers", response_model=list[Viewing], summary="Who is watching the unit now")
+def viewers(device_id: DeviceId, db: Db, who: Caller) -> list[Viewing]:
+    _check(db, who, device_id)
+    return [Viewing.model_validate(v) for v in store.open_viewings(db, device_id)]
+
+
+@router.get("/live-view/requests", response_model=list[LiveViewRequest],
+            summary="Live-view requests in your area, newest first")
+def list_requests(db: Db, who: Caller, device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
+                  status: Literal["pending", "accepted", "declined", "expired"] | None = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LiveViewRequest]:
+    if who.role not in VIEWING_ROLES:
+        raise Forbidden(f"role {who.role.value} does not see live-view requests")
+    rows = store.list_requests(db, boroughs=who.areas, device_id=device_id, status=status, limit=limit)
+    return [LiveViewRequest.model_validate(r) for r in rows]
+
+
+@router.get("/live-view/requests/{request_id}", response_model=LiveViewRequest)
+def get_request(request_id: Annotated[str, Path(pattern=DEVICE_ID)], db: Db, who: Caller) -> LiveViewRequest:
+    row = store.get_request(db, request_id)
+    if row is None:
+        raise NotFound(f"no live-view request {request_id}")
+    _check(db, who, row["device_id"])
+    return LiveViewRequest.model_validate(row)
+
+
+@router.get("/live-view/sessions", response_model=list[Viewing],
+            summary="The record of viewing sessions and refused attempts (auditor, admin)")
+def sessions(db: Db, who: Auditor, device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
+             viewer: Annotated[str | None, Query(max_length=64)] = None,
+             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Viewing]:
+    return [Viewing.model_validate(v) for v in store.viewings(db, device_id=device_id, viewer=viewer, limit=limit)]
+
+
+# WHIP and WHEP
+
+async def _offer(request: Request) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != _SDP:
+        raise UnsupportedMediaType(f"the offer must be sent as {_SDP}")
+    body = await request.body()
+    if len(body) > _MAX_SDP_BYTES:
+        raise UnsupportedMediaType("the offer is too large")
+    return body.decode("utf-8", errors="replace")
+
+
+def _created(answer: str, location: str) -> Response:
+    # RFC 9725 section 4.2: 201 Created, the answer as application/sdp, the session's URL.
+    return Response(content=answer, status_code=201, media_type=_SDP, headers={"Location": location})
+
+
+_SDP_BODY: dict[int | str, dict[str, Any]] = {
+    201: {"content": {_SDP: {}}, "description": "the SDP answer; Location names the session"},
+    415: {"model": ErrorBody}}
+
+
+@router.post("/whip/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,
+             summary="WHIP: the camera publishes (bearer: the device's own secret; only under consent)")
+async def whip(device_id: DeviceId, request: Request) -> Response:
+    secret = bearer(request.headers.get("authorization"))
+    session = await _service(request).publish(device_id, secret, await _offer(request))
+    return _created(session.answer_sdp, f"/api/v1/whip/{device_id}/{session.id}")
+
+
+@router.delete("/whip/{device_id}/{session_id}", status_code=200, response_class=Response,
+               summary="WHIP: the camera ends its stream")
+async def whip_end(device_id: DeviceId, session_id: SessionId, request: Request) -> Response:
+    secret = bearer(request.headers.get("authorization"))
+    await _service(request).unpublish(device_id, session_id, secret)
+    return Response(status_code=200)
+
+
+@router.post("/whep/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,
+             summary="WHEP: watch a live camera (operator or firearms commander, in area, with a reason)")
+async def whep(device_id: DeviceId, request: Request, who: Caller,
+               x_viewing_reason: Annotated[str | None, Header(description="why you watch (required)")] = None,
+               ) -> Response:
+    offer = await _offer(request)
+    session = await _service(request).view(who, device_id, x_viewing_reason, offer)
+    return _created(session.answer_sdp, f"/api/v1/whep/{device_id}/{session.id}")
+
+
+@router.delete("/whep/{device_id}/{session_id}", status_code=200, response_class=Response,
+               summary="WHEP: stop watching")
+async def whep_end(device_id: DeviceId, session_id: SessionId, request: Request, who: Caller) -> Response:
+    await _service(request).unview(who, device_id, session_id)
+    return Response(status_code=200)

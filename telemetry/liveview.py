@@ -1,0 +1,198 @@
+"""Live-view records: requests to cameras, consent in force, and every viewing session.
+
+Functions over a connection in the caller's transaction (they never commit), so that a
+change and its audit entry are one transaction. Every state change is a conditional
+``UPDATE … RETURNING``: when several API processes react to the same broker message, one
+of them gets the row back and acts (audits, notifies); the others get ``None``.
+Tables: migration 5 in :mod:`telemetry.schema`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+__all__ = [
+    "active_consent",
+    "answer_request",
+    "create_request",
+    "end_consent",
+    "end_viewing",
+    "expire_requests",
+    "get_request",
+    "grant_consent",
+    "list_requests",
+    "open_viewings",
+    "refuse_viewing",
+    "set_publisher",
+    "stale_consents",
+    "start_viewing",
+    "unit_for_live_view",
+    "viewings",
+]
+
+Row = dict[str, Any]
+
+_REQUEST = ("r.id AS request_id, r.device_id, d.borough, r.requested_by, r.reason, r.status, r.detail,"
+            " r.created_at, r.expires_at, r.answered_at")
+_CONSENT = ("id AS consent_id, device_id, basis, request_id, granted_at, publisher_session, publishing_since,"
+            " ended_at, end_reason")
+_VIEWING = "id, session_id, device_id, viewer, role, reason, consent_id, started_at, ended_at, end_reason, refused"
+
+
+def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Row | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()
+
+
+def _all(conn: psycopg.Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> list[Row]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def unit_for_live_view(conn: psycopg.Connection, device_id: str) -> Row | None:
+    """What the consent decisions need of a unit: registry, latest recording state, and the
+    creators and boroughs of the open incidents it is assigned to."""
+    return _one(conn,
+                "SELECT d.device_id, d.borough, d.role, d.retired_at IS NOT NULL AS retired,"
+                " coalesce(l.recording, 'off') AS recording, coalesce(l.online, false) AS online,"
+                " coalesce(array_agg(DISTINCT i.created_by) FILTER (WHERE i.id IS NOT NULL), '{}') AS incident_owners,"
+                " coalesce(array_agg(DISTINCT i.borough) FILTER (WHERE i.borough IS NOT NULL), '{}')"
+                "   AS incident_boroughs"
+                " FROM devices d LEFT JOIN device_latest l USING (device_id)"
+                " LEFT JOIN incident_units u ON u.device_id = d.device_id"
+                " LEFT JOIN incidents i ON i.id = u.incident_id AND i.status = 'open'"
+                " WHERE d.device_id = %s GROUP BY d.device_id, l.recording, l.online", (device_id,))
+
+
+# requests
+
+def create_request(conn: psycopg.Connection, *, request_id: str, device_id: str, requested_by: str, reason: str,
+                   expires_at: datetime) -> Row:
+    conn.execute("INSERT INTO live_view_requests (id, device_id, requested_by, reason, expires_at)"
+                 " VALUES (%s, %s, %s, %s, %s)", (request_id, device_id, requested_by, reason, expires_at))
+    row = get_request(conn, request_id)
+    assert row is not None
+    return row
+
+
+def get_request(conn: psycopg.Connection, request_id: str) -> Row | None:
+    return _one(conn, f"SELECT {_REQUEST} FROM live_view_requests r JOIN devices d USING (device_id)"
+                      " WHERE r.id = %s", (request_id,))
+
+
+def list_requests(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, device_id: str | None,
+                  status: str | None, limit: int) -> list[Row]:
+    """Newest first, within ``boroughs`` (None: all)."""
+    return _all(conn,
+                f"SELECT {_REQUEST} FROM live_view_requests r JOIN devices d USING (device_id)"
+                " WHERE (%(areas)s::text[] IS NULL OR d.borough = ANY(%(areas)s))"
+                " AND (%(device)s::text IS NULL OR r.device_id = %(device)s)"
+                " AND (%(status)s::text IS NULL OR r.status = %(status)s)"
+                " ORDER BY r.created_at DESC LIMIT %(limit)s",
+                {"areas": None if boroughs is None else sorted(boroughs), "device": device_id, "status": status,
+                 "limit": limit})
+
+
+def answer_request(conn: psycopg.Connection, *, request_id: str, device_id: str, status: str,
+                   detail: str | None) -> Row | None:
+    """pending -> ``status``; None if it is not a pending request to ``device_id`` (answered
+    already, expired, or another camera quoting an id that is not its own)."""
+    changed = _one(conn, "UPDATE live_view_requests SET status = %s, detail = %s, answered_at = now()"
+                         " WHERE id = %s AND device_id = %s AND status = 'pending' RETURNING id",
+                   (status, detail, request_id, device_id))
+    return get_request(conn, request_id) if changed else None
+
+
+def expire_requests(conn: psycopg.Connection, *, now: datetime) -> list[Row]:
+    """Pending requests past their expiry become ``expired``; returns them."""
+    ids = _all(conn, "UPDATE live_view_requests SET status = 'expired', answered_at = %s,"
+                     " detail = 'the camera did not answer in time'"
+                     " WHERE status = 'pending' AND expires_at <= %s RETURNING id", (now, now))
+    return [r for r in (get_request(conn, row["id"]) for row in ids) if r is not None]
+
+
+# consent
+
+def grant_consent(conn: psycopg.Connection, *, device_id: str, basis: str, request_id: str | None) -> Row | None:
+    """Consent with ``basis`` from now; None if consent is already in force for the device."""
+    return _one(conn, f"INSERT INTO live_view_consents (device_id, basis, request_id) VALUES (%s, %s, %s)"
+                      f" ON CONFLICT (device_id) WHERE ended_at IS NULL DO NOTHING RETURNING {_CONSENT}",
+                (device_id, basis, request_id))
+
+
+def active_consent(conn: psycopg.Connection, device_id: str) -> Row | None:
+    return _one(conn, f"SELECT {_CONSENT} FROM live_view_consents WHERE device_id = %s AND ended_at IS NULL",
+                (device_id,))
+
+
+def set_publisher(conn: psycopg.Connection, *, consent_id: int, session_id: str | None) -> Row | None:
+    """Record (or clear, with None) the camera's WHIP session under a consent in force."""
+    return _one(conn, f"UPDATE live_view_consents SET publisher_session = %s,"
+                      f" publishing_since = CASE WHEN %s::text IS NULL THEN NULL ELSE now() END"
+                      f" WHERE id = %s AND ended_at IS NULL RETURNING {_CONSENT}",
+                (session_id, session_id, consent_id))
+
+
+def end_consent(conn: psycopg.Connection, *, device_id: str, reason: str, basis: str | None = None,
+                consent_id: int | None = None) -> Row | None:
+    """End the consent in force (only one of ``basis``, or that very consent, if given)."""
+    return _one(conn, f"UPDATE live_view_consents SET ended_at = now(), end_reason = %(reason)s"
+                      f" WHERE device_id = %(device)s AND ended_at IS NULL"
+                      f" AND (%(basis)s::text IS NULL OR basis = %(basis)s)"
+                      f" AND (%(id)s::bigint IS NULL OR id = %(id)s) RETURNING {_CONSENT}",
+                {"reason": reason, "device": device_id, "basis": basis, "id": consent_id})
+
+
+def stale_consents(conn: psycopg.Connection, *, granted_before: datetime) -> list[Row]:
+    """End consents in force whose camera never started streaming in time; returns them."""
+    return _all(conn, f"UPDATE live_view_consents SET ended_at = now(), end_reason = 'no_stream'"
+                      f" WHERE ended_at IS NULL AND publisher_session IS NULL AND granted_at < %s"
+                      f" RETURNING {_CONSENT}", (granted_before,))
+
+
+# viewing sessions
+
+def start_viewing(conn: psycopg.Connection, *, session_id: str, device_id: str, viewer: str, role: str,
+                  reason: str, consent_id: int | None) -> Row:
+    row = _one(conn, f"INSERT INTO viewing_sessions (session_id, device_id, viewer, role, reason, consent_id)"
+                     f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_VIEWING}",
+               (session_id, device_id, viewer, role, reason, consent_id))
+    assert row is not None
+    return row
+
+
+def refuse_viewing(conn: psycopg.Connection, *, device_id: str, viewer: str, role: str, reason: str | None,
+                   refused: str) -> Row:
+    """Record an attempt to view that was refused, and why."""
+    row = _one(conn, f"INSERT INTO viewing_sessions (device_id, viewer, role, reason, ended_at, end_reason, refused)"
+                     f" VALUES (%s, %s, %s, %s, now(), 'refused', %s) RETURNING {_VIEWING}",
+               (device_id, viewer, role, reason, refused))
+    assert row is not None
+    return row
+
+
+def end_viewing(conn: psycopg.Connection, *, session_id: str, reason: str) -> Row | None:
+    """End an open viewing session; None if it had ended already."""
+    return _one(conn, f"UPDATE viewing_sessions SET ended_at = now(), end_reason = %s"
+                      f" WHERE session_id = %s AND ended_at IS NULL RETURNING {_VIEWING}", (reason, session_id))
+
+
+def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:
+    """Who is watching the unit now (across every API process)."""
+    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions WHERE device_id = %s AND ended_at IS NULL"
+                      " ORDER BY started_at", (device_id,))
+
+
+def viewings(conn: psycopg.Connection, *, device_id: str | None, viewer: str | None, limit: int) -> list[Row]:
+    """Viewing sessions and refusals, newest first."""
+    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions"
+                      " WHERE (%(device)s::text IS NULL OR device_id = %(device)s)"
+                      " AND (%(viewer)s::text IS NULL OR viewer = %(viewer)s)"
+                      " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
+                {"device": device_id, "viewer": viewer, "limit": limit})

@@ -1,0 +1,172 @@
+"""The simulated cameras' video uplink: a synthetic picture published over WHIP (RFC 9725).
+
+The fleet loop is synchronous (one thread drives every MQTT connection); WebRTC needs
+asyncio, so :class:`VideoUplink` runs its own event loop on a thread of its own. The fleet
+loop calls :meth:`~VideoUplink.start` and :meth:`~VideoUplink.stop` (thread-safe), and reads
+what happened with :meth:`~VideoUplink.changes` (device id, live or not), which is where the
+two threads meet. A start waits for consent to be on record (the ``watch_me`` event travels
+through the broker to the API while the camera dials): a ``403`` is tried again a few times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from streaming.synthetic import SyntheticVideoTrack
+
+__all__ = ["VideoUplink"]
+
+log = logging.getLogger(__name__)
+
+_CHANGES_MAX = 10_000
+_RETRIES = 5
+_RETRY_S = 1.0
+
+
+@dataclass
+class _Stream:
+    pc: RTCPeerConnection
+    location: str | None = None
+
+
+class VideoUplink:
+    """WHIP publishers for simulated cameras, to ``api_url`` with each device's secret."""
+
+    def __init__(self, *, api_url: str, secrets: dict[str, str], labels: dict[str, str] | None = None,
+                 width: int = 320, height: int = 240, fps: int = 15) -> None:
+        # A small picture by default: every live simulated camera encodes its own (about a
+        # fifth of a core for 640x480 at 30 fps with aiortc's VP8 encoder).
+        self._picture = (width, height, fps)
+        self._api_url = api_url.rstrip("/")
+        self._secrets = secrets
+        self._labels = labels or {}
+        # Bounded: the fleet loop drains it every pump; if it ever fell this far behind, the
+        # oldest changes go (a unit's live flag is then corrected by its next change).
+        self._changes: deque[tuple[str, bool]] = deque(maxlen=_CHANGES_MAX)
+        self._streams: dict[str, _Stream] = {}
+        self._starting: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="video-uplink", daemon=True)
+        self._stopped: asyncio.Event | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    def can_stream(self, device_id: str) -> bool:
+        return device_id in self._secrets
+
+    # called from the fleet loop's thread
+
+    def open(self) -> "VideoUplink":
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def start(self, device_id: str) -> None:
+        if self._loop is not None and self.can_stream(device_id):
+            self._loop.call_soon_threadsafe(self._begin, device_id)
+
+    def stop(self, device_id: str) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._end, device_id)
+
+    def changes(self) -> list[tuple[str, bool]]:
+        out = []
+        while self._changes:
+            out.append(self._changes.popleft())
+        return out
+
+    def close(self) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(15)
+
+    @property
+    def live(self) -> int:
+        return len(self._streams)
+
+    # the uplink's own loop
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        async with httpx.AsyncClient(timeout=15) as http:
+            self._http = http
+            self._ready.set()
+            await self._stopped.wait()
+            for device_id in list(self._streams):
+                await self._unpublish(device_id)
+
+    def _begin(self, device_id: str) -> None:
+        if device_id in self._streams or device_id in self._starting:
+            return
+        self._starting.add(device_id)
+        asyncio.get_running_loop().create_task(self._publish(device_id))
+
+    def _end(self, device_id: str) -> None:
+        asyncio.get_running_loop().create_task(self._unpublish(device_id))
+
+    async def _publish(self, device_id: str) -> None:
+        try:
+            for attempt in range(_RETRIES):
+                status = await self._try_publish(device_id)
+                if status != 403:
+                    return
+                await asyncio.sleep(_RETRY_S * (attempt + 1))
+        except Exception as error:  # the API may be away: the camera stays off-air
+            log.warning("video uplink for %s failed: %s", device_id, error)
+        finally:
+            self._starting.discard(device_id)
+
+    async def _try_publish(self, device_id: str) -> int:
+        assert self._http is not None
+        # An explicit, empty ICE server list: aiortc adds a public STUN server otherwise.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        width, height, fps = self._picture
+        track = SyntheticVideoTrack(label=self._labels.get(device_id, device_id), width=width, height=height, fps=fps)
+        pc.addTransceiver(track, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate here
+        assert pc.localDescription is not None
+        response = await self._http.post(
+            f"{self._api_url}/api/v1/whip/{device_id}", content=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self._secrets[device_id]}"})
+        if response.status_code != 201:
+            await pc.close()
+            log.info("WHIP for %s refused: %s %s", device_id, response.status_code, response.text[:200])
+            return response.status_code
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+        location = response.headers.get("location")
+        stream = _Stream(pc, location=str(httpx.URL(self._api_url + "/").join(location)) if location else None)
+        self._streams[device_id] = stream
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and self._streams.get(device_id) is stream:
+                del self._streams[device_id]
+                self._changes.append((device_id, False))
+                await pc.close()
+
+        self._changes.append((device_id, True))
+        return 201
+
+    async def _unpublish(self, device_id: str) -> None:
+        stream = self._streams.pop(device_id, None)
+        if stream is None:
+            return
+        self._changes.append((device_id, False))
+        if stream.location and self._http is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                # RFC 9725: DELETE on the session's URL ends it (a 404 means it had ended).
+                await self._http.delete(stream.location,
+                                        headers={"Authorization": f"Bearer {self._secrets[device_id]}"})
+        await stream.pc.close()

@@ -1,0 +1,449 @@
+"""Live view end to end on real parts: PostgreSQL, Mosquitto, the API (uvicorn) with its
+relay, simulated cameras that answer over MQTT and publish over WHIP (aiortc), and aiortc
+viewers over WHEP. Consent first: no consent, no stream; every session leaves its record."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from api.live_view import LiveView
+from telemetry.contract import Channel, topic_for
+from telemetry.mqtt import BrokerAddress, new_client
+from telemetry.registry import DeviceRecord, provision_device
+from telemetry.simulator.camera import CameraPolicy
+from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet
+from telemetry.simulator.geo import load_boroughs
+from telemetry.simulator.run import Simulator
+from telemetry.simulator.video import VideoUplink
+from tests.api_support import LiveReader, add_test_users, running_api, token
+from tests.conftest import Database, wait_for
+from tests.support import event_payload, make_settings, publish_all
+from watchfloor.mosquitto import MosquittoProcess
+
+
+class Watched:
+    """Messages on some broker topics, collected on paho's thread (a test's eyes on the wire)."""
+
+    def __init__(self, url: str, topics: list[str]) -> None:
+        address = BrokerAddress.parse(url)
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._client = new_client(address, client_id=f"test-watch-{time.monotonic_ns()}", protocol=paho.MQTTv311)
+        subscribed = threading.Event()
+
+        def on_connect(client: paho.Client, *_: object) -> None:
+            client.subscribe([(t, 1) for t in topics])
+
+        def on_message(client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
+            try:
+                body = orjson.loads(message.payload)
+            except orjson.JSONDecodeError:
+                return
+            with self._lock:
+                self.messages.append((message.topic, body))
+
+        self._client.on_connect = on_connect
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.on_message = on_message
+        self._client.connect(address.host, address.port)
+        self._client.loop_start()
+        assert subscribed.wait(10)
+
+    def bodies(self, topic_end: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [b for t, b in self.messages if t.endswith(topic_end)]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _westminster_unit() -> Unit:
+    """The simulator's unit in Westminster (index 31 of the borough list), so the test's
+    camera is a real simulated one under its own id."""
+    boroughs = load_boroughs()
+    first = [b.name for b in boroughs].index("Westminster")
+    return build_fleet(boroughs, 1, seed=SEED, profile=FleetProfile(), first=first)[0]
+
+
+SEED = 3
+SIM_UNIT = _westminster_unit()
+WE1 = SIM_UNIT.device_id
+DEVICES = [DeviceRecord(WE1, SIM_UNIT.callsign, SIM_UNIT.officer, "Westminster", SIM_UNIT.role),
+           DeviceRecord("lv-we-afo", "WETRJ9", "PC Bo", "Westminster", "firearms"),
+           DeviceRecord("lv-ca-1", "CA101", "PC Cy", "Camden", "response")]
+
+
+@dataclass
+class Stack:
+    base: str
+    mqtt_url: str
+    db: Database
+    secrets: dict[str, str]
+    live_view: LiveView
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, user: str) -> str:
+        if user not in self.tokens:
+            self.tokens[user] = token(self.base, user)
+        return self.tokens[user]
+
+    def http(self, user: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=15)
+
+    def rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.db.connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def audit(self, action: str) -> list[tuple[Any, ...]]:
+        return self.rows("SELECT actor, device_id, details FROM audit_log WHERE action = %s ORDER BY seq", (action,))
+
+
+@contextmanager
+def stack(pg: Database, mosquitto: MosquittoProcess, **overrides: Any) -> Iterator[Stack]:
+    secrets: dict[str, str] = {}
+    with pg.connect() as conn:
+        add_test_users(conn)
+        for record in DEVICES:
+            secrets[record.device_id] = provision_device(conn, record=record)
+    settings = make_settings(**overrides)
+    with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        yield Stack(server.base, mosquitto.url, pg, secrets, server.app.state.live_view)
+
+
+@contextmanager
+def simulated_camera(s: Stack, *, decline_share: float) -> Iterator[Simulator]:
+    """The simulator driving WE1: it answers commands and publishes video over WHIP."""
+    video = VideoUplink(api_url=s.base, secrets={WE1: s.secrets[WE1]}).open()
+    sim = Simulator(mqtt_url=s.mqtt_url, devices=1, first=SIM_UNIT.index, interval_s=0.5, seed=SEED, video=video,
+                    camera_policy=CameraPolicy(decline_share=decline_share),
+                    client_prefix=f"test-lv-sim-{time.monotonic_ns()}")
+    assert sim.units[0].device_id == WE1
+    ready = threading.Event()
+    thread = threading.Thread(target=sim.run, kwargs={"ready": ready}, daemon=True)
+    thread.start()
+    assert ready.wait(15)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+        thread.join(15)
+        video.close()
+
+
+class AiortcViewer:
+    """A WHEP viewer: aiortc on an event loop of its own thread, counting decoded frames."""
+
+    def __init__(self, base: str, bearer: str, device_id: str, reason: str | None) -> None:
+        self.base, self.bearer, self.device_id, self.reason = base, bearer, device_id, reason
+        self.frames = 0
+        self.state = "new"
+        self.location: str | None = None
+        self.status: int | None = None
+        self.error: dict[str, Any] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._pc: RTCPeerConnection | None = None
+
+    def _run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def open(self) -> int:
+        return int(self._run(self._open()))
+
+    async def _open(self) -> int:
+        pc = self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            asyncio.ensure_future(self._read(track))
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            self.state = pc.connectionState
+
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {self.bearer}"}
+        if self.reason is not None:
+            headers["X-Viewing-Reason"] = self.reason
+        async with httpx.AsyncClient(timeout=15) as http:
+            response = await http.post(f"{self.base}/api/v1/whep/{self.device_id}",
+                                       content=pc.localDescription.sdp, headers=headers)
+        self.status = response.status_code
+        if response.status_code != 201:
+            self.error = response.json()
+            await pc.close()
+            return response.status_code
+        assert response.headers["content-type"].startswith("application/sdp")
+        self.location = response.headers["location"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+        return 201
+
+    async def _read(self, track: Any) -> None:
+        try:
+            while True:
+                await track.recv()
+                self.frames += 1
+        except MediaStreamError:
+            pass
+
+    def leave(self) -> int:
+        assert self.location is not None
+
+        async def delete() -> int:
+            async with httpx.AsyncClient(timeout=15) as http:
+                r = await http.delete(f"{self.base}{self.location}",
+                                      headers={"Authorization": f"Bearer {self.bearer}"})
+                return r.status_code
+        return int(self._run(delete()))
+
+    def close(self) -> None:
+        if self._pc is not None:
+            self._run(self._pc.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _live(s: Stack, device_id: str) -> bool:
+    with s.http("op-all") as http:
+        return bool(http.get(f"/api/v1/devices/{device_id}/live-view").json()["live"])
+
+
+def _relay_empty(s: Stack) -> bool:
+    stats = s.live_view.relay.stats()
+    return stats.streams == 0 and stats.viewers == 0
+
+
+def _whip(s: Stack, device_id: str, secret: str) -> httpx.Response:
+    """A WHIP POST with a real aiortc offer (closed again: only the answer matters here)."""
+    async def post() -> httpx.Response:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(timeout=15) as http:
+            response = await http.post(f"{s.base}/api/v1/whip/{device_id}", content=pc.localDescription.sdp,
+                                       headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {secret}"})
+        await pc.close()
+        return response
+    return asyncio.run(post())
+
+
+@pytest.fixture
+def s(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
+    with stack(pg, mosquitto, live_view_idle_stop_s=30, live_view_request_timeout_s=20) as running:
+        yield running
+
+
+def test_no_consent_no_stream(s: Stack) -> None:
+    """WHIP is refused without consent in force (403), with another device's secret or a
+    wrong one (401), and nothing reaches the relay."""
+    refused = _whip(s, WE1, s.secrets[WE1])
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    assert _whip(s, WE1, s.secrets["lv-ca-1"]).status_code == 401
+    assert _whip(s, WE1, "not-a-secret").status_code == 401
+    with s.http("op-all") as http:
+        no_sdp = http.post(f"/api/v1/whip/{WE1}", content=b"v=0", headers={"Content-Type": "text/plain"})
+    assert no_sdp.status_code in (401, 415)
+    assert _relay_empty(s)
+
+
+def test_who_may_watch_and_every_refusal_is_recorded(s: Stack) -> None:
+    """A fleet manager's or an auditor's WHEP request is refused (403), an operator of
+    another area gets 404, a viewer without a reason is refused, and a unit that is not live
+    answers 409; each refusal is in viewing_sessions and in the audit log."""
+    cases = [("fleet", WE1, "checking the unit", 403), ("audit", WE1, "checking the unit", 403),
+             ("op-west", "lv-ca-1", "checking the unit", 404), ("op-west", WE1, None, 403),
+             ("op-all", WE1, "suspect vehicle stopped", 409)]
+    for user, device_id, reason, status in cases:
+        viewer = AiortcViewer(s.base, s.token(user), device_id, reason)
+        try:
+            assert viewer.open() == status, (user, device_id, viewer.error)
+            assert viewer.error is not None and set(viewer.error) == {"error"}
+        finally:
+            viewer.close()
+    refusals = s.rows("SELECT viewer, device_id, refused FROM viewing_sessions WHERE refused IS NOT NULL"
+                      " ORDER BY id")
+    assert [(r[0], r[1]) for r in refusals] == [(u, d) for u, d, _, _ in cases]
+    assert len(s.audit("viewing_refused")) == len(cases)
+    # Nor may a fleet manager ask a camera to stream.
+    with s.http("fleet") as http:
+        assert http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "checking"}).status_code == 403
+    assert _relay_empty(s)
+
+
+def test_camera_accepts_viewer_plays_and_the_session_is_recorded(s: Stack) -> None:
+    """An operator asks; the simulated camera accepts over MQTT and publishes over WHIP; an
+    aiortc viewer plays it over WHEP. The camera is told how many watch (and reports live and
+    viewers in its telemetry), websocket clients see each step, and the viewing is recorded
+    with who, why, start, end and how it ended, and audited."""
+    wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.TELEMETRY), topic_for(WE1, Channel.COMMANDS)])
+    feed = LiveReader(s.base, s.token("op-all"))
+    west_feed = LiveReader(s.base, s.token("op-west"))
+    fleet_feed = LiveReader(s.base, s.token("fleet"))
+    try:
+        with simulated_camera(s, decline_share=0.0):
+            with s.http("op-all") as http:
+                created = http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "officer needs support"})
+                assert created.status_code == 201, created.text
+                request = created.json()
+                assert request["status"] == "pending" and request["requested_by"] == "op-all"
+                wait_for(lambda: http.get(f"/api/v1/live-view/requests/{request['request_id']}").json()["status"]
+                         == "accepted", timeout=20, what="the camera's answer")
+            wait_for(lambda: _live(s, WE1), timeout=20, what="the camera's WHIP stream")
+            viewer = AiortcViewer(s.base, s.token("op-all"), WE1, "officer needs support")
+            try:
+                assert viewer.open() == 201, viewer.error
+                wait_for(lambda: viewer.frames >= 10, timeout=20, what="decoded frames at the viewer")
+                with s.http("op-west") as http:
+                    watching = http.get(f"/api/v1/devices/{WE1}/viewers").json()
+                assert [(v["viewer"], v["reason"]) for v in watching] == [("op-all", "officer needs support")]
+                wait_for(lambda: any(b["type"] == "live_view_status" and b["params"]["viewers"] == 1
+                                     for b in wire.bodies("/commands")), what="the viewer count sent to the camera")
+                wait_for(lambda: any(b.get("live") and b.get("viewers") == 1 for b in wire.bodies("/telemetry")),
+                         what="the camera reporting live with one viewer")
+                assert viewer.leave() == 200
+            finally:
+                viewer.close()
+            wait_for(lambda: s.rows("SELECT 1 FROM viewing_sessions WHERE end_reason IS NOT NULL"
+                                    " AND refused IS NULL"), what="the viewing record's end")
+        events = [f["event"] for f in feed.of_type("live_view") if f["device_id"] == WE1]
+        for expected in ("requested", "accepted", "stream_started", "viewer_joined", "viewer_left"):
+            assert expected in events, events
+        assert any(f["device_id"] == WE1 for f in west_feed.of_type("live_view"))
+        assert not fleet_feed.of_type("live_view")  # a fleet manager is not told about video
+    finally:
+        for reader in (feed, west_feed, fleet_feed):
+            reader.close()
+        wire.close()
+    (session,) = s.rows("SELECT viewer, device_id, reason, started_at, ended_at, end_reason, consent_id"
+                        " FROM viewing_sessions WHERE refused IS NULL")
+    assert session[:3] == ("op-all", WE1, "officer needs support")
+    assert session[3] < session[4] and session[5] == "viewer_left" and session[6] is not None
+    (consent,) = s.rows("SELECT basis, request_id FROM live_view_consents")
+    assert consent == ("accepted_request", request["request_id"])
+    assert [a[0] for a in s.audit("live_view_requested")] == ["op-all"]
+    assert [a[0] for a in s.audit("live_view_accepted")] == [f"device:{WE1}"]
+    assert [a[0] for a in s.audit("viewing_started")] == ["op-all"]
+    (ended,) = s.audit("viewing_ended")
+    assert ended[0] == "op-all" and ended[2]["reason"] == "viewer_left" and ended[2]["duration_s"] > 0
+    wait_for(lambda: _relay_empty(s), timeout=15, what="the stream to end with the simulator")
+
+
+def test_camera_declines_and_the_requester_sees_it(s: Stack) -> None:
+    """A camera whose officer declines answers ``declined``; the request says so (with the
+    detail), the requester's websocket is told, the refusal is audited, and nothing streams."""
+    feed = LiveReader(s.base, s.token("op-all"))
+    try:
+        with simulated_camera(s, decline_share=1.0), s.http("op-all") as http:
+            request = http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "welfare check"}).json()
+            answered = wait_for(lambda: (r := http.get(f"/api/v1/live-view/requests/{request['request_id']}")
+                                         .json())["status"] != "pending" and r, timeout=20, what="the answer")
+            assert isinstance(answered, dict)
+            assert answered["status"] == "declined" and answered["detail"] == "declined by the officer"
+            wait_for(lambda: any(f["event"] == "declined" for f in feed.of_type("live_view")), what="websocket")
+            listed = http.get("/api/v1/live-view/requests", params={"device_id": WE1}).json()
+            assert [r["status"] for r in listed] == ["declined"]
+            time.sleep(1.0)
+            assert not _live(s, WE1)
+    finally:
+        feed.close()
+    assert [a[0] for a in s.audit("live_view_declined")] == [f"device:{WE1}"]
+    assert s.rows("SELECT count(*) FROM live_view_consents") == [(0,)]
+    assert _relay_empty(s)
+
+
+def test_camera_vanishes_viewer_is_told_and_nothing_leaks(s: Stack) -> None:
+    """The officer asks to be watched (watch_me): consent, then the stream. When the camera's
+    connection goes away without a DELETE, the viewer's connection is closed, websocket
+    clients are told, the viewing and the consent end with a reason, and the relay holds
+    nothing."""
+    feed = LiveReader(s.base, s.token("op-all"))
+    uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+    viewer = AiortcViewer(s.base, s.token("op-all"), WE1, "officer asked to be watched")
+    try:
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(7, "watch_me"))])
+        wait_for(lambda: s.rows("SELECT basis FROM live_view_consents WHERE ended_at IS NULL")
+                 == [("officer_request",)], what="consent from watch_me")
+        uplink.start(WE1)
+        wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+        assert viewer.open() == 201, viewer.error
+        wait_for(lambda: viewer.frames >= 5, timeout=20, what="frames")
+        # The camera drops off the network: its peer connection closes, no DELETE is sent.
+        stream = uplink._streams[WE1]
+        asyncio.run_coroutine_threadsafe(stream.pc.close(), uplink._loop).result(10)  # type: ignore[arg-type]
+        wait_for(lambda: viewer.state in ("closed", "failed"), timeout=40, what="the viewer being disconnected")
+        wait_for(lambda: any(f["event"] == "stream_ended" for f in feed.of_type("live_view")), what="websocket")
+        wait_for(lambda: _relay_empty(s), timeout=15, what="an empty relay")
+    finally:
+        viewer.close()
+        uplink.close()
+        feed.close()
+    wait_for(lambda: s.rows("SELECT end_reason FROM viewing_sessions WHERE refused IS NULL")
+             == [("stream_ended",)], what="the viewing's end")
+    (consent,) = s.rows("SELECT basis, end_reason FROM live_view_consents")
+    assert consent[0] == "officer_request" and consent[1] == "camera_lost"
+    assert not s.live_view._viewers and not s.live_view._publishers
+
+
+def test_policy_consent_ends_with_the_recording(s: Stack) -> None:
+    """A firearms unit that is recording may be watched without asking: the request is
+    accepted at once by policy and the camera is told; when the camera stops recording, the
+    consent ends, the camera is told to stop and the stream is closed."""
+    with s.db.connect() as conn:
+        conn.execute("INSERT INTO device_latest (device_id, recording, online) VALUES ('lv-we-afo', 'recording', true)")
+    wire = Watched(s.mqtt_url, [topic_for("lv-we-afo", Channel.COMMANDS)])
+    uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+    try:
+        with s.http("afo-cmd") as http:
+            request = http.post("/api/v1/devices/lv-we-afo/live-view", json={"reason": "armed deployment"}).json()
+        assert request["status"] == "accepted" and "policy" in request["detail"]
+        wait_for(lambda: any(b["type"] == "live_view_request" and b["params"]["basis"] == "policy_recording"
+                             for b in wire.bodies("/commands")), what="the camera being told")
+        uplink.start("lv-we-afo")
+        wait_for(lambda: _live(s, "lv-we-afo"), timeout=20, what="the stream")
+        publish_all(s.mqtt_url, [(topic_for("lv-we-afo", Channel.EVENTS),
+                                  event_payload(9, "recording_stopped", reason="button"))])
+        wait_for(lambda: any(b["type"] == "live_view_stop" for b in wire.bodies("/commands")), what="stop command")
+        wait_for(lambda: _relay_empty(s), timeout=15, what="the stream closed")
+    finally:
+        uplink.close()
+        wire.close()
+    assert s.rows("SELECT basis, end_reason FROM live_view_consents") == [("policy_recording", "recording_stopped")]
+    assert [a[2]["basis"] for a in s.audit("live_view_accepted")] == ["policy_recording"]
+
+
+def test_a_stream_nobody_watches_stops(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """With no viewer attached for live_view_idle_stop_s, the stream stops: the consent ends
+    (no_viewers), the camera is sent live_view_stop and the publisher session is closed."""
+    with stack(pg, mosquitto, live_view_idle_stop_s=2) as s:
+        wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
+        uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+        try:
+            publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(1, "watch_me"))])
+            uplink.start(WE1)
+            wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+            started = time.monotonic()
+            wait_for(lambda: _relay_empty(s), timeout=15, what="the idle stop")
+            assert time.monotonic() - started >= 1.0
+            wait_for(lambda: any(b["type"] == "live_view_stop" for b in wire.bodies("/commands")), what="stop")
+        finally:
+            uplink.close()
+            wire.close()
+        assert s.rows("SELECT end_reason FROM live_view_consents") == [("no_viewers",)]
+        assert json.loads(json.dumps(s.audit("live_view_ended")[0][2]))["reason"] == "no_viewers"

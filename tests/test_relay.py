@@ -1,0 +1,554 @@
+"""The live-view relay with real peer connections in one process, on loopback only:
+a publisher, the relay, and viewers that either tap the encoded frames they receive
+(to compare them byte for byte with what was sent) or decode them (to read the frame
+number drawn into the picture)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import gc
+import re
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import av
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
+from streaming.aiortc_internals import send_picture_loss
+from streaming.client import ViewerPeer, start_publisher, start_viewer
+from streaming.frames import EncodedFrame, is_keyframe
+from streaming.offer import strip_mdns_candidates
+from streaming.queues import ViewerQueue
+from streaming.synthetic import SyntheticVideoTrack, read_frame_number
+
+LOOPBACK = ("127.0.0.1",)
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(condition: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class RecordingCamera(MediaStreamTrack):
+    """A camera that encodes VP8 itself and remembers every frame it sent, byte for byte.
+
+    Like a real camera it sends a keyframe first and then only when asked (its GOP is
+    longer than any test), so a viewer sees a keyframe only if the relay asks for one.
+    """
+
+    kind = "video"
+
+    def __init__(self, *, width: int = 320, height: int = 240, fps: int = 30) -> None:
+        super().__init__()
+        self.picture = SyntheticVideoTrack(label="CAM-TEST", width=width, height=height, fps=fps)
+        self.fps = fps
+        self.sent: list[bytes] = []
+        self.keyframes_sent = 0
+        self.keyframe_wanted = False
+        self._codec = av.CodecContext.create("libvpx", "w")
+        self._codec.width, self._codec.height = width, height
+        self._codec.pix_fmt = "yuv420p"
+        self._codec.bit_rate = 500_000
+        self._codec.gop_size = 100_000
+        self._codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        self._start: float | None = None
+
+    def want_keyframe(self) -> None:
+        self.keyframe_wanted = True
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        n = len(self.sent)
+        self._start = self._start if self._start is not None else loop.time()
+        await asyncio.sleep(max(0.0, self._start + n / self.fps - loop.time()))
+        frame = self.picture.draw(n)
+        if self.keyframe_wanted or n == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+            self.keyframe_wanted = False
+        data = b"".join(bytes(p) for p in self._codec.encode(frame))
+        if is_keyframe("vp8", data):
+            self.keyframes_sent += 1
+        self.sent.append(data)
+        packet = av.Packet(data)
+        packet.pts = n * (90000 // self.fps)
+        packet.time_base = fractions.Fraction(1, 90000)
+        return packet
+
+
+Exchange = Callable[[str], Awaitable[str]]
+
+
+def exchange_with(call: Callable[[str], Awaitable[Any]], sessions: list[str] | None = None) -> Exchange:
+    async def exchange(offer: str) -> str:
+        session = await call(offer)
+        if sessions is not None:
+            sessions.append(session.id)
+        return str(session.answer_sdp)
+    return exchange
+
+
+async def publish(relay: Relay, stream: str, track: MediaStreamTrack, sessions: list[str] | None = None,
+                  on_keyframe_wanted: Callable[[], None] | None = None) -> RTCPeerConnection:
+    return await start_publisher(track=track, exchange=exchange_with(lambda o: relay.publish(stream, o), sessions),
+                                 host_addresses=LOOPBACK, on_keyframe_wanted=on_keyframe_wanted)
+
+
+async def tap_viewer(relay: Relay, stream: str, frames: list[EncodedFrame],
+                     sessions: list[str] | None = None) -> ViewerPeer:
+    return await start_viewer(exchange=exchange_with(lambda o: relay.view(stream, o), sessions),
+                              on_frame=frames.append, host_addresses=LOOPBACK)
+
+
+def index_in(sent: list[bytes], frames: list[EncodedFrame]) -> list[int]:
+    """Where each received frame is in what the camera sent (frames are unique: each
+    picture differs, and the search starts after the previous match)."""
+    positions, start = [], 0
+    for frame in frames:
+        at = sent.index(frame.data, start)
+        positions.append(at)
+        start = at + 1
+    return positions
+
+
+def own_threads() -> int:
+    """Threads other than the default executor's, which grows lazily up to its limit."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("asyncio_"))
+
+
+def live_peer_connections() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if isinstance(o, RTCPeerConnection))
+
+
+# -- forwarding -------------------------------------------------------------------------------
+
+
+def test_two_viewers_receive_exactly_what_the_camera_sent() -> None:
+    """Publisher → relay → two viewers: each viewer's first frame is a keyframe, and from
+    there every frame arrives, in order, byte-identical to the camera's encoded frame,
+    with the camera's timestamps (3000 ticks apart at 30 fps). Nothing is re-encoded."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        a: list[EncodedFrame] = []
+        b: list[EncodedFrame] = []
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        await until(lambda: len(camera.sent) > 10, what="camera running")
+        viewers = [await tap_viewer(relay, "cam-1", a), await tap_viewer(relay, "cam-1", b)]
+        assert relay.viewer_count("cam-1") == 2
+        await until(lambda: len(a) > 45 and len(b) > 45, what="60 frames at each viewer")
+        for frames in (a, b):
+            assert frames[0].keyframe
+            positions = index_in(camera.sent, frames)
+            assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
+            assert [f.timestamp - frames[0].timestamp for f in frames] == [3000 * i for i in range(len(frames))]
+        stats = relay.stats()
+        assert stats.streams == 1 and stats.viewers == 2
+        assert stats.frames_forwarded >= len(a) + len(b)
+        assert stats.frames_dropped <= 2 * len(camera.sent)  # only frames before each viewer's keyframe
+        for v in viewers:
+            await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_answer_is_complete_and_uses_no_public_stun() -> None:
+    """The answer comes back with its ICE candidates in it (gathering done first), only
+    host candidates on the configured address, and no STUN server behind them."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        answers: list[str] = []
+
+        async def exchange(offer: str) -> str:
+            session = await relay.publish("cam-1", offer)
+            answers.append(session.answer_sdp)
+            return session.answer_sdp
+
+        pub = await start_publisher(track=SyntheticVideoTrack(width=320, height=240), exchange=exchange,
+                                    host_addresses=LOOPBACK)
+        candidates = re.findall(r"^a=candidate:.*$", answers[0], re.M)
+        assert candidates and all(" 127.0.0.1 " in c and " typ host" in c for c in candidates)
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_decoding_viewer_sees_the_pictures_in_order() -> None:
+    """A viewer that decodes (aiortc encoding a 640x480 synthetic camera) gets 640x480
+    pictures whose drawn frame numbers increase one by one."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = SyntheticVideoTrack(label="CAM-0001")
+        pub = await publish(relay, "cam-1", camera)
+        viewer = await start_viewer(exchange=exchange_with(lambda o: relay.view("cam-1", o)), host_addresses=LOOPBACK)
+        assert viewer.track is not None
+        numbers = []
+        for _ in range(20):
+            frame = await viewer.track.recv()
+            assert isinstance(frame, av.VideoFrame)
+            assert (frame.width, frame.height) == (640, 480)
+            numbers.append(read_frame_number(frame))
+        assert None not in numbers
+        assert numbers == list(range(numbers[0], numbers[0] + 20))  # type: ignore[arg-type]
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_joining_viewer_gets_a_keyframe_promptly() -> None:
+    """A viewer joining a running stream (whose camera sends keyframes only on request)
+    makes the relay ask the camera for one: its first frame is a keyframe, within half a
+    second of connecting. A viewer's own picture-loss report reaches the camera too."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        await until(lambda: len(camera.sent) >= 45, what="camera running for 1.5 s")
+        assert camera.keyframes_sent == 1
+        frames: list[EncodedFrame] = []
+        viewer = await tap_viewer(relay, "cam-1", frames)
+        await until(lambda: viewer.pc.connectionState == "connected", what="viewer connected")
+        connected_at = time.monotonic()
+        await until(lambda: frames, timeout=0.5, what="first frame")
+        assert time.monotonic() - connected_at < 0.5
+        assert frames[0].keyframe
+        assert camera.keyframes_sent == 2
+        assert relay.stats().keyframe_requests >= 1
+
+        # The viewer reports picture loss (as a browser does after losing packets).
+        await asyncio.sleep(0.6)  # past the relay's keyframe request throttle
+        ssrc = viewer.receiver.getSynchronizationSources()[0].source
+        await send_picture_loss(viewer.receiver, ssrc)
+        await until(lambda: camera.keyframes_sent == 3, timeout=2, what="keyframe after the viewer's PLI")
+        await until(lambda: sum(f.keyframe for f in frames) == 2, timeout=2, what="second keyframe at the viewer")
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_viewer_of_unknown_stream_is_refused() -> None:
+    """Viewing a stream nobody publishes raises NoSuchStream and leaves nothing open."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        with pytest.raises(NoSuchStream):
+            await tap_viewer(relay, "nobody", [])
+        assert relay.stats().viewers == 0
+        await relay.aclose()
+
+    run(scenario())
+    assert live_peer_connections() == 0
+
+
+# -- endings ---------------------------------------------------------------------------------
+
+
+def test_publisher_leaving_ends_its_viewers_with_events() -> None:
+    """When a publisher goes away, by an explicit close (WHIP DELETE) or because its
+    connection closed, its stream stops, every viewer of it is closed, and the events
+    say so: publisher_ended with the reason, then viewer_ended (publisher_ended) for
+    each viewer. The viewers' own peer connections see the end. Nothing stays open."""
+
+    async def scenario() -> None:
+        events: list[RelayEvent] = []
+        relay = Relay(host_addresses=LOOPBACK, on_event=events.append)
+        sessions: list[str] = []
+        pubs = [await publish(relay, name, SyntheticVideoTrack(width=320, height=240), sessions)
+                for name in ("by-delete", "by-disconnect")]
+        viewers = {name: [await tap_viewer(relay, name, []) for _ in range(2)]
+                   for name in ("by-delete", "by-disconnect")}
+        await until(lambda: all(v.pc.connectionState == "connected" for vs in viewers.values() for v in vs),
+                    what="viewers connected")
+
+        await relay.close(sessions[0], reason="whip_delete")
+        await pubs[1].close()
+        await until(lambda: not relay.is_publishing("by-disconnect"), what="relay noticing the closed connection")
+        for name in ("by-delete", "by-disconnect"):
+            assert not relay.is_publishing(name) and relay.viewer_count(name) == 0
+            ended = [e for e in events if e.stream_id == name and e.kind.endswith("_ended")]
+            assert [e.kind for e in ended] == ["publisher_ended", "viewer_ended", "viewer_ended"]
+            assert all(e.reason == "publisher_ended" for e in ended[1:])
+        reasons = {e.stream_id: e.reason for e in events if e.kind == "publisher_ended"}
+        assert reasons == {"by-delete": "whip_delete", "by-disconnect": "connection_closed"}
+        await until(lambda: all(v.pc.connectionState in ("closed", "failed") for vs in viewers.values() for v in vs),
+                    what="viewers' connections ended")
+        await relay.close(sessions[0], reason="again")  # idempotent
+        for pc in [pubs[0], *[v.pc for vs in viewers.values() for v in vs]]:
+            await pc.close()
+        await relay.aclose()
+        assert relay.stats().streams == 0
+
+    run(scenario())
+    assert live_peer_connections() == 0
+
+
+def test_replacing_the_publisher_keeps_the_viewers() -> None:
+    """A second publisher on the same stream (the camera reconnecting) replaces the
+    first, which ends with reason 'replaced'; the viewer stays and continues from the new
+    publisher's keyframe, with timestamps that keep increasing."""
+
+    async def scenario() -> None:
+        events: list[RelayEvent] = []
+        relay = Relay(host_addresses=LOOPBACK, on_event=events.append)
+        first, second = RecordingCamera(), RecordingCamera()
+        pub1 = await publish(relay, "cam-1", first, on_keyframe_wanted=first.want_keyframe)
+        frames: list[EncodedFrame] = []
+        viewer = await tap_viewer(relay, "cam-1", frames)
+        await until(lambda: len(frames) >= 10, what="frames from the first publisher")
+        pub2 = await publish(relay, "cam-1", second, on_keyframe_wanted=second.want_keyframe)
+        assert [e.reason for e in events if e.kind == "publisher_ended"] == ["replaced"]
+        await until(lambda: any(f.data in second.sent for f in frames), what="frames from the second publisher")
+        switch = next(i for i, f in enumerate(frames) if f.data in second.sent)
+        assert frames[switch].keyframe
+        assert all(b.timestamp > a.timestamp for a, b in zip(frames, frames[1:]))
+        assert relay.viewer_count("cam-1") == 1
+        for pc in (viewer.pc, pub1, pub2):
+            await pc.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+# -- backpressure ----------------------------------------------------------------------------
+
+
+def frame(n: int, *, key: bool = False) -> EncodedFrame:
+    return EncodedFrame(data=bytes([n % 256]) * 20, timestamp=n * 3000, keyframe=key)
+
+
+def test_viewer_queue_drops_to_the_next_keyframe() -> None:
+    """The per-viewer queue never overwrites: when full, the frame that does not fit and
+    every frame after it are dropped until a keyframe, which starts the queue again. A
+    new queue waits for a keyframe too."""
+
+    async def scenario() -> None:
+        q = ViewerQueue(capacity=3)
+        assert not q.offer(frame(0))  # a delta frame before any keyframe is useless
+        assert q.offer(frame(1, key=True)) and q.offer(frame(2)) and q.offer(frame(3))
+        assert not q.offer(frame(4))  # full
+        assert not q.offer(frame(5))  # still dropping although there is room soon
+        assert [(await q.get()).timestamp for _ in range(3)] == [3000, 6000, 9000]
+        assert not q.offer(frame(6))  # room now, but 4 and 5 are missing: wait for a keyframe
+        assert q.offer(frame(7, key=True)) and q.offer(frame(8))
+        assert [(await q.get()).timestamp for _ in range(2)] == [21000, 24000]
+        assert q.dropped == 4
+        q.close()
+        assert not q.offer(frame(9, key=True))
+
+    run(scenario())
+
+
+def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
+    """A viewer whose sending stalls for a second overflows its small queue: the relay
+    drops its frames until the next keyframe (asking the camera for one), never hands it
+    a delta frame after a gap, and the other viewer loses nothing."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK, viewer_queue_frames=3)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        steady: list[EncodedFrame] = []
+        lagging: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewers = [await tap_viewer(relay, "cam-1", steady), await tap_viewer(relay, "cam-1", lagging, ids)]
+        await until(lambda: len(lagging) >= 10 and len(steady) >= 10, what="both viewers receiving")
+
+        # Stall the relay's sending to the second viewer (its DTLS transport) for a second.
+        transport = relay._peers[ids[0]].pc.getSenders()[0].transport
+        send = transport._send_rtp
+        stalled = asyncio.Event()
+
+        async def slow_send(data: bytes) -> None:
+            if not stalled.is_set():
+                await asyncio.sleep(0.25)
+            await send(data)
+
+        transport._send_rtp = slow_send  # type: ignore[method-assign]
+        await asyncio.sleep(1.0)
+        stalled.set()
+        before = len(lagging)
+        await until(lambda: len(lagging) > before + 20, what="the lagging viewer recovering")
+
+        stats = relay.stats()
+        assert stats.queue_overflows >= 1 and stats.frames_dropped >= 1
+        positions = index_in(camera.sent, lagging)
+        gaps = [i for i in range(1, len(positions)) if positions[i] != positions[i - 1] + 1]
+        assert gaps, "the stalled viewer should have lost frames"
+        assert all(lagging[i].keyframe for i in gaps), "a delta frame followed a gap"
+        steady_positions = index_in(camera.sent, steady)
+        assert steady_positions == list(range(steady_positions[0], steady_positions[0] + len(steady)))
+        for v in viewers:
+            await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_publisher_without_viewers_forwards_nothing() -> None:
+    """A publisher with no viewer: frames are received and counted, nothing is queued or
+    forwarded, and no keyframe is asked for."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        await until(lambda: relay.stats().frames_received >= 20, what="frames received")
+        stats = relay.stats()
+        assert stats.frames_forwarded == 0 and stats.frames_dropped == 0 and stats.keyframe_requests == 0
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+# -- leaks -----------------------------------------------------------------------------------
+
+
+def test_hundred_join_leave_cycles_leak_nothing() -> None:
+    """100 viewers join (connect, receive a frame) and leave, half by closing their own
+    connection and half by an explicit close (WHEP DELETE). Afterwards the loop has as
+    many tasks, the process as many threads (beside the default executor's pool) and
+    live RTCPeerConnections as before, and traced memory grew by less than 1.5 MB."""
+
+    async def cycle(relay: Relay, n: int) -> None:
+        frames: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewer = await tap_viewer(relay, "cam-1", frames, ids)
+        await until(lambda: frames, what=f"a frame at viewer {n}")
+        if n % 2:
+            await viewer.pc.close()
+            await until(lambda: relay.viewer_count("cam-1") == 0, what="relay noticing the viewer left")
+        else:
+            await relay.close(ids[0], reason="whep_delete")
+            await viewer.pc.close()
+
+    async def scenario() -> tuple[int, int, int, int, int, int, int]:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = SyntheticVideoTrack(width=160, height=120)
+        pub = await publish(relay, "cam-1", camera)
+        for n in range(6):  # warm up: caches, the executor's threads
+            await cycle(relay, n)
+        await asyncio.sleep(0.3)
+        gc.collect()
+        tasks, threads, pcs = len(asyncio.all_tasks()), own_threads(), live_peer_connections()
+        memory = tracemalloc.get_traced_memory()[0]
+        for n in range(100):
+            await cycle(relay, n)
+        await asyncio.sleep(0.5)  # the last closes finish
+        gc.collect()
+        after = (len(asyncio.all_tasks()), own_threads(), live_peer_connections(),
+                 tracemalloc.get_traced_memory()[0])
+        await pub.close()
+        await relay.aclose()
+        return tasks, after[0], threads, after[1], pcs, after[2], after[3] - memory
+
+    tracemalloc.start()
+    try:
+        tasks, tasks_after, threads, threads_after, pcs, pcs_after, growth = run(scenario(), timeout=240)
+    finally:
+        tracemalloc.stop()
+    assert tasks_after == tasks
+    assert threads_after == threads
+    assert pcs_after == pcs
+    assert growth < 1_500_000, f"memory grew by {growth} bytes"
+    assert live_peer_connections() == 0
+
+
+# -- offers ----------------------------------------------------------------------------------
+
+
+async def offer_sdp(kind: str, direction: str) -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver(kind, direction=direction)
+    offer = await pc.createOffer()
+    await pc.close()
+    return str(offer.sdp)
+
+
+def test_bad_offers_are_refused() -> None:
+    """Garbage, an SDP with no video, a publisher offer that only receives and a viewer
+    offer that only sends all raise InvalidOffer, and leave no session behind."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        audio = await offer_sdp("audio", "sendonly")
+        recv_video = await offer_sdp("video", "recvonly")
+        send_video = await offer_sdp("video", "sendonly")
+        for bad in ("", "hello", "v=0\r\nthis is not sdp\r\n", audio, recv_video):
+            with pytest.raises(InvalidOffer):
+                await relay.publish("cam-1", bad)
+        assert not relay.is_publishing("cam-1")
+        pub = await publish(relay, "cam-1", SyntheticVideoTrack(width=320, height=240))
+        for bad in ("garbage", audio, send_video):
+            with pytest.raises(InvalidOffer):
+                await relay.view("cam-1", bad)
+        assert relay.viewer_count("cam-1") == 0
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+    assert live_peer_connections() == 0
+
+
+def test_mdns_candidates_are_stripped() -> None:
+    """A Chromium-style offer whose only candidate is an mDNS name connects anyway, well
+    under the second aiortc would spend trying to resolve the name; the pure clean-up
+    drops exactly the .local candidates and the end-of-candidates they leave behind."""
+    sdp = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 2122 abcd-1234.local 5000 typ host\r\n"
+           "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host\r\na=end-of-candidates\r\n"
+           "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:3 1 udp 2122 ffff.local 5002 typ host\r\n"
+           "a=end-of-candidates\r\n")
+    cleaned = strip_mdns_candidates(sdp)
+    assert ".local" not in cleaned
+    assert "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host" in cleaned
+    assert "end-of-candidates" not in cleaned
+
+    async def scenario() -> float:
+        relay = Relay(host_addresses=LOOPBACK)
+        pub = await publish(relay, "cam-1", SyntheticVideoTrack(width=320, height=240))
+
+        async def exchange(offer: str) -> str:
+            hidden = re.sub(r"(a=candidate:\S+ \d \S+ \d+ )127\.0\.0\.1 ", r"\g<1>0f1e2d3c-aaaa.local ", offer)
+            assert ".local" in hidden
+            return (await relay.view("cam-1", hidden + "a=end-of-candidates\r\n")).answer_sdp
+
+        started = time.monotonic()
+        frames: list[EncodedFrame] = []
+        viewer = await start_viewer(exchange=exchange, on_frame=frames.append, host_addresses=LOOPBACK)
+        await until(lambda: viewer.pc.connectionState == "connected", timeout=5, what="viewer connected")
+        took = time.monotonic() - started
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+        return took
+
+    assert run(scenario()) < 0.9

@@ -95,6 +95,7 @@ class Stack:
     db: Database
     secrets: dict[str, str]
     live_view: LiveView
+    app: Any
     tokens: dict[str, str] = field(default_factory=dict)
 
     def token(self, user: str) -> str:
@@ -122,7 +123,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess, **overrides: Any) -> Iterat
             secrets[record.device_id] = provision_device(conn, record=record)
     settings = make_settings(**overrides)
     with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
-        yield Stack(server.base, mosquitto.url, pg, secrets, server.app.state.live_view)
+        yield Stack(server.base, mosquitto.url, pg, secrets, server.app.state.live_view, server.app)
 
 
 @contextmanager

@@ -1,0 +1,107 @@
+"""A real headless Chromium plays a relayed camera over WHEP: a simulated camera publishes
+over WHIP under consent, the page POSTs its offer to /api/v1/whep/{id} with a user token
+and a viewing reason, and the video element's clock advances with decoded frames."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+from fastapi.responses import HTMLResponse
+from starlette.routing import Route
+
+from telemetry.contract import Channel, topic_for
+from telemetry.simulator.video import VideoUplink
+from tests.conftest import Database, wait_for
+from tests.support import event_payload, publish_all
+from tests.test_live_view import WE1, _live, stack
+from watchfloor.mosquitto import MosquittoProcess
+
+CHROMIUM = "/usr/bin/chromium"
+
+PAGE = """<!doctype html>
+<html><body>
+<video id="v" autoplay muted playsinline width="320" height="240"></video>
+<script>
+window.callbacks = 0;
+async function play(token, device, reason) {
+  const pc = new RTCPeerConnection({iceServers: []});
+  pc.addTransceiver('video', {direction: 'recvonly'});
+  const video = document.getElementById('v');
+  pc.ontrack = (e) => {
+    video.srcObject = e.streams[0] || new MediaStream([e.track]);
+    const count = () => { window.callbacks += 1; video.requestVideoFrameCallback(count); };
+    video.requestVideoFrameCallback(count);
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  // WHEP without trickle ICE: the offer goes once gathering is complete.
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve();
+    pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && resolve());
+    setTimeout(resolve, 3000);
+  });
+  const response = await fetch('/api/v1/whep/' + device, {method: 'POST', body: pc.localDescription.sdp,
+    headers: {'Content-Type': 'application/sdp', 'Authorization': 'Bearer ' + token, 'X-Viewing-Reason': reason}});
+  if (response.status !== 201) return {status: response.status, body: await response.text()};
+  window.sessionUrl = response.headers.get('Location');
+  await pc.setRemoteDescription({type: 'answer', sdp: await response.text()});
+  window.pc = pc;
+  return {status: 201};
+}
+function quality() {
+  const video = document.getElementById('v');
+  const q = video.getVideoPlaybackQuality();
+  return {time: video.currentTime, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames,
+          callbacks: window.callbacks, width: video.videoWidth, state: window.pc ? window.pc.connectionState : null};
+}
+</script></body></html>"""
+
+
+def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """Chromium (headless, /usr/bin/chromium) plays a simulated camera relayed by the API:
+    201 with a Location, the video's currentTime advances, and frames are decoded
+    (getVideoPlaybackQuality and requestVideoFrameCallback); the viewing is recorded."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("chromium is not installed")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    with stack(pg, mosquitto, live_view_idle_stop_s=60) as s:
+        async def page(request: object) -> HTMLResponse:
+            return HTMLResponse(PAGE)
+
+        uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+        try:
+            publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(3, "watch_me"))])
+            wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+            uplink.start(WE1)
+            wait_for(lambda: _live(s, WE1), timeout=20, what="the camera's stream")
+            # The page comes from the API itself: same origin, so the WHEP POST needs no CORS.
+            s.app.router.routes.append(Route("/test/whep.html", page))
+            with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+                browser = playwright.chromium.launch_persistent_context(
+                    profile, executable_path=CHROMIUM, headless=True,
+                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          "--disable-features=WebRtcHideLocalIpsWithMdns",
+                          "--autoplay-policy=no-user-gesture-required"])
+                try:
+                    tab = browser.new_page()
+                    tab.goto(f"{s.base}/test/whep.html")
+                    result = tab.evaluate("([t, d, r]) => play(t, d, r)", [s.token("op-all"), WE1, "browser test"])
+                    assert result["status"] == 201, result
+                    tab.wait_for_function("quality().time > 2 && quality().decoded > 20 && quality().callbacks > 20",
+                                          timeout=30_000)
+                    quality = tab.evaluate("quality()")
+                    assert quality["width"] > 0 and quality["state"] == "connected", quality
+                    session_url = tab.evaluate("window.sessionUrl")
+                    assert session_url.startswith(f"/api/v1/whep/{WE1}/")
+                    # Ending the session with DELETE, as a WHEP player does.
+                    status = tab.evaluate("""async ([url, t]) => (await fetch(url, {method: 'DELETE',
+                        headers: {'Authorization': 'Bearer ' + t}})).status""", [session_url, s.token("op-all")])
+                    assert status == 200
+                finally:
+                    browser.close()
+        finally:
+            uplink.close()
+        wait_for(lambda: s.rows("SELECT viewer, reason, end_reason FROM viewing_sessions WHERE refused IS NULL")
+                 == [("op-all", "browser test", "viewer_left")], what="the viewing record")

@@ -10,9 +10,12 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["DeviceRecord", "provision_device", "revoke_device_secret", "upsert_devices", "verify_device_secret"]
+__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "provision_device", "revoke_device_secret", "upsert_devices",
+           "verify_device_secret"]
 
 _SECRET_BYTES = 32
+#: Broker usernames of the services (watchfloor-ingest, watchfloor-api): no device may take one.
+SERVICE_ACCOUNT_PREFIX = "watchfloor-"
 # Verified against for an unknown device (same parameters as real hashes), so a wrong id
 # costs as long as a wrong secret. A constant: it protects nothing.
 _DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$RcnLvD2kLWoFi8xTg4K3JQ$R+6VFRt41JiftBWp32OfghQL7JxxXiA/QalufmkrnwA"
@@ -46,6 +49,8 @@ def provision_device(conn: psycopg.Connection, *, record: DeviceRecord) -> str:
     Returns the secret, which exists nowhere else afterwards: only its argon2 hash is kept.
     A device provisioned again gets a new secret and the old one stops working.
     """
+    if record.device_id.startswith(SERVICE_ACCOUNT_PREFIX):
+        raise ValueError(f"device ids starting with {SERVICE_ACCOUNT_PREFIX!r} are the services' broker accounts")
     upsert_devices(conn, [record])
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     conn.execute(

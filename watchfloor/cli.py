@@ -20,6 +20,8 @@ from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import features, migrate, run_maintenance
 from telemetry.simulator.run import Simulator
+from watchfloor.admin_commands import add_parsers as add_admin_parsers
+from watchfloor.admin_commands import cli_actor
 from watchfloor.logs import configure_logging
 from watchfloor.settings import Settings
 
@@ -228,14 +230,6 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
                 log_config=None, access_log=False)
 
 
-def _cli_actor() -> str:
-    """Who is at the command line, for the audit log: the OS user, marked as the CLI."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):  # no passwd entry (a container's numeric uid)
-        return "cli"
-
-
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
     from api import audit
     from api.auth import Role, add_user
@@ -249,7 +243,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
                      areas=args.areas.split(","), display_name=args.name)
         except ValueError as error:
             sys.exit(str(error))
-        audit.record(conn, actor=_cli_actor(), action="user_changed",
+        audit.record(conn, actor=cli_actor(), action="user_changed",
                      details={"username": args.username, "role": args.role, "areas": args.areas.split(","),
                               "change": "added or replaced"})
     print(f"user {args.username}: {args.role} in {args.areas}")
@@ -300,6 +294,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--name", default=None, help="display name")
     add.add_argument("--password", default=None, help="(prompted for when absent)")
     add.set_defaults(run=cmd_users_add)
+
+    add_admin_parsers(sub)  # devices provision, broker add-user, audit verify
 
     db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="apply pending schema migrations").set_defaults(run=cmd_db_migrate)

@@ -3,7 +3,10 @@
 Tests and benchmarks use this instead of the machine's broker: the machine's stock
 configuration drops QoS 1 messages under load, and "nothing lost" must be shown against
 the configuration the product ships (deploy/mosquitto/mosquitto.conf). Only the listener,
-the file locations and authentication are replaced.
+the file locations and authentication are replaced: anonymous access by default, or the
+shipped ACL with a password file (``password_file=``) to test authentication itself. The
+TLS listener (deploy/mosquitto/conf.d, included by ``include_dir``) is left out; pass its
+lines in ``extra`` with throwaway certificates to test it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,19 @@ from pathlib import Path
 
 from telemetry.embedded import free_port
 
-__all__ = ["MosquittoProcess", "SHIPPED_CONF"]
+__all__ = ["SHIPPED_ACL", "SHIPPED_CONF", "MosquittoProcess"]
 
 SHIPPED_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
-_REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest")
+SHIPPED_ACL = SHIPPED_CONF.with_name("acl")
+_REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest",
+             "include_dir")
 
 
 class MosquittoProcess:
     """Owns one mosquitto process (by PID); ``stop()`` and ``kill()`` are idempotent."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, extra: list[str] | None = None,
+                 password_file: Path | None = None, acl_file: Path = SHIPPED_ACL) -> None:
         if shutil.which("mosquitto") is None:
             raise FileNotFoundError("mosquitto is not installed")
         self.workdir = workdir
@@ -37,8 +43,10 @@ class MosquittoProcess:
         data.mkdir(parents=True, exist_ok=True)
         kept = [line for line in SHIPPED_CONF.read_text().splitlines()
                 if not line.strip().startswith(_REPLACED)]
+        auth = ["allow_anonymous true"] if password_file is None else [
+            "allow_anonymous false", f"password_file {password_file}", f"acl_file {acl_file}"]
         kept += [f"listener {self.port} 127.0.0.1", f"persistence_location {data}/",
-                 "allow_anonymous true", f"log_dest file {workdir}/mosquitto.log", *(extra or [])]
+                 *auth, f"log_dest file {workdir}/mosquitto.log", *(extra or [])]
         if os.geteuid() == 0:  # private temporary folders: do not drop to the mosquitto user
             kept.append("user root")
         self.conf = workdir / "mosquitto.conf"

@@ -1,0 +1,127 @@
+"""``watchfloor devices provision``, ``watchfloor broker add-user`` and ``watchfloor audit verify``:
+the security administration commands, each audited where it changes something."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+import psycopg
+
+from telemetry.embedded import embedded_database_url
+from telemetry.registry import DeviceRecord, provision_device
+from telemetry.schema import migrate
+from watchfloor import broker_credentials
+from watchfloor.settings import Settings
+
+__all__ = ["add_parsers", "cli_actor"]
+
+
+def cli_actor() -> str:
+    """Who is at the command line, for the audit log: the OS user, marked as the CLI."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container's numeric uid)
+        return "cli"
+
+
+def _database(settings: Settings) -> str:
+    url = settings.database_url or embedded_database_url(settings.data_dir)
+    with psycopg.connect(url) as conn:
+        migrate(conn, retention=timedelta(days=settings.retention_days),
+                compress_after=timedelta(days=settings.compress_after_days), timescaledb=settings.timescaledb)
+    return url
+
+
+def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
+    from api import audit
+
+    record = DeviceRecord(args.device_id, args.callsign, args.officer, args.borough, args.role)
+    passwd: Path | None = args.mosquitto_passwd
+    with psycopg.connect(_database(settings)) as conn:
+        try:
+            secret = provision_device(conn, record=record)
+        except (ValueError, psycopg.errors.CheckViolation) as error:
+            sys.exit(f"cannot provision {args.device_id}: {error}")
+        audit.record(conn, actor=cli_actor(), action="device_provisioned", device_id=args.device_id,
+                     details={"callsign": args.callsign, "borough": args.borough, "role": args.role,
+                              "broker_credentials": str(passwd) if passwd else None})
+        if passwd is not None:
+            # Written before the commit: if it fails, neither the secret nor the record is kept.
+            broker_credentials.set_password(passwd, username=args.device_id, password=secret)
+        conn.commit()
+    print(f"device {args.device_id} provisioned. Its secret (MQTT password and WHIP token) is shown once:")
+    print(secret)
+    if passwd is not None:
+        print(f"broker credentials written to {passwd}: reload the broker (SIGHUP) to apply them", file=sys.stderr)
+
+
+def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
+    password = args.password or secrets.token_urlsafe(32)
+    try:
+        broker_credentials.set_password(args.mosquitto_passwd, username=args.username, password=password)
+    except ValueError as error:
+        sys.exit(str(error))
+    print(f"broker user {args.username} written to {args.mosquitto_passwd} (reload the broker to apply it)",
+          file=sys.stderr)
+    if not args.password:
+        print(password)
+
+
+def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> None:
+    from api import audit
+
+    url = settings.database_url or embedded_database_url(settings.data_dir)
+    with psycopg.connect(url) as conn:
+        report = audit.verify(conn)
+    for problem in report.problems:
+        where = f"entry {problem.seq}" + (f" (id {problem.id})" if problem.id is not None else "")
+        print(f"TAMPERED {problem.kind:<9} {where}: {problem.message}")
+    if report.truncated:
+        print("(more problems than shown)")
+    print(f"{report.entries} entries; head: seq {report.head_seq} hash {report.head_hash}")
+    if args.expect_head:
+        seq, _, digest = args.expect_head.partition(":")
+        if not seq.isdigit() or report.head_seq < int(seq):
+            print(f"TAMPERED the log ends at entry {report.head_seq}, before the expected head {seq}")
+            sys.exit(1)
+        if int(seq) == report.head_seq and digest and digest != report.head_hash:
+            print("TAMPERED the head's hash is not the one expected")
+            sys.exit(1)
+    if not report.ok:
+        sys.exit(1)
+    print("audit log intact")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the subcommands to ``watchfloor``'s subparsers."""
+    devices = sub.add_parser("devices", help="device registry and credentials").add_subparsers(
+        dest="devices_command", required=True)
+    provision = devices.add_parser("provision", help="register a device, make its secret, write broker credentials")
+    provision.add_argument("device_id")
+    provision.add_argument("--callsign")
+    provision.add_argument("--officer")
+    provision.add_argument("--borough")
+    from api.models import RoleName
+    provision.add_argument("--role", default="response", choices=get_args(RoleName))
+    provision.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
+                           help="Mosquitto password file to add the device to (created if absent)")
+    provision.set_defaults(run=cmd_devices_provision)
+
+    broker = sub.add_parser("broker", help="broker accounts").add_subparsers(dest="broker_command", required=True)
+    add_user = broker.add_parser("add-user", help="add a service account (e.g. watchfloor-ingest) to the broker")
+    add_user.add_argument("username")
+    add_user.add_argument("--mosquitto-passwd", type=Path, required=True, metavar="FILE")
+    add_user.add_argument("--password", default=None, help="(default: a random one, printed once)")
+    add_user.set_defaults(run=cmd_broker_add_user)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the hash chain; exit status 1 if anything was tampered with")
+    verify.add_argument("--expect-head", default=None, metavar="SEQ[:HASH]",
+                        help="a head printed by an earlier run: also detects entries removed from the end")
+    verify.set_defaults(run=cmd_audit_verify)

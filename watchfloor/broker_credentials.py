@@ -1,0 +1,78 @@
+"""Mosquitto password-file entries, written in Python (no ``mosquitto_passwd`` needed).
+
+Mosquitto 2 reads ``username:$7$<iterations>$<base64 salt>$<base64 hash>``, where the hash is
+PBKDF2-HMAC-SHA512 of the password over the 12 raw salt bytes, 64 bytes long (the format of
+``mosquitto_passwd`` in 2.0; checked against it in tests/test_security_broker.py). Device
+secrets are 256 random bits, so the iteration count guards nothing that brute force could
+reach; Mosquitto's own default (101) keeps each connect cheap when a fleet reconnects at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+
+__all__ = ["mosquitto_hash", "remove_user", "set_password", "users"]
+
+_SALT_BYTES = 12
+_HASH_BYTES = 64
+_ITERATIONS = 101
+_USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = _ITERATIONS) -> str:
+    """The ``$7$`` hash Mosquitto 2 verifies ``password`` against."""
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, _HASH_BYTES)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _read(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _write(path: Path, lines: list[str]) -> None:
+    """Replace the file in one rename, so a broker reloading it never reads half of it.
+
+    A new file is readable by its owner only (it holds password hashes); an existing file
+    keeps its mode and owner's choice of permissions.
+    """
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write("".join(f"{line}\n" for line in lines))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_password(path: Path, *, username: str, password: str) -> None:
+    """Add ``username`` to the password file, or replace its entry. Reload the broker after."""
+    if not _USERNAME.match(username):
+        raise ValueError(f"not a valid broker username: {username!r}")
+    entry = f"{username}:{mosquitto_hash(password)}"
+    lines = [line for line in _read(path) if line.split(":", 1)[0] != username]
+    _write(path, [*lines, entry])
+
+
+def remove_user(path: Path, *, username: str) -> bool:
+    """Remove ``username``'s entry; True if there was one."""
+    lines = _read(path)
+    kept = [line for line in lines if line.split(":", 1)[0] != username]
+    if len(kept) != len(lines):
+        _write(path, kept)
+    return len(kept) != len(lines)
+
+
+def users(path: Path) -> list[str]:
+    """The usernames in a password file."""
+    return [line.split(":", 1)[0] for line in _read(path) if ":" in line and not line.startswith("#")]

@@ -135,7 +135,7 @@ export class UnitPanel {
       this.slider.disabled = this.points.length < 2;
       this.playButton.disabled = this.points.length < 2;
       this.trackInfo.textContent = this.points.length
-        ? `${this.points.length} fixes from ${fmtTime(this.points[0].ts)} to ${fmtTime(this.points.at(-1).ts)}`
+        ? `${this.points.length} fix${this.points.length === 1 ? "" : "es"} from ${fmtTime(this.points[0].ts)} to ${fmtTime(this.points.at(-1).ts)}`
         : `No fixes in the last ${hours} h.`;
       this.map.invalidate();
     } catch (error) {

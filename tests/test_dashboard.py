@@ -1,0 +1,411 @@
+"""The control-room page in a real browser (Debian's Chromium, headless, driven by Python
+playwright; never a downloaded browser) against real parts: Mosquitto from the shipped
+configuration, ingest, PostgreSQL, the API, and the fleet simulator publishing into them.
+Screenshots of each view are saved under test-artifacts/ (gitignored).
+
+Also, over plain HTTP: the page's assets, its configuration, and the CSV export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import WS_DEFLATE, WS_IMPL, create_app
+from api.auth import Role, add_user
+from telemetry.contract import Channel, topic_for
+from telemetry.embedded import free_port
+from telemetry.ingest import IngestWorker
+from telemetry.registry import DeviceRecord, upsert_devices
+from telemetry.simulator.run import Simulator
+from tests.api_support import PASSWORD, SECRET, add_test_users, client
+from tests.conftest import Database, wait_for
+from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from watchfloor.mosquitto import MosquittoProcess
+from watchfloor.settings import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLEET = 40
+SOS = DeviceRecord("sos-1", "WESOS1", "PC Sos", "Westminster", "response")
+
+
+@dataclass
+class Stack:
+    base: str
+    port: int
+    db: Database
+    mqtt_url: str
+    settings: Settings
+    sim: Simulator
+    worker: IngestWorker
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
+
+    def start_api(self) -> None:
+        app = create_app(settings=self.settings, database_url=self.db.url, mqtt_url=self.mqtt_url,
+                         signing_secret=SECRET)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on", ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server is not None and self.server.started, what="API start")
+
+    def stop_api(self) -> None:
+        assert self.server is not None and self.thread is not None
+        self.server.should_exit = True
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "API did not stop"
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        before = self.worker.stats.received
+        publish_all(self.mqtt_url, messages, client_id="dashboard-test-publisher")
+        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
+
+
+@pytest.fixture
+def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
+    """Mosquitto, ingest, the API on a fixed port (so it can be restarted there), and a
+    simulated fleet of FLEET cameras registered in the database, publishing every second."""
+    sim = Simulator(mqtt_url=mosquitto.url, devices=FLEET, interval_s=1.0, seed=11,
+                    client_prefix=f"dash-sim-{free_port()}")
+    with pg.connect() as conn:
+        add_test_users(conn)
+        add_user(conn, username="fleet-west", password=PASSWORD, role=Role.FLEET_MANAGER, areas=["Westminster"])
+        upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
+                              for u in sim.units] + [SOS])
+    settings = make_settings(live_rate_hz=4.0)
+    sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": 600}, daemon=True)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker:
+        port = free_port()
+        stack = Stack(f"http://127.0.0.1:{port}", port, pg, mosquitto.url, settings, sim, worker)
+        stack.start_api()
+        sim_thread.start()
+        stack.publish([(topic_for(SOS.device_id, Channel.TELEMETRY), telemetry_payload(1, lat=51.4995, lon=-0.1248))])
+        try:
+            yield stack
+        finally:
+            sim.stop()
+            sim_thread.join(30)
+            if stack.server is not None and not stack.server.should_exit:
+                stack.stop_api()
+
+
+@pytest.fixture
+def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A page in a fresh headless Chromium profile; the test fails if the page logs an error
+    (an exception, or a violation of the page's Content-Security-Policy)."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-chromium-") as profile:
+        context = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                                       viewport={"width": 1600, "height": 900}, accept_downloads=True)
+        page = context.new_page()
+
+        page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and not _expected(m.text) else None)
+        try:
+            yield page
+        finally:
+            # The page as the test left it: the first thing to look at when one fails.
+            page.screenshot(path=str(ARTIFACTS / f"last-{request.node.name}.png"))
+            context.close()
+    assert not errors, errors
+
+
+def _expected(text: str) -> bool:
+    # A failed sign-in (401), a dropped websocket while the API restarts, and GET /api/v1/audit
+    # on a server without it (404, shown as a message on the page) are part of the tests.
+    return any(s in text for s in ("status of 401", "status of 404", "WebSocket connection", "ERR_CONNECTION_REFUSED"))
+
+
+def sign_in(page: Any, base: str, username: str, password: str = PASSWORD) -> None:
+    page.goto(base + "/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#app:not(.hidden)", timeout=15_000)
+
+
+def visible_units(page: Any) -> int:
+    value = page.get_attribute("#unit-count", "data-visible")
+    return int(value) if value else -1
+
+
+def shot(page: Any, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def wait_visible(page: Any, condition: Any, what: str) -> int:
+    return int(wait_for(lambda: (n := visible_units(page)) >= 0 and condition(n) and n, timeout=20, what=what) or 0)
+
+
+# ---- the browser
+
+
+def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) -> None:
+    """A wrong password is refused on the page; after signing in, every unit of the simulated
+    fleet is drawn; the role and search filters narrow them to the right units; clicking a
+    unit's marker opens its panel with its battery and track; the token never shows in a URL."""
+    page = browser_page
+    page.goto(stack.base + "/")
+    page.fill("input[name=username]", "op-all")
+    page.fill("input[name=password]", "not the password")
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#signin-error:has-text('Wrong user name or password')")
+    shot(page, "sign-in")
+
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    everyone = FLEET + 1
+    wait_visible(page, lambda n: n == everyone, "every unit drawn")
+    wait_for(lambda: int(page.get_attribute("#unit-count", "data-drawn") or 0) == everyone, what="markers on the map")
+    assert "token" not in page.url and "eyJ" not in page.url
+    shot(page, "map")
+
+    firearms = sum(1 for u in stack.sim.units if u.role == "firearms")
+    assert 0 < firearms < FLEET
+    page.select_option("#filter-role", "firearms")
+    wait_visible(page, lambda n: n == firearms, "firearms units only")
+    shot(page, "map-firearms")
+    page.click("#filter-clear")
+    wait_visible(page, lambda n: n == everyone, "filters cleared")
+
+    target = stack.sim.units[3]
+    page.fill("#filter-search", target.callsign.lower())
+    wait_visible(page, lambda n: n == 1, "one unit found by callsign")
+    page.wait_for_selector(f"#search-results button:has-text('{target.callsign}')")
+
+    # Click the unit's marker where the map drew it (zoomed in, so it is drawn on its own).
+    page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
+                  " m.centreOn(u.lat, u.lon, 15); }", target.device_id)
+    box = page.locator("#map canvas").bounding_box()
+    point = wait_for(lambda: page.evaluate(
+        "(id) => { const h = window.__watchfloor.map.hits; const i = h.units.findIndex(u => u.device_id === id);"
+        " return i < 0 ? null : [h.xs[i], h.ys[i]]; }", target.device_id), what="the unit's marker")
+    assert isinstance(point, list)
+    page.mouse.click(box["x"] + point[0], box["y"] + point[1])
+    panel = page.locator("#unit-panel")
+    panel.wait_for(state="visible")
+    assert panel.get_attribute("data-device-id") == target.device_id
+    page.wait_for_selector(f"#unit-panel .unit-title:has-text('{target.callsign}')")
+    page.wait_for_selector("#unit-panel dd:has-text('%')")  # battery
+    page.wait_for_selector("#unit-panel .track-info:has-text('fixes')", timeout=15_000)
+    shot(page, "unit-panel")
+    page.fill("#filter-search", "")
+    page.click("#large-type")
+    page.wait_for_timeout(500)
+    shot(page, "map-large-type")
+
+
+def test_live_alert_is_highlighted_then_acknowledged_and_resolved(stack: Stack, browser_page: Any) -> None:
+    """An emergency raised by a hand-made MQTT event appears on the open page within seconds,
+    highlighted (the alert, the top-bar count, the emergency banner); Acknowledge and Resolve
+    (outcome and note) on the page change it in the database."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(2, "emergency", trigger="button"))])
+    item = page.locator(".alert[data-kind=emergency]")
+    item.wait_for(timeout=15_000)
+    assert "new" in (item.get_attribute("class") or "")
+    page.wait_for_selector("#emergency-banner:not(.hidden):has-text('WESOS1')")
+    page.wait_for_selector("#alert-count.flash")
+    shot(page, "alert-new")
+
+    item.locator("button.ack").click()
+    page.wait_for_selector(".alert[data-kind=emergency].st-acknowledged")
+    alert_id = int(item.get_attribute("data-alert-id") or 0)
+    assert stack.db.scalar("SELECT acknowledged_by FROM alerts WHERE id = %s", (alert_id,)) == "op-all"
+    assert "new" not in (item.get_attribute("class") or "")
+    shot(page, "alert-acknowledged")
+
+    item.locator("button.resolve").click()
+    page.select_option("#resolve-dialog select", "false_alarm")
+    page.fill("#resolve-dialog textarea", "pressed by mistake, checked by radio")
+    page.click("#resolve-dialog button[value=ok]")
+    page.wait_for_selector(".alert[data-kind=emergency]", state="detached")
+    row = stack.db.scalar("SELECT status || '|' || outcome || '|' || note FROM alerts WHERE id = %s", (alert_id,))
+    assert row == "resolved|false_alarm|pressed by mistake, checked by radio"
+    page.wait_for_selector("#emergency-banner.hidden", state="attached")
+
+
+def test_api_restart_shows_disconnected_then_reconnects(stack: Stack, browser_page: Any) -> None:
+    """When the API stops, the page says it is disconnected and reconnecting; when the API is
+    back on the same address, it reconnects by itself and takes a fresh snapshot."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    wait_visible(page, lambda n: n == FLEET + 1, "every unit drawn")
+    stack.stop_api()
+    page.wait_for_selector("#conn-banner:not(.hidden):has-text('Disconnected — reconnecting')", timeout=15_000)
+    shot(page, "disconnected")
+    stack.start_api()
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=30_000)
+    assert page.is_hidden("#conn-banner")
+    assert page.evaluate("window.__watchfloor.perf.snapshots") >= 2
+    wait_visible(page, lambda n: n == FLEET + 1, "every unit drawn again")
+    shot(page, "reconnected")
+
+
+def test_fleet_manager_sees_health_and_exports_csv(stack: Stack, browser_page: Any) -> None:
+    """A fleet manager gets the fleet-health view (no map): counts, the battery chart, the
+    per-borough table; Download CSV gives a server-made file of every device in their area,
+    recorded in the audit log."""
+    page = browser_page
+    sign_in(page, stack.base, "fleet")
+    page.wait_for_selector("#view-fleet:not(.hidden)")
+    assert page.is_hidden("#view-map")
+    page.wait_for_selector("#view-fleet .card:has-text('Devices') .value:text-is('41')", timeout=15_000)
+    wait_for(lambda: page.locator("table.boroughs tbody tr").count() >= 10, what="borough rows")
+    assert "Battery level" in (page.get_attribute("canvas.battery-chart", "aria-label") or "")
+    shot(page, "fleet-health")
+    with page.expect_download() as download_info:
+        page.click("button.export")
+    path = download_info.value.path()
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert len(rows) == FLEET + 1 and "lat" not in rows[0] and "officer" not in rows[0]
+    page.wait_for_selector(".export-status:has-text('Exported 41 devices')")
+    assert stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export' AND actor = 'fleet'") == 1
+
+
+def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, browser_page: Any) -> None:
+    """A firearms commander's incident panel lists the assigned units with position, battery
+    and recording state, and marks an assigned firearms unit that is not recording."""
+    afo = next(u for u in stack.sim.units if u.role == "firearms")
+    stack.sim.stop()  # the unit's recording state must hold still for the check
+    with client(stack.base, "afo-cmd") as cmd:
+        incident = cmd.post("/api/v1/incidents", json={"title": "Armed suspect", "lat": 51.5, "lon": -0.12,
+                                                       "radius_m": 500, "borough": "Westminster"}).json()
+        assert cmd.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": [afo.device_id]}).is_success
+    stack.publish([(topic_for(afo.device_id, Channel.TELEMETRY),
+                    telemetry_payload(10_000, lat=51.5003, lon=-0.1199, recording="buffering"))])
+    page = browser_page
+    sign_in(page, stack.base, "afo-cmd")
+    row = page.locator(f"#incident-panel tr[data-device-id='{afo.device_id}']")
+    row.wait_for(timeout=15_000)
+    page.wait_for_selector(f"#incident-panel tr.not-recording[data-device-id='{afo.device_id}'] .mark")
+    page.wait_for_selector("#incident-panel .incident-summary.danger:has-text('NOT recording')")
+    assert "inside" in row.inner_text()
+    page.wait_for_timeout(500)
+    shot(page, "firearms-incident")
+
+
+def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> None:
+    """An auditor gets the audit view (entries, or a plain message if the server has no audit
+    endpoint); an admin gets the map from REST (admins are not on the live feed) and the registry."""
+    page = browser_page
+    sign_in(page, stack.base, "audit")
+    page.wait_for_selector("#view-audit:not(.hidden)")
+    page.wait_for_selector(".audit-status:not(:empty)")
+    status = page.inner_text(".audit-status")
+    assert re.search(r"\d+ entr|not available", status), status
+    shot(page, "audit")
+    page.click("#sign-out")
+    sign_in(page, stack.base, "admin")
+    page.wait_for_selector("#conn-state[data-state=polling]")
+    wait_visible(page, lambda n: n == FLEET + 1, "the admin's map")
+    page.click("#tabs button[data-view=registry]")
+    page.wait_for_selector("table.registry tbody tr")
+    assert page.locator("table.registry tbody tr").count() == FLEET + 1
+    shot(page, "registry")
+
+
+# ---- plain HTTP: assets, configuration, export
+
+
+def test_page_assets_config_and_no_inline_code(stack: Stack) -> None:
+    """/ serves the page and its assets (never the package's Python files); the page has no
+    inline script or style and no eval, so a strict CSP holds; the configuration names the
+    offline base layer and its licence."""
+    index = httpx.get(stack.base + "/")
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+    html = index.text
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html) and "<style" not in html and " style=" not in html
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+    assert policy and "script-src 'self';" in policy.group(1) and "style-src 'self';" in policy.group(1)
+    assert "unsafe" not in policy.group(1)
+    for path in re.findall(r'(?:src|href)="(/[^"]+)"', html):
+        assert httpx.get(stack.base + path).status_code == 200, path
+    static = Path(__file__).resolve().parent.parent / "dashboard"
+    for script in (static / "js").glob("*.js"):
+        text = script.read_text()
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+        unsafe = r"\beval\(|new Function\(|\.innerHTML\s*=|\.outerHTML\s*=|insertAdjacentHTML"
+        assert not re.search(unsafe, code), script.name
+        assert not re.search(r"setAttribute\(\s*.style", code) and "cssText" not in code, script.name
+        assert httpx.get(f"{stack.base}/js/{script.name}").status_code == 200
+    assert httpx.get(stack.base + "/js/../__init__.py").status_code == 404
+    assert httpx.get(stack.base + "/dashboard/__init__.py").status_code == 404
+    config = httpx.get(stack.base + "/dashboard/config.json").json()
+    assert config["tiles"] is None and "Open Government Licence" in config["boroughs_attribution"]
+    outlines = httpx.get(stack.base + config["boroughs_url"]).json()
+    assert len(outlines["features"]) == 33
+
+
+def test_map_tiles_setting_reaches_the_page(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """WATCHFLOOR_MAP_TILES_URL (a force's own tile server) is handed to the page."""
+    settings = make_settings(map_tiles_url="https://tiles.force.example/{z}/{x}/{y}.png",
+                             map_tiles_attribution="© Example Force")
+    app = create_app(settings=settings, database_url=pg.url, mqtt_url=mosquitto.url, signing_secret=SECRET)
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as http:
+        config = http.get("/dashboard/config.json").json()
+    assert config["tiles"] == {"url": "https://tiles.force.example/{z}/{x}/{y}.png", "attribution": "© Example Force"}
+
+
+def test_fleet_export_is_for_fleet_managers_and_admins_area_filtered_bounded_and_audited(stack: Stack) -> None:
+    """The CSV export: refused to operators and auditors; a fleet manager gets their area only,
+    without positions or names; the row count is bounded; every export is in the audit log."""
+    with client(stack.base, "op-all") as op, client(stack.base, "audit") as audit:
+        assert op.get("/api/v1/fleet/export.csv").status_code == 403
+        assert audit.get("/api/v1/fleet/export.csv").status_code == 403
+    assert httpx.get(stack.base + "/api/v1/fleet/export.csv").status_code == 401
+    with client(stack.base, "fleet") as fleet, client(stack.base, "fleet-west") as west, \
+            client(stack.base, "admin") as admin:
+        everything = fleet.get("/api/v1/fleet/export.csv")
+        assert everything.status_code == 200 and everything.headers["content-type"].startswith("text/csv")
+        assert "attachment" in everything.headers["content-disposition"]
+        rows = list(csv.DictReader(io.StringIO(everything.text)))
+        assert len(rows) == FLEET + 1 == int(everything.headers["x-total-count"])
+        assert set(rows[0]) == {"device_id", "callsign", "borough", "role", "state", "online", "battery_pct",
+                                "charging", "storage_pct", "docked", "firmware", "last_seen", "gps_fix"}
+        westminster = list(csv.DictReader(io.StringIO(west.get("/api/v1/fleet/export.csv").text)))
+        assert westminster and {r["borough"] for r in westminster} == {"Westminster"}
+        assert len(westminster) == sum(1 for u in stack.sim.units if u.borough.name == "Westminster") + 1
+        one = admin.get("/api/v1/fleet/export.csv", params={"limit": 1})
+        assert len(list(csv.DictReader(io.StringIO(one.text)))) == 1 and one.headers["x-total-count"] == str(FLEET + 1)
+        assert admin.get("/api/v1/fleet/export.csv", params={"limit": 50_001}).status_code == 422
+        camden = admin.get("/api/v1/fleet/export.csv", params={"borough": "Camden"}).text
+        assert all(r["borough"] == "Camden" for r in csv.DictReader(io.StringIO(camden)))
+    entries = stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export'")
+    assert entries == 4
+    details = stack.db.scalar("SELECT details::text FROM audit_log WHERE action = 'export' AND actor = 'fleet-west'")
+    assert '"Westminster"' in str(details)
+
+
+def test_export_cells_cannot_become_spreadsheet_formulas(stack: Stack) -> None:
+    """A callsign that starts with = (or + - @) is exported as text, not as a formula."""
+    with stack.db.connect() as conn:
+        upsert_devices(conn, [DeviceRecord("evil-1", "=HYPERLINK(\"x\")", None, "Camden", "response")])
+    with client(stack.base, "fleet") as fleet:
+        rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(fleet.get("/api/v1/fleet/export.csv").text))}
+    assert rows["evil-1"]["callsign"] == "'=HYPERLINK(\"x\")"

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,9 +20,12 @@ from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import features, migrate, run_maintenance
+from telemetry.simulator.fleet import FleetProfile
 from telemetry.simulator.run import Simulator
+from telemetry.simulator.video import VideoUplink
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import cli_actor
+from watchfloor.camera_video import provision_in_background, uplink_from_files
 from watchfloor.logs import configure_logging
 from watchfloor.settings import Settings
 
@@ -96,15 +100,23 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
+    video = uplink_from_files(api_url=args.api_url or settings.simulator_api_url,
+                              secrets_file=args.secrets_file or settings.simulator_secrets_file)
     sim = Simulator(mqtt_url=_mqtt_url(settings), devices=args.devices, interval_s=args.interval,
-                    seed=args.seed, connections=args.connections, first=args.first)
+                    seed=args.seed, connections=args.connections, first=args.first,
+                    profile=FleetProfile(watch_me_per_h=args.watch_me_per_h),
+                    video=video.open() if video is not None else None)
     if args.register:
         _register(_database_url(settings), sim)
     _stop_on_signals(sim)
     mode = "one connection each" if sim.dedicated else f"{sim.connections} shared connections"
     print(f"simulating {len(sim.units)} devices every {args.interval}s (seed {args.seed}, {mode})", flush=True)
     threading.Thread(target=_report_simulator, args=(sim, args.report_every), daemon=True).start()
-    sim.run(duration_s=args.duration)
+    try:
+        sim.run(duration_s=args.duration)
+    finally:
+        if video is not None:
+            video.close()
 
 
 def _report_simulator(sim: Simulator, every_s: float) -> None:
@@ -145,9 +157,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         where = "external" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
         print(f"  database: {where} ({', '.join(sorted(feats))})")
         print(f"  broker:   {mqtt_url} ({'embedded rumqttd' if broker else 'external'})")
+        # Live view end to end: cameras answer requests, and stream over WHIP to the demo's API
+        # with secrets provisioned on a thread as the demo starts.
+        secrets: dict[str, str] = {}
+        video = VideoUplink(api_url=f"http://127.0.0.1:{args.port}", secrets=secrets).open()
         sim = Simulator(mqtt_url=mqtt_url, devices=args.devices, interval_s=args.interval, seed=args.seed,
-                        client_prefix="watchfloor-demo-sim")
+                        client_prefix="watchfloor-demo-sim", video=video,
+                        profile=FleetProfile(watch_me_per_h=args.watch_me_per_h))
         _register(db_url, sim)
+        provision_in_background(db_url, sim.units, secrets)
         worker = IngestWorker(settings=settings, database_url=db_url, mqtt_url=mqtt_url)
         done = _stop_on_signals(worker, sim)
         ready = threading.Event()
@@ -161,12 +179,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
               f"{args.port}/api/v1/live)")
         print(f"  try:      psql '{db_url}' -c 'select * from device_latest limit 5'")
+        print("  video:    POST /api/v1/devices/{id}/live-view as an operator; cameras answer (15% decline) and "
+              "stream over WHIP; watch at /api/v1/whep/{id}")
         print("  Ctrl-C stops everything.", flush=True)
         threading.Thread(target=_report, args=(worker, sim, args.report_every), daemon=True).start()
         sim_thread.join()
         deadline = time.monotonic() + 10.0  # let ingest take in what the simulator sent last
         while not done.is_set() and worker.stats.received < sim.stats.published and time.monotonic() < deadline:
             time.sleep(0.1)
+        video.close()
         server.should_exit = True
         api_thread.join(20)
         worker.stop()
@@ -265,6 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     fleet_options(demo, 300)
     demo.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
     demo.add_argument("--port", type=int, default=8080, help="the API's port")
+    demo.add_argument("--watch-me-per-h", type=float, default=0.05,
+                      help="how often each officer asks to be watched live (per hour)")
     demo.set_defaults(run=cmd_demo)
 
     sim = sub.add_parser("simulate", help="publish a simulated fleet to the broker")
@@ -275,6 +298,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--first", type=int, default=0,
                      help="index of the first device, to split one fleet over several processes")
     sim.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
+    sim.add_argument("--api-url", default=None,
+                     help="the API that takes the cameras' WHIP streams (default WATCHFLOOR_SIMULATOR_API_URL)")
+    sim.add_argument("--secrets-file", type=Path, default=None,
+                     help="JSON {device_id: secret} for WHIP (default WATCHFLOOR_SIMULATOR_SECRETS_FILE); "
+                          "without it cameras decline live-view requests")
+    sim.add_argument("--watch-me-per-h", type=float, default=0.0,
+                     help="how often each officer asks to be watched live (per hour)")
     sim.set_defaults(run=cmd_simulate)
 
     ingest = sub.add_parser("ingest", help="store telemetry from the broker (run several to scale out)")

@@ -84,3 +84,6 @@ def configure_logging(*, fmt: str, level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # Every ICE check and every WHIP request of the simulated cameras at INFO drowns the rest.
+    for chatty in ("aioice", "aiortc", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

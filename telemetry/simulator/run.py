@@ -63,6 +63,8 @@ class Simulator:
         self._pool = ClientPool(BrokerAddress.parse(mqtt_url), prefix=f"{client_prefix}-{first}", count=count,
                                 wills=wills, subscriptions=subscriptions)
         self._video = video
+        if video is not None:
+            video.labels.update({u.device_id: f"{u.device_id} {u.callsign}" for u in self.units})
         self.camera_policy = camera_policy or CameraPolicy()
         self.connections = count
         self._first = first

@@ -12,23 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from streaming.synthetic import SyntheticVideoTrack
 
-__all__ = ["VideoUplink"]
+__all__ = ["VideoUplink", "load_secrets"]
 
 log = logging.getLogger(__name__)
 
 _CHANGES_MAX = 10_000
 _RETRIES = 5
 _RETRY_S = 1.0
+
+
+def load_secrets(path: Path) -> dict[str, str]:
+    """Device secrets from a JSON file ``{"device_id": "secret", ...}`` (kept out of the repo)."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"{path}: expected a JSON object of device id -> secret")
+    return dict(data)
 
 
 @dataclass
@@ -46,8 +56,8 @@ class VideoUplink:
         # fifth of a core for 640x480 at 30 fps with aiortc's VP8 encoder).
         self._picture = (width, height, fps)
         self._api_url = api_url.rstrip("/")
-        self._secrets = secrets
-        self._labels = labels or {}
+        self._secrets = secrets  # may be filled while running (the demo provisions as it goes)
+        self.labels: dict[str, str] = labels or {}  # drawn on each camera's picture
         # Bounded: the fleet loop drains it every pump; if it ever fell this far behind, the
         # oldest changes go (a unit's live flag is then corrected by its next change).
         self._changes: deque[tuple[str, bool]] = deque(maxlen=_CHANGES_MAX)
@@ -133,7 +143,7 @@ class VideoUplink:
         # An explicit, empty ICE server list: aiortc adds a public STUN server otherwise.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         width, height, fps = self._picture
-        track = SyntheticVideoTrack(label=self._labels.get(device_id, device_id), width=width, height=height, fps=fps)
+        track = SyntheticVideoTrack(label=self.labels.get(device_id, device_id), width=width, height=height, fps=fps)
         pc.addTransceiver(track, direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate here
         assert pc.localDescription is not None

@@ -1,0 +1,59 @@
+"""Video for simulated cameras, as ``watchfloor simulate`` and ``watchfloor demo`` set it up.
+
+A simulated camera can stream only with its own device secret (the WHIP endpoint accepts
+nothing else). ``watchfloor simulate`` reads the secrets from a JSON file
+(``--secrets-file``, made when the devices were provisioned). The demo provisions its
+fleet itself, on a thread, because each secret costs an argon2 hash (tens of
+milliseconds): cameras whose secret is not made yet decline live-view requests ("no
+video uplink") for the first seconds of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from api import audit
+from telemetry.registry import DeviceRecord, provision_device
+from telemetry.simulator.fleet import Unit
+from telemetry.simulator.video import VideoUplink, load_secrets
+
+__all__ = ["provision_in_background", "uplink_from_files"]
+
+log = logging.getLogger(__name__)
+_BATCH = 25
+
+
+def uplink_from_files(*, api_url: str | None, secrets_file: Path | None) -> VideoUplink | None:
+    """The uplink for ``watchfloor simulate``; None (cameras decline) without both settings."""
+    if not api_url or secrets_file is None:
+        return None
+    return VideoUplink(api_url=api_url, secrets=load_secrets(secrets_file))
+
+
+def provision_in_background(database_url: str, units: Sequence[Unit], secrets: dict[str, str]) -> threading.Thread:
+    """Give every unit a device secret (a committed batch at a time), filling ``secrets``
+    as it goes, which the running uplink reads. Each provisioning is audited."""
+    def run() -> None:
+        try:
+            with psycopg.connect(database_url) as conn:
+                for start in range(0, len(units), _BATCH):
+                    made: dict[str, str] = {}
+                    for unit in units[start:start + _BATCH]:
+                        record = DeviceRecord(unit.device_id, unit.callsign, unit.officer, unit.borough.name,
+                                              unit.role)
+                        made[unit.device_id] = provision_device(conn, record=record)
+                        audit.record(conn, actor="demo", action="device_provisioned", device_id=unit.device_id,
+                                     details={"by": "watchfloor demo"})
+                    conn.commit()
+                    secrets.update(made)  # only once committed: a secret the API cannot verify is no use
+        except Exception:  # the demo goes on without video for the rest
+            log.exception("provisioning the demo fleet's secrets failed")
+
+    thread = threading.Thread(target=run, name="provision-video", daemon=True)
+    thread.start()
+    return thread

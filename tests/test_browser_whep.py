@@ -8,7 +8,7 @@ import shutil
 import tempfile
 
 import pytest
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from telemetry.contract import Channel, topic_for
@@ -20,11 +20,15 @@ from watchfloor.mosquitto import MosquittoProcess
 
 CHROMIUM = "/usr/bin/chromium"
 
+# The page and its script are separate: the API's Content-Security-Policy allows scripts
+# from its own origin only, never inline ones.
 PAGE = """<!doctype html>
 <html><body>
 <video id="v" autoplay muted playsinline width="320" height="240"></video>
-<script>
-window.callbacks = 0;
+<script src="/test/whep.js"></script>
+</body></html>"""
+
+SCRIPT = """window.callbacks = 0;
 async function play(token, device, reason) {
   const pc = new RTCPeerConnection({iceServers: []});
   pc.addTransceiver('video', {direction: 'recvonly'});
@@ -55,7 +59,7 @@ function quality() {
   return {time: video.currentTime, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames,
           callbacks: window.callbacks, width: video.videoWidth, state: window.pc ? window.pc.connectionState : null};
 }
-</script></body></html>"""
+"""
 
 
 def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: MosquittoProcess) -> None:
@@ -69,6 +73,9 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
         async def page(request: object) -> HTMLResponse:
             return HTMLResponse(PAGE)
 
+        async def script(request: object) -> Response:
+            return Response(SCRIPT, media_type="text/javascript")
+
         uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
         try:
             publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(3, "watch_me"))])
@@ -76,7 +83,7 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
             uplink.start(WE1)
             wait_for(lambda: _live(s, WE1), timeout=20, what="the camera's stream")
             # The page comes from the API itself: same origin, so the WHEP POST needs no CORS.
-            s.app.router.routes.append(Route("/test/whep.html", page))
+            s.app.router.routes.extend([Route("/test/whep.html", page), Route("/test/whep.js", script)])
             with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
                 browser = playwright.chromium.launch_persistent_context(
                     profile, executable_path=CHROMIUM, headless=True,
@@ -89,9 +96,11 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
                     tab.goto(f"{s.base}/test/whep.html")
                     result = tab.evaluate("([t, d, r]) => play(t, d, r)", [s.token("op-all"), WE1, "browser test"])
                     assert result["status"] == 201, result
-                    tab.wait_for_function("quality().time > 2 && quality().decoded > 20 && quality().callbacks > 20",
-                                          timeout=30_000)
+                    # Polled from here: wait_for_function evaluates a string, which the CSP forbids.
+                    played = wait_for(lambda: (q := tab.evaluate("quality()"))["time"] > 2 and q["decoded"] > 20
+                                      and q["callbacks"] > 20 and q, timeout=30, interval=0.25, what="playback")
                     quality = tab.evaluate("quality()")
+                    assert isinstance(played, dict)
                     assert quality["width"] > 0 and quality["state"] == "connected", quality
                     session_url = tab.evaluate("window.sessionUrl")
                     assert session_url.startswith(f"/api/v1/whep/{WE1}/")

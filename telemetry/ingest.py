@@ -154,6 +154,10 @@ class IngestWorker:
     def broker_connected(self) -> bool:
         return self._session is not None and self._session.connected.is_set()
 
+    @property
+    def broker_connections(self) -> int:
+        return self._session.connections if self._session is not None else 0
+
     def run(self, ready: threading.Event | None = None) -> None:
         settings = self._settings
         self._conn = self._connect_database()

@@ -85,8 +85,11 @@ class IngestCollector(Collector):
         yield GaugeMetricFamily("watchfloor_ingest_queue_capacity", "The queue's bound "
                                 "(WATCHFLOOR_INGEST_QUEUE_MAX); at it, the broker holds the backlog",
                                 value=w.queue_capacity)
-        yield GaugeMetricFamily("watchfloor_ingest_broker_connected", "1 while connected to the broker",
+        yield GaugeMetricFamily("watchfloor_ingest_broker_connected", "1 while connected to the broker (a "
+                                "worker blocked on a full queue notices a lost connection late)",
                                 value=1 if w.broker_connected else 0)
+        yield CounterMetricFamily("watchfloor_ingest_broker_connections", "Connections to the broker: the first, "
+                                  "then one per reconnection", value=w.broker_connections)
 
 
 def ingest_registry(worker: IngestWorker, *, client_id: str) -> CollectorRegistry:

@@ -212,6 +212,11 @@ class MqttSession:
             self._client.connect_async(host, port, keepalive=keepalive)
         self._client.loop_start()
 
+    @property
+    def connections(self) -> int:
+        """Connections made so far (the first, then each reconnection)."""
+        return self._generation
+
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 

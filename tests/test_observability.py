@@ -4,13 +4,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,43 +15,10 @@ from telemetry.contract import Channel, topic_for
 from telemetry.embedded import free_port
 from tests.api_support import SECRET, LiveReader, add_test_users, token
 from tests.conftest import Database, wait_for
+from tests.processes import scrape, watchfloor_process
 from tests.support import publish_all, telemetry_payload
 from watchfloor.logs import JsonFormatter, redact
 from watchfloor.mosquitto import MosquittoProcess
-
-
-@contextmanager
-def watchfloor_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """One `watchfloor` subcommand as a child process, terminated (by PID) afterwards."""
-    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", *args], env={**os.environ, **env},
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
-def scrape(url: str) -> dict[str, float]:
-    """``{'name{labels}': value}`` from a Prometheus text exposition."""
-    samples: dict[str, float] = {}
-    for line in httpx.get(url, timeout=5).text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            samples[key] = float(value)
-    return samples
-
-
-def scrape_or_empty(url: str) -> dict[str, float]:
-    try:
-        return scrape(url)
-    except httpx.HTTPError:
-        return {}
 
 
 def test_redact_masks_tokens_and_url_passwords() -> None:
@@ -87,7 +49,7 @@ def test_ingest_worker_serves_its_metrics(pg: Database, mosquitto: MosquittoProc
     url = f"http://127.0.0.1:{port}/metrics"
     log = tmp_path / "ingest.log"
     with watchfloor_process(["ingest"], env, log):
-        wait_for(lambda: scrape_or_empty(url).get("watchfloor_ingest_broker_connected") == 1, timeout=60,
+        wait_for(lambda: scrape(url).get("watchfloor_ingest_broker_connected") == 1, timeout=60,
                  what="the worker connected (its metrics say so)")
         good = [(topic_for(f"obs-unit-{d}", Channel.TELEMETRY), telemetry_payload(1)) for d in range(30)]
         bad = [(topic_for("obs-unit-0", Channel.TELEMETRY), b'{"seq": ')]

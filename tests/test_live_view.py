@@ -448,3 +448,26 @@ def test_a_stream_nobody_watches_stops(pg: Database, mosquitto: MosquittoProcess
             wire.close()
         assert s.rows("SELECT end_reason FROM live_view_consents") == [("no_viewers",)]
         assert json.loads(json.dumps(s.audit("live_view_ended")[0][2]))["reason"] == "no_viewers"
+
+
+def test_every_api_process_sees_the_answer_and_exactly_one_records_it(pg: Database,
+                                                                      mosquitto: MosquittoProcess) -> None:
+    """With two API processes, a request made through one is answered by the camera: both
+    show the answer and push it to their websocket clients, and it is recorded (and audited)
+    once, whichever process handled the reply first."""
+    with stack(pg, mosquitto) as a:
+        settings = make_settings()
+        with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server_b:
+            b = Stack(server_b.base, mosquitto.url, pg, a.secrets, server_b.app.state.live_view, server_b.app)
+            feed_b = LiveReader(b.base, b.token("op-west"))
+            try:
+                with simulated_camera(a, decline_share=1.0), a.http("op-all") as http_a, b.http("op-west") as http_b:
+                    request = http_a.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "welfare check"}).json()
+                    wait_for(lambda: http_b.get(f"/api/v1/live-view/requests/{request['request_id']}").json()
+                             ["status"] == "declined", timeout=20, what="the answer, read through the other process")
+                    wait_for(lambda: [f["event"] for f in feed_b.of_type("live_view")] == ["requested", "declined"],
+                             what="the other process's websocket client told")
+            finally:
+                feed_b.close()
+    assert len(a.audit("live_view_declined")) == 1
+    assert len(a.audit("live_view_requested")) == 1

@@ -31,14 +31,15 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streaming import HistogramSnapshot, RelayStats
 from watchfloor.logs import REQUEST_ID
 
-__all__ = ["ApiMetrics", "LiveCollector", "RequestContext", "install"]
+__all__ = ["ApiMetrics", "LiveCollector", "RelayCollector", "RequestContext", "install"]
 
 access_log = logging.getLogger("watchfloor.access")
 
@@ -72,6 +73,48 @@ class LiveCollector(Collector):
                                 "broker", value=1 if hub.connected.is_set() else 0)
 
 
+def _relay_stats(app: FastAPI) -> RelayStats | None:
+    live_view = getattr(app.state, "live_view", None)
+    try:
+        return live_view.relay.stats() if live_view is not None else None
+    except AssertionError:  # live view not started yet
+        return None
+
+
+def _delay_family(name: str, documentation: str, snapshot: HistogramSnapshot) -> HistogramMetricFamily:
+    buckets = [(repr(edge), n) for edge, n in zip(snapshot.edges_s, snapshot.cumulative)]
+    return HistogramMetricFamily(name, documentation, buckets=[*buckets, ("+Inf", snapshot.count)],
+                                 sum_value=snapshot.sum_s)
+
+
+class RelayCollector(Collector):
+    """The live-view relay in this process (``watchfloor_relay_*``): streams, viewers, and
+    bytes in and out, whose rate is the bitrate. Never per stream: a label per camera would
+    name the officers being watched and grow with the fleet."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        stats = _relay_stats(self._app)
+        if stats is None:
+            return
+        yield GaugeMetricFamily("watchfloor_relay_streams", "Cameras publishing to this relay", value=stats.streams)
+        yield GaugeMetricFamily("watchfloor_relay_viewers", "Viewers playing from this relay", value=stats.viewers)
+        for name, value, documentation in (
+                ("frames_received", stats.frames_received, "Video frames received from cameras"),
+                ("bytes_received", stats.bytes_received, "Video bytes received from cameras (rate x 8 = bitrate in)"),
+                ("frames_forwarded", stats.frames_forwarded, "Frames sent to viewers"),
+                ("bytes_forwarded", stats.bytes_forwarded, "Bytes sent to viewers (rate x 8 = bitrate out)"),
+                ("frames_dropped", stats.frames_dropped, "Frames a viewer did not get (full queue, awaiting keyframe)"),
+                ("queue_overflows", stats.queue_overflows, "Times a viewer's queue was full"),
+                ("keyframe_requests", stats.keyframe_requests, "Keyframes asked of cameras"),
+                ("incomplete_frames", stats.incomplete_frames, "Frames the jitter buffer gave up on")):
+            yield CounterMetricFamily(f"watchfloor_relay_{name}", documentation, value=value)
+        yield _delay_family("watchfloor_relay_forward_delay_seconds", "Per frame and viewer: from whole in the "
+                            "relay to its last packet sent", stats.forward_delay)
+
+
 class ApiMetrics:
     """One API process's registry (its own: tests run several apps in one process)."""
 
@@ -82,6 +125,7 @@ class ApiMetrics:
         self.duration = Histogram("watchfloor_api_http_request_duration_seconds", "Time to serve an HTTP request",
                                   ["method", "route"], buckets=_DURATION_BUCKETS, registry=self.registry)
         self.registry.register(LiveCollector(app))
+        self.registry.register(RelayCollector(app))
         ProcessCollector(registry=self.registry)
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:
@@ -163,6 +207,7 @@ def install(app: FastAPI, *, metrics_route: bool) -> None:
     app.state.metrics = metrics
     app.add_middleware(RequestContext, metrics=metrics)
     if metrics_route:
+        # On the event loop (async), where the hub and the relay change: a consistent read.
         @app.get("/metrics", include_in_schema=False)
-        def prometheus_metrics() -> Response:
+        async def prometheus_metrics() -> Response:
             return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -99,6 +99,8 @@ def test_api_request_ids_metrics_and_json_access_log(pg: Database, mosquitto: Mo
             m = scrape(f"{base}/metrics")
             assert m["watchfloor_live_clients"] == 1
             assert m["watchfloor_live_connections_total"] == 1
+            assert m["watchfloor_relay_streams"] == 0 and m["watchfloor_relay_viewers"] == 0
+            assert m["watchfloor_relay_forward_delay_seconds_count"] == 0
         finally:
             reader.close()
         text = httpx.get(f"{base}/metrics", timeout=5).text

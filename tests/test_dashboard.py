@@ -196,9 +196,9 @@ def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) 
     page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
                   " m.centreOn(u.lat, u.lon, 15); }", target.device_id)
     box = page.locator("#map canvas").bounding_box()
-    point = wait_for(lambda: page.evaluate(
-        "(id) => { const h = window.__watchfloor.map.hits; const i = h.units.findIndex(u => u.device_id === id);"
-        " return i < 0 ? null : [h.xs[i], h.ys[i]]; }", target.device_id), what="the unit's marker")
+    page.wait_for_timeout(600)  # the unit layer is redrawn for the new view
+    point = page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
+                          " return m.toScreen(u.mx, u.my); }", target.device_id)
     assert isinstance(point, list)
     page.mouse.click(box["x"] + point[0], box["y"] + point[1])
     panel = page.locator("#unit-panel")
@@ -206,7 +206,7 @@ def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) 
     assert panel.get_attribute("data-device-id") == target.device_id
     page.wait_for_selector(f"#unit-panel .unit-title:has-text('{target.callsign}')")
     page.wait_for_selector("#unit-panel dd:has-text('%')")  # battery
-    page.wait_for_selector("#unit-panel .track-info:has-text('fixes')", timeout=15_000)
+    page.wait_for_selector("#unit-panel .track-info:has-text(' fix')", timeout=15_000)
     shot(page, "unit-panel")
     page.fill("#filter-search", "")
     page.click("#large-type")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ _CONSENT_EVENTS = (b'"watch_me"', b'"recording_stopped"', b'"docked"')
 _INBOX_MAX = 10_000
 _SWEEP_S = 2.0
 _RECORDED_WAIT_S = 10.0
+_STREAM_WAIT_S, _STREAM_POLL_S = 10.0, 0.25  # a WHEP request waits this long for an accepted camera
 
 T = TypeVar("T")
 # The relay's words for how a viewer's session ended, in the record's words.
@@ -267,6 +269,9 @@ class LiveView:
 
     def _announce(self, event: str, device_id: str, **fields: Any) -> None:
         body = {"type": "live_view", "event": event, "device_id": device_id, **fields}
+        request = fields.get("request")
+        if request is not None:  # a request's answer, flat as well: what a client matches on
+            body.update(request_id=request["request_id"], status=request["status"], detail=request["detail"])
         self._client.publish(LIVE_VIEW_TOPIC, orjson.dumps(body), qos=1)
 
     def _tell_camera_viewers(self, device_id: str) -> int:
@@ -513,7 +518,8 @@ class LiveView:
     async def view(self, who: Principal, device_id: str, reason_raw: str | None, offer: str) -> Session:
         reason = clean_reason(reason_raw)
 
-        def check(conn: psycopg.Connection) -> tuple[Denied | None, dict[str, Any] | None]:
+        def check(conn: psycopg.Connection, final: bool) -> tuple[Denied | None, dict[str, Any] | None, bool]:
+            """(refusal, consent, still waiting for the camera's stream)."""
             denied = may_watch(who, _facts(conn, device_id))
             consent = None
             if denied is None and reason is None:
@@ -521,8 +527,12 @@ class LiveView:
                                              "characters)")
             if denied is None:
                 consent = store.active_consent(conn, device_id)
-                if consent is None or consent["publisher_session"] is None:
-                    denied = Denied("conflict", f"{device_id} is not live (no consent in force, or no stream yet)")
+                if consent is None:
+                    denied = Denied("conflict", f"{device_id} is not live (no consent in force)")
+                elif consent["publisher_session"] is None:
+                    if not final:
+                        return None, None, True
+                    denied = Denied("conflict", f"{device_id} has consent but its camera has not started streaming")
                 elif not self.relay.is_publishing(device_id):
                     denied = Denied("conflict", f"{device_id} streams through another API process")
             if denied is not None:
@@ -530,9 +540,17 @@ class LiveView:
                                      reason=reason, refused=denied.message)
                 audit.record(conn, actor=who.username, action="viewing_refused", device_id=device_id,
                              details={"reason": reason, "refused": denied.message})
-            return denied, consent
+            return denied, consent, False
 
-        denied, consent = await self._db(check)
+        # A viewer who asks as soon as the camera accepted finds it still dialling in: wait a
+        # little (only once the caller may watch) rather than refuse.
+        deadline = time.monotonic() + _STREAM_WAIT_S
+        denied, consent, waiting = await self._db(lambda conn: check(conn, False))
+        while waiting and time.monotonic() < deadline:
+            await asyncio.sleep(_STREAM_POLL_S)
+            denied, consent, waiting = await self._db(lambda conn: check(conn, False))
+        if waiting:
+            denied, consent, _ = await self._db(lambda conn: check(conn, True))
         if denied is not None:
             _raise(denied)
         assert consent is not None and reason is not None

@@ -12,11 +12,12 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 
-from api import errors, observability
-from api.auth import TokenIssuer
+from api import errors, hardening, observability
+from api.auth import Role, TokenIssuer
 from api.live import LiveHub
 from api.live_view import LiveView
-from api.routes import alerts, auth, dashboard, devices, health, incidents, live, live_view, reports
+from api.oidc import oidc_from_settings
+from api.routes import alerts, audit, auth, dashboard, devices, health, incidents, live, live_view, reports
 from telemetry import queries
 from watchfloor.settings import Settings
 
@@ -85,10 +86,12 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                   description="Fleet state, history and alerts of body-worn cameras, and the live feed "
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
-    app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s)
+    app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
+                                   oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))
     errors.install(app)
+    hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live, reports, live_view):
+    for module in (health, auth, devices, alerts, incidents, live, reports, live_view, audit):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

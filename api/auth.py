@@ -19,6 +19,8 @@ from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from fastapi import Request
 
 from api.errors import Forbidden, NotAuthenticated
+from api.limits import Limits
+from api.oidc import OidcVerifier
 
 __all__ = [
     "ALL_AREAS",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 ALL_AREAS = "*"
+MIN_SECRET_BYTES = 32
 _ISSUER = "watchfloor"
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -83,9 +86,14 @@ def _areas(raw: Iterable[str]) -> frozenset[str] | None:
 
 
 class TokenIssuer:
-    def __init__(self, secret: str, ttl_s: int) -> None:
+    """Issues local tokens (HS256) and verifies them, and an OIDC provider's when configured."""
+
+    def __init__(self, secret: str, ttl_s: int, *, oidc: OidcVerifier | None = None) -> None:
+        if len(secret.encode()) < MIN_SECRET_BYTES:  # whichever entry point built the app
+            raise ValueError(f"the token-signing secret must be at least {MIN_SECRET_BYTES} bytes")
         self._secret = secret
         self._ttl_s = ttl_s
+        self._oidc = oidc
 
     @property
     def ttl_s(self) -> int:
@@ -98,6 +106,21 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
+        """The caller a token names; :class:`NotAuthenticated` unless it is valid.
+
+        The header's algorithm picks the verifier: HS256 is ours (signed with the secret),
+        an asymmetric one is the OIDC provider's. Each verifier accepts only its own
+        algorithms, so a token cannot pass one verifier by claiming the other's.
+        """
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as error:
+            raise NotAuthenticated(f"invalid token: {error}") from None
+        if algorithm != "HS256":
+            if self._oidc is None or algorithm not in self._oidc.algorithms:
+                raise NotAuthenticated(f"invalid token: algorithm {algorithm!r} is not accepted")
+            username, role, areas = self._oidc.identity(self._oidc.claims(token))
+            return Principal(username, Role(role), _areas(areas))
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=_ISSUER,
                                 options={"require": ["exp", "sub", "role"]})
@@ -138,9 +161,16 @@ def bearer(authorization: str | None) -> str:
 
 
 def principal(request: Request) -> Principal:
-    """FastAPI dependency: the caller, from ``Authorization: Bearer <token>``."""
+    """FastAPI dependency: the caller, from ``Authorization: Bearer <token>``.
+
+    Each call takes one request from the caller's rate limit (429 when it is used up).
+    """
     issuer: TokenIssuer = request.app.state.tokens
-    return issuer.verify(bearer(request.headers.get("authorization")))
+    who = issuer.verify(bearer(request.headers.get("authorization")))
+    limits: Limits | None = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        limits.user.hit(who.username)
+    return who
 
 
 def require(*roles: Role) -> Callable[[Request], Principal]:

@@ -8,6 +8,8 @@ own validation and HTTP errors) to that shape, so clients parse one thing.
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,7 +17,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = ["ApiError", "Conflict", "ErrorBody", "Forbidden", "InvalidRequest", "NotAuthenticated", "NotFound",
-           "install"]
+           "PayloadTooLarge", "TooManyRequests", "error_response", "install"]
 
 
 class ApiError(Exception):
@@ -25,6 +27,9 @@ class ApiError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
 
 
 class InvalidRequest(ApiError):
@@ -47,6 +52,21 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -56,6 +76,11 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+def error_response(error: ApiError) -> JSONResponse:
+    """The response for ``error``, for code outside FastAPI's handlers (ASGI middleware)."""
+    return _body(error.code, error.message, error.status, error.headers())
+
+
 def _body(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
@@ -63,8 +88,7 @@ def _body(code: str, message: str, status: int, headers: dict[str, str] | None =
 def install(app: FastAPI) -> None:
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _body(exc.code, exc.message, exc.status, headers)
+        return error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

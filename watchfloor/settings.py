@@ -64,6 +64,29 @@ class Settings(BaseSettings):
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
 
+    # External identity provider (OIDC): its RS256/ES256 JWTs are accepted beside local
+    # tokens when issuer, audience and a JWKS (URL or file) are set. Role and areas come from
+    # claims (dotted paths reach nested claims, e.g. realm_access.roles).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_jwks_file: Path | None = None
+    oidc_algorithms: str = "RS256,ES256"
+    oidc_username_claim: str = "preferred_username"
+    oidc_roles_claim: str = "roles"
+    oidc_role_prefix: str = ""  # e.g. "watchfloor-" when the provider's roles are "watchfloor-operator"
+    oidc_areas_claim: str = "areas"
+
+    # Limits (docs/api.md "Limits"): request bodies, requests per user, failed sign-ins per
+    # (client address, username), WHIP publishes per device. Per API process.
+    max_request_bytes: int = Field(default=262_144, ge=1_024, le=16 * 1_048_576)
+    rate_limit_user_per_s: float = Field(default=20.0, gt=0)
+    rate_limit_user_burst: int = Field(default=100, ge=1)
+    rate_limit_sign_in_failures_per_min: float = Field(default=5.0, gt=0)
+    rate_limit_sign_in_failures_burst: int = Field(default=5, ge=1)
+    rate_limit_device_per_min: float = Field(default=12.0, gt=0)
+    rate_limit_device_burst: int = Field(default=5, ge=1)
+
     # Dashboard map: a tile server's URL template ({z}/{x}/{y}), e.g. a force's own; unset,
     # the page draws borough outlines only (works offline). Its host must be allowed by the CSP.
     map_tiles_url: str | None = Field(default=None, pattern=r"^https?://[^\s\"'<>]+$")

@@ -8,17 +8,23 @@ from api import audit
 from api.auth import ALL_AREAS, TokenIssuer, authenticate
 from api.deps import Db
 from api.errors import ErrorBody, NotAuthenticated
+from api.limits import RateLimiter
 from api.models import TokenIn, TokenOut
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
-@router.post("/token", response_model=TokenOut, responses={401: {"model": ErrorBody}},
+@router.post("/token", response_model=TokenOut, responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}},
              summary="Exchange a username and password for a bearer token")
 def token(body: TokenIn, request: Request, db: Db) -> TokenOut:
+    client = request.client.host if request.client else None
+    failures: RateLimiter = request.app.state.limits.sign_in
+    key = f"{client}|{body.username}"
+    failures.check(key)  # refused while too many recent failures, even with the right password
     who = authenticate(db, body.username, body.password)
-    source = {"client": request.client.host if request.client else None}
+    source = {"client": client}
     if who is None:
+        failures.take(key)
         audit.record(db, actor=body.username, action="sign_in_failed", details=source)
         db.commit()  # the refusal below rolls the request back; the record stays
         raise NotAuthenticated("wrong username or password")

@@ -1,0 +1,144 @@
+"""HTTP hardening for every response: a request-body size limit (413 in the one error shape)
+and security headers (a strict Content-Security-Policy and friends).
+
+Both are plain ASGI middleware: they see every request, including ones no route matches, and
+cost one header scan each. The body limit reads ``Content-Length`` first and also counts a
+chunked body as it arrives, so a client cannot stream past it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PayloadTooLarge, error_response
+from api.limits import Limits, RateLimiter
+from watchfloor.settings import Settings
+
+__all__ = ["API_CSP", "DOCS_CSP", "BodyLimit", "SecurityHeaders", "install"]
+
+#: The dashboard is static files from this origin: no inline script or style, no other
+#: origin. 'self' in connect-src covers the same origin's ws:// and wss:// (CSP Level 3, as
+#: Chromium implements it; tests/test_security_api.py opens the live feed under it).
+API_CSP = ("default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+           "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+#: FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from a CDN with an inline script.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+_DOCS_PATHS = ("/docs", "/redoc")
+_COMMON = (
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("permissions-policy", "camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
+    # Browsers ignore it over plain HTTP, and keep to HTTPS once they have seen it over HTTPS.
+    ("strict-transport-security", "max-age=31536000"),
+)
+
+
+class _TooLarge(BaseException):
+    """Raised from ``receive`` past the limit. A BaseException, so that FastAPI's body parsing
+    (which turns an ``Exception`` into a 400) lets it through to :class:`BodyLimit`."""
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if started:  # the route answered before reading it all; nothing more to say
+                return
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(PayloadTooLarge(f"request bodies are limited to {self.max_bytes} bytes"))
+        response.headers["connection"] = "close"  # the rest of the body is not read
+        await response(scope, receive, send)
+
+
+class SecurityHeaders:
+    """Add the security headers to every HTTP response that does not set them itself."""
+
+    def __init__(self, app: ASGIApp, *, csp: str = API_CSP) -> None:
+        self.app, self.csp = app, csp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        csp = DOCS_CSP if path.startswith(_DOCS_PATHS) else self.csp
+        api = path.startswith("/api/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in (("content-security-policy", csp), *_COMMON):
+                    if name not in headers:
+                        headers[name] = value
+                if api and "cache-control" not in headers:
+                    headers["cache-control"] = "no-store"  # answers carry positions and names
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _csp(settings: Settings) -> str:
+    """The CSP, with the map tile server's origin allowed for images when one is configured."""
+    if not settings.map_tiles_url:
+        return API_CSP
+    parts = urlsplit(settings.map_tiles_url)
+    host = re.sub(r"\{[^}]*\}", "*", parts.netloc)  # https://{s}.tiles.example -> https://*.tiles.example
+    origin = f"{parts.scheme}://{host}" if "*" not in host.lstrip("*") else f"{parts.scheme}:"
+    return API_CSP.replace("img-src 'self' data:", f"img-src 'self' data: {origin}")
+
+
+def install(app: FastAPI, *, settings: Settings) -> None:
+    """The body limit, the security headers and the rate limiters (``app.state.limits``)."""
+    app.state.limits = Limits(
+        user=RateLimiter(rate_per_s=settings.rate_limit_user_per_s, burst=settings.rate_limit_user_burst,
+                         what="requests"),
+        sign_in=RateLimiter(rate_per_s=settings.rate_limit_sign_in_failures_per_min / 60,
+                            burst=settings.rate_limit_sign_in_failures_burst, what="failed sign-ins"),
+        device=RateLimiter(rate_per_s=settings.rate_limit_device_per_min / 60, burst=settings.rate_limit_device_burst,
+                           what="requests from this device"))
+    # Added last is outermost: the headers go on the body limit's 413 too.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(SecurityHeaders, csp=_csp(settings))

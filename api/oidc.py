@@ -1,0 +1,112 @@
+"""Bearer tokens from an external OpenID Connect provider (RS256 or ES256 JWTs).
+
+Configured by ``WATCHFLOOR_OIDC_ISSUER``, ``…_AUDIENCE`` and ``…_JWKS_URL`` (or
+``…_JWKS_FILE``). A token must be signed by a key of the provider's JWKS (chosen by ``kid``),
+with one of the allowed algorithms, carry the configured issuer and audience, and not be
+expired. The caller's name, role and areas come from claims (configurable, dotted paths
+such as ``realm_access.roles`` reach into nested claims). Exactly one Watchfloor role must
+be among the role claim's values, after stripping ``WATCHFLOOR_OIDC_ROLE_PREFIX``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from api.errors import NotAuthenticated
+from watchfloor.settings import Settings
+
+__all__ = ["ASYMMETRIC_ALGORITHMS", "OidcVerifier", "oidc_from_settings"]
+
+#: Never an HMAC algorithm here: the provider's keys are public.
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
+_LEEWAY_S = 30
+_JWKS_CACHE_S = 300
+
+
+def _claim(claims: dict[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [v for v in value.replace(",", " ").split() if v]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+class OidcVerifier:
+    """Verifies an OIDC provider's tokens; returns their claims and the mapped identity."""
+
+    def __init__(self, *, issuer: str, audience: str, jwks_url: str | None = None, jwks_file: Path | None = None,
+                 algorithms: Iterable[str] = ("RS256", "ES256"), username_claim: str = "preferred_username",
+                 roles_claim: str = "roles", areas_claim: str = "areas", role_prefix: str = "",
+                 known_roles: Iterable[str] = ()) -> None:
+        if (jwks_url is None) == (jwks_file is None):
+            raise ValueError("OIDC needs exactly one of WATCHFLOOR_OIDC_JWKS_URL and WATCHFLOOR_OIDC_JWKS_FILE")
+        self.algorithms = sorted(set(algorithms))
+        if not self.algorithms or not set(self.algorithms) <= ASYMMETRIC_ALGORITHMS:
+            raise ValueError(f"OIDC algorithms must be among {sorted(ASYMMETRIC_ALGORITHMS)}")
+        self.issuer, self.audience = issuer, audience
+        self.username_claim, self.roles_claim, self.areas_claim = username_claim, roles_claim, areas_claim
+        self.role_prefix, self.known_roles = role_prefix, frozenset(known_roles)
+        self._client = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=_JWKS_CACHE_S, timeout=5) \
+            if jwks_url is not None else None
+        self._keys = jwt.PyJWKSet.from_json(jwks_file.read_text()) if jwks_file is not None else None
+
+    def _key(self, token: str) -> jwt.PyJWK:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token)
+        assert self._keys is not None
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self._keys.keys:
+            if kid is None or key.key_id == kid:
+                return key
+        raise jwt.PyJWKError(f"no key {kid!r} in the JWKS file")
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The verified claims of ``token``; :class:`NotAuthenticated` if it is not valid."""
+        try:
+            key = self._key(token)
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=self.algorithms, issuer=self.issuer, audience=self.audience,
+                leeway=_LEEWAY_S, options={"require": ["exp", "iss", "aud", "sub"]})
+        except (jwt.PyJWTError, ValueError, KeyError) as error:
+            raise NotAuthenticated(f"invalid token: {error}") from None
+        return claims
+
+    def identity(self, claims: dict[str, Any]) -> tuple[str, str, list[str]]:
+        """(username, role name, areas) from verified claims."""
+        username = _claim(claims, self.username_claim) or claims.get("sub")
+        if not isinstance(username, str) or not username:
+            raise NotAuthenticated("the token names no user")
+        roles = {v.removeprefix(self.role_prefix) for v in _strings(_claim(claims, self.roles_claim))
+                 if v.startswith(self.role_prefix)} & self.known_roles
+        if len(roles) != 1:
+            found = ", ".join(sorted(roles)) or "none"
+            raise NotAuthenticated(f"the token must carry exactly one Watchfloor role in "
+                                   f"'{self.roles_claim}' (found: {found})")
+        return username, roles.pop(), _strings(_claim(claims, self.areas_claim))
+
+
+def oidc_from_settings(settings: Settings, *, known_roles: Iterable[str]) -> OidcVerifier | None:
+    """The verifier the settings describe, or None when OIDC is not configured."""
+    if settings.oidc_issuer is None and settings.oidc_audience is None:
+        return None
+    if not settings.oidc_issuer or not settings.oidc_audience:
+        raise ValueError("OIDC needs both WATCHFLOOR_OIDC_ISSUER and WATCHFLOOR_OIDC_AUDIENCE")
+    return OidcVerifier(issuer=settings.oidc_issuer, audience=settings.oidc_audience,
+                        jwks_url=settings.oidc_jwks_url, jwks_file=settings.oidc_jwks_file,
+                        algorithms=[a.strip() for a in settings.oidc_algorithms.split(",") if a.strip()],
+                        username_claim=settings.oidc_username_claim, roles_claim=settings.oidc_roles_claim,
+                        areas_claim=settings.oidc_areas_claim, role_prefix=settings.oidc_role_prefix,
+                        known_roles=known_roles)

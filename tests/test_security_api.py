@@ -1,0 +1,493 @@
+"""API hardening against the real database and broker: security headers, the body limit
+(413), rate limits (429 with Retry-After), failed sign-ins, the audit log through the API
+and what writes to it, OIDC tokens (RS256 from a JWKS served on loopback, ES256 from a
+file), and a strict CSP that still lets the page open its websocket in real Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+import psycopg
+import pytest
+import websockets
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from api import audit
+from telemetry.embedded import free_port
+from telemetry.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
+from tests.api_support import PASSWORD, add_test_users, client, running_api, token
+from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from tests.support import make_settings
+from watchfloor.mosquitto import MosquittoProcess
+
+ISSUER, AUDIENCE = "https://idp.test/realms/met", "watchfloor"
+DEVICES = [DeviceRecord("we-1", "WE001", "PC Ada", "Westminster", "response"),
+           DeviceRecord("ca-1", "CA001", "PC Cy", "Camden", "response")]
+
+
+@dataclass
+class Keys:
+    rsa: rsa.RSAPrivateKey
+    ec: ec.EllipticCurvePrivateKey
+    other: rsa.RSAPrivateKey  # not in the JWKS
+    jwks_url: str
+    jwks_file: Path
+
+
+class _Jwks(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    """Keys made for this run; the JWKS served by a local HTTP server on 127.0.0.1 and in a file."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "rsa-1", "use": "sig",
+               "alg": "RS256"}
+    ec_jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key())), "kid": "ec-1", "use": "sig",
+              "alg": "ES256"}
+    body = json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()
+    handler = type("Handler", (_Jwks,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    jwks_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    jwks_file.write_text(body.decode())
+    try:
+        yield Keys(rsa_key, ec_key, other, f"http://127.0.0.1:{server.server_address[1]}/certs", jwks_file)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _oidc_token(key: Any, kid: str, algorithm: str = "RS256", **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "f81d4fae", "preferred_username": "jo.bloggs@met.test",
+            "iat": now, "exp": now + 300, "realm_access": {"roles": ["offline_access", "watchfloor-operator"]},
+            "areas": ["Westminster"], **claims}
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=algorithm,
+                      headers={"kid": kid})
+
+
+@dataclass
+class Stack:
+    db: Database
+    broker: MosquittoProcess
+    base: str
+
+
+@pytest.fixture(scope="module")
+def db() -> Iterator[Database]:
+    if not _machine_pg_available():
+        pytest.skip("the machine's PostgreSQL is not reachable")
+    for database in _with_database(MACHINE_PG, "plain"):
+        with database.connect() as conn:
+            add_test_users(conn)
+            upsert_devices(conn, DEVICES)
+        yield database
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    process = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(db: Database, broker: MosquittoProcess, keys: Keys) -> Iterator[Stack]:
+    """The API with OIDC (JWKS over HTTP) and a small body limit."""
+    settings = make_settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_url=keys.jwks_url,
+                             oidc_roles_claim="realm_access.roles", oidc_role_prefix="watchfloor-",
+                             max_request_bytes=4096)
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+        yield Stack(db, broker, server.base)
+
+
+def _audit(db: Database, action: str) -> list[tuple[Any, ...]]:
+    with db.connect() as conn:
+        return conn.execute("SELECT actor, device_id, details FROM audit_log WHERE action = %s ORDER BY seq",
+                            (action,)).fetchall()
+
+
+# Security headers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, path", [("GET", "/healthz"), ("GET", "/api/v1/devices"), ("GET", "/openapi.json"),
+                                          ("GET", "/no/such/page"), ("POST", "/api/v1/auth/token"), ("GET", "/")])
+def test_security_headers_on_every_response(stack: Stack, method: str, path: str) -> None:
+    """Every response, error or not, carries the strict CSP and the other security headers;
+    API answers are not cached."""
+    response = httpx.request(method, stack.base + path, json={} if method == "POST" else None)
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    if path.startswith("/api/"):
+        assert response.headers["cache-control"] == "no-store"
+
+
+def test_docs_page_gets_a_csp_that_lets_it_render(stack: Stack) -> None:
+    """/docs (Swagger UI: an inline script and a CDN) has its own, looser CSP; nothing else does."""
+    csp = httpx.get(stack.base + "/docs").headers["content-security-policy"]
+    assert "cdn.jsdelivr.net" in csp and "frame-ancestors 'none'" in csp
+
+
+# Body limit ---------------------------------------------------------------------------
+
+def test_oversized_bodies_are_refused_with_413(stack: Stack) -> None:
+    """A body over the limit is refused with 413 in the error shape, whether its length is
+    declared or it arrives chunked; one under the limit is served."""
+    big = {"username": "op-all", "password": "x" * 5000}
+    declared = httpx.post(f"{stack.base}/api/v1/auth/token", json=big)
+    assert declared.status_code == 413
+    assert declared.json()["error"]["code"] == "payload_too_large"
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"username": "op-all", "password": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    chunked = httpx.post(f"{stack.base}/api/v1/auth/token", content=chunks(),
+                         headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "payload_too_large"
+    with client(stack.base, "op-all") as op:
+        incident = {"title": "t" * 100, "lat": 51.5, "lon": -0.1, "radius_m": 100, "borough": "Westminster",
+                    "pad": "z" * 5000}
+        assert op.post("/api/v1/incidents", json=incident).status_code == 413
+    assert httpx.post(f"{stack.base}/api/v1/auth/token", json={"username": "op-all", "password": PASSWORD}) \
+        .status_code == 200
+
+
+# Rate limits --------------------------------------------------------------------------
+
+def test_requests_per_user_are_limited_with_retry_after(db: Database, broker: MosquittoProcess) -> None:
+    """Past its burst a user gets 429 with Retry-After in the error shape; another user is
+    not affected; the bucket refills."""
+    settings = make_settings(rate_limit_user_per_s=2.0, rate_limit_user_burst=3)
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server, \
+            client(server.base, "op-all") as op, client(server.base, "admin") as admin:
+        statuses = [op.get("/api/v1/devices").status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        limited = op.get("/api/v1/devices")
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["retry-after"]) <= 2
+        assert admin.get("/api/v1/devices").status_code == 200
+        time.sleep(0.6)
+        assert op.get("/api/v1/devices").status_code == 200
+
+
+def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broker: MosquittoProcess) -> None:
+    """After the burst of failures, even the right password is refused (429) for that name
+    from that address; other names sign in; each failure and sign-in is audited."""
+    settings = make_settings(rate_limit_sign_in_failures_per_min=1.0, rate_limit_sign_in_failures_burst=3)
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+        url = f"{server.base}/api/v1/auth/token"
+        before = len(_audit(db, "sign_in_failed"))
+        for _ in range(3):
+            assert httpx.post(url, json={"username": "op-west", "password": "guess"}).status_code == 401
+        locked = httpx.post(url, json={"username": "op-west", "password": PASSWORD})
+        assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+        assert httpx.post(url, json={"username": "fleet", "password": PASSWORD}).status_code == 200
+    failed = _audit(db, "sign_in_failed")[before:]
+    assert [(a, d["client"]) for a, _, d in failed] == [("op-west", "127.0.0.1")] * 3
+    assert any(a == "fleet" and d["role"] == "fleet_manager" for a, _, d in _audit(db, "sign_in"))
+
+
+def test_rate_limiter_refills_and_stays_bounded() -> None:
+    """The token bucket: burst, then one per 1/rate seconds; the key table is bounded."""
+    from api.limits import RateLimiter
+
+    limiter = RateLimiter(rate_per_s=2.0, burst=2, what="things", max_keys=3)
+    assert [limiter.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
+    assert limiter.take("a", now=0.5) == 0.0
+    for key in "bcde":
+        limiter.take(key, now=1.0)
+    assert len(limiter._buckets) == 3
+
+
+# The audit log through the API, and what writes to it ---------------------------------
+
+def test_audit_api_is_for_auditors_filtered_and_bounded(stack: Stack) -> None:
+    """Auditors read the log newest first, filtered by actor, action, device and time; other
+    roles are refused; limits are bounded; the chain check is served too."""
+    with stack.db.connect() as conn:
+        conn.execute("INSERT INTO alerts (device_id, kind, severity, detail) VALUES ('we-1', 'emergency',"
+                     " 'critical', 'test') ON CONFLICT DO NOTHING")
+        alert_id = conn.execute("SELECT id FROM alerts WHERE device_id = 'we-1' AND kind = 'emergency'").fetchone()
+    assert alert_id is not None
+    with client(stack.base, "op-all") as op, client(stack.base, "audit") as auditor, \
+            client(stack.base, "admin") as admin:
+        assert op.post(f"/api/v1/alerts/{alert_id[0]}/acknowledge").status_code == 200
+        assert op.post(f"/api/v1/alerts/{alert_id[0]}/resolve", json={"outcome": "resolved", "note": "ok"}) \
+            .status_code == 200
+        for who in (op, admin):
+            assert who.get("/api/v1/audit").status_code == 403
+        everything = auditor.get("/api/v1/audit", params={"limit": 1000}).json()["items"]
+        seqs = [e["seq"] for e in everything]
+        assert seqs == sorted(seqs, reverse=True) and len(seqs) >= 3
+        handled = auditor.get("/api/v1/audit", params={"actor": "op-all", "device_id": "we-1"}).json()["items"]
+        assert [e["action"] for e in handled] == ["alert_resolved", "alert_acknowledged"]
+        assert handled[0]["details"]["outcome"] == "resolved" and handled[0]["details"]["alert_id"] == alert_id[0]
+        sign_ins = auditor.get("/api/v1/audit", params={"action": "sign_in", "limit": 1}).json()
+        assert len(sign_ins["items"]) == 1 and sign_ins["items"][0]["action"] == "sign_in"
+        future = auditor.get("/api/v1/audit", params={"start": "2099-01-01T00:00:00Z",
+                                                      "end": "2099-01-02T00:00:00Z"}).json()
+        assert future["items"] == []
+        for bad in ({"limit": 0}, {"limit": 1001}, {"action": "nonsense"}, {"start": "2020-01-01T00:00:00"},
+                    {"start": "2020-01-01T00:00:00Z", "end": "2024-01-01T00:00:00Z"}, {"device_id": "bad id"}):
+            assert auditor.get("/api/v1/audit", params=bad).status_code == 422, bad
+        check = auditor.get("/api/v1/audit/verify").json()
+        assert check["ok"] and check["entries"] >= len(everything)
+
+
+def test_retiring_a_device_revokes_its_secret_and_is_audited(stack: Stack) -> None:
+    """An admin retires a device: its secret stops working (broker credentials are separate),
+    and the act is in the log."""
+    with stack.db.connect() as conn:
+        secret = provision_device(conn, record=DeviceRecord("ret-1", None, None, "Camden", "response"))
+    with client(stack.base, "admin") as admin:
+        assert admin.post("/api/v1/devices/ret-1/retire").status_code == 200
+    with psycopg.connect(stack.db.url) as conn:
+        assert not verify_device_secret(conn, device_id="ret-1", secret=secret)
+    assert [(a, d, details) for a, d, details in _audit(stack.db, "device_retired")] == \
+        [("admin", "ret-1", {"credentials_revoked": True})]
+
+
+def test_audit_verify_command_exit_status(stack: Stack) -> None:
+    """`watchfloor audit verify` exits 0 on an intact log and 1 (naming the entry) after
+    tampering; --expect-head catches entries removed from the end."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")},
+           "WATCHFLOOR_DATABASE_URL": stack.db.url}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "watchfloor", "audit", "verify", *extra], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    with stack.db.connect() as conn:
+        audit.record(conn, actor="t", action="export", details={"what": "test"})
+        audit.record(conn, actor="t", action="export", details={"what": "test 2"})
+    intact = run()
+    assert intact.returncode == 0 and "audit log intact" in intact.stdout, intact.stdout + intact.stderr
+    head = intact.stdout.split("head: seq ")[1].split()[0]
+    with stack.db.connect() as conn:
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        conn.execute("DELETE FROM audit_log WHERE seq = %s", (int(head),))
+        conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+    assert run().returncode == 0  # the newest entry gone leaves no gap...
+    truncated = run("--expect-head", head)
+    assert truncated.returncode == 1 and "TAMPERED" in truncated.stdout  # ...but the kept head shows it
+    with stack.db.connect() as conn:
+        conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+        conn.execute("UPDATE audit_log SET details = '{\"what\": \"nothing\"}' WHERE seq = %s", (int(head) - 1,))
+        conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+    tampered = run()
+    assert tampered.returncode == 1 and f"TAMPERED changed   entry {int(head) - 1}" in tampered.stdout
+
+
+# OIDC ---------------------------------------------------------------------------------
+
+def test_oidc_token_from_a_jwks_url(stack: Stack, keys: Keys) -> None:
+    """An RS256 token of the provider (key from its JWKS over HTTP) is accepted, with the role
+    and areas its claims give; local tokens keep working."""
+    bearer = _oidc_token(keys.rsa, "rsa-1")
+    response = httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
+    assert response.status_code == 200, response.text
+    assert [d["device_id"] for d in response.json()["items"]] == ["we-1"]  # areas: Westminster only
+    auditor = _oidc_token(keys.rsa, "rsa-1", realm_access={"roles": ["watchfloor-auditor"]}, areas=["*"])
+    assert httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {auditor}"}) \
+        .status_code == 403
+    assert httpx.get(f"{stack.base}/api/v1/audit", headers={"Authorization": f"Bearer {auditor}"}).status_code == 200
+    with client(stack.base, "op-all") as local:
+        assert local.get("/api/v1/devices").status_code == 200
+
+
+@pytest.mark.parametrize("case", ["unknown key", "wrong issuer", "wrong audience", "expired", "no role",
+                                  "two roles", "alg none", "hs256 with the public key", "no kid match"])
+def test_oidc_tokens_that_must_be_refused(stack: Stack, keys: Keys, case: str) -> None:
+    """Tokens not signed by the provider's key, for another issuer or audience, expired,
+    without exactly one Watchfloor role, or with a downgraded algorithm: 401."""
+    now = int(time.time())
+    bearer = {
+        "unknown key": lambda: _oidc_token(keys.other, "rsa-1"),
+        "wrong issuer": lambda: _oidc_token(keys.rsa, "rsa-1", iss="https://evil.test"),
+        "wrong audience": lambda: _oidc_token(keys.rsa, "rsa-1", aud="another-app"),
+        "expired": lambda: _oidc_token(keys.rsa, "rsa-1", iat=now - 900, exp=now - 600),
+        "no role": lambda: _oidc_token(keys.rsa, "rsa-1", realm_access={"roles": ["offline_access"]}),
+        "two roles": lambda: _oidc_token(keys.rsa, "rsa-1",
+                                         realm_access={"roles": ["watchfloor-operator", "watchfloor-admin"]}),
+        "alg none": lambda: jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60,
+                                        "realm_access": {"roles": ["watchfloor-admin"]}}, None, algorithm="none"),
+        "hs256 with the public key": lambda: _forged_hs256(keys),
+        "no kid match": lambda: _oidc_token(keys.rsa, "nope"),
+    }[case]()
+    response = httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "not_authenticated"
+
+
+def _forged_hs256(keys: Keys) -> str:
+    """The classic confusion attack: HMAC-sign with the provider's public key as the secret."""
+    import base64
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import serialization
+    pem = keys.rsa.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(orjson.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}))
+    body = b64(orjson.dumps({"iss": "watchfloor", "aud": AUDIENCE, "sub": "x", "role": "admin", "areas": ["*"],
+                             "exp": int(time.time()) + 60}))
+    signature = b64(hmac.new(pem, f"{header}.{body}".encode(), hashlib.sha256).digest())
+    return f"{header}.{body}.{signature}"
+
+
+def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: MosquittoProcess,
+                                                          keys: Keys) -> None:
+    """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too."""
+    settings = make_settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=keys.jwks_file,
+                             oidc_roles_claim="realm_access.roles", oidc_role_prefix="watchfloor-")
+    bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256")
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+        response = httpx.get(f"{server.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
+        assert response.status_code == 200, response.text
+
+        async def snapshot() -> dict[str, Any]:
+            async with websockets.connect(server.base.replace("http", "ws") + "/api/v1/live") as ws:
+                await ws.send(orjson.dumps({"type": "auth", "token": bearer}).decode())
+                return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+
+        frame = asyncio.run(snapshot())
+        assert frame["type"] == "snapshot" and [u["device_id"] for u in frame["units"]] == ["we-1"]
+
+
+def test_misconfigured_oidc_refuses_to_start() -> None:
+    """An issuer without an audience, two JWKS sources or an HMAC algorithm is a start-up error."""
+    from api.oidc import OidcVerifier, oidc_from_settings
+
+    with pytest.raises(ValueError):
+        oidc_from_settings(make_settings(oidc_issuer=ISSUER), known_roles=["operator"])
+    with pytest.raises(ValueError):
+        OidcVerifier(issuer=ISSUER, audience=AUDIENCE, jwks_url="http://127.0.0.1:1/", jwks_file=Path("/x"))
+    with pytest.raises(ValueError):
+        OidcVerifier(issuer=ISSUER, audience=AUDIENCE, jwks_url="http://127.0.0.1:1/", algorithms=["HS256"])
+    assert oidc_from_settings(make_settings(), known_roles=["operator"]) is None
+
+
+# Tokens in logs, secrets at start-up ---------------------------------------------------
+
+def test_tokens_never_reach_the_logs(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """Requests with a bearer token (good and bad), sign-ins and the live feed's auth message
+    leave no token or password in any log record."""
+    caplog.set_level(logging.DEBUG)
+    bearer = token(stack.base, "op-all")
+    with httpx.Client(base_url=stack.base, headers={"Authorization": f"Bearer {bearer}"}) as c:
+        c.get("/api/v1/devices")
+        c.get("/api/v1/devices/we-1", headers={"Authorization": f"Bearer {bearer}x"})
+        c.post("/api/v1/auth/token", json={"username": "op-all", "password": "wrong password here"})
+
+    async def feed() -> None:
+        async with websockets.connect(stack.base.replace("http", "ws") + "/api/v1/live") as ws:
+            await ws.send(orjson.dumps({"type": "auth", "token": bearer}).decode())
+            await asyncio.wait_for(ws.recv(), 10)
+
+    asyncio.run(feed())
+    # The server's records: everything but this test's own clients (httpx, the websockets client).
+    server = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore", "websockets.client"))]
+    assert any(r.name == "watchfloor.access" for r in server)
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in server)
+    assert bearer not in logged and bearer[-20:] not in logged
+    assert PASSWORD not in logged and "wrong password here" not in logged
+
+
+def test_api_refuses_to_start_with_a_weak_secret() -> None:
+    """create_app (every entry point's way in) refuses a signing secret under 32 bytes."""
+    from api.app import create_app
+
+    for weak in ("", "changeme", "x" * 31):
+        with pytest.raises(ValueError):
+            create_app(settings=make_settings(), database_url="postgresql://unused", mqtt_url="mqtt://unused",
+                       signing_secret=weak)
+
+
+# A strict CSP in a real browser ---------------------------------------------------------
+
+def test_chromium_opens_the_live_websocket_under_the_csp(stack: Stack) -> None:
+    """Headless Chromium on the API's page: connect-src 'self' lets the page open the
+    same-origin websocket and get a snapshot, while an inline script and a request to another
+    origin are blocked as CSP violations."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("/usr/bin/chromium is not installed")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    bearer = token(stack.base, "op-all")
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-csp-") as profile:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=str(chromium), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = context.new_page()
+            violations: list[str] = []
+            page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            response = page.goto(stack.base + "/healthz")
+            assert response is not None and "connect-src 'self'" in response.headers["content-security-policy"]
+            frame_type = page.evaluate("""(token) => new Promise((resolve, reject) => {
+                const ws = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/live');
+                ws.onopen = () => ws.send(JSON.stringify({type: 'auth', token}));
+                ws.onmessage = (event) => { resolve(JSON.parse(event.data).type); ws.close(); };
+                ws.onerror = () => reject(new Error('websocket refused'));
+                setTimeout(() => reject(new Error('timeout')), 10000);
+            })""", bearer)
+            assert frame_type == "snapshot"
+            blocked = page.evaluate("""(other) => new Promise((resolve) => {
+                const seen = [];
+                document.addEventListener('securitypolicyviolation', (e) => seen.push(e.violatedDirective));
+                const s = document.createElement('script');
+                s.textContent = 'window.injected = true';
+                document.body.appendChild(s);
+                fetch(other).catch(() => {}).finally(() => setTimeout(() => resolve(
+                    {seen, injected: window.injected === true}), 200));
+            })""", "http://127.0.0.2:9/")
+            assert blocked["injected"] is False
+            assert any(d.startswith("script-src") for d in blocked["seen"]), blocked
+            assert any(d.startswith("connect-src") for d in blocked["seen"]), blocked
+        finally:
+            context.close()

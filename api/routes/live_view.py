@@ -179,13 +179,17 @@ def _created(answer: str, location: str) -> Response:
 
 _SDP_BODY: dict[int | str, dict[str, Any]] = {
     201: {"content": {_SDP: {}}, "description": "the SDP answer; Location names the session"},
-    415: {"model": ErrorBody}}
+    415: {"model": ErrorBody}, 429: {"model": ErrorBody}}
 
 
 @router.post("/whip/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,
              summary="WHIP: the camera publishes (bearer: the device's own secret; only under consent)")
 async def whip(device_id: DeviceId, request: Request) -> Response:
     secret = bearer(request.headers.get("authorization"))
+    # Before the (deliberately slow) secret check; keyed by address too, so that someone
+    # guessing at a device's secret from elsewhere does not lock the camera itself out.
+    client = request.client.host if request.client else None
+    request.app.state.limits.device.hit(f"{client}|{device_id}")
     session = await _service(request).publish(device_id, secret, await _offer(request))
     return _created(session.answer_sdp, f"/api/v1/whip/{device_id}/{session.id}")
 

@@ -1,0 +1,177 @@
+"""The deployment files agree with the code: every command they run is a real `watchfloor`
+subcommand, every WATCHFLOOR_* variable a real setting, every file they mount exists (but
+the operator's secrets), probes point at real routes and liveness never at the database,
+each ingest worker has a stable client id of its own, and the alert rules name real
+metrics. (No container runtime here: this is what can be checked without one.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from watchfloor.cli import _parser
+from watchfloor.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SETTINGS = {f"WATCHFLOOR_{name.upper()}" for name in Settings.model_fields}
+
+
+def _load(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def _compose() -> dict[str, Any]:
+    doc = _load(DEPLOY / "compose.yaml")[0]
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _watchfloor_services() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in _compose()["services"].items() if "watchfloor" in str(svc.get("image", ""))}
+
+
+def _k8s_workloads() -> list[dict[str, Any]]:
+    docs = [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in _load(path)]
+    return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")]
+
+
+def _watchfloor_containers() -> list[tuple[str, dict[str, Any]]]:
+    return [(w["metadata"]["name"], c) for w in _k8s_workloads()
+            for c in w["spec"]["template"]["spec"]["containers"] if c["image"] == "watchfloor"]
+
+
+def test_every_deployment_file_parses() -> None:
+    """Every YAML file under deploy/ is valid YAML."""
+    files = list(DEPLOY.rglob("*.yaml")) + list(DEPLOY.rglob("*.yml"))
+    assert len(files) >= 8
+    for path in files:
+        _load(path)
+
+
+def test_compose_runs_real_commands_with_real_settings() -> None:
+    """Each Watchfloor service's command parses with the CLI, and its variables are settings."""
+    services = _watchfloor_services()
+    assert {"ingest-1", "ingest-2", "api-1", "api-2"} <= set(services)
+    for name, svc in services.items():
+        _parser().parse_args(svc["command"])
+        unknown = {k for k in svc["environment"] if k.startswith("WATCHFLOOR_")} - SETTINGS
+        assert not unknown, f"{name}: not settings: {unknown}"
+
+
+def test_compose_ingest_workers_share_one_group_with_distinct_ids() -> None:
+    """Two ingest workers, one $share group, a stable client id each, metrics on a port."""
+    ingest = [svc for svc in _watchfloor_services().values() if svc["command"] == ["ingest"]]
+    assert len(ingest) == 2
+    ids = {svc["environment"]["WATCHFLOOR_INGEST_CLIENT_ID"] for svc in ingest}
+    assert len(ids) == 2
+    assert {svc["environment"]["WATCHFLOOR_INGEST_SHARE_GROUP"] for svc in ingest} == {"watchfloor-ingest"}
+    assert all(svc["environment"]["WATCHFLOOR_METRICS_PORT"] == "9108" for svc in ingest)
+
+
+def test_compose_health_checks_and_mounts() -> None:
+    """Every service has a health check, no Watchfloor check asks for /readyz (liveness must
+    not depend on the database), and every mounted file exists but the operator's secrets."""
+    for name, svc in _compose()["services"].items():
+        assert "healthcheck" in svc, f"{name} has no health check"
+        test = " ".join(svc["healthcheck"]["test"])
+        assert "/readyz" not in test
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./") and not source.startswith("./secrets/"):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+    assert (DEPLOY / ".gitignore").read_text().count("secrets/") == 1
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    assert re.search(r"^persistence true$", conf, re.M), "broker sessions would not survive its restart"
+
+
+def test_k8s_containers_run_real_commands_with_real_settings() -> None:
+    """Each Watchfloor container's args parse with the CLI; every variable it gets (directly
+    or from the ConfigMap) is a setting; secrets come from Secrets, not the ConfigMap."""
+    config = next(d for d in _load(DEPLOY / "k8s" / "configmap.yaml") if d["kind"] == "ConfigMap")
+    assert set(config["data"]) <= SETTINGS, set(config["data"]) - SETTINGS
+    assert not {"WATCHFLOOR_DATABASE_URL", "WATCHFLOOR_MQTT_URL", "WATCHFLOOR_AUTH_SECRET"} & set(config["data"])
+    containers = _watchfloor_containers()
+    assert {name for name, _ in containers} == {"watchfloor-ingest", "watchfloor-api"}
+    for name, container in containers:
+        _parser().parse_args(container["args"])
+        names = {e["name"] for e in container.get("env", [])}
+        assert names <= SETTINGS, names - SETTINGS
+        refs = {ref.get("secretRef", {}).get("name") for ref in container["envFrom"]} - {None}
+        assert "watchfloor-db" in refs, f"{name} gets no database URL"
+
+
+def test_k8s_probes_liveness_never_on_the_database() -> None:
+    """API: liveness /healthz, readiness /readyz, both real routes; ingest: liveness on its
+    metrics port; no liveness probe asks for /readyz."""
+    from api.app import create_app
+
+    app = create_app(settings=Settings(), database_url="postgresql://unused", mqtt_url="mqtt://127.0.0.1:1",
+                     signing_secret="x" * 40)
+    routes = set(app.openapi()["paths"])
+    probes = {name: c for name, c in _watchfloor_containers()}
+    api, ingest = probes["watchfloor-api"], probes["watchfloor-ingest"]
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
+    assert ingest["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    for _, container in _watchfloor_containers():
+        assert container["livenessProbe"]["httpGet"]["path"] != "/readyz"
+
+
+def test_k8s_ingest_is_a_statefulset_named_per_pod() -> None:
+    """Ingest runs as a StatefulSet whose pod name (stable) is the MQTT client id."""
+    ingest = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-ingest")
+    assert ingest["kind"] == "StatefulSet" and ingest["spec"]["replicas"] >= 2
+    env = ingest["spec"]["template"]["spec"]["containers"][0]["env"]
+    client_id = next(e for e in env if e["name"] == "WATCHFLOOR_INGEST_CLIENT_ID")
+    assert client_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    """kustomize applies every manifest, and never the placeholder secrets."""
+    listed = set(_load(DEPLOY / "k8s" / "kustomization.yaml")[0]["resources"])
+    present = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present - {"secrets.example.yaml"}
+
+
+def test_image_is_non_root_with_the_watchfloor_entry_point_and_every_package() -> None:
+    """The image runs as a non-root user, starts `watchfloor`, and copies every package."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^USER 10001", dockerfile, re.M)
+    assert 'ENTRYPOINT ["watchfloor"]' in dockerfile
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    top = {p.split(".")[0] for p in project["tool"]["setuptools"]["packages"]}
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
+    for package in top:
+        assert f"COPY {package} ./{package}" in dockerfile, f"the image lacks {package}"
+        assert f"!{package}/" in ignore
+    assert project["project"]["scripts"]["watchfloor"] == "watchfloor.cli:main"
+
+
+@pytest.mark.parametrize("rules", ["alerts.yml"])
+def test_alert_rules_name_real_metrics(rules: str) -> None:
+    """Every watchfloor_* series in the alert rules is one the code exports."""
+    source = (ROOT / "telemetry" / "metrics.py").read_text() + (ROOT / "api" / "observability.py").read_text()
+    text = (DEPLOY / "prometheus" / rules).read_text()
+    for name in set(re.findall(r"watchfloor_[a-z_]+", text)):
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        short = base.removeprefix("watchfloor_relay_")
+        assert f'"{base}"' in source or f'"{short}"' in source, f"{name} is not exported"
+
+
+def test_metrics_and_probes_stay_inside() -> None:
+    """Neither the Ingress nor the compose proxy routes /metrics or /readyz from outside: no
+    Prefix "/" path, and nginx answers them 404 itself."""
+    for ingress in _load(DEPLOY / "k8s" / "ingress.yaml"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert not (path["path"] == "/" and path["pathType"] == "Prefix")
+                assert not path["path"].startswith(("/metrics", "/readyz", "/healthz"))
+    nginx = (DEPLOY / "nginx" / "watchfloor.conf").read_text()
+    assert "location = /metrics { return 404; }" in nginx and "location = /readyz  { return 404; }" in nginx

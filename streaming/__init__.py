@@ -7,9 +7,11 @@ WHIP/WHEP exchange, for tests, benchmarks and simulated cameras.
 """
 
 from .errors import InvalidOffer, NoSuchStream, RelayError
+from .metrics import HistogramSnapshot
 from .relay import IceServerConfig, Relay, RelayEvent, RelayStats, Session
 
 __all__ = [
+    "HistogramSnapshot",
     "IceServerConfig",
     "InvalidOffer",
     "NoSuchStream",

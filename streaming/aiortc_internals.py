@@ -18,6 +18,8 @@ falling back to decoding every frame.
   handed to a callback instead (the relay forwards it to the publisher).
 * **Picture loss sent by a receiver** (:func:`send_picture_loss`), to ask a publisher
   for a keyframe.
+* **The codec a transceiver negotiated** (:func:`negotiated_codec`): aiortc keeps it in
+  ``RTCRtpTransceiver._codecs`` once the remote description is set.
 * **Host candidates from chosen addresses** (:func:`restrict_host_candidates`). aioice
   offers every interface address; a relay behind a known address (or a test that must
   stay on loopback) offers only those.
@@ -31,7 +33,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -40,6 +42,7 @@ __all__ = [
     "AiortcChanged",
     "MarkerJitterBuffer",
     "TappedFrame",
+    "negotiated_codec",
     "on_keyframe_request",
     "restrict_host_candidates",
     "send_picture_loss",
@@ -194,6 +197,14 @@ def tap_encoded_frames(receiver: RTCRtpReceiver,
 
     setattr(receiver, _DECODER_QUEUE, _FrameTap(forward))
     return buffer
+
+
+def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:
+    """The first (sending) codec negotiated for ``transceiver``, after ``setRemoteDescription``."""
+    codecs = getattr(transceiver, "_codecs", None)
+    if codecs is None:
+        raise AiortcChanged("RTCRtpTransceiver has no _codecs")
+    return codecs[0] if codecs else None
 
 
 async def send_picture_loss(receiver: RTCRtpReceiver, media_ssrc: int) -> None:

@@ -14,12 +14,15 @@ class EncodedFrame:
     """One complete encoded picture, as it came out of the publisher's jitter buffer.
 
     ``timestamp`` is in RTP clock ticks (90 kHz), counted from the stream's first frame;
-    ``data`` is the codec's bitstream (VP8 frame, or H264 Annex B with start codes).
+    ``data`` is the codec's bitstream (VP8 frame, or H264 Annex B with start codes);
+    ``received_at`` is when the relay had it whole (event loop clock), to measure how
+    long forwarding took.
     """
 
     data: bytes
     timestamp: int
     keyframe: bool
+    received_at: float = 0.0
 
 
 def is_keyframe(codec: str, data: bytes) -> bool:

@@ -36,6 +36,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from .aiortc_internals import (
     MarkerJitterBuffer,
     TappedFrame,
+    negotiated_codec,
     on_keyframe_request,
     restrict_host_candidates,
     send_picture_loss,
@@ -43,6 +44,7 @@ from .aiortc_internals import (
 )
 from .errors import InvalidOffer, NoSuchStream
 from .frames import EncodedFrame, is_keyframe, starts_frame
+from .metrics import DelayHistogram, HistogramSnapshot
 from .offer import check_offer
 from .queues import KeyframeThrottle, ViewerQueue
 from .tracks import ForwardedTrack
@@ -102,6 +104,9 @@ class RelayStats:
     ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
     waiting for a keyframe (after joining, after an overflow, after a gap in the
     publisher's stream). ``queue_overflows`` counts how often a viewer's queue was full.
+    ``incomplete_frames`` counts frames the publisher's jitter buffer gave up on.
+    ``forward_delay`` is what the relay adds per frame and viewer: from the frame being
+    whole in the publisher's jitter buffer to its last packet sent to the viewer.
     """
 
     streams: int
@@ -114,6 +119,7 @@ class RelayStats:
     queue_overflows: int
     keyframe_requests: int
     incomplete_frames: int
+    forward_delay: HistogramSnapshot
 
 
 @dataclass
@@ -202,6 +208,7 @@ class Relay:
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters = _Counters()
+        self._forward_delay = DelayHistogram()
         self._closed = False
 
     # -- queries ---------------------------------------------------------------
@@ -220,7 +227,8 @@ class Relay:
             frames_received=c.frames_received, bytes_received=c.bytes_received,
             frames_forwarded=c.frames_forwarded, bytes_forwarded=c.bytes_forwarded,
             frames_dropped=c.frames_dropped, queue_overflows=c.queue_overflows,
-            keyframe_requests=c.keyframe_requests, incomplete_frames=c.incomplete_frames)
+            keyframe_requests=c.keyframe_requests, incomplete_frames=c.incomplete_frames,
+            forward_delay=self._forward_delay.snapshot())
 
     # -- sessions --------------------------------------------------------------
 
@@ -278,7 +286,7 @@ class Relay:
                          queue=ViewerQueue(capacity=self._queue_frames), codec=codec)
         transceiver = pc.addTransceiver("video", direction="sendonly")
         transceiver.setCodecPreferences(_capabilities((codec,)))
-        track = ForwardedTrack(viewer.queue)
+        track = ForwardedTrack(viewer.queue, on_sent=self._forward_delay.record)
         transceiver.sender.replaceTrack(track)
         on_keyframe_request(transceiver.sender, lambda: self._viewer_wants_keyframe(viewer))
         answer = await self._answer(viewer, transceiver, sdp, before_answer=None)
@@ -330,13 +338,14 @@ class Relay:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:  # aiortc raises several types for an offer it cannot take
                 raise InvalidOffer(f"cannot use the offer: {exc}") from exc
-            if transceiver.mid is None or not transceiver._codecs:
+            codec = negotiated_codec(transceiver)
+            if transceiver.mid is None or codec is None:
                 raise InvalidOffer("no video section the relay can use")
             for other in pc.getTransceivers():
                 if other is not transceiver:
                     other.direction = "inactive"  # audio, extra video: not relayed, never decoded
             if isinstance(peer, _Publisher):
-                peer.codec = transceiver._codecs[0].mimeType
+                peer.codec = codec.mimeType
             if before_answer is not None:
                 before_answer()
             if self._host_addresses is not None:
@@ -411,7 +420,8 @@ class Relay:
         timestamp = stream.rebase(publisher, frame.timestamp)
         if not stream.viewers:
             return  # a publisher nobody watches costs this much and no more
-        encoded = EncodedFrame(data=frame.data, timestamp=timestamp, keyframe=keyframe)
+        encoded = EncodedFrame(data=frame.data, timestamp=timestamp, keyframe=keyframe,
+                               received_at=asyncio.get_running_loop().time())
         for viewer in stream.viewers.values():
             if not viewer.connected:
                 continue

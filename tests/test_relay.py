@@ -254,6 +254,34 @@ def test_joining_viewer_gets_a_keyframe_promptly() -> None:
     run(scenario())
 
 
+def test_h264_is_forwarded_too() -> None:
+    """A camera that sends H264 is forwarded as H264: a tapping viewer's first frame is a
+    keyframe, a decoding viewer reads consecutive frame numbers, and a viewer that only
+    accepts VP8 is refused with InvalidOffer."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        pub = await start_publisher(track=SyntheticVideoTrack(width=320, height=240), codec="video/H264",
+                                    exchange=exchange_with(lambda o: relay.publish("cam-1", o)),
+                                    host_addresses=LOOPBACK)
+        frames: list[EncodedFrame] = []
+        tap = await tap_viewer(relay, "cam-1", frames)
+        decoder = await start_viewer(exchange=exchange_with(lambda o: relay.view("cam-1", o)), host_addresses=LOOPBACK)
+        await until(lambda: len(frames) >= 10, what="H264 frames")
+        assert frames[0].keyframe and is_keyframe("h264", frames[0].data)
+        assert decoder.track is not None
+        numbers = [read_frame_number(await decoder.track.recv()) for _ in range(10)]  # type: ignore[arg-type]
+        assert numbers == list(range(numbers[0], numbers[0] + 10))  # type: ignore[arg-type]
+        with pytest.raises(InvalidOffer):
+            await start_viewer(exchange=exchange_with(lambda o: relay.view("cam-1", o)), codecs=("video/VP8",),
+                               host_addresses=LOOPBACK)
+        for pc in (tap.pc, decoder.pc, pub):
+            await pc.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
 def test_viewer_of_unknown_stream_is_refused() -> None:
     """Viewing a stream nobody publishes raises NoSuchStream and leaves nothing open."""
 

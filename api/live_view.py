@@ -198,7 +198,10 @@ class LiveView:
             return
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._from_broker, message.topic, payload)
+            try:
+                loop.call_soon_threadsafe(self._from_broker, message.topic, payload)
+            except RuntimeError:  # the loop closed under us: the app is stopping
+                pass
 
     # the event loop
 

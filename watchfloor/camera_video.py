@@ -25,7 +25,6 @@ from telemetry.simulator.video import VideoUplink, load_secrets
 __all__ = ["provision_in_background", "uplink_from_files"]
 
 log = logging.getLogger(__name__)
-_BATCH = 25
 
 
 def uplink_from_files(*, api_url: str | None, secrets_file: Path | None) -> VideoUplink | None:
@@ -36,21 +35,19 @@ def uplink_from_files(*, api_url: str | None, secrets_file: Path | None) -> Vide
 
 
 def provision_in_background(database_url: str, units: Sequence[Unit], secrets: dict[str, str]) -> threading.Thread:
-    """Give every unit a device secret (a committed batch at a time), filling ``secrets``
-    as it goes, which the running uplink reads. Each provisioning is audited."""
+    """Give every unit a device secret, filling ``secrets`` as it goes, which the running
+    uplink reads. Each provisioning is audited."""
     def run() -> None:
         try:
             with psycopg.connect(database_url) as conn:
-                for start in range(0, len(units), _BATCH):
-                    made: dict[str, str] = {}
-                    for unit in units[start:start + _BATCH]:
-                        record = DeviceRecord(unit.device_id, unit.callsign, unit.officer, unit.borough.name,
-                                              unit.role)
-                        made[unit.device_id] = provision_device(conn, record=record)
-                        audit.record(conn, actor="demo", action="device_provisioned", device_id=unit.device_id,
-                                     details={"by": "watchfloor demo"})
+                for unit in units:
+                    record = DeviceRecord(unit.device_id, unit.callsign, unit.officer, unit.borough.name, unit.role)
+                    secret = provision_device(conn, record=record)  # the argon2 hash: before the audit lock
+                    audit.record(conn, actor="demo", action="device_provisioned", device_id=unit.device_id,
+                                 details={"by": "watchfloor demo"})
+                    # One device per transaction: the audit chain's lock is held until commit.
                     conn.commit()
-                    secrets.update(made)  # only once committed: a secret the API cannot verify is no use
+                    secrets[unit.device_id] = secret  # only once committed: the API must know it
         except Exception:  # the demo goes on without video for the rest
             log.exception("provisioning the demo fleet's secrets failed")
 

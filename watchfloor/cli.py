@@ -165,7 +165,6 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
                         client_prefix="watchfloor-demo-sim", video=video,
                         profile=FleetProfile(watch_me_per_h=args.watch_me_per_h))
         _register(db_url, sim)
-        provision_in_background(db_url, sim.units, secrets)
         worker = IngestWorker(settings=settings, database_url=db_url, mqtt_url=mqtt_url)
         done = _stop_on_signals(worker, sim)
         ready = threading.Event()
@@ -176,6 +175,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         sim_thread.start()
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
         server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+        # After the API is up: each secret is an argon2 hash, and they would slow its start.
+        provision_in_background(db_url, sim.units, secrets)
         print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
               f"{args.port}/api/v1/live)")
         print(f"  try:      psql '{db_url}' -c 'select * from device_latest limit 5'")

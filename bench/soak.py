@@ -122,6 +122,14 @@ def _stored(db_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _bytes_per_row(db_url: str) -> float:
+    """Table and index bytes per stored report, over the day partitions of ``telemetry``."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("SELECT sum(pg_total_relation_size(i.inhrelid)), (SELECT count(*) FROM telemetry) "
+                           "FROM pg_inherits i WHERE i.inhparent = 'telemetry'::regclass").fetchone()
+    return float(row[0]) / row[1] if row and row[0] and row[1] else float("nan")
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
@@ -210,6 +218,8 @@ def main() -> None:
                 time.sleep(0.5)
             print(f"\nsent {sent}, stored {_stored(db_url)} (caught up {time.monotonic() - t_end:.1f} s after the "
                   f"load stopped); live clients got {clients.snapshots} snapshots and {clients.frames} frames")
+            print(f"telemetry on disk (plain PostgreSQL, table and indexes): {_bytes_per_row(db_url):.0f} "
+                  "bytes per report")
             _summary(rows)
         finally:
             if clients is not None:

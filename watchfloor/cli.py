@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,9 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
         MetricsServer(registry, host=settings.metrics_host, port=settings.metrics_port)  # a daemon thread
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     _stop_on_signals(worker)
-    threading.Thread(target=_report, args=(worker, None), daemon=True).start()
+    # With JSON logs, stdout must carry JSON objects only: the status line becomes a log record.
+    emit = _status_logger if settings.log_format == "json" else _status_printer
+    threading.Thread(target=_report, args=(worker, None), kwargs={"emit": emit}, daemon=True).start()
     worker.run()
 
 
@@ -129,7 +131,16 @@ def _report_simulator(sim: Simulator, every_s: float) -> None:
         last, last_at = published, now
 
 
-def _report(worker: IngestWorker, sim: Simulator | None, every_s: float = 10.0) -> None:
+def _status_printer(line: str) -> None:
+    print(line, flush=True)
+
+
+def _status_logger(line: str) -> None:
+    log.info(line, extra={"event": "ingest_status"})
+
+
+def _report(worker: IngestWorker, sim: Simulator | None, every_s: float = 10.0,
+            emit: Callable[[str], None] = _status_printer) -> None:
     while True:
         time.sleep(every_s)
         s = worker.stats
@@ -139,7 +150,7 @@ def _report(worker: IngestWorker, sim: Simulator | None, every_s: float = 10.0) 
                 f"queue {worker.queue_depth}, commit lag {s.last_commit_lag_s * 1000:.0f} ms")
         if sim is not None:
             line += f"; simulator published {sim.stats.published}"
-        print(line, flush=True)
+        emit(line)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:

@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=22_000)
     parser.add_argument("--interval", type=float, default=2.0, help="simulator report interval (s)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each frame-rate measurement")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each frame-rate measurement")
     parser.add_argument("--loads", type=int, default=3, help="page loads timed")
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
@@ -131,7 +131,7 @@ def main() -> None:
                 saved = json.dumps(json.dumps(session))
                 context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
                 page = context.new_page()
-                loads = _load_times(page, base, args.devices, args.loads)
+                loads = _load_times(page, base, args.devices, 1)
                 page.wait_for_timeout(2000)
                 frames = {
                     "grouped, still": _frames(page, args.seconds, grouping=True, pan=False),
@@ -139,6 +139,7 @@ def main() -> None:
                     "grouped, panning every frame": _frames(page, args.seconds, grouping=True, pan=True),
                     "every unit drawn, panning every frame": _frames(page, args.seconds, grouping=False, pan=True),
                 }
+                loads += _load_times(page, base, args.devices, args.loads - 1)
                 context.close()
         finally:
             for proc in procs:
@@ -161,11 +162,12 @@ def main() -> None:
           f"| {statistics.median(r['drawn_ms'] for r in loads):.0f} | |")
     print()
     print("| map while updates stream | fps | p95 frame (ms) | worst frame (ms) | unit-layer redraws/s "
-          "| slowest redraw (ms) | groups |")
-    print("|---|---|---|---|---|---|---|")
+          "| slowest redraw (ms) | groups | deltas/s | unit updates/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, f in frames.items():
         print(f"| {name} | {f['fps']:.1f} | {f['p95FrameMs']:.1f} | {f['maxFrameMs']:.0f} "
-              f"| {f['unitRenders'] / f['seconds']:.1f} | {f['maxUnitRenderMs']:.1f} | {f['clusters']} |")
+              f"| {f['unitRenders'] / f['seconds']:.1f} | {f['maxUnitRenderMs']:.1f} | {f['clusters']} "
+              f"| {f['deltas'] / f['seconds']:.1f} | {f['deltaUnits'] / f['seconds']:.0f} |")
 
 
 if __name__ == "__main__":

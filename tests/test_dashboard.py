@@ -409,3 +409,40 @@ def test_export_cells_cannot_become_spreadsheet_formulas(stack: Stack) -> None:
     with client(stack.base, "fleet") as fleet:
         rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(fleet.get("/api/v1/fleet/export.csv").text))}
     assert rows["evil-1"]["callsign"] == "'=HYPERLINK(\"x\")"
+
+
+def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Database, mosquitto: MosquittoProcess,
+                                                                     browser_page: Any) -> None:
+    """From a unit's panel, Live view asks for a reason, shows the request as pending until the
+    simulated camera accepts (over MQTT), then plays the camera's stream (WHIP in, WHEP out)
+    in a tile whose video clock advances; the tile says who else watches; closing it ends the
+    viewing, recorded with the reason given."""
+    from tests.test_live_view import SIM_UNIT, WE1, simulated_camera
+    from tests.test_live_view import stack as live_view_stack
+
+    page = browser_page
+    with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, simulated_camera(s, decline_share=0.0):
+        sign_in(page, s.base, "op-all")
+        page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+        page.fill("#filter-search", SIM_UNIT.callsign)
+        page.click(f"#search-results button:has-text('{SIM_UNIT.callsign}')")
+        page.wait_for_selector(f"#unit-panel[data-device-id='{WE1}']")
+        page.click("#unit-panel .unit-actions button:has-text('Live view')")
+        page.wait_for_selector("#reason-dialog[open]")
+        shot(page, "live-view-reason")
+        page.fill("#reason-dialog textarea", "officer called for support")
+        page.click("#reason-dialog button[value=ok]")
+        tile = page.locator(f"#video-tiles .tile[data-device-id='{WE1}']")
+        tile.wait_for()
+        wait_for(lambda: tile.get_attribute("data-status") in ("pending", "connecting", "playing"), what="request")
+        page.wait_for_selector(f"#video-tiles .tile[data-device-id='{WE1}'][data-status=playing]", timeout=40_000)
+        wait_for(lambda: page.evaluate("() => { const v = document.querySelector('#video-tiles video');"
+                                       " return v.currentTime > 1 && v.videoWidth > 0; }"), timeout=20,
+                 what="the video clock advancing")
+        page.wait_for_selector("#video-tiles .tile-watchers:has-text('Nobody else is watching')")
+        shot(page, "live-view-playing")
+        sessions = s.rows("SELECT viewer, reason FROM viewing_sessions WHERE refused IS NULL")
+        assert sessions == [("op-all", "officer called for support")]
+        tile.locator("button.close").click()
+        wait_for(lambda: s.rows("SELECT 1 FROM viewing_sessions WHERE refused IS NULL AND ended_at IS NOT NULL"),
+                 what="the viewing to end")

@@ -10,6 +10,8 @@ export class AuditView {
     this.form = root.querySelector("form");
     this.table = root.querySelector("tbody");
     this.status = root.querySelector(".audit-status");
+    this.verifyStatus = root.querySelector(".audit-verify");
+    root.querySelector("button.verify").addEventListener("click", () => this.verify());
     this.form.addEventListener("submit", (e) => {
       e.preventDefault();
       this.load();
@@ -39,6 +41,21 @@ export class AuditView {
       this.table.append(h("tr", { dataset: { seq: e.seq } }, h("td", {}, e.seq ?? ""), h("td", {}, fmtDateTime(e.at)),
         h("td", {}, e.actor), h("td", {}, e.action), h("td", {}, e.device_id || "—"),
         h("td", { class: "details" }, e.details ? JSON.stringify(e.details) : "")));
+    }
+  }
+
+  // Walks the whole hash chain on the server: any entry changed, removed or reordered shows.
+  async verify() {
+    this.verifyStatus.textContent = "Verifying…";
+    this.verifyStatus.className = "audit-verify";
+    try {
+      const r = await this.api.get("/api/v1/audit/verify");
+      this.verifyStatus.textContent = r.ok
+        ? `Chain intact: ${r.entries} entries, head #${r.head_seq} ${r.head_hash.slice(0, 16)}…`
+        : `CHAIN BROKEN: ${r.problems.length} problem(s): ${r.problems.slice(0, 5).map((q) => `#${q.seq} ${q.kind}`).join(", ")}`;
+      this.verifyStatus.classList.add(r.ok ? "ok" : "danger");
+    } catch (error) {
+      this.verifyStatus.textContent = `Could not verify: ${error.message}`;
     }
   }
 }

@@ -34,7 +34,8 @@ const NOTICE_KEY = "watchfloor.notice";
 const LARGE_KEY = "watchfloor.large-type";
 
 // Exposed for the browser tests and the benchmark: timings and a frame counter, nothing else.
-const probe = { perf: { snapshotAt: null, firstDrawAt: null, firstDrawUnits: 0, snapshots: 0 }, map: null };
+const probe = { perf: { snapshotAt: null, firstDrawAt: null, firstDrawUnits: 0, snapshots: 0, deltas: 0, deltaUnits: 0 },
+                map: null };
 window.__watchfloor = probe;
 
 const api = new Api({ onUnauthenticated: (message) => signOut(message) });
@@ -245,8 +246,9 @@ function drawSearchResults(ctx, filter) {
 function setConnection(state, text) {
   const el = $("#conn-state");
   el.dataset.state = state;
-  el.textContent = { live: "● Live", connecting: "Connecting…", reconnecting: "Reconnecting…",
-                     disconnected: "Disconnected", refused: "Refused", polling: "● Polling", idle: "" }[state] || state;
+  const labels = { live: "● Live", connecting: "Connecting…", reconnecting: "Reconnecting…",
+                   disconnected: "Disconnected", refused: "Refused", polling: "● Polling", idle: "" };
+  el.textContent = state in labels ? labels[state] : state;
   el.title = text || "";
   const banner = $("#conn-banner");
   const down = state === "disconnected" || state === "reconnecting" || state === "refused";
@@ -279,6 +281,8 @@ function startFeed(ctx) {
           if (ctx.alerts) ctx.alerts.render();
           break;
         case "delta":
+          probe.perf.deltas += 1;
+          probe.perf.deltaUnits += frame.units.length;
           store.mergeUnits(frame.units);
           break;
         case "alerts":
@@ -322,6 +326,8 @@ function measureFrames(map, ms, { pan = false } = {}) {
   return new Promise((resolve) => {
     const gaps = [];
     const rendersBefore = map.stats.renders;
+    const deltasBefore = probe.perf.deltas;
+    const unitsBefore = probe.perf.deltaUnits;
     let renderMs = 0;
     const started = performance.now();
     let last = started;
@@ -344,6 +350,7 @@ function measureFrames(map, ms, { pan = false } = {}) {
           p95FrameMs: sorted[Math.floor(sorted.length * 0.95)] || 0, maxFrameMs: sorted.at(-1) || 0,
           unitRenders: map.stats.renders - rendersBefore, lastUnitRenderMs: map.stats.renderMs, maxUnitRenderMs: renderMs,
           units: map.stats.total, drawn: map.stats.drawn, clusters: map.stats.clusters,
+          deltas: probe.perf.deltas - deltasBefore, deltaUnits: probe.perf.deltaUnits - unitsBefore,
         });
       }
     };

@@ -64,25 +64,52 @@ export class VideoTiles {
     }
   }
 
-  // A live_view frame from the feed: the camera answered one of our requests.
+  // A live_view frame from the feed (docs/api.md, "Live view"): the camera answered one of our
+  // requests, its stream started or ended, or someone started or stopped watching it.
   onFrame(frame) {
-    for (const tile of this.tiles.values()) {
-      if ((frame.request_id && frame.request_id === tile.requestId) ||
-          (!frame.request_id && frame.device_id === tile.deviceId)) {
-        this.onRequest(tile, frame);
-      }
+    const tile = this.tiles.get(frame.device_id);
+    if (!tile) return;
+    switch (frame.event) {
+      case "requested":
+      case "accepted":
+      case "declined":
+      case "expired":
+        if (!frame.request_id || frame.request_id === tile.requestId) this.onRequest(tile, frame);
+        break;
+      case "viewer_joined":
+      case "viewer_left":
+        this.loadViewers(tile);
+        break;
+      case "stream_ended":
+      case "consent_ended":
+        if (tile.status === "playing" || tile.status === "connecting") {
+          this.setStatus(tile, "ended", `The stream ended${frame.reason ? ` (${frame.reason.replaceAll("_", " ")})` : ""}.`);
+          if (tile.pc) tile.pc.close();
+        }
+        break;
+      default:
+        break;
     }
   }
 
   onRequest(tile, req) {
-    if (req.viewers) tile.viewers = req.viewers;
     const status = req.status || tile.status;
-    if (status === tile.status && status !== "pending") return this.drawWatchers(tile);
+    if (status === tile.status && status !== "pending") return;
     if (status === "pending") this.setStatus(tile, "pending", "Waiting for the camera to accept…");
     else if (status === "accepted") this.play(tile);
     else if (status === "declined") this.setStatus(tile, "declined", req.detail || "The officer declined live view.");
     else if (status === "expired") this.setStatus(tile, "declined", "The camera did not answer in time.");
     else this.setStatus(tile, status, req.detail || status);
+  }
+
+  // Who is watching this unit now, across every API process.
+  async loadViewers(tile) {
+    try {
+      tile.viewers = await this.api.get(`/api/v1/devices/${encodeURIComponent(tile.deviceId)}/viewers`);
+    } catch {
+      tile.viewers = null;
+    }
+    this.drawWatchers(tile);
   }
 
   async poll(tile) {
@@ -133,7 +160,10 @@ export class VideoTiles {
       }
       tile.location = new URL(response.headers.get("Location"), location.origin).toString();
       await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-      tile.video.onplaying = () => this.setStatus(tile, "playing", "Live");
+      tile.video.onplaying = () => {
+        this.setStatus(tile, "playing", "Live");
+        this.loadViewers(tile);
+      };
     } catch (error) {
       this.setStatus(tile, "failed", error.message);
     }
@@ -167,10 +197,11 @@ export class VideoTiles {
 
   drawWatchers(tile) {
     const unit = this.store.units.get(tile.deviceId);
-    const names = Array.isArray(tile.viewers) ? tile.viewers.map((v) => (typeof v === "string" ? v : v.viewer || v.username))
-      .filter((n) => n && n !== this.api.session.username) : null;
+    const others = Array.isArray(tile.viewers)
+      ? [...new Set(tile.viewers.map((v) => v.viewer).filter((n) => n && n !== this.api.session.username))] : null;
     const count = unit && typeof unit.viewers === "number" ? unit.viewers : null;
-    tile.watchersEl.textContent = names && names.length ? `Also watching: ${names.join(", ")}`
+    tile.watchersEl.textContent = others !== null
+      ? (others.length ? `Also watching: ${others.join(", ")}` : "Nobody else is watching")
       : count !== null ? `${count} watching` : "";
   }
 

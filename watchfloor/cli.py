@@ -188,7 +188,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
         # After the API is up: each secret is an argon2 hash, and they would slow its start.
         provision_in_background(db_url, sim.units, secrets)
-        print(f"  dashboard: http://{settings.api_host}:{args.port}/ (sign in with a user below)")
+        print(f"  dashboard: http://{settings.api_host}:{args.port}/ (sign in as one of the users above)")
         print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
               f"{args.port}/api/v1/live)")
         print(f"  try:      psql '{db_url}' -c 'select * from device_latest limit 5'")

@@ -102,8 +102,10 @@ async def serve_forward(port: int) -> None:
                 await relay.close(parts[1], reason="delete")
                 return 200, {}, ""
             if method == "GET" and parts[0] == "stats":
-                delay = relay.stats().forward_delay
-                return 200, {}, json.dumps({"cumulative": delay.cumulative, "count": delay.count, "sum": delay.sum_s})
+                stats = relay.stats()
+                delay = stats.forward_delay
+                return 200, {}, json.dumps({"cumulative": delay.cumulative, "count": delay.count, "sum": delay.sum_s,
+                                            "overflows": stats.queue_overflows})
         except NoSuchStream:
             return 404, {}, "no such stream"
         except InvalidOffer as exc:
@@ -315,10 +317,14 @@ class Row:
     min_fps: float | None
     inside_p50_ms: float | None = None
     inside_p99_ms: float | None = None
+    load: float = 0.0  # the machine's 1-minute load average after the window (2 cores)
+    overflows: int | None = None  # viewer queues that overflowed in the relay during the window
+    audience_cpu: float | None = None
 
 
-def relay_delay(url: str) -> HistogramSnapshot | None:
-    """The forwarding relay's own histogram (jitter buffer to last packet sent), if it has one."""
+def relay_delay(url: str) -> tuple[HistogramSnapshot, int] | None:
+    """The forwarding relay's own histogram (jitter buffer to last packet sent) and its
+    queue overflows so far, if it has them."""
     if not url:
         return None
     try:
@@ -326,7 +332,7 @@ def relay_delay(url: str) -> HistogramSnapshot | None:
             data = json.loads(response.read())
     except urllib.error.HTTPError:
         return None
-    return HistogramSnapshot(DELAY_EDGES_S, tuple(data["cumulative"]), data["count"], data["sum"])
+    return HistogramSnapshot(DELAY_EDGES_S, tuple(data["cumulative"]), data["count"], data["sum"]), data["overflows"]
 
 
 def quantiles(samples: list[float]) -> tuple[float | None, float | None]:
@@ -340,17 +346,21 @@ def measure(what: str, n: int, seconds: float, relay: Child | None, cam: Child, 
             url: str = "") -> Row:
     delay_before = relay_delay(url)
     start_cpu, start = (relay.cpu() if relay else 0.0), time.monotonic()
+    crowd_cpu = crowd.cpu() if crowd else 0.0
     cam.send(f"measure {seconds}")
     if crowd is not None:
         crowd.send(f"measure {seconds}")
     latencies = cam.reply().get("latencies", [])
     fps = crowd.reply().get("fps", []) if crowd is not None else []
-    cpu = 100 * (relay.cpu() - start_cpu) / (time.monotonic() - start) if relay else None
+    wall = time.monotonic() - start
+    cpu = 100 * (relay.cpu() - start_cpu) / wall if relay else None
     p50, p99 = quantiles(latencies) if n > 0 else (None, None)
-    row = Row(what, n, cpu, p50, p99, min(fps) if fps else None)
+    row = Row(what, n, cpu, p50, p99, min(fps) if fps else None, load=os.getloadavg()[0],
+              audience_cpu=100 * (crowd.cpu() - crowd_cpu) / wall if crowd else None)
     delay_after = relay_delay(url)
     if delay_before is not None and delay_after is not None:
-        window = delay_after.minus(delay_before)
+        window = delay_after[0].minus(delay_before[0])
+        row.overflows = delay_after[1] - delay_before[1]
         inside = window.quantile(0.5), window.quantile(0.99)
         row.inside_p50_ms, row.inside_p99_ms = [None if v is None else v * 1000 for v in inside]
     return row
@@ -398,12 +408,14 @@ def format_rows(rows: list[Row], header: bool = False) -> str:
     lines = []
     if header:
         lines += ["| relay | viewers | relay CPU % of a core | camera→probe p50 ms | p99 ms "
-                  "| inside the relay p50 ms | p99 ms | slowest viewer fps |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| inside the relay p50 ms | p99 ms | queue overflows | slowest viewer fps | viewers' CPU % "
+                  "| load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.what} | {r.viewers} | {f(r.relay_cpu, '.1f')} | {f(r.p50_ms, '.1f')} | "
                      f"{f(r.p99_ms, '.1f')} | {f(r.inside_p50_ms, '.2f')} | {f(r.inside_p99_ms, '.2f')} "
-                     f"| {f(r.min_fps, '.1f')} |")
+                     f"| {'-' if r.overflows is None else r.overflows} | {f(r.min_fps, '.1f')} "
+                     f"| {f(r.audience_cpu, '.0f')} | {r.load:.1f} |")
     return "\n".join(lines)
 
 
@@ -437,12 +449,28 @@ def main() -> None:
     print(format_rows([direct] + [r for rows in results.values() for r in rows], header=True))
     print()
     for mode, rows in results.items():
-        cpu = {r.viewers: r.relay_cpu for r in rows if r.relay_cpu is not None}
-        lo, hi = min(k for k in cpu if k > 0), max(cpu)
-        per_viewer = (cpu[hi] - cpu[lo]) / (hi - lo) if hi > lo else float("nan")
-        added = [r.p50_ms - direct.p50_ms for r in rows if r.p50_ms is not None and direct.p50_ms is not None]
-        print(f"{mode}: {per_viewer:.2f}% of a core per extra viewer ({lo}→{hi}); "
-              f"p50 added over direct: {min(added):.1f}–{max(added):.1f} ms" if added else f"{mode}: no latency")
+        print(summary(mode, rows, direct))
+
+
+def summary(mode: str, rows: list[Row], direct: Row) -> str:
+    """CPU per extra viewer over the rows where every viewer still got about 30 fps (beyond
+    that the relay, or the machine, is saturated and the slope means nothing), and the p50
+    the relay added over the direct path at each viewer count."""
+    kept_up = [r for r in rows if r.viewers >= 1 and r.relay_cpu is not None
+               and (r.min_fps is None or r.min_fps >= 27)]
+    text = f"{mode}: "
+    if len(kept_up) >= 2:
+        lo, hi = kept_up[0], kept_up[-1]
+        assert lo.relay_cpu is not None and hi.relay_cpu is not None
+        text += (f"{(hi.relay_cpu - lo.relay_cpu) / (hi.viewers - lo.viewers):.2f}% of a core per extra viewer "
+                 f"({lo.viewers}→{hi.viewers} viewers, all at ~30 fps)")
+    saturated = [r.viewers for r in rows if r.min_fps is not None and r.min_fps < 27]
+    if saturated:
+        text += f"; viewers below 27 fps from {min(saturated)} viewers"
+    if direct.p50_ms is not None:
+        added = ", ".join(f"{r.viewers}: {r.p50_ms - direct.p50_ms:+.1f}" for r in rows if r.p50_ms is not None)
+        text += f"; p50 added over direct (ms, by viewers): {added}"
+    return text
 
 
 if __name__ == "__main__":

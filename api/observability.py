@@ -46,6 +46,8 @@ access_log = logging.getLogger("watchfloor.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # nothing that could forge a log line
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Probes and scrapes come every few seconds from the platform: logged at debug when they pass.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class LiveCollector(Collector):
@@ -177,6 +179,8 @@ class RequestContext:
                 status = 101
                 message.setdefault("headers", [])
                 MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            elif message["type"] == "websocket.close" and status == 0:
+                status = 403  # closed before accepting: the server refuses the handshake
             await send(message)
 
         try:
@@ -198,7 +202,8 @@ class RequestContext:
         client = scope.get("client")
         if client:
             fields["client"] = client[0]
-        access_log.info("%s %s %s %.1f ms", method, fields["path"], status, seconds * 1000, extra=fields)
+        level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+        access_log.log(level, "%s %s %s %.1f ms", method, fields["path"], status, seconds * 1000, extra=fields)
 
 
 def install(app: FastAPI, *, metrics_route: bool) -> None:

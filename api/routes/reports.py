@@ -55,6 +55,7 @@ def export_csv(db: Db, who: Reporter, borough: Annotated[str | None, Query(max_l
     audit.record(db, actor=who.username, action="export",
                  details={"report": "fleet.csv", "rows": len(rows), "total": total, "borough": borough,
                           "areas": "*" if who.areas is None else sorted(who.areas)})
+    db.commit()  # the record is in before the file leaves (the request's own commit may come after the response)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="fleet-{stamp}.csv"',

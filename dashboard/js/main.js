@@ -109,10 +109,10 @@ async function startSession() {
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
-  if (ctx.fleet && ctx.boroughNames) ctx.fleet.setBoroughs(ctx.boroughNames);
-  else if (ctx.fleet) {
-    const geo = await (await fetch(config.boroughs_url)).json();
-    ctx.fleet.setBoroughs(geo.features.map((f) => f.properties.name).sort());
+  if (ctx.fleet) {
+    const names = ctx.boroughNames || fetch(config.boroughs_url).then((r) => r.json())
+      .then((geo) => geo.features.map((f) => f.properties.name).sort());
+    names.then((list) => ctx.fleet.setBoroughs(list));
   }
   setUpTabs(ctx);
 
@@ -147,9 +147,14 @@ async function setUpMap(ctx) {
   probe.map = map;
   map.large = document.body.classList.contains("large");
   ctx.map = map;
-  const names = await map.loadBoroughs(config.boroughs_url);
-  ctx.boroughNames = names;
-  $("#filter-borough").append(...names.map((n) => h("option", { value: n }, n)));
+  // Not awaited: the live feed starts while the outlines load (the map draws units without them).
+  ctx.boroughNames = map.loadBoroughs(config.boroughs_url).then((names) => {
+    $("#filter-borough").append(...names.map((n) => h("option", { value: n }, n)));
+    if (ctx.incidents) {
+      $("select[name=borough]", $("#incident-panel")).append(...names.map((n) => h("option", { value: n }, n)));
+    }
+    return names;
+  });
 
   const countEl = $("#unit-count");
   map.onDrawn = (st) => {
@@ -205,7 +210,6 @@ async function setUpMap(ctx) {
   if (role === "firearms_commander") $("#side").prepend($("#incident-panel"));
   ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, onLocate: locate }) : null;
   if (ctx.incidents) {
-    $("select[name=borough]", $("#incident-panel")).append(...names.map((n) => h("option", { value: n }, n)));
     ctx.incidents.load();
   }
   const panel = new UnitPanel({

@@ -474,3 +474,36 @@ def test_every_api_process_sees_the_answer_and_exactly_one_records_it(pg: Databa
                 feed_b.close()
     assert len(a.audit("live_view_declined")) == 1
     assert len(a.audit("live_view_requested")) == 1
+
+
+def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
+    """Twenty viewers join and leave one stream in turn: every viewing is recorded and ended,
+    the camera's last count is zero, and the API holds no viewer, timer or stray task."""
+    uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+    wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
+    try:
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(5, "watch_me"))])
+        wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+        uplink.start(WE1)
+        wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+        tasks_before = len(s.live_view._tasks)
+        for cycle in range(20):
+            viewer = AiortcViewer(s.base, s.token("op-all"), WE1, f"cycle {cycle}")
+            try:
+                assert viewer.open() == 201, viewer.error
+                if cycle % 5 == 0:  # now and then, wait for pictures before leaving
+                    wait_for(lambda: viewer.frames >= 1, timeout=20, what="a frame")
+                assert viewer.leave() == 200
+            finally:
+                viewer.close()
+        wait_for(lambda: s.live_view.relay.stats().viewers == 0 and not s.live_view._viewers, what="no viewers")
+        wait_for(lambda: [b["params"]["viewers"] for b in wire.bodies("/commands")
+                          if b["type"] == "live_view_status"][-1:] == [0], what="the camera told: nobody")
+        assert len(s.live_view._tasks) <= tasks_before
+        assert s.rows("SELECT count(*), count(ended_at) FROM viewing_sessions WHERE refused IS NULL") == [(20, 20)]
+        assert s.rows("SELECT DISTINCT end_reason FROM viewing_sessions WHERE refused IS NULL") == [("viewer_left",)]
+    finally:
+        uplink.close()
+        wire.close()
+    wait_for(lambda: _relay_empty(s), timeout=15, what="the stream ended with the camera")
+    assert not s.live_view._publishers and not s.live_view._idle

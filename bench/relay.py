@@ -379,9 +379,11 @@ def run_mode(mode: str, counts: list[int], seconds: float, warmup: float) -> lis
         time.sleep(warmup)
         rows.append(measure(mode, 0, seconds, relay, cam, None, url))
         print(format_rows(rows[-1:]), flush=True)
-        cam.ask("probe")
         for n in counts:
             crowd.ask(f"viewers {n - 1}")
+            # A fresh probe per row: a probe that fell behind once (its decoded frames
+            # queue without bound in aiortc) would carry that backlog into every later row.
+            cam.ask("probe")
             time.sleep(warmup)
             rows.append(measure(mode, n, seconds, relay, cam, crowd if n > 1 else None, url))
             print(format_rows(rows[-1:]), flush=True)

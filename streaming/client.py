@@ -28,13 +28,16 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from .aiortc_internals import (
+    MarkerJitterBuffer,
     TappedFrame,
     on_keyframe_request,
     restrict_host_candidates,
+    send_picture_loss,
     tap_encoded_frames,
     use_marker_jitter_buffer,
 )
 from .frames import EncodedFrame, is_keyframe, starts_frame
+from .queues import KeyframeThrottle
 from .relay import IceServerConfig
 
 __all__ = ["Exchange", "HttpAnswer", "ViewerPeer", "http_exchange", "start_publisher", "start_viewer"]
@@ -131,7 +134,8 @@ async def start_viewer(*, exchange: Exchange, on_frame: Callable[[EncodedFrame],
     """Receive video from the other side.
 
     With ``on_frame``, every complete encoded frame is handed to it (on the loop) and
-    nothing is decoded; frames that may have lost their start are skipped. Without it,
+    nothing is decoded. After a frame that lost packets, frames are skipped until the next
+    keyframe, which is asked for (PLI) as a browser would. Without it,
     ``ViewerPeer.track`` yields decoded frames. Either way, frames leave the jitter
     buffer on the RTP marker bit.
     """
@@ -144,19 +148,38 @@ async def start_viewer(*, exchange: Exchange, on_frame: Callable[[EncodedFrame],
     if on_frame is None:
         use_marker_jitter_buffer(receiver)
     else:
-        callback = on_frame
-        synced = [False]
-
-        def forward(codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
-            if not (frame.synced or starts_frame(codec.name, frame.first_payload)):
-                synced[0] = False
-                return
-            keyframe = is_keyframe(codec.name, frame.data)
-            if keyframe:
-                synced[0] = True
-            if synced[0]:
-                callback(EncodedFrame(data=frame.data, timestamp=frame.timestamp, keyframe=keyframe))
-
-        tap_encoded_frames(receiver, forward)
+        sink = _EncodedSink(receiver, on_frame)
+        sink.buffer = tap_encoded_frames(receiver, sink.on_tapped)
     await _negotiate(pc, exchange, host_addresses)
     return ViewerPeer(pc=pc, receiver=receiver, track=track[0] if track and on_frame is None else None)
+
+
+class _EncodedSink:
+    """Hands a viewer's encoded frames on, from a keyframe on, and asks for a keyframe
+    when it has to skip (at most one outstanding request, see :class:`KeyframeThrottle`)."""
+
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[EncodedFrame], None]) -> None:
+        self._receiver = receiver
+        self._on_frame = on_frame
+        self._synced = False
+        self._throttle = KeyframeThrottle()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.buffer: MarkerJitterBuffer | None = None
+
+    def on_tapped(self, codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
+        if not (frame.synced or starts_frame(codec.name, frame.first_payload)):
+            self._synced = False
+        else:
+            keyframe = is_keyframe(codec.name, frame.data)
+            if keyframe:
+                self._synced = True
+                self._throttle.keyframe_seen()
+            if self._synced:
+                self._on_frame(EncodedFrame(data=frame.data, timestamp=frame.timestamp, keyframe=keyframe))
+                return
+        ssrc = self.buffer.ssrc if self.buffer is not None else None
+        loop = asyncio.get_running_loop()
+        if ssrc is not None and self._throttle.should_request(loop.time()):
+            task = loop.create_task(send_picture_loss(self._receiver, ssrc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)

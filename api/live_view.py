@@ -248,17 +248,20 @@ class LiveView:
                 audit.record(conn, actor="system", action="live_view_declined", device_id=row["device_id"],
                              details={"request_id": row["request_id"], "detail": row["detail"], "expired": True})
             stale = store.stale_consents(conn, granted_before=now - idle)
+            stale += store.end_policy_consents_not_recording(conn)
             for row in stale:
                 audit.record(conn, actor="system", action="live_view_ended", device_id=row["device_id"],
-                             details={"consent_id": row["consent_id"], "basis": row["basis"], "reason": "no_stream"})
+                             details={"consent_id": row["consent_id"], "basis": row["basis"],
+                                      "reason": row["end_reason"]})
             return expired, stale
 
         expired, stale = await self._db(work)
         for row in expired:
             self._announce("expired", row["device_id"], request=row)
         for row in stale:
-            self._command(row["device_id"], CommandType.LIVE_VIEW_STOP, {"reason": "no_stream"})
-            self._announce("consent_ended", row["device_id"], consent=row, reason="no_stream")
+            self._command(row["device_id"], CommandType.LIVE_VIEW_STOP, {"reason": row["end_reason"]})
+            self._announce("consent_ended", row["device_id"], consent=row, reason=row["end_reason"])
+            await self._close_publisher(row["device_id"], row["end_reason"])
 
     # telling cameras and every API process
 

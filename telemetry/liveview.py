@@ -20,6 +20,7 @@ __all__ = [
     "answer_request",
     "create_request",
     "end_consent",
+    "end_policy_consents_not_recording",
     "end_viewing",
     "expire_requests",
     "get_request",
@@ -154,6 +155,16 @@ def stale_consents(conn: psycopg.Connection, *, granted_before: datetime) -> lis
     return _all(conn, f"UPDATE live_view_consents SET ended_at = now(), end_reason = 'no_stream'"
                       f" WHERE ended_at IS NULL AND publisher_session IS NULL AND granted_at < %s"
                       f" RETURNING {_CONSENT}", (granted_before,))
+
+
+def end_policy_consents_not_recording(conn: psycopg.Connection) -> list[Row]:
+    """End ``policy_recording`` consents whose unit's latest state is no longer recording
+    (the safety net if the ``recording_stopped`` event was missed); returns them."""
+    return _all(conn, "UPDATE live_view_consents c SET ended_at = now(), end_reason = 'recording_stopped'"
+                      " FROM device_latest l WHERE l.device_id = c.device_id AND c.ended_at IS NULL"
+                      " AND c.basis = 'policy_recording' AND coalesce(l.recording, 'off') <> 'recording'"
+                      " RETURNING c.id AS consent_id, c.device_id, c.basis, c.request_id, c.granted_at,"
+                      " c.publisher_session, c.publishing_since, c.ended_at, c.end_reason", ())
 
 
 # viewing sessions

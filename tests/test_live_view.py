@@ -507,3 +507,22 @@ def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
         wire.close()
     wait_for(lambda: _relay_empty(s), timeout=15, what="the stream ended with the camera")
     assert not s.live_view._publishers and not s.live_view._idle
+
+
+def test_policy_consent_ends_when_the_unit_is_seen_not_recording(s: Stack) -> None:
+    """If the recording_stopped event never arrives, the unit's latest state (not recording)
+    still ends a policy consent within a sweep, and the camera is told to stop."""
+    with s.db.connect() as conn:
+        conn.execute("INSERT INTO device_latest (device_id, recording, online) VALUES ('lv-we-afo', 'recording', true)")
+    wire = Watched(s.mqtt_url, [topic_for("lv-we-afo", Channel.COMMANDS)])
+    try:
+        with s.http("afo-cmd") as http:
+            assert http.post("/api/v1/devices/lv-we-afo/live-view", json={"reason": "armed deployment"}).json()[
+                "status"] == "accepted"
+        with s.db.connect() as conn:
+            conn.execute("UPDATE device_latest SET recording = 'buffering' WHERE device_id = 'lv-we-afo'")
+        wait_for(lambda: s.rows("SELECT end_reason FROM live_view_consents") == [("recording_stopped",)],
+                 timeout=10, what="the sweep")
+        wait_for(lambda: any(b["type"] == "live_view_stop" for b in wire.bodies("/commands")), what="stop command")
+    finally:
+        wire.close()

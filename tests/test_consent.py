@@ -128,3 +128,19 @@ def test_simulated_officers_answer_by_policy_and_seed() -> None:
     assert answer_live_view_request(unit, policy, now=NOW, policy=never, can_stream=True)[0] is ReplyStatus.ACCEPTED
     unit.docked = True
     assert answer_live_view_request(unit, policy, now=NOW, policy=never, can_stream=True)[0] is ReplyStatus.DECLINED
+
+
+def test_relay_ice_servers_come_from_settings_and_default_to_none() -> None:
+    """No ICE server unless configured (never a public STUN server by default); configured
+    ones, as RTCIceServer JSON in the environment, reach the relay as given."""
+    from api.live_view import ice_servers
+    from watchfloor.settings import Settings
+
+    assert ice_servers(Settings()) == ()
+    configured = Settings(relay_ice_servers=[{"urls": "stun:stun.force.example:3478"},
+                                             {"urls": ["turn:turn.force.example:3478?transport=udp"],
+                                              "username": "relay", "credential": "s3cret"}])
+    first, second = ice_servers(configured)
+    assert first.urls == ("stun:stun.force.example:3478",) and first.username is None
+    assert second.urls == ("turn:turn.force.example:3478?transport=udp",)
+    assert (second.username, second.credential) == ("relay", "s3cret")

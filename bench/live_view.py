@@ -126,8 +126,7 @@ def main() -> None:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         video = VideoUplink(api_url=base, secrets=secrets).open()
-        sim._video = video  # the fleet was built first to provision its ids
-        video.labels.update({u.device_id: u.device_id for u in sim.units})
+        sim.attach_video(video)  # the fleet was built first to provision its ids
         app = create_app(settings=Settings(), database_url=db_url, mqtt_url=broker.url, signing_secret=SECRET)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))

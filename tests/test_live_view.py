@@ -526,3 +526,43 @@ def test_policy_consent_ends_when_the_unit_is_seen_not_recording(s: Stack) -> No
         wait_for(lambda: any(b["type"] == "live_view_stop" for b in wire.bodies("/commands")), what="stop command")
     finally:
         wire.close()
+
+
+def test_watchfloor_simulate_streams_with_provisioned_secrets(pg: Database, mosquitto: MosquittoProcess,
+                                                             tmp_path: Any) -> None:
+    """``watchfloor simulate --register --provision --secrets-file F --api-url URL`` gives its
+    cameras secrets (written owner-only), and they answer a request and stream to the API."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    with stack(pg, mosquitto) as s:
+        secrets_file = tmp_path / "secrets.json"
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")},
+               "WATCHFLOOR_MQTT_URL": s.mqtt_url, "WATCHFLOOR_DATABASE_URL": pg.url}
+        proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "simulate", "--devices", "2", "--seed", "21",
+                                 "--interval", "1", "--duration", "40", "--register", "--provision",
+                                 "--decline-share", "0", "--secrets-file", str(secrets_file), "--api-url", s.base],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: secrets_file.exists() and secrets_file.stat().st_size > 2, timeout=60,
+                     what="the secrets file")
+            assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+            device_id = sorted(json.loads(secrets_file.read_text()))[0]
+            time.sleep(2.0)  # the fleet connects and subscribes to its commands
+            with s.http("op-all") as http:
+                request = http.post(f"/api/v1/devices/{device_id}/live-view", json={"reason": "cli check"}).json()
+                answered = wait_for(lambda: (r := http.get(f"/api/v1/live-view/requests/{request['request_id']}")
+                                             .json())["status"] != "pending" and r, timeout=20, what="an answer")
+            assert isinstance(answered, dict) and answered["status"] == "accepted", answered
+            viewer = AiortcViewer(s.base, s.token("op-all"), device_id, "cli check")
+            try:
+                assert viewer.open() == 201, viewer.error
+                wait_for(lambda: viewer.frames >= 5, timeout=20, what="frames from the CLI's camera")
+            finally:
+                viewer.close()
+        finally:
+            proc.terminate()
+            output, _ = proc.communicate(timeout=30)
+        assert "provisioned 2 devices" in output, output

@@ -20,12 +20,13 @@ from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import features, migrate, run_maintenance
+from telemetry.simulator.camera import CameraPolicy
 from telemetry.simulator.fleet import FleetProfile
 from telemetry.simulator.run import Simulator
 from telemetry.simulator.video import VideoUplink
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import cli_actor
-from watchfloor.camera_video import provision_in_background, uplink_from_files
+from watchfloor.camera_video import provision_in_background, provision_to_file, uplink_from_files
 from watchfloor.logs import configure_logging
 from watchfloor.settings import Settings
 
@@ -102,14 +103,21 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
-    video = uplink_from_files(api_url=args.api_url or settings.simulator_api_url,
-                              secrets_file=args.secrets_file or settings.simulator_secrets_file)
     sim = Simulator(mqtt_url=_mqtt_url(settings), devices=args.devices, interval_s=args.interval,
                     seed=args.seed, connections=args.connections, first=args.first,
                     profile=FleetProfile(watch_me_per_h=args.watch_me_per_h),
-                    video=video.open() if video is not None else None)
+                    camera_policy=CameraPolicy(decline_share=args.decline_share))
     if args.register:
         _register(_database_url(settings), sim)
+    secrets_file = args.secrets_file or settings.simulator_secrets_file
+    if args.provision:
+        if secrets_file is None:
+            sys.exit("--provision writes the devices' secrets: give --secrets-file")
+        made = provision_to_file(_database_url(settings), sim.units, secrets_file, actor=cli_actor())
+        print(f"provisioned {made} devices; their secrets are in {secrets_file}", flush=True)
+    video = uplink_from_files(api_url=args.api_url or settings.simulator_api_url, secrets_file=secrets_file)
+    if video is not None:
+        sim.attach_video(video.open())
     _stop_on_signals(sim)
     mode = "one connection each" if sim.dedicated else f"{sim.connections} shared connections"
     print(f"simulating {len(sim.units)} devices every {args.interval}s (seed {args.seed}, {mode})", flush=True)
@@ -316,6 +324,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--secrets-file", type=Path, default=None,
                      help="JSON {device_id: secret} for WHIP (default WATCHFLOOR_SIMULATOR_SECRETS_FILE); "
                           "without it cameras decline live-view requests")
+    sim.add_argument("--decline-share", type=float, default=0.15,
+                     help="share of live-view requests the simulated officers decline (0 to 1)")
+    sim.add_argument("--provision", action="store_true",
+                     help="give every device a new secret (registering it) and write them to --secrets-file")
     sim.add_argument("--watch-me-per-h", type=float, default=0.0,
                      help="how often each officer asks to be watched live (per hour)")
     sim.set_defaults(run=cmd_simulate)

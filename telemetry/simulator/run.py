@@ -62,14 +62,19 @@ class Simulator:
                 subscriptions[(unit.index - first) % count].append(topic_for(unit.device_id, Channel.COMMANDS))
         self._pool = ClientPool(BrokerAddress.parse(mqtt_url), prefix=f"{client_prefix}-{first}", count=count,
                                 wills=wills, subscriptions=subscriptions)
-        self._video = video
+        self._video: VideoUplink | None = None
         if video is not None:
-            video.labels.update({u.device_id: f"{u.device_id} {u.callsign}" for u in self.units})
+            self.attach_video(video)
         self.camera_policy = camera_policy or CameraPolicy()
         self.connections = count
         self._first = first
         self.stats = SimulatorStats()
         self._stopping = threading.Event()
+
+    def attach_video(self, video: VideoUplink) -> None:
+        """Stream over ``video`` (before :meth:`run`): cameras then accept live-view requests."""
+        video.labels.update({u.device_id: f"{u.device_id} {u.callsign}" for u in self.units})
+        self._video = video
 
     def stop(self) -> None:
         self._stopping.set()

@@ -9,6 +9,7 @@ chunked body as it arrives, so a client cannot stream past it.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -142,3 +143,29 @@ def install(app: FastAPI, *, settings: Settings) -> None:
     # Added last is outermost: the headers go on the body limit's 413 too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders, csp=_csp(settings))
+    _document_bearer_auth(app)
+
+
+_PUBLIC = frozenset({"/api/v1/auth/token"})
+
+
+def _document_bearer_auth(app: FastAPI) -> None:
+    """Say in the OpenAPI description which operations need a bearer token (every one under
+    /api/v1/ but sign-in): clients and fuzzers (schemathesis's ignored-auth check) read it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = generate()
+        spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "a token from POST /api/v1/auth/token or the OIDC provider; for WHIP, the device's "
+                           "own secret"}
+        for path, operations in spec.get("paths", {}).items():
+            if path.startswith("/api/v1/") and path not in _PUBLIC:
+                for operation in operations.values():
+                    operation.setdefault("security", [{"bearer": []}])
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -31,7 +31,7 @@ class IncidentIn(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(gt=0, le=50_000, description="the incident area: a circle around (lat, lon)")
+    radius_m: float = Field(ge=1, le=50_000, description="the incident area: a circle around (lat, lon), metres")
     borough: str | None = Field(default=None, max_length=64)
 
 

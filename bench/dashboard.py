@@ -9,31 +9,47 @@ the unit layer holding every unit was first drawn (both from navigation start), 
 counter (requestAnimationFrame gaps) that runs while the page does its normal work.
 
     .venv/bin/python bench/dashboard.py                      # 22,000 devices every 2 s
+    .venv/bin/python bench/dashboard.py --source replay      # the page alone, fed at the same rate
     .venv/bin/python bench/dashboard.py --devices 2000 --interval 1 --seconds 5
+
+`--source replay` takes the broker, ingest, the database and the simulator out of the
+measurement (on a loaded 2-core box they starve each other and the stream stutters): a small
+server in this process serves the real page and a live feed speaking the API's protocol, with
+a snapshot of the fleet and then, 4 times a second, a delta of the units the simulator's own
+model moved in that quarter second (devices / interval / 4 units per delta), precomputed and
+replayed in a loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
+import uvicorn
 from common import ROOT, scratch_stack
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from api.auth import Role, add_user  # noqa: E402
+from api.routes import dashboard  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
 from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
 from telemetry.simulator.geo import load_boroughs  # noqa: E402
+from watchfloor.settings import Settings  # noqa: E402
 
 SECRET = "bench-secret-" + "x" * 40
 PASSWORD = "bench password, long enough"
@@ -81,18 +97,35 @@ def _frames(page: Any, seconds: float, *, grouping: bool, pan: bool) -> dict[str
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=22_000)
-    parser.add_argument("--interval", type=float, default=2.0, help="simulator report interval (s)")
-    parser.add_argument("--seconds", type=float, default=6.0, help="length of each frame-rate measurement")
-    parser.add_argument("--loads", type=int, default=3, help="page loads timed")
-    parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    args = parser.parse_args()
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium")
+def _measure(base: str, session: dict[str, Any], *, devices: int, seconds: float,
+             loads: int) -> tuple[list[dict[str, float]], dict[str, dict[str, Any]]]:
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-bench-chromium-") as profile:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS,
+                                                       viewport={"width": 1600, "height": 900})
+        # Signed in before the page's scripts run, as after a reload: the load is timed
+        # from navigation, not from someone typing a password.
+        saved = json.dumps(json.dumps(session))
+        context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
+        page = context.new_page()
+        page.on("console", lambda m: print(f"page: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: print(f"page error: {e}"))
+        times = _load_times(page, base, devices, 1)
+        page.wait_for_timeout(2000)
+        frames = {
+            "grouped, still": _frames(page, seconds, grouping=True, pan=False),
+            "every unit drawn, still": _frames(page, seconds, grouping=False, pan=False),
+            "grouped, panning every frame": _frames(page, seconds, grouping=True, pan=True),
+            "every unit drawn, panning every frame": _frames(page, seconds, grouping=False, pan=True),
+        }
+        times += _load_times(page, base, devices, loads - 1)
+        context.close()
+    return times, frames
+
+
+def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, dict[str, Any]]]:
+    """The real thing: broker, ingest, database, API and simulator as processes."""
     procs: list[subprocess.Popen[bytes]] = []
     with scratch_stack(args.database, prefix="wf-dashboard") as (broker, db_url):
         workdir = broker.workdir.parent
@@ -122,25 +155,8 @@ def main() -> None:
             time.sleep(args.interval + 5)  # every camera connected and reporting
             session = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}).json()
             session.update(username="bench", expires_at=(time.time() + 3600) * 1000)
-
-            with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-bench-chromium-") as profile:
-                context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS,
-                                                               viewport={"width": 1600, "height": 900})
-                # Signed in before the page's scripts run, as after a reload: the load is timed
-                # from navigation, not from someone typing a password.
-                saved = json.dumps(json.dumps(session))
-                context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
-                page = context.new_page()
-                loads = _load_times(page, base, args.devices, 1)
-                page.wait_for_timeout(2000)
-                frames = {
-                    "grouped, still": _frames(page, args.seconds, grouping=True, pan=False),
-                    "every unit drawn, still": _frames(page, args.seconds, grouping=False, pan=False),
-                    "grouped, panning every frame": _frames(page, args.seconds, grouping=True, pan=True),
-                    "every unit drawn, panning every frame": _frames(page, args.seconds, grouping=False, pan=True),
-                }
-                loads += _load_times(page, base, args.devices, args.loads - 1)
-                context.close()
+            print(f"(processes' output: {workdir / 'processes.log'})")
+            return _measure(base, session, devices=args.devices, seconds=args.seconds, loads=args.loads)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -150,9 +166,108 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
+
+def _rfc3339(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _replay_frames(devices: int, interval: float, seconds: float) -> tuple[str, list[str]]:
+    """The snapshot, and `seconds` worth of delta frames as the API would send them: each
+    quarter second, the latest state of the units the simulator's model stepped in it."""
+    units = build_fleet(load_boroughs(), devices, seed=1, profile=FleetProfile())
+    profile = FleetProfile()
+    now = datetime.now(timezone.utc)
+
+    def state(u: Any, report: dict[str, Any], at: datetime) -> dict[str, Any]:
+        gps = report["gps"]
+        return {"device_id": u.device_id, "ts": report["ts"], "received_at": _rfc3339(at),
+                "battery_pct": report["battery"]["pct"], "charging": report["battery"]["charging"],
+                "gps_fix": gps is not None, "lat": gps["lat"] if gps else u.lat, "lon": gps["lon"] if gps else u.lon,
+                "accuracy_m": gps["accuracy_m"] if gps else None, "speed_mps": gps["speed_mps"] if gps else None,
+                "heading_deg": gps["heading_deg"] if gps else None, "last_fix_at": report["ts"],
+                "recording": report["recording"], "storage_pct": report["storage_pct"], "docked": report["docked"],
+                "live": report["live"], "viewers": report["viewers"], "online": u.offline_s <= 0}
+
+    snapshot = []
+    for u in units:
+        report = dict(u._report(now))
+        snapshot.append({**state(u, report, now), "callsign": u.callsign, "officer": u.officer,
+                         "borough": u.borough.name, "role": u.role})
+    per_tick = max(1, round(devices / interval / 4))
+    frames, cursor = [], 0
+    for tick in range(int(seconds * 4)):
+        at = now + timedelta(seconds=tick / 4)
+        changed = []
+        for _ in range(per_tick):
+            u = units[cursor % devices]
+            cursor += 1
+            report = next((body for channel, body in u.step(at, interval, profile) if "battery" in body), None)
+            if report is not None:
+                changed.append(state(u, report, at))
+        frames.append(orjson.dumps({"type": "delta", "units": changed}).decode())
+    return orjson.dumps({"type": "snapshot", "alerts": [], "units": snapshot}).decode(), frames
+
+
+def _replay(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, dict[str, Any]]]:
+    """The page alone: its files and a replayed live feed, from a server in this process."""
+    snapshot, deltas = _replay_frames(args.devices, args.interval, 20.0)
+    app = FastAPI()
+
+    @app.websocket("/api/v1/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.receive_text()  # the auth message (any token will do here)
+        await websocket.send_text(snapshot)
+        tick = 0
+        try:
+            while True:
+                await asyncio.sleep(0.25)
+                await websocket.send_text(deltas[tick % len(deltas)])
+                tick += 1
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return
+
+    @app.get("/api/v1/incidents")
+    def incidents() -> list[object]:
+        return []
+
+    dashboard.install(app, settings=Settings())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        session = {"access_token": "replay", "role": "operator", "areas": ["*"], "username": "bench",
+                   "expires_in": 3600, "expires_at": (time.time() + 3600) * 1000}
+        return _measure(f"http://127.0.0.1:{port}", session, devices=args.devices, seconds=args.seconds,
+                        loads=args.loads)
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", choices=["pipeline", "replay"], default="pipeline")
+    parser.add_argument("--devices", type=int, default=22_000)
+    parser.add_argument("--interval", type=float, default=2.0, help="simulator report interval (s)")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each frame-rate measurement")
+    parser.add_argument("--loads", type=int, default=3, help="page loads timed")
+    parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium")
+    load_before = os.getloadavg()[0]
+    loads, frames = (_replay if args.source == "replay" else _pipeline)(args)
+    load_after = os.getloadavg()[0]
+
+    source = ("through Mosquitto, ingest and the API (live feed at 4 deltas/s)" if args.source == "pipeline"
+              else "replayed (the page alone, 4 deltas/s)")
     print()
     print(f"{args.devices} devices reporting every {args.interval}s ({args.devices / args.interval:.0f} msg/s) "
-          f"through Mosquitto, ingest and the API (live feed at 4 deltas/s); headless Chromium, 1600×900")
+          f"{source}; headless Chromium, 1600×900; load average {load_before:.1f} before, {load_after:.1f} after")
     print()
     print("| page load | snapshot received (ms) | every unit drawn (ms) | units |")
     print("|---|---|---|---|")

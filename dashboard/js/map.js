@@ -13,7 +13,10 @@ const LIVE = "#3fc8ff";
 const LOW_BATTERY = "#ffd60a";
 const SELECTED = "#ffffff";
 const UNIT_REDRAW_MS = 200; // a live delta comes at most 4 times a second
+// While the user drags, the cached layers move with every frame; the outlines are redrawn at
+// most this often, and the (costlier) unit layer at most once a second.
 const INTERACTING_REDRAW_MS = 400;
+const INTERACTING_UNIT_REDRAW_MS = 1000;
 const CLUSTER_CELL_PX = 40;
 // Fewer units than this stay apart at any zoom: they are legible, and cheap to draw.
 const CLUSTER_MIN_UNITS = 2000;
@@ -264,7 +267,7 @@ export class MapView {
       else again = true;
     }
     if (this.units.dirty) {
-      const wait = interacting ? INTERACTING_REDRAW_MS : UNIT_REDRAW_MS;
+      const wait = interacting ? INTERACTING_UNIT_REDRAW_MS : UNIT_REDRAW_MS;
       if (now - this.units.renderedAt >= wait) this.renderUnits();
       else again = true;
     }

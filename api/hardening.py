@@ -20,7 +20,11 @@ from api.errors import PayloadTooLarge, error_response
 from api.limits import Limits, RateLimiter
 from watchfloor.settings import Settings
 
-__all__ = ["API_CSP", "DOCS_CSP", "BodyLimit", "SecurityHeaders", "install"]
+__all__ = ["API_CSP", "DOCS_CSP", "WS_MAX_BYTES", "BodyLimit", "SecurityHeaders", "install"]
+
+#: The largest websocket message the server takes (uvicorn's ``ws_max_size``): the live feed
+#: reads only its auth message, a token of a few KiB; uvicorn's default is 16 MiB.
+WS_MAX_BYTES = 65_536
 
 #: The dashboard is static files from this origin: no inline script or style, no other
 #: origin. 'self' in connect-src covers the same origin's ws:// and wss:// (CSP Level 3, as

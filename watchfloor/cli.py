@@ -229,6 +229,7 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
 
     from api.app import WS_DEFLATE, WS_IMPL, create_app
     from api.auth import Role, add_user
+    from api.hardening import WS_MAX_BYTES
 
     secret = settings.auth_secret.get_secret_value() if settings.auth_secret else secrets.token_urlsafe(48)
     users = [("operator", Role.OPERATOR, ["*"]), ("operator-westminster", Role.OPERATOR, ["Westminster"]),
@@ -242,7 +243,7 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
     app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
-                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))
+                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -257,6 +258,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
     from api.app import WS_DEFLATE, WS_IMPL, create_app
+    from api.hardening import WS_MAX_BYTES
 
     try:
         secret = settings.signing_secret()
@@ -267,7 +269,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
-                ws_per_message_deflate=WS_DEFLATE,
+                ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
                 # Our logging (text or JSON) and our access lines (with request ids) instead of uvicorn's.
                 log_config=None, access_log=False)
 

@@ -225,6 +225,21 @@ def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broke
     assert any(a == "fleet" and d["role"] == "fleet_manager" for a, _, d in _audit(db, "sign_in"))
 
 
+def test_whip_offers_per_device_are_limited(db: Database, broker: MosquittoProcess) -> None:
+    """WHIP offers for one device from one address past the burst get 429 before the secret
+    is even checked; another device is not affected."""
+    settings = make_settings(rate_limit_device_per_min=1.0, rate_limit_device_burst=2)
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+        def offer(device: str) -> httpx.Response:
+            return httpx.post(f"{server.base}/api/v1/whip/{device}", content="v=0\r\n", timeout=30,
+                              headers={"content-type": "application/sdp", "Authorization": "Bearer not-the-secret"})
+
+        assert [offer("we-1").status_code for _ in range(3)] == [401, 401, 429]
+        limited = offer("we-1")
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) > 1
+        assert offer("ca-1").status_code == 401
+
+
 def test_rate_limiter_refills_and_stays_bounded() -> None:
     """The token bucket: burst, then one per 1/rate seconds; the key table is bounded."""
     from api.limits import RateLimiter
@@ -272,13 +287,17 @@ def test_audit_api_is_for_auditors_filtered_and_bounded(stack: Stack) -> None:
         assert check["ok"] and check["entries"] >= len(everything)
 
 
-def test_retiring_a_device_revokes_its_secret_and_is_audited(stack: Stack) -> None:
-    """An admin retires a device: its secret stops working (broker credentials are separate),
-    and the act is in the log."""
+def test_registry_changes_and_retirement_are_audited(stack: Stack) -> None:
+    """An admin registers and moves a device (audited with the borough), then retires it: its
+    secret stops working (broker credentials are separate), and the act is in the log."""
     with stack.db.connect() as conn:
         secret = provision_device(conn, record=DeviceRecord("ret-1", None, None, "Camden", "response"))
     with client(stack.base, "admin") as admin:
+        body = {"device_id": "ret-1", "callsign": "R1", "officer": "PC R", "borough": "Camden", "role": "response"}
+        assert admin.put("/api/v1/devices/ret-1", json={**body, "borough": "Westminster"}).status_code == 200
         assert admin.post("/api/v1/devices/ret-1/retire").status_code == 200
+    changes = [(a, d, details["change"], details["borough"]) for a, d, details in _audit(stack.db, "device_registered")]
+    assert ("admin", "ret-1", "updated", "Westminster") in changes
     with psycopg.connect(stack.db.url) as conn:
         assert not verify_device_secret(conn, device_id="ret-1", secret=secret)
     assert [(a, d, details) for a, d, details in _audit(stack.db, "device_retired")] == \

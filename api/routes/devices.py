@@ -109,7 +109,16 @@ def summary(db: Db, who: DeviceViewer, not_seen_hours: Annotated[float, Query(gt
 @router.post("/devices", response_model=Unit, status_code=201, summary="Register (or update) a device")
 def register(body: DeviceIn, db: Db, who: Admin) -> Unit:
     upsert_devices(db, [DeviceRecord(body.device_id, body.callsign, body.officer, body.borough, body.role)])
-    return _unit(_visible(db, body.device_id, who), who)
+    unit = _unit(_visible(db, body.device_id, who), who)
+    _audit_registry(db, who, body, "registered")
+    return unit
+
+
+def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str) -> None:
+    # Moving a unit to another borough changes who sees it: a registry change is on the record.
+    audit.record(db, actor=who.username, action="device_registered", device_id=body.device_id,
+                 details={"change": change, "callsign": body.callsign, "officer": body.officer,
+                          "borough": body.borough, "role": body.role})
 
 
 @router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}})
@@ -118,7 +127,9 @@ def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin) -> Unit:
     if body.device_id != device_id:
         raise InvalidRequest("the body's device_id must match the path")
     upsert_devices(db, [DeviceRecord(device_id, body.callsign, body.officer, body.borough, body.role)])
-    return _unit(_visible(db, device_id, who), who)
+    unit = _unit(_visible(db, device_id, who), who)
+    _audit_registry(db, who, body, "updated")
+    return unit
 
 
 @router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})

@@ -117,6 +117,9 @@ def _facts(conn: psycopg.Connection, device_id: str) -> UnitFacts | None:
 
 
 class LiveView:
+    """Live view for one API process (see the module's docstring); ``start`` and ``aclose``
+    belong to the app's lifespan, the rest to the routes."""
+
     def __init__(self, *, settings: Settings, pool: ConnectionPool, hub: LiveHub, mqtt_url: str,
                  client_id: str) -> None:
         self._settings = settings
@@ -129,7 +132,8 @@ class LiveView:
         self._relay: Relay | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[tuple[str, bytes]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # short ones: a relay event, an idle stop
+        self._loops: list[asyncio.Task[None]] = []  # the dispatcher and the sweeper
         self._publishers: dict[str, str] = {}  # device id -> its WHIP session here
         self._viewers: dict[str, _Viewer] = {}  # WHEP session id -> who
         self._closing: dict[str, str] = {}  # session id -> why this process closed it
@@ -149,8 +153,8 @@ class LiveView:
         self._relay = Relay(ice_servers=ice_servers(self._settings), on_event=self._on_relay_event)
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
-        self._spawn(self._dispatch_forever())
-        self._spawn(self._sweep_forever())
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._dispatch_forever()), loop.create_task(self._sweep_forever())]
 
     async def aclose(self) -> None:
         """End every session of this process with its records, then stop."""
@@ -158,20 +162,35 @@ class LiveView:
             handle.cancel()
         self._idle.clear()
         if self._relay is not None:
+            # Each step on its own: a failure to close one peer must not leave its record open.
             for session_id in list(self._viewers):
                 with contextlib.suppress(Exception):
                     await self._relay.close(session_id, reason="server_stopping")
+                with contextlib.suppress(Exception):
                     await self._viewer_gone(session_id, "server_stopping")
             for device_id, session_id in list(self._publishers.items()):
+                self._closing[session_id] = "server_stopping"
                 with contextlib.suppress(Exception):
-                    self._closing[session_id] = "server_stopping"
                     await self._relay.close(session_id, reason="server_stopping")
+                with contextlib.suppress(Exception):
                     await self._publisher_gone(device_id, session_id, "server_stopping")
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for handle in self._idle.values():
+            handle.cancel()
+        self._idle.clear()
         if self._relay is not None:
             await self._relay.aclose()
+        # Let the handlers of the sessions just closed finish their records (cancelled, they
+        # could stop before their transaction), then stop the loops.
+        for _ in range(3):  # bounded: a handler may start another (a viewer's end, its count)
+            if not self._tasks:
+                break
+            await asyncio.wait(list(self._tasks), timeout=_RECORDED_WAIT_S)
+            for task in list(self._tasks):
+                if not task.done():
+                    task.cancel()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         self._client.disconnect()
         self._client.loop_stop()
 

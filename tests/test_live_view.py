@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import paho.mqtt.client as paho
+import psycopg
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -566,3 +567,32 @@ def test_watchfloor_simulate_streams_with_provisioned_secrets(pg: Database, mosq
             proc.terminate()
             output, _ = proc.communicate(timeout=30)
         assert "provisioned 2 devices" in output, output
+
+
+def test_an_api_process_that_stops_ends_its_sessions_with_their_records(pg: Database,
+                                                                        mosquitto: MosquittoProcess) -> None:
+    """When the API process stops (its lifespan ends), its viewings and the consent end with
+    ``server_stopping``, recorded and audited: no record is left open."""
+    uplink: VideoUplink | None = None
+    viewer: AiortcViewer | None = None
+    try:
+        with stack(pg, mosquitto) as s:
+            uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+            publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(2, "watch_me"))])
+            wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+            uplink.start(WE1)
+            wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+            viewer = AiortcViewer(s.base, s.token("op-all"), WE1, "shift handover")
+            assert viewer.open() == 201, viewer.error
+            wait_for(lambda: viewer.frames >= 1, timeout=20, what="a frame")
+    finally:
+        if viewer is not None:
+            viewer.close()
+        if uplink is not None:
+            uplink.close()
+    with psycopg.connect(pg.url) as conn:
+        assert conn.execute("SELECT end_reason FROM viewing_sessions WHERE refused IS NULL").fetchall() == [
+            ("server_stopping",)]
+        assert conn.execute("SELECT end_reason FROM live_view_consents").fetchall() == [("server_stopping",)]
+        ended = conn.execute("SELECT count(*) FROM audit_log WHERE action IN ('viewing_ended', 'live_view_ended')")
+        assert ended.fetchone() == (2,)

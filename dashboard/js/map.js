@@ -54,6 +54,7 @@ export class MapView {
     this.track = null; // {points: [{mx, my, ts, recording}], at: index or null}
     this.interactingUntil = 0;
     this.frameRequested = false;
+    this.timer = null;
     this.hits = { xs: [], ys: [], units: [], count: 0, cells: [] };
     this.stats = { visible: 0, drawn: 0, clusters: 0, noPosition: 0, renderMs: 0, renders: 0 };
     this.onDrawn = null; // called after each unit-layer render with this.stats
@@ -257,22 +258,38 @@ export class MapView {
     requestAnimationFrame(() => this.frame());
   }
 
+  // One animation frame: redraw a layer only when it is stale and its pause is over, then
+  // compose. A layer still waiting gets a timer, not a spin of empty frames.
   frame() {
     this.frameRequested = false;
     const now = performance.now();
     const interacting = now < this.interactingUntil;
-    let again = interacting;
+    let retryIn = Infinity;
     if (this.base.dirty) {
-      if (!interacting || now - this.base.renderedAt > INTERACTING_REDRAW_MS) this.renderBase();
-      else again = true;
+      const wait = interacting ? INTERACTING_REDRAW_MS - (now - this.base.renderedAt) : 0;
+      if (wait <= 0) this.renderBase();
+      else retryIn = Math.min(retryIn, wait);
     }
     if (this.units.dirty) {
-      const wait = interacting ? INTERACTING_UNIT_REDRAW_MS : UNIT_REDRAW_MS;
-      if (now - this.units.renderedAt >= wait) this.renderUnits();
-      else again = true;
+      // Batches arrive 4 times a second; a redraw that costs more than its share of the
+      // main thread (software raster on a busy machine) waits longer, so frames stay smooth.
+      const gap = interacting ? INTERACTING_UNIT_REDRAW_MS : Math.max(UNIT_REDRAW_MS, this.stats.renderMs * 6);
+      const wait = gap - (now - this.units.renderedAt);
+      if (wait <= 0) this.renderUnits();
+      else retryIn = Math.min(retryIn, wait);
     }
     this.compose();
-    if (again) this.requestFrame();
+    if (retryIn < Infinity) {
+      this.later(interacting ? Math.min(retryIn, this.interactingUntil - now + 1) : retryIn);
+    }
+  }
+
+  later(ms) {
+    if (this.timer) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.requestFrame();
+    }, Math.max(8, ms));
   }
 
   withLayer(l, draw) {

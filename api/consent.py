@@ -118,8 +118,11 @@ def stop_reason_for_event(event_type: str, basis: Basis) -> str | None:
 
 
 def clean_reason(raw: str | None) -> str | None:
-    """A viewing or request reason, trimmed; None when absent, too short or too long."""
+    """A viewing or request reason, trimmed; None when absent, too short, too long, or
+    holding control characters (a NUL cannot even be stored in PostgreSQL text)."""
     if raw is None:
         return None
     reason = " ".join(raw.split())
+    if not reason.isprintable():
+        return None
     return reason if _REASON_MIN <= len(reason) <= _REASON_MAX else None

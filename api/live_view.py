@@ -325,11 +325,14 @@ class LiveView:
                                  ReplyStatus.EXPIRED):
             return  # "done" answers a status or stop command: nothing to record
 
+        # The camera's words are shown to people and stored: printable characters only.
+        detail = "".join(c for c in answer.detail if c.isprintable()) if answer.detail else None
+
         def work(conn: psycopg.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             accepted = answer.status is ReplyStatus.ACCEPTED
             row = store.answer_request(conn, request_id=answer.id, device_id=device_id,
                                        status="accepted" if accepted else "declined",
-                                       detail=answer.detail or (None if accepted else answer.status.value))
+                                       detail=detail or (None if accepted else answer.status.value))
             if row is None:
                 return None, None  # not a pending request of this camera, or another process was first
             consent = None
@@ -394,7 +397,7 @@ class LiveView:
         """Ask the camera (or grant at once, by policy); returns the request as recorded."""
         reason = clean_reason(reason_raw)
         if reason is None:
-            raise InvalidRequest("reason: 3 to 200 characters are required")
+            raise InvalidRequest("reason: 3 to 200 printable characters are required")
         request_id = f"lv-{uuid.uuid4().hex[:20]}"
         expires = datetime.now(timezone.utc) + timedelta(seconds=self._settings.live_view_request_timeout_s)
 

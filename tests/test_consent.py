@@ -83,6 +83,7 @@ def test_reasons_are_required_and_bounded() -> None:
     assert clean_reason("  suspect   vehicle ") == "suspect vehicle"
     assert clean_reason(None) is None and clean_reason("  ") is None and clean_reason("ok") is None
     assert clean_reason("x" * 201) is None
+    assert clean_reason("nul\x00 inside") is None and clean_reason("bell\x07 rings") is None
 
 
 def test_commands_and_replies_follow_the_contract() -> None:

@@ -358,8 +358,9 @@ class LiveView:
 
         def work(conn: psycopg.Connection) -> tuple[str, dict[str, Any]] | None:
             if kind == "watch_me":
-                if store.unit_for_live_view(conn, device_id) is None:
-                    return None  # unknown device: ingest decides whether it exists
+                unit = store.unit_for_live_view(conn, device_id)
+                if unit is None or unit["retired"]:
+                    return None  # not a device in service: nothing it sends grants consent
                 granted = store.grant_consent(conn, device_id=device_id, basis=Basis.OFFICER_REQUEST.value,
                                               request_id=None)
                 if granted is None:

@@ -479,7 +479,8 @@ def test_every_api_process_sees_the_answer_and_exactly_one_records_it(pg: Databa
 
 def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
     """Twenty viewers join and leave one stream in turn: every viewing is recorded and ended,
-    the camera's last count is zero, and the API holds no viewer, timer or stray task."""
+    the camera's last count is zero, and the API holds no viewer, timer or stray task. Then
+    the camera's WHIP DELETE ends the stream and the consent (``officer_stopped``)."""
     uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
     wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
     try:
@@ -508,6 +509,9 @@ def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
         wire.close()
     wait_for(lambda: _relay_empty(s), timeout=15, what="the stream ended with the camera")
     assert not s.live_view._publishers and not s.live_view._idle
+    # The camera ended it with a WHIP DELETE on its Location: the officer stopped the stream.
+    wait_for(lambda: s.rows("SELECT end_reason FROM live_view_consents") == [("officer_stopped",)],
+             what="the consent ended by the officer")
 
 
 def test_policy_consent_ends_when_the_unit_is_seen_not_recording(s: Stack) -> None:

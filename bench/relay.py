@@ -181,6 +181,14 @@ class Probe:
                 self.latencies.append(now - self.sent[number])
 
 
+async def packets_lost(viewer: ViewerPeer | None) -> int:
+    """Packets the probe's receiver counts as lost so far (RTCP's cumulative count)."""
+    if viewer is None:
+        return 0
+    stats = await viewer.receiver.getStats()
+    return sum(int(getattr(s, "packetsLost", 0) or 0) for s in stats.values() if s.type == "inbound-rtp")
+
+
 async def direct_exchange(track: MediaStreamTrack, pcs: list[RTCPeerConnection]) -> Callable[[str], Awaitable[str]]:
     async def exchange(offer: str) -> str:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -224,9 +232,10 @@ async def camera(url: str) -> None:
         elif words[0] == "measure":
             probe.latencies.clear()
             probe.recording = True
+            lost = await packets_lost(viewer)
             await asyncio.sleep(float(words[1]))
             probe.recording = False
-            return {"latencies": probe.latencies}
+            return {"latencies": probe.latencies, "probe_lost": await packets_lost(viewer) - lost}
         return {}
 
     await command_loop(command)
@@ -320,6 +329,7 @@ class Row:
     inside_p99_ms: float | None = None
     load: float = 0.0  # the machine's 1-minute load average after the window (2 cores)
     overflows: int | None = None  # viewer queues that overflowed in the relay during the window
+    probe_lost: int | None = None  # packets the probe never received
     audience_cpu: float | None = None
 
 
@@ -351,13 +361,15 @@ def measure(what: str, n: int, seconds: float, relay: Child | None, cam: Child, 
     cam.send(f"measure {seconds}")
     for crowd in crowds:
         crowd.send(f"measure {seconds}")
-    latencies = cam.reply().get("latencies", [])
+    reply = cam.reply()
+    latencies = reply.get("latencies", [])
     fps = [f for crowd in crowds for f in crowd.reply().get("fps", [])]
     wall = time.monotonic() - start
     cpu = 100 * (relay.cpu() - start_cpu) / wall if relay else None
     p50, p99 = quantiles(latencies) if n > 0 else (None, None)
     row = Row(what, n, cpu, p50, p99, min(fps) if fps else None, load=os.getloadavg()[0],
-              audience_cpu=100 * (sum(c.cpu() for c in crowds) - crowd_cpu) / wall if crowds else None)
+              audience_cpu=100 * (sum(c.cpu() for c in crowds) - crowd_cpu) / wall if crowds else None,
+              probe_lost=reply.get("probe_lost") if n > 0 else None)
     delay_after = relay_delay(url)
     if delay_before is not None and delay_after is not None:
         window = delay_after[0].minus(delay_before[0])
@@ -416,13 +428,14 @@ def format_rows(rows: list[Row], header: bool = False) -> str:
     lines = []
     if header:
         lines += ["| relay | viewers | relay CPU % of a core | camera→probe p50 ms | p99 ms "
-                  "| inside the relay p50 ms | p99 ms | queue overflows | slowest viewer fps | viewers' CPU % "
-                  "| load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| inside the relay p50 ms | p99 ms | queue overflows | probe lost packets | slowest viewer fps "
+                  "| viewers' CPU % | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.what} | {r.viewers} | {f(r.relay_cpu, '.1f')} | {f(r.p50_ms, '.1f')} | "
                      f"{f(r.p99_ms, '.1f')} | {f(r.inside_p50_ms, '.2f')} | {f(r.inside_p99_ms, '.2f')} "
-                     f"| {'-' if r.overflows is None else r.overflows} | {f(r.min_fps, '.1f')} "
+                     f"| {'-' if r.overflows is None else r.overflows} "
+                     f"| {'-' if r.probe_lost is None else r.probe_lost} | {f(r.min_fps, '.1f')} "
                      f"| {f(r.audience_cpu, '.0f')} | {r.load:.1f} |")
     return "\n".join(lines)
 

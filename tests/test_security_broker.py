@@ -204,6 +204,31 @@ def test_device_publishes_its_own_telemetry_only(broker: Broker) -> None:
         ingest.close()
 
 
+def test_oversized_messages_never_arrive(broker: Broker) -> None:
+    """The shipped message_size_limit (64 KiB): a larger message from a camera, even on its
+    own topic, is refused at the broker and never reaches ingest."""
+    ingest = _client(broker, "watchfloor-ingest")
+    try:
+        ingest.subscribe("watchfloor/v1/devices/+/telemetry")
+        big = _client(broker, "cam-a")
+        try:
+            info = big.client.publish(topic_for("cam-a", Channel.TELEMETRY), b"x" * 70_000, qos=1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and info.mid not in big.published and big.client.is_connected():
+                time.sleep(0.05)
+            assert big.published.get(info.mid, 0) >= 128 or not big.client.is_connected()
+        finally:
+            big.close()
+        cam = _client(broker, "cam-a")
+        try:
+            cam.publish(topic_for("cam-a", Channel.TELEMETRY), b"small")
+        finally:
+            cam.close()
+        assert ingest.received_until(b"small") == [(topic_for("cam-a", Channel.TELEMETRY), b"small")]
+    finally:
+        ingest.close()
+
+
 def test_device_reads_only_its_own_commands(broker: Broker) -> None:
     """cam-a, subscribed to every device's commands, receives only its own; a device may not
     send commands or read other devices' telemetry."""

@@ -29,6 +29,7 @@ def token(body: TokenIn, request: Request, db: Db) -> TokenOut:
         db.commit()  # the refusal below rolls the request back; the record stays
         raise NotAuthenticated("wrong username or password")
     audit.record(db, actor=who.username, action="sign_in", details={**source, "role": who.role.value})
+    db.commit()  # no token leaves without its record
     tokens: TokenIssuer = request.app.state.tokens
     return TokenOut(access_token=tokens.issue(who), expires_in=tokens.ttl_s, role=who.role.value,
                     areas=[ALL_AREAS] if who.areas is None else sorted(who.areas))

@@ -177,12 +177,16 @@ def _created(answer: str, location: str) -> Response:
     return Response(content=answer, status_code=201, media_type=_SDP, headers={"Location": location})
 
 
+# The offer is read raw (not JSON): described here so that the OpenAPI document says so.
+_SDP_OFFER: dict[str, Any] = {"requestBody": {"required": True, "description": "the complete SDP offer",
+                                              "content": {_SDP: {"schema": {"type": "string"}}}}}
 _SDP_BODY: dict[int | str, dict[str, Any]] = {
     201: {"content": {_SDP: {}}, "description": "the SDP answer; Location names the session"},
     415: {"model": ErrorBody}, 429: {"model": ErrorBody}}
 
 
 @router.post("/whip/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,
+             openapi_extra=_SDP_OFFER,
              summary="WHIP: the camera publishes (bearer: the device's own secret; only under consent)")
 async def whip(device_id: DeviceId, request: Request) -> Response:
     secret = bearer(request.headers.get("authorization"))
@@ -203,6 +207,7 @@ async def whip_end(device_id: DeviceId, session_id: SessionId, request: Request)
 
 
 @router.post("/whep/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,
+             openapi_extra=_SDP_OFFER,
              summary="WHEP: watch a live camera (operator or firearms commander, in area, with a reason)")
 async def whep(device_id: DeviceId, request: Request, who: Caller,
                x_viewing_reason: Annotated[str | None, Header(description="why you watch (required)")] = None,

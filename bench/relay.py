@@ -106,7 +106,8 @@ async def serve_forward(port: int) -> None:
                 stats = relay.stats()
                 delay = stats.forward_delay
                 return 200, {}, json.dumps({"cumulative": delay.cumulative, "count": delay.count, "sum": delay.sum_s,
-                                            "overflows": stats.queue_overflows})
+                                            "overflows": stats.queue_overflows,
+                                            "keyframes": stats.keyframe_requests})
         except NoSuchStream:
             return 404, {}, "no such stream"
         except InvalidOffer as exc:
@@ -330,10 +331,11 @@ class Row:
     load: float = 0.0  # the machine's 1-minute load average after the window (2 cores)
     overflows: int | None = None  # viewer queues that overflowed in the relay during the window
     probe_lost: int | None = None  # packets the probe never received
+    keyframes: int | None = None  # keyframes the relay asked the camera for
     audience_cpu: float | None = None
 
 
-def relay_delay(url: str) -> tuple[HistogramSnapshot, int] | None:
+def relay_delay(url: str) -> tuple[HistogramSnapshot, int, int] | None:
     """The forwarding relay's own histogram (jitter buffer to last packet sent) and its
     queue overflows so far, if it has them."""
     if not url:
@@ -343,7 +345,8 @@ def relay_delay(url: str) -> tuple[HistogramSnapshot, int] | None:
             data = json.loads(response.read())
     except urllib.error.HTTPError:
         return None
-    return HistogramSnapshot(DELAY_EDGES_S, tuple(data["cumulative"]), data["count"], data["sum"]), data["overflows"]
+    snapshot = HistogramSnapshot(DELAY_EDGES_S, tuple(data["cumulative"]), data["count"], data["sum"])
+    return snapshot, data["overflows"], data["keyframes"]
 
 
 def quantiles(samples: list[float]) -> tuple[float | None, float | None]:
@@ -374,6 +377,7 @@ def measure(what: str, n: int, seconds: float, relay: Child | None, cam: Child, 
     if delay_before is not None and delay_after is not None:
         window = delay_after[0].minus(delay_before[0])
         row.overflows = delay_after[1] - delay_before[1]
+        row.keyframes = delay_after[2] - delay_before[2]
         inside = window.quantile(0.5), window.quantile(0.99)
         row.inside_p50_ms, row.inside_p99_ms = [None if v is None else v * 1000 for v in inside]
     return row
@@ -428,13 +432,13 @@ def format_rows(rows: list[Row], header: bool = False) -> str:
     lines = []
     if header:
         lines += ["| relay | viewers | relay CPU % of a core | camera→probe p50 ms | p99 ms "
-                  "| inside the relay p50 ms | p99 ms | queue overflows | probe lost packets | slowest viewer fps "
-                  "| viewers' CPU % | load avg |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| inside the relay p50 ms | p99 ms | queue overflows | keyframes asked | probe lost packets "
+                  "| slowest viewer fps | viewers' CPU % | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r.what} | {r.viewers} | {f(r.relay_cpu, '.1f')} | {f(r.p50_ms, '.1f')} | "
                      f"{f(r.p99_ms, '.1f')} | {f(r.inside_p50_ms, '.2f')} | {f(r.inside_p99_ms, '.2f')} "
-                     f"| {'-' if r.overflows is None else r.overflows} "
+                     f"| {'-' if r.overflows is None else r.overflows} | {'-' if r.keyframes is None else r.keyframes} "
                      f"| {'-' if r.probe_lost is None else r.probe_lost} | {f(r.min_fps, '.1f')} "
                      f"| {f(r.audience_cpu, '.0f')} | {r.load:.1f} |")
     return "\n".join(lines)

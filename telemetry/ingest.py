@@ -7,9 +7,13 @@ connection, commits, then acknowledges. Between them sits a hand-off of one batc
 A message is acknowledged to the broker only after the transaction that stores it (or
 stores its rejection) has committed. If the process dies, or the database is away, the
 broker still holds everything unacknowledged and delivers it again; the store's keys turn
-the second copy into a no-op. While the database is away nothing is acknowledged, the
-inbox fills, paho's thread blocks on it, and the broker stops sending: memory stays
-bounded by ``ingest_queue_max`` plus two batches (one being written, one handed off).
+the second copy into a no-op. While the database is away nothing is acknowledged, and
+the broker stops sending once its in-flight window to this worker is full (Receive Maximum
+= ``ingest_queue_max`` over MQTT 5; the broker's ``max_inflight_messages`` over 3.1.1), so
+the inbox never has to block paho's thread, which keeps the connection alive. Memory stays
+bounded by ``ingest_queue_max`` plus two batches (one being written, one handed off); if
+the window were larger than the inbox, paho's thread would block on it and push back all
+the same, but the broker would drop the silent connection after 1.5 keep-alives.
 """
 
 from __future__ import annotations
@@ -171,6 +175,7 @@ class IngestWorker:
             topics=subscription_topics(settings.ingest_share_group),
             protocol=protocol,
             session_expiry_s=settings.mqtt_session_expiry_s,
+            receive_maximum=settings.ingest_queue_max,  # MQTT 5; over 3.1.1 the broker's max_inflight_messages
             keepalive_s=settings.mqtt_keepalive_s,
             deliver=self._enqueue,
         )

@@ -179,11 +179,13 @@ class MqttSession:
         session_expiry_s: int,
         keepalive_s: int,
         deliver: Callable[[Inbound], None],
+        receive_maximum: int | None = None,
     ) -> None:
         self._address = address
         self._topics = list(topics)
         self._protocol = protocol
         self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
         self._keepalive_s = keepalive_s
         self._deliver = deliver
         self._generation = 0
@@ -207,6 +209,12 @@ class MqttSession:
             # connect of a process) would throw away what a crashed worker left unacked.
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = self._session_expiry_s
+            if self._receive_maximum is not None:
+                # At most this many unacknowledged messages in flight to us: with it no larger
+                # than our queue, paho's thread never blocks on a full queue, so it keeps
+                # answering keep-alives while the database is slow or away (else the broker
+                # drops the connection and redelivers the whole window on reconnect).
+                props.ReceiveMaximum = max(1, min(self._receive_maximum, 65_535))
             self._client.connect_async(host, port, keepalive=keepalive, clean_start=False, properties=props)
         else:
             self._client.connect_async(host, port, keepalive=keepalive)

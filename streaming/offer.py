@@ -59,7 +59,8 @@ def check_offer(sdp: str, *, role: Literal["publish", "view"]) -> str:
     The checks are the ones aiortc would otherwise fail on later with less helpful errors
     (or not at all): the text parses as SDP; it has a video section that is not rejected
     (port 0) and whose direction fits the role (a publisher sends video, a viewer
-    receives it); that section carries ICE credentials and a DTLS fingerprint.
+    receives it); that section carries ICE credentials and a DTLS fingerprint, and says
+    ``a=setup:actpass`` as only an offer does.
     """
     if not isinstance(sdp, str) or not sdp.strip().startswith("v=0"):
         raise InvalidOffer("not an SDP session description")
@@ -79,6 +80,10 @@ def check_offer(sdp: str, *, role: Literal["publish", "view"]) -> str:
             raise InvalidOffer("the offer has no ICE credentials")
         if media.dtls is None or not media.dtls.fingerprints:
             raise InvalidOffer("the offer has no DTLS fingerprint")
+        if media.dtls.role != "auto":
+            # An offerer must say a=setup:actpass (RFC 8842 section 5.2); anything else is
+            # an answer posted by mistake.
+            raise InvalidOffer("not an offer: a=setup is not actpass")
         if not media.rtp.codecs:
             raise InvalidOffer("the offer's video has no codec")
     return strip_mdns_candidates(sdp)

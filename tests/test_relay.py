@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import tracemalloc
+import urllib.error
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
 from streaming.aiortc_internals import send_picture_loss
-from streaming.client import ViewerPeer, start_publisher, start_viewer
+from streaming.client import ViewerPeer, http_exchange, start_publisher, start_viewer
 from streaming.frames import EncodedFrame, is_keyframe
 from streaming.offer import strip_mdns_candidates
 from streaming.queues import ViewerQueue
@@ -514,6 +515,38 @@ def test_hundred_join_leave_cycles_leak_nothing() -> None:
 # -- offers ----------------------------------------------------------------------------------
 
 
+def test_http_exchange_posts_sdp_and_returns_the_location() -> None:
+    """The WHIP/WHEP client helper POSTs the offer as application/sdp with the bearer
+    token, and returns the answer and the session's Location made absolute; a status
+    other than 201 is an error."""
+
+    async def scenario() -> None:
+        seen: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            seen.append(head + await reader.readexactly(length))
+            status = b"201 Created" if b"/whip/" in head else b"403 Forbidden"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 6\r\nLocation: /whip/s/1\r\n"
+                         b"Connection: close\r\n\r\nanswer")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        result = await http_exchange(f"http://127.0.0.1:{port}/whip/s", "v=0 offer", token="t0k3n")
+        assert result.answer_sdp == "answer" and result.location == f"http://127.0.0.1:{port}/whip/s/1"
+        assert b"POST /whip/s " in seen[0] and b"Content-Type: application/sdp" in seen[0]
+        assert b"Authorization: Bearer t0k3n" in seen[0] and seen[0].endswith(b"v=0 offer")
+        with pytest.raises(urllib.error.HTTPError):
+            await http_exchange(f"http://127.0.0.1:{port}/whep/s", "v=0 offer")
+        server.close()
+        await server.wait_closed()
+
+    run(scenario())
+
+
 async def offer_sdp(kind: str, direction: str) -> str:
     pc = RTCPeerConnection()
     pc.addTransceiver(kind, direction=direction)
@@ -523,15 +556,17 @@ async def offer_sdp(kind: str, direction: str) -> str:
 
 
 def test_bad_offers_are_refused() -> None:
-    """Garbage, an SDP with no video, a publisher offer that only receives and a viewer
-    offer that only sends all raise InvalidOffer, and leave no session behind."""
+    """Garbage, an SDP with no video, an answer instead of an offer, a publisher offer
+    that only receives and a viewer offer that only sends all raise InvalidOffer, and
+    leave no session behind."""
 
     async def scenario() -> None:
         relay = Relay(host_addresses=LOOPBACK)
         audio = await offer_sdp("audio", "sendonly")
         recv_video = await offer_sdp("video", "recvonly")
         send_video = await offer_sdp("video", "sendonly")
-        for bad in ("", "hello", "v=0\r\nthis is not sdp\r\n", audio, recv_video):
+        an_answer = send_video.replace("a=setup:actpass", "a=setup:active")
+        for bad in ("", "hello", "v=0\r\nthis is not sdp\r\n", audio, recv_video, an_answer):
             with pytest.raises(InvalidOffer):
                 await relay.publish("cam-1", bad)
         assert not relay.is_publishing("cam-1")

@@ -362,6 +362,8 @@ def test_page_assets_config_and_no_inline_code(stack: Stack) -> None:
     assert config["tiles"] is None and "Open Government Licence" in config["boroughs_attribution"]
     outlines = httpx.get(stack.base + config["boroughs_url"]).json()
     assert len(outlines["features"]) == 33
+    tube = httpx.get(stack.base + config["tube_url"]).json()
+    assert tube["features"] and "OpenStreetMap" in config["tube_attribution"]
 
 
 def test_map_tiles_setting_reaches_the_page(pg: Database, mosquitto: MosquittoProcess) -> None:

@@ -13,12 +13,14 @@ from fastapi.staticfiles import StaticFiles
 from dashboard import static_dir
 from watchfloor.settings import Settings
 
-__all__ = ["BOROUGHS_CREDIT", "install"]
+__all__ = ["BOROUGHS_CREDIT", "TUBE_CREDIT", "install"]
 
 #: The borough outlines' licence (UK OGL v3) asks for this attribution wherever they are shown.
 BOROUGHS_CREDIT = ("Borough outlines: contains National Statistics data © Crown copyright and database right 2015; "
                    "contains Ordnance Survey data © Crown copyright and database right 2015 (Open Government "
                    "Licence v3, London Datastore)")
+#: The Underground lines (dashboard/data, from OpenStreetMap via vega-datasets) are under the ODbL.
+TUBE_CREDIT = "Underground lines: © OpenStreetMap contributors (ODbL)"
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
 
@@ -29,7 +31,8 @@ def _router(settings: Settings) -> APIRouter:
     tiles = ({"url": settings.map_tiles_url, "attribution": settings.map_tiles_attribution}
              if settings.map_tiles_url else None)
     config: dict[str, object] = {"tiles": tiles, "boroughs_url": "/dashboard/london-boroughs.geojson",
-              "boroughs_attribution": BOROUGHS_CREDIT, "live_rate_hz": settings.live_rate_hz}
+              "boroughs_attribution": BOROUGHS_CREDIT, "tube_url": "/data/london-tube-lines.geojson",
+                                   "tube_attribution": TUBE_CREDIT, "live_rate_hz": settings.live_rate_hz}
 
     @router.get("/")
     def index() -> FileResponse:
@@ -50,5 +53,5 @@ def install(app: FastAPI, *, settings: Settings) -> None:
     """Serve the page from ``app``: the index and config routes, and the asset folders (only
     those, so the package's Python files are never served)."""
     app.include_router(_router(settings))
-    for folder in ("js", "css"):
+    for folder in ("js", "css", "data"):
         app.mount(f"/{folder}", StaticFiles(directory=static_dir() / folder), name=f"dashboard-{folder}")

@@ -95,7 +95,8 @@ async function startSession() {
   setLargeType(localStorage.getItem(LARGE_KEY) === "1");
 
   const config = await (await fetch("/dashboard/config.json")).json();
-  $("#attribution").textContent = [config.tiles ? config.tiles.attribution : "", config.boroughs_attribution]
+  $("#attribution").textContent = [config.tiles ? config.tiles.attribution : "", config.boroughs_attribution,
+    config.tube_attribution]
     .filter(Boolean).join(" · ");
   const store = new UnitStore();
   const views = ROLE_VIEWS[role] || [];
@@ -156,6 +157,7 @@ async function setUpMap(ctx) {
     return names;
   });
 
+  map.loadTube(config.tube_url).catch(() => {}); // a nicety: the map works without it
   const countEl = $("#unit-count");
   map.onDrawn = (st) => {
     countEl.textContent = `${st.visible.toLocaleString()} of ${st.total.toLocaleString()} units` +

@@ -24,6 +24,12 @@ const LONDON = { west: -0.52, east: 0.34, south: 51.28, north: 51.7 };
 const MIN_ZOOM = 8;
 const MAX_ZOOM = 19;
 const EARTH_M = 40075016.686;
+// Transport for London's line colours (a few lightened to show on the dark map).
+const TUBE_COLOURS = {
+  Bakerloo: "#b36305", Central: "#e32017", Circle: "#ffd300", District: "#00a03a", "Hammersmith & City": "#f3a9bb",
+  Jubilee: "#a0a5a9", Metropolitan: "#c0307a", Northern: "#9a9a9a", Piccadilly: "#3a6fd8", Victoria: "#0098d4",
+  "Waterloo & City": "#95cdba", DLR: "#00a4a7",
+};
 
 function layer() {
   return { canvas: document.createElement("canvas"), view: null, dirty: true, renderedAt: 0 };
@@ -45,6 +51,7 @@ export class MapView {
     this.base = layer();
     this.units = layer();
     this.boroughs = [];
+    this.tube = null;
     this.tiles = new Map();
     this.grouping = true;
     this.large = false;
@@ -89,6 +96,27 @@ export class MapView {
     });
     this.invalidate({ base: true });
     return this.boroughs.map((b) => b.name).sort();
+  }
+
+  // The Underground, drawn faintly in each line's colour: with the outlines, London is
+  // recognisable at a glance without a tile server.
+  async loadTube(url) {
+    const geo = await (await fetch(url)).json();
+    const byLine = new Map();
+    for (const f of geo.features) {
+      const lines = f.geometry.type === "LineString" ? [f.geometry.coordinates] : f.geometry.coordinates;
+      const list = byLine.get(f.properties.name) || [];
+      for (const line of lines) {
+        const pts = new Float64Array(line.length * 2);
+        line.forEach(([lon, lat], i) => {
+          [pts[2 * i], pts[2 * i + 1]] = mercator(lat, lon);
+        });
+        list.push(pts);
+      }
+      byLine.set(f.properties.name, list);
+    }
+    this.tube = [...byLine.entries()].map(([name, paths]) => ({ colour: TUBE_COLOURS[name] || "#8899aa", paths }));
+    this.invalidate({ base: true });
   }
 
   invalidate({ base = false, units = false } = {}) {
@@ -325,6 +353,20 @@ export class MapView {
       ctx.strokeStyle = this.config.tiles ? "rgba(40, 70, 110, 0.8)" : "#3d5670";
       ctx.lineWidth = 1;
       ctx.stroke();
+      if (this.tube) {
+        ctx.globalAlpha = this.config.tiles ? 0.7 : 0.45;
+        ctx.lineWidth = this.view.zoom >= 13 ? 2.5 : 1.5;
+        for (const line of this.tube) {
+          ctx.strokeStyle = line.colour;
+          ctx.beginPath();
+          for (const pts of line.paths) {
+            ctx.moveTo(pts[0] * W + ox, pts[1] * W + oy);
+            for (let i = 2; i < pts.length; i += 2) ctx.lineTo(pts[i] * W + ox, pts[i + 1] * W + oy);
+          }
+          ctx.stroke();
+        }
+        ctx.globalAlpha = 1;
+      }
       if (this.view.zoom >= 10.2) {
         ctx.fillStyle = this.config.tiles ? "rgba(20, 40, 70, 0.9)" : "#6f8aa3";
         ctx.font = `${this.large ? 15 : 11}px system-ui, sans-serif`;

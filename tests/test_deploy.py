@@ -89,6 +89,21 @@ def test_compose_health_checks_and_mounts() -> None:
     assert re.search(r"^persistence true$", conf, re.M), "broker sessions would not survive its restart"
 
 
+def test_broker_in_flight_window_fits_in_ingest_queue() -> None:
+    """The shipped broker's in-flight window per client is bounded and fits in an ingest
+    worker's queue (default and as deployed), so a worker waiting on its database never
+    blocks paho's thread and keeps its connection (tests/test_faults.py)."""
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    found = re.search(r"^max_inflight_messages (\d+)$", conf, re.M)
+    assert found is not None
+    window = int(found.group(1))
+    config = next(d for d in _load(DEPLOY / "k8s" / "configmap.yaml") if d["kind"] == "ConfigMap")
+    queues = [Settings().ingest_queue_max, int(config["data"].get("WATCHFLOOR_INGEST_QUEUE_MAX", 0) or 10**9)]
+    queues += [int(svc["environment"].get("WATCHFLOOR_INGEST_QUEUE_MAX", Settings().ingest_queue_max))
+               for svc in _watchfloor_services().values() if svc["command"] == ["ingest"]]
+    assert 0 < window <= min(queues)
+
+
 def test_k8s_containers_run_real_commands_with_real_settings() -> None:
     """Each Watchfloor container's args parse with the CLI; every variable it gets (directly
     or from the ConfigMap) is a setting; secrets come from Secrets, not the ConfigMap."""

@@ -91,6 +91,7 @@ export class AlertsPanel {
     const fresh = this.unseen.size;
     this.badge.textContent = fresh ? `${fresh} new alert${fresh > 1 ? "s" : ""}` : `${open} open alerts`;
     this.badge.classList.toggle("flash", fresh > 0);
+    document.title = fresh ? `(${fresh}) new alert${fresh > 1 ? "s" : ""} — Watchfloor` : "Watchfloor — control room";
     this.root.classList.toggle("attention", fresh > 0);
     const emergency = all.find((a) => a.kind === "emergency" && a.status === "open");
     this.banner.classList.toggle("hidden", !emergency);

@@ -476,10 +476,11 @@ class LiveView:
             raise NotAuthenticated("not this device's secret")
         if not isinstance(consent, dict):
             raise Forbidden(f"no consent in force for {device_id}: live view needs the officer's agreement or policy")
-        if consent["publisher_session"] is not None and not self.relay.is_publishing(device_id):
-            raise Conflict(f"{device_id} is publishing through another API process")
         # Publishing again here (a camera back from a network blip) replaces its old session;
-        # the relay keeps the viewers, which see the new one from its next keyframe.
+        # the relay keeps the viewers, which see the new one from its next keyframe. A session
+        # recorded by another API process is taken over too: that process died, or the
+        # balancer moved the camera; the camera proved who it is, and the old process's
+        # session, when it ends, no longer speaks for the consent.
         try:
             session = await self.relay.publish(device_id, offer)
         except InvalidOffer as error:
@@ -524,23 +525,27 @@ class LiveView:
                 await self.relay.close(viewer.session_id, reason="stream_ended")
             await self._viewer_gone(viewer.session_id, "stream_ended")
 
-        def work(conn: psycopg.Connection) -> dict[str, Any] | None:
+        def work(conn: psycopg.Connection) -> tuple[dict[str, Any] | None, bool]:
+            """(the consent this ended, whether the stream that ended was the unit's)."""
             consent = store.active_consent(conn, device_id)
-            if consent is None or consent["publisher_session"] != session_id:
-                return None  # ended already (and announced by whoever ended it)
+            if consent is None:
+                return None, True  # ended already (and announced by whoever ended it)
+            if consent["publisher_session"] != session_id:
+                return None, False  # the camera publishes elsewhere now (taken over)
             ended = store.end_consent(conn, device_id=device_id, reason=reason, consent_id=consent["consent_id"])
             if ended is not None:
                 audit.record(conn, actor=f"device:{device_id}" if reason in ("officer_stopped", "camera_lost")
                              else "system", action="live_view_ended", device_id=device_id,
                              details={"consent_id": ended["consent_id"], "basis": ended["basis"], "reason": reason})
-            return ended
+            return ended, True
 
-        ended = await self._db(work)
+        ended, current = await self._db(work)
         if ended is not None:
             if reason != "officer_stopped":
                 self._command(device_id, CommandType.LIVE_VIEW_STOP, {"reason": reason})
             self._announce("consent_ended", device_id, consent=ended, reason=reason)
-        self._announce("stream_ended", device_id, reason=reason, viewers=0)
+        if current:
+            self._announce("stream_ended", device_id, reason=reason, viewers=0)
 
     # WHEP: a viewer plays
 

@@ -600,3 +600,40 @@ def test_an_api_process_that_stops_ends_its_sessions_with_their_records(pg: Data
         assert conn.execute("SELECT end_reason FROM live_view_consents").fetchall() == [("server_stopping",)]
         ended = conn.execute("SELECT count(*) FROM audit_log WHERE action IN ('viewing_ended', 'live_view_ended')")
         assert ended.fetchone() == (2,)
+
+
+def test_a_camera_that_moves_to_another_api_process_takes_its_stream_along(pg: Database,
+                                                                           mosquitto: MosquittoProcess) -> None:
+    """A camera publishing through process A publishes again through process B (A died, or
+    the balancer moved it): B takes the stream over; when A's old session ends, the consent
+    stays (it speaks for B's now), and only the camera's DELETE at B ends it."""
+    with stack(pg, mosquitto) as a:
+        with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as server_b:
+            b = Stack(server_b.base, mosquitto.url, pg, a.secrets, server_b.app.state.live_view, server_b.app)
+            to_a = VideoUplink(api_url=a.base, secrets=a.secrets).open()
+            to_b = VideoUplink(api_url=b.base, secrets=a.secrets).open()
+            try:
+                publish_all(a.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(4, "watch_me"))])
+                wait_for(lambda: a.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+                to_a.start(WE1)
+                wait_for(lambda: a.live_view.relay.is_publishing(WE1), timeout=20, what="the stream at A")
+                to_b.start(WE1)
+                wait_for(lambda: b.live_view.relay.is_publishing(WE1), timeout=20, what="the stream at B")
+                session_b = b.live_view._publishers[WE1]
+                wait_for(lambda: a.rows("SELECT publisher_session FROM live_view_consents WHERE ended_at IS NULL")
+                         == [(session_b,)], what="the consent following B")
+                to_a.stop(WE1)  # A's old session ends (its DELETE)
+                wait_for(lambda: not a.live_view.relay.is_publishing(WE1), timeout=15, what="A's session gone")
+                time.sleep(1.0)
+                assert a.rows("SELECT publisher_session, ended_at FROM live_view_consents") == [(session_b, None)]
+                viewer = AiortcViewer(b.base, b.token("op-all"), WE1, "after the move")
+                try:
+                    assert viewer.open() == 201, viewer.error
+                    wait_for(lambda: viewer.frames >= 3, timeout=20, what="frames through B")
+                finally:
+                    viewer.close()
+            finally:
+                to_a.close()
+                to_b.close()
+            wait_for(lambda: a.rows("SELECT end_reason FROM live_view_consents") == [("officer_stopped",)],
+                     what="the camera's DELETE at B ending the consent")

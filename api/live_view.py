@@ -481,13 +481,26 @@ class LiveView:
         # recorded by another API process is taken over too: that process died, or the
         # balancer moved the camera; the camera proved who it is, and the old process's
         # session, when it ends, no longer speaks for the consent.
+        previous = self._publishers.get(device_id)
         try:
             session = await self.relay.publish(device_id, offer)
         except InvalidOffer as error:
             raise InvalidRequest(f"the SDP offer cannot start a session: {error}") from None
         self._publishers[device_id] = session.id
-        updated = await self._db(lambda conn: store.set_publisher(conn, consent_id=consent["consent_id"],
-                                                                  session_id=session.id))
+        # Recorded by another process: its viewings cannot go on here (their records end).
+        moved = consent["publisher_session"] not in (None, previous)
+        local = [v.session_id for v in self._viewers.values() if v.device_id == device_id]
+
+        def record(conn: psycopg.Connection) -> dict[str, Any] | None:
+            updated = store.set_publisher(conn, consent_id=consent["consent_id"], session_id=session.id)
+            if updated is not None and moved:
+                for row in store.end_viewings_elsewhere(conn, consent_id=consent["consent_id"], keep=local,
+                                                        reason="stream_moved"):
+                    audit.record(conn, actor=row["viewer"], action="viewing_ended", device_id=device_id,
+                                 details={"session_id": row["session_id"], "reason": "stream_moved"})
+            return updated
+
+        updated = await self._db(record)
         if updated is None:  # the consent ended while the session was being set up
             await self._close_publisher(device_id, "consent_ended")
             raise Forbidden(f"the consent for {device_id} ended")

@@ -21,6 +21,7 @@ __all__ = [
     "create_request",
     "end_consent",
     "end_policy_consents_not_recording",
+    "end_viewings_elsewhere",
     "end_viewing",
     "expire_requests",
     "get_request",
@@ -192,6 +193,14 @@ def end_viewing(conn: psycopg.Connection, *, session_id: str, reason: str) -> Ro
     """End an open viewing session; None if it had ended already."""
     return _one(conn, f"UPDATE viewing_sessions SET ended_at = now(), end_reason = %s"
                       f" WHERE session_id = %s AND ended_at IS NULL RETURNING {_VIEWING}", (reason, session_id))
+
+
+def end_viewings_elsewhere(conn: psycopg.Connection, *, consent_id: int, keep: list[str], reason: str) -> list[Row]:
+    """End the open viewings under a consent except the sessions in ``keep`` (when the stream
+    moved to another API process, the others' viewers are gone or about to go)."""
+    return _all(conn, f"UPDATE viewing_sessions SET ended_at = now(), end_reason = %s"
+                      f" WHERE consent_id = %s AND ended_at IS NULL AND NOT (session_id = ANY(%s))"
+                      f" RETURNING {_VIEWING}", (reason, consent_id, keep))
 
 
 def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:

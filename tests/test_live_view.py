@@ -605,8 +605,9 @@ def test_an_api_process_that_stops_ends_its_sessions_with_their_records(pg: Data
 def test_a_camera_that_moves_to_another_api_process_takes_its_stream_along(pg: Database,
                                                                            mosquitto: MosquittoProcess) -> None:
     """A camera publishing through process A publishes again through process B (A died, or
-    the balancer moved it): B takes the stream over; when A's old session ends, the consent
-    stays (it speaks for B's now), and only the camera's DELETE at B ends it."""
+    the balancer moved it): B takes the stream over and ends the viewings left open at A;
+    when A's old session ends, the consent stays (it speaks for B's now), and only the
+    camera's DELETE at B ends it."""
     with stack(pg, mosquitto) as a:
         with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as server_b:
             b = Stack(server_b.base, mosquitto.url, pg, a.secrets, server_b.app.state.live_view, server_b.app)
@@ -617,6 +618,10 @@ def test_a_camera_that_moves_to_another_api_process_takes_its_stream_along(pg: D
                 wait_for(lambda: a.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
                 to_a.start(WE1)
                 wait_for(lambda: a.live_view.relay.is_publishing(WE1), timeout=20, what="the stream at A")
+                with a.db.connect() as conn:  # a viewing left open by a process that died
+                    conn.execute("INSERT INTO viewing_sessions (session_id, device_id, viewer, role, reason,"
+                                 " consent_id) SELECT 'of-a-dead-process', device_id, 'op-all', 'operator',"
+                                 " 'before the move', id FROM live_view_consents WHERE ended_at IS NULL")
                 to_b.start(WE1)
                 wait_for(lambda: b.live_view.relay.is_publishing(WE1), timeout=20, what="the stream at B")
                 session_b = b.live_view._publishers[WE1]
@@ -626,6 +631,9 @@ def test_a_camera_that_moves_to_another_api_process_takes_its_stream_along(pg: D
                 wait_for(lambda: not a.live_view.relay.is_publishing(WE1), timeout=15, what="A's session gone")
                 time.sleep(1.0)
                 assert a.rows("SELECT publisher_session, ended_at FROM live_view_consents") == [(session_b, None)]
+                # The viewing that could not follow the stream was ended when B took over.
+                assert a.rows("SELECT viewer, end_reason FROM viewing_sessions WHERE refused IS NULL") == [
+                    ("op-all", "stream_moved")]
                 viewer = AiortcViewer(b.base, b.token("op-all"), WE1, "after the move")
                 try:
                     assert viewer.open() == 201, viewer.error

@@ -76,6 +76,8 @@ _CONSENT_EVENTS = (b'"watch_me"', b'"recording_stopped"', b'"docked"')
 _INBOX_MAX = 10_000
 _SWEEP_S = 2.0
 _RECORDED_WAIT_S = 10.0
+# A viewing still open this long after its consent ended was served by a process that died.
+_ORPHAN_AFTER = timedelta(seconds=30)
 _STREAM_WAIT_S, _STREAM_POLL_S = 10.0, 0.25  # a WHEP request waits this long for an accepted camera
 
 T = TypeVar("T")
@@ -272,6 +274,9 @@ class LiveView:
                 audit.record(conn, actor="system", action="live_view_ended", device_id=row["device_id"],
                              details={"consent_id": row["consent_id"], "basis": row["basis"],
                                       "reason": row["end_reason"]})
+            for row in store.end_orphaned_viewings(conn, consent_ended_before=now - _ORPHAN_AFTER):
+                audit.record(conn, actor=row["viewer"], action="viewing_ended", device_id=row["device_id"],
+                             details={"session_id": row["session_id"], "reason": "consent_ended"})
             return expired, stale
 
         expired, stale = await self._db(work)

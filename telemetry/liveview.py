@@ -20,6 +20,7 @@ __all__ = [
     "answer_request",
     "create_request",
     "end_consent",
+    "end_orphaned_viewings",
     "end_policy_consents_not_recording",
     "end_viewings_elsewhere",
     "end_viewing",
@@ -201,6 +202,15 @@ def end_viewings_elsewhere(conn: psycopg.Connection, *, consent_id: int, keep: l
     return _all(conn, f"UPDATE viewing_sessions SET ended_at = now(), end_reason = %s"
                       f" WHERE consent_id = %s AND ended_at IS NULL AND NOT (session_id = ANY(%s))"
                       f" RETURNING {_VIEWING}", (reason, consent_id, keep))
+
+
+def end_orphaned_viewings(conn: psycopg.Connection, *, consent_ended_before: datetime) -> list[Row]:
+    """End open viewings whose consent ended before then: the process that served them is
+    gone (a live one ends its viewers as the stream closes). Returns them."""
+    return _all(conn, f"UPDATE viewing_sessions v SET ended_at = now(), end_reason = 'consent_ended'"
+                      f" FROM live_view_consents c WHERE c.id = v.consent_id AND v.ended_at IS NULL"
+                      f" AND c.ended_at < %s RETURNING {', '.join('v.' + c for c in _VIEWING.split(', '))}",
+                (consent_ended_before,))
 
 
 def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:

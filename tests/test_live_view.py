@@ -645,3 +645,20 @@ def test_a_camera_that_moves_to_another_api_process_takes_its_stream_along(pg: D
                 to_b.close()
             wait_for(lambda: a.rows("SELECT end_reason FROM live_view_consents") == [("officer_stopped",)],
                      what="the camera's DELETE at B ending the consent")
+
+
+def test_viewings_left_open_by_a_dead_process_end_with_their_consent(s: Stack) -> None:
+    """A viewing still open well after its consent ended (its API process died) is ended by
+    the sweep (``consent_ended``) and audited, so 'who is watching' shows no ghost."""
+    with s.db.connect() as conn:
+        conn.execute("INSERT INTO live_view_consents (device_id, basis, granted_at, ended_at, end_reason)"
+                     " VALUES (%s, 'officer_request', now() - interval '5 minutes', now() - interval '1 minute',"
+                     " 'docked')", (WE1,))
+        conn.execute("INSERT INTO viewing_sessions (session_id, device_id, viewer, role, reason, consent_id,"
+                     " started_at) SELECT 'ghost', %s, 'op-all', 'operator', 'ghost', id,"
+                     " now() - interval '4 minutes' FROM live_view_consents", (WE1,))
+    wait_for(lambda: s.rows("SELECT end_reason FROM viewing_sessions") == [("consent_ended",)], timeout=10,
+             what="the sweep")
+    with s.http("op-all") as http:
+        assert http.get(f"/api/v1/devices/{WE1}/viewers").json() == []
+    assert [a[2]["session_id"] for a in s.audit("viewing_ended")] == ["ghost"]

@@ -28,7 +28,7 @@ from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.simulator.run import Simulator
-from tests.api_support import PASSWORD, SECRET, add_test_users, client
+from tests.api_support import PASSWORD, SECRET, add_test_users, client, running_api
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
@@ -367,15 +367,15 @@ def test_page_assets_config_and_no_inline_code(stack: Stack) -> None:
 
 
 def test_map_tiles_setting_reaches_the_page(pg: Database, mosquitto: MosquittoProcess) -> None:
-    """WATCHFLOOR_MAP_TILES_URL (a force's own tile server) is handed to the page."""
+    """WATCHFLOOR_MAP_TILES_URL (a force's own tile server) is handed to the page, and the
+    page's Content-Security-Policy lets its images in."""
     settings = make_settings(map_tiles_url="https://tiles.force.example/{z}/{x}/{y}.png",
                              map_tiles_attribution="© Example Force")
-    app = create_app(settings=settings, database_url=pg.url, mqtt_url=mosquitto.url, signing_secret=SECRET)
-    from fastapi.testclient import TestClient
-
-    with TestClient(app) as http:
-        config = http.get("/dashboard/config.json").json()
+    with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        config = httpx.get(server.base + "/dashboard/config.json").json()
+        policy = httpx.get(server.base + "/").headers.get("content-security-policy", "")
     assert config["tiles"] == {"url": "https://tiles.force.example/{z}/{x}/{y}.png", "attribution": "© Example Force"}
+    assert "https://tiles.force.example" in policy
 
 
 def test_fleet_export_is_for_fleet_managers_and_admins_area_filtered_bounded_and_audited(stack: Stack) -> None:

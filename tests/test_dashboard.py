@@ -8,10 +8,13 @@ Also, over plain HTTP: the page's assets, its configuration, and the CSV export.
 from __future__ import annotations
 
 import csv
+import http.server
 import io
 import re
+import struct
 import tempfile
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,3 +459,48 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
         tile.locator("button.close").click()
         wait_for(lambda: s.rows("SELECT 1 FROM viewing_sessions WHERE refused IS NULL AND ended_at IS NOT NULL"),
                  what="the viewing to end")
+
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    """A 1×1 PNG of one colour (the canvas scales it to a tile)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" + bytes(rgb))) + chunk(b"IEND", b""))
+
+
+def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
+    """With WATCHFLOOR_MAP_TILES_URL set, the map fetches {z}/{x}/{y} tiles from that server
+    and draws them under the outlines, within the page's and the server's CSP."""
+    requested: list[str] = []
+    tile = _png((40, 90, 60))
+
+    class Tiles(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            requested.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(tile)))
+            self.end_headers()
+            self.wfile.write(tile)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    tiles = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    threading.Thread(target=tiles.serve_forever, daemon=True).start()
+    try:
+        with pg.connect() as conn:
+            add_test_users(conn)
+        settings = make_settings(map_tiles_url=f"http://127.0.0.1:{tiles.server_address[1]}/{{z}}/{{x}}/{{y}}.png",
+                                 map_tiles_attribution="© Test Tiles")
+        with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+            page = browser_page
+            sign_in(page, server.base, "op-all")
+            wait_for(lambda: len(requested) >= 4, what="tile requests")
+            assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", path) for path in requested), requested
+            page.wait_for_selector("#attribution:has-text('© Test Tiles')")
+            page.wait_for_timeout(500)
+            shot(page, "map-tiles")
+    finally:
+        tiles.shutdown()

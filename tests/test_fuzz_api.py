@@ -22,6 +22,14 @@ from watchfloor.mosquitto import MosquittoProcess
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
+
+
+@schemathesis.serializer("application/sdp")
+def _sdp(ctx: Any, value: Any) -> bytes:
+    """WHIP/WHEP offers are SDP text: send what was generated as it is."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 EXAMPLES = 4  # per operation and role
 ROLES = ("op-west", "fleet", "audit", "admin")
 PUBLIC = {"/healthz", "/readyz", "/api/v1/auth/token"}

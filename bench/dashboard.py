@@ -54,6 +54,7 @@ from watchfloor.settings import Settings  # noqa: E402
 SECRET = "bench-secret-" + "x" * 40
 PASSWORD = "bench password, long enough"
 CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the map at full scale (gitignored)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -113,12 +114,16 @@ def _measure(base: str, session: dict[str, Any], *, devices: int, seconds: float
         page.on("pageerror", lambda e: print(f"page error: {e}"))
         times = _load_times(page, base, devices, 1)
         page.wait_for_timeout(2000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"bench-dashboard-{devices}-grouped.png"))
         frames = {
             "grouped, still": _frames(page, seconds, grouping=True, pan=False),
             "every unit drawn, still": _frames(page, seconds, grouping=False, pan=False),
+            "_shot": page.screenshot(path=str(ARTIFACTS / f"bench-dashboard-{devices}-every-unit.png")),
             "grouped, panning every frame": _frames(page, seconds, grouping=True, pan=True),
             "every unit drawn, panning every frame": _frames(page, seconds, grouping=False, pan=True),
         }
+        frames.pop("_shot")
         times += _load_times(page, base, devices, loads - 1)
         context.close()
     return times, frames

@@ -502,7 +502,7 @@ def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
         wait_for(lambda: s.live_view.relay.stats().viewers == 0 and not s.live_view._viewers, what="no viewers")
         wait_for(lambda: [b["params"]["viewers"] for b in wire.bodies("/commands")
                           if b["type"] == "live_view_status"][-1:] == [0], what="the camera told: nobody")
-        assert len(s.live_view._tasks) <= tasks_before
+        wait_for(lambda: len(s.live_view._tasks) <= tasks_before, timeout=10, what="no handler left running")
         assert s.rows("SELECT count(*), count(ended_at) FROM viewing_sessions WHERE refused IS NULL") == [(20, 20)]
         assert s.rows("SELECT DISTINCT end_reason FROM viewing_sessions WHERE refused IS NULL") == [("viewer_left",)]
     finally:

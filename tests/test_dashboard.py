@@ -112,8 +112,7 @@ def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
     (an exception, or a violation of the page's Content-Security-Policy)."""
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is not installed")
-    from playwright.sync_api import sync_playwright
-
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-chromium-") as profile:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -300,3 +301,25 @@ def test_provisioning_is_audited_and_a_reserved_name_refused(broker: Broker, db:
     result = subprocess.run([sys.executable, "-m", "watchfloor", "devices", "provision", "watchfloor-api"],
                             env={**env, "WATCHFLOOR_DATABASE_URL": db.url}, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "service" in result.stderr
+
+
+def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:
+    """`watchfloor devices retire` revokes the secret and removes the broker entry: after a
+    reload (SIGHUP) the camera is refused; the act is audited. Runs last: it retires cam-b."""
+    passwd = Path(str(broker.process.conf.read_text().split("password_file ")[1].split()[0]))
+    _watchfloor("devices", "retire", "cam-b", "--mosquitto-passwd", str(passwd), db=db)
+    assert "cam-b" not in broker_credentials.users(passwd)
+    assert broker.process.process is not None
+    broker.process.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while True:
+        client = Client(broker.process.port, "cam-b", broker.secrets["cam-b"])
+        client.close()
+        if client.rc in (134, 135) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert client.rc in (134, 135)
+    with db.connect() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE action = 'device_retired' AND device_id = 'cam-b'"
+                           ).fetchone()
+    assert row is not None and row[0] == {"credentials_revoked": True, "broker_credentials_removed": True}

@@ -1,4 +1,4 @@
-"""``watchfloor devices provision``, ``watchfloor broker add-user`` and ``watchfloor audit verify``:
+"""``watchfloor devices provision|retire``, ``watchfloor broker add-user`` and ``watchfloor audit verify``:
 the security administration commands, each audited where it changes something."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, get_args
 import psycopg
 
 from telemetry.embedded import embedded_database_url
-from telemetry.registry import DeviceRecord, provision_device
+from telemetry.registry import DeviceRecord, provision_device, revoke_device_secret
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
 from watchfloor.settings import Settings
@@ -59,6 +59,24 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     print(secret)
     if passwd is not None:
         print(f"broker credentials written to {passwd}: reload the broker (SIGHUP) to apply them", file=sys.stderr)
+
+
+def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
+    from api import audit
+
+    passwd: Path | None = args.mosquitto_passwd
+    with psycopg.connect(_database(settings)) as conn:
+        row = conn.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s"
+                           " RETURNING device_id", (args.device_id,)).fetchone()
+        if row is None:
+            sys.exit(f"no device {args.device_id}")
+        revoked = revoke_device_secret(conn, device_id=args.device_id)
+        removed = broker_credentials.remove_user(passwd, username=args.device_id) if passwd is not None else None
+        audit.record(conn, actor=cli_actor(), action="device_retired", device_id=args.device_id,
+                     details={"credentials_revoked": revoked, "broker_credentials_removed": removed})
+        conn.commit()
+    print(f"device {args.device_id} retired; its secret no longer works"
+          + (f"; removed from {passwd} (reload the broker)" if removed else ""))
 
 
 def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
@@ -112,6 +130,11 @@ def add_parsers(sub: Any) -> None:
     provision.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
                            help="Mosquitto password file to add the device to (created if absent)")
     provision.set_defaults(run=cmd_devices_provision)
+    retire = devices.add_parser("retire", help="retire a device: revoke its secret, remove its broker credentials")
+    retire.add_argument("device_id")
+    retire.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
+                        help="Mosquitto password file to remove the device from")
+    retire.set_defaults(run=cmd_devices_retire)
 
     broker = sub.add_parser("broker", help="broker accounts").add_subparsers(dest="broker_command", required=True)
     add_user = broker.add_parser("add-user", help="add a service account (e.g. watchfloor-ingest) to the broker")

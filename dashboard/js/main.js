@@ -94,13 +94,17 @@ async function startSession() {
   });
   setLargeType(localStorage.getItem(LARGE_KEY) === "1");
 
+  const store = new UnitStore();
+  const views = ROLE_VIEWS[role] || [];
+  const ctx = { api, store, role, views };
+  // The feed first: the snapshot (the biggest wait) is on its way while the views are built;
+  // the store holds it until they draw.
+  if (ON_LIVE_FEED.has(role)) startFeed(ctx);
   const config = await (await fetch("/dashboard/config.json")).json();
+  ctx.config = config;
   $("#attribution").textContent = [config.tiles ? config.tiles.attribution : "", config.boroughs_attribution,
     config.tube_attribution]
     .filter(Boolean).join(" · ");
-  const store = new UnitStore();
-  const views = ROLE_VIEWS[role] || [];
-  const ctx = { api, store, config, role, views };
 
   if (views.includes("map")) await setUpMap(ctx);
   if (views.includes("fleet")) {
@@ -117,8 +121,9 @@ async function startSession() {
   }
   setUpTabs(ctx);
 
-  if (ON_LIVE_FEED.has(role)) startFeed(ctx);
-  else if (views.includes("map") || views.includes("fleet")) {
+  if (ON_LIVE_FEED.has(role)) {
+    if (ctx.alerts) ctx.alerts.render(); // alerts of a snapshot that came before the panel
+  } else if (views.includes("map") || views.includes("fleet")) {
     setConnection("polling", "Updated from the API every 30 s (admins are not on the live feed)");
     await loadFromRest(ctx);
     setInterval(() => loadFromRest(ctx), ADMIN_REFRESH_MS);

@@ -53,7 +53,8 @@ async def live(websocket: WebSocket) -> None:
         hello = orjson.loads(await asyncio.wait_for(websocket.receive_text(), _AUTH_TIMEOUT_S))
         if not isinstance(hello, dict) or hello.get("type") != "auth":
             raise ApiError("the first message must be {\"type\": \"auth\", \"token\": ...}")
-        who = tokens.verify(str(hello.get("token", "")))
+        # In a thread: an OIDC token may need the provider's keys fetched (a blocking HTTP call).
+        who = await run_in_threadpool(tokens.verify, str(hello.get("token", "")))
         if who.role not in ON_LIVE_FEED:
             raise ApiError(f"role {who.role.value} is not on the live feed")
     except (asyncio.TimeoutError, orjson.JSONDecodeError, ApiError, WebSocketDisconnect) as error:

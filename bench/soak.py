@@ -211,10 +211,16 @@ def main() -> None:
                           f"| {row.rss_mb[2]:.0f} | {row.cpu_pct[0]:.0f} | {row.cpu_pct[1]:.0f} | {row.cpu_pct[2]:.0f} "
                           f"| {max(row.queue):.0f} | {_fmt(row.commit_p50)} | {_fmt(row.commit_p99)} "
                           f"| {_fmt(row.live_p50)} | {_fmt(row.live_p99)} |", flush=True)
-                out, _ = loadgen.communicate(timeout=120)
-                sent = int(out.split()[1])
+                try:
+                    out, _ = loadgen.communicate(timeout=300)
+                    sent = int(out.split()[1])
+                except subprocess.TimeoutExpired:  # it could not even send its schedule: say so
+                    loadgen.kill()
+                    loadgen.communicate()
+                    sent = -1
+                    print("the load generator fell behind its schedule and was stopped", flush=True)
             t_end = time.monotonic()
-            while _stored(db_url) < sent and time.monotonic() - t_end < 120:
+            while sent >= 0 and _stored(db_url) < sent and time.monotonic() - t_end < 120:
                 time.sleep(0.5)
             print(f"\nsent {sent}, stored {_stored(db_url)} (caught up {time.monotonic() - t_end:.1f} s after the "
                   f"load stopped); live clients got {clients.snapshots} snapshots and {clients.frames} frames")

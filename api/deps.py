@@ -19,5 +19,9 @@ def _connection(request: Request) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-Db = Annotated[psycopg.Connection, Depends(_connection)]
+# scope="function": commit when the route returns, *before* the response is sent. With
+# FastAPI's default ("request") the commit runs after the response has left, so a client
+# could be told 201 for a write that then fails to commit, and its next request (on another
+# pooled connection) may not see the write yet.
+Db = Annotated[psycopg.Connection, Depends(_connection, scope="function")]
 Caller = Annotated[Principal, Depends(principal)]

@@ -12,7 +12,8 @@ falling back to decoding every frame.
 * **A frame leaves the jitter buffer when complete** (:class:`MarkerJitterBuffer`).
   aiortc's buffer releases a frame only when the first packet of the *next* frame
   arrives, which adds one frame interval (33 ms at 30 fps) per hop. This one releases
-  it on the RTP marker bit, which the sender sets on a frame's last packet.
+  it on the RTP marker bit, which the sender sets on a frame's last packet, and gives
+  up on a frame whose missing packet does not come back within 0.3 s.
 * **Keyframe requests out of a sender** (:func:`on_keyframe_request`). A sender fed with
   encoded packets has no encoder to force a keyframe from, so a viewer's PLI or FIR is
   handed to a callback instead (the relay forwards it to the publisher).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransc
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
 
 __all__ = [
     "AiortcChanged",
@@ -61,6 +64,9 @@ _DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
 # video at 1 Mbps. aiortc uses 512; a smaller buffer gives up sooner on a packet that
 # never comes (the sender only keeps 128 for retransmission anyway).
 VIDEO_JITTER_CAPACITY = 256
+# How long a missing packet may hold the stream before the frame it belongs to is given
+# up: long enough for a NACK and its retransmission over a mobile network's round trip.
+GAP_GIVE_UP_S = 0.3
 
 
 class AiortcChanged(RuntimeError):
@@ -73,12 +79,16 @@ class TappedFrame(JitterFrame):
     ``synced`` is True when the frame follows a frame this buffer released whole, so it
     starts at a frame boundary; otherwise (the first frame, or after the buffer dropped
     packets) ``first_payload`` lets the caller check the codec's start-of-frame bit.
+    ``after_loss`` is True for the first frame after the buffer threw packets away: it may
+    refer to a picture that never came, so only a keyframe is safe from here.
     """
 
-    def __init__(self, data: bytes, timestamp: int, *, synced: bool, first_payload: bytes) -> None:
+    def __init__(self, data: bytes, timestamp: int, *, synced: bool, first_payload: bytes,
+                 after_loss: bool = False) -> None:
         super().__init__(data=data, timestamp=timestamp)
         self.synced = synced
         self.first_payload = first_payload
+        self.after_loss = after_loss
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -87,27 +97,75 @@ class MarkerJitterBuffer(JitterBuffer):
     A frame is released when every packet from the buffer's origin up to a packet with
     the marker bit is present and they share one timestamp. If a sender never sets the
     marker, aiortc's rule still applies: the frame is released when the next one starts.
-    Also remembers the stream's SSRC, to address picture-loss reports to it.
+
+    A missing packet holds every later frame back until it is retransmitted. aiortc asks
+    for it once (NACK) and would wait until the buffer is full, seconds at a camera's
+    bitrate, if the retransmission is lost too. This buffer gives up on the damaged
+    frame after ``give_up_s`` instead, skips to the next frame boundary, and asks for a
+    keyframe (the ``pli_flag`` of :meth:`add`); the frame after the skip is marked
+    ``after_loss``. Also remembers the stream's SSRC, to address picture-loss reports.
     """
 
-    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY) -> None:
+    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY, *, give_up_s: float = GAP_GIVE_UP_S) -> None:
         super().__init__(capacity=capacity, is_video=True)
         self._synced = False
+        self._lost = False
+        self._give_up_s = give_up_s
+        self._blocked_since: float | None = None
         self.ssrc: int | None = None
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
         self.ssrc = packet.ssrc
-        return super().add(packet)
+        pli_flag, frame = super().add(packet)
+        if frame is not None or self._origin is None:
+            self._blocked_since = None
+            return pli_flag, frame
+        now = time.monotonic()
+        if self._blocked_since is None:
+            if self._has_gap_before(packet.sequence_number):
+                self._blocked_since = now
+        elif now - self._blocked_since >= self._give_up_s and self._skip_damaged_frame():
+            self._blocked_since = None
+            return True, self._remove_frame(packet.sequence_number)
+        return pli_flag, frame
 
     def remove(self, count: int) -> None:
         # Called by the base class only when it throws packets away (a large jump in
         # sequence numbers): whatever comes next may start mid-frame.
         self._synced = False
+        self._lost = True
         super().remove(count)
 
     def smart_remove(self, count: int) -> bool:
         self._synced = False
+        self._lost = True
         return super().smart_remove(count)
+
+    def _has_gap_before(self, sequence_number: int) -> bool:
+        """A packet is missing between the origin and ``sequence_number``."""
+        assert self._origin is not None
+        span = uint16_add(sequence_number, -self._origin)
+        if span >= self.capacity:
+            return False  # an old packet (the base class ignored it)
+        return any(self._packets[(self._origin + count) % self.capacity] is None for count in range(span))
+
+    def _skip_damaged_frame(self) -> bool:
+        """Drop everything before the first frame that surely starts after the gap (its
+        packet follows one with the marker bit); False if none has arrived yet."""
+        assert self._origin is not None
+        previous: RtpPacket | None = None
+        seen_gap = False
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None:
+                seen_gap = True
+            elif seen_gap and previous is not None and previous.marker:
+                JitterBuffer.remove(self, count)
+                self._synced = True
+                self._lost = True
+                return True
+            previous = packet
+        return False
 
     def _release(self, packets: list[RtpPacket], count: int) -> TappedFrame:
         frame = TappedFrame(
@@ -115,7 +173,9 @@ class MarkerJitterBuffer(JitterBuffer):
             timestamp=packets[0].timestamp,
             synced=self._synced,
             first_payload=packets[0].payload,
+            after_loss=self._lost,
         )
+        self._lost = False
         JitterBuffer.remove(self, count)
         return frame
 

@@ -167,9 +167,10 @@ class _EncodedSink:
         self.buffer: MarkerJitterBuffer | None = None
 
     def on_tapped(self, codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
-        if not (frame.synced or starts_frame(codec.name, frame.first_payload)):
+        complete = frame.synced or starts_frame(codec.name, frame.first_payload)
+        if not complete or frame.after_loss:
             self._synced = False
-        else:
+        if complete:
             keyframe = is_keyframe(codec.name, frame.data)
             if keyframe:
                 self._synced = True

@@ -104,7 +104,8 @@ class RelayStats:
     ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
     waiting for a keyframe (after joining, after an overflow, after a gap in the
     publisher's stream). ``queue_overflows`` counts how often a viewer's queue was full.
-    ``incomplete_frames`` counts frames the publisher's jitter buffer gave up on.
+    ``incomplete_frames`` counts losses in the publisher's stream: frames its jitter
+    buffer gave up on, or could not tell the start of.
     ``forward_delay`` is what the relay adds per frame and viewer: from the frame being
     whole in the publisher's jitter buffer to its last packet sent to the viewer.
     """
@@ -403,14 +404,16 @@ class Relay:
         if stream is None or stream.publisher is not publisher:
             return
         counters = self._counters
-        if not frame.synced and not starts_frame(codec.name, frame.first_payload):
+        complete = frame.synced or starts_frame(codec.name, frame.first_payload)
+        if not complete or frame.after_loss:
             # The buffer lost packets or joined mid-frame: what follows until the next
             # keyframe cannot be decoded by anyone.
             counters.incomplete_frames += 1
             for viewer in stream.viewers.values():
                 viewer.queue.resync()
             self._request_keyframe(stream)
-            return
+            if not complete:
+                return
         size = len(frame.data)
         counters.frames_received += 1
         counters.bytes_received += size

@@ -155,7 +155,7 @@ def test_two_viewers_receive_exactly_what_the_camera_sent() -> None:
         await until(lambda: len(camera.sent) > 10, what="camera running")
         viewers = [await tap_viewer(relay, "cam-1", a), await tap_viewer(relay, "cam-1", b)]
         assert relay.viewer_count("cam-1") == 2
-        await until(lambda: len(a) > 45 and len(b) > 45, what="60 frames at each viewer")
+        await until(lambda: len(a) > 45 and len(b) > 45, timeout=30, what="45 frames at each viewer")
         for frames in (a, b):
             assert frames[0].keyframe
             positions = index_in(camera.sent, frames)
@@ -223,8 +223,8 @@ def test_decoding_viewer_sees_the_pictures_in_order() -> None:
 
 def test_joining_viewer_gets_a_keyframe_promptly() -> None:
     """A viewer joining a running stream (whose camera sends keyframes only on request)
-    makes the relay ask the camera for one: its first frame is a keyframe, within a second
-    of connecting. A viewer's own picture-loss report reaches the camera too."""
+    makes the relay ask the camera for one: its first frame is a keyframe, within two
+    seconds of connecting. A viewer's own picture-loss report reaches the camera too."""
 
     async def scenario() -> None:
         relay = Relay(host_addresses=LOOPBACK)
@@ -236,9 +236,10 @@ def test_joining_viewer_gets_a_keyframe_promptly() -> None:
         viewer = await tap_viewer(relay, "cam-1", frames)
         await until(lambda: viewer.pc.connectionState == "connected", what="viewer connected")
         connected_at = time.monotonic()
-        # One second is generous on a loaded box; without the request it would take forever.
-        await until(lambda: frames, timeout=1.0, what="first frame")
-        assert time.monotonic() - connected_at < 1.0
+        # Two seconds leave room for a box shared with other test suites (it takes tens of
+        # milliseconds when quiet); without the request it would take forever.
+        await until(lambda: frames, timeout=2.0, what="first frame")
+        assert time.monotonic() - connected_at < 2.0
         assert frames[0].keyframe
         assert camera.keyframes_sent >= 2
         assert relay.stats().keyframe_requests >= 1
@@ -248,8 +249,8 @@ def test_joining_viewer_gets_a_keyframe_promptly() -> None:
         sent_before, seen_before = camera.keyframes_sent, sum(f.keyframe for f in frames)
         ssrc = viewer.receiver.getSynchronizationSources()[0].source
         await send_picture_loss(viewer.receiver, ssrc)
-        await until(lambda: camera.keyframes_sent > sent_before, timeout=2, what="keyframe after the viewer's PLI")
-        await until(lambda: sum(f.keyframe for f in frames) > seen_before, timeout=2,
+        await until(lambda: camera.keyframes_sent > sent_before, timeout=5, what="keyframe after the viewer's PLI")
+        await until(lambda: sum(f.keyframe for f in frames) > seen_before, timeout=5,
                     what="that keyframe at the viewer")
         await viewer.pc.close()
         await pub.close()
@@ -439,6 +440,54 @@ def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
         assert steady_positions == list(range(steady_positions[0], steady_positions[0] + len(steady)))
         for v in viewers:
             await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_packet_lost_for_good_stalls_viewers_only_briefly() -> None:
+    """A camera packet lost together with every retransmission of it holds the relay's
+    stream only until the relay gives up on that frame (0.3 s), instead of the seconds
+    aiortc's receiver would wait for a full jitter buffer: the viewer never waits more
+    than about a second, every frame it gets is byte-identical to one the camera sent,
+    and after any frame it missed it goes on from a keyframe (never a broken delta)."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        arrivals: list[tuple[float, EncodedFrame]] = []
+        viewer = await start_viewer(exchange=exchange_with(lambda o: relay.view("cam-1", o)), host_addresses=LOOPBACK,
+                                    on_frame=lambda f: arrivals.append((time.monotonic(), f)))
+        await until(lambda: len(arrivals) >= 15, what="frames before the loss")
+
+        # Lose one media packet on the camera's side, and every retransmission (RTX) too.
+        sender = pub.getSenders()[0]
+        transport = sender.transport
+        send = transport._send_rtp
+        dropped: list[int] = []
+
+        async def lossy(data: bytes) -> None:
+            if len(data) >= 12 and (data[1] & 0x7F) >= 96:  # RTP (RTCP types read as 72-79 here)
+                ssrc, seq = int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big")
+                if ssrc == sender._rtx_ssrc:
+                    return
+                if ssrc == sender._ssrc and (not dropped or seq == dropped[0]):
+                    dropped.append(seq)
+                    return
+            await send(data)
+
+        transport._send_rtp = lossy  # type: ignore[method-assign]
+        lost_at = time.monotonic()
+        await until(lambda: sum(t > lost_at for t, _ in arrivals) >= 20, timeout=8, what="frames after the loss")
+        times = [t for t, _ in arrivals if t > lost_at - 0.1]
+        longest = max(b - a for a, b in zip(times, times[1:]))
+        assert longest < 1.2, f"the viewer waited {longest:.2f} s"
+        frames = [f for _, f in arrivals]
+        positions = index_in(camera.sent, frames)
+        assert all(frames[i].keyframe for i in range(1, len(frames)) if positions[i] != positions[i - 1] + 1)
+        await viewer.pc.close()
         await pub.close()
         await relay.aclose()
 

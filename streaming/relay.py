@@ -307,7 +307,8 @@ class Relay:
             await asyncio.shield(self._begin_close(peer, reason))
 
     async def aclose(self) -> None:
-        """Close every session and wait for the closes to finish. Idempotent."""
+        """Close every session and wait for the closes to finish. Idempotent; afterwards
+        ``publish`` and ``view`` raise ``RuntimeError``."""
         self._closed = True
         publishers = [p for p in self._peers.values() if isinstance(p, _Publisher)]
         for peer in [*publishers, *self._peers.values()]:

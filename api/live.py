@@ -2,9 +2,8 @@
 
 Each API process subscribes to the device topics itself (a direct subscription, not the
 ingest group's), so every process sees every update whichever ingest worker stores it.
-The broker is read on the event loop itself (:class:`telemetry.mqtt.LoopDriver`), which
-updates each unit's state and marks it dirty; the lock only guards against the registry
-load, which runs in the thread pool. A ticker on the same loop turns the dirty units into a
+paho's thread updates the state under a lock and marks the unit dirty; that is the one
+place where the two threads meet. A ticker on the event loop turns the dirty units into a
 delta ``live_rate_hz`` times a second.
 
 Fan-out encodes a delta once per *view* (what a role may see, in which area) and queues
@@ -33,7 +32,7 @@ from fastapi import WebSocket
 from api.auth import Principal, Role
 from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Telemetry
 from telemetry.decode import Decoded, Limits, StatusChange, decode
-from telemetry.mqtt import BrokerAddress, BufferedClient, LoopDriver, new_client
+from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
 
 __all__ = ["FeedCounters", "LiveClient", "LiveHub", "unit_view"]
 
@@ -73,7 +72,7 @@ _QUEUED_FRAMES = 4
 @dataclass
 class FeedCounters:
     """Totals of the live feed since the process started, read by its metrics. Written on
-    the event loop only."""
+    the event loop, but for ``broker_messages`` (paho's thread, its only writer)."""
 
     connections: int = 0  # clients registered (each got a snapshot)
     units_conflated: int = 0  # intermediate states of a unit merged away for a lagging client
@@ -166,8 +165,6 @@ class LiveHub:
         self._client.on_connect = self._on_connect  # type: ignore[assignment]
         self._client.on_message = self._on_message  # type: ignore[assignment]
         self._client.on_disconnect = self._on_disconnect  # type: ignore[assignment]
-        # The broker is read on the event loop, not on a paho thread: see LoopDriver.
-        self._driver = LoopDriver(self._client, host=self._address.host, port=self._address.port, keepalive_s=30)
         self._ticker: asyncio.Task[None] | None = None
         self.connected = threading.Event()
         self.counters = FeedCounters()
@@ -190,29 +187,29 @@ class LiveHub:
                     unit.update(registry)
 
     def start(self) -> None:
-        """Connect and start ticking; on the event loop, which then also reads the broker."""
-        self._driver.start()
+        self._client.connect_async(self._address.host, self._address.port, keepalive=30)
+        self._client.loop_start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
-        await self._driver.stop()
+        self._client.disconnect()
+        self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes) -> None:
-        """Publish on the hub's connection (QoS 1, queued; the event loop writes it). Safe
-        from any thread: a route running in the thread pool calls it."""
+        """Publish on the hub's connection (QoS 1, queued; paho's thread sends it)."""
         self._client.publish(topic, payload, qos=1)
 
-    # paho's callbacks: on the event loop (see LoopDriver)
+    # paho's thread
 
     def _on_connect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
         client.subscribe([(f"{TOPIC_ROOT}/+/{c.value}", 0) for c in CHANNELS] + [(ALERTS_TOPIC, 1)])
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
-        self.connected.clear()
+        self.connected.clear()  # /readyz reports the broker away until paho reconnects
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         self.counters.broker_messages += 1

@@ -8,11 +8,7 @@ writes from its network thread. Never publish-and-wait inside a callback: it dea
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
-import socket
 import ssl
 import struct
 import threading
@@ -28,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "LoopDriver", "MqttSession", "detect_protocol", "new_client"]
+__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client"]
 
 log = logging.getLogger(__name__)
 
@@ -142,119 +138,6 @@ def new_client(
     if address.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     return client
-
-
-class LoopDriver:
-    """Runs a paho client's network I/O on an asyncio event loop instead of paho's thread.
-
-    For a process whose event loop does the real work (the API's live hub, beside the
-    websocket fan-out). With paho on a thread of its own, the two threads trade the GIL:
-    each ``recv()`` gives it up and waiting to get it back costs up to a switch interval
-    (5 ms), hundreds of times a second while the loop is busy sending; measured in
-    bench/fanout, publish-to-hub p99 was 160-180 ms. Here the loop reads the socket when it
-    is readable (``add_reader``) and runs each read to completion between two sends.
-
-    Home Assistant's MQTT client does the same. Connecting (DNS, TCP, TLS handshake) may
-    block, so it runs in the default executor; socket callbacks therefore cross to the loop
-    with ``call_soon_threadsafe``, as do writes queued by ``publish`` from other threads.
-    paho's ``loop_misc`` (keep-alive, retries) runs once a second; a lost connection is
-    dialled again after ``retry_s``.
-    """
-
-    def __init__(self, client: BufferedClient, *, host: str, port: int, keepalive_s: int,
-                 retry_s: float = 1.0) -> None:
-        self._client = client
-        self._host, self._port, self._keepalive_s = host, port, keepalive_s
-        self._retry_s = retry_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
-        client.on_socket_open = self._on_socket_open  # type: ignore[assignment]
-        client.on_socket_close = self._on_socket_close  # type: ignore[assignment]
-        client.on_socket_register_write = self._on_register_write  # type: ignore[assignment]
-        client.on_socket_unregister_write = self._on_unregister_write  # type: ignore[assignment]
-
-    def start(self) -> None:
-        """Dial the broker and keep the connection up; call on the loop that is to drive it."""
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Disconnect cleanly (idempotent)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._sock is not None:
-            self._client.disconnect()  # queues DISCONNECT and writes it at once (no writer registered)
-            self._client.loop_write()
-            self._drop(self._sock)
-
-    async def _run(self) -> None:
-        assert self._loop is not None
-        while True:
-            if self._sock is None:
-                try:
-                    await self._loop.run_in_executor(None, functools.partial(
-                        self._client.connect, self._host, self._port, keepalive=self._keepalive_s))
-                except OSError as error:
-                    log.warning("broker %s:%s unreachable: %s", self._host, self._port, error)
-                    await asyncio.sleep(self._retry_s)
-                    continue
-            await asyncio.sleep(1.0)
-            if self._client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None:
-                self._drop(self._sock)  # keep-alive failed: paho has closed it; dial again
-
-    # socket callbacks: from the executor (connect) or the loop
-
-    def _on_socket_open(self, client: paho.Client, u: object, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._watch, sock)
-
-    def _watch(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._sock = sock
-        self._loop.add_reader(sock, self._readable)
-        if self._client.want_write():
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _readable(self) -> None:
-        rc = self._client.loop_read()
-        sock = self._sock
-        # A TLS socket may hold decrypted bytes that no longer make it readable.
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            rc = self._client.loop_read()
-
-    def _on_socket_close(self, client: paho.Client, u: object, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._drop, sock)
-
-    def _drop(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        if self._sock is sock:
-            self._sock = None
-        with contextlib.suppress(ValueError, OSError):  # a closed socket has no fd left to unwatch
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-
-    def _on_register_write(self, client: paho.Client, u: object, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._want_write, sock)
-
-    def _want_write(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        if self._sock is sock:
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _on_unregister_write(self, client: paho.Client, u: object, sock: socket.socket) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._no_write, sock)
-
-    def _no_write(self, sock: socket.socket) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_writer(sock)
 
 
 def detect_protocol(address: BrokerAddress, *, client_id: str, timeout: float = 5.0) -> int:

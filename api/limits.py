@@ -9,55 +9,28 @@ process applies.
   empty bucket refuses even the right password until it refills.
 * Per device: ``app.state.limits.device.hit(device_id)`` in the WHIP route.
 
-Buckets are per process: behind a load balancer with N API processes, a caller gets up to N
-times the rate (use sticky sessions to make it exact). The table of keys is bounded: the
-least recently seen key is forgotten first, which only ever lets a forgotten caller start
-again with a full bucket.
+Buckets are per process (:class:`telemetry.ratelimit.TokenBuckets`): behind a load balancer
+with N API processes, a caller gets up to N times the rate (use sticky sessions to make it
+exact).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from api.errors import TooManyRequests
+from telemetry.ratelimit import TokenBuckets
 
 __all__ = ["Limits", "RateLimiter"]
 
 
-class RateLimiter:
-    """``rate_per_s`` tokens a second per key, up to ``burst`` saved. Thread-safe."""
+class RateLimiter(TokenBuckets):
+    """Token buckets whose empty bucket is an HTTP 429 (:class:`TooManyRequests`)."""
 
     def __init__(self, *, rate_per_s: float, burst: int, what: str, max_keys: int = 100_000) -> None:
-        if rate_per_s <= 0 or burst < 1:
-            raise ValueError("a rate limiter needs a positive rate and a burst of at least 1")
-        self.rate_per_s, self.burst, self.what = rate_per_s, burst, what
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key: (tokens, at)
-        self._lock = threading.Lock()
-
-    def take(self, key: str, *, now: float | None = None) -> float:
-        """Take one token: 0.0 if there was one, else the seconds until there is."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, at = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
-            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
-            self._buckets[key] = (tokens - 1.0 if wait == 0.0 else tokens, now)
-            while len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
-            return wait
-
-    def wait(self, key: str, *, now: float | None = None) -> float:
-        """Seconds until ``key`` has a token (0.0: it has one now); takes nothing."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+        super().__init__(rate_per_s=rate_per_s, burst=burst, max_keys=max_keys)
+        self.what = what
 
     def check(self, key: str) -> None:
         """Raise :class:`TooManyRequests` if ``key``'s bucket is empty; takes nothing."""

@@ -38,6 +38,7 @@ class Reason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     TOO_OLD = "too_old"
     UNKNOWN_DEVICE = "unknown_device"
+    RATE_LIMITED = "rate_limited"  # a device over its message rate (ingest's, not the decoder's)
     REFUSED_BY_DATABASE = "refused_by_database"  # a safety net: validation should catch it first
 
 

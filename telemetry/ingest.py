@@ -37,6 +37,7 @@ from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
 from telemetry.latency import LatencyHistogram
 from telemetry.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
+from telemetry.ratelimit import TokenBuckets
 from telemetry.schema import ensure_partitions, features, run_maintenance
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
 from watchfloor.settings import Settings
@@ -126,6 +127,8 @@ class IngestWorker:
         self._stopping = threading.Event()
         self.stats = IngestStats()
         self._known: set[str] = set()
+        self._device_rate = TokenBuckets(rate_per_s=settings.ingest_device_rate_per_s,
+                                         burst=settings.ingest_device_burst)
         self._registry_loaded_at = 0.0
         self._ready_days: set[date] = set()
         # One decoded batch may wait while the writer commits the previous one.
@@ -267,6 +270,8 @@ class IngestWorker:
                 refused = self._admit(result.device_id, batch)
                 if refused is not None:
                     result = refused
+            if isinstance(result, Decoded) and self._device_rate.take(result.device_id) > 0.0:
+                result = Rejection(Reason.RATE_LIMITED, "over the device's message rate", result.device_id)
             if isinstance(result, Rejection):
                 batch.rejected.append(RejectedMessage(result, item.topic, item.payload[:keep], received))
             elif isinstance(result, StatusChange):

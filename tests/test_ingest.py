@@ -193,6 +193,24 @@ def test_bad_messages_are_rejected_and_good_ones_beside_them_stored(pg: Database
     assert pg.scalar("SELECT count(*) FROM devices") == 2  # the stranger was not registered
 
 
+def test_a_flooding_device_is_held_to_its_rate_and_others_are_not(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A device past its burst (at a rate too low to refill during the test) has the rest of
+    its telemetry rejected as rate_limited and kept; its Last Will still counts; a quiet
+    device beside it loses nothing."""
+    settings = make_settings(ingest_device_rate_per_s=0.001, ingest_device_burst=20)
+    flood = [(topic_for("noisy-1", Channel.TELEMETRY), telemetry_payload(i)) for i in range(60)]
+    quiet = [(topic_for("quiet-1", Channel.TELEMETRY), telemetry_payload(i)) for i in range(10)]
+    status = [(topic_for("noisy-1", Channel.STATUS), b"offline")]
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker:
+        publish_all(mosquitto.url, flood + quiet + status)
+        wait_for(lambda: worker.stats.received == 71, what="every message processed")
+        assert dict(worker.stats.rejected) == {"rate_limited": 40}
+    assert pg.scalar("SELECT count(*) FROM telemetry WHERE device_id = 'noisy-1'") == 20
+    assert pg.scalar("SELECT count(*) FROM telemetry WHERE device_id = 'quiet-1'") == 10
+    assert pg.scalar("SELECT count(*) FROM rejected_messages WHERE reason = 'rate_limited'") == 40
+    assert pg.scalar("SELECT online FROM device_latest WHERE device_id = 'noisy-1'") is False
+
+
 def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: MosquittoProcess) -> None:
     """With the telemetry table locked, ingest stores nothing, acknowledges nothing, and
     holds no more than its bounded queue plus one batch; once the lock goes, all is stored."""

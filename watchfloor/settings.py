@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(default=5_000, ge=1)
     ingest_batch_interval_ms: int = Field(default=20, ge=1, le=10_000)
     require_registration: bool = False
+    # Per device, per ingest worker: telemetry and events past this rate are rejected as
+    # rate_limited (status messages never are). The burst lets a camera back from a tunnel
+    # send its backlog; a faulty or hostile one is held to the rate.
+    ingest_device_rate_per_s: float = Field(default=50.0, gt=0)
+    ingest_device_burst: int = Field(default=5_000, ge=1)
 
     # Validation limits (see docs/mqtt-contract.md)
     max_payload_bytes: int = Field(default=4_096, ge=256, le=1_048_576)

@@ -190,6 +190,9 @@ class MqttSession:
         self._deliver = deliver
         self._generation = 0
         self.connected = threading.Event()
+        # Set once the broker has granted the subscriptions: before that a message published
+        # to a $share group with no subscriber yet is dropped by the broker.
+        self.subscribed = threading.Event()
         self._client: BufferedClient = new_client(address, client_id=client_id, protocol=protocol, clean=False)
         self._client.manual_ack_set(True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -197,6 +200,7 @@ class MqttSession:
         self._client.on_connect = self._on_connect  # type: ignore[assignment]
         self._client.on_disconnect = self._on_disconnect  # type: ignore[assignment]
         self._client.on_message = self._on_message  # type: ignore[assignment]
+        self._client.on_subscribe = self._on_subscribe  # type: ignore[assignment]
 
     @property
     def protocol_name(self) -> str:
@@ -226,7 +230,8 @@ class MqttSession:
         return self._generation
 
     def wait_connected(self, timeout: float) -> bool:
-        return self.connected.wait(timeout)
+        """Wait until connected *and* subscribed (the broker's SUBACK)."""
+        return self.subscribed.wait(timeout)
 
     def stop(self) -> None:
         """Disconnect, keeping the broker-side session (and what it holds) for the next start."""
@@ -265,7 +270,11 @@ class MqttSession:
     def _on_disconnect(self, client: paho.Client, u: object, f: object,
                        reason: ReasonCode, p: object) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         log.warning("disconnected from broker: %s", reason)
+
+    def _on_subscribe(self, client: paho.Client, u: object, mid: int, reasons: object, p: object) -> None:
+        self.subscribed.set()
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         self._deliver(Inbound(self._generation, message.mid, message.qos, message.topic,

@@ -3,6 +3,7 @@ Mosquitto from the shipped configuration, both removed afterwards."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -16,10 +17,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from api.auth import Role, add_user  # noqa: E402
+from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
+from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet  # noqa: E402
+from telemetry.simulator.geo import load_boroughs  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["ROOT", "scratch_stack"]
+__all__ = ["ROOT", "scratch_stack", "seed_fleet", "stop_processes"]
 
 
 @contextmanager
@@ -39,3 +44,25 @@ def scratch_stack(admin_url: str, *, prefix: str, timescaledb: str = "off") -> I
         broker.stop()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def seed_fleet(db_url: str, *, devices: int, password: str) -> list[Unit]:
+    """Register the simulator's fleet (seed 1, as ``watchfloor simulate`` builds it) and an
+    operator ``bench`` who sees every borough; returns the units."""
+    units = build_fleet(load_boroughs(), devices, seed=1, profile=FleetProfile())
+    with psycopg.connect(db_url) as conn:
+        upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
+                              for u in units])
+        add_user(conn, username="bench", password=password, role=Role.OPERATOR, areas=["*"])
+    return units
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process, then wait for each (SIGKILL after 20 s)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

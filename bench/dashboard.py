@@ -38,15 +38,12 @@ from typing import Any
 
 import httpx
 import orjson
-import psycopg
 import uvicorn
-from common import ROOT, scratch_stack
+from common import ROOT, scratch_stack, seed_fleet, stop_processes
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
-from api.auth import Role, add_user  # noqa: E402
 from api.routes import dashboard  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
-from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
 from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
 from telemetry.simulator.geo import load_boroughs  # noqa: E402
 from watchfloor.settings import Settings  # noqa: E402
@@ -135,11 +132,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
     with scratch_stack(args.database, prefix="wf-dashboard") as (broker, db_url):
         workdir = broker.workdir.parent
         try:
-            with psycopg.connect(db_url) as conn:
-                units = build_fleet(load_boroughs(), args.devices, seed=1, profile=FleetProfile())
-                upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
-                                      for u in units])
-                add_user(conn, username="bench", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
+            seed_fleet(db_url, devices=args.devices, password=PASSWORD)
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_TIMESCALEDB="off",
@@ -163,13 +156,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
             print(f"(processes' output: {workdir / 'processes.log'})")
             return _measure(base, session, devices=args.devices, seconds=args.seconds, loads=args.loads)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes(procs)
 
 
 def _rfc3339(ts: datetime) -> str:

@@ -34,16 +34,12 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 import websockets
-from common import ROOT, scratch_stack
+from common import ROOT, scratch_stack, seed_fleet, stop_processes
 
-from api.auth import Role, add_user  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
 from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
-from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
 from telemetry.schema import ensure_partitions, features  # noqa: E402
-from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
-from telemetry.simulator.geo import load_boroughs  # noqa: E402
 
 SECRET = "bench-" + uuid.uuid4().hex * 2
 PASSWORD = "bench password " + uuid.uuid4().hex[:8]
@@ -247,11 +243,7 @@ def main() -> None:
     with scratch_stack(args.database, prefix="wf-fanout") as (broker, db_url):
         workdir = broker.workdir.parent
         try:
-            with psycopg.connect(db_url) as conn:
-                units = build_fleet(load_boroughs(), args.devices, seed=1, profile=FleetProfile())
-                upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
-                                      for u in units])
-                add_user(conn, username="bench", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
+            units = seed_fleet(db_url, devices=args.devices, password=PASSWORD)
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
@@ -313,13 +305,7 @@ def main() -> None:
             snapshots = asyncio.run(_snapshot_latency(url, token))
             tracks = _track_latency(base, token, db_url, units[0].device_id)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
     probes = stats[:PROBES]
     merged, intake = LatencyHistogram(), LatencyHistogram()

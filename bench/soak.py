@@ -32,7 +32,7 @@ import orjson
 import psutil
 import psycopg
 import websockets
-from common import ROOT, scratch_stack
+from common import ROOT, scratch_stack, stop_processes
 from ingest import Probe
 
 from api.auth import Role, add_user  # noqa: E402
@@ -232,13 +232,7 @@ def main() -> None:
                 clients.stop()
             if loadgen is not None and loadgen.poll() is None:
                 loadgen.kill()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 def _slope_per_min(xs: list[float], ys: list[float]) -> float:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
+import psycopg
+import pytest
 import uvicorn
 import websockets
 from fastapi import FastAPI
@@ -22,6 +25,8 @@ from fastapi import FastAPI
 from api.app import WS_DEFLATE, WS_IMPL, create_app
 from api.auth import Role, add_user
 from telemetry.embedded import free_port
+from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from watchfloor.mosquitto import MosquittoProcess
 from watchfloor.settings import Settings
 
 SECRET = "test-secret-" + "x" * 40
@@ -67,6 +72,28 @@ def running_api(*, database_url: str, mqtt_url: str, settings: Settings) -> Iter
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@contextmanager
+def api_on_machine(tmp_path_factory: pytest.TempPathFactory, *, settings: Settings,
+                   seed: Callable[[psycopg.Connection], None]) -> Iterator[tuple[Database, ApiServer]]:
+    """A module's shared API: a database of its own on the machine's PostgreSQL (plain path)
+    with the test users and what ``seed`` adds, a Mosquitto from the shipped configuration,
+    and an API server on both. Skips where the machine has neither."""
+    if not _machine_pg_available():
+        pytest.skip("the machine's PostgreSQL is not reachable")
+    if shutil.which("mosquitto") is None:
+        pytest.skip("mosquitto is not installed")
+    broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        for db in _with_database(MACHINE_PG, "plain"):
+            with db.connect() as conn:
+                add_test_users(conn)
+                seed(conn)
+            with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+                yield db, server
+    finally:
+        broker.stop()
 
 
 def token(base: str, username: str) -> str:

@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 import websockets
 
 from api.auth import Role, add_user
 from telemetry.registry import DeviceRecord, provision_device, upsert_devices
-from tests.api_support import PASSWORD, add_test_users, running_api
-from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from tests.api_support import PASSWORD, api_on_machine, token
+from tests.conftest import Database
 from tests.support import make_settings
-from watchfloor.mosquitto import MosquittoProcess
 
 OP, AFO, FLEET, AUDITOR, ADMIN = (Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER, Role.AUDITOR,
                                   Role.ADMIN)
@@ -182,28 +181,16 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/api/v1/auth/token"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
-    broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
-    try:
-        for db in _with_database(MACHINE_PG, "plain"):
-            with db.connect() as conn:
-                add_test_users(conn)
-                for name, (role, areas) in USERS.items():
-                    add_user(conn, username=name, password=PASSWORD, role=role, areas=areas)
-                upsert_devices(conn, [DeviceRecord(d, "M", "PC M", b, "response") for b, d in DEVICE.items()])
-            # Generous limits: this walks hundreds of requests for the same users.
-            settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000,
-                                     rate_limit_device_per_min=10_000.0, rate_limit_device_burst=1_000)
-            with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
-                tokens = {name: httpx.post(f"{server.base}/api/v1/auth/token",
-                                           json={"username": name, "password": PASSWORD}).json()["access_token"]
-                          for name in USERS}
-                yield World(db, server.base, tokens)
-    finally:
-        broker.stop()
+    def seed(conn: psycopg.Connection) -> None:
+        for name, (role, areas) in USERS.items():
+            add_user(conn, username=name, password=PASSWORD, role=role, areas=areas)
+        upsert_devices(conn, [DeviceRecord(d, "M", "PC M", b, "response") for b, d in DEVICE.items()])
+
+    # Generous limits: this walks hundreds of requests for the same users.
+    settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000,
+                             rate_limit_device_per_min=10_000.0, rate_limit_device_burst=1_000)
+    with api_on_machine(tmp_path_factory, settings=settings, seed=seed) as (db, server):
+        yield World(db, server.base, {name: token(server.base, name) for name in USERS})
 
 
 def _call(world: World, c: Case, user: str | None, borough: str) -> httpx.Response:

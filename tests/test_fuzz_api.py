@@ -5,19 +5,16 @@ a few examples per operation and role, no shrinking, so it runs in well under a 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import psycopg
 import pytest
 
 from telemetry.registry import DeviceRecord, upsert_devices
-from tests.api_support import PASSWORD, add_test_users, running_api
-from tests.conftest import MACHINE_PG, _machine_pg_available, _with_database
+from tests.api_support import api_on_machine, token
 from tests.support import make_settings
-from watchfloor.mosquitto import MosquittoProcess
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
@@ -43,32 +40,19 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
-    broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
-    try:
-        for db in _with_database(MACHINE_PG, "plain"):
-            with db.connect() as conn:
-                add_test_users(conn)
-                upsert_devices(conn, [DeviceRecord("we-1", "WE1", "PC A", "Westminster", "response"),
-                                      DeviceRecord("ca-1", "CA1", "PC B", "Camden", "firearms")])
-                conn.execute("INSERT INTO alerts (device_id, kind, severity, detail) VALUES"
-                             " ('we-1', 'emergency', 'critical', 'fuzz')")
-                conn.execute("INSERT INTO incidents (title, lat, lon, radius_m, borough, created_by)"
-                             " VALUES ('fuzz', 51.5, -0.13, 100, 'Westminster', 'op-all')")
-            settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000,
-                                     rate_limit_device_per_min=10_000.0, rate_limit_device_burst=1_000,
-                                     rate_limit_sign_in_failures_per_min=10_000.0,
-                                     rate_limit_sign_in_failures_burst=10_000)
-            with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
-                tokens = {name: httpx.post(f"{server.base}/api/v1/auth/token",
-                                           json={"username": name, "password": PASSWORD}).json()["access_token"]
-                          for name in ROLES}
-                yield Target(server.base, tokens)
-    finally:
-        broker.stop()
+    def seed(conn: psycopg.Connection) -> None:
+        upsert_devices(conn, [DeviceRecord("we-1", "WE1", "PC A", "Westminster", "response"),
+                              DeviceRecord("ca-1", "CA1", "PC B", "Camden", "firearms")])
+        conn.execute("INSERT INTO alerts (device_id, kind, severity, detail) VALUES"
+                     " ('we-1', 'emergency', 'critical', 'fuzz')")
+        conn.execute("INSERT INTO incidents (title, lat, lon, radius_m, borough, created_by)"
+                     " VALUES ('fuzz', 51.5, -0.13, 100, 'Westminster', 'op-all')")
+
+    settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000,
+                             rate_limit_device_per_min=10_000.0, rate_limit_device_burst=1_000,
+                             rate_limit_sign_in_failures_per_min=10_000.0, rate_limit_sign_in_failures_burst=10_000)
+    with api_on_machine(tmp_path_factory, settings=settings, seed=seed) as (_, server):
+        yield Target(server.base, {name: token(server.base, name) for name in ROLES})
 
 
 def _fuzz(target: Target, check: Any) -> list[str]:

@@ -2,9 +2,12 @@
 
 Each API process subscribes to the device topics itself (a direct subscription, not the
 ingest group's), so every process sees every update whichever ingest worker stores it.
-paho's thread updates the state under a lock and marks the unit dirty; that is the one
-place where the two threads meet. A ticker on the event loop turns the dirty units into a
-delta ``live_rate_hz`` times a second.
+paho's thread updates the state under a lock and notes which fields of the unit changed;
+that is the one place where the two threads meet. A ticker on the event loop turns the
+changes into a delta ``live_rate_hz`` times a second: per unit, its id and the fields that
+changed since the last tick (a moving unit's position and times, rarely its battery or
+recording state), which is less than half the bytes of its whole state. Every client
+holds the state it was sent (snapshot, then deltas) and merges, as the dashboard does.
 
 Fan-out encodes a delta once per *view* (what a role may see, in which area) and queues
 the same text for every client of that view. A client that falls behind does not hold
@@ -39,11 +42,6 @@ __all__ = ["FeedCounters", "LiveClient", "LiveHub", "unit_view"]
 log = logging.getLogger(__name__)
 
 _REGISTRY_FIELDS = ("callsign", "officer", "borough", "role")
-# A delta carries a unit's state; its registry fields only when they are new to clients
-# (a unit first seen, or moved): that halves the bytes every client is sent.
-_DELTA_FIELDS = ("device_id", "ts", "received_at", "battery_pct", "charging", "gps_fix", "lat", "lon",
-                 "accuracy_m", "speed_mps", "heading_deg", "last_fix_at", "recording", "storage_pct", "docked",
-                 "live", "viewers", "online")
 _POSITION_FIELDS = ("lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "officer", "last_fix_at")
 _UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "received_at", "battery_pct",
                 "charging", "gps_fix", "lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "last_fix_at",
@@ -57,13 +55,22 @@ def unit_view(unit: dict[str, Any], sees_positions: bool) -> dict[str, Any]:
     return {k: v for k, v in unit.items() if k not in _POSITION_FIELDS}
 
 
-def _apply_telemetry(unit: dict[str, Any], t: Telemetry, received: datetime) -> None:
-    unit.update(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
-                recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
-                viewers=t.viewers, gps_fix=t.gps is not None, online=True)
+def _telemetry_fields(t: Telemetry, received: datetime) -> dict[str, Any]:
+    fields = dict(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
+                  recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
+                  viewers=t.viewers, gps_fix=t.gps is not None, online=True)
     if t.gps is not None:
-        unit.update(lat=t.gps.lat, lon=t.gps.lon, accuracy_m=t.gps.accuracy_m, speed_mps=t.gps.speed_mps,
-                    heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
+        fields.update(lat=t.gps.lat, lon=t.gps.lon, accuracy_m=t.gps.accuracy_m, speed_mps=t.gps.speed_mps,
+                      heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
+    return fields
+
+
+def _merge(unit: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """Apply ``fields`` to ``unit``; return the names of those whose value changed."""
+    changed = [name for name, value in fields.items() if unit[name] != value]
+    for name in changed:
+        unit[name] = fields[name]
+    return changed
 
 
 _QUEUED_FRAMES = 4
@@ -108,10 +115,13 @@ class LiveClient:
             self.frames.append(frame)
         else:
             for unit in units:
-                if unit["device_id"] in self.pending:
+                earlier = self.pending.get(unit["device_id"])
+                if earlier is None:
+                    self.pending[unit["device_id"]] = unit
+                else:  # a new dict: ``unit`` is shared with every client of the view
+                    self.pending[unit["device_id"]] = {**earlier, **unit}
                     self.conflated_units += 1
                     self.counters.units_conflated += 1
-                self.pending[unit["device_id"]] = unit
         self.ready.set()
 
     def offer_alerts(self, frame: str, count: int) -> None:
@@ -153,8 +163,7 @@ class LiveHub:
         self._alert_backlog = alert_backlog
         self._lock = threading.Lock()
         self._units: dict[str, dict[str, Any]] = {}
-        self._dirty: set[str] = set()
-        self._full: set[str] = set()  # dirty units whose registry fields clients have not seen
+        self._changed: dict[str, set[str]] = {}  # unit -> fields changed since the last tick
         self._alerts: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._clients: set[LiveClient] = set()
         self._ticks = 0
@@ -177,14 +186,14 @@ class LiveHub:
         with self._lock:
             for row in units:
                 unit = self._units.get(row["device_id"])
-                registry = {k: row.get(k) for k in _REGISTRY_FIELDS}
-                if unit is not None and any(unit[k] != v for k, v in registry.items()):
-                    self._dirty.add(row["device_id"])
-                    self._full.add(row["device_id"])
-                if unit is None or unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"]):
-                    self._units[row["device_id"]] = {k: row.get(k) for k in _UNIT_FIELDS}
+                stored = {k: row.get(k) for k in _UNIT_FIELDS}
+                if unit is None:  # new to clients connected before it was registered: all of it
+                    self._units[row["device_id"]] = stored
+                    self._changed[row["device_id"]] = set(_UNIT_FIELDS)
+                elif unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"]):
+                    self._note(row["device_id"], _merge(unit, stored))
                 else:
-                    unit.update(registry)
+                    self._note(row["device_id"], _merge(unit, {k: stored[k] for k in _REGISTRY_FIELDS}))
 
     def start(self) -> None:
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
@@ -226,18 +235,22 @@ class LiveHub:
                 isinstance(result, Decoded) and not isinstance(result.message, Telemetry)):
             return  # events reach clients as alerts; bad input is ingest's to count
         received = datetime.now(timezone.utc)
+        if isinstance(result, StatusChange):
+            fields: dict[str, Any] = {"online": result.online}
+        else:
+            assert isinstance(result.message, Telemetry)
+            fields = _telemetry_fields(result.message, received)
         with self._lock:
             unit = self._units.get(result.device_id)
             if unit is None:
                 unit = self._units[result.device_id] = {k: None for k in _UNIT_FIELDS}
                 unit["device_id"] = result.device_id
-                self._full.add(result.device_id)
-            if isinstance(result, StatusChange):
-                unit["online"] = result.online
-            else:
-                assert isinstance(result.message, Telemetry)
-                _apply_telemetry(unit, result.message, received)
-            self._dirty.add(result.device_id)
+            self._note(result.device_id, _merge(unit, fields))
+
+    def _note(self, device_id: str, fields: list[str]) -> None:
+        """Remember changed fields for the next tick (called under the lock)."""
+        if fields:
+            self._changed.setdefault(device_id, set()).update(fields)
 
     # the event loop
 
@@ -314,10 +327,8 @@ class LiveHub:
     def _tick(self) -> None:
         self._ticks += 1
         with self._lock:
-            dirty, self._dirty = self._dirty, set()
-            full, self._full = self._full, set()
-            changed = [dict(self._units[d]) if d in full else {k: self._units[d][k] for k in _DELTA_FIELDS}
-                       for d in dirty]
+            dirty, self._changed = self._changed, {}
+            changed = [{"device_id": d, **{k: self._units[d][k] for k in fields}} for d, fields in dirty.items()]
             alerts = list(self._alerts)
             self._alerts.clear()
         if alerts:

@@ -164,13 +164,16 @@ class _FrameWalker:
         self._held = data[at:]
 
 
-def _bulk_clients(url: str, token: str, count: int, seconds: float, results: Any) -> None:
+def _bulk_clients(url: str, token: str, count: int, connected: Any, counting: Any, stop: Any,
+                  results: Any) -> None:
     """``count`` clients that read everything the server sends, on one selector. They read
-    while the others connect: a client that stops reading is a slow client, not this bench."""
+    while the others connect (a client that stops reading is a slow client, not this bench);
+    ``connected`` is set once all have connected and read their snapshots. Bytes are counted
+    while ``counting`` is set, until ``stop``."""
     selector = selectors.DefaultSelector()
     received = 0
 
-    def pump(timeout: float, counting: bool) -> None:
+    def pump(timeout: float) -> None:
         nonlocal received
         for key, _ in selector.select(timeout):
             walker: _FrameWalker = key.data
@@ -179,21 +182,25 @@ def _bulk_clients(url: str, token: str, count: int, seconds: float, results: Any
             except BlockingIOError:
                 continue
             walker.feed(data)
-            if counting:
+            if counting.is_set():
                 received += len(data)
 
     for _ in range(count):
         sock = _raw_client(url, token)
         selector.register(sock, selectors.EVENT_READ, _FrameWalker(sock))
-        pump(0, counting=False)
-    started = time.monotonic()
-    counting_from = started + 15  # past the snapshots
-    while time.monotonic() - started < seconds:
-        pump(0.2, counting=time.monotonic() >= counting_from)
-    results.put((0, received))
+        pump(0)
+    settled = time.monotonic() + 3  # the last snapshots read
+    while time.monotonic() < settled:
+        pump(0.2)
+    connected.set()
+    while not stop.is_set():
+        pump(0.2)
+    results.put(("bulk", received))
 
 
-def _bare_subscriber(url: str, seconds: float) -> LatencyHistogram:
+def _bare_subscriber(url: str, seconds: float, results: Any) -> None:
+    """The baseline: a plain subscriber to the same stream, in a process of its own, over
+    the same window as the clients (so under the same load)."""
     address = BrokerAddress.parse(url)
     latency = LatencyHistogram()
     client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
@@ -204,7 +211,28 @@ def _bare_subscriber(url: str, seconds: float) -> LatencyHistogram:
     time.sleep(seconds)
     client.disconnect()
     client.loop_stop()
-    return latency
+    results.put(("baseline", latency.quantile(0.5), latency.quantile(0.99)))
+
+
+def _cpu_seconds(watched: dict[str, psutil.Process | None]) -> dict[str, float]:
+    """CPU seconds so far of each process (None: every PostgreSQL process, summed; the
+    ingest's and API's connections are long-lived), and of the whole machine."""
+    def seconds(proc: psutil.Process) -> float:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return times.user + times.system
+
+    out = {}
+    for name, proc in watched.items():
+        if proc is None:
+            out[name] = sum(seconds(p) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres")
+        else:
+            out[name] = seconds(proc)
+    machine = psutil.cpu_times()
+    out["machine (all processes)"] = machine.user + machine.system + machine.nice + machine.irq + machine.softirq
+    return out
 
 
 def _track_latency(base: str, token: str, db_url: str, device_id: str, tries: int = 20) -> list[float]:
@@ -255,7 +283,7 @@ def main() -> None:
                                               stdout=log, stderr=log))
                 return procs[-1]
 
-            start("ingest")
+            ingest = start("ingest")
             api = start("api", "--port", str(port))
             base = f"http://127.0.0.1:{port}"
             for _ in range(300):
@@ -265,43 +293,57 @@ def main() -> None:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-            start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
+            simulator = start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
             time.sleep(args.interval + 5)  # the fleet connected and reporting
             token = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}
                                ).json()["access_token"]
             url = base.replace("http://", "ws://") + "/api/v1/live"
 
-            baseline = _bare_subscriber(broker.url, min(10.0, args.seconds))
             api_proc = psutil.Process(api.pid)
 
             # The bulk of the clients read in another process, so that the probes' clock is not
             # held up by the reading of everyone else's frames.
             spawn = multiprocessing.get_context("spawn")
             results = spawn.Queue()
-            bulk = spawn.Process(target=_bulk_clients,
-                                 args=(url, token, args.clients - PROBES, args.seconds + 15, results))
+            bare = spawn.Process(target=_bare_subscriber, args=(broker.url, args.seconds, results))
+            connected, counting, stop_bulk = spawn.Event(), spawn.Event(), spawn.Event()
+            bulk = spawn.Process(target=_bulk_clients, args=(url, token, args.clients - PROBES, connected, counting,
+                                                             stop_bulk, results))
             bulk.start()
+            began = time.monotonic()
+            if not connected.wait(600):
+                raise SystemExit("the bulk clients did not connect within 10 minutes")
+            print(f"{args.clients - PROBES} bulk clients connected and past their snapshots in "
+                  f"{time.monotonic() - began:.0f} s")
 
-            async def run_probes() -> tuple[list[Stats], float, float]:
+            async def run_probes() -> tuple[list[Stats], dict[str, float], float]:
                 stop = asyncio.Event()
                 stats = [Stats() for _ in range(PROBES)]
                 tasks = [asyncio.create_task(_client(url, token, s, True, stop)) for s in stats]
-                await asyncio.sleep(15)  # everyone connected and past the snapshot
+                await asyncio.sleep(5)  # the probes past their snapshots
                 for s in stats:
                     s.frames = s.bytes = s.units = 0
                     s.latency.reset()
-                s.intake.reset()
-                cpu0, t0 = api_proc.cpu_times(), time.monotonic()
+                    s.intake.reset()
+                counting.set()
+                bare.start()
+                watched = {"API": api_proc, "ingest": psutil.Process(ingest.pid),
+                           "simulator": psutil.Process(simulator.pid), "Mosquitto": psutil.Process(broker.pid),
+                           "PostgreSQL (all backends)": None, "bulk clients": psutil.Process(bulk.pid),
+                           "probes (this process)": psutil.Process()}
+                cpu0, t0 = _cpu_seconds(watched), time.monotonic()
                 await asyncio.sleep(args.seconds)
-                cpu1, t1 = api_proc.cpu_times(), time.monotonic()
+                cpu1, t1 = _cpu_seconds(watched), time.monotonic()
                 stop.set()
+                stop_bulk.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0)
-                return stats, cpu, t1 - t0
+                return stats, {name: 100 * (cpu1[name] - cpu0[name]) / (t1 - t0) for name in cpu0}, t1 - t0
 
             stats, cpu, wall = asyncio.run(run_probes())
-            _, bulk_bytes = results.get(timeout=300)
+            outcome = {name: rest for name, *rest in (results.get(timeout=300) for _ in range(2))}
             bulk.join(30)
+            bare.join(30)
+            bulk_bytes, (base_p50, base_p99) = outcome["bulk"][0], outcome["baseline"]
             snapshots = asyncio.run(_snapshot_latency(url, token))
             tracks = _track_latency(base, token, db_url, units[0].device_id)
         finally:
@@ -321,15 +363,15 @@ def main() -> None:
     print()
     print("| path | p50 ms | p99 ms |")
     print("|---|---|---|")
-    print(f"| publish → bare MQTT subscriber (baseline) | {baseline.quantile(0.5):.0f} "
-          f"| {baseline.quantile(0.99):.0f} |")
+    print(f"| publish → bare MQTT subscriber (baseline) | {base_p50:.0f} | {base_p99:.0f} |")
     print(f"| publish → the API's hub (its paho intake) | {intake.quantile(0.5):.0f} | {intake.quantile(0.99):.0f} |")
     print(f"| publish → websocket client (through the API's hub) | {merged.quantile(0.5):.0f} "
           f"| {merged.quantile(0.99):.0f} |")
     print()
     print("| measure | value |")
     print("|---|---|")
-    print(f"| API process CPU | {cpu:.0f}% of one core |")
+    for name, percent in cpu.items():
+        print(f"| CPU: {name} | {percent:.0f}% of one core |")
     print(f"| bytes delivered, all clients | {mbytes:.1f} MB/s |")
     print(f"| deltas received per probe client | {probe_frames:.1f}/s |")
     print(f"| unit updates delivered per client | {per_client_units:.0f}/s |")

@@ -211,6 +211,31 @@ def test_live_feed_snapshot_then_deltas_and_alerts(api: Api) -> None:
         again.close()
 
 
+def test_live_feed_deltas_carry_only_changed_fields(api: Api) -> None:
+    """A unit that moved is sent its id, position and times; its battery and recording state,
+    unchanged, are not repeated; a later change of recording state is sent on its own."""
+    reader = LiveReader(api.base, token(api.base, "op-all"))
+    try:
+        wait_for(lambda: reader.of_type("snapshot"), what="snapshot")
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(40, battery=61.0, lat=51.51))])
+        wait_for(lambda: (reader.latest_unit("we-1") or {}).get("lat") == 51.51, what="the first state")
+        frames = len(reader.frames)
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(41, battery=61.0, lat=51.52))])
+        wait_for(lambda: (reader.latest_unit("we-1") or {}).get("lat") == 51.52, what="the move")
+        moved = [u for f in reader.frames[frames:] if f["type"] == "delta" for u in f["units"]
+                 if u["device_id"] == "we-1"]
+        assert len(moved) == 1
+        assert {"lat", "ts", "received_at", "last_fix_at"} <= moved[0].keys()
+        assert not moved[0].keys() & {"battery_pct", "recording", "lon", "borough", "callsign", "online"}
+        api.publish([(topic_for("we-1", Channel.TELEMETRY),
+                      telemetry_payload(42, battery=61.0, lat=51.52, recording="recording"))])
+        wait_for(lambda: (reader.latest_unit("we-1") or {}).get("recording") == "recording", what="recording")
+        held = reader.latest_unit("we-1") or {}
+        assert (held["lat"], held["lon"], held["battery_pct"], held["borough"]) == (51.52, -0.12, 61.0, "Westminster")
+    finally:
+        reader.close()
+
+
 def test_live_feed_refuses_without_auth_and_for_auditors(api: Api) -> None:
     for bearer in (None, "garbage", token(api.base, "audit")):
         reader = LiveReader(api.base, bearer)

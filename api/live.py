@@ -76,6 +76,29 @@ def _merge(unit: dict[str, Any], fields: dict[str, Any]) -> list[str]:
 _QUEUED_FRAMES = 4
 
 
+@dataclass(frozen=True)
+class _Left:
+    """A unit that left a borough since the last tick: moved to ``now``, or retired."""
+
+    device_id: str
+    was: str | None
+    now: str | None
+    retired: bool
+
+    def hidden_from(self, areas: frozenset[str] | None) -> bool:
+        """Whether a client of ``areas`` had it and may see it no longer."""
+        if areas is None:
+            return self.retired
+        return self.was in areas and (self.retired or self.now not in areas)
+
+
+def _delta(units: list[dict[str, Any]], removed: list[str]) -> str:
+    frame: dict[str, Any] = {"type": "delta", "units": units}
+    if removed:
+        frame["removed"] = removed
+    return orjson.dumps(frame).decode()
+
+
 @dataclass
 class FeedCounters:
     """Totals of the live feed since the process started, read by its metrics. Written on
@@ -96,6 +119,7 @@ class LiveClient:
     alert_backlog: int
     frames: deque[str] = field(default_factory=deque)  # shared, already encoded
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # conflated, for a lagging client
+    pending_removed: set[str] = field(default_factory=set)  # units gone from its view, for a lagging client
     alert_frames: deque[tuple[str, int]] = field(default_factory=deque)  # (shared text, alerts in it)
     queued_alerts: int = 0
     alerts_dropped: int = 0
@@ -108,13 +132,17 @@ class LiveClient:
     def view(self) -> tuple[bool, frozenset[str] | None]:
         return self.who.sees_positions, self.who.areas
 
-    def offer(self, frame: str, units: list[dict[str, Any]]) -> None:
+    def offer(self, frame: str, units: list[dict[str, Any]], removed: list[str]) -> None:
         # A few shared frames may queue (a client whose sender has not run since the last
         # tick is not slow, only unlucky); past that, merge per unit: the client is slow.
-        if not self.pending and len(self.frames) < _QUEUED_FRAMES:
+        if not self.pending and not self.pending_removed and len(self.frames) < _QUEUED_FRAMES:
             self.frames.append(frame)
         else:
+            for device_id in removed:
+                self.pending.pop(device_id, None)
+                self.pending_removed.add(device_id)
             for unit in units:
+                self.pending_removed.discard(unit["device_id"])  # back in view: it comes whole
                 earlier = self.pending.get(unit["device_id"])
                 if earlier is None:
                     self.pending[unit["device_id"]] = unit
@@ -150,9 +178,10 @@ class LiveClient:
                 await ws.send_text(self.frames[0])
                 self.frames.popleft()
                 self.sent_frames += 1
-            if self.pending:
+            if self.pending or self.pending_removed:
                 units, self.pending = list(self.pending.values()), {}
-                await ws.send_text(orjson.dumps({"type": "delta", "units": units}).decode())
+                removed, self.pending_removed = sorted(self.pending_removed), set()
+                await ws.send_text(_delta(units, removed))
                 self.sent_frames += 1
 
 
@@ -164,6 +193,11 @@ class LiveHub:
         self._lock = threading.Lock()
         self._units: dict[str, dict[str, Any]] = {}
         self._changed: dict[str, set[str]] = {}  # unit -> fields changed since the last tick
+        # Units that left a borough since the last tick (moved, or retired): the borough they
+        # left, so that the clients of that area are told to drop them.
+        self._left: dict[str, str | None] = {}
+        self._registered: set[str] = set()  # in the registry at the last load
+        self._retired: set[str] = set()  # left the registry: what they still send is not shown
         self._alerts: deque[dict[str, Any]] = deque(maxlen=10_000)
         self._clients: set[LiveClient] = set()
         self._ticks = 0
@@ -181,19 +215,38 @@ class LiveHub:
     # lifecycle (owned by the app's lifespan)
 
     def load(self, units: Iterable[dict[str, Any]]) -> None:
-        """Merge rows from the database: registry fields always, state only where it is newer
-        than what the broker already told us (the subscription starts before the load)."""
+        """Merge the registry's devices from the database (all of them: a device that was
+        in the previous load and is not in this one has been retired, and is dropped):
+        registry fields always, state only where it is newer than what the broker already
+        told us (the subscription starts before the load)."""
         with self._lock:
+            registered = set()
             for row in units:
-                unit = self._units.get(row["device_id"])
+                device_id = row["device_id"]
+                registered.add(device_id)
+                self._retired.discard(device_id)
+                unit = self._units.get(device_id)
                 stored = {k: row.get(k) for k in _UNIT_FIELDS}
-                if unit is None:  # new to clients connected before it was registered: all of it
-                    self._units[row["device_id"]] = stored
-                    self._changed[row["device_id"]] = set(_UNIT_FIELDS)
-                elif unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"]):
-                    self._note(row["device_id"], _merge(unit, stored))
+                if unit is None:
+                    self._units[device_id] = stored
+                    whole = True  # new to clients connected before it was registered
                 else:
-                    self._note(row["device_id"], _merge(unit, {k: stored[k] for k in _REGISTRY_FIELDS}))
+                    newer = unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"])
+                    borough = unit["borough"]
+                    changed = _merge(unit, stored if newer else {k: stored[k] for k in _REGISTRY_FIELDS})
+                    self._note(device_id, changed)
+                    whole = "borough" in changed  # clients of its new area have never seen it
+                    if whole:
+                        self._left.setdefault(device_id, borough)
+                if whole:
+                    self._note(device_id, list(_UNIT_FIELDS))
+            for device_id in self._registered - registered:
+                gone = self._units.pop(device_id, None)
+                self._changed.pop(device_id, None)
+                self._retired.add(device_id)
+                if gone is not None:
+                    self._left.setdefault(device_id, gone["borough"])
+            self._registered = registered
 
     def start(self) -> None:
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
@@ -241,6 +294,8 @@ class LiveHub:
             assert isinstance(result.message, Telemetry)
             fields = _telemetry_fields(result.message, received)
         with self._lock:
+            if result.device_id in self._retired:
+                return
             unit = self._units.get(result.device_id)
             if unit is None:
                 unit = self._units[result.device_id] = {k: None for k in _UNIT_FIELDS}
@@ -328,21 +383,25 @@ class LiveHub:
         self._ticks += 1
         with self._lock:
             dirty, self._changed = self._changed, {}
-            changed = [{"device_id": d, **{k: self._units[d][k] for k in fields}} for d, fields in dirty.items()]
+            changed = [(self._units[d]["borough"], {"device_id": d, **{k: self._units[d][k] for k in fields}})
+                       for d, fields in dirty.items()]
+            left = [_Left(d, old, self._units[d]["borough"] if d in self._units else None, d not in self._units)
+                    for d, old in self._left.items()]
+            self._left = {}
             alerts = list(self._alerts)
             self._alerts.clear()
         if alerts:
             self._fan_out_alerts([{**a, "borough": self.borough_of(str(a.get("device_id")))} for a in alerts])
-        if not changed:
+        if not changed and not left:
             return
-        frames: dict[tuple[bool, frozenset[str] | None], tuple[str, list[dict[str, Any]]]] = {}
+        frames: dict[tuple[bool, frozenset[str] | None], tuple[str, list[dict[str, Any]], list[str]]] = {}
         for client in self._clients:
             view = client.view
             if view not in frames:
                 sees, areas = view
-                units = [unit_view(u, sees) for u in changed
-                         if areas is None or self._units[u["device_id"]]["borough"] in areas]
-                frames[view] = (orjson.dumps({"type": "delta", "units": units}).decode(), units)
-            frame, units = frames[view]
-            if units:
-                client.offer(frame, units)
+                units = [unit_view(u, sees) for borough, u in changed if areas is None or borough in areas]
+                removed = [gone.device_id for gone in left if gone.hidden_from(areas)]
+                frames[view] = (_delta(units, removed), units, removed)
+            frame, units, removed = frames[view]
+            if units or removed:
+                client.offer(frame, units, removed)

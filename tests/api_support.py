@@ -142,14 +142,19 @@ class LiveReader:
             return [f for f in self.frames if f["type"] == kind]
 
     def latest_unit(self, device_id: str) -> dict[str, Any] | None:
-        """The unit as a client holds it: its snapshot entry with every delta merged in
-        (a delta carries only the fields that changed); a new snapshot starts again."""
+        """The unit as a client holds it: its snapshot entry with every delta merged in (a
+        delta carries only the fields that changed), None once a delta removed it; a new
+        snapshot starts again."""
         unit: dict[str, Any] | None = None
         with self._lock:
             for frame in self.frames:
+                if frame["type"] == "snapshot":
+                    unit = None
+                if device_id in frame.get("removed", []):
+                    unit = None
                 for u in frame.get("units", []):
                     if u["device_id"] == device_id:
-                        unit = dict(u) if unit is None or frame["type"] == "snapshot" else {**unit, **u}
+                        unit = dict(u) if unit is None else {**unit, **u}
         return unit
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from telemetry import queries
 from telemetry.contract import Channel, topic_for
 from telemetry.ingest import IngestWorker
 from telemetry.registry import DeviceRecord, upsert_devices
@@ -236,6 +237,59 @@ def test_live_feed_deltas_carry_only_changed_fields(api: Api) -> None:
         reader.close()
 
 
+def test_a_unit_moved_into_an_area_reaches_its_clients_whole(api: Api) -> None:
+    """A unit moved to another borough (the registry, re-read by the API) is new to the
+    clients of that area: they get all of it, not only the changed borough."""
+    west = LiveReader(api.base, token(api.base, "op-west"))
+    try:
+        wait_for(lambda: west.of_type("snapshot"), what="snapshot")
+        assert west.latest_unit("ca-1") is None
+        with api.db.connect() as conn:
+            upsert_devices(conn, [DeviceRecord("ca-1", "CA001", "PC Cy", "Westminster", "response")])
+            api.app.state.hub.load(queries.units_snapshot(conn))
+        wait_for(lambda: west.latest_unit("ca-1") is not None, what="the moved unit")
+        unit = west.latest_unit("ca-1") or {}
+        held = (unit["borough"], unit["callsign"], unit["battery_pct"], unit["lat"])
+        assert held == ("Westminster", "CA001", 60.0, 51.54)
+    finally:
+        west.close()
+
+
+def test_units_moved_out_of_an_area_or_retired_leave_its_clients(api: Api) -> None:
+    """A unit moved out of a client's area is removed from that client's picture (it keeps
+    it in an all-London one); a retired unit leaves every picture, and what it still sends
+    is not shown."""
+    west = LiveReader(api.base, token(api.base, "op-west"))
+    everyone = LiveReader(api.base, token(api.base, "op-all"))
+    hub = api.app.state.hub
+    try:
+        wait_for(lambda: west.of_type("snapshot") and everyone.of_type("snapshot"), what="snapshots")
+        assert west.latest_unit("we-1") is not None
+        with api.db.connect() as conn:
+            upsert_devices(conn, [DeviceRecord("we-1", "WE001", "PC Ada", "Camden", "response")])
+            hub.load(queries.units_snapshot(conn))
+        wait_for(lambda: west.latest_unit("we-1") is None, what="we-1 to leave Westminster's picture")
+        wait_for(lambda: (everyone.latest_unit("we-1") or {}).get("borough") == "Camden", what="the move")
+        with client(api.base, "admin") as admin:
+            assert admin.post("/api/v1/devices/we-afo/retire").status_code == 200
+        with api.db.connect() as conn:
+            hub.load(queries.units_snapshot(conn))
+        wait_for(lambda: west.latest_unit("we-afo") is None and everyone.latest_unit("we-afo") is None,
+                 what="the retired unit to leave every picture")
+        api.publish([(topic_for("we-afo", Channel.TELEMETRY), telemetry_payload(50, battery=44.0))])
+        time.sleep(0.5)
+        assert everyone.latest_unit("we-afo") is None
+    finally:
+        west.close()
+        everyone.close()
+    again = LiveReader(api.base, token(api.base, "op-all"))
+    try:
+        wait_for(lambda: again.of_type("snapshot"), what="a fresh snapshot")
+        assert "we-afo" not in {u["device_id"] for u in again.of_type("snapshot")[0]["units"]}
+    finally:
+        again.close()
+
+
 def test_live_feed_refuses_without_auth_and_for_auditors(api: Api) -> None:
     for bearer in (None, "garbage", token(api.base, "audit")):
         reader = LiveReader(api.base, bearer)
@@ -282,8 +336,7 @@ def test_a_stalled_client_does_not_delay_a_healthy_one(api: Api) -> None:
         many = [DeviceRecord(f"bulk-{i:04d}", None, None, "Camden", "response") for i in range(1500)]
         with api.db.connect() as conn:
             upsert_devices(conn, many)
-        api.app.state.hub.load([{"device_id": d.device_id, "officer": d.officer, "borough": d.borough,
-                                 "callsign": None, "role": d.role, "ts": None} for d in many])
+            api.app.state.hub.load(queries.units_snapshot(conn))
         lags = []
         for round_ in range(1, 21):
             sent = time.time()

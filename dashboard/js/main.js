@@ -294,6 +294,7 @@ function startFeed(ctx) {
         case "delta":
           probe.perf.deltas += 1;
           probe.perf.deltaUnits += frame.units.length;
+          if (frame.removed) store.removeUnits(frame.removed);
           store.mergeUnits(frame.units);
           break;
         case "alerts":

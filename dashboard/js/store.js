@@ -73,6 +73,21 @@ export class UnitStore {
     for (const fn of this.listeners) fn(kind, changed);
   }
 
+  // Units gone from this view (moved out of the area, or retired).
+  removeUnits(ids) {
+    const removed = [];
+    for (const id of ids) {
+      const u = this.units.get(id);
+      if (u) {
+        this.units.delete(id);
+        removed.push(u);
+      }
+    }
+    if (!removed.length) return;
+    this.version += 1;
+    for (const fn of this.listeners) fn("removed", removed);
+  }
+
   replaceAlerts(list) {
     this.alerts = new Map();
     this.emergencies = new Set();

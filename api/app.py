@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -44,9 +45,13 @@ async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
 
 
 async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
-    """Devices registered (or moved to another borough) after start-up reach the feed."""
+    """Devices registered, moved to another borough or retired after start-up reach the
+    feed: at once when an API process announces the change on the broker, and every 30 s
+    in any case (for changes made from the command line, or missed while disconnected)."""
     while True:
-        await asyncio.sleep(_REGISTRY_REFRESH_S)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(hub.registry_changed.wait(), _REGISTRY_REFRESH_S)
+        hub.registry_changed.clear()  # changes announced during the load bring another one
         try:
             await _load_units(pool, hub)
         except Exception as error:  # the database may be away; the feed goes on

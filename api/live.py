@@ -33,7 +33,7 @@ import paho.mqtt.client as paho
 from fastapi import WebSocket
 
 from api.auth import Principal, Role
-from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Telemetry
+from telemetry.contract import ALERTS_TOPIC, CHANNELS, REGISTRY_TOPIC, TOPIC_ROOT, Telemetry
 from telemetry.decode import Decoded, Limits, StatusChange, decode
 from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
 
@@ -209,6 +209,8 @@ class LiveHub:
         self._client.on_message = self._on_message  # type: ignore[assignment]
         self._client.on_disconnect = self._on_disconnect  # type: ignore[assignment]
         self._ticker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.registry_changed = asyncio.Event()  # another (or this) API process changed the registry
         self.connected = threading.Event()
         self.counters = FeedCounters()
 
@@ -251,7 +253,8 @@ class LiveHub:
     def start(self) -> None:
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._loop = asyncio.get_running_loop()
+        self._ticker = self._loop.create_task(self._tick_forever())
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -267,7 +270,8 @@ class LiveHub:
     # paho's thread
 
     def _on_connect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
-        client.subscribe([(f"{TOPIC_ROOT}/+/{c.value}", 0) for c in CHANNELS] + [(ALERTS_TOPIC, 1)])
+        client.subscribe([(f"{TOPIC_ROOT}/+/{c.value}", 0) for c in CHANNELS] + [(ALERTS_TOPIC, 1),
+                                                                                  (REGISTRY_TOPIC, 1)])
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
@@ -275,6 +279,10 @@ class LiveHub:
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         self.counters.broker_messages += 1
+        if message.topic == REGISTRY_TOPIC:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.registry_changed.set)
+            return
         if message.topic == ALERTS_TOPIC:
             try:
                 alert = orjson.loads(message.payload)

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, St
 
 __all__ = [
     "ALERTS_TOPIC",
+    "REGISTRY_TOPIC",
     "CHANNELS",
     "DEVICE_ID_RE",
     "TOPIC_ROOT",
@@ -33,6 +34,9 @@ TOPIC_ROOT = "watchfloor/v1/devices"
 #: Alert changes, published by ingest (and by the API on acknowledge/resolve) for every
 #: API process to push live. Devices may neither publish nor read it (deploy/mosquitto/acl).
 ALERTS_TOPIC = "watchfloor/v1/alerts"
+#: Registry changes made through the API (a device registered, moved or retired), after
+#: commit, so that every API process re-reads the registry for its live feed at once.
+REGISTRY_TOPIC = "watchfloor/v1/registry"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -237,17 +237,23 @@ def test_live_feed_deltas_carry_only_changed_fields(api: Api) -> None:
         reader.close()
 
 
+def _move(api: Api, device_id: str, callsign: str, officer: str, borough: str) -> None:
+    with client(api.base, "admin") as admin:
+        body = {"device_id": device_id, "callsign": callsign, "officer": officer, "borough": borough,
+                "role": "response"}
+        assert admin.put(f"/api/v1/devices/{device_id}", json=body).status_code == 200
+
+
 def test_a_unit_moved_into_an_area_reaches_its_clients_whole(api: Api) -> None:
-    """A unit moved to another borough (the registry, re-read by the API) is new to the
-    clients of that area: they get all of it, not only the changed borough."""
+    """A unit moved to another borough by an admin (the API announces the change and
+    re-reads the registry at once, not at its 30 s refresh) is new to the clients of that
+    area: they get all of it, not only the changed borough."""
     west = LiveReader(api.base, token(api.base, "op-west"))
     try:
         wait_for(lambda: west.of_type("snapshot"), what="snapshot")
         assert west.latest_unit("ca-1") is None
-        with api.db.connect() as conn:
-            upsert_devices(conn, [DeviceRecord("ca-1", "CA001", "PC Cy", "Westminster", "response")])
-            api.app.state.hub.load(queries.units_snapshot(conn))
-        wait_for(lambda: west.latest_unit("ca-1") is not None, what="the moved unit")
+        _move(api, "ca-1", "CA001", "PC Cy", "Westminster")
+        wait_for(lambda: west.latest_unit("ca-1") is not None, timeout=10, what="the moved unit")
         unit = west.latest_unit("ca-1") or {}
         held = (unit["borough"], unit["callsign"], unit["battery_pct"], unit["lat"])
         assert held == ("Westminster", "CA001", 60.0, 51.54)
@@ -261,21 +267,16 @@ def test_units_moved_out_of_an_area_or_retired_leave_its_clients(api: Api) -> No
     is not shown."""
     west = LiveReader(api.base, token(api.base, "op-west"))
     everyone = LiveReader(api.base, token(api.base, "op-all"))
-    hub = api.app.state.hub
     try:
         wait_for(lambda: west.of_type("snapshot") and everyone.of_type("snapshot"), what="snapshots")
         assert west.latest_unit("we-1") is not None
-        with api.db.connect() as conn:
-            upsert_devices(conn, [DeviceRecord("we-1", "WE001", "PC Ada", "Camden", "response")])
-            hub.load(queries.units_snapshot(conn))
-        wait_for(lambda: west.latest_unit("we-1") is None, what="we-1 to leave Westminster's picture")
+        _move(api, "we-1", "WE001", "PC Ada", "Camden")
+        wait_for(lambda: west.latest_unit("we-1") is None, timeout=10, what="we-1 to leave Westminster's picture")
         wait_for(lambda: (everyone.latest_unit("we-1") or {}).get("borough") == "Camden", what="the move")
         with client(api.base, "admin") as admin:
             assert admin.post("/api/v1/devices/we-afo/retire").status_code == 200
-        with api.db.connect() as conn:
-            hub.load(queries.units_snapshot(conn))
         wait_for(lambda: west.latest_unit("we-afo") is None and everyone.latest_unit("we-afo") is None,
-                 what="the retired unit to leave every picture")
+                 timeout=10, what="the retired unit to leave every picture")
         api.publish([(topic_for("we-afo", Channel.TELEMETRY), telemetry_payload(50, battery=44.0))])
         time.sleep(0.5)
         assert everyone.latest_unit("we-afo") is None

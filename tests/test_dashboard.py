@@ -26,7 +26,6 @@ import uvicorn
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
 from api.auth import Role, add_user
-from telemetry import queries
 from telemetry.contract import Channel, topic_for
 from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
@@ -311,17 +310,14 @@ def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, br
 
 
 def test_a_retired_unit_leaves_the_live_map(stack: Stack, browser_page: Any) -> None:
-    """An admin retires a unit; once the API has re-read the registry, the live feed tells the
-    open page to drop it, and the map shows one unit fewer without a reload."""
+    """An admin retires a unit; the API announces it and re-reads the registry, the live feed
+    tells the open page to drop it, and the map shows one unit fewer without a reload."""
     page = browser_page
     sign_in(page, stack.base, "op-all")
     page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
     wait_visible(page, lambda n: n == FLEET + 1, "every unit drawn")
     with client(stack.base, "admin") as admin:
         assert admin.post(f"/api/v1/devices/{SOS.device_id}/retire").status_code == 200
-    assert stack.server is not None
-    with stack.db.connect() as conn:  # what the API's periodic registry refresh does
-        stack.server.config.app.state.hub.load(queries.units_snapshot(conn))
     wait_visible(page, lambda n: n == FLEET, "the retired unit gone from the map")
     assert page.evaluate("(id) => window.__watchfloor.map.store.units.has(id)", SOS.device_id) is False
 

@@ -193,6 +193,7 @@ def test_device_publishes_its_own_telemetry_only(broker: Broker) -> None:
         assert ingest.subscribe("watchfloor/v1/devices/+/telemetry") == [1]
         _denied(broker, "cam-a", topic_for("cam-b", Channel.TELEMETRY), b"forged")
         _denied(broker, "cam-a", "watchfloor/v1/alerts", b"forged alert")
+        _denied(broker, "cam-a", "watchfloor/v1/registry", b"forged registry change")
         _denied(broker, "cam-a", "watchfloor/v1/devices/cam-a/telemetry/extra", b"below its own topic")
         assert cam_a.publish(topic_for("cam-a", Channel.EVENTS), b"own event") == 16  # allowed, no subscriber
         assert cam_a.publish(topic_for("cam-a", Channel.TELEMETRY), b"own") == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api import audit
 from api.auth import SEES_DEVICES, SEES_POSITIONS, Principal, Role, require
@@ -14,6 +15,7 @@ from api.errors import ErrorBody, InvalidRequest, NotFound
 from api.live import unit_view
 from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummary, HealthBucket, TrackPoint, Unit
 from telemetry import queries
+from telemetry.contract import REGISTRY_TOPIC
 from telemetry.registry import DeviceRecord, revoke_device_secret, upsert_devices
 
 router = APIRouter(prefix="/api/v1", tags=["devices"],
@@ -107,11 +109,19 @@ def summary(db: Db, who: DeviceViewer, not_seen_hours: Annotated[float, Query(gt
 
 
 @router.post("/devices", response_model=Unit, status_code=201, summary="Register (or update) a device")
-def register(body: DeviceIn, db: Db, who: Admin) -> Unit:
+def register(body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
     upsert_devices(db, [DeviceRecord(body.device_id, body.callsign, body.officer, body.borough, body.role)])
     unit = _unit(_visible(db, body.device_id, who), who)
     _audit_registry(db, who, body, "registered")
+    _announce(db, request, body.device_id, "registered")
     return unit
+
+
+def _announce(db: Db, request: Request, device_id: str, change: str) -> None:
+    """Commit, then tell every API process (this one too) to re-read the registry, so that
+    live feeds show the change at once rather than at their next periodic refresh."""
+    db.commit()
+    request.app.state.hub.publish(REGISTRY_TOPIC, orjson.dumps({"device_id": device_id, "change": change}))
 
 
 def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str) -> None:
@@ -122,21 +132,24 @@ def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str) -> None
 
 
 @router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}})
-def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin) -> Unit:
+def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
     _visible(db, device_id, who)
     if body.device_id != device_id:
         raise InvalidRequest("the body's device_id must match the path")
     upsert_devices(db, [DeviceRecord(device_id, body.callsign, body.officer, body.borough, body.role)])
     unit = _unit(_visible(db, device_id, who), who)
     _audit_registry(db, who, body, "updated")
+    _announce(db, request, device_id, "updated")
     return unit
 
 
 @router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
-def retire(device_id: DeviceId, db: Db, who: Admin) -> Unit:
+def retire(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
     _visible(db, device_id, who)
     db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
     revoked = revoke_device_secret(db, device_id=device_id)  # a retired camera may no longer connect or stream
     audit.record(db, actor=who.username, action="device_retired", device_id=device_id,
                  details={"credentials_revoked": revoked})
-    return _unit(_visible(db, device_id, who), who)
+    unit = _unit(_visible(db, device_id, who), who)
+    _announce(db, request, device_id, "retired")
+    return unit

@@ -321,8 +321,8 @@ class LiveHub:
         """Add a client; return it and its snapshot's units, encoded (a JSON array).
 
         Every change after the snapshot reaches the client as a delta: a change made while
-        the snapshot is copied is also in the dirty set, sent at the next tick to every
-        registered client. For the same reason a snapshot encoded earlier in the same tick
+        the snapshot is copied is also noted for the next tick, sent to every registered
+        client. For the same reason a snapshot encoded earlier in the same tick
         is as good as a new one, so a burst of (re)connecting clients of one view shares one
         encoding instead of blocking the loop once per client.
         """
@@ -333,8 +333,10 @@ class LiveHub:
         if cached is not None and cached[0] == self._ticks:
             self._clients.add(client)
             return client, cached[1]
-        with self._lock:
-            units = [unit_view(dict(u), who.sees_positions) for u in self._units.values() if who.covers(u["borough"])]
+        areas = who.areas
+        with self._lock:  # copies (unit_view makes one), so that encoding can happen unlocked
+            visible = [u for u in self._units.values() if areas is None or u["borough"] in areas]
+            units = [dict(u) for u in visible] if who.sees_positions else [unit_view(u, False) for u in visible]
             self._clients.add(client)
         encoded = orjson.dumps(units).decode()
         self._snapshots[view] = (self._ticks, encoded)

@@ -24,7 +24,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client"]
+__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client",
+           "publish_once"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,27 @@ def new_client(
     if address.tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     return client
+
+
+def publish_once(url: str, topic: str, payload: bytes, *, client_id: str, timeout: float = 5.0) -> bool:
+    """Connect, publish one message at QoS 1 and disconnect (for command-line tools). True
+    once the broker acknowledged it; False if it could not be reached in ``timeout``."""
+    address = BrokerAddress.parse(url)
+    client: BufferedClient = new_client(address, client_id=client_id, protocol=paho.MQTTv311)
+    try:
+        client.connect(address.host, address.port, keepalive=10)
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout)
+        return info.is_published()
+    except (RuntimeError, ValueError):  # refused before it was sent (connection lost)
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def detect_protocol(address: BrokerAddress, *, client_id: str, timeout: float = 5.0) -> int:

@@ -6,12 +6,13 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "provision_device", "revoke_device_secret", "upsert_devices",
-           "verify_device_secret"]
+__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "change_announcement", "provision_device", "revoke_device_secret",
+           "upsert_devices", "verify_device_secret"]
 
 _SECRET_BYTES = 32
 #: Broker usernames of the services (watchfloor-ingest, watchfloor-api): no device may take one.
@@ -91,3 +92,8 @@ def verify_device_secret(conn: psycopg.Connection, *, device_id: str, secret: st
         return False
     return row is not None
 
+
+def change_announcement(device_id: str, change: str) -> bytes:
+    """The payload announcing a registry change on ``REGISTRY_TOPIC`` (after its commit), on
+    which every API process re-reads the registry for its live feed."""
+    return orjson.dumps({"device_id": device_id, "change": change})

@@ -16,14 +16,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api import audit
-from telemetry.contract import Channel, topic_for
+from telemetry.contract import REGISTRY_TOPIC, Channel, topic_for
 from telemetry.embedded import free_port
+from telemetry.registry import change_announcement
 from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
 from watchfloor import broker_credentials
 from watchfloor.mosquitto import MosquittoProcess
@@ -31,9 +33,11 @@ from watchfloor.mosquitto import MosquittoProcess
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 
 
-def _watchfloor(*args: str, db: Database) -> subprocess.CompletedProcess[str]:
+def _watchfloor(*args: str, db: Database, mqtt_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
     env["WATCHFLOOR_DATABASE_URL"] = db.url
+    if mqtt_url is not None:
+        env["WATCHFLOOR_MQTT_URL"] = mqtt_url
     result = subprocess.run([sys.executable, "-m", "watchfloor", *args], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
@@ -306,9 +310,19 @@ def test_provisioning_is_audited_and_a_reserved_name_refused(broker: Broker, db:
 
 def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:
     """`watchfloor devices retire` revokes the secret and removes the broker entry: after a
-    reload (SIGHUP) the camera is refused; the act is audited. Runs last: it retires cam-b."""
+    reload (SIGHUP) the camera is refused; the act is audited, and announced to the API
+    processes (as the API's broker account). Runs last: it retires cam-b."""
     passwd = Path(str(broker.process.conf.read_text().split("password_file ")[1].split()[0]))
-    _watchfloor("devices", "retire", "cam-b", "--mosquitto-passwd", str(passwd), db=db)
+    api = _client(broker, "watchfloor-api")
+    try:
+        assert api.subscribe(REGISTRY_TOPIC) == [1]
+        secret = quote(broker.secrets["watchfloor-api"], safe="")
+        as_api = f"mqtt://watchfloor-api:{secret}@127.0.0.1:{broker.process.port}"
+        _watchfloor("devices", "retire", "cam-b", "--mosquitto-passwd", str(passwd), db=db, mqtt_url=as_api)
+        announced = change_announcement("cam-b", "retired")
+        assert api.received_until(announced) == [(REGISTRY_TOPIC, announced)]
+    finally:
+        api.close()
     assert "cam-b" not in broker_credentials.users(passwd)
     assert broker.process.process is not None
     broker.process.process.send_signal(signal.SIGHUP)

@@ -13,8 +13,10 @@ from typing import Any, get_args
 
 import psycopg
 
+from telemetry.contract import REGISTRY_TOPIC
 from telemetry.embedded import embedded_database_url
-from telemetry.registry import DeviceRecord, provision_device, revoke_device_secret
+from telemetry.mqtt import publish_once
+from telemetry.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
 from watchfloor.settings import Settings
@@ -38,6 +40,17 @@ def _database(settings: Settings) -> str:
     return url
 
 
+def _announce(settings: Settings, device_id: str, change: str) -> None:
+    """Tell the API processes, through the configured broker, to re-read the registry now;
+    without a broker (or if it refuses), their live feeds show the change within 30 s."""
+    sent = settings.mqtt_url is not None and publish_once(
+        settings.mqtt_url, REGISTRY_TOPIC, change_announcement(device_id, change),
+        client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
+    if not sent:
+        print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): live feeds show "
+              "the change at the API's next registry refresh, within 30 s", file=sys.stderr)
+
+
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     from api import audit
 
@@ -55,6 +68,7 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
             # Written before the commit: if it fails, neither the secret nor the record is kept.
             broker_credentials.set_password(passwd, username=args.device_id, password=secret)
         conn.commit()
+    _announce(settings, args.device_id, "registered")
     print(f"device {args.device_id} provisioned. Its secret (MQTT password and WHIP token) is shown once:")
     print(secret)
     if passwd is not None:
@@ -75,6 +89,7 @@ def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
         audit.record(conn, actor=cli_actor(), action="device_retired", device_id=args.device_id,
                      details={"credentials_revoked": revoked, "broker_credentials_removed": removed})
         conn.commit()
+    _announce(settings, args.device_id, "retired")
     print(f"device {args.device_id} retired; its secret no longer works"
           + (f"; removed from {passwd} (reload the broker)" if removed else ""))
 

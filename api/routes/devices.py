@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api import audit
@@ -16,7 +15,7 @@ from api.live import unit_view
 from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummary, HealthBucket, TrackPoint, Unit
 from telemetry import queries
 from telemetry.contract import REGISTRY_TOPIC
-from telemetry.registry import DeviceRecord, revoke_device_secret, upsert_devices
+from telemetry.registry import DeviceRecord, change_announcement, revoke_device_secret, upsert_devices
 
 router = APIRouter(prefix="/api/v1", tags=["devices"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
@@ -121,7 +120,7 @@ def _announce(db: Db, request: Request, device_id: str, change: str) -> None:
     """Commit, then tell every API process (this one too) to re-read the registry, so that
     live feeds show the change at once rather than at their next periodic refresh."""
     db.commit()
-    request.app.state.hub.publish(REGISTRY_TOPIC, orjson.dumps({"device_id": device_id, "change": change}))
+    request.app.state.hub.publish(REGISTRY_TOPIC, change_announcement(device_id, change))
 
 
 def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str) -> None:

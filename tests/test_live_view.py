@@ -161,6 +161,7 @@ class AiortcViewer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._pc: RTCPeerConnection | None = None
+        self._readers: list[asyncio.Future[None]] = []
 
     def _run(self, coroutine: Any, timeout: float = 30) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
@@ -174,7 +175,7 @@ class AiortcViewer:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            asyncio.ensure_future(self._read(track))
+            self._readers.append(asyncio.ensure_future(self._read(track)))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -217,9 +218,20 @@ class AiortcViewer:
 
     def close(self) -> None:
         if self._pc is not None:
-            self._run(self._pc.close())
+            self._run(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _close(self) -> None:
+        # The readers end when their track does; any left is cancelled and awaited, so that
+        # none is still pending when the loop stops.
+        assert self._pc is not None
+        await self._pc.close()
+        if self._readers:
+            _, pending = await asyncio.wait(self._readers, timeout=5)
+            for reader in pending:
+                reader.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _live(s: Stack, device_id: str) -> bool:

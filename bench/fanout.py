@@ -64,7 +64,8 @@ class Stats:
         self.intake = LatencyHistogram()  # publish -> the API's hub (its received_at)
 
 
-async def _client(url: str, token: str, stats: Stats, probe: bool, stop: asyncio.Event) -> None:
+async def _probe(url: str, token: str, stats: Stats, stop: asyncio.Event) -> None:
+    """A client that parses every frame and times each unit update from its ``ts``."""
     async with websockets.connect(url, max_size=256 * 1024 * 1024, max_queue=None) as ws:
         await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
         await ws.recv()  # the snapshot
@@ -80,15 +81,14 @@ async def _client(url: str, token: str, stats: Stats, probe: bool, stop: asyncio
             now = time.time()
             stats.frames += 1
             stats.bytes += len(raw)
-            if probe:
-                frame = orjson.loads(raw)
-                stats.deltas += frame["type"] == "delta"
-                for unit in frame.get("units", []):
-                    stats.units += 1
-                    if unit.get("ts"):
-                        stats.latency.record(now - _epoch(unit["ts"]))
-                        if unit.get("received_at"):
-                            stats.intake.record(_epoch(unit["received_at"]) - _epoch(unit["ts"]))
+            frame = orjson.loads(raw)
+            stats.deltas += frame["type"] == "delta"
+            for unit in frame.get("units", []):
+                stats.units += 1
+                if unit.get("ts"):
+                    stats.latency.record(now - _epoch(unit["ts"]))
+                    if unit.get("received_at"):
+                        stats.intake.record(_epoch(unit["received_at"]) - _epoch(unit["ts"]))
 
 
 async def _snapshot_latency(url: str, token: str, tries: int = 5) -> list[float]:
@@ -327,6 +327,7 @@ def main() -> None:
             bulk.start()
             began = time.monotonic()
             if not connected.wait(600):
+                bulk.terminate()
                 raise SystemExit("the bulk clients did not connect within 10 minutes")
             print(f"{args.clients - PROBES} bulk clients connected and past their snapshots in "
                   f"{time.monotonic() - began:.0f} s")
@@ -334,7 +335,7 @@ def main() -> None:
             async def run_probes() -> tuple[list[Stats], dict[str, float], float]:
                 stop = asyncio.Event()
                 stats = [Stats() for _ in range(PROBES)]
-                tasks = [asyncio.create_task(_client(url, token, s, True, stop)) for s in stats]
+                tasks = [asyncio.create_task(_probe(url, token, s, stop)) for s in stats]
                 await asyncio.sleep(5)  # the probes past their snapshots
                 for s in stats:
                     s.frames = s.deltas = s.bytes = s.units = 0

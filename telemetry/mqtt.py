@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 __all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client",
-           "publish_once"]
+           "publish_all"]
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +141,24 @@ def new_client(
     return client
 
 
-def publish_once(url: str, topic: str, payload: bytes, *, client_id: str, timeout: float = 5.0) -> bool:
-    """Connect, publish one message at QoS 1 and disconnect (for command-line tools). True
-    once the broker acknowledged it; False if it could not be reached in ``timeout``."""
+def publish_all(url: str, messages: Iterable[tuple[str, bytes]], *, client_id: str, retain: bool = False,
+                timeout: float = 5.0) -> bool:
+    """Connect, publish each message at QoS 1, wait until the broker has acknowledged them,
+    and disconnect: for command-line tools (and the tests). False if the broker could not be
+    reached, or did not acknowledge a message within ``timeout``."""
     address = BrokerAddress.parse(url)
     client: BufferedClient = new_client(address, client_id=client_id, protocol=paho.MQTTv311)
+    client.max_inflight_messages_set(1000)
     try:
         client.connect(address.host, address.port, keepalive=10)
     except OSError:
         return False
     client.loop_start()
     try:
-        info = client.publish(topic, payload, qos=1)
-        info.wait_for_publish(timeout)
-        return info.is_published()
+        infos = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout)
+        return all(info.is_published() for info in infos)
     except (RuntimeError, ValueError):  # refused before it was sent (connection lost)
         return False
     finally:

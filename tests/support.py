@@ -10,10 +10,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-import paho.mqtt.client as paho
 
+from telemetry import mqtt
 from telemetry.ingest import IngestWorker
-from telemetry.mqtt import BrokerAddress, new_client
 from watchfloor.settings import Settings
 
 
@@ -43,20 +42,10 @@ def event_payload(seq: int, kind: str, *, ts: datetime | None = None, **details:
 def publish_all(url: str, messages: Iterable[tuple[str, bytes]], *, client_id: str = "test-publisher",
                 retain: bool = False, timeout: float = 30.0) -> int:
     """Publish at QoS 1 and wait until the broker has acknowledged every message."""
-    address = BrokerAddress.parse(url)
-    client = new_client(address, client_id=client_id, protocol=paho.MQTTv311)
-    client.max_inflight_messages_set(1000)
-    client.connect(address.host, address.port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, payload, qos=1, retain=retain) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout)
-            assert info.is_published(), "broker did not acknowledge a publish"
-        return len(infos)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    messages = list(messages)
+    assert mqtt.publish_all(url, messages, client_id=client_id, retain=retain, timeout=timeout), \
+        "broker did not acknowledge a publish"
+    return len(messages)
 
 
 def make_settings(**overrides: Any) -> Settings:

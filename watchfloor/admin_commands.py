@@ -15,7 +15,7 @@ import psycopg
 
 from telemetry.contract import REGISTRY_TOPIC
 from telemetry.embedded import embedded_database_url
-from telemetry.mqtt import publish_once
+from telemetry.mqtt import publish_all
 from telemetry.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
@@ -43,8 +43,8 @@ def _database(settings: Settings) -> str:
 def _announce(settings: Settings, device_id: str, change: str) -> None:
     """Tell the API processes, through the configured broker, to re-read the registry now;
     without a broker (or if it refuses), their live feeds show the change within 30 s."""
-    sent = settings.mqtt_url is not None and publish_once(
-        settings.mqtt_url, REGISTRY_TOPIC, change_announcement(device_id, change),
+    sent = settings.mqtt_url is not None and publish_all(
+        settings.mqtt_url, [(REGISTRY_TOPIC, change_announcement(device_id, change))],
         client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
     if not sent:
         print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): live feeds show "

@@ -229,19 +229,17 @@ class LiveHub:
                 self._retired.discard(device_id)
                 unit = self._units.get(device_id)
                 stored = {k: row.get(k) for k in _UNIT_FIELDS}
-                if unit is None:
+                if unit is None:  # new to clients connected before it was registered: all of it
                     self._units[device_id] = stored
-                    whole = True  # new to clients connected before it was registered
-                else:
-                    newer = unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"])
-                    borough = unit["borough"]
-                    changed = _merge(unit, stored if newer else {k: stored[k] for k in _REGISTRY_FIELDS})
-                    self._note(device_id, changed)
-                    whole = "borough" in changed  # clients of its new area have never seen it
-                    if whole:
-                        self._left.setdefault(device_id, borough)
-                if whole:
                     self._note(device_id, list(_UNIT_FIELDS))
+                    continue
+                newer = unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"])
+                borough = unit["borough"]
+                changed = _merge(unit, stored if newer else {k: stored[k] for k in _REGISTRY_FIELDS})
+                if "borough" in changed:  # clients of its new area have never seen it: all of it
+                    self._left.setdefault(device_id, borough)
+                    changed = list(_UNIT_FIELDS)
+                self._note(device_id, changed)
             for device_id in self._registered - registered:
                 gone = self._units.pop(device_id, None)
                 self._changed.pop(device_id, None)
@@ -395,8 +393,10 @@ class LiveHub:
             dirty, self._changed = self._changed, {}
             changed = [(self._units[d]["borough"], {"device_id": d, **{k: self._units[d][k] for k in fields}})
                        for d, fields in dirty.items()]
-            left = [_Left(d, old, self._units[d]["borough"] if d in self._units else None, d not in self._units)
-                    for d, old in self._left.items()]
+            left = []
+            for d, old in self._left.items():
+                unit = self._units.get(d)
+                left.append(_Left(d, old, None if unit is None else unit["borough"], retired=unit is None))
             self._left = {}
             alerts = list(self._alerts)
             self._alerts.clear()

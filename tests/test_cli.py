@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,16 @@ def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
     assert finished, out
     published, received, stored = map(int, finished.groups())
     assert published == received and stored >= 50 * 5
+
+
+def test_demo_on_a_port_in_use_says_so_and_exits(tmp_path: Path) -> None:
+    """The API cannot listen: the demo says which port, stops the simulator and ingest it had
+    started, and exits (it used to hang with its threads still running)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _watchfloor("demo", "--devices", "20", "--port", str(port),
+                             env={"WATCHFLOOR_DATA_DIR": str(tmp_path / "data")}, timeout=120)
+    assert result.returncode != 0
+    assert f"could not start on 127.0.0.1:{port}" in result.stdout + result.stderr

@@ -193,7 +193,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": args.duration}, name="simulator")
         sim_thread.start()
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
-        server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+        try:
+            server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+        except SystemExit:  # stop what already runs, or its threads keep the process alive
+            sim.stop()
+            sim_thread.join()
+            video.close()
+            worker.stop()
+            ingest_thread.join()
+            raise
         # After the API is up: each secret is an argon2 hash, and they would slow its start.
         provision_in_background(db_url, sim.units, secrets)
         print(f"  dashboard: http://{settings.api_host}:{args.port}/ (sign in as one of the users above)")

@@ -18,7 +18,7 @@ from api.auth import Role, TokenIssuer
 from api.live import LiveHub
 from api.live_view import LiveView
 from api.oidc import oidc_from_settings
-from api.routes import alerts, audit, auth, dashboard, devices, health, incidents, live, live_view, reports
+from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
 from telemetry import queries
 from watchfloor.settings import Settings
 
@@ -88,6 +88,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
             pool.close()
 
     app = FastAPI(title="Watchfloor control-room API", version="1", lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs is served offline (api/routes/docs.py)
                   description="Fleet state, history and alerts of body-worn cameras, and the live feed "
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
@@ -96,7 +97,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live, reports, live_view, audit):
+    for module in (health, auth, devices, alerts, incidents, live, reports, live_view, audit, docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

@@ -346,6 +346,17 @@ def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> N
     shot(page, "registry")
 
 
+def test_api_reference_page_renders_offline(stack: Stack, browser_page: Any) -> None:
+    """/docs in Chromium with no internet: Swagger UI comes from the API itself, lists the
+    endpoints, and breaks no rule of its page's CSP (the fixture fails on any violation)."""
+    page = browser_page
+    page.goto(stack.base + "/docs")
+    page.wait_for_selector(".opblock", timeout=20_000)
+    assert page.locator(".opblock").count() >= 20
+    assert page.locator('[data-path="/api/v1/devices/{device_id}/track"]').count() >= 1
+    shot(page, "api-docs")
+
+
 # ---- plain HTTP: assets, configuration, export
 
 

@@ -1,5 +1,7 @@
-"""The control-room API: REST under /api/v1, the live websocket feed, health checks.
+"""The control-room API, the HTTP and websocket edge: REST under /api/v1, WHIP/WHEP, the live
+websocket feed, health checks.
 
-It reads what ``telemetry`` stores and subscribes to the broker for live state; nothing in
-``telemetry`` imports it. The entry point is :func:`api.app.create_app`.
+Routes check who is asking and call ``services`` (accounts, consent, live view, audit,
+registry) and ``telemetry``'s queries; the live feed reads the broker for live state. Only the
+command line imports it. The entry point is :func:`api.app.create_app`.
 """

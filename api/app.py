@@ -14,13 +14,13 @@ from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 
 from api import errors, hardening, observability
-from api.auth import Role, TokenIssuer
 from api.live import LiveHub
-from api.live_view import LiveView
-from api.oidc import oidc_from_settings
 from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
+from core.settings import Settings
+from services.accounts import Role, TokenIssuer
+from services.live_view import LiveView
+from services.oidc import oidc_from_settings
 from telemetry import queries
-from watchfloor.settings import Settings
 
 __all__ = ["WS_DEFLATE", "WS_IMPL", "create_app"]
 

@@ -8,7 +8,8 @@ from typing import Annotated
 import psycopg
 from fastapi import Depends, Request
 
-from api.auth import Principal, principal
+from api.auth import principal
+from services.accounts import Principal
 
 __all__ = ["Caller", "Db"]
 

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge, error_response
+from api.errors import error_response
 from api.limits import Limits, RateLimiter
-from watchfloor.settings import Settings
+from core.settings import Settings
+from services.errors import PayloadTooLarge
 
 __all__ = ["API_CSP", "DOCS_CSP", "WS_MAX_BYTES", "BodyLimit", "SecurityHeaders", "install"]
 

@@ -9,7 +9,7 @@ process applies.
   empty bucket refuses even the right password until it refills.
 * Per device: ``app.state.limits.device.hit(device_id)`` in the WHIP route.
 
-Buckets are per process (:class:`telemetry.ratelimit.TokenBuckets`): behind a load balancer
+Buckets are per process (:class:`core.ratelimit.TokenBuckets`): behind a load balancer
 with N API processes, a caller gets up to N times the rate (use sticky sessions to make it
 exact).
 """
@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from api.errors import TooManyRequests
-from telemetry.ratelimit import TokenBuckets
+from core.ratelimit import TokenBuckets
+from services.errors import TooManyRequests
 
 __all__ = ["Limits", "RateLimiter"]
 

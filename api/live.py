@@ -32,10 +32,10 @@ import orjson
 import paho.mqtt.client as paho
 from fastapi import WebSocket
 
-from api.auth import Principal, Role
-from telemetry.contract import ALERTS_TOPIC, CHANNELS, REGISTRY_TOPIC, TOPIC_ROOT, Telemetry
+from core.contract import ALERTS_TOPIC, CHANNELS, REGISTRY_TOPIC, TOPIC_ROOT, Telemetry
+from core.mqtt import BrokerAddress, BufferedClient, new_client
+from services.accounts import Principal, Role
 from telemetry.decode import Decoded, Limits, StatusChange, decode
-from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
 
 __all__ = ["FeedCounters", "LiveClient", "LiveHub", "unit_view"]
 

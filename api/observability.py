@@ -36,8 +36,8 @@ from prometheus_client.registry import Collector
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.logs import REQUEST_ID
 from streaming import HistogramSnapshot, RelayStats
-from watchfloor.logs import REQUEST_ID
 
 __all__ = ["ApiMetrics", "LiveCollector", "RelayCollector", "RequestContext", "install"]
 

@@ -20,13 +20,13 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api import audit  # noqa: E402
-from telemetry.registry import DeviceRecord, provision_device, verify_device_secret  # noqa: E402
+from services import audit  # noqa: E402
+from services.registry import DeviceRecord, provision_device, verify_device_secret  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 
 _WRITER = textwrap.dedent("""
     import sys, psycopg
-    from api import audit
+    from services import audit
     url, n = sys.argv[1], int(sys.argv[2])
     with psycopg.connect(url) as conn:
         for i in range(n):

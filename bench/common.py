@@ -17,11 +17,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from api.auth import Role, add_user  # noqa: E402
-from telemetry.registry import DeviceRecord, upsert_devices  # noqa: E402
+from services.accounts import Role, add_user  # noqa: E402
+from services.registry import DeviceRecord, upsert_devices  # noqa: E402
+from simulator.fleet import FleetProfile, Unit, build_fleet  # noqa: E402
+from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
-from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet  # noqa: E402
-from telemetry.simulator.geo import load_boroughs  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
 __all__ = ["ROOT", "scratch_stack", "seed_fleet", "stop_processes"]

@@ -43,10 +43,10 @@ from common import ROOT, scratch_stack, seed_fleet, stop_processes
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from api.routes import dashboard  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from simulator.fleet import FleetProfile, build_fleet  # noqa: E402
+from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
-from telemetry.simulator.fleet import FleetProfile, build_fleet  # noqa: E402
-from telemetry.simulator.geo import load_boroughs  # noqa: E402
-from watchfloor.settings import Settings  # noqa: E402
 
 SECRET = "bench-secret-" + "x" * 40
 PASSWORD = "bench password, long enough"

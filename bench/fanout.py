@@ -39,9 +39,9 @@ import psycopg
 import websockets
 from common import ROOT, scratch_stack, seed_fleet, stop_processes
 
+from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
-from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.schema import ensure_partitions, features  # noqa: E402
 
 SECRET = "bench-" + uuid.uuid4().hex * 2

@@ -25,8 +25,8 @@ import psutil
 import psycopg
 from common import ROOT, scratch_stack
 
+from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
-from telemetry.mqtt import BrokerAddress, new_client  # noqa: E402
 
 
 @dataclass

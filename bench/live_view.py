@@ -30,13 +30,13 @@ from aiortc.mediastreams import MediaStreamError
 from common import scratch_stack  # first: it puts the repository on the path
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app  # noqa: E402,I001
-from api.auth import Role, add_user  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from services.accounts import Role, add_user  # noqa: E402
+from services.registry import DeviceRecord, provision_device  # noqa: E402
+from simulator.camera import CameraPolicy  # noqa: E402
+from simulator.run import Simulator  # noqa: E402
+from simulator.video import VideoUplink  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
-from telemetry.registry import DeviceRecord, provision_device  # noqa: E402
-from telemetry.simulator.camera import CameraPolicy  # noqa: E402
-from telemetry.simulator.run import Simulator  # noqa: E402
-from telemetry.simulator.video import VideoUplink  # noqa: E402
-from watchfloor.settings import Settings  # noqa: E402
 
 PASSWORD = "benchmark password 1"
 SECRET = "bench-secret-" + "x" * 40

@@ -35,7 +35,7 @@ import websockets
 from common import ROOT, scratch_stack, stop_processes
 from ingest import Probe
 
-from api.auth import Role, add_user  # noqa: E402
+from services.accounts import Role, add_user  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
 

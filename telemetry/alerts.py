@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from telemetry.contract import Event, EventType, Telemetry
+from core.contract import Event, EventType, Telemetry
 from telemetry.store import Batch
 
 __all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_offline"]

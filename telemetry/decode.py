@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 
-from telemetry.contract import DEVICE_ID_RE, TOPIC_ROOT, Channel, Event, Telemetry
+from core.contract import DEVICE_ID_RE, TOPIC_ROOT, Channel, Event, Telemetry
 
 __all__ = [
     "Decoded",

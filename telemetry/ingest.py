@@ -32,15 +32,15 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 
+from core.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
+from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
+from core.ratelimit import TokenBuckets
+from core.settings import Settings
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
-from telemetry.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
 from telemetry.latency import LatencyHistogram
-from telemetry.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
-from telemetry.ratelimit import TokenBuckets
 from telemetry.schema import ensure_partitions, features, run_maintenance
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
-from watchfloor.settings import Settings
 
 __all__ = ["IngestStats", "IngestWorker", "subscription_topics"]
 

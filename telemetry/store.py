@@ -15,7 +15,7 @@ from datetime import datetime
 import orjson
 import psycopg
 
-from telemetry.contract import Event, Telemetry
+from core.contract import Event, Telemetry
 from telemetry.decode import Rejection, StatusChange
 
 __all__ = ["Batch", "RejectedMessage", "prepare_connection", "write_batch"]

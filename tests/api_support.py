@@ -23,11 +23,11 @@ import websockets
 from fastapi import FastAPI
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
-from api.auth import Role, add_user
+from core.settings import Settings
+from services.accounts import Role, add_user
 from telemetry.embedded import free_port
 from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
 from watchfloor.mosquitto import MosquittoProcess
-from watchfloor.settings import Settings
 
 SECRET = "test-secret-" + "x" * 40
 PASSWORD = "correct horse battery staple"

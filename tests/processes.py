@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
 from telemetry.embedded import free_port
 from tests.support import publish_all, telemetry_payload
 

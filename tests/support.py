@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
+from core.settings import Settings
 from telemetry import mqtt
 from telemetry.ingest import IngestWorker
-from watchfloor.settings import Settings
 
 
 def telemetry_payload(seq: int, *, ts: datetime | None = None, battery: float = 80.0,

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 import websockets
 
-from api.auth import Role, add_user
-from telemetry.registry import DeviceRecord, provision_device, upsert_devices
+from services.accounts import Role, add_user
+from services.registry import DeviceRecord, provision_device, upsert_devices
 from tests.api_support import PASSWORD, api_on_machine, token
 from tests.conftest import Database
 from tests.support import make_settings

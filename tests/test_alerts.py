@@ -9,9 +9,9 @@ import time
 import orjson
 import paho.mqtt.client as paho
 
-from telemetry.contract import ALERTS_TOPIC, Channel, topic_for
-from telemetry.mqtt import BrokerAddress, new_client
-from telemetry.registry import DeviceRecord, upsert_devices
+from core.contract import ALERTS_TOPIC, Channel, topic_for
+from core.mqtt import BrokerAddress, new_client
+from services.registry import DeviceRecord, upsert_devices
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess

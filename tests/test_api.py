@@ -12,10 +12,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from core.contract import Channel, topic_for
+from services.registry import DeviceRecord, upsert_devices
 from telemetry import queries
-from telemetry.contract import Channel, topic_for
 from telemetry.ingest import IngestWorker
-from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import ensure_partitions, features
 from tests.api_support import LiveReader, StalledClient, add_test_users, client, running_api, token
 from tests.conftest import Database, wait_for

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
+from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from telemetry.registry import DeviceRecord, upsert_devices
 from tests.api_support import SECRET, LiveReader, add_test_users, token
 from tests.conftest import Database, wait_for
 from tests.support import publish_all, telemetry_payload

@@ -11,8 +11,8 @@ import textwrap
 import psycopg
 import pytest
 
-from api import audit
-from telemetry.registry import DeviceRecord, provision_device, revoke_device_secret, verify_device_secret
+from services import audit
+from services.registry import DeviceRecord, provision_device, revoke_device_secret, verify_device_secret
 from tests.conftest import Database
 
 
@@ -118,7 +118,7 @@ def test_an_entry_rewritten_with_a_fresh_hash_breaks_the_link_after_it(pg: Datab
 
 _WRITER = textwrap.dedent("""
     import sys, psycopg
-    from api import audit
+    from services import audit
     url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     with psycopg.connect(url) as conn:
         for i in range(n):

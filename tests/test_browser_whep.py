@@ -11,8 +11,8 @@ import pytest
 from fastapi.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from telemetry.contract import Channel, topic_for
-from telemetry.simulator.video import VideoUplink
+from core.contract import Channel, topic_for
+from simulator.video import VideoUplink
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, publish_all
 from tests.test_live_view import WE1, _live, stack

@@ -46,6 +46,20 @@ def test_simulate_without_a_broker_url_says_what_to_set() -> None:
     assert "WATCHFLOOR_MQTT_URL" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["ingest"], ["api"], ["db", "migrate"], ["users", "add", "someone", "--role", "operator"],
+                                  ["audit", "verify"]], ids=" ".join)
+def test_only_the_demo_runs_without_a_database_url(args: list[str], tmp_path: Path) -> None:
+    """A production process never falls back to an embedded PostgreSQL in a local directory:
+    without WATCHFLOOR_DATABASE_URL it refuses, names the variable and points to the demo."""
+    env = {"WATCHFLOOR_MQTT_URL": "mqtt://127.0.0.1:1", "WATCHFLOOR_AUTH_SECRET": "x" * 40,
+           "WATCHFLOOR_DATA_DIR": str(tmp_path)}
+    result = _watchfloor(*args, env=env)
+    assert result.returncode != 0
+    assert "WATCHFLOOR_DATABASE_URL is not set" in result.stderr
+    assert "watchfloor demo" in result.stderr
+    assert not (tmp_path / "pg").exists()
+
+
 def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
     """No configuration: the demo starts pgserver and rumqttd, says where, stores what its
     simulated fleet sends, and serves the API to the users it prints."""

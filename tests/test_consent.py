@@ -9,12 +9,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from api.auth import Principal, Role
-from api.consent import Basis, UnitFacts, clean_reason, may_watch, plan_request, stop_reason_for_event
-from telemetry.commands import Command, CommandReply, CommandType, ReplyStatus, command, reply
-from telemetry.simulator.camera import CameraPolicy, answer_live_view_request
-from telemetry.simulator.fleet import FleetProfile, build_fleet
-from telemetry.simulator.geo import load_boroughs
+from core.commands import Command, CommandReply, CommandType, ReplyStatus, command, reply
+from services.accounts import Principal, Role
+from services.consent import Basis, UnitFacts, clean_reason, may_watch, plan_request, stop_reason_for_event
+from simulator.camera import CameraPolicy, answer_live_view_request
+from simulator.fleet import FleetProfile, build_fleet
+from simulator.geo import load_boroughs
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -134,8 +134,8 @@ def test_simulated_officers_answer_by_policy_and_seed() -> None:
 def test_relay_ice_servers_come_from_settings_and_default_to_none() -> None:
     """No ICE server unless configured (never a public STUN server by default); configured
     ones, as RTCIceServer JSON in the environment, reach the relay as given."""
-    from api.live_view import ice_servers
-    from watchfloor.settings import Settings
+    from core.settings import Settings
+    from services.live_view import ice_servers
 
     assert ice_servers(Settings()) == ()
     configured = Settings(relay_ice_servers=[{"urls": "stun:stun.force.example:3478"},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
 from tests.conftest import Database, wait_for
 from tests.support import publish_all, telemetry_payload
 

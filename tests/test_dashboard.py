@@ -25,17 +25,17 @@ import pytest
 import uvicorn
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
-from api.auth import Role, add_user
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
+from core.settings import Settings
+from services.accounts import Role, add_user
+from services.registry import DeviceRecord, upsert_devices
+from simulator.run import Simulator
 from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
-from telemetry.registry import DeviceRecord, upsert_devices
-from telemetry.simulator.run import Simulator
 from tests.api_support import PASSWORD, SECRET, add_test_users, client, running_api
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
-from watchfloor.settings import Settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

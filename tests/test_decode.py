@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.contract import Channel, Event, Telemetry, topic_for
+from core.contract import Channel, Event, Telemetry, topic_for
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode, parse_topic
 
 SAMPLES = Path(__file__).parent / "samples"

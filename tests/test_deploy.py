@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from core.settings import Settings
 from watchfloor.cli import _parser
-from watchfloor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

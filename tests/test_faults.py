@@ -18,9 +18,9 @@ import psycopg
 import pytest
 import websockets
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
+from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from telemetry.registry import DeviceRecord, upsert_devices
 from tests.api_support import SECRET, add_test_users, token
 from tests.conftest import Database, wait_for
 from tests.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
@@ -174,7 +174,7 @@ def _session(url: str, client_id: str, got: list[bytes]) -> Any:
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from telemetry.mqtt import BrokerAddress, new_client
+    from core.mqtt import BrokerAddress, new_client
 
     address = BrokerAddress.parse(url)
     client = new_client(address, client_id=client_id, protocol=paho.MQTTv5)

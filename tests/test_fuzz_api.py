@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from telemetry.registry import DeviceRecord, upsert_devices
+from services.registry import DeviceRecord, upsert_devices
 from tests.api_support import api_on_machine, token
 from tests.support import make_settings
 

@@ -13,9 +13,9 @@ import paho.mqtt.client as paho
 import psycopg
 import pytest
 
-from telemetry.contract import Channel, topic_for
-from telemetry.mqtt import BrokerAddress, new_client
-from telemetry.registry import DeviceRecord, upsert_devices
+from core.contract import Channel, topic_for
+from core.mqtt import BrokerAddress, new_client
+from services.registry import DeviceRecord, upsert_devices
 from tests.conftest import Database, wait_for
 from tests.support import (
     event_payload,

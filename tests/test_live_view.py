@@ -21,15 +21,15 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from api.live_view import LiveView
-from telemetry.contract import Channel, topic_for
-from telemetry.mqtt import BrokerAddress, new_client
-from telemetry.registry import DeviceRecord, provision_device
-from telemetry.simulator.camera import CameraPolicy
-from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet
-from telemetry.simulator.geo import load_boroughs
-from telemetry.simulator.run import Simulator
-from telemetry.simulator.video import VideoUplink
+from core.contract import Channel, topic_for
+from core.mqtt import BrokerAddress, new_client
+from services.live_view import LiveView
+from services.registry import DeviceRecord, provision_device
+from simulator.camera import CameraPolicy
+from simulator.fleet import FleetProfile, Unit, build_fleet
+from simulator.geo import load_boroughs
+from simulator.run import Simulator
+from simulator.video import VideoUplink
 from tests.api_support import LiveReader, add_test_users, running_api, token
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, make_settings, publish_all

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import orjson
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
+from core.logs import JsonFormatter, redact
 from telemetry.embedded import free_port
 from tests.api_support import SECRET, LiveReader, add_test_users, token
 from tests.conftest import Database, wait_for
 from tests.processes import scrape, watchfloor_process
 from tests.support import publish_all, telemetry_payload
-from watchfloor.logs import JsonFormatter, redact
 from watchfloor.mosquitto import MosquittoProcess
 
 
@@ -70,7 +70,7 @@ def test_ingest_worker_serves_its_metrics(pg: Database, mosquitto: MosquittoProc
     assert m["process_resident_memory_bytes"] > 0
     assert "obs-unit" not in text
     lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.strip()]  # all JSON
-    assert any(e["logger"] == "telemetry.mqtt" and "connected to" in e["message"] for e in lines)
+    assert any(e["logger"] == "core.mqtt" and "connected to" in e["message"] for e in lines)
 
 
 def test_api_request_ids_metrics_and_json_access_log(pg: Database, mosquitto: MosquittoProcess,

@@ -26,9 +26,9 @@ import pytest
 import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from api import audit
+from services import audit
+from services.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from telemetry.embedded import free_port
-from telemetry.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from tests.api_support import PASSWORD, add_test_users, client, running_api, token
 from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
 from tests.support import make_settings
@@ -432,7 +432,7 @@ def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: 
 
 def test_misconfigured_oidc_refuses_to_start() -> None:
     """An issuer without an audience, two JWKS sources or an HMAC algorithm is a start-up error."""
-    from api.oidc import OidcVerifier, oidc_from_settings
+    from services.oidc import OidcVerifier, oidc_from_settings
 
     with pytest.raises(ValueError):
         oidc_from_settings(make_settings(oidc_issuer=ISSUER), known_roles=["operator"])

@@ -22,10 +22,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api import audit
-from telemetry.contract import REGISTRY_TOPIC, Channel, topic_for
+from core.contract import REGISTRY_TOPIC, Channel, topic_for
+from services import audit
+from services.registry import change_announcement
 from telemetry.embedded import free_port
-from telemetry.registry import change_announcement
 from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
 from watchfloor import broker_credentials
 from watchfloor.mosquitto import MosquittoProcess

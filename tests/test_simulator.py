@@ -10,12 +10,12 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from telemetry.contract import Channel, topic_for
+from core.contract import Channel, topic_for
+from services.registry import DeviceRecord, upsert_devices
+from simulator.fleet import FleetProfile, build_fleet
+from simulator.geo import load_boroughs
+from simulator.run import Simulator
 from telemetry.decode import Decoded, Limits, StatusChange, decode
-from telemetry.registry import DeviceRecord, upsert_devices
-from telemetry.simulator.fleet import FleetProfile, build_fleet
-from telemetry.simulator.geo import load_boroughs
-from telemetry.simulator.run import Simulator
 from tests.conftest import Database, wait_for
 from tests.support import make_settings, running_worker
 from watchfloor.mosquitto import MosquittoProcess
@@ -111,7 +111,7 @@ def test_battery_drains_over_a_shift_and_charges_when_docked() -> None:
     assert drained > 0
     recorder = build_fleet(BOROUGHS, 1, seed=1, profile=profile)[0]
     idle = build_fleet(BOROUGHS, 1, seed=1, profile=profile)[0]
-    from telemetry.contract import RecordingState
+    from core.contract import RecordingState
 
     recorder.recording, recorder.record_s = RecordingState.RECORDING, 10_000
     for i in range(60):

@@ -13,15 +13,14 @@ from typing import Any, get_args
 
 import psycopg
 
-from telemetry.contract import REGISTRY_TOPIC
-from telemetry.embedded import embedded_database_url
-from telemetry.mqtt import publish_all
-from telemetry.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
+from core.contract import REGISTRY_TOPIC
+from core.mqtt import publish_all
+from core.settings import Settings
+from services.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
-from watchfloor.settings import Settings
 
-__all__ = ["add_parsers", "cli_actor"]
+__all__ = ["add_parsers", "cli_actor", "database_url"]
 
 
 def cli_actor() -> str:
@@ -32,8 +31,17 @@ def cli_actor() -> str:
         return "cli"
 
 
+def database_url(settings: Settings) -> str:
+    """The force's database; every command but ``demo`` refuses to start without one, so that a
+    production process never writes to an embedded server in a local directory by mistake."""
+    if not settings.database_url:
+        sys.exit("WATCHFLOOR_DATABASE_URL is not set: this command needs the force's PostgreSQL "
+                 "(`watchfloor demo` runs on an embedded database and broker)")
+    return settings.database_url
+
+
 def _database(settings: Settings) -> str:
-    url = settings.database_url or embedded_database_url(settings.data_dir)
+    url = database_url(settings)
     with psycopg.connect(url) as conn:
         migrate(conn, retention=timedelta(days=settings.retention_days),
                 compress_after=timedelta(days=settings.compress_after_days), timescaledb=settings.timescaledb)
@@ -52,7 +60,7 @@ def _announce(settings: Settings, device_id: str, change: str) -> None:
 
 
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
-    from api import audit
+    from services import audit
 
     record = DeviceRecord(args.device_id, args.callsign, args.officer, args.borough, args.role)
     passwd: Path | None = args.mosquitto_passwd
@@ -76,7 +84,7 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
-    from api import audit
+    from services import audit
 
     passwd: Path | None = args.mosquitto_passwd
     with psycopg.connect(_database(settings)) as conn:
@@ -107,9 +115,9 @@ def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> None:
-    from api import audit
+    from services import audit
 
-    url = settings.database_url or embedded_database_url(settings.data_dir)
+    url = database_url(settings)
     with psycopg.connect(url) as conn:
         report = audit.verify(conn)
     for problem in report.problems:

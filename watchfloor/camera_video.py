@@ -18,10 +18,10 @@ from pathlib import Path
 
 import psycopg
 
-from api import audit
-from telemetry.registry import DeviceRecord, provision_device
-from telemetry.simulator.fleet import Unit
-from telemetry.simulator.video import VideoUplink, load_secrets
+from services import audit
+from services.registry import DeviceRecord, provision_device
+from simulator.fleet import Unit
+from simulator.video import VideoUplink, load_secrets
 
 __all__ = ["provision_in_background", "provision_to_file", "uplink_from_files"]
 

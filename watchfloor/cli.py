@@ -16,27 +16,23 @@ from typing import Any
 
 import psycopg
 
+from core.logs import configure_logging
+from core.settings import Settings
+from services.registry import DeviceRecord, upsert_devices
+from simulator.camera import CameraPolicy
+from simulator.fleet import FleetProfile
+from simulator.run import Simulator
+from simulator.video import VideoUplink
 from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
-from telemetry.registry import DeviceRecord, upsert_devices
 from telemetry.schema import features, migrate, run_maintenance
-from telemetry.simulator.camera import CameraPolicy
-from telemetry.simulator.fleet import FleetProfile
-from telemetry.simulator.run import Simulator
-from telemetry.simulator.video import VideoUplink
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
-from watchfloor.admin_commands import cli_actor
+from watchfloor.admin_commands import cli_actor, database_url
 from watchfloor.camera_video import provision_in_background, provision_to_file, uplink_from_files
-from watchfloor.logs import configure_logging
-from watchfloor.settings import Settings
 
 __all__ = ["main"]
 
 log = logging.getLogger("watchfloor")
-
-
-def _database_url(settings: Settings) -> str:
-    return settings.database_url or embedded_database_url(settings.data_dir)
 
 
 def _mqtt_url(settings: Settings) -> str:
@@ -73,20 +69,20 @@ def _stop_on_signals(*stoppers: threading.Event | IngestWorker | Simulator) -> t
 
 
 def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> None:
-    applied, feats = _migrate(settings, _database_url(settings))
+    applied, feats = _migrate(settings, database_url(settings))
     print("applied:", ", ".join(applied) if applied else "nothing (up to date)")
     print("storage features:", ", ".join(sorted(feats)))
 
 
 def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
-    with psycopg.connect(_database_url(settings)) as conn:
+    with psycopg.connect(database_url(settings)) as conn:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
     print(f"partitions dropped: {dropped}")
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
-    url = _database_url(settings)
+    url = database_url(settings)
     _migrate(settings, url)
     worker = IngestWorker(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings))
     if settings.metrics_port:
@@ -108,12 +104,12 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
                     profile=FleetProfile(watch_me_per_h=args.watch_me_per_h),
                     camera_policy=CameraPolicy(decline_share=args.decline_share))
     if args.register:
-        _register(_database_url(settings), sim)
+        _register(database_url(settings), sim)
     secrets_file = args.secrets_file or settings.simulator_secrets_file
     if args.provision:
         if secrets_file is None:
             sys.exit("--provision writes the devices' secrets: give --secrets-file")
-        made = provision_to_file(_database_url(settings), sim.units, secrets_file, actor=cli_actor())
+        made = provision_to_file(database_url(settings), sim.units, secrets_file, actor=cli_actor())
         print(f"provisioned {made} devices; their secrets are in {secrets_file}", flush=True)
     video = uplink_from_files(api_url=args.api_url or settings.simulator_api_url, secrets_file=secrets_file)
     if video is not None:
@@ -170,7 +166,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         mqtt_url = broker.url
         settings = settings.model_copy(update={"ingest_share_group": ""})
     try:
-        db_url = _database_url(settings)
+        db_url = settings.database_url or embedded_database_url(settings.data_dir)
         applied, feats = _migrate(settings, db_url)
         print("Watchfloor demo", flush=True)
         where = "external" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
@@ -236,8 +232,8 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
     import uvicorn
 
     from api.app import WS_DEFLATE, WS_IMPL, create_app
-    from api.auth import Role, add_user
     from api.hardening import WS_MAX_BYTES
+    from services.accounts import Role, add_user
 
     secret = settings.auth_secret.get_secret_value() if settings.auth_secret else secrets.token_urlsafe(48)
     users = [("operator", Role.OPERATOR, ["*"]), ("operator-westminster", Role.OPERATOR, ["Westminster"]),
@@ -272,7 +268,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
         secret = settings.signing_secret()
     except ValueError as error:
         sys.exit(str(error))
-    url = _database_url(settings)
+    url = database_url(settings)
     _migrate(settings, url)
     app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
@@ -283,11 +279,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
-    from api import audit
-    from api.auth import Role, add_user
+    from services import audit
+    from services.accounts import Role, add_user
 
+    url = database_url(settings)  # before the prompt: a user should not type a password for nothing
     password = args.password or getpass.getpass(f"password for {args.username}: ")
-    url = _database_url(settings)
     _migrate(settings, url)
     with psycopg.connect(url) as conn:
         try:

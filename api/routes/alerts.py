@@ -8,13 +8,15 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from api import audit
-from api.auth import HANDLES_ALERTS, Principal, Role, require
+from api.auth import require
 from api.deps import Db
-from api.errors import Conflict, ErrorBody, Forbidden, NotFound
+from api.errors import ErrorBody
 from api.models import Alert, AlertPage, ResolveIn
+from core.contract import ALERTS_TOPIC
+from services import audit
+from services.accounts import HANDLES_ALERTS, Principal, Role
+from services.errors import Conflict, Forbidden, NotFound
 from telemetry import queries
-from telemetry.contract import ALERTS_TOPIC
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})

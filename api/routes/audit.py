@@ -10,11 +10,13 @@ from fastapi import APIRouter, Depends, Query
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from api import audit
-from api.auth import Principal, Role, require
+from api.auth import require
 from api.deps import Db
-from api.errors import ErrorBody, InvalidRequest
+from api.errors import ErrorBody
 from api.models import DEVICE_ID
+from services import audit
+from services.accounts import Principal, Role
+from services.errors import InvalidRequest
 
 __all__ = ["router"]
 

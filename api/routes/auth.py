@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api import audit
-from api.auth import ALL_AREAS, TokenIssuer, authenticate
 from api.deps import Db
-from api.errors import ErrorBody, NotAuthenticated
+from api.errors import ErrorBody
 from api.limits import RateLimiter
 from api.models import TokenIn, TokenOut
+from services import audit
+from services.accounts import ALL_AREAS, TokenIssuer, authenticate
+from services.errors import NotAuthenticated
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from core.settings import Settings
 from dashboard import static_dir
-from watchfloor.settings import Settings
 
 __all__ = ["BOROUGHS_CREDIT", "TUBE_CREDIT", "install"]
 
@@ -27,7 +27,7 @@ _NO_CACHE = {"Cache-Control": "no-cache"}
 def _router(settings: Settings) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     # Read once: the simulator's package data is the one copy of the outlines in the product.
-    boroughs = resources.files("telemetry.simulator").joinpath("london-boroughs.geojson").read_bytes()
+    boroughs = resources.files("simulator").joinpath("london-boroughs.geojson").read_bytes()
     tiles = ({"url": settings.map_tiles_url, "attribution": settings.map_tiles_attribution}
              if settings.map_tiles_url else None)
     config: dict[str, object] = {"tiles": tiles, "boroughs_url": "/dashboard/london-boroughs.geojson",

@@ -7,15 +7,17 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from api import audit
-from api.auth import SEES_DEVICES, SEES_POSITIONS, Principal, Role, require
+from api.auth import require
 from api.deps import Db
-from api.errors import ErrorBody, InvalidRequest, NotFound
+from api.errors import ErrorBody
 from api.live import unit_view
 from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummary, HealthBucket, TrackPoint, Unit
+from core.contract import REGISTRY_TOPIC
+from services import audit
+from services.accounts import SEES_DEVICES, SEES_POSITIONS, Principal, Role
+from services.errors import InvalidRequest, NotFound
+from services.registry import DeviceRecord, change_announcement, revoke_device_secret, upsert_devices
 from telemetry import queries
-from telemetry.contract import REGISTRY_TOPIC
-from telemetry.registry import DeviceRecord, change_announcement, revoke_device_secret, upsert_devices
 
 router = APIRouter(prefix="/api/v1", tags=["devices"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})

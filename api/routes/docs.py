@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 
-from api.errors import NotFound
+from services.errors import NotFound
 
 __all__ = ["router"]
 

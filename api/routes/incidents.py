@@ -10,13 +10,15 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.auth import HANDLES_ALERTS, Principal, require
+from api.auth import require
 from api.deps import Db
-from api.errors import ErrorBody, InvalidRequest, NotFound
+from api.errors import ErrorBody
 from api.models import DEVICE_ID
+from core.contract import ALERTS_TOPIC
+from services.accounts import HANDLES_ALERTS, Principal
+from services.errors import InvalidRequest, NotFound
 from telemetry import incidents, queries
 from telemetry.alerts import evaluate_incidents
-from telemetry.contract import ALERTS_TOPIC
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},

@@ -24,9 +24,9 @@ from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 from starlette.websockets import WebSocketState
 
-from api.auth import ON_LIVE_FEED, Principal, TokenIssuer
-from api.errors import ApiError
 from api.live import LiveHub
+from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
+from services.errors import ServiceError
 from telemetry import queries
 
 router = APIRouter()
@@ -52,13 +52,13 @@ async def live(websocket: WebSocket) -> None:
     try:
         hello = orjson.loads(await asyncio.wait_for(websocket.receive_text(), _AUTH_TIMEOUT_S))
         if not isinstance(hello, dict) or hello.get("type") != "auth":
-            raise ApiError("the first message must be {\"type\": \"auth\", \"token\": ...}")
+            raise ServiceError("the first message must be {\"type\": \"auth\", \"token\": ...}")
         # In a thread: an OIDC token may need the provider's keys fetched (a blocking HTTP call).
         who = await run_in_threadpool(tokens.verify, str(hello.get("token", "")))
         if who.role not in ON_LIVE_FEED:
-            raise ApiError(f"role {who.role.value} is not on the live feed")
-    except (asyncio.TimeoutError, orjson.JSONDecodeError, ApiError, WebSocketDisconnect) as error:
-        reason = error.message if isinstance(error, ApiError) else "authenticate first"
+            raise ServiceError(f"role {who.role.value} is not on the live feed")
+    except (asyncio.TimeoutError, orjson.JSONDecodeError, ServiceError, WebSocketDisconnect) as error:
+        reason = error.message if isinstance(error, ServiceError) else "authenticate first"
         with contextlib.suppress(Exception):
             await websocket.close(code=_POLICY_VIOLATION, reason=reason[:120])
         return

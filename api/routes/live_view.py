@@ -5,7 +5,7 @@ bearer token, get ``201 Created`` with the SDP answer and a ``Location`` header 
 session; ``DELETE`` on that location ends it. The answer is complete (aiortc gathers every
 candidate before answering and does not trickle), so ``PATCH`` is not offered (405).
 A camera's bearer token is its own device secret; a viewer's is their user token.
-The decisions are in :mod:`api.consent`; :class:`api.live_view.LiveView` applies them.
+The decisions are in :mod:`services.consent`; :class:`services.live_view.LiveView` applies them.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api.auth import Principal, Role, bearer, principal, require
-from api.consent import VIEWING_ROLES, Denied, UnitFacts, may_watch
+from api.auth import bearer, principal, require
 from api.deps import Db
-from api.errors import ErrorBody, Forbidden, NotFound
-from api.live_view import LiveView, UnsupportedMediaType
+from api.errors import ErrorBody
 from api.models import DEVICE_ID
-from telemetry import liveview as store
+from services import viewings
+from services.accounts import Principal, Role
+from services.consent import VIEWING_ROLES, Denied, UnitFacts, may_watch
+from services.errors import Forbidden, NotFound, UnsupportedMediaType
+from services.live_view import LiveView
 
 __all__ = ["router"]
 
@@ -93,7 +95,7 @@ def _service(request: Request) -> LiveView:
 
 
 def _check(db: Db, who: Principal, device_id: str) -> None:
-    row = store.unit_for_live_view(db, device_id)
+    row = viewings.unit_for_live_view(db, device_id)
     denied: Denied | None = may_watch(who, UnitFacts.from_row(row) if row is not None else None)
     if denied is not None:
         raise (Forbidden if denied.kind == "forbidden" else NotFound)(denied.message)
@@ -119,17 +121,17 @@ async def stop_live_view(device_id: DeviceId, request: Request, who: Caller) -> 
             summary="Consent in force, whether the camera streams, and who is watching")
 def live_view_status(device_id: DeviceId, db: Db, who: Caller) -> LiveViewStatus:
     _check(db, who, device_id)
-    consent = store.active_consent(db, device_id)
+    consent = viewings.active_consent(db, device_id)
     live = consent is not None and consent["publisher_session"] is not None
     return LiveViewStatus(device_id=device_id, consent=Consent.model_validate(consent) if consent else None,
                           live=live, whep_url=f"/api/v1/whep/{device_id}" if live else None,
-                          viewers=[Viewing.model_validate(v) for v in store.open_viewings(db, device_id)])
+                          viewers=[Viewing.model_validate(v) for v in viewings.open_viewings(db, device_id)])
 
 
 @router.get("/devices/{device_id}/viewers", response_model=list[Viewing], summary="Who is watching the unit now")
 def viewers(device_id: DeviceId, db: Db, who: Caller) -> list[Viewing]:
     _check(db, who, device_id)
-    return [Viewing.model_validate(v) for v in store.open_viewings(db, device_id)]
+    return [Viewing.model_validate(v) for v in viewings.open_viewings(db, device_id)]
 
 
 @router.get("/live-view/requests", response_model=list[LiveViewRequest],
@@ -139,13 +141,13 @@ def list_requests(db: Db, who: Caller, device_id: Annotated[str | None, Query(pa
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[LiveViewRequest]:
     if who.role not in VIEWING_ROLES:
         raise Forbidden(f"role {who.role.value} does not see live-view requests")
-    rows = store.list_requests(db, boroughs=who.areas, device_id=device_id, status=status, limit=limit)
+    rows = viewings.list_requests(db, boroughs=who.areas, device_id=device_id, status=status, limit=limit)
     return [LiveViewRequest.model_validate(r) for r in rows]
 
 
 @router.get("/live-view/requests/{request_id}", response_model=LiveViewRequest)
 def get_request(request_id: Annotated[str, Path(pattern=DEVICE_ID)], db: Db, who: Caller) -> LiveViewRequest:
-    row = store.get_request(db, request_id)
+    row = viewings.get_request(db, request_id)
     if row is None:
         raise NotFound(f"no live-view request {request_id}")
     _check(db, who, row["device_id"])
@@ -157,7 +159,7 @@ def get_request(request_id: Annotated[str, Path(pattern=DEVICE_ID)], db: Db, who
 def sessions(db: Db, who: Auditor, device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
              viewer: Annotated[str | None, Query(max_length=64)] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Viewing]:
-    return [Viewing.model_validate(v) for v in store.viewings(db, device_id=device_id, viewer=viewer, limit=limit)]
+    return [Viewing.model_validate(v) for v in viewings.viewings(db, device_id=device_id, viewer=viewer, limit=limit)]
 
 
 # WHIP and WHEP

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from api import audit
-from api.auth import Principal, Role, require
+from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
+from services import audit
+from services.accounts import Principal, Role
 from telemetry import queries
 
 __all__ = ["EXPORT_COLUMNS", "MAX_EXPORT_ROWS", "router"]

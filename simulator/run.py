@@ -13,14 +13,14 @@ from datetime import datetime, timezone
 import orjson
 from pydantic import ValidationError
 
-from telemetry.commands import Command, CommandType, ReplyStatus, reply
-from telemetry.contract import Channel, EventType, topic_for
-from telemetry.mqtt import BrokerAddress
-from telemetry.simulator.camera import CameraPolicy, answer_live_view_request
-from telemetry.simulator.fleet import FleetProfile, Unit, build_fleet
-from telemetry.simulator.geo import load_boroughs
-from telemetry.simulator.publisher import ClientPool
-from telemetry.simulator.video import VideoUplink
+from core.commands import Command, CommandType, ReplyStatus, reply
+from core.contract import Channel, EventType, topic_for
+from core.mqtt import BrokerAddress
+from simulator.camera import CameraPolicy, answer_live_view_request
+from simulator.fleet import FleetProfile, Unit, build_fleet
+from simulator.geo import load_boroughs
+from simulator.publisher import ClientPool
+from simulator.video import VideoUplink
 
 __all__ = ["SimulatorStats", "Simulator", "default_connections"]
 

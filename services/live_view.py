@@ -13,7 +13,7 @@
 * the idle timers (no viewer attached for ``live_view_idle_stop_s``: the stream stops) and a
   sweeper that expires unanswered requests and consents that never became a stream.
 
-State lives in PostgreSQL (:mod:`telemetry.liveview`), so any process answers questions
+State lives in PostgreSQL (:mod:`services.viewings`), so any process answers questions
 about requests, consent and viewers. Media does not: a camera's WHIP session and its
 viewers' WHEP sessions must reach the same process (route ``/api/v1/whip/{id}`` and
 ``/api/v1/whep/{id}`` by device id at the load balancer), as with any SFU.
@@ -31,18 +31,22 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+import anyio.to_thread
 import orjson
 import paho.mqtt.client as paho
 import psycopg
-from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
-from api import audit
-from api.auth import Principal
-from api.consent import (
+from core.commands import CommandReply, CommandType, ReplyStatus, command
+from core.contract import TOPIC_ROOT, Channel, Event, topic_for
+from core.mqtt import BrokerAddress, BufferedClient, new_client
+from core.settings import Settings
+from services import audit, viewings
+from services.accounts import Principal, Role
+from services.consent import (
     VIEWING_ROLES,
     Basis,
     Denied,
@@ -52,17 +56,11 @@ from api.consent import (
     plan_request,
     stop_reason_for_event,
 )
-from api.errors import ApiError, Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
-from api.live import LiveHub
+from services.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from services.registry import verify_device_secret
 from streaming import IceServerConfig, InvalidOffer, NoSuchStream, Relay, RelayEvent, Session
-from telemetry import liveview as store
-from telemetry.commands import CommandReply, CommandType, ReplyStatus, command
-from telemetry.contract import TOPIC_ROOT, Channel, Event, topic_for
-from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
-from telemetry.registry import verify_device_secret
-from watchfloor.settings import Settings
 
-__all__ = ["LIVE_VIEW_TOPIC", "LiveView", "UnsupportedMediaType", "ice_servers"]
+__all__ = ["LIVE_VIEW_TOPIC", "LiveView", "Notifier", "ice_servers"]
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +85,18 @@ _VIEWER_END = {"publisher_ended": "stream_ended", "connection_failed": "connecti
                "relay_closed": "server_stopping"}
 
 
-class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
-
-
 @dataclass
 class _Viewer:
     session_id: str
     device_id: str
     username: str
     recorded: asyncio.Event = field(default_factory=asyncio.Event)  # its record is committed
+
+
+class Notifier(Protocol):
+    """Where live-view changes go to the control room: the live feed (``api.live.LiveHub``)."""
+
+    def push(self, frame: str, *, device_id: str, roles: frozenset[Role]) -> int: ...
 
 
 def ice_servers(settings: Settings) -> tuple[IceServerConfig, ...]:
@@ -114,7 +114,7 @@ def _raise(denied: Denied) -> None:
 
 
 def _facts(conn: psycopg.Connection, device_id: str) -> UnitFacts | None:
-    row = store.unit_for_live_view(conn, device_id)
+    row = viewings.unit_for_live_view(conn, device_id)
     return UnitFacts.from_row(row) if row is not None else None
 
 
@@ -122,7 +122,7 @@ class LiveView:
     """Live view for one API process (see the module's docstring); ``start`` and ``aclose``
     belong to the app's lifespan, the rest to the routes."""
 
-    def __init__(self, *, settings: Settings, pool: ConnectionPool, hub: LiveHub, mqtt_url: str,
+    def __init__(self, *, settings: Settings, pool: ConnectionPool, hub: Notifier, mqtt_url: str,
                  client_id: str) -> None:
         self._settings = settings
         self._pool = pool
@@ -206,7 +206,7 @@ class LiveView:
         def run() -> T:
             with self._pool.connection() as conn:
                 return work(conn)
-        return await run_in_threadpool(run)
+        return await anyio.to_thread.run_sync(run)
 
     # paho's thread
 
@@ -264,17 +264,17 @@ class LiveView:
         idle = timedelta(seconds=self._settings.live_view_idle_stop_s)
 
         def work(conn: psycopg.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            expired = store.expire_requests(conn, now=now)
+            expired = viewings.expire_requests(conn, now=now)
             for row in expired:
                 audit.record(conn, actor="system", action="live_view_declined", device_id=row["device_id"],
                              details={"request_id": row["request_id"], "detail": row["detail"], "expired": True})
-            stale = store.stale_consents(conn, granted_before=now - idle)
-            stale += store.end_policy_consents_not_recording(conn)
+            stale = viewings.stale_consents(conn, granted_before=now - idle)
+            stale += viewings.end_policy_consents_not_recording(conn)
             for row in stale:
                 audit.record(conn, actor="system", action="live_view_ended", device_id=row["device_id"],
                              details={"consent_id": row["consent_id"], "basis": row["basis"],
                                       "reason": row["end_reason"]})
-            for row in store.end_orphaned_viewings(conn, consent_ended_before=now - _ORPHAN_AFTER):
+            for row in viewings.end_orphaned_viewings(conn, consent_ended_before=now - _ORPHAN_AFTER):
                 audit.record(conn, actor=row["viewer"], action="viewing_ended", device_id=row["device_id"],
                              details={"session_id": row["session_id"], "reason": "consent_ended"})
             return expired, stale
@@ -335,14 +335,14 @@ class LiveView:
 
         def work(conn: psycopg.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
             accepted = answer.status is ReplyStatus.ACCEPTED
-            row = store.answer_request(conn, request_id=answer.id, device_id=device_id,
+            row = viewings.answer_request(conn, request_id=answer.id, device_id=device_id,
                                        status="accepted" if accepted else "declined",
                                        detail=detail or (None if accepted else answer.status.value))
             if row is None:
                 return None, None  # not a pending request of this camera, or another process was first
             consent = None
             if accepted:
-                consent = store.grant_consent(conn, device_id=device_id, basis=Basis.ACCEPTED_REQUEST.value,
+                consent = viewings.grant_consent(conn, device_id=device_id, basis=Basis.ACCEPTED_REQUEST.value,
                                               request_id=answer.id)
             audit.record(conn, actor=f"device:{device_id}",
                          action="live_view_accepted" if accepted else "live_view_declined", device_id=device_id,
@@ -363,23 +363,23 @@ class LiveView:
 
         def work(conn: psycopg.Connection) -> tuple[str, dict[str, Any]] | None:
             if kind == "watch_me":
-                unit = store.unit_for_live_view(conn, device_id)
+                unit = viewings.unit_for_live_view(conn, device_id)
                 if unit is None or unit["retired"]:
                     return None  # not a device in service: nothing it sends grants consent
-                granted = store.grant_consent(conn, device_id=device_id, basis=Basis.OFFICER_REQUEST.value,
+                granted = viewings.grant_consent(conn, device_id=device_id, basis=Basis.OFFICER_REQUEST.value,
                                               request_id=None)
                 if granted is None:
                     return None  # consent in force already, or another process granted it
                 audit.record(conn, actor=f"device:{device_id}", action="live_view_accepted", device_id=device_id,
                              details={"basis": Basis.OFFICER_REQUEST.value, "consent_id": granted["consent_id"]})
                 return "consent_started", granted
-            consent = store.active_consent(conn, device_id)
+            consent = viewings.active_consent(conn, device_id)
             if consent is None:
                 return None
             reason = stop_reason_for_event(kind, Basis(consent["basis"]))
             if reason is None:
                 return None
-            ended = store.end_consent(conn, device_id=device_id, reason=reason, consent_id=consent["consent_id"])
+            ended = viewings.end_consent(conn, device_id=device_id, reason=reason, consent_id=consent["consent_id"])
             if ended is None:
                 return None
             audit.record(conn, actor=f"device:{device_id}", action="live_view_ended", device_id=device_id,
@@ -413,21 +413,21 @@ class LiveView:
             denied = may_watch(who, unit)
             if denied is not None or unit is None:
                 return denied, None, None, None
-            row = store.create_request(conn, request_id=request_id, device_id=device_id, requested_by=who.username,
+            row = viewings.create_request(conn, request_id=request_id, device_id=device_id, requested_by=who.username,
                                        reason=reason, expires_at=expires)
             audit.record(conn, actor=who.username, action="live_view_requested", device_id=device_id,
                          details={"request_id": request_id, "reason": reason})
-            consent = store.active_consent(conn, device_id)
+            consent = viewings.active_consent(conn, device_id)
             if consent is not None:
-                row = store.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
+                row = viewings.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
                                            detail=f"consent already in force ({consent['basis']})") or row
                 return None, row, consent, None
             plan = plan_request(unit, policy_firearms_recording=self._settings.live_view_policy_firearms_recording)
             if plan.ask:
                 return None, row, None, None
             assert plan.basis is not None
-            consent = store.grant_consent(conn, device_id=device_id, basis=plan.basis.value, request_id=request_id)
-            row = store.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
+            consent = viewings.grant_consent(conn, device_id=device_id, basis=plan.basis.value, request_id=request_id)
+            row = viewings.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
                                        detail="by policy: a firearms unit that is recording") or row
             audit.record(conn, actor="policy", action="live_view_accepted", device_id=device_id,
                          details={"request_id": request_id, "basis": plan.basis.value})
@@ -452,7 +452,7 @@ class LiveView:
             denied = may_watch(who, _facts(conn, device_id))
             if denied is not None:
                 return denied, None
-            ended = store.end_consent(conn, device_id=device_id, reason="stopped_by_control_room")
+            ended = viewings.end_consent(conn, device_id=device_id, reason="stopped_by_control_room")
             if ended is None:
                 return Denied("conflict", f"{device_id} is not live"), None
             audit.record(conn, actor=who.username, action="live_view_ended", device_id=device_id,
@@ -474,7 +474,7 @@ class LiveView:
         def work(conn: psycopg.Connection) -> dict[str, Any] | None | bool:
             if not verify_device_secret(conn, device_id=device_id, secret=secret):
                 return False
-            return store.active_consent(conn, device_id)
+            return viewings.active_consent(conn, device_id)
 
         consent = await self._db(work)
         if consent is False:
@@ -497,9 +497,9 @@ class LiveView:
         local = [v.session_id for v in self._viewers.values() if v.device_id == device_id]
 
         def record(conn: psycopg.Connection) -> dict[str, Any] | None:
-            updated = store.set_publisher(conn, consent_id=consent["consent_id"], session_id=session.id)
+            updated = viewings.set_publisher(conn, consent_id=consent["consent_id"], session_id=session.id)
             if updated is not None and moved:
-                for row in store.end_viewings_elsewhere(conn, consent_id=consent["consent_id"], keep=local,
+                for row in viewings.end_viewings_elsewhere(conn, consent_id=consent["consent_id"], keep=local,
                                                         reason="stream_moved"):
                     audit.record(conn, actor=row["viewer"], action="viewing_ended", device_id=device_id,
                                  details={"session_id": row["session_id"], "reason": "stream_moved"})
@@ -545,12 +545,12 @@ class LiveView:
 
         def work(conn: psycopg.Connection) -> tuple[dict[str, Any] | None, bool]:
             """(the consent this ended, whether the stream that ended was the unit's)."""
-            consent = store.active_consent(conn, device_id)
+            consent = viewings.active_consent(conn, device_id)
             if consent is None:
                 return None, True  # ended already (and announced by whoever ended it)
             if consent["publisher_session"] != session_id:
                 return None, False  # the camera publishes elsewhere now (taken over)
-            ended = store.end_consent(conn, device_id=device_id, reason=reason, consent_id=consent["consent_id"])
+            ended = viewings.end_consent(conn, device_id=device_id, reason=reason, consent_id=consent["consent_id"])
             if ended is not None:
                 audit.record(conn, actor=f"device:{device_id}" if reason in ("officer_stopped", "camera_lost")
                              else "system", action="live_view_ended", device_id=device_id,
@@ -578,7 +578,7 @@ class LiveView:
                 denied = Denied("forbidden", "a reason is required to watch (header X-Viewing-Reason, 3 to 200 "
                                              "characters)")
             if denied is None:
-                consent = store.active_consent(conn, device_id)
+                consent = viewings.active_consent(conn, device_id)
                 if consent is None:
                     denied = Denied("conflict", f"{device_id} is not live (no consent in force)")
                 elif consent["publisher_session"] is None:
@@ -588,7 +588,7 @@ class LiveView:
                 elif not self.relay.is_publishing(device_id):
                     denied = Denied("conflict", f"{device_id} streams through another API process")
             if denied is not None:
-                store.refuse_viewing(conn, device_id=device_id, viewer=who.username, role=who.role.value,
+                viewings.refuse_viewing(conn, device_id=device_id, viewer=who.username, role=who.role.value,
                                      reason=reason, refused=denied.message)
                 audit.record(conn, actor=who.username, action="viewing_refused", device_id=device_id,
                              details={"reason": reason, "refused": denied.message})
@@ -609,7 +609,7 @@ class LiveView:
         try:
             session = await self.relay.view(device_id, offer)
         except NoSuchStream:
-            await self._db(lambda conn: store.refuse_viewing(conn, device_id=device_id, viewer=who.username,
+            await self._db(lambda conn: viewings.refuse_viewing(conn, device_id=device_id, viewer=who.username,
                                                              role=who.role.value, reason=reason,
                                                              refused="the stream ended"))
             raise Conflict(f"{device_id} is not live") from None
@@ -619,7 +619,7 @@ class LiveView:
         self._viewers[session.id] = viewer
 
         def record(conn: psycopg.Connection) -> dict[str, Any]:
-            row = store.start_viewing(conn, session_id=session.id, device_id=device_id, viewer=who.username,
+            row = viewings.start_viewing(conn, session_id=session.id, device_id=device_id, viewer=who.username,
                                       role=who.role.value, reason=reason, consent_id=consent["consent_id"])
             audit.record(conn, actor=who.username, action="viewing_started", device_id=device_id,
                          details={"session_id": session.id, "reason": reason, "consent_id": consent["consent_id"]})
@@ -653,7 +653,7 @@ class LiveView:
             await asyncio.wait_for(viewer.recorded.wait(), _RECORDED_WAIT_S)
 
         def work(conn: psycopg.Connection) -> None:
-            row = store.end_viewing(conn, session_id=session_id, reason=reason)
+            row = viewings.end_viewing(conn, session_id=session_id, reason=reason)
             if row is not None:
                 seconds = (row["ended_at"] - row["started_at"]).total_seconds()
                 audit.record(conn, actor=viewer.username, action="viewing_ended", device_id=viewer.device_id,

@@ -16,8 +16,8 @@ from typing import Any
 
 import jwt
 
-from api.errors import NotAuthenticated
-from watchfloor.settings import Settings
+from core.settings import Settings
+from services.errors import NotAuthenticated
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "OidcVerifier", "oidc_from_settings"]
 

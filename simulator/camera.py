@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from telemetry.commands import Command, ReplyStatus
-from telemetry.simulator.fleet import Unit
+from core.commands import Command, ReplyStatus
+from simulator.fleet import Unit
 
 __all__ = ["CameraPolicy", "answer_live_view_request"]
 

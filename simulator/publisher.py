@@ -17,7 +17,7 @@ from collections import deque
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from telemetry.mqtt import BrokerAddress, BufferedClient, new_client
+from core.mqtt import BrokerAddress, BufferedClient, new_client
 
 __all__ = ["ClientPool"]
 

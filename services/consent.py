@@ -1,5 +1,5 @@
 """Live-view consent: the pure decisions (who may watch, what a request does, when a stream
-must stop). No I/O here; :mod:`api.live_view` applies them.
+must stop). No I/O here; :mod:`services.live_view` applies them.
 
 A camera streams only under a consent in force, which always has a basis:
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-from api.auth import Principal, Role
+from services.accounts import Principal, Role
 
 __all__ = [
     "VIEWING_ROLES",
@@ -44,7 +44,7 @@ class Basis(StrEnum):
 
 @dataclass(frozen=True)
 class UnitFacts:
-    """What the decisions need to know of a unit (:func:`telemetry.liveview.unit_for_live_view`)."""
+    """What the decisions need to know of a unit (:func:`services.viewings.unit_for_live_view`)."""
 
     device_id: str
     borough: str | None

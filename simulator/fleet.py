@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from telemetry.contract import Channel, EventType, RecordingState
-from telemetry.simulator.geo import Borough, metres_to_degrees
+from core.contract import Channel, EventType, RecordingState
+from simulator.geo import Borough, metres_to_degrees
 
 __all__ = ["FleetProfile", "Unit", "build_fleet"]
 

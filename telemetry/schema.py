@@ -312,7 +312,7 @@ def _incidents(conn: psycopg.Connection, feats: frozenset[str], retention: Reten
 
 
 _AUDIT_AND_CREDENTIALS = """
--- The audit log: append-only and hash-chained (api/audit.py writes and verifies it).
+-- The audit log: append-only and hash-chained (services/audit.py writes and verifies it).
 -- seq numbers the chain without gaps (the identity may skip a value when a transaction
 -- rolls back), so a removed entry shows as a missing number.
 CREATE TABLE audit_log (

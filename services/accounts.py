@@ -26,8 +26,12 @@ __all__ = [
     "Principal",
     "Role",
     "TokenIssuer",
+    "User",
     "add_user",
     "authenticate",
+    "disable_user",
+    "list_users",
+    "remove_user",
 ]
 
 ALL_AREAS = "*"
@@ -147,3 +151,31 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> Prin
     if row is None:
         return None
     return Principal(username, Role(row[1]), _areas(row[2]))
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    role: Role
+    areas: tuple[str, ...]
+    display_name: str | None
+    disabled: bool
+
+
+def list_users(conn: psycopg.Connection) -> list[User]:
+    """Every local user, disabled ones too, by name."""
+    rows = conn.execute("SELECT username, role, areas, display_name, disabled_at IS NOT NULL FROM users"
+                        " ORDER BY username").fetchall()
+    return [User(r[0], Role(r[1]), tuple(r[2]), r[3], bool(r[4])) for r in rows]
+
+
+def disable_user(conn: psycopg.Connection, *, username: str) -> bool:
+    """Refuse the user's sign-ins from now on (the caller commits). True if they were enabled."""
+    cursor = conn.execute("UPDATE users SET disabled_at = now() WHERE username = %s AND disabled_at IS NULL",
+                          (username,))
+    return cursor.rowcount > 0
+
+
+def remove_user(conn: psycopg.Connection, *, username: str) -> bool:
+    """Delete a local user (the caller commits); the audit log keeps their name. True if they existed."""
+    return conn.execute("DELETE FROM users WHERE username = %s", (username,)).rowcount > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +17,10 @@ import pytest
 from telemetry.embedded import free_port
 from tests.conftest import Database, wait_for
 
-COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "--help"],
-            ["db", "migrate", "--help"], ["db", "maintain", "--help"]]
+COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "--help"], ["api", "--help"],
+            ["db", "migrate", "--help"], ["db", "maintain", "--help"], ["users", "add", "--help"],
+            ["users", "list", "--help"], ["users", "disable", "--help"], ["users", "remove", "--help"],
+            ["devices", "list", "--help"], ["devices", "provision", "--help"], ["audit", "verify", "--help"]]
 
 
 def _watchfloor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -31,6 +34,70 @@ def test_help(args: list[str]) -> None:
     result = _watchfloor(*args)
     assert result.returncode == 0, result.stderr
     assert "usage: watchfloor" in result.stdout
+
+
+def test_help_shows_defaults_and_the_environment_it_reads() -> None:
+    """A new user learns from --help alone what a command defaults to and which variables it reads."""
+    demo = _watchfloor("demo", "--help").stdout
+    assert "(default: 300)" in demo and "(default: 8080)" in demo
+    assert "WATCHFLOOR_DATA_DIR" in demo and "--access-log" in demo
+    ingest = _watchfloor("ingest", "--help").stdout
+    assert "WATCHFLOOR_DATABASE_URL" in ingest and "WATCHFLOOR_MQTT_URL" in ingest
+    assert "WATCHFLOOR_AUTH_SECRET" in _watchfloor("api", "--help").stdout
+    top = _watchfloor("--help").stdout
+    assert "DEBUG" in top and "WARNING" in top  # --log-level lists its values
+
+
+def test_version_and_a_wrong_log_level() -> None:
+    version = _watchfloor("--version")
+    assert version.returncode == 0 and re.fullmatch(r"watchfloor \S+\n", version.stdout), version.stdout
+    wrong = _watchfloor("--log-level", "loud", "ingest")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+
+def test_users_add_list_disable_remove(pg: Database) -> None:
+    """The whole life of a local user from the command line, each change audited; a disabled
+    user can no longer sign in. The password comes from standard input, never the command line."""
+    from services.accounts import authenticate
+
+    env = {"WATCHFLOOR_DATABASE_URL": pg.url, "WATCHFLOOR_TIMESCALEDB": "off"}
+    added = subprocess.run([sys.executable, "-m", "watchfloor", "users", "add", "sgt.pepper", "--role", "operator",
+                            "--areas", "Camden"], input="a long enough password\n", capture_output=True, text=True,
+                           env={**os.environ, **env}, timeout=60)
+    assert added.returncode == 0, added.stderr
+    listed = _watchfloor("users", "list", env=env)
+    assert re.search(r"sgt\.pepper\s+operator\s+enabled\s+Camden", listed.stdout), listed.stdout
+    with pg.connect() as conn:
+        assert authenticate(conn, "sgt.pepper", "a long enough password") is not None
+    assert _watchfloor("users", "disable", "sgt.pepper", env=env).returncode == 0
+    assert re.search(r"sgt\.pepper\s+operator\s+disabled", _watchfloor("users", "list", env=env).stdout)
+    with pg.connect() as conn:
+        assert authenticate(conn, "sgt.pepper", "a long enough password") is None
+    again = _watchfloor("users", "disable", "sgt.pepper", env=env)
+    assert again.returncode != 0 and "already disabled" in again.stderr
+    assert _watchfloor("users", "remove", "sgt.pepper", env=env).returncode == 0
+    assert "sgt.pepper" not in _watchfloor("users", "list", env=env).stdout
+    assert _watchfloor("users", "remove", "sgt.pepper", env=env).returncode != 0
+    changes = [row[0] for row in pg.connect().execute(
+        "SELECT details->>'change' FROM audit_log WHERE action = 'user_changed' ORDER BY seq").fetchall()]
+    assert changes == ["added or replaced", "disabled", "removed"]
+
+
+def test_devices_list(pg: Database) -> None:
+    """Registered devices with their borough and state; retired ones only when asked for."""
+    from services.registry import DeviceRecord, upsert_devices
+
+    with pg.connect() as conn:
+        upsert_devices(conn, [DeviceRecord("BWV-CLI-1", "CX11", "PC Ada", "Camden", "response"),
+                              DeviceRecord("BWV-CLI-2", "WX22", "PC Bo", "Westminster", "firearms")])
+        conn.execute("UPDATE devices SET retired_at = now() WHERE device_id = 'BWV-CLI-2'")
+    env = {"WATCHFLOOR_DATABASE_URL": pg.url}
+    active = _watchfloor("devices", "list", env=env)
+    assert active.returncode == 0, active.stderr
+    assert re.search(r"BWV-CLI-1\s+CX11\s+Camden\s+response", active.stdout) and "BWV-CLI-2" not in active.stdout
+    everything = _watchfloor("devices", "list", "--retired", env=env).stdout
+    assert re.search(r"BWV-CLI-2\s+WX22\s+Westminster\s+firearms\s+retired", everything)
+    assert "BWV-CLI-1" not in _watchfloor("devices", "list", "--borough", "Westminster", env=env).stdout
 
 
 def test_db_migrate_reports_features(pg: Database) -> None:
@@ -90,6 +157,29 @@ def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
     assert finished, out
     published, received, stored = map(int, finished.groups())
     assert published == received and stored >= 50 * 5
+    assert "/api/v1/auth/token" not in out  # the access log is off unless --access-log
+
+
+def test_demo_stopped_while_it_provisions_exits_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C while the demo is still giving its cameras their secrets: everything stops, the
+    exit is clean, and nothing reports a lost database connection (it used to, at 2,500 cameras)."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "1200", "--interval", "30",
+                             "--port", str(port)], env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, out
+    assert "demo finished" in out
+    assert "ERROR" not in out and "Traceback" not in out, out
 
 
 def test_demo_on_a_port_in_use_says_so_and_exits(tmp_path: Path) -> None:

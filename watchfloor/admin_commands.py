@@ -19,6 +19,7 @@ from core.settings import Settings
 from services.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
+from watchfloor.parsers import command, group
 
 __all__ = ["add_parsers", "cli_actor", "database_url"]
 
@@ -139,11 +140,32 @@ def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> None:
     print("audit log intact")
 
 
+def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> None:
+    from telemetry.queries import DeviceFilter, list_devices
+
+    where = DeviceFilter(borough=args.borough, include_retired=args.retired)
+    with psycopg.connect(database_url(settings)) as conn:
+        rows, total = list_devices(conn, boroughs=None, where=where, limit=args.limit, offset=0)
+    print(f"{'DEVICE':<16} {'CALLSIGN':<10} {'BOROUGH':<24} {'ROLE':<10} {'STATE':<10} OFFICER")
+    for r in rows:
+        state = "retired" if r.get("retired_at") else (r.get("state") or "")
+        print(f"{r['device_id']:<16} {r.get('callsign') or '':<10} {r.get('borough') or '':<24} {r['role']:<10} "
+              f"{state:<10} {r.get('officer') or ''}")
+    print(f"{len(rows)} of {total} devices")
+
+
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to ``watchfloor``'s subparsers."""
-    devices = sub.add_parser("devices", help="device registry and credentials").add_subparsers(
-        dest="devices_command", required=True)
-    provision = devices.add_parser("provision", help="register a device, make its secret, write broker credentials")
+    db_env = ("WATCHFLOOR_DATABASE_URL",)
+    announce_env = (*db_env, "WATCHFLOOR_MQTT_URL (optional: announces the change to the API processes)")
+    devices = group(sub, "devices", help="device registry and credentials")
+    listing = command(devices, "list", help="registered devices with their latest state", env=db_env,
+                      run=cmd_devices_list)
+    listing.add_argument("--borough", default=None, help="only this borough's devices")
+    listing.add_argument("--retired", action="store_true", help="include retired devices")
+    listing.add_argument("--limit", type=int, default=1000, help="at most this many")
+    provision = command(devices, "provision", help="register a device, make its secret, write broker credentials",
+                        env=announce_env, run=cmd_devices_provision)
     provision.add_argument("device_id")
     provision.add_argument("--callsign")
     provision.add_argument("--officer")
@@ -152,22 +174,21 @@ def add_parsers(sub: Any) -> None:
     provision.add_argument("--role", default="response", choices=get_args(RoleName))
     provision.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
                            help="Mosquitto password file to add the device to (created if absent)")
-    provision.set_defaults(run=cmd_devices_provision)
-    retire = devices.add_parser("retire", help="retire a device: revoke its secret, remove its broker credentials")
+    retire = command(devices, "retire", help="retire a device: revoke its secret, remove its broker credentials",
+                     env=announce_env, run=cmd_devices_retire)
     retire.add_argument("device_id")
     retire.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
                         help="Mosquitto password file to remove the device from")
-    retire.set_defaults(run=cmd_devices_retire)
 
-    broker = sub.add_parser("broker", help="broker accounts").add_subparsers(dest="broker_command", required=True)
-    add_user = broker.add_parser("add-user", help="add a service account (e.g. watchfloor-ingest) to the broker")
+    broker = group(sub, "broker", help="broker accounts")
+    add_user = command(broker, "add-user", help="add a service account (e.g. watchfloor-ingest) to the broker",
+                       run=cmd_broker_add_user)
     add_user.add_argument("username")
     add_user.add_argument("--mosquitto-passwd", type=Path, required=True, metavar="FILE")
     add_user.add_argument("--password", default=None, help="(default: a random one, printed once)")
-    add_user.set_defaults(run=cmd_broker_add_user)
 
-    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="check the hash chain; exit status 1 if anything was tampered with")
+    audit = group(sub, "audit", help="the audit log")
+    verify = command(audit, "verify", help="check the hash chain; exit status 1 if anything was tampered with",
+                     env=db_env, run=cmd_audit_verify)
     verify.add_argument("--expect-head", default=None, metavar="SEQ[:HASH]",
                         help="a head printed by an earlier run: also detects entries removed from the end")
-    verify.set_defaults(run=cmd_audit_verify)

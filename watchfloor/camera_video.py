@@ -47,13 +47,17 @@ def provision_to_file(database_url: str, units: Sequence[Unit], path: Path, *, a
 
 
 def provision_in_background(database_url: str, units: Sequence[Unit], secrets: dict[str, str], *,
-                            actor: str = "demo", via: str = "watchfloor demo") -> threading.Thread:
+                            actor: str = "demo", via: str = "watchfloor demo",
+                            stop: threading.Event | None = None) -> threading.Thread:
     """Give every unit a device secret, filling ``secrets`` as it goes, which the running
-    uplink reads. Each provisioning is audited."""
+    uplink reads. Each provisioning is audited. Setting ``stop`` ends it after the device in
+    hand; the caller joins the thread before it stops the database."""
     def run() -> None:
         try:
             with psycopg.connect(database_url) as conn:
                 for unit in units:
+                    if stop is not None and stop.is_set():
+                        return
                     record = DeviceRecord(unit.device_id, unit.callsign, unit.officer, unit.borough.name, unit.role)
                     secret = provision_device(conn, record=record)  # the argon2 hash: before the audit lock
                     audit.record(conn, actor=actor, action="device_provisioned", device_id=unit.device_id,

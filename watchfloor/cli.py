@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -29,6 +30,7 @@ from telemetry.schema import features, migrate, run_maintenance
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import cli_actor, database_url
 from watchfloor.camera_video import provision_in_background, provision_to_file, uplink_from_files
+from watchfloor.parsers import HelpFormatter, command, group
 
 __all__ = ["main"]
 
@@ -191,6 +193,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
         try:
             server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+            if not args.access_log:  # a line per request would bury the status lines
+                logging.getLogger("watchfloor.access").setLevel(logging.WARNING)
         except SystemExit:  # stop what already runs, or its threads keep the process alive
             sim.stop()
             sim_thread.join()
@@ -199,7 +203,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
             ingest_thread.join()
             raise
         # After the API is up: each secret is an argon2 hash, and they would slow its start.
-        provision_in_background(db_url, sim.units, secrets)
+        provisioning = provision_in_background(db_url, sim.units, secrets, stop=done)
         print(f"  dashboard: http://{settings.api_host}:{args.port}/ (sign in as one of the users above)")
         print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
               f"{args.port}/api/v1/live)")
@@ -212,6 +216,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         deadline = time.monotonic() + 10.0  # let ingest take in what the simulator sent last
         while not done.is_set() and worker.stats.received < sim.stats.published and time.monotonic() < deadline:
             time.sleep(0.1)
+        done.set()  # ends the provisioning too: it must not outlive the database (Ctrl-C at 2,500 cameras)
+        provisioning.join()
         video.close()
         server.should_exit = True
         api_thread.join(20)
@@ -278,12 +284,23 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
                 log_config=None, access_log=False)
 
 
+def _new_password(username: str) -> str:
+    """Prompted for twice on a terminal, so it never sits in the shell's history or in ``ps``;
+    read from standard input's first line when that is not a terminal (a provisioning script)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass(f"password for {username}: ")
+    if getpass.getpass("again: ") != password:
+        sys.exit("the passwords differ")
+    return password
+
+
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
     from services import audit
     from services.accounts import Role, add_user
 
     url = database_url(settings)  # before the prompt: a user should not type a password for nothing
-    password = args.password or getpass.getpass(f"password for {args.username}: ")
+    password = _new_password(args.username)
     _migrate(settings, url)
     with psycopg.connect(url) as conn:
         try:
@@ -297,27 +314,73 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
     print(f"user {args.username}: {args.role} in {args.areas}")
 
 
+def cmd_users_list(settings: Settings, args: argparse.Namespace) -> None:
+    from services.accounts import list_users
+
+    with psycopg.connect(database_url(settings)) as conn:
+        users = list_users(conn)
+    print(f"{'USER':<24} {'ROLE':<19} {'STATE':<9} {'AREAS':<30} NAME")
+    for u in users:
+        print(f"{u.username:<24} {u.role.value:<19} {'disabled' if u.disabled else 'enabled':<9} "
+              f"{','.join(u.areas):<30} {u.display_name or ''}")
+    print(f"{len(users)} users")
+
+
+def _change_user(settings: Settings, username: str, change: str) -> None:
+    from services import audit
+    from services.accounts import disable_user, remove_user
+
+    act = {"disabled": disable_user, "removed": remove_user}[change]
+    with psycopg.connect(database_url(settings)) as conn:
+        if not act(conn, username=username):
+            sys.exit(f"no such user: {username}" + (" (or already disabled)" if change == "disabled" else ""))
+        audit.record(conn, actor=cli_actor(), action="user_changed", details={"username": username, "change": change})
+    print(f"user {username}: {change}")
+
+
+def cmd_users_disable(settings: Settings, args: argparse.Namespace) -> None:
+    _change_user(settings, args.username, "disabled")
+
+
+def cmd_users_remove(settings: Settings, args: argparse.Namespace) -> None:
+    _change_user(settings, args.username, "removed")
+
+
+_DB_ENV = ("WATCHFLOOR_DATABASE_URL", "WATCHFLOOR_TIMESCALEDB", "WATCHFLOOR_RETENTION_DAYS")
+_MQTT_ENV = ("WATCHFLOOR_MQTT_URL", "WATCHFLOOR_MQTT_PROTOCOL")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="watchfloor", description="Watchfloor: body-worn camera fleet telemetry, alerts and the control-room API.")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="watchfloor", description="Watchfloor: body-worn camera fleet telemetry, alerts and the control-room API.",
+        formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", default="INFO", choices=_LOG_LEVELS, type=str.upper,
+                        help="how much to log")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def fleet_options(p: argparse.ArgumentParser, devices: int) -> None:
         p.add_argument("--devices", type=int, default=devices, help="number of simulated cameras")
         p.add_argument("--interval", type=float, default=1.0, help="seconds between reports of one camera")
         p.add_argument("--seed", type=int, default=1, help="seed for a repeatable fleet")
-        p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+        p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run)")
 
-    demo = sub.add_parser("demo", help="embedded database and broker, ingest and a simulated fleet")
+    demo = command(sub, "demo", help="embedded database and broker, ingest, the API and a simulated fleet",
+                   env=("WATCHFLOOR_DATA_DIR", "WATCHFLOOR_DATABASE_URL (optional: an external database)",
+                        "WATCHFLOOR_MQTT_URL (optional: an external broker)", "WATCHFLOOR_API_HOST"),
+                   run=cmd_demo)
     fleet_options(demo, 300)
     demo.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
     demo.add_argument("--port", type=int, default=8080, help="the API's port")
     demo.add_argument("--watch-me-per-h", type=float, default=0.05,
                       help="how often each officer asks to be watched live (per hour)")
-    demo.set_defaults(run=cmd_demo)
+    demo.add_argument("--access-log", action="store_true",
+                      help="log every HTTP request (off: the status lines stay readable)")
 
-    sim = sub.add_parser("simulate", help="publish a simulated fleet to the broker")
+    sim = command(sub, "simulate", help="publish a simulated fleet to the broker",
+                  env=(*_MQTT_ENV, "WATCHFLOOR_DATABASE_URL (with --register or --provision)",
+                       "WATCHFLOOR_SIMULATOR_API_URL", "WATCHFLOOR_SIMULATOR_SECRETS_FILE"), run=cmd_simulate)
     fleet_options(sim, 1000)
     sim.add_argument("--connections", type=int, default=None,
                      help="MQTT connections (default: one per device up to 2,000 devices, else 200)")
@@ -326,9 +389,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="index of the first device, to split one fleet over several processes")
     sim.add_argument("--report-every", type=float, default=10.0, help="seconds between status lines")
     sim.add_argument("--api-url", default=None,
-                     help="the API that takes the cameras' WHIP streams (default WATCHFLOOR_SIMULATOR_API_URL)")
+                     help="the API that takes the cameras' WHIP streams (default: WATCHFLOOR_SIMULATOR_API_URL)")
     sim.add_argument("--secrets-file", type=Path, default=None,
-                     help="JSON {device_id: secret} for WHIP (default WATCHFLOOR_SIMULATOR_SECRETS_FILE); "
+                     help="JSON {device_id: secret} for WHIP (default: WATCHFLOOR_SIMULATOR_SECRETS_FILE); "
                           "without it cameras decline live-view requests")
     sim.add_argument("--decline-share", type=float, default=0.15,
                      help="share of live-view requests the simulated officers decline (0 to 1)")
@@ -336,32 +399,44 @@ def _parser() -> argparse.ArgumentParser:
                      help="give every device a new secret (registering it) and write them to --secrets-file")
     sim.add_argument("--watch-me-per-h", type=float, default=0.0,
                      help="how often each officer asks to be watched live (per hour)")
-    sim.set_defaults(run=cmd_simulate)
 
-    ingest = sub.add_parser("ingest", help="store telemetry from the broker (run several to scale out)")
-    ingest.set_defaults(run=cmd_ingest)
+    command(sub, "ingest", help="store telemetry from the broker (run several to scale out)",
+            env=(*_DB_ENV, *_MQTT_ENV, "WATCHFLOOR_INGEST_CLIENT_ID", "WATCHFLOOR_INGEST_SHARE_GROUP",
+                 "WATCHFLOOR_METRICS_PORT"), run=cmd_ingest)
 
-    api = sub.add_parser("api", help="the control-room API and live feed (needs WATCHFLOOR_AUTH_SECRET)")
-    api.add_argument("--host", default=None, help="listen address (default WATCHFLOOR_API_HOST, 127.0.0.1)")
-    api.add_argument("--port", type=int, default=None, help="port (default WATCHFLOOR_API_PORT, 8080)")
-    api.set_defaults(run=cmd_api)
+    api = command(sub, "api", help="the control-room API and live feed",
+                  env=(*_DB_ENV, *_MQTT_ENV, "WATCHFLOOR_AUTH_SECRET or WATCHFLOOR_AUTH_SECRET_FILE (required)",
+                       "WATCHFLOOR_API_HOST", "WATCHFLOOR_API_PORT", "WATCHFLOOR_OIDC_ISSUER"), run=cmd_api)
+    api.add_argument("--host", default=None, help="listen address (default: WATCHFLOOR_API_HOST, 127.0.0.1)")
+    api.add_argument("--port", type=int, default=None, help="port (default: WATCHFLOOR_API_PORT, 8080)")
 
-    users = sub.add_parser("users", help="local users").add_subparsers(dest="users_command", required=True)
-    add = users.add_parser("add", help="create or replace a local user")
+    users = group(sub, "users", help="local users (sign-in with a password; OIDC users are the provider's)")
+    add = command(users, "add", help="create or replace a local user (prompts for the password; audited)",
+                  env=_DB_ENV[:1], run=cmd_users_add)
     add.add_argument("username")
     add.add_argument("--role", required=True,
                      choices=["operator", "firearms_commander", "fleet_manager", "auditor", "admin"])
-    add.add_argument("--areas", default="*", help="comma-separated boroughs, or * for all (default)")
+    add.add_argument("--areas", default="*", help="comma-separated boroughs, or * for all")
     add.add_argument("--name", default=None, help="display name")
-    add.add_argument("--password", default=None, help="(prompted for when absent)")
-    add.set_defaults(run=cmd_users_add)
+    command(users, "list", help="every local user, with role, areas and state", env=_DB_ENV[:1], run=cmd_users_list)
+    for name, what, run in (("disable", "refuse the user's sign-ins from now on (audited)", cmd_users_disable),
+                            ("remove", "delete a local user; the audit log keeps the name (audited)",
+                             cmd_users_remove)):
+        command(users, name, help=what, env=_DB_ENV[:1], run=run).add_argument("username")
 
-    add_admin_parsers(sub)  # devices provision, broker add-user, audit verify
+    add_admin_parsers(sub)  # devices, broker add-user, audit verify
 
-    db = sub.add_parser("db", help="database administration").add_subparsers(dest="db_command", required=True)
-    db.add_parser("migrate", help="apply pending schema migrations").set_defaults(run=cmd_db_migrate)
-    db.add_parser("maintain", help="create partitions ahead and apply retention").set_defaults(run=cmd_db_maintain)
+    db = group(sub, "db", help="database administration")
+    command(db, "migrate", help="apply pending schema migrations", env=_DB_ENV, run=cmd_db_migrate)
+    command(db, "maintain", help="create partitions ahead and apply retention", env=_DB_ENV, run=cmd_db_maintain)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("watchfloor")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -45,7 +45,7 @@ from .aiortc_internals import (
 from .errors import InvalidOffer, NoSuchStream
 from .frames import EncodedFrame, is_keyframe, starts_frame
 from .metrics import DelayHistogram, HistogramSnapshot
-from .offer import check_offer
+from .offer import OfferLimits, check_offer
 from .queues import KeyframeThrottle, ViewerQueue
 from .tracks import ForwardedTrack
 
@@ -185,8 +185,9 @@ class Relay:
     none). ``host_addresses`` limits host candidates to those local addresses (default:
     every interface). ``viewer_queue_frames`` bounds each viewer's queue (see
     :class:`ViewerQueue`): 10 frames is a third of a second at 30 fps. A session that is
-    not connected ``setup_timeout_s`` after its answer is closed. ``on_event`` is called
-    on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
+    not connected ``setup_timeout_s`` after its answer is closed. Offers are held to
+    ``offer_limits`` (:mod:`streaming.offer`) before aiortc parses them. ``on_event`` is
+    called on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
     """
 
     def __init__(
@@ -197,6 +198,7 @@ class Relay:
         on_event: Callable[[RelayEvent], None] | None = None,
         host_addresses: Sequence[str] | None = None,
         setup_timeout_s: float = 30.0,
+        offer_limits: OfferLimits = OfferLimits(),
     ) -> None:
         if viewer_queue_frames < 1:
             raise ValueError("viewer_queue_frames must be at least 1")
@@ -205,6 +207,7 @@ class Relay:
         self._on_event = on_event
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._setup_timeout_s = setup_timeout_s
+        self._offer_limits = offer_limits
         self._streams: dict[str, _Stream] = {}
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -242,7 +245,7 @@ class Relay:
         ``codec_changed``). Raises :class:`InvalidOffer`.
         """
         self._check_open()
-        sdp = check_offer(offer_sdp, role="publish")
+        sdp = check_offer(offer_sdp, role="publish", limits=self._offer_limits)
         pc = self._new_peer_connection()
         publisher = _Publisher(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc)
         transceiver = pc.addTransceiver("video", direction="recvonly")
@@ -280,7 +283,7 @@ class Relay:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise NoSuchStream(stream_id)
-        sdp = check_offer(offer_sdp, role="view")
+        sdp = check_offer(offer_sdp, role="view", limits=self._offer_limits)
         codec = stream.publisher.codec
         pc = self._new_peer_connection()
         viewer = _Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
@@ -352,7 +355,10 @@ class Relay:
                 before_answer()
             if self._host_addresses is not None:
                 restrict_host_candidates(pc, self._host_addresses)
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # an offer aiortc took but cannot answer is still the offer's fault
+                raise InvalidOffer(f"cannot answer the offer: {exc}") from exc
             local = pc.localDescription
             assert local is not None
             done = True

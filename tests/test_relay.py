@@ -25,7 +25,7 @@ from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
 from streaming.aiortc_internals import send_picture_loss
 from streaming.client import ViewerPeer, http_exchange, start_publisher, start_viewer
 from streaming.frames import EncodedFrame, is_keyframe
-from streaming.offer import strip_mdns_candidates
+from streaming.offer import filter_candidates
 from streaming.queues import ViewerQueue
 from streaming.synthetic import SyntheticVideoTrack, read_frame_number
 
@@ -639,12 +639,12 @@ def test_mdns_candidates_are_stripped() -> None:
     under the second aiortc would spend trying to resolve the name; the pure clean-up
     drops exactly the .local candidates and the end-of-candidates they leave behind."""
     sdp = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 2122 abcd-1234.local 5000 typ host\r\n"
-           "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host\r\na=end-of-candidates\r\n"
+           "a=candidate:2 1 udp 2121 10.0.0.1 5001 typ host\r\na=end-of-candidates\r\n"
            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:3 1 udp 2122 ffff.local 5002 typ host\r\n"
            "a=end-of-candidates\r\n")
-    cleaned = strip_mdns_candidates(sdp)
+    cleaned = filter_candidates(sdp, allow_private=True)
     assert ".local" not in cleaned
-    assert "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host" in cleaned
+    assert "a=candidate:2 1 udp 2121 10.0.0.1 5001 typ host" in cleaned
     assert "end-of-candidates" not in cleaned
 
     async def scenario() -> float:

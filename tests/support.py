@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from core import mqtt
 from core.settings import Settings
-from telemetry import mqtt
 from telemetry.ingest import IngestWorker
 
 

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     # RTCIceServer JSON objects ({"urls": [...], "username": ..., "credential": ...}); empty:
     # host candidates only (no public STUN server is ever added behind the operator's back).
     relay_ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    # Candidates in offers that name private addresses (RFC 1918, RFC 4193, carrier-grade
+    # NAT): allowed, because control rooms and cameras reach the relay over private
+    # networks; false for a relay that serves only the internet. Loopback, link-local,
+    # metadata and the like are refused whatever this says (streaming/offer.py).
+    relay_allow_private_candidates: bool = True
     # A firearms unit that is already recording may be viewed without asking its officer.
     live_view_policy_firearms_recording: bool = True
     live_view_request_timeout_s: int = Field(default=60, ge=5, le=3600)  # the camera must answer in this

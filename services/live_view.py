@@ -56,9 +56,9 @@ from services.consent import (
     plan_request,
     stop_reason_for_event,
 )
-from services.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from services.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound, UnusableOffer
 from services.registry import verify_device_secret
-from streaming import IceServerConfig, InvalidOffer, NoSuchStream, Relay, RelayEvent, Session
+from streaming import IceServerConfig, InvalidOffer, NoSuchStream, OfferLimits, Relay, RelayEvent, Session
 
 __all__ = ["LIVE_VIEW_TOPIC", "LiveView", "Notifier", "ice_servers"]
 
@@ -152,7 +152,9 @@ class LiveView:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._inbox = asyncio.Queue(maxsize=_INBOX_MAX)
-        self._relay = Relay(ice_servers=ice_servers(self._settings), on_event=self._on_relay_event)
+        limits = OfferLimits(allow_private_candidates=self._settings.relay_allow_private_candidates)
+        self._relay = Relay(ice_servers=ice_servers(self._settings), on_event=self._on_relay_event,
+                            offer_limits=limits)
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
         loop = asyncio.get_running_loop()
@@ -490,7 +492,7 @@ class LiveView:
         try:
             session = await self.relay.publish(device_id, offer)
         except InvalidOffer as error:
-            raise InvalidRequest(f"the SDP offer cannot start a session: {error}") from None
+            raise UnusableOffer(f"the SDP offer cannot start a session: {error}") from None
         self._publishers[device_id] = session.id
         # Recorded by another process: its viewings cannot go on here (their records end).
         moved = consent["publisher_session"] not in (None, previous)
@@ -614,7 +616,7 @@ class LiveView:
                                                              refused="the stream ended"))
             raise Conflict(f"{device_id} is not live") from None
         except InvalidOffer as error:
-            raise InvalidRequest(f"the SDP offer cannot start a session: {error}") from None
+            raise UnusableOffer(f"the SDP offer cannot start a session: {error}") from None
         viewer = _Viewer(session.id, device_id, who.username)
         self._viewers[session.id] = viewer
 

@@ -84,8 +84,9 @@ class Session:
 
 @dataclass(frozen=True)
 class RelayEvent:
-    """Something that happened to a session. ``reason`` says why it ended (empty for
-    starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
+    """Something that happened to a session. ``viewer_joined`` comes once the viewer's
+    peer connection is connected (not when its offer is answered). ``reason`` says why
+    it ended (empty for starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
     ``connection_closed``, ``setup_timeout`` (never connected), ``replaced`` (another
     publisher took the stream), ``publisher_ended`` (a viewer whose publisher went
     away), ``codec_changed`` (the new publisher's codec differs from the one this viewer
@@ -99,7 +100,7 @@ class RelayEvent:
 
 @dataclass(frozen=True)
 class RelayStats:
-    """Gauges (streams, viewers) and counters since the relay started.
+    """Gauges (streams, viewers: connected ones only) and counters since the relay started.
 
     ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
     waiting for a keyframe (after joining, after an overflow, after a gap in the
@@ -218,8 +219,10 @@ class Relay:
     # -- queries ---------------------------------------------------------------
 
     def viewer_count(self, stream_id: str) -> int:
+        """Viewers of ``stream_id`` whose peer connection is connected: a session that was
+        answered but never connects (an offer posted in a loop) watches nothing."""
         stream = self._streams.get(stream_id)
-        return len(stream.viewers) if stream else 0
+        return sum(v.connected for v in stream.viewers.values()) if stream else 0
 
     def is_publishing(self, stream_id: str) -> bool:
         return stream_id in self._streams
@@ -227,7 +230,7 @@ class Relay:
     def stats(self) -> RelayStats:
         c = self._counters
         return RelayStats(
-            streams=len(self._streams), viewers=sum(len(s.viewers) for s in self._streams.values()),
+            streams=len(self._streams), viewers=sum(self.viewer_count(s) for s in self._streams),
             frames_received=c.frames_received, bytes_received=c.bytes_received,
             frames_forwarded=c.frames_forwarded, bytes_forwarded=c.bytes_forwarded,
             frames_dropped=c.frames_dropped, queue_overflows=c.queue_overflows,
@@ -297,9 +300,8 @@ class Relay:
         if self._closed or self._streams.get(stream_id) is not stream or stream.publisher.codec != codec:
             await self._discard(viewer)
             raise NoSuchStream(stream_id)
-        self._install(viewer)
         stream.viewers[viewer.id] = viewer
-        self._emit("viewer_joined", viewer, "")
+        self._install(viewer)
         return Session(id=viewer.id, stream_id=stream_id, kind="viewer", answer_sdp=answer)
 
     async def close(self, session_id: str, *, reason: str) -> None:
@@ -383,9 +385,10 @@ class Relay:
                 if peer.setup_timer is not None:
                     peer.setup_timer.cancel()
                     peer.setup_timer = None
-                if isinstance(peer, _Viewer) and not peer.connected:
+                if isinstance(peer, _Viewer) and not peer.connected and peer.close_task is None:
                     peer.connected = True
                     self._viewer_wants_keyframe(peer)
+                    self._emit("viewer_joined", peer, "")
             elif state in ("failed", "closed"):
                 self._begin_close(peer, f"connection_{state}")
 

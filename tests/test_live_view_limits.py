@@ -1,12 +1,14 @@
 """Live view's limits through the real API over HTTP (PostgreSQL, Mosquitto, uvicorn, the
 relay, cameras publishing over WHIP): offers the relay will not take are 400s that say
-why."""
+why, and WHEP sessions are capped per user, per camera and per process, a session counting
+as a viewer only once it is connected."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -15,8 +17,10 @@ from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
 from tests.conftest import Database, wait_for
 from tests.support import event_payload, publish_all
-from tests.test_live_view import WE1, AiortcViewer, Stack, _live, stack
+from tests.test_live_view import WE1, AiortcViewer, Stack, Watched, _live, stack
 from watchfloor.mosquitto import MosquittoProcess
+
+AFO = "lv-we-afo"  # a second Westminster camera
 
 
 def _offer(direction: str, *, audio: bool = False) -> str:
@@ -97,3 +101,48 @@ def test_offers_the_relay_will_not_take_are_400s_with_the_reason(pg: Database, m
             wait_for(lambda: viewer.frames >= 1, timeout=20, what="a frame")
         finally:
             viewer.close()
+
+
+def test_whep_sessions_are_capped_and_count_once_connected(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """The same offer posted in a loop makes no more sessions than the caps allow (3 per
+    user, 3 per camera, 4 per process here): 409 past the user's or the camera's cap, 429
+    with Retry-After past the process's, each refusal recorded; a session ended gives its
+    slot back. Sessions that never connect are not viewers: the camera is told 1 only when
+    a real viewer connects, never the number of sessions answered."""
+    sdp = _offer("recvonly")
+    caps = {"live_view_max_sessions_per_user": 3, "live_view_max_viewers_per_camera": 3, "live_view_max_viewers": 4}
+    with stack(pg, mosquitto, **caps) as s, streaming(s, WE1, AFO):
+        wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
+        try:
+            with s.http("op-all") as op_all, s.http("op-west") as op_west:
+                loop = [_whep(op_all, WE1, sdp) for _ in range(10)]
+                assert [r.status_code for r in loop] == [201] * 3 + [409] * 7
+                assert "3 viewing sessions open" in loop[-1].json()["error"]["message"]
+                camera_full = _whep(op_west, WE1, sdp)
+                assert camera_full.status_code == 409 and "has 3 viewers" in camera_full.text
+                assert _whep(op_west, AFO, sdp).status_code == 201
+                busy = _whep(op_west, AFO, sdp)
+                assert busy.status_code == 429 and "try again later" in busy.text
+                assert int(busy.headers["Retry-After"]) > 0
+                assert s.live_view.relay.stats().viewers == 0  # answered, none connected
+                refused = s.rows("SELECT count(*) FROM viewing_sessions WHERE refused IS NOT NULL")[0][0]
+                assert refused == 9 and len(s.audit("viewing_refused")) == 9
+                # Two of op-all's sessions end: their slots come back, one for a real viewer.
+                for response in loop[:2]:
+                    assert op_all.delete(response.headers["location"]).status_code == 200
+                assert _whep(op_west, AFO, sdp).status_code == 201
+            viewer = AiortcViewer(s.base, s.token("op-all"), WE1, "a real viewer")
+            try:
+                assert viewer.open() == 201, viewer.error
+                wait_for(lambda: viewer.frames >= 1, timeout=20, what="a frame at the real viewer")
+                wait_for(lambda: 1 in _counts(wire), what="the camera told of its one viewer")
+                assert max(_counts(wire)) == 1, _counts(wire)
+            finally:
+                viewer.close()
+        finally:
+            wire.close()
+
+
+def _counts(wire: Watched) -> list[int]:
+    bodies: list[dict[str, Any]] = wire.bodies("/commands")
+    return [b["params"]["viewers"] for b in bodies if b["type"] == "live_view_status"]

@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     # RTCIceServer JSON objects ({"urls": [...], "username": ..., "credential": ...}); empty:
     # host candidates only (no public STUN server is ever added behind the operator's back).
     relay_ice_servers: list[dict[str, Any]] = Field(default_factory=list)
+    # Candidates in offers that name private addresses (RFC 1918, RFC 4193, carrier-grade
+    # NAT): allowed, because control rooms and cameras reach the relay over private
+    # networks; false for a relay that serves only the internet. Loopback, link-local,
+    # metadata and the like are refused whatever this says (streaming/offer.py).
+    relay_allow_private_candidates: bool = True
+    # WHEP sessions an API process holds at most: per user, per camera, in all.
+    live_view_max_sessions_per_user: int = Field(default=4, ge=1, le=1000)
+    live_view_max_viewers_per_camera: int = Field(default=16, ge=1, le=10_000)
+    live_view_max_viewers: int = Field(default=200, ge=1, le=100_000)
     # A firearms unit that is already recording may be viewed without asking its officer.
     live_view_policy_firearms_recording: bool = True
     live_view_request_timeout_s: int = Field(default=60, ge=5, le=3600)  # the camera must answer in this

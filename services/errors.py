@@ -1,6 +1,7 @@
 """The one error hierarchy of Watchfloor's services and its API.
 
     ServiceError            a refusal a caller can act on (400)
+    ├── UnusableOffer       a WHIP/WHEP SDP offer the relay will not take (400)
     ├── InvalidRequest      the request is malformed or breaks a rule (422)
     ├── NotAuthenticated    no valid token or credentials (401)
     ├── Forbidden           the caller's role or area does not allow it (403)
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 
 __all__ = ["Conflict", "Forbidden", "InvalidRequest", "NotAuthenticated", "NotFound", "PayloadTooLarge",
-           "ServiceError", "TooManyRequests", "UnsupportedMediaType"]
+           "ServiceError", "TooManyRequests", "UnsupportedMediaType", "UnusableOffer"]
 
 
 class ServiceError(Exception):
@@ -32,6 +33,10 @@ class ServiceError(Exception):
 
     def headers(self) -> dict[str, str] | None:
         return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+
+
+class UnusableOffer(ServiceError):
+    status, code = 400, "invalid_offer"
 
 
 class InvalidRequest(ServiceError):

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import anyio.to_thread
 import orjson
@@ -56,9 +56,18 @@ from services.consent import (
     plan_request,
     stop_reason_for_event,
 )
-from services.errors import Conflict, Forbidden, InvalidRequest, NotAuthenticated, NotFound
+from services.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    TooManyRequests,
+    UnusableOffer,
+)
 from services.registry import verify_device_secret
-from streaming import IceServerConfig, InvalidOffer, NoSuchStream, Relay, RelayEvent, Session
+from services.viewer_slots import SlotRefused, ViewerCaps, ViewerSlots
+from streaming import IceServerConfig, InvalidOffer, NoSuchStream, OfferLimits, Relay, RelayEvent, Session
 
 __all__ = ["LIVE_VIEW_TOPIC", "LiveView", "Notifier", "ice_servers"]
 
@@ -90,6 +99,7 @@ class _Viewer:
     session_id: str
     device_id: str
     username: str
+    slot: int  # in LiveView._slots, given back when the session ends
     recorded: asyncio.Event = field(default_factory=asyncio.Event)  # its record is committed
 
 
@@ -140,6 +150,9 @@ class LiveView:
         self._viewers: dict[str, _Viewer] = {}  # WHEP session id -> who
         self._closing: dict[str, str] = {}  # session id -> why this process closed it
         self._idle: dict[str, asyncio.TimerHandle] = {}
+        self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
+                                             per_camera=settings.live_view_max_viewers_per_camera,
+                                             per_process=settings.live_view_max_viewers))
         self.inbox_dropped = 0
 
     # lifecycle (owned by the app's lifespan)
@@ -152,7 +165,9 @@ class LiveView:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._inbox = asyncio.Queue(maxsize=_INBOX_MAX)
-        self._relay = Relay(ice_servers=ice_servers(self._settings), on_event=self._on_relay_event)
+        limits = OfferLimits(allow_private_candidates=self._settings.relay_allow_private_candidates)
+        self._relay = Relay(ice_servers=ice_servers(self._settings), on_event=self._on_relay_event,
+                            offer_limits=limits)
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
         loop = asyncio.get_running_loop()
@@ -490,7 +505,7 @@ class LiveView:
         try:
             session = await self.relay.publish(device_id, offer)
         except InvalidOffer as error:
-            raise InvalidRequest(f"the SDP offer cannot start a session: {error}") from None
+            raise UnusableOffer(f"the SDP offer cannot start a session: {error}") from None
         self._publishers[device_id] = session.id
         # Recorded by another process: its viewings cannot go on here (their records end).
         moved = consent["publisher_session"] not in (None, previous)
@@ -606,16 +621,24 @@ class LiveView:
         if denied is not None:
             _raise(denied)
         assert consent is not None and reason is not None
+        slot = self._slots.take(username=who.username, device_id=device_id)
+        if isinstance(slot, SlotRefused):
+            await self._refuse_over_cap(who, device_id, reason, slot)
         try:
             session = await self.relay.view(device_id, offer)
         except NoSuchStream:
+            self._slots.give_back(slot)
             await self._db(lambda conn: viewings.refuse_viewing(conn, device_id=device_id, viewer=who.username,
                                                              role=who.role.value, reason=reason,
                                                              refused="the stream ended"))
             raise Conflict(f"{device_id} is not live") from None
         except InvalidOffer as error:
-            raise InvalidRequest(f"the SDP offer cannot start a session: {error}") from None
-        viewer = _Viewer(session.id, device_id, who.username)
+            self._slots.give_back(slot)
+            raise UnusableOffer(f"the SDP offer cannot start a session: {error}") from None
+        except BaseException:  # cancelled (the client went away) or the relay is closing
+            self._slots.give_back(slot)
+            raise
+        viewer = _Viewer(session.id, device_id, who.username, slot)
         self._viewers[session.id] = viewer
 
         def record(conn: psycopg.Connection) -> dict[str, Any]:
@@ -629,8 +652,26 @@ class LiveView:
             await self._db(record)
         finally:
             viewer.recorded.set()
-        self._viewer_joined(device_id, who.username)
+        # A session being set up keeps the stream; it counts as a viewer (told to the camera and
+        # the control room) once connected: the relay's viewer_joined event.
+        if (handle := self._idle.pop(device_id, None)) is not None:
+            handle.cancel()
         return session
+
+    async def _refuse_over_cap(self, who: Principal, device_id: str, reason: str, refused: SlotRefused) -> NoReturn:
+        """Record the refusal like any other, and raise: 409 for the caller's or the camera's
+        cap (a session must end first), 429 for the process's (others' sessions end too;
+        one that never connects is gone within the relay's set-up timeout, 30 s)."""
+        def work(conn: psycopg.Connection) -> None:
+            viewings.refuse_viewing(conn, device_id=device_id, viewer=who.username, role=who.role.value,
+                                    reason=reason, refused=refused.message)
+            audit.record(conn, actor=who.username, action="viewing_refused", device_id=device_id,
+                         details={"reason": reason, "refused": refused.message})
+
+        await self._db(work)
+        if refused.kind == "process":
+            raise TooManyRequests(refused.message, retry_after_s=30)
+        raise Conflict(refused.message)
 
     async def unview(self, who: Principal, device_id: str, session_id: str) -> None:
         viewer = self._viewers.get(session_id)
@@ -640,6 +681,7 @@ class LiveView:
         await self._viewer_gone(session_id, "viewer_left")
 
     def _viewer_joined(self, device_id: str, username: str) -> None:
+        """A viewer's peer connection is connected: now it watches."""
         if (handle := self._idle.pop(device_id, None)) is not None:
             handle.cancel()
         count = self._tell_camera_viewers(device_id)
@@ -649,6 +691,7 @@ class LiveView:
         viewer = self._viewers.pop(session_id, None)
         if viewer is None:
             return  # handled already
+        self._slots.give_back(viewer.slot)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(viewer.recorded.wait(), _RECORDED_WAIT_S)
 
@@ -666,7 +709,8 @@ class LiveView:
         if count == 0 and device_id in self._publishers:
             self._arm_idle(device_id)
 
-    # the relay's events (a session that ended on its own: failed, closed, timed out)
+    # the relay's events (a viewer connected; a session that ended on its own: failed, closed,
+    # timed out)
 
     def _on_relay_event(self, event: RelayEvent) -> None:
         loop = self._loop
@@ -679,6 +723,8 @@ class LiveView:
                 await self._viewer_gone(event.session_id, _VIEWER_END.get(event.reason, event.reason or "closed"))
             elif event.kind == "publisher_ended":
                 await self._publisher_gone(event.stream_id, event.session_id, event.reason or "closed")
+            elif event.kind == "viewer_joined" and (viewer := self._viewers.get(event.session_id)) is not None:
+                self._viewer_joined(viewer.device_id, viewer.username)
         except Exception:
             log.exception("live view: handling %s failed", event.kind)
 

@@ -8,6 +8,7 @@ WHIP/WHEP exchange, for tests, benchmarks and simulated cameras.
 
 from .errors import InvalidOffer, NoSuchStream, RelayError
 from .metrics import HistogramSnapshot
+from .offer import OfferLimits
 from .relay import IceServerConfig, Relay, RelayEvent, RelayStats, Session
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "IceServerConfig",
     "InvalidOffer",
     "NoSuchStream",
+    "OfferLimits",
     "Relay",
     "RelayError",
     "RelayEvent",

@@ -3,7 +3,8 @@
     RelayError
     ├── NoSuchStream   nobody publishes the stream a viewer asked for (WHEP: 404)
     └── InvalidOffer   the SDP is not an offer, cannot be parsed, has no video, or
-                       offers no codec the relay forwards (WHIP/WHEP: 400)
+                       offers no codec the relay forwards, is too large, or
+                       cannot be answered (WHIP/WHEP: 400)
 
 The HTTP layer maps them to status codes in one place; the relay never speaks HTTP.
 """

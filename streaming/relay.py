@@ -45,7 +45,7 @@ from .aiortc_internals import (
 from .errors import InvalidOffer, NoSuchStream
 from .frames import EncodedFrame, is_keyframe, starts_frame
 from .metrics import DelayHistogram, HistogramSnapshot
-from .offer import check_offer
+from .offer import OfferLimits, check_offer
 from .queues import KeyframeThrottle, ViewerQueue
 from .tracks import ForwardedTrack
 
@@ -84,8 +84,9 @@ class Session:
 
 @dataclass(frozen=True)
 class RelayEvent:
-    """Something that happened to a session. ``reason`` says why it ended (empty for
-    starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
+    """Something that happened to a session. ``viewer_joined`` comes once the viewer's
+    peer connection is connected (not when its offer is answered). ``reason`` says why
+    it ended (empty for starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
     ``connection_closed``, ``setup_timeout`` (never connected), ``replaced`` (another
     publisher took the stream), ``publisher_ended`` (a viewer whose publisher went
     away), ``codec_changed`` (the new publisher's codec differs from the one this viewer
@@ -99,7 +100,7 @@ class RelayEvent:
 
 @dataclass(frozen=True)
 class RelayStats:
-    """Gauges (streams, viewers) and counters since the relay started.
+    """Gauges (streams, viewers: connected ones only) and counters since the relay started.
 
     ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
     waiting for a keyframe (after joining, after an overflow, after a gap in the
@@ -185,8 +186,9 @@ class Relay:
     none). ``host_addresses`` limits host candidates to those local addresses (default:
     every interface). ``viewer_queue_frames`` bounds each viewer's queue (see
     :class:`ViewerQueue`): 10 frames is a third of a second at 30 fps. A session that is
-    not connected ``setup_timeout_s`` after its answer is closed. ``on_event`` is called
-    on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
+    not connected ``setup_timeout_s`` after its answer is closed. Offers are held to
+    ``offer_limits`` (:mod:`streaming.offer`) before aiortc parses them. ``on_event`` is
+    called on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class Relay:
         on_event: Callable[[RelayEvent], None] | None = None,
         host_addresses: Sequence[str] | None = None,
         setup_timeout_s: float = 30.0,
+        offer_limits: OfferLimits = OfferLimits(),
     ) -> None:
         if viewer_queue_frames < 1:
             raise ValueError("viewer_queue_frames must be at least 1")
@@ -205,6 +208,7 @@ class Relay:
         self._on_event = on_event
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._setup_timeout_s = setup_timeout_s
+        self._offer_limits = offer_limits
         self._streams: dict[str, _Stream] = {}
         self._peers: dict[str, _Peer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -215,8 +219,10 @@ class Relay:
     # -- queries ---------------------------------------------------------------
 
     def viewer_count(self, stream_id: str) -> int:
+        """Viewers of ``stream_id`` whose peer connection is connected: a session that was
+        answered but never connects (an offer posted in a loop) watches nothing."""
         stream = self._streams.get(stream_id)
-        return len(stream.viewers) if stream else 0
+        return sum(v.connected for v in stream.viewers.values()) if stream else 0
 
     def is_publishing(self, stream_id: str) -> bool:
         return stream_id in self._streams
@@ -224,7 +230,7 @@ class Relay:
     def stats(self) -> RelayStats:
         c = self._counters
         return RelayStats(
-            streams=len(self._streams), viewers=sum(len(s.viewers) for s in self._streams.values()),
+            streams=len(self._streams), viewers=sum(self.viewer_count(s) for s in self._streams),
             frames_received=c.frames_received, bytes_received=c.bytes_received,
             frames_forwarded=c.frames_forwarded, bytes_forwarded=c.bytes_forwarded,
             frames_dropped=c.frames_dropped, queue_overflows=c.queue_overflows,
@@ -242,7 +248,7 @@ class Relay:
         ``codec_changed``). Raises :class:`InvalidOffer`.
         """
         self._check_open()
-        sdp = check_offer(offer_sdp, role="publish")
+        sdp = check_offer(offer_sdp, role="publish", limits=self._offer_limits)
         pc = self._new_peer_connection()
         publisher = _Publisher(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc)
         transceiver = pc.addTransceiver("video", direction="recvonly")
@@ -280,7 +286,7 @@ class Relay:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise NoSuchStream(stream_id)
-        sdp = check_offer(offer_sdp, role="view")
+        sdp = check_offer(offer_sdp, role="view", limits=self._offer_limits)
         codec = stream.publisher.codec
         pc = self._new_peer_connection()
         viewer = _Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
@@ -294,9 +300,8 @@ class Relay:
         if self._closed or self._streams.get(stream_id) is not stream or stream.publisher.codec != codec:
             await self._discard(viewer)
             raise NoSuchStream(stream_id)
-        self._install(viewer)
         stream.viewers[viewer.id] = viewer
-        self._emit("viewer_joined", viewer, "")
+        self._install(viewer)
         return Session(id=viewer.id, stream_id=stream_id, kind="viewer", answer_sdp=answer)
 
     async def close(self, session_id: str, *, reason: str) -> None:
@@ -352,7 +357,10 @@ class Relay:
                 before_answer()
             if self._host_addresses is not None:
                 restrict_host_candidates(pc, self._host_addresses)
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # an offer aiortc took but cannot answer is still the offer's fault
+                raise InvalidOffer(f"cannot answer the offer: {exc}") from exc
             local = pc.localDescription
             assert local is not None
             done = True
@@ -377,9 +385,10 @@ class Relay:
                 if peer.setup_timer is not None:
                     peer.setup_timer.cancel()
                     peer.setup_timer = None
-                if isinstance(peer, _Viewer) and not peer.connected:
+                if isinstance(peer, _Viewer) and not peer.connected and peer.close_task is None:
                     peer.connected = True
                     self._viewer_wants_keyframe(peer)
+                    self._emit("viewer_joined", peer, "")
             elif state in ("failed", "closed"):
                 self._begin_close(peer, f"connection_{state}")
 

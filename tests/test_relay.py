@@ -25,7 +25,7 @@ from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
 from streaming.aiortc_internals import send_picture_loss
 from streaming.client import ViewerPeer, http_exchange, start_publisher, start_viewer
 from streaming.frames import EncodedFrame, is_keyframe
-from streaming.offer import strip_mdns_candidates
+from streaming.offer import filter_candidates
 from streaming.queues import ViewerQueue
 from streaming.synthetic import SyntheticVideoTrack, read_frame_number
 
@@ -154,7 +154,7 @@ def test_two_viewers_receive_exactly_what_the_camera_sent() -> None:
         pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
         await until(lambda: len(camera.sent) > 10, what="camera running")
         viewers = [await tap_viewer(relay, "cam-1", a), await tap_viewer(relay, "cam-1", b)]
-        assert relay.viewer_count("cam-1") == 2
+        await until(lambda: relay.viewer_count("cam-1") == 2, what="both viewers connected")
         await until(lambda: len(a) > 45 and len(b) > 45, timeout=30, what="45 frames at each viewer")
         for frames in (a, b):
             assert frames[0].keyframe
@@ -282,6 +282,29 @@ def test_h264_is_forwarded_too() -> None:
                                host_addresses=LOOPBACK)
         for pc in (tap.pc, decoder.pc, pub):
             await pc.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_viewer_counts_once_connected() -> None:
+    """A viewer whose offer was answered but who never connects (an offer posted in a loop)
+    is not counted, in viewer_count, the stats or a viewer_joined event; one that connects is."""
+
+    async def scenario() -> None:
+        events: list[RelayEvent] = []
+        relay = Relay(host_addresses=LOOPBACK, on_event=events.append)
+        pub = await publish(relay, "cam-1", SyntheticVideoTrack(width=320, height=240))
+        silent = await offer_sdp("video", "recvonly")
+        await relay.view("cam-1", silent)  # the answer is never applied: no connectivity checks come
+        frames: list[EncodedFrame] = []
+        viewer = await tap_viewer(relay, "cam-1", frames)
+        await until(lambda: frames, what="a frame at the connected viewer")
+        joined = [e for e in events if e.kind == "viewer_joined"]
+        assert len(joined) == 1
+        assert relay.viewer_count("cam-1") == 1 and relay.stats().viewers == 1
+        await viewer.pc.close()
+        await pub.close()
         await relay.aclose()
 
     run(scenario())
@@ -639,12 +662,12 @@ def test_mdns_candidates_are_stripped() -> None:
     under the second aiortc would spend trying to resolve the name; the pure clean-up
     drops exactly the .local candidates and the end-of-candidates they leave behind."""
     sdp = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=candidate:1 1 udp 2122 abcd-1234.local 5000 typ host\r\n"
-           "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host\r\na=end-of-candidates\r\n"
+           "a=candidate:2 1 udp 2121 10.0.0.1 5001 typ host\r\na=end-of-candidates\r\n"
            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:3 1 udp 2122 ffff.local 5002 typ host\r\n"
            "a=end-of-candidates\r\n")
-    cleaned = strip_mdns_candidates(sdp)
+    cleaned = filter_candidates(sdp, allow_private=True)
     assert ".local" not in cleaned
-    assert "a=candidate:2 1 udp 2121 127.0.0.1 5001 typ host" in cleaned
+    assert "a=candidate:2 1 udp 2121 10.0.0.1 5001 typ host" in cleaned
     assert "end-of-candidates" not in cleaned
 
     async def scenario() -> float:

@@ -23,7 +23,7 @@ from api.models import DEVICE_ID
 from services import viewings
 from services.accounts import Principal, Role
 from services.consent import VIEWING_ROLES, Denied, UnitFacts, may_watch
-from services.errors import Forbidden, NotFound, UnsupportedMediaType
+from services.errors import Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
 from services.live_view import LiveView
 
 __all__ = ["router"]
@@ -37,6 +37,8 @@ Auditor = Annotated[Principal, Depends(require(Role.AUDITOR, Role.ADMIN))]
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID)]
 SessionId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 _SDP = "application/sdp"
+# Refused unread past this; the relay's own bounds (streaming/offer.py: 32 KiB, 500 lines, 4 media
+# sections, 16 candidates) then refuse what is still too much with a 400 that says which.
 _MAX_SDP_BYTES = 64 * 1024
 
 
@@ -170,7 +172,7 @@ async def _offer(request: Request) -> str:
         raise UnsupportedMediaType(f"the offer must be sent as {_SDP}")
     body = await request.body()
     if len(body) > _MAX_SDP_BYTES:
-        raise UnsupportedMediaType("the offer is too large")
+        raise PayloadTooLarge(f"the offer is larger than {_MAX_SDP_BYTES} bytes")
     return body.decode("utf-8", errors="replace")
 
 
@@ -184,7 +186,8 @@ _SDP_OFFER: dict[str, Any] = {"requestBody": {"required": True, "description": "
                                               "content": {_SDP: {"schema": {"type": "string"}}}}}
 _SDP_BODY: dict[int | str, dict[str, Any]] = {
     201: {"content": {_SDP: {}}, "description": "the SDP answer; Location names the session"},
-    415: {"model": ErrorBody}, 429: {"model": ErrorBody}}
+    400: {"model": ErrorBody, "description": "an offer the relay will not take (the message says why)"},
+    413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 429: {"model": ErrorBody}}
 
 
 @router.post("/whip/{device_id}", status_code=201, response_class=Response, responses=_SDP_BODY,

@@ -21,8 +21,10 @@ from urllib.parse import quote
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from core.contract import REGISTRY_TOPIC, Channel, topic_for
+from core.settings import Settings
 from services import audit
 from services.registry import change_announcement
 from telemetry.embedded import free_port
@@ -407,6 +409,23 @@ def test_a_camera_cannot_take_over_another_client_id(broker: Broker, db: Databas
         assert set(counts.values()) == {1}
         assert worker.broker_connections == connections and worker.broker_connected, "ingest's session was taken"
         assert not disconnected and not reconnected, "cam-c was disconnected"
+
+
+def test_service_client_ids_stay_out_of_the_devices_namespace(broker: Broker) -> None:
+    """Client ids are one namespace across Mosquitto's listeners: a service client named like a
+    device (here cam-a) loses its connection when that camera logs in. So a worker's client id
+    must start with watchfloor-, which no device id may: the settings refuse any other."""
+    named_like_a_camera = _Camera(broker, broker.process.port, "watchfloor-api", client_id="cam-a")
+    try:
+        assert named_like_a_camera.rc == 0
+        camera = _client(broker, "cam-a")
+        wait_for(lambda: named_like_a_camera.disconnects, what="the service client to be taken over")
+        camera.close()
+    finally:
+        named_like_a_camera.close()
+    with pytest.raises(ValidationError):
+        Settings(ingest_client_id="ingest-1")
+    assert Settings(ingest_client_id="watchfloor-ingest-2").ingest_client_id == "watchfloor-ingest-2"
 
 
 def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:

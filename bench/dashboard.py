@@ -136,7 +136,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_TIMESCALEDB="off",
-                       WATCHFLOOR_INGEST_CLIENT_ID="dashboard-bench-ingest", WATCHFLOOR_INGEST_SHARE_GROUP="",
+                       WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-dashboard-bench", WATCHFLOOR_INGEST_SHARE_GROUP="",
                        PYTHONPATH=str(ROOT))
             log = (workdir / "processes.log").open("ab")
 

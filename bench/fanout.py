@@ -290,7 +290,7 @@ def main() -> None:
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
-                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="fanout-ingest")
+                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-fanout-ingest")
             log = (workdir / "processes.log").open("ab")
 
             def start(*cmd: str) -> subprocess.Popen[bytes]:

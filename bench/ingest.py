@@ -217,7 +217,7 @@ def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Pa
     procs = []
     for n in range(count):
         env = dict(os.environ, WATCHFLOOR_MQTT_URL=url, WATCHFLOOR_DATABASE_URL=db_url,
-                   WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_CLIENT_ID=f"bench-ingest-{n}")
+                   WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_CLIENT_ID=f"watchfloor-bench-ingest-{n}")
         log = (workdir / f"ingest-{n}.log").open("ab")
         procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], env=env, cwd=ROOT,
                                       stdout=log, stderr=log))

@@ -152,7 +152,7 @@ def main() -> None:
                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_AUTH_SECRET=SECRET)
         metrics_ports = [free_port(), free_port()]
         procs = [subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], cwd=ROOT,
-                                  env={**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"soak-ingest-{n}",
+                                  env={**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"watchfloor-soak-ingest-{n}",
                                        "WATCHFLOOR_MQTT_PROTOCOL": "3.1.1",
                                        "WATCHFLOOR_METRICS_PORT": str(metrics_ports[n])},
                                   stdout=(workdir / f"ingest-{n}.log").open("ab"), stderr=subprocess.STDOUT)

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, St
 __all__ = [
     "ALERTS_TOPIC",
     "REGISTRY_TOPIC",
+    "SERVICE_PREFIX",
     "CHANNELS",
     "DEVICE_ID_RE",
     "TOPIC_ROOT",
@@ -38,6 +39,11 @@ ALERTS_TOPIC = "watchfloor/v1/alerts"
 #: commit, so that every API process re-reads the registry for its live feed at once.
 REGISTRY_TOPIC = "watchfloor/v1/registry"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The services' namespace at the broker: their usernames (watchfloor-ingest, watchfloor-api)
+#: and client ids start with it, and no device id may. The cameras' listener makes a camera's
+#: client id its device id (deploy/mosquitto), and Mosquitto's client ids are one namespace
+#: across listeners, so a device id equal to a worker's client id would take its session.
+SERVICE_PREFIX = "watchfloor-"
 
 
 class Channel(StrEnum):

@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.contract import SERVICE_PREFIX
+
 __all__ = ["Settings"]
 
 _MIN_SECRET_BYTES = 32
@@ -28,7 +30,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".watchfloor")
 
     # Ingest
-    ingest_client_id: str = "watchfloor-ingest-1"
+    # Names the worker's persistent session. In the services' namespace (SERVICE_PREFIX),
+    # which no device id may enter: a camera's client id is its device id, so a worker named
+    # like a device could have its session taken by that camera.
+    ingest_client_id: str = Field(default="watchfloor-ingest-1",
+                                  pattern=f"^{SERVICE_PREFIX}[A-Za-z0-9_-]{{1,100}}$")
     # Shared-subscription group; empty subscribes directly (one worker only). The embedded
     # broker (rumqttd) panics when a persistent session with a $share filter resumes, so the
     # demo runs one worker with a direct subscription.

@@ -11,12 +11,14 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from core.contract import SERVICE_PREFIX
+
 __all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "change_announcement", "provision_device", "revoke_device_secret",
            "upsert_devices", "verify_device_secret"]
 
 _SECRET_BYTES = 32
-#: Broker usernames of the services (watchfloor-ingest, watchfloor-api): no device may take one.
-SERVICE_ACCOUNT_PREFIX = "watchfloor-"
+#: Broker usernames and client ids of the services: no device may take one (core.contract).
+SERVICE_ACCOUNT_PREFIX = SERVICE_PREFIX
 # Verified against for an unknown device (same parameters as real hashes), so a wrong id
 # costs as long as a wrong secret. A constant: it protects nothing.
 _DUMMY_HASH = "$argon2id$v=19$m=8192,t=1,p=1$VgsHRw/YfwKf3xd54PrNbA$ldNJmaf/U5uR9UrWDhfpR6dmv17HHXKkkdg6ePkg58A"

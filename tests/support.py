@@ -52,7 +52,7 @@ def make_settings(**overrides: Any) -> Settings:
     """Settings for a test: a client id of its own (sessions outlive a test on a shared
     broker) that the broker forgets soon after."""
     base: dict[str, Any] = {"ingest_batch_interval_ms": 20, "mqtt_keepalive_s": 10,
-                            "ingest_client_id": f"test-ingest-{uuid.uuid4().hex[:8]}",
+                            "ingest_client_id": f"watchfloor-test-ingest-{uuid.uuid4().hex[:8]}",
                             "mqtt_session_expiry_s": 120}
     base.update(overrides)
     return Settings(**base)

@@ -43,7 +43,7 @@ def test_every_client_of_either_api_process_sees_every_update(pg: Database, mosq
     common = {"WATCHFLOOR_DATABASE_URL": pg.url, "WATCHFLOOR_MQTT_URL": mosquitto.url,
               "WATCHFLOOR_AUTH_SECRET": SECRET, "WATCHFLOOR_TIMESCALEDB": "off"}
     ports = [free_port(), free_port()]
-    commands = [(["ingest"], {**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"so-ingest-{n}"}) for n in (1, 2)]
+    commands = [(["ingest"], {**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"watchfloor-so-ingest-{n}"}) for n in (1, 2)]
     commands += [(["api", "--port", str(port)], common) for port in ports]
     with _processes(commands, tmp_path / "processes.log"):
         bases = [f"http://127.0.0.1:{port}" for port in ports]

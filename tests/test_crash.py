@@ -28,7 +28,7 @@ def _start_ingest(db: Database, mqtt_url: str, *, protocol: str, share_group: st
     env = dict(os.environ,
                WATCHFLOOR_DATABASE_URL=db.url, WATCHFLOOR_MQTT_URL=mqtt_url,
                WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_SHARE_GROUP=share_group,
-               WATCHFLOOR_INGEST_CLIENT_ID="crash-test-ingest", WATCHFLOOR_TIMESCALEDB="off")
+               WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-crash-test-ingest", WATCHFLOOR_TIMESCALEDB="off")
     return subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 

@@ -190,3 +190,24 @@ def test_metrics_and_probes_stay_inside() -> None:
                 assert not path["path"].startswith(("/metrics", "/readyz", "/healthz"))
     nginx = (DEPLOY / "nginx" / "watchfloor.conf").read_text()
     assert "location = /metrics { return 404; }" in nginx and "location = /readyz  { return 404; }" in nginx
+
+
+def test_cameras_and_services_log_in_on_separate_listeners() -> None:
+    """The broker's configuration ties a camera's client id to its account: per-listener
+    authentication, the cameras' listener with use_username_as_clientid and the devices'
+    password file, the services' with theirs; compose and Kubernetes mount both files where
+    the configuration reads them (the attack itself: tests/test_security_broker.py)."""
+    conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+    tls = (DEPLOY / "mosquitto" / "conf.d" / "tls.conf").read_text()
+    assert re.search(r"^per_listener_settings true$", conf, re.M)
+    services = conf.split("listener 1883", 1)[1]
+    assert re.search(r"^password_file /mosquitto/config/passwd-services$", services, re.M)
+    assert re.search(r"^use_username_as_clientid true$", tls, re.M)
+    assert re.search(r"^password_file /mosquitto/config/passwd-devices$", tls, re.M)
+    assert "use_username_as_clientid" not in conf  # services choose their own ids
+    files = {"/mosquitto/config/passwd-services", "/mosquitto/config/passwd-devices"}
+    mounts = {v.split(":")[1] for v in _compose()["services"]["mosquitto"]["volumes"]}
+    assert files <= mounts
+    broker = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-mosquitto")
+    k8s_mounts = {m["mountPath"] for m in broker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert files <= k8s_mounts

@@ -90,7 +90,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
     share = "watchfloor-ingest" if subscription == "shared" else ""
-    ingest = _ingest(pg.url, broker.url, client_id=f"fault-broker-{subscription}-{protocol}",
+    ingest = _ingest(pg.url, broker.url, client_id=f"watchfloor-fault-broker-{subscription}-{protocol}",
                      log=tmp_path / "ingest.log", WATCHFLOOR_MQTT_PROTOCOL=protocol,
                      WATCHFLOOR_INGEST_QUEUE_MAX="500", WATCHFLOOR_INGEST_SHARE_GROUP=share,
                      WATCHFLOOR_METRICS_PORT=str(port)).start()
@@ -210,7 +210,7 @@ def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
             conn.execute("CREATE DATABASE watchfloor")
         db_url = cluster.url("watchfloor")
         # A queue of 20,000 (the default) against the shipped broker's in-flight bound of 10,000.
-        ingest = _ingest(db_url, broker.url, client_id="fault-db", log=tmp_path / "ingest.log",
+        ingest = _ingest(db_url, broker.url, client_id="watchfloor-fault-db", log=tmp_path / "ingest.log",
                          WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_METRICS_PORT=str(port)).start()
         _warm_up(broker.url, db_url, what="ingest subscribed")
         publisher.start()
@@ -269,7 +269,7 @@ def test_one_of_two_workers_killed_the_other_carries_on(pg: Database, mosquitto:
     its share, the broker keeps the dead worker's share for its session, and once that worker
     is back with the same client id every report is stored exactly once."""
     ports = [free_port(), free_port()]
-    workers = [_ingest(pg.url, mosquitto.url, client_id=f"fault-share-{n}", log=tmp_path / f"ingest-{n}.log",
+    workers = [_ingest(pg.url, mosquitto.url, client_id=f"watchfloor-fault-share-{n}", log=tmp_path / f"ingest-{n}.log",
                        WATCHFLOOR_METRICS_PORT=str(ports[n])).start() for n in (0, 1)]
     survivor, victim = workers
     publisher = RoundPublisher(mosquitto.url, prefix="shr", devices=50, rounds=200)

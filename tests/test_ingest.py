@@ -238,8 +238,8 @@ def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: Mosqui
 def test_two_workers_share_the_load_without_duplicates(pg: Database, mosquitto: MosquittoProcess) -> None:
     """Two workers in one $share group split the stream; every message is stored once."""
     messages = _stream(devices=40, reports=50)  # 2,000
-    a = make_settings(ingest_client_id="ingest-a")
-    b = make_settings(ingest_client_id="ingest-b")
+    a = make_settings(ingest_client_id="watchfloor-ingest-a")
+    b = make_settings(ingest_client_id="watchfloor-ingest-b")
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=a) as wa, \
             running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=b) as wb:
         publish_all(mosquitto.url, messages)

@@ -44,7 +44,7 @@ def test_ingest_worker_serves_its_metrics(pg: Database, mosquitto: MosquittoProc
     counts, lag and batch histograms and queue depth, with no device id in any label."""
     port = free_port()
     env = {"WATCHFLOOR_DATABASE_URL": pg.url, "WATCHFLOOR_MQTT_URL": mosquitto.url, "WATCHFLOOR_TIMESCALEDB": "off",
-           "WATCHFLOOR_INGEST_CLIENT_ID": "obs-ingest", "WATCHFLOOR_METRICS_PORT": str(port),
+           "WATCHFLOOR_INGEST_CLIENT_ID": "watchfloor-obs-ingest", "WATCHFLOOR_METRICS_PORT": str(port),
            "WATCHFLOOR_LOG_FORMAT": "json"}
     url = f"http://127.0.0.1:{port}/metrics"
     log = tmp_path / "ingest.log"

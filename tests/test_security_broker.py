@@ -21,14 +21,17 @@ from urllib.parse import quote
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
 
 from core.contract import REGISTRY_TOPIC, Channel, topic_for
+from core.settings import Settings
 from services import audit
 from services.registry import change_announcement
 from telemetry.embedded import free_port
-from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database, wait_for
+from tests.support import make_settings, running_worker, telemetry_payload
 from watchfloor import broker_credentials
-from watchfloor.mosquitto import MosquittoProcess
+from watchfloor.mosquitto import SHIPPED_ACL, MosquittoProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 
@@ -50,6 +53,7 @@ class Broker:
     tls_port: int | None
     ca: Path | None
     secrets: dict[str, str]
+    devices_passwd: Path
 
 
 def _throwaway_ca(where: Path) -> tuple[Path, Path, Path] | None:
@@ -80,27 +84,30 @@ def db() -> Iterator[Database]:
 @pytest.fixture(scope="module")
 def broker(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     pg, tmp_path = db, tmp_path_factory.mktemp("secure-broker")
-    passwd = tmp_path / "passwd"
+    # Two password files, as shipped: devices for the cameras' listener, services for the other.
+    passwd, services_passwd = tmp_path / "passwd-devices", tmp_path / "passwd-services"
     secrets: dict[str, str] = {}
-    for device, borough in (("cam-a", "Westminster"), ("cam-b", "Camden")):
+    for device, borough in (("cam-a", "Westminster"), ("cam-b", "Camden"), ("cam-c", "Camden")):
         out = _watchfloor("devices", "provision", device, "--borough", borough, "--callsign", device.upper(),
                           "--mosquitto-passwd", str(passwd), db=pg)
         secrets[device] = out.stdout.strip().splitlines()[-1]
     for service in ("watchfloor-ingest", "watchfloor-api"):
-        secrets[service] = _watchfloor("broker", "add-user", service, "--mosquitto-passwd", str(passwd),
+        secrets[service] = _watchfloor("broker", "add-user", service, "--mosquitto-passwd", str(services_passwd),
                                        db=pg).stdout.strip()
     certs = _throwaway_ca(tmp_path)
     tls_port = free_port() if certs else None
-    # The shipped TLS listener (conf.d/tls.conf) with the throwaway files in place of /mosquitto/certs.
+    # The shipped cameras' listener (conf.d/tls.conf) with the throwaway files in place of
+    # /mosquitto/certs and the test's password file and the shipped ACL in place of /mosquitto/config.
     tls = [] if certs is None else [
         line.replace("8883 0.0.0.0", f"{tls_port} 127.0.0.1").replace("/mosquitto/certs/ca.crt", str(certs[0]))
         .replace("/mosquitto/certs/server.crt", str(certs[1])).replace("/mosquitto/certs/server.key", str(certs[2]))
+        .replace("/mosquitto/config/passwd-devices", str(passwd)).replace("/mosquitto/config/acl", str(SHIPPED_ACL))
         for line in (Path(__file__).parents[1] / "deploy/mosquitto/conf.d/tls.conf").read_text().splitlines()
         if line.strip() and not line.startswith("#")]
-    process = MosquittoProcess(tmp_path / "mosquitto", password_file=passwd, extra=tls)
+    process = MosquittoProcess(tmp_path / "mosquitto", password_file=services_passwd, extra=tls)
     process.start()
     try:
-        yield Broker(process, tls_port, certs[0] if certs else None, secrets)
+        yield Broker(process, tls_port, certs[0] if certs else None, secrets, passwd)
     finally:
         process.stop()
 
@@ -161,8 +168,20 @@ class Client:
         self.client.loop_stop()
 
 
-def _client(broker: Broker, username: str, **kw: object) -> Client:
-    c = Client(broker.process.port, username, broker.secrets[username], **kw)  # type: ignore[arg-type]
+def _camera_port(broker: Broker) -> int:
+    """The cameras' listener (TLS): the only one where a device account exists."""
+    if broker.tls_port is None:
+        pytest.skip("openssl is not installed")
+    return broker.tls_port
+
+
+def _client(broker: Broker, username: str) -> Client:
+    """``username`` logged in where its kind of account lives: a service on the services'
+    listener, a camera on the cameras' (TLS) listener."""
+    if username.startswith("watchfloor-"):
+        c = Client(broker.process.port, username, broker.secrets[username])
+    else:
+        c = Client(_camera_port(broker), username, broker.secrets[username], ca=broker.ca)
     assert c.rc == 0, f"{username} refused: {c.rc}"
     return c
 
@@ -192,21 +211,23 @@ def test_python_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
 def test_device_publishes_its_own_telemetry_only(broker: Broker) -> None:
     """cam-a's own telemetry reaches ingest; what cam-a publishes as cam-b never does."""
     ingest = _client(broker, "watchfloor-ingest")
-    cam_a = _client(broker, "cam-a")
     try:
         assert ingest.subscribe("watchfloor/v1/devices/+/telemetry") == [1]
+        # Each denial ends its connection; a camera has one client id (its device id), so a
+        # second connection of cam-a would take over the first: deny first, then connect.
         _denied(broker, "cam-a", topic_for("cam-b", Channel.TELEMETRY), b"forged")
         _denied(broker, "cam-a", "watchfloor/v1/alerts", b"forged alert")
         _denied(broker, "cam-a", "watchfloor/v1/registry", b"forged registry change")
         _denied(broker, "cam-a", "watchfloor/v1/devices/cam-a/telemetry/extra", b"below its own topic")
+        cam_a = _client(broker, "cam-a")
         assert cam_a.publish(topic_for("cam-a", Channel.EVENTS), b"own event") == 16  # allowed, no subscriber
         assert cam_a.publish(topic_for("cam-a", Channel.TELEMETRY), b"own") == 0
         got = ingest.received_until(b"own")
         assert got == [(topic_for("cam-a", Channel.TELEMETRY), b"own")]
         time.sleep(0.3)
         assert ingest.messages.empty()
-    finally:
         cam_a.close()
+    finally:
         ingest.close()
 
 
@@ -236,6 +257,7 @@ def test_oversized_messages_never_arrive(broker: Broker) -> None:
 def test_device_reads_only_its_own_commands(broker: Broker) -> None:
     """cam-a, subscribed to every device's commands, receives only its own; a device may not
     send commands or read other devices' telemetry."""
+    _denied(broker, "cam-a", topic_for("cam-b", Channel.COMMANDS), b"command from a device")
     api = _client(broker, "watchfloor-api")
     cam_a = _client(broker, "cam-a")
     cam_b = _client(broker, "cam-b")
@@ -245,7 +267,6 @@ def test_device_reads_only_its_own_commands(broker: Broker) -> None:
         cam_a.subscribe(topic_for("cam-b", Channel.COMMANDS))
         cam_a.subscribe(topic_for("cam-b", Channel.TELEMETRY))
         assert cam_b.subscribe(topic_for("cam-b", Channel.COMMANDS)) == [1]
-        _denied(broker, "cam-a", topic_for("cam-b", Channel.COMMANDS), b"command from a device")
         api.publish(topic_for("cam-b", Channel.COMMANDS), b"for b")
         cam_b.publish(topic_for("cam-b", Channel.TELEMETRY), b"b telemetry")
         api.publish(topic_for("cam-a", Channel.COMMANDS), b"for a")
@@ -260,11 +281,15 @@ def test_device_reads_only_its_own_commands(broker: Broker) -> None:
 
 def test_wrong_unknown_and_anonymous_logins_are_refused(broker: Broker) -> None:
     """A wrong password, another device's secret, an unknown user and no credentials: refused
-    (CONNACK 134 or 135: bad credentials, not authorised)."""
-    port = broker.process.port
-    for username, password in (("cam-a", "wrong"), ("cam-a", broker.secrets["cam-b"]), ("cam-z", "x"),
-                               (None, None)):
-        client = Client(port, username, password)
+    (CONNACK 134 or 135: bad credentials, not authorised); a camera's own secret on the
+    services' listener too (only service accounts exist there)."""
+    cameras = _camera_port(broker)
+    for port, username, password in ((cameras, "cam-a", "wrong"), (cameras, "cam-a", broker.secrets["cam-b"]),
+                                     (cameras, "cam-z", "x"), (cameras, None, None),
+                                     (broker.process.port, "cam-a", broker.secrets["cam-a"]),
+                                     (broker.process.port, "watchfloor-api", "wrong"),
+                                     (broker.process.port, None, None)):
+        client = Client(port, username, password, ca=broker.ca if port == cameras else None)
         try:
             assert client.rc in (134, 135), (username, client.rc)
         finally:
@@ -298,7 +323,7 @@ def test_provisioning_is_audited_and_a_reserved_name_refused(broker: Broker, db:
     with db.connect() as conn:
         rows = conn.execute("SELECT actor, device_id, details::text FROM audit_log WHERE action = 'device_provisioned'"
                             " ORDER BY seq").fetchall()
-        assert [r[1] for r in rows] == ["cam-a", "cam-b"]
+        assert [r[1] for r in rows] == ["cam-a", "cam-b", "cam-c"]
         assert all(r[0].startswith("cli") for r in rows)
         assert not any(broker.secrets["cam-a"] in r[2] for r in rows)
         assert audit.verify(conn).ok
@@ -308,11 +333,106 @@ def test_provisioning_is_audited_and_a_reserved_name_refused(broker: Broker, db:
     assert result.returncode != 0 and "service" in result.stderr
 
 
+class _Camera:
+    """A camera on MQTT 3.1.1 that counts its connections and the broker's PUBACKs (paho
+    reconnects by itself, as a camera's firmware would)."""
+
+    def __init__(self, broker: Broker, port: int, username: str, *, client_id: str, clean: bool = True) -> None:
+        self.connects: queue.Queue[int] = queue.Queue()
+        self.disconnects = 0
+        self.acked: set[int] = set()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                                  clean_session=clean)
+        self.client.username_pw_set(username, broker.secrets[username])
+        if port == broker.tls_port:
+            self.client.tls_set(ca_certs=str(broker.ca), cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.client.on_connect = lambda c, u, f, rc, p: self.connects.put(rc.value)
+        self.client.on_disconnect = lambda c, u, f, rc, p: setattr(self, "disconnects", self.disconnects + 1)
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acked.add(mid)
+        self.client.connect_async("127.0.0.1", port)
+        self.client.loop_start()
+        self.rc = self.connects.get(timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize("listener", ["cameras", "services"])
+@pytest.mark.parametrize("victim", ["another camera", "ingest"])
+def test_a_camera_cannot_take_over_another_client_id(broker: Broker, db: Database, listener: str,
+                                                     victim: str) -> None:
+    """cam-a connects (and keeps reconnecting, clean_session=false) with cam-c's client id or
+    the ingest worker's, on the cameras' listener or the services', while cam-c publishes QoS 1
+    telemetry: every message the broker acknowledged to cam-c is stored exactly once, and
+    neither cam-c's connection nor the worker's session is ever taken over."""
+    if broker.tls_port is None:
+        pytest.skip("openssl is not installed")
+    ingest_id = "watchfloor-ingest-1"  # the documented id; every case resumes the same session
+    settings = make_settings(ingest_client_id=ingest_id, ingest_share_group="watchfloor-ingest",
+                             mqtt_protocol="3.1.1")
+    secret = quote(broker.secrets["watchfloor-ingest"], safe="")
+    as_ingest = f"mqtt://watchfloor-ingest:{secret}@127.0.0.1:{broker.process.port}"
+    base = int(uuid.uuid4().int % 1_000_000) * 1000
+    with running_worker(database_url=db.url, mqtt_url=as_ingest, settings=settings) as worker:
+        connections = worker.broker_connections
+        cam_c = _Camera(broker, broker.tls_port, "cam-c", client_id="cam-c")
+        assert cam_c.rc == 0
+        port = broker.tls_port if listener == "cameras" else broker.process.port
+        attacker = _Camera(broker, port, "cam-a", client_id="cam-c" if victim == "another camera" else ingest_id,
+                           clean=False)
+        # On the services' listener no device account exists: the camera's login is refused.
+        assert (attacker.rc == 0) == (listener == "cameras"), attacker.rc
+        try:
+            seqs = range(base, base + 300)
+            mids: dict[int, int] = {}
+            for seq in seqs:
+                info = cam_c.client.publish(topic_for("cam-c", Channel.TELEMETRY), telemetry_payload(seq), qos=1)
+                mids[info.mid] = seq
+                time.sleep(0.01)  # pacing, not waiting: spread over seconds while the attacker reconnects
+        finally:
+            attacker.close()
+        sentinel = base + 999
+        cam_c.client.publish(topic_for("cam-c", Channel.TELEMETRY), telemetry_payload(sentinel), qos=1)
+        stored_sentinel = "SELECT count(*) FROM telemetry WHERE device_id = 'cam-c' AND seq = %s"
+        wait_for(lambda: db.scalar(stored_sentinel, (sentinel,)), what="cam-c's last message stored")
+        disconnected, reconnected = cam_c.disconnects, not cam_c.connects.empty()
+        cam_c.close()
+        acked = {mids[m] for m in cam_c.acked if m in mids}
+        with db.connect() as conn:
+            counts = dict(conn.execute("SELECT seq, count(*) FROM telemetry WHERE device_id = 'cam-c' AND "
+                                       "seq BETWEEN %s AND %s GROUP BY seq", (base, base + 299)).fetchall())
+        assert acked, "the broker acknowledged nothing"
+        lost = sorted(acked - set(counts))
+        assert not lost, f"{len(lost)} of {len(acked)} acknowledged messages never stored"
+        assert set(counts.values()) == {1}
+        assert worker.broker_connections == connections and worker.broker_connected, "ingest's session was taken"
+        assert not disconnected and not reconnected, "cam-c was disconnected"
+
+
+def test_service_client_ids_stay_out_of_the_devices_namespace(broker: Broker) -> None:
+    """Client ids are one namespace across Mosquitto's listeners: a service client named like a
+    device (here cam-a) loses its connection when that camera logs in. So a worker's client id
+    must start with watchfloor-, which no device id may: the settings refuse any other."""
+    named_like_a_camera = _Camera(broker, broker.process.port, "watchfloor-api", client_id="cam-a")
+    try:
+        assert named_like_a_camera.rc == 0
+        camera = _client(broker, "cam-a")
+        wait_for(lambda: named_like_a_camera.disconnects, what="the service client to be taken over")
+        camera.close()
+    finally:
+        named_like_a_camera.close()
+    with pytest.raises(ValidationError):
+        Settings(ingest_client_id="ingest-1")
+    assert Settings(ingest_client_id="watchfloor-ingest-2").ingest_client_id == "watchfloor-ingest-2"
+
+
 def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:
     """`watchfloor devices retire` revokes the secret and removes the broker entry: after a
     reload (SIGHUP) the camera is refused; the act is audited, and announced to the API
     processes (as the API's broker account). Runs last: it retires cam-b."""
-    passwd = Path(str(broker.process.conf.read_text().split("password_file ")[1].split()[0]))
+    passwd = broker.devices_passwd
     api = _client(broker, "watchfloor-api")
     try:
         assert api.subscribe(REGISTRY_TOPIC) == [1]
@@ -328,7 +448,7 @@ def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) ->
     broker.process.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     while True:
-        client = Client(broker.process.port, "cam-b", broker.secrets["cam-b"])
+        client = Client(_camera_port(broker), "cam-b", broker.secrets["cam-b"], ca=broker.ca)
         client.close()
         if client.rc in (134, 135) or time.monotonic() > deadline:
             break

@@ -4,9 +4,12 @@ Tests and benchmarks use this instead of the machine's broker: the machine's sto
 configuration drops QoS 1 messages under load, and "nothing lost" must be shown against
 the configuration the product ships (deploy/mosquitto/mosquitto.conf). Only the listener,
 the file locations and authentication are replaced: anonymous access by default, or the
-shipped ACL with a password file (``password_file=``) to test authentication itself. The
-TLS listener (deploy/mosquitto/conf.d, included by ``include_dir``) is left out; pass its
-lines in ``extra`` with throwaway certificates to test it.
+shipped ACL with a password file (``password_file=``, the services' accounts) to test
+authentication itself. The shipped configuration sets ``per_listener_settings true``, so
+these options apply to the one listener written here (the services' listener). The
+cameras' TLS listener (deploy/mosquitto/conf.d, included by ``include_dir``) is left out;
+pass its lines in ``extra``, with throwaway certificates and the devices' password file, to
+test it (tests/test_security_broker.py).
 """
 
 from __future__ import annotations

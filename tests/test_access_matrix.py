@@ -116,6 +116,16 @@ def _fresh_device(world: World, borough: str) -> dict[str, Any]:
     return {"device_id": world.device(borough)}
 
 
+def _new_device_id(world: World, borough: str) -> dict[str, Any]:
+    return {"device_id": f"m-new-{next(world.counter)}"}
+
+
+def _retired_device(world: World, borough: str) -> dict[str, Any]:
+    device_id = world.device(borough)
+    world.sql("UPDATE devices SET retired_at = now() WHERE device_id = %s", (device_id,))
+    return {"device_id": device_id}
+
+
 def _fresh_alert(world: World, borough: str) -> dict[str, Any]:
     return {"alert_id": world.alert(borough)}
 
@@ -138,7 +148,7 @@ def _live_view_request(world: World, borough: str) -> dict[str, Any]:
 
 CASES: list[Case] = [
     case("GET", "/api/v1/devices", SEES_DEVICES, {200}, area_scoped=False),
-    case("POST", "/api/v1/devices", {ADMIN}, {201}, prepare=_fresh_device, body=_device_body),
+    case("POST", "/api/v1/devices", {ADMIN}, {201}, prepare=_new_device_id, body=_device_body),
     case("GET", "/api/v1/devices/{device_id}", SEES_DEVICES, {200}),
     case("PUT", "/api/v1/devices/{device_id}", {ADMIN}, {200}, prepare=_fresh_device, body=_device_body),
     case("GET", "/api/v1/devices/{device_id}/track", SEES_POSITIONS, {200}),
@@ -146,6 +156,7 @@ CASES: list[Case] = [
     case("GET", "/api/v1/devices/{device_id}/health", SEES_DEVICES, {200}),
     case("GET", "/api/v1/fleet/summary", SEES_DEVICES, {200}, area_scoped=False),
     case("POST", "/api/v1/devices/{device_id}/retire", {ADMIN}, {200}, prepare=_fresh_device),
+    case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
     case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),
     case("POST", "/api/v1/alerts/{alert_id}/acknowledge", HANDLES, {200}, prepare=_fresh_alert),
     case("POST", "/api/v1/alerts/{alert_id}/resolve", HANDLES, {200}, prepare=_fresh_alert,

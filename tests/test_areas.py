@@ -1,0 +1,117 @@
+"""Least privilege by area, through the real API on the real database: a caller limited to
+Westminster can neither read nor change anything of Camden's, whether the route is a list,
+a detail, a registry write, an incident or a geofence alert; and an area is one of the
+force's, never free text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from services.accounts import Role, add_user
+from services.registry import DeviceRecord, upsert_devices
+from tests.api_support import PASSWORD, api_on_machine, client
+from tests.conftest import Database
+from tests.support import make_settings
+
+USERS: dict[str, tuple[Role, list[str]]] = {
+    "admin-west": (Role.ADMIN, ["Westminster"]),
+    "op-west": (Role.OPERATOR, ["Westminster"]),
+    "afo-west": (Role.FIREARMS_COMMANDER, ["Westminster"]),
+    "audit-west": (Role.AUDITOR, ["Westminster"]),
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Database, str]]:
+    def seed(conn: psycopg.Connection) -> None:
+        for name, (role, areas) in USERS.items():
+            add_user(conn, username=name, password=PASSWORD, role=role, areas=areas)
+
+    settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000)
+    with api_on_machine(tmp_path_factory, settings=settings, seed=seed) as (db, server):
+        yield db, server.base
+
+
+def _register(db: Database, *records: DeviceRecord) -> None:
+    with db.connect() as conn:
+        upsert_devices(conn, records)
+
+
+def _row(db: Database, query: str, params: tuple[Any, ...]) -> Any:
+    with db.connect() as conn:
+        return conn.execute(query, params).fetchone()
+
+
+def _body(device_id: str, borough: str, officer: str = "PC Moved") -> dict[str, Any]:
+    return {"device_id": device_id, "callsign": "ZZ9", "officer": officer, "borough": borough, "role": "response"}
+
+
+def test_a_westminster_admin_cannot_take_a_camden_device(world: tuple[Database, str]) -> None:
+    """POST with a Camden device's id no longer moves it into Westminster (409: the id is
+    taken, nothing written); PUT on it is a 404, as is a move of one's own device to Camden;
+    nothing of the Camden device changes."""
+    db, base = world
+    _register(db, DeviceRecord("ar-ca-1", "CA1", "PC Camden", "Camden", "response"),
+              DeviceRecord("ar-we-1", "WE1", "PC West", "Westminster", "response"))
+    with client(base, "admin-west") as admin:
+        assert admin.post("/api/v1/devices", json=_body("ar-ca-1", "Westminster")).status_code == 409
+        assert admin.put("/api/v1/devices/ar-ca-1", json=_body("ar-ca-1", "Westminster")).status_code == 404
+        assert admin.put("/api/v1/devices/ar-we-1", json=_body("ar-we-1", "Camden")).status_code == 404
+        assert admin.post("/api/v1/devices", json=_body("ar-new-1", "Camden")).status_code == 404
+        assert admin.get("/api/v1/devices/ar-ca-1").status_code == 404
+    assert _row(db, "SELECT borough, officer FROM devices WHERE device_id = 'ar-ca-1'", ()) == ("Camden", "PC Camden")
+    assert _row(db, "SELECT borough FROM devices WHERE device_id = 'ar-we-1'", ()) == ("Westminster",)
+    assert _row(db, "SELECT count(*) FROM devices WHERE device_id = 'ar-new-1'", ()) == (0,)
+
+
+def test_registering_or_updating_never_unretires(world: tuple[Database, str]) -> None:
+    """A retired device stays retired through POST (409) and PUT; only POST .../reactivate
+    brings it back, for an admin whose area covers it, and that act is in the audit log."""
+    db, base = world
+    _register(db, DeviceRecord("ar-we-ret", "WE2", "PC Gone", "Westminster", "response"),
+              DeviceRecord("ar-ca-ret", "CA2", "PC Gone", "Camden", "response"))
+    with db.connect() as conn:
+        conn.execute("UPDATE devices SET retired_at = now() WHERE device_id IN ('ar-we-ret', 'ar-ca-ret')")
+    with client(base, "admin-west") as admin:
+        assert admin.post("/api/v1/devices", json=_body("ar-we-ret", "Westminster")).status_code == 409
+        assert admin.put("/api/v1/devices/ar-we-ret", json=_body("ar-we-ret", "Westminster")).status_code == 200
+        assert _row(db, "SELECT retired_at IS NOT NULL FROM devices WHERE device_id = 'ar-we-ret'", ()) == (True,)
+        assert admin.post("/api/v1/devices/ar-ca-ret/reactivate").status_code == 404
+        back = admin.post("/api/v1/devices/ar-we-ret/reactivate")
+        assert back.status_code == 200 and back.json()["retired_at"] is None
+        assert admin.post("/api/v1/devices/ar-we-ret/reactivate").status_code == 409  # not retired any more
+    assert _row(db, "SELECT retired_at IS NOT NULL FROM devices WHERE device_id = 'ar-ca-ret'", ()) == (True,)
+    assert _row(db, "SELECT actor, details->>'borough' FROM audit_log WHERE action = 'device_reactivated'"
+                    " AND device_id = 'ar-we-ret'", ()) == ("admin-west", "Westminster")
+
+
+def test_provisioning_a_retired_device_needs_reactivate(world: tuple[Database, str]) -> None:
+    """`watchfloor devices provision` keeps its meaning (register or update, and a new secret),
+    but a retired device comes back only with --reactivate, and that is in the audit log."""
+    import os
+    import subprocess
+    import sys
+
+    db, _ = world
+    _register(db, DeviceRecord("ar-cli-ret", None, None, "Westminster", "response"))
+    with db.connect() as conn:
+        conn.execute("UPDATE devices SET retired_at = now() WHERE device_id = 'ar-cli-ret'")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")},
+           "WATCHFLOOR_DATABASE_URL": db.url}
+
+    def provision(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "watchfloor", "devices", "provision", "ar-cli-ret",
+                               "--borough", "Westminster", *extra], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    refused = provision()
+    assert refused.returncode != 0 and "--reactivate" in refused.stderr
+    assert _row(db, "SELECT retired_at IS NOT NULL FROM devices WHERE device_id = 'ar-cli-ret'", ()) == (True,)
+    assert provision("--reactivate").returncode == 0
+    assert _row(db, "SELECT retired_at IS NULL FROM devices WHERE device_id = 'ar-cli-ret'", ()) == (True,)
+    assert _row(db, "SELECT count(*) FROM audit_log WHERE action = 'device_reactivated'"
+                    " AND device_id = 'ar-cli-ret'", ()) == (1,)

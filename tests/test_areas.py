@@ -115,3 +115,40 @@ def test_provisioning_a_retired_device_needs_reactivate(world: tuple[Database, s
     assert _row(db, "SELECT retired_at IS NULL FROM devices WHERE device_id = 'ar-cli-ret'", ()) == (True,)
     assert _row(db, "SELECT count(*) FROM audit_log WHERE action = 'device_reactivated'"
                     " AND device_id = 'ar-cli-ret'", ()) == (1,)
+
+
+def _incident_with(db: Database, borough: str, devices: list[str]) -> int:
+    with db.connect() as conn:
+        row = conn.execute("INSERT INTO incidents (title, lat, lon, radius_m, borough, created_by)"
+                           " VALUES ('areas', 51.5, -0.13, 200, %s, 'setup') RETURNING id", (borough,)).fetchone()
+        assert row is not None
+        for device in devices:
+            conn.execute("INSERT INTO incident_units (incident_id, device_id, assigned_by) VALUES (%s, %s, 'setup')",
+                         (row[0], device))
+        conn.execute("INSERT INTO device_latest (device_id, ts, lat, lon, recording, online)"
+                     " SELECT device_id, now(), 51.5, -0.13, 'recording', true FROM unnest(%s::text[]) AS device_id"
+                     " ON CONFLICT DO NOTHING", (devices,))
+    return int(row[0])
+
+
+def test_an_incident_shows_out_of_area_units_only_as_a_count(world: tuple[Database, str]) -> None:
+    """A Westminster incident with a Camden unit assigned: a Westminster-only operator sees its
+    own unit in full and the Camden one only in ``units_outside_area`` (no officer, position or
+    recording state), and cannot unassign it (404); a Westminster-only firearms commander, who
+    may already watch that unit live (the documented rule), sees it, but cannot unassign it either."""
+    db, base = world
+    _register(db, DeviceRecord("ar-inc-we", "WE5", "PC West", "Westminster", "response"),
+              DeviceRecord("ar-inc-ca", "CA5", "PC Camden Five", "Camden", "firearms"))
+    incident = _incident_with(db, "Westminster", ["ar-inc-we", "ar-inc-ca"])
+    with client(base, "op-west") as op, client(base, "afo-west") as afo:
+        seen = op.get(f"/api/v1/incidents/{incident}")
+        assert seen.status_code == 200
+        assert [u["device_id"] for u in seen.json()["units"]] == ["ar-inc-we"]
+        assert seen.json()["units_outside_area"] == 1
+        assert "ar-inc-ca" not in seen.text and "PC Camden Five" not in seen.text and "Camden" not in seen.text
+        assert op.delete(f"/api/v1/incidents/{incident}/units/ar-inc-ca").status_code == 404
+        commander = afo.get(f"/api/v1/incidents/{incident}").json()
+        assert sorted(u["device_id"] for u in commander["units"]) == ["ar-inc-ca", "ar-inc-we"]
+        assert commander["units_outside_area"] == 0
+        assert afo.delete(f"/api/v1/incidents/{incident}/units/ar-inc-ca").status_code == 404
+    assert _row(db, "SELECT count(*) FROM incident_units WHERE incident_id = %s", (incident,)) == (2,)

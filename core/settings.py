@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
+    # An incident's area is a circle of at most this radius: its geofence alerts every unit
+    # inside, so a city-wide circle would page the whole force.
+    incident_max_radius_m: float = Field(default=2_000.0, ge=10, le=50_000)
 
     # External identity provider (OIDC): its RS256/ES256 JWTs are accepted beside local
     # tokens when issuer, audience and a JWKS (URL or file) are set. Role and areas come from

@@ -152,3 +152,29 @@ def test_an_incident_shows_out_of_area_units_only_as_a_count(world: tuple[Databa
         assert commander["units_outside_area"] == 0
         assert afo.delete(f"/api/v1/incidents/{incident}/units/ar-inc-ca").status_code == 404
     assert _row(db, "SELECT count(*) FROM incident_units WHERE incident_id = %s", (incident,)) == (2,)
+
+
+def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Database, str]) -> None:
+    """A Westminster-only operator cannot draw a 50 km incident (422 naming the limit, nothing
+    stored); the incident it may draw raises geofence alerts for Westminster's units inside
+    its circle only, not for a Camden unit standing next to them."""
+    from telemetry.alerts import evaluate_incidents
+
+    db, base = world
+    _register(db, DeviceRecord("ar-geo-we", None, None, "Westminster", "response"),
+              DeviceRecord("ar-geo-ca", None, None, "Camden", "response"))
+    with db.connect() as conn:
+        conn.execute("INSERT INTO device_latest (device_id, ts, lat, lon, gps_fix, recording, online)"
+                     " VALUES ('ar-geo-we', now(), 51.6001, -0.2, true, 'recording', true),"
+                     " ('ar-geo-ca', now(), 51.6002, -0.2, true, 'recording', true)")
+    body = {"title": "areas", "lat": 51.6, "lon": -0.2, "borough": "Westminster"}
+    with client(base, "op-west") as op:
+        huge = op.post("/api/v1/incidents", json={**body, "radius_m": 50_000})
+        assert huge.status_code == 422 and "2000" in huge.json()["error"]["message"]
+        assert op.post("/api/v1/incidents", json={**body, "radius_m": 300}).status_code == 201
+    with db.connect() as conn:
+        assert _row(db, "SELECT count(*) FROM incidents WHERE radius_m > 2000", ()) == (0,)
+        evaluate_incidents(conn, ["ar-geo-we", "ar-geo-ca"])
+    geofenced = _row(db, "SELECT array_agg(device_id ORDER BY device_id) FROM alerts WHERE kind = 'geofence'"
+                         " AND device_id LIKE 'ar-geo-%%'", ())
+    assert geofenced == (["ar-geo-we"],)

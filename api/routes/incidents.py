@@ -33,7 +33,8 @@ class IncidentIn(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(ge=1, le=50_000, description="the incident area: a circle around (lat, lon), metres")
+    radius_m: float = Field(gt=0, description="the incident area: a circle around (lat, lon), metres, at most"
+                                              " WATCHFLOOR_INCIDENT_MAX_RADIUS_M (default 2,000)")
     borough: str | None = Field(default=None, max_length=64)
 
 
@@ -109,9 +110,12 @@ def _device_in_area(db: Db, device_id: str, who: Principal) -> None:
 
 
 @router.post("", response_model=Incident, status_code=201)
-def create(body: IncidentIn, db: Db, who: Commander) -> Incident:
+def create(body: IncidentIn, request: Request, db: Db, who: Commander) -> Incident:
     if not who.covers(body.borough):
         raise InvalidRequest("the incident's borough is outside your area")
+    limit: float = request.app.state.settings.incident_max_radius_m
+    if body.radius_m > limit:
+        raise InvalidRequest(f"radius_m {body.radius_m:g} is over the limit of {limit:g} m")
     return Incident(**incidents.create(db, title=body.title, lat=body.lat, lon=body.lon, radius_m=body.radius_m,
                                        borough=body.borough, by=who.username))
 

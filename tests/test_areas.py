@@ -178,3 +178,51 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
     geofenced = _row(db, "SELECT array_agg(device_id ORDER BY device_id) FROM alerts WHERE kind = 'geofence'"
                          " AND device_id LIKE 'ar-geo-%%'", ())
     assert geofenced == (["ar-geo-we"],)
+
+
+def _cli(db: Database, *args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")},
+           "WATCHFLOOR_DATABASE_URL": db.url}
+    return subprocess.run([sys.executable, "-m", "watchfloor", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_an_unknown_area_is_refused_everywhere_it_is_written(world: tuple[Database, str]) -> None:
+    """"Westminstr" is no borough: registering or moving a device there, an incident there, a
+    user with that area (CLI) and provisioning a device there (CLI) are refused with the name,
+    and nothing is written."""
+    db, base = world
+    _register(db, DeviceRecord("ar-typo-1", None, None, "Westminster", "response"))
+    with client(base, "admin-west") as admin, client(base, "op-west") as op:
+        for response in (admin.post("/api/v1/devices", json=_body("ar-typo-2", "Westminstr")),
+                         admin.put("/api/v1/devices/ar-typo-1", json=_body("ar-typo-1", "Westminstr")),
+                         op.post("/api/v1/incidents", json={"title": "typo", "lat": 51.5, "lon": -0.13,
+                                                            "radius_m": 100, "borough": "Westminstr"})):
+            assert response.status_code == 422, response.text
+            assert "'Westminstr'" in response.json()["error"]["message"]
+    users = _cli(db, "users", "add", "typo-user", "--role", "operator", "--areas", "Camden,Westminstr",
+                 "--password", "a long enough password")
+    assert users.returncode != 0 and "'Westminstr'" in users.stderr
+    provisioned = _cli(db, "devices", "provision", "ar-typo-3", "--borough", "Westminstr")
+    assert provisioned.returncode != 0 and "'Westminstr'" in provisioned.stderr
+    assert _row(db, "SELECT count(*) FROM devices WHERE borough = 'Westminstr'", ()) == (0,)
+    assert _row(db, "SELECT count(*) FROM incidents WHERE borough = 'Westminstr'", ()) == (0,)
+    assert _row(db, "SELECT count(*) FROM users WHERE username = 'typo-user'", ()) == (0,)
+    assert _cli(db, "users", "add", "fine-user", "--role", "operator", "--areas", "Camden, City of London",
+                "--password", "a long enough password").returncode == 0
+
+
+def test_the_force_areas_are_londons_boroughs_and_the_city() -> None:
+    """The default list is the 33 names of the borough outlines the map and the simulator use."""
+    import json
+    from importlib import resources
+
+    from core.areas import LONDON_AREAS
+
+    outlines = json.loads(resources.files("simulator").joinpath("london-boroughs.geojson").read_text())
+    assert {f["properties"]["name"] for f in outlines["features"]} == LONDON_AREAS
+    assert len(LONDON_AREAS) == 33

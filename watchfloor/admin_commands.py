@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 import psycopg
 
+from core.areas import unknown_areas
 from core.contract import REGISTRY_TOPIC
 from core.mqtt import publish_all
 from core.settings import Settings
@@ -69,6 +70,9 @@ def _announce(settings: Settings, device_id: str, change: str) -> None:
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     from services import audit
 
+    unknown = unknown_areas([args.borough], settings.force_areas())
+    if unknown:
+        sys.exit(f"cannot provision {args.device_id}: unknown area {unknown[0]!r}: not one of the force's areas")
     record = DeviceRecord(args.device_id, args.callsign, args.officer, args.borough, args.role)
     passwd: Path | None = args.mosquitto_passwd
     with psycopg.connect(_database(settings)) as conn:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from api.areas import ForceAreas, check_known
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
@@ -139,7 +140,8 @@ def _record(device_id: str, body: DeviceIn) -> DeviceRecord:
 
 @router.post("/devices", response_model=Unit, status_code=201, summary="Register a new device",
              responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def register(body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
+def register(body: DeviceIn, db: Db, who: Admin, request: Request, areas: ForceAreas) -> Unit:
+    check_known([body.borough], areas)
     _in_area(who, body.borough)
     # Creating never changes an existing device (nor un-retires one): that is PUT, or reactivate.
     if not create_device(db, record=_record(body.device_id, body)):
@@ -168,9 +170,10 @@ def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str, *, prev
 
 @router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}},
             summary="Change a registered device (its borough too, within your area)")
-def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
+def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Request, areas: ForceAreas) -> Unit:
     if body.device_id != device_id:
         raise InvalidRequest("the body's device_id must match the path")
+    check_known([body.borough], areas)
     # Both ends of a move: the borough it is in now and the one it goes to.
     entry = _locked(db, device_id, who)
     _in_area(who, body.borough)

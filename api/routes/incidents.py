@@ -10,6 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.areas import ForceAreas, check_known
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
@@ -110,7 +111,8 @@ def _device_in_area(db: Db, device_id: str, who: Principal) -> None:
 
 
 @router.post("", response_model=Incident, status_code=201)
-def create(body: IncidentIn, request: Request, db: Db, who: Commander) -> Incident:
+def create(body: IncidentIn, request: Request, db: Db, who: Commander, areas: ForceAreas) -> Incident:
+    check_known([body.borough], areas)
     if not who.covers(body.borough):
         raise InvalidRequest("the incident's borough is outside your area")
     limit: float = request.app.state.settings.incident_max_radius_m

@@ -92,6 +92,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                   description="Fleet state, history and alerts of body-worn cameras, and the live feed "
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
+    app.state.settings = settings  # for routes whose limits are the force's (e.g. an incident's radius)
+    app.state.areas = settings.force_areas()  # every borough written must be one of these
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
                                    oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))
     errors.install(app)

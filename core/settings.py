@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.areas import load_areas
 from core.contract import SERVICE_PREFIX
 
 __all__ = ["Settings"]
@@ -74,6 +75,12 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
+    # An incident's area is a circle of at most this radius: its geofence alerts every unit
+    # inside, so a city-wide circle would page the whole force.
+    incident_max_radius_m: float = Field(default=2_000.0, ge=10, le=50_000)
+    # The force's areas, one name a line (core/areas.py); unset: the 32 London boroughs and the
+    # City of London. Every borough or area written (registry, users, incidents) must be one.
+    areas_file: Path | None = None
 
     # External identity provider (OIDC): its RS256/ES256 JWTs are accepted beside local
     # tokens when issuer, audience and a JWKS (URL or file) are set. Role and areas come from
@@ -140,6 +147,10 @@ class Settings(BaseSettings):
     timescaledb: str = Field(default="auto", pattern="^(auto|off|require)$")
     retention_days: int = Field(default=30, ge=1)
     compress_after_days: int = Field(default=2, ge=1)
+
+    def force_areas(self) -> frozenset[str]:
+        """The areas a borough may name (``areas_file``, or London's); read once at start-up."""
+        return load_areas(self.areas_file)
 
     def signing_secret(self) -> str:
         """The token-signing secret; refuses to run without a strong one."""

@@ -41,7 +41,7 @@ ACTIONS = frozenset({
     "viewing_started", "viewing_ended", "viewing_refused",
     "alert_acknowledged", "alert_resolved",
     "export",
-    "device_provisioned", "device_registered", "device_retired",
+    "device_provisioned", "device_registered", "device_retired", "device_reactivated",
     "user_changed",
 })
 

@@ -13,7 +13,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.contract import SERVICE_PREFIX
 
-__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "change_announcement", "provision_device", "revoke_device_secret",
+__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "RegistryEntry", "change_announcement", "create_device",
+           "lock_device", "provision_device", "reactivate_device", "revoke_device_secret", "update_device",
            "upsert_devices", "verify_device_secret"]
 
 _SECRET_BYTES = 32
@@ -33,17 +34,64 @@ class DeviceRecord:
     role: str
 
 
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A device as the registry holds it, before any area check."""
+
+    borough: str | None
+    retired: bool
+
+
 def upsert_devices(conn: psycopg.Connection, devices: Iterable[DeviceRecord]) -> int:
-    """Register or update devices (un-retiring them) in the caller's transaction."""
+    """Register or update devices in the caller's transaction: for trusted tools (the demo's
+    and the simulator's seeding, ``watchfloor devices provision``), which check nothing. A
+    retired device stays retired: bringing one back is :func:`reactivate_device`, an act of
+    its own on the record, never a side effect of registering."""
     rows = [(d.device_id, d.callsign, d.officer, d.borough, d.role) for d in devices]
     conn.cursor().executemany(
         "INSERT INTO devices (device_id, callsign, officer, borough, role) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (device_id) DO UPDATE SET callsign = EXCLUDED.callsign,"
         " officer = EXCLUDED.officer, borough = EXCLUDED.borough, role = EXCLUDED.role,"
-        " auto_registered = false, retired_at = NULL",
+        " auto_registered = false",
         rows,
     )
     return len(rows)
+
+
+def lock_device(conn: psycopg.Connection, *, device_id: str) -> RegistryEntry | None:
+    """The device's current registry entry, locked until the caller's transaction ends, so
+    that an area check on it still holds when the write that follows runs. None if unknown."""
+    row = conn.execute("SELECT borough, retired_at IS NOT NULL FROM devices WHERE device_id = %s FOR UPDATE",
+                       (device_id,)).fetchone()
+    return None if row is None else RegistryEntry(row[0], bool(row[1]))
+
+
+def create_device(conn: psycopg.Connection, *, record: DeviceRecord) -> bool:
+    """Register a new device. False (and nothing written) if the id is already registered,
+    retired or not: creating never touches an existing device."""
+    cursor = conn.execute(
+        "INSERT INTO devices (device_id, callsign, officer, borough, role) VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (device_id) DO NOTHING",
+        (record.device_id, record.callsign, record.officer, record.borough, record.role))
+    return cursor.rowcount > 0
+
+
+def update_device(conn: psycopg.Connection, *, record: DeviceRecord) -> bool:
+    """Change a registered device's callsign, officer, borough and role; whether it is retired
+    does not change. False if the id is unknown."""
+    cursor = conn.execute(
+        "UPDATE devices SET callsign = %s, officer = %s, borough = %s, role = %s, auto_registered = false"
+        " WHERE device_id = %s",
+        (record.callsign, record.officer, record.borough, record.role, record.device_id))
+    return cursor.rowcount > 0
+
+
+def reactivate_device(conn: psycopg.Connection, *, device_id: str) -> bool:
+    """Bring a retired device back into the fleet. True if it was retired. Its revoked secret
+    stays revoked: it connects again only once provisioned with a new one."""
+    cursor = conn.execute("UPDATE devices SET retired_at = NULL WHERE device_id = %s AND retired_at IS NOT NULL",
+                          (device_id,))
+    return cursor.rowcount > 0
 
 
 def _hasher() -> PasswordHasher:

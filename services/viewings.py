@@ -219,10 +219,15 @@ def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:
                       " ORDER BY started_at", (device_id,))
 
 
-def viewings(conn: psycopg.Connection, *, device_id: str | None, viewer: str | None, limit: int) -> list[Row]:
-    """Viewing sessions and refusals, newest first."""
-    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions"
-                      " WHERE (%(device)s::text IS NULL OR device_id = %(device)s)"
+def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, device_id: str | None,
+             viewer: str | None, limit: int) -> list[Row]:
+    """Viewing sessions and refusals of devices within ``boroughs`` (None: all), newest first.
+    Who watched a unit and why is about that unit: its borough decides who may read it."""
+    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions v"
+                      " WHERE (%(areas)s::text[] IS NULL OR EXISTS (SELECT 1 FROM devices d"
+                      "        WHERE d.device_id = v.device_id AND d.borough = ANY(%(areas)s)))"
+                      " AND (%(device)s::text IS NULL OR device_id = %(device)s)"
                       " AND (%(viewer)s::text IS NULL OR viewer = %(viewer)s)"
                       " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
-                {"device": device_id, "viewer": viewer, "limit": limit})
+                {"areas": None if boroughs is None else sorted(boroughs), "device": device_id, "viewer": viewer,
+                 "limit": limit})

@@ -173,6 +173,10 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules) ->
 _DISTANCE_M = ("sqrt(power((l.lat - i.lat) * 111320.0, 2)"
                " + power((l.lon - i.lon) * 111320.0 * cos(radians(i.lat)), 2))")
 
+# Whose units an incident's geofence alerts: those of its borough (the creator's area), or
+# every borough's for an incident without one, which only an all-areas caller can create.
+_IN_INCIDENT_AREA = "(i.borough IS NULL OR d.borough = i.borough)"
+
 
 def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -> list[dict[str, Any]]:
     """Geofence (a unit entering or leaving an open incident's area) and assigned firearms
@@ -186,11 +190,12 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -
         scope = "true" if device_ids is None else "l.device_id = ANY(%(ids)s)"
         params = {"ids": device_ids}
         changes: list[dict[str, Any]] = []
-        # Left: was inside, now outside (with a fix), or the incident closed.
+        # Left: was inside, now outside (with a fix) or moved to another borough, or the incident closed.
         cur.execute(
-            "DELETE FROM incident_presence p USING device_latest l, incidents i"
-            f" WHERE p.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
-            f" AND (i.status <> 'open' OR (l.gps_fix AND {_DISTANCE_M} > i.radius_m)) RETURNING p.device_id", params)
+            "DELETE FROM incident_presence p USING device_latest l, devices d, incidents i"
+            f" WHERE p.device_id = l.device_id AND d.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
+            f" AND (i.status <> 'open' OR (l.gps_fix AND {_DISTANCE_M} > i.radius_m) OR NOT {_IN_INCIDENT_AREA})"
+            " RETURNING p.device_id", params)
         left = sorted({r["device_id"] for r in cur.fetchall()})
         if left:
             cur.execute("UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
@@ -201,8 +206,10 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -
         # Entered: inside now, not before.
         cur.execute(
             "INSERT INTO incident_presence (incident_id, device_id, entered_at)"
-            " SELECT i.id, l.device_id, l.ts FROM device_latest l JOIN incidents i ON i.status = 'open'"
-            f" WHERE {scope} AND l.gps_fix AND {_DISTANCE_M} <= i.radius_m ORDER BY i.id, l.device_id"
+            " SELECT i.id, l.device_id, l.ts FROM device_latest l JOIN devices d USING (device_id)"
+            " JOIN incidents i ON i.status = 'open'"
+            f" WHERE {scope} AND l.gps_fix AND {_DISTANCE_M} <= i.radius_m AND {_IN_INCIDENT_AREA}"
+            " ORDER BY i.id, l.device_id"
             " ON CONFLICT DO NOTHING RETURNING incident_id, device_id", params)
         entered = cur.fetchall()
         for e in entered:

@@ -365,13 +365,14 @@ def test_openapi_documents_every_route(api: Api) -> None:
 def test_incident_units_geofence_and_unrecorded_firearms(api: Api) -> None:
     """An incident lists its assigned units with position, battery and recording; an assigned
     firearms unit that stops recording raises a high alert; a unit entering the area raises
-    a geofence alert, resolved when it leaves."""
+    a geofence alert, resolved when it leaves. The incident has no borough (its creator
+    covers every one), so its geofence is every borough's: a Camden unit enters it."""
     def open_alerts(op: httpx.Client, kind: str) -> list[dict[str, object]]:
         return [a for a in op.get("/api/v1/alerts", params={"kind": kind}).json()["items"]
                 if a["status"] != "resolved"]
 
     with client(api.base, "afo-cmd") as cmd, client(api.base, "fleet") as fleet:
-        body = {"title": "Firearms deployment", "lat": 51.5, "lon": -0.12, "radius_m": 300, "borough": "Westminster"}
+        body = {"title": "Firearms deployment", "lat": 51.5, "lon": -0.12, "radius_m": 300, "borough": None}
         assert fleet.post("/api/v1/incidents", json=body).status_code == 403
         incident = cmd.post("/api/v1/incidents", json=body).json()
         detail = cmd.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": ["we-afo", "we-1"]}).json()

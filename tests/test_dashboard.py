@@ -324,7 +324,8 @@ def test_a_retired_unit_leaves_the_live_map(stack: Stack, browser_page: Any) -> 
 
 def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> None:
     """An auditor gets the audit view (entries, or a plain message if the server has no audit
-    endpoint); an admin gets the map from REST (admins are not on the live feed) and the registry."""
+    endpoint); an admin gets the map from REST (admins are not on the live feed) and the registry,
+    where an edited device is changed in place and a new id is registered."""
     page = browser_page
     sign_in(page, stack.base, "audit")
     page.wait_for_selector("#view-audit:not(.hidden)")
@@ -344,6 +345,20 @@ def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> N
     page.wait_for_selector("table.registry tbody tr")
     assert page.locator("table.registry tbody tr").count() == FLEET + 1
     shot(page, "registry")
+    # "Edit" then Save changes that device (PUT); a new id is registered (POST).
+    edited = page.locator("table.registry tbody tr").first
+    device_id = edited.locator("td").first.inner_text()
+    edited.locator("button:text-is('Edit')").click()
+    page.fill("form.device-form input[name=officer]", "PC Edited")
+    page.click("form.device-form button[type=submit]")
+    page.wait_for_selector(f".registry-status:has-text('Saved {device_id}.')")
+    page.fill("form.device-form input[name=device_id]", "dash-new-1")
+    page.fill("form.device-form input[name=borough]", "Camden")
+    page.click("form.device-form button[type=submit]")
+    page.wait_for_selector(".registry-status:has-text('Saved dash-new-1.')")
+    with client(stack.base, "admin") as admin:
+        assert admin.get(f"/api/v1/devices/{device_id}").json()["officer"] == "PC Edited"
+        assert admin.get("/api/v1/devices/dash-new-1").json()["borough"] == "Camden"
 
 
 def test_api_reference_page_renders_offline(stack: Stack, browser_page: Any) -> None:

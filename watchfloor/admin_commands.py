@@ -13,10 +13,18 @@ from typing import Any, get_args
 
 import psycopg
 
+from core.areas import unknown_areas
 from core.contract import REGISTRY_TOPIC
 from core.mqtt import publish_all
 from core.settings import Settings
-from services.registry import DeviceRecord, change_announcement, provision_device, revoke_device_secret
+from services.registry import (
+    DeviceRecord,
+    change_announcement,
+    lock_device,
+    provision_device,
+    reactivate_device,
+    revoke_device_secret,
+)
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
 from watchfloor.parsers import command, group
@@ -63,13 +71,24 @@ def _announce(settings: Settings, device_id: str, change: str) -> None:
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     from services import audit
 
+    unknown = unknown_areas([args.borough], settings.force_areas())
+    if unknown:
+        sys.exit(f"cannot provision {args.device_id}: unknown area {unknown[0]!r}: not one of the force's areas")
     record = DeviceRecord(args.device_id, args.callsign, args.officer, args.borough, args.role)
     passwd: Path | None = args.mosquitto_passwd
     with psycopg.connect(_database(settings)) as conn:
+        entry = lock_device(conn, device_id=args.device_id)
+        if entry is not None and entry.retired and not args.reactivate:
+            # A retired camera comes back only when someone says so (and the log shows who).
+            sys.exit(f"cannot provision {args.device_id}: it is retired; pass --reactivate to bring it back")
         try:
             secret = provision_device(conn, record=record)
         except (ValueError, psycopg.errors.CheckViolation) as error:
             sys.exit(f"cannot provision {args.device_id}: {error}")
+        if entry is not None and entry.retired:
+            reactivate_device(conn, device_id=args.device_id)
+            audit.record(conn, actor=cli_actor(), action="device_reactivated", device_id=args.device_id,
+                         details={"borough": entry.borough})
         audit.record(conn, actor=cli_actor(), action="device_provisioned", device_id=args.device_id,
                      details={"callsign": args.callsign, "borough": args.borough, "role": args.role,
                               "broker_credentials": str(passwd) if passwd else None})
@@ -174,6 +193,8 @@ def add_parsers(sub: Any) -> None:
     provision.add_argument("--role", default="response", choices=get_args(RoleName))
     provision.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
                            help="Mosquitto password file to add the device to (created if absent)")
+    provision.add_argument("--reactivate", action="store_true",
+                           help="bring a retired device back (refused without it; recorded in the audit log)")
     retire = command(devices, "retire", help="retire a device: revoke its secret, remove its broker credentials",
                      env=announce_env, run=cmd_devices_retire)
     retire.add_argument("device_id")

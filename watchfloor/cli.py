@@ -17,8 +17,10 @@ from typing import Any
 
 import psycopg
 
+from core.areas import unknown_areas
 from core.logs import configure_logging
 from core.settings import Settings
+from services.accounts import ALL_AREAS
 from services.registry import DeviceRecord, upsert_devices
 from simulator.camera import CameraPolicy
 from simulator.fleet import FleetProfile
@@ -300,16 +302,20 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
     from services.accounts import Role, add_user
 
     url = database_url(settings)  # before the prompt: a user should not type a password for nothing
+    areas = [a.strip() for a in args.areas.split(",")]
+    unknown = unknown_areas([a for a in areas if a != ALL_AREAS], settings.force_areas())
+    if unknown:
+        sys.exit(f"unknown area {', '.join(map(repr, unknown))}: not one of the force's areas")
     password = _new_password(args.username)
     _migrate(settings, url)
     with psycopg.connect(url) as conn:
         try:
             add_user(conn, username=args.username, password=password, role=Role(args.role),
-                     areas=args.areas.split(","), display_name=args.name)
+                     areas=areas, display_name=args.name)
         except ValueError as error:
             sys.exit(str(error))
         audit.record(conn, actor=cli_actor(), action="user_changed",
-                     details={"username": args.username, "role": args.role, "areas": args.areas.split(","),
+                     details={"username": args.username, "role": args.role, "areas": areas,
                               "change": "added or replaced"})
     print(f"user {args.username}: {args.role} in {args.areas}")
 

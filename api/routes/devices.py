@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from api.areas import ForceAreas, check_known
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
@@ -15,8 +16,17 @@ from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummar
 from core.contract import REGISTRY_TOPIC
 from services import audit
 from services.accounts import SEES_DEVICES, SEES_POSITIONS, Principal, Role
-from services.errors import InvalidRequest, NotFound
-from services.registry import DeviceRecord, change_announcement, revoke_device_secret, upsert_devices
+from services.errors import Conflict, InvalidRequest, NotFound
+from services.registry import (
+    DeviceRecord,
+    RegistryEntry,
+    change_announcement,
+    create_device,
+    lock_device,
+    reactivate_device,
+    revoke_device_secret,
+    update_device,
+)
 from telemetry import queries
 
 router = APIRouter(prefix="/api/v1", tags=["devices"],
@@ -109,9 +119,33 @@ def summary(db: Db, who: DeviceViewer, not_seen_hours: Annotated[float, Query(gt
         db, boroughs=who.areas, not_seen=timedelta(hours=not_seen_hours), low_battery_below=low_battery_below))
 
 
-@router.post("/devices", response_model=Unit, status_code=201, summary="Register (or update) a device")
-def register(body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
-    upsert_devices(db, [DeviceRecord(body.device_id, body.callsign, body.officer, body.borough, body.role)])
+def _in_area(who: Principal, borough: str | None) -> None:
+    """A target borough the caller does not cover is as unknown to them as a device there."""
+    if not who.covers(borough):
+        raise NotFound(f"no borough {borough} in your area")
+
+
+def _locked(db: Db, device_id: str, who: Principal) -> RegistryEntry:
+    """The device's registry entry, locked, if the caller's area covers its *current* borough;
+    404 otherwise, before anything is written."""
+    entry = lock_device(db, device_id=device_id)
+    if entry is None or not who.covers(entry.borough):
+        raise NotFound(f"no device {device_id} in your area")
+    return entry
+
+
+def _record(device_id: str, body: DeviceIn) -> DeviceRecord:
+    return DeviceRecord(device_id, body.callsign, body.officer, body.borough, body.role)
+
+
+@router.post("/devices", response_model=Unit, status_code=201, summary="Register a new device",
+             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def register(body: DeviceIn, db: Db, who: Admin, request: Request, areas: ForceAreas) -> Unit:
+    check_known([body.borough], areas)
+    _in_area(who, body.borough)
+    # Creating never changes an existing device (nor un-retires one): that is PUT, or reactivate.
+    if not create_device(db, record=_record(body.device_id, body)):
+        raise Conflict(f"device {body.device_id} is already registered")
     unit = _unit(_visible(db, body.device_id, who), who)
     _audit_registry(db, who, body, "registered")
     _announce(db, request, body.device_id, "registered")
@@ -125,32 +159,53 @@ def _announce(db: Db, request: Request, device_id: str, change: str) -> None:
     request.app.state.hub.publish(REGISTRY_TOPIC, change_announcement(device_id, change))
 
 
-def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str) -> None:
+def _audit_registry(db: Db, who: Principal, body: DeviceIn, change: str, *, previous: str | None = None) -> None:
     # Moving a unit to another borough changes who sees it: a registry change is on the record.
-    audit.record(db, actor=who.username, action="device_registered", device_id=body.device_id,
-                 details={"change": change, "callsign": body.callsign, "officer": body.officer,
-                          "borough": body.borough, "role": body.role})
+    details: dict[str, Any] = {"change": change, "callsign": body.callsign, "officer": body.officer,
+                               "borough": body.borough, "role": body.role}
+    if change == "updated":
+        details["previous_borough"] = previous
+    audit.record(db, actor=who.username, action="device_registered", device_id=body.device_id, details=details)
 
 
-@router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}})
-def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Request) -> Unit:
-    _visible(db, device_id, who)
+@router.put("/devices/{device_id}", response_model=Unit, responses={404: {"model": ErrorBody}},
+            summary="Change a registered device (its borough too, within your area)")
+def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Request, areas: ForceAreas) -> Unit:
     if body.device_id != device_id:
         raise InvalidRequest("the body's device_id must match the path")
-    upsert_devices(db, [DeviceRecord(device_id, body.callsign, body.officer, body.borough, body.role)])
+    check_known([body.borough], areas)
+    # Both ends of a move: the borough it is in now and the one it goes to.
+    entry = _locked(db, device_id, who)
+    _in_area(who, body.borough)
+    update_device(db, record=_record(device_id, body))
     unit = _unit(_visible(db, device_id, who), who)
-    _audit_registry(db, who, body, "updated")
+    _audit_registry(db, who, body, "updated", previous=entry.borough)
     _announce(db, request, device_id, "updated")
     return unit
 
 
 @router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
 def retire(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
-    _visible(db, device_id, who)
+    _locked(db, device_id, who)
     db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
     revoked = revoke_device_secret(db, device_id=device_id)  # a retired camera may no longer connect or stream
     audit.record(db, actor=who.username, action="device_retired", device_id=device_id,
                  details={"credentials_revoked": revoked})
     unit = _unit(_visible(db, device_id, who), who)
     _announce(db, request, device_id, "retired")
+    return unit
+
+
+@router.post("/devices/{device_id}/reactivate", response_model=Unit,
+             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+             summary="Bring a retired device back (its secret stays revoked until provisioned again)")
+def reactivate(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
+    entry = _locked(db, device_id, who)
+    if not entry.retired:
+        raise Conflict(f"device {device_id} is not retired")
+    reactivate_device(db, device_id=device_id)
+    audit.record(db, actor=who.username, action="device_reactivated", device_id=device_id,
+                 details={"borough": entry.borough})
+    unit = _unit(_visible(db, device_id, who), who)
+    _announce(db, request, device_id, "reactivated")
     return unit

@@ -10,12 +10,13 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.areas import ForceAreas, check_known
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
 from api.models import DEVICE_ID
 from core.contract import ALERTS_TOPIC
-from services.accounts import HANDLES_ALERTS, Principal
+from services.accounts import HANDLES_ALERTS, Principal, Role
 from services.errors import InvalidRequest, NotFound
 from telemetry import incidents, queries
 from telemetry.alerts import evaluate_incidents
@@ -33,7 +34,8 @@ class IncidentIn(BaseModel):
     title: str = Field(min_length=1, max_length=200)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    radius_m: float = Field(ge=1, le=50_000, description="the incident area: a circle around (lat, lon), metres")
+    radius_m: float = Field(gt=0, description="the incident area: a circle around (lat, lon), metres, at most"
+                                              " WATCHFLOOR_INCIDENT_MAX_RADIUS_M (default 2,000)")
     borough: str | None = Field(default=None, max_length=64)
 
 
@@ -72,7 +74,8 @@ class AssignedUnit(BaseModel):
 
 
 class IncidentDetail(Incident):
-    units: list[AssignedUnit]
+    units: list[AssignedUnit] = Field(description="the assigned units the caller may see")
+    units_outside_area: int = Field(description="assigned units from boroughs the caller does not cover, only counted")
 
 
 class AssignIn(BaseModel):
@@ -85,17 +88,36 @@ def _publish(request: Request, changes: list[dict[str, Any]]) -> None:
         request.app.state.hub.publish(ALERTS_TOPIC, orjson.dumps(alert))
 
 
+def _sees_unit(who: Principal, unit: dict[str, Any]) -> bool:
+    """A unit from another borough assigned to an incident is only counted, except for a
+    firearms commander: they may already watch it live (the units of an open incident in
+    their area, services/consent.py), so its position and recording state are theirs too."""
+    return who.covers(unit["borough"]) or who.role is Role.FIREARMS_COMMANDER
+
+
 def _detail(db: Db, incident_id: int, who: Principal) -> IncidentDetail:
     row = incidents.get(db, incident_id, boroughs=who.areas)
     if row is None:
         raise NotFound(f"no incident {incident_id} in your area")
-    return IncidentDetail(**row, units=[AssignedUnit(**u) for u in incidents.units(db, incident_id)])
+    assigned = incidents.units(db, incident_id)
+    shown = [AssignedUnit(**u) for u in assigned if _sees_unit(who, u)]
+    return IncidentDetail(**row, units=shown, units_outside_area=len(assigned) - len(shown))
+
+
+def _device_in_area(db: Db, device_id: str, who: Principal) -> None:
+    # Changing a unit's assignment is for whoever covers its borough, firearms commanders too.
+    if queries.get_device(db, device_id, boroughs=who.areas) is None:
+        raise NotFound(f"no device {device_id} in your area")
 
 
 @router.post("", response_model=Incident, status_code=201)
-def create(body: IncidentIn, db: Db, who: Commander) -> Incident:
+def create(body: IncidentIn, request: Request, db: Db, who: Commander, areas: ForceAreas) -> Incident:
+    check_known([body.borough], areas)
     if not who.covers(body.borough):
         raise InvalidRequest("the incident's borough is outside your area")
+    limit: float = request.app.state.settings.incident_max_radius_m
+    if body.radius_m > limit:
+        raise InvalidRequest(f"radius_m {body.radius_m:g} is over the limit of {limit:g} m")
     return Incident(**incidents.create(db, title=body.title, lat=body.lat, lon=body.lon, radius_m=body.radius_m,
                                        borough=body.borough, by=who.username))
 
@@ -114,8 +136,7 @@ def detail(incident_id: IncidentId, db: Db, who: Commander) -> IncidentDetail:
 def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, who: Commander) -> IncidentDetail:
     _detail(db, incident_id, who)
     for device_id in body.device_ids:
-        if queries.get_device(db, device_id, boroughs=who.areas) is None:
-            raise NotFound(f"no device {device_id} in your area")
+        _device_in_area(db, device_id, who)
     incidents.assign(db, incident_id, body.device_ids, by=who.username)
     changes = evaluate_incidents(db, body.device_ids)
     db.commit()
@@ -127,6 +148,7 @@ def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, wh
 def unassign(incident_id: IncidentId, device_id: Annotated[str, Path(pattern=DEVICE_ID)], request: Request,
              db: Db, who: Commander) -> IncidentDetail:
     _detail(db, incident_id, who)
+    _device_in_area(db, device_id, who)
     if not incidents.unassign(db, incident_id, device_id):
         raise NotFound(f"{device_id} is not assigned to incident {incident_id}")
     changes = evaluate_incidents(db, [device_id])

@@ -161,7 +161,8 @@ def get_request(request_id: Annotated[str, Path(pattern=DEVICE_ID)], db: Db, who
 def sessions(db: Db, who: Auditor, device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
              viewer: Annotated[str | None, Query(max_length=64)] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Viewing]:
-    return [Viewing.model_validate(v) for v in viewings.viewings(db, device_id=device_id, viewer=viewer, limit=limit)]
+    return [Viewing.model_validate(v) for v in viewings.viewings(db, boroughs=who.areas, device_id=device_id,
+                                                                    viewer=viewer, limit=limit)]
 
 
 # WHIP and WHEP

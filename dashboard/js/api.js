@@ -77,6 +77,10 @@ export class Api {
   post(path, body) {
     return this.request("POST", path, { body });
   }
+
+  put(path, body) {
+    return this.request("PUT", path, { body });
+  }
 }
 
 function errorMessage(body, response) {

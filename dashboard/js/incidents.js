@@ -157,7 +157,9 @@ export class IncidentPanel {
         h("td", {}, fmtAgo(u.received_at || u.ts)),
         h("td", {}, h("button", { type: "button", class: "small", onclick: () => this.unassign(a.device_id) }, "Unassign"))));
     }
-    this.summary.textContent = `#${c.id} ${c.title}: ${c.units.length} units assigned` +
+    // Units from boroughs outside the user's area are only counted by the API.
+    const outside = c.units_outside_area ? ` (and ${c.units_outside_area} from outside your area)` : "";
+    this.summary.textContent = `#${c.id} ${c.title}: ${c.units.length} units assigned${outside}` +
       (missing ? ` — ${missing} firearms unit${missing > 1 ? "s" : ""} NOT recording` : "");
     this.summary.classList.toggle("danger", missing > 0);
   }

@@ -14,6 +14,7 @@ export class RegistryView {
     this.status = root.querySelector(".registry-status");
     this.form = root.querySelector("form.device-form");
     this.offset = 0;
+    this.editing = null; // the id picked with "Edit": saving it changes that device
     root.querySelector("form.registry-search").addEventListener("submit", (e) => {
       e.preventDefault();
       this.offset = 0;
@@ -37,13 +38,16 @@ export class RegistryView {
         h("td", {}, d.borough || "—"), h("td", {}, d.role || "—"), h("td", {}, d.retired_at ? "retired" : d.state || "—"),
         h("td", {}, fmtAgo(d.received_at)),
         h("td", {}, h("button", { type: "button", class: "small", onclick: () => this.edit(d) }, "Edit"),
-          d.retired_at ? null : h("button", { type: "button", class: "small danger", onclick: () => this.retire(d) }, "Retire")))));
+          d.retired_at
+            ? h("button", { type: "button", class: "small", onclick: () => this.reactivate(d) }, "Reactivate")
+            : h("button", { type: "button", class: "small danger", onclick: () => this.retire(d) }, "Retire")))));
     } catch (error) {
       this.status.textContent = error.message;
     }
   }
 
   edit(d) {
+    this.editing = d.device_id;
     for (const name of ["device_id", "callsign", "officer", "borough", "role"]) this.form.elements[name].value = d[name] || "";
     this.form.elements.device_id.focus();
   }
@@ -51,14 +55,31 @@ export class RegistryView {
   async save() {
     const data = Object.fromEntries(new FormData(this.form).entries());
     for (const k of Object.keys(data)) if (data[k] === "") data[k] = null;
+    // A device picked with "Edit" is changed (PUT); any other id is registered anew (POST,
+    // which answers 409 for an id already taken rather than overwriting it).
+    const existing = this.editing && this.editing === data.device_id;
     try {
-      const saved = await this.api.post("/api/v1/devices", data);
+      const saved = existing
+        ? await this.api.put(`/api/v1/devices/${encodeURIComponent(data.device_id)}`, data)
+        : await this.api.post("/api/v1/devices", data);
       this.status.textContent = `Saved ${saved.device_id}.`;
+      this.editing = null;
       this.form.reset();
       this.load();
       this.onChanged();
     } catch (error) {
       this.status.textContent = `Not saved: ${error.message}`;
+    }
+  }
+
+  async reactivate(d) {
+    if (!confirm(`Reactivate ${d.device_id}? It rejoins the live picture; it connects again once provisioned with a new secret.`)) return;
+    try {
+      await this.api.post(`/api/v1/devices/${encodeURIComponent(d.device_id)}/reactivate`);
+      this.load();
+      this.onChanged();
+    } catch (error) {
+      this.status.textContent = error.message;
     }
   }
 

@@ -180,7 +180,7 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
     assert geofenced == (["ar-geo-we"],)
 
 
-def _cli(db: Database, *args: str) -> Any:
+def _cli(db: Database, *args: str, stdin: str | None = None) -> Any:
     import os
     import subprocess
     import sys
@@ -188,7 +188,7 @@ def _cli(db: Database, *args: str) -> Any:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")},
            "WATCHFLOOR_DATABASE_URL": db.url}
     return subprocess.run([sys.executable, "-m", "watchfloor", *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+                          input=stdin, timeout=60)
 
 
 def test_an_unknown_area_is_refused_everywhere_it_is_written(world: tuple[Database, str]) -> None:
@@ -205,7 +205,7 @@ def test_an_unknown_area_is_refused_everywhere_it_is_written(world: tuple[Databa
             assert response.status_code == 422, response.text
             assert "'Westminstr'" in response.json()["error"]["message"]
     users = _cli(db, "users", "add", "typo-user", "--role", "operator", "--areas", "Camden,Westminstr",
-                 "--password", "a long enough password")
+                 stdin="a long enough password\n")
     assert users.returncode != 0 and "'Westminstr'" in users.stderr
     provisioned = _cli(db, "devices", "provision", "ar-typo-3", "--borough", "Westminstr")
     assert provisioned.returncode != 0 and "'Westminstr'" in provisioned.stderr
@@ -213,7 +213,7 @@ def test_an_unknown_area_is_refused_everywhere_it_is_written(world: tuple[Databa
     assert _row(db, "SELECT count(*) FROM incidents WHERE borough = 'Westminstr'", ()) == (0,)
     assert _row(db, "SELECT count(*) FROM users WHERE username = 'typo-user'", ()) == (0,)
     assert _cli(db, "users", "add", "fine-user", "--role", "operator", "--areas", "Camden, City of London",
-                "--password", "a long enough password").returncode == 0
+                stdin="a long enough password\n").returncode == 0
 
 
 def test_the_force_areas_are_londons_boroughs_and_the_city() -> None:

@@ -174,8 +174,10 @@ _DISTANCE_M = ("sqrt(power((l.lat - i.lat) * 111320.0, 2)"
                " + power((l.lon - i.lon) * 111320.0 * cos(radians(i.lat)), 2))")
 
 # Whose units an incident's geofence alerts: those of its borough (the creator's area), or
-# every borough's for an incident without one, which only an all-areas caller can create.
-_IN_INCIDENT_AREA = "(i.borough IS NULL OR d.borough = i.borough)"
+# every borough's for an incident without one, which only an all-areas caller can create;
+# and the units assigned to it from elsewhere (mutual aid), whose commander must see them arrive.
+_IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SELECT 1 FROM incident_units u"
+                     " WHERE u.incident_id = i.id AND u.device_id = d.device_id))")
 
 
 def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -> list[dict[str, Any]]:

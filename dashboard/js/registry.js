@@ -62,11 +62,11 @@ export class RegistryView {
       const saved = existing
         ? await this.api.put(`/api/v1/devices/${encodeURIComponent(data.device_id)}`, data)
         : await this.api.post("/api/v1/devices", data);
-      this.status.textContent = `Saved ${saved.device_id}.`;
       this.editing = null;
       this.form.reset();
-      this.load();
       this.onChanged();
+      await this.load();  // it rewrites the status line: say what was saved after it
+      this.status.textContent = `Saved ${saved.device_id}. ${this.status.textContent}`;
     } catch (error) {
       this.status.textContent = `Not saved: ${error.message}`;
     }

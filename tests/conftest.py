@@ -1,11 +1,11 @@
 """Real parts for the tests: PostgreSQL (machine or embedded), Mosquitto with the shipped
 configuration on a spare port, and the embedded broker. Everything runs on 127.0.0.1, and
-each test gets its own database so tests never see each other's rows."""
+each test gets its own database so tests never see each other's rows. A missing part skips
+locally and fails under CI=true (tests/helpers/environment.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +18,7 @@ import pytest
 
 from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.schema import migrate
+from tests.helpers.environment import TIMESCALE_ABSENT, missing, require_executable, timescale_absent
 from watchfloor.mosquitto import MosquittoProcess
 
 MACHINE_PG = os.environ.get("WATCHFLOOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -42,6 +43,12 @@ def _machine_pg_available() -> bool:
             return True
     except psycopg.OperationalError:
         return False
+
+
+def require_machine_pg() -> None:
+    """Skip (locally) or fail (CI=true) unless the machine's PostgreSQL answers."""
+    if not _machine_pg_available():
+        missing(f"the machine's PostgreSQL is not reachable at WATCHFLOOR_TEST_PG ({MACHINE_PG})")
 
 
 def _machine_has_timescale() -> bool:
@@ -91,10 +98,9 @@ def _database(request: pytest.FixtureRequest, kind: str) -> Iterator[Database]:
     if kind == "embedded":
         yield from _with_database(request.getfixturevalue("embedded_pg_url"), kind)
         return
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
+    require_machine_pg()
     if kind == "timescale" and not _machine_has_timescale():
-        pytest.skip("the machine's PostgreSQL has no (preloaded) TimescaleDB")
+        timescale_absent()
     yield from _with_database(MACHINE_PG, kind)
 
 
@@ -106,16 +112,15 @@ def any_db(request: pytest.FixtureRequest) -> Iterator[Database]:
 
 @pytest.fixture
 def pg(request: pytest.FixtureRequest) -> Iterator[Database]:
-    """The machine's PostgreSQL, plain path (falls back to embedded when it is absent)."""
-    kind = "plain" if _machine_pg_available() else "embedded"
-    yield from _database(request, kind)
+    """The machine's PostgreSQL, plain path. Never the embedded server in its place: a run
+    that silently tested pgserver instead would hide a PostgreSQL-only failure."""
+    yield from _database(request, "plain")
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
     """A Mosquitto from deploy/mosquitto/mosquitto.conf on a spare port."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path / "mosquitto")
     broker.start()
     try:
@@ -131,3 +136,12 @@ def embedded_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say in the summary what the TimescaleDB skips leave untested, so a green run without
+    the extension does not read as if the Timescale path had passed."""
+    skipped = [report for report in terminalreporter.stats.get("skipped", [])
+               if TIMESCALE_ABSENT in str(getattr(report, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} skipped ({TIMESCALE_ABSENT})", yellow=True)

@@ -4,16 +4,15 @@ and a viewing reason, and the video element's clock advances with decoded frames
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 
-import pytest
 from fastapi.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
 from tests.conftest import Database, wait_for
+from tests.helpers.environment import require_executable, require_module
 from tests.support import event_payload, publish_all
 from tests.test_live_view import WE1, _live, stack
 from watchfloor.mosquitto import MosquittoProcess
@@ -66,9 +65,8 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
     """Chromium (headless, /usr/bin/chromium) plays a simulated camera relayed by the API:
     201 with a Location, the video's currentTime advances, and frames are decoded
     (getVideoPlaybackQuality and requestVideoFrameCallback); the viewing is recorded."""
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("chromium is not installed")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    require_executable(CHROMIUM, what="Chromium")
+    sync_playwright = require_module("playwright.sync_api").sync_playwright
     with stack(pg, mosquitto, live_view_idle_stop_s=60) as s:
         async def page(request: object) -> HTMLResponse:
             return HTMLResponse(PAGE)

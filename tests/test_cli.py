@@ -46,8 +46,9 @@ def test_simulate_without_a_broker_url_says_what_to_set() -> None:
     assert "WATCHFLOOR_MQTT_URL" in result.stderr
 
 
-@pytest.mark.parametrize("args", [["ingest"], ["api"], ["db", "migrate"], ["users", "add", "someone", "--role", "operator"],
-                                  ["audit", "verify"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["ingest"], ["api"], ["db", "migrate"],
+                                  ["users", "add", "someone", "--role", "operator"], ["audit", "verify"]],
+                         ids=" ".join)
 def test_only_the_demo_runs_without_a_database_url(args: list[str], tmp_path: Path) -> None:
     """A production process never falls back to an embedded PostgreSQL in a local directory:
     without WATCHFLOOR_DATABASE_URL it refuses, names the variable and points to the demo."""

@@ -34,6 +34,7 @@ from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
 from tests.api_support import PASSWORD, SECRET, add_test_users, client, running_api
 from tests.conftest import Database, wait_for
+from tests.helpers.environment import require_executable, require_module
 from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
 
@@ -110,9 +111,8 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
 def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A page in a fresh headless Chromium profile; the test fails if the page logs an error
     (an exception, or a violation of the page's Content-Security-Policy)."""
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    require_executable(str(CHROMIUM), what="Chromium")
+    sync_playwright = require_module("playwright.sync_api").sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-chromium-") as profile:

@@ -7,7 +7,6 @@ by its PID; each test is bounded in time (see docs/operations.md for what an ope
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
 from tests.api_support import SECRET, add_test_users, token
 from tests.conftest import Database, wait_for
+from tests.helpers.environment import missing, require_executable
 from tests.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
 from tests.support import publish_all, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
@@ -84,8 +84,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
     persists a shared session's queue but not its shared subscription, so what is published
     between the broker's start and the worker's re-subscription has no subscriber and is
     dropped (pinned by the next test; docs/operations.md)."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path / "mosquitto").start()
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -140,8 +139,7 @@ def test_mosquitto_forgets_shared_subscriptions_across_its_restart(tmp_path: Pat
     persistence, a persistent session keeps its queued messages and its direct subscription,
     but not its ``$share`` subscription, until the client subscribes again. If this fails, the
     broker was fixed: update docs/operations.md ("Broker restart") and the test above."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     received: dict[str, list[bytes]] = {}
     for kind, topic_filter in (("direct", "pin/x"), ("shared", "$share/g/pin/x")):
         broker = MosquittoProcess(tmp_path / f"mosquitto-{kind}").start()
@@ -196,9 +194,8 @@ def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
     try:
         cluster = PrivatePostgres()
     except (FileNotFoundError, RuntimeError) as error:
-        pytest.skip(f"no private PostgreSQL cluster here: {error}")
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+        missing(f"no private PostgreSQL cluster here: {error}")
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path / "mosquitto").start()
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"

@@ -17,6 +17,7 @@ from core.contract import Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
 from tests.conftest import Database, wait_for
+from tests.helpers.environment import missing
 from tests.support import (
     event_payload,
     hours_ago,
@@ -55,7 +56,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     from tests.conftest import _database
 
     if broker_kind == "machine" and not _machine_mosquitto_up():
-        pytest.skip("the machine's Mosquitto is not running on 127.0.0.1:1883")
+        missing("the machine's Mosquitto is not running on 127.0.0.1:1883")
     db_iter = _database(request, db_kind)
     db = next(db_iter)
     if broker_kind == "mosquitto":

@@ -26,11 +26,15 @@ from core.contract import REGISTRY_TOPIC, Channel, topic_for
 from services import audit
 from services.registry import change_announcement
 from telemetry.embedded import free_port
-from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.helpers.environment import missing, require_executable
 from watchfloor import broker_credentials
 from watchfloor.mosquitto import MosquittoProcess
 
-pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+
+@pytest.fixture(autouse=True, scope="module")
+def _mosquitto_installed() -> None:
+    require_executable("mosquitto")
 
 
 def _watchfloor(*args: str, db: Database, mqtt_url: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,8 +76,7 @@ def _throwaway_ca(where: Path) -> tuple[Path, Path, Path] | None:
 @pytest.fixture(scope="module")
 def db() -> Iterator[Database]:
     """One database for the module: the broker and its accounts are set up once."""
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
+    require_machine_pg()
     yield from _with_database(MACHINE_PG, "plain")
 
 
@@ -178,8 +181,7 @@ def _denied(broker: Broker, username: str, topic: str, payload: bytes) -> None:
 
 def test_python_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
     """The $7$ entry written in Python is what mosquitto_passwd writes for the same salt."""
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
+    require_executable("mosquitto_passwd")
     path = tmp_path / "p"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), "dev", "a secret"], check=True, timeout=30)
     theirs = path.read_text().strip().split(":", 1)[1]
@@ -275,7 +277,7 @@ def test_tls_listener(broker: Broker) -> None:
     """The shipped TLS listener (with a throwaway certificate): a device logs in over TLS and its
     telemetry arrives; a client that does not trust the CA cannot connect."""
     if broker.tls_port is None or broker.ca is None:
-        pytest.skip("openssl is not installed")
+        missing("openssl is not installed")
     ingest = _client(broker, "watchfloor-ingest")
     cam = Client(broker.tls_port, "cam-a", broker.secrets["cam-a"], ca=broker.ca)
     try:

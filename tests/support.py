@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from core.settings import Settings
-from telemetry import mqtt
+from core import mqtt
 from telemetry.ingest import IngestWorker
 
 

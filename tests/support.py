@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from core.settings import Settings
 from core import mqtt
+from core.settings import Settings
 from telemetry.ingest import IngestWorker
 
 

@@ -211,8 +211,12 @@ def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) 
     page.wait_for_selector("#unit-panel .track-info:has-text(' fix')", timeout=15_000)
     shot(page, "unit-panel")
     page.fill("#filter-search", "")
+    font_px = "() => parseFloat(getComputedStyle(document.querySelector('#unit-panel .unit-title')).fontSize)"
+    before = page.evaluate(font_px)
     page.click("#large-type")
-    page.wait_for_timeout(500)
+    assert page.get_attribute("#large-type", "aria-pressed") == "true"
+    after = page.evaluate(font_px)
+    assert after > before, f"Large type left the text at {before}px (now {after}px)"
     shot(page, "map-large-type")
 
 
@@ -277,6 +281,11 @@ def test_fleet_manager_sees_health_and_exports_csv(stack: Stack, browser_page: A
     page.wait_for_selector("#view-fleet .card:has-text('Devices') .value:text-is('41')", timeout=15_000)
     wait_for(lambda: page.locator("table.boroughs tbody tr").count() >= 10, what="borough rows")
     assert "Battery level" in (page.get_attribute("canvas.battery-chart", "aria-label") or "")
+    # Drawn, not only placed: the chart's canvas has painted pixels.
+    wait_for(lambda: page.evaluate("""() => { const c = document.querySelector('canvas.battery-chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let painted = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted += 1;
+        return painted; }""") > 100, what="the battery chart drawn")
     shot(page, "fleet-health")
     with page.expect_download() as download_info:
         page.click("button.export")
@@ -304,8 +313,9 @@ def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, br
     row.wait_for(timeout=15_000)
     page.wait_for_selector(f"#incident-panel tr.not-recording[data-device-id='{afo.device_id}'] .mark")
     page.wait_for_selector("#incident-panel .incident-summary.danger:has-text('NOT recording')")
-    assert "inside" in row.inner_text()
-    page.wait_for_timeout(500)
+    text = row.inner_text()
+    assert "inside" in text
+    assert afo.callsign in text and "%" in text, text  # the unit, its battery
     shot(page, "firearms-incident")
 
 
@@ -492,6 +502,44 @@ def _png(rgb: tuple[int, int, int]) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" + bytes(rgb))) + chunk(b"IEND", b""))
 
 
+def _share_of_colour(png: bytes, rgb: tuple[int, int, int], tolerance: int = 6) -> float:
+    """The share of a screenshot's pixels within ``tolerance`` of ``rgb``: a PNG decoder just
+    big enough for Chromium's screenshots (8-bit RGB or RGBA, not interlaced)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(png):
+        (length,), kind = struct.unpack(">I", png[pos:pos + 4]), png[pos + 4:pos + 8]
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", data[:10])
+            assert depth == 8 and colour in (2, 6), (depth, colour)
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    raw, stride = zlib.decompress(idat), width * channels
+    previous, matches = bytearray(stride), 0
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        matches += sum(1 for x in range(0, stride, channels)
+                       if all(abs(line[x + k] - rgb[k]) <= tolerance for k in range(3)))
+        previous = line
+    return matches / (width * height)
+
+
 def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
     """With WATCHFLOOR_MAP_TILES_URL set, the map fetches {z}/{x}/{y} tiles from that server
     and draws them under the outlines, within the page's and the server's CSP."""
@@ -523,7 +571,12 @@ def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoPr
             wait_for(lambda: len(requested) >= 4, what="tile requests")
             assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", path) for path in requested), requested
             page.wait_for_selector("#attribution:has-text('© Test Tiles')")
-            page.wait_for_timeout(500)
+            # Drawn, not only requested: the map's pixels show the tile's colour.
+            box = page.locator("#map canvas").first.bounding_box()
+            clip = {"x": box["x"] + box["width"] / 2 - 40, "y": box["y"] + box["height"] / 2 - 40,
+                    "width": 80, "height": 80}
+            wait_for(lambda: _share_of_colour(page.screenshot(clip=clip), (40, 90, 60)) > 0.2,
+                     what="the tiles' colour on the map")
             shot(page, "map-tiles")
     finally:
         tiles.shutdown()

@@ -4,7 +4,6 @@ bad messages are rejected beside good ones, and a slow database pushes back on t
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,7 +223,10 @@ def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: Mosqui
         blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
         try:
             publish_all(mosquitto.url, messages[10:])
-            time.sleep(2.0)
+            # Ingest has taken all the broker may send it (its receive maximum is the queue's
+            # size): part in the queue, one batch held by the locked insert.
+            wait_for(lambda: worker.stats.delivered >= 10 + settings.ingest_queue_max,
+                     what="the broker's in-flight window delivered")
             assert worker.stats.stored_telemetry == 10
             assert worker.queue_depth <= 200
             held = worker.queue_depth + settings.ingest_batch_max

@@ -198,13 +198,17 @@ def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) 
     page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
                   " m.centreOn(u.lat, u.lon, 15); }", target.device_id)
     box = page.locator("#map canvas").bounding_box()
-    page.wait_for_timeout(600)  # the unit layer is redrawn for the new view
-    point = page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
-                          " return m.toScreen(u.mx, u.my); }", target.device_id)
-    assert isinstance(point, list)
-    page.mouse.click(box["x"] + point[0], box["y"] + point[1])
     panel = page.locator("#unit-panel")
-    panel.wait_for(state="visible")
+
+    def click_the_marker() -> bool:
+        # Until the unit layer is redrawn for the new view, a click there finds no marker.
+        point = page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
+                              " return m.toScreen(u.mx, u.my); }", target.device_id)
+        assert isinstance(point, list)
+        page.mouse.click(box["x"] + point[0], box["y"] + point[1])
+        return bool(panel.is_visible())
+
+    wait_for(click_the_marker, timeout=15, interval=0.3, what="the unit's marker to open its panel")
     assert panel.get_attribute("data-device-id") == target.device_id
     page.wait_for_selector(f"#unit-panel .unit-title:has-text('{target.callsign}')")
     page.wait_for_selector("#unit-panel dd:has-text('%')")  # battery

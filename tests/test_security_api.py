@@ -29,7 +29,7 @@ from services import audit
 from services.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from telemetry.embedded import free_port
 from tests.api_support import PASSWORD, add_test_users, client, running_api, token
-from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg, wait_for
 from tests.helpers.environment import require_executable, require_module
 from tests.support import make_settings
 from watchfloor.mosquitto import MosquittoProcess
@@ -213,8 +213,8 @@ def test_requests_per_user_are_limited_with_retry_after(db: Database, broker: Mo
         assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(limited.headers["retry-after"]) <= 2
         assert admin.get("/api/v1/devices").status_code == 200
-        time.sleep(0.6)
-        assert op.get("/api/v1/devices").status_code == 200
+        wait_for(lambda: op.get("/api/v1/devices").status_code == 200, timeout=5, interval=0.6,
+                 what="the bucket to refill")
 
 
 def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broker: MosquittoProcess) -> None:

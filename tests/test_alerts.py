@@ -12,9 +12,10 @@ import paho.mqtt.client as paho
 from core.contract import ALERTS_TOPIC, Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
-from tests.conftest import Database, wait_for
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
-from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.db import Database
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 

@@ -17,9 +17,10 @@ from services.registry import DeviceRecord, upsert_devices
 from telemetry import queries
 from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, features
-from tests.api_support import LiveReader, StalledClient, add_test_users, client, running_api, token
-from tests.conftest import Database, wait_for
-from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.api import LiveReader, StalledClient, add_test_users, client, running_api, token
+from tests.helpers.db import Database
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 DEVICES = [DeviceRecord("we-1", "WE001", "PC Ada", "Westminster", "response"),

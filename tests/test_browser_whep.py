@@ -11,10 +11,11 @@ from starlette.routing import Route
 
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
-from tests.conftest import Database, wait_for
+from tests.helpers.db import Database
 from tests.helpers.environment import require_executable, require_module
-from tests.support import event_payload, publish_all
-from tests.test_live_view import WE1, _live, stack
+from tests.helpers.live_view import WE1, _live, stack
+from tests.helpers.telemetry import event_payload, publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 CHROMIUM = "/usr/bin/chromium"

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from telemetry.embedded import free_port
-from tests.conftest import Database, wait_for
+from tests.helpers.db import Database
+from tests.helpers.waiting import wait_for
 
 COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "--help"],
             ["db", "migrate", "--help"], ["db", "maintain", "--help"]]

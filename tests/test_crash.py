@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from core.contract import Channel, topic_for
-from tests.conftest import Database, wait_for
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.db import Database
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 
 DEVICES = 50
 REPORTS = 120  # 6,000 messages

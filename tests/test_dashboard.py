@@ -32,10 +32,11 @@ from services.registry import DeviceRecord, upsert_devices
 from simulator.run import Simulator
 from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
-from tests.api_support import PASSWORD, SECRET, add_test_users, client, running_api
-from tests.conftest import Database, wait_for
+from tests.helpers.api import PASSWORD, SECRET, add_test_users, client, running_api
+from tests.helpers.db import Database
 from tests.helpers.environment import require_executable, require_module
-from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -467,8 +468,8 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
     simulated camera accepts (over MQTT), then plays the camera's stream (WHIP in, WHEP out)
     in a tile whose video clock advances; the tile says who else watches; closing it ends the
     viewing, recorded with the reason given."""
-    from tests.test_live_view import SIM_UNIT, WE1, simulated_camera
-    from tests.test_live_view import stack as live_view_stack
+    from tests.helpers.live_view import SIM_UNIT, WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
 
     page = browser_page
     with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, simulated_camera(s, decline_share=0.0):

@@ -21,12 +21,13 @@ import websockets
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from tests.api_support import SECRET, add_test_users, token
-from tests.conftest import Database, wait_for
+from tests.helpers.api import SECRET, add_test_users, token
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
+from tests.helpers.db import Database
 from tests.helpers.environment import missing, require_executable
-from tests.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 pytestmark = pytest.mark.timeout(240)

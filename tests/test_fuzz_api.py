@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from services.registry import DeviceRecord, upsert_devices
-from tests.api_support import api_on_machine, token
+from tests.helpers.api import api_on_machine, token
 from tests.helpers.environment import require_module
-from tests.support import make_settings
+from tests.helpers.telemetry import make_settings
 
 schemathesis = require_module("schemathesis", allow_module_level=True)
 hypothesis = require_module("hypothesis", allow_module_level=True)

@@ -15,9 +15,9 @@ import pytest
 from core.contract import Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
-from tests.conftest import Database, wait_for
+from tests.helpers.db import Database
 from tests.helpers.environment import missing
-from tests.support import (
+from tests.helpers.telemetry import (
     event_payload,
     hours_ago,
     make_settings,
@@ -25,6 +25,7 @@ from tests.support import (
     running_worker,
     telemetry_payload,
 )
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 
@@ -52,7 +53,7 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     TimescaleDB, the machine's own Mosquitto and PostgreSQL, and the embedded pair the demo
     uses (rumqttd + pgserver)."""
     broker_kind, db_kind = request.param.split("+")
-    from tests.conftest import _database
+    from tests.helpers.db import _database
 
     if broker_kind == "machine" and not _machine_mosquitto_up():
         missing("the machine's Mosquitto is not running on 127.0.0.1:1883")

@@ -14,10 +14,11 @@ import orjson
 from core.contract import Channel, topic_for
 from core.logs import JsonFormatter, redact
 from telemetry.embedded import free_port
-from tests.api_support import SECRET, LiveReader, add_test_users, token
-from tests.conftest import Database, wait_for
-from tests.processes import scrape, watchfloor_process
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.api import SECRET, LiveReader, add_test_users, token
+from tests.helpers.db import Database
+from tests.helpers.processes import scrape, watchfloor_process
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 

@@ -28,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services import audit
 from services.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from telemetry.embedded import free_port
-from tests.api_support import PASSWORD, add_test_users, client, running_api, token
-from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg, wait_for
+from tests.helpers.api import PASSWORD, add_test_users, client, running_api, token
+from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
 from tests.helpers.environment import require_executable, require_module
-from tests.support import make_settings
+from tests.helpers.telemetry import make_settings
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 ISSUER, AUDIENCE = "https://idp.test/realms/met", "watchfloor"

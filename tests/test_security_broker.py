@@ -27,7 +27,7 @@ from core.contract import REGISTRY_TOPIC, Channel, topic_for
 from services import audit
 from services.registry import change_announcement
 from telemetry.embedded import free_port
-from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
 from tests.helpers.environment import missing, require_executable
 from watchfloor import broker_credentials
 from watchfloor.mosquitto import MosquittoProcess

@@ -25,7 +25,7 @@ from api.app import WS_DEFLATE, WS_IMPL, create_app
 from core.settings import Settings
 from services.accounts import Role, add_user
 from telemetry.embedded import free_port
-from tests.conftest import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
 from tests.helpers.environment import require_executable
 from watchfloor.mosquitto import MosquittoProcess
 

@@ -22,9 +22,9 @@ import websockets
 from services import audit
 from services.accounts import Role, add_user
 from services.registry import DeviceRecord, provision_device, upsert_devices
-from tests.api_support import PASSWORD, api_on_machine, token
-from tests.conftest import Database
-from tests.support import make_settings
+from tests.helpers.api import PASSWORD, api_on_machine, token
+from tests.helpers.db import Database
+from tests.helpers.telemetry import make_settings
 
 OP, AFO, FLEET, AUDITOR, ADMIN = (Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER, Role.AUDITOR,
                                   Role.ADMIN)

@@ -17,9 +17,10 @@ from services.registry import DeviceRecord, upsert_devices
 from telemetry import queries
 from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, features
-from tests.api_support import LiveReader, StalledClient, add_test_users, client, running_api, token
-from tests.conftest import Database, wait_for
-from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.api import LiveReader, StalledClient, add_test_users, client, running_api, token
+from tests.helpers.db import Database
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 DEVICES = [DeviceRecord("we-1", "WE001", "PC Ada", "Westminster", "response"),
@@ -199,7 +200,9 @@ def test_live_feed_snapshot_then_deltas_and_alerts(api: Api) -> None:
         wait_for(lambda: (west.latest_unit("we-1") or {}).get("battery_pct") == 70.0, what="delta")
         wait_for(lambda: any(a["kind"] == "emergency" for f in west.of_type("alerts") for a in f["alerts"]),
                  what="alert")
-        time.sleep(0.3)
+        # A sentinel after ca-1's report: once west has it, ca-1's would have come before it.
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(3, battery=70.0, lat=51.53))])
+        wait_for(lambda: (west.latest_unit("we-1") or {}).get("lat") == 51.53, what="the sentinel report")
         assert all(u["device_id"] != "ca-1" for f in west.of_type("delta") for u in f["units"])
     finally:
         west.close()
@@ -278,7 +281,9 @@ def test_units_moved_out_of_an_area_or_retired_leave_its_clients(api: Api) -> No
         wait_for(lambda: west.latest_unit("we-afo") is None and everyone.latest_unit("we-afo") is None,
                  timeout=10, what="the retired unit to leave every picture")
         api.publish([(topic_for("we-afo", Channel.TELEMETRY), telemetry_payload(50, battery=44.0))])
-        time.sleep(0.5)
+        # A sentinel after the retired unit's report: once it is here, that one would be too.
+        api.publish([(topic_for("we-1", Channel.TELEMETRY), telemetry_payload(60, lat=51.54))])
+        wait_for(lambda: (everyone.latest_unit("we-1") or {}).get("lat") == 51.54, what="the sentinel report")
         assert everyone.latest_unit("we-afo") is None
     finally:
         west.close()

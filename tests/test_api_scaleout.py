@@ -15,9 +15,10 @@ import httpx
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from tests.api_support import SECRET, LiveReader, add_test_users, token
-from tests.conftest import Database, wait_for
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.api import SECRET, LiveReader, add_test_users, token
+from tests.helpers.db import Database
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from services.accounts import Role, add_user
 from services.registry import DeviceRecord, upsert_devices
-from tests.api_support import PASSWORD, api_on_machine, client
-from tests.conftest import Database
-from tests.support import make_settings
+from tests.helpers.api import PASSWORD, api_on_machine, client
+from tests.helpers.db import Database
+from tests.helpers.telemetry import make_settings
 
 USERS: dict[str, tuple[Role, list[str]]] = {
     "admin-west": (Role.ADMIN, ["Westminster"]),

@@ -13,7 +13,7 @@ import pytest
 
 from services import audit
 from services.registry import DeviceRecord, provision_device, revoke_device_secret, verify_device_secret
-from tests.conftest import Database
+from tests.helpers.db import Database
 
 
 def _write(db: Database, n: int, *, actor: str = "op-1") -> None:

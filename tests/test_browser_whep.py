@@ -4,18 +4,18 @@ and a viewing reason, and the video element's clock advances with decoded frames
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 
-import pytest
 from fastapi.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
-from tests.conftest import Database, wait_for
-from tests.support import event_payload, publish_all
-from tests.test_live_view import WE1, _live, stack
+from tests.helpers.db import Database
+from tests.helpers.environment import require_executable, require_module
+from tests.helpers.live_view import WE1, _live, stack
+from tests.helpers.telemetry import event_payload, publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -57,18 +57,32 @@ function quality() {
   const video = document.getElementById('v');
   const q = video.getVideoPlaybackQuality();
   return {time: video.currentTime, decoded: q.totalVideoFrames, dropped: q.droppedVideoFrames,
-          callbacks: window.callbacks, width: video.videoWidth, state: window.pc ? window.pc.connectionState : null};
+          callbacks: window.callbacks, width: video.videoWidth, state: window.pc ? window.pc.connectionState : null,
+          colours: colours(video)};
+}
+// How many distinct colours the current frame has, drawn onto a canvas: a picture, not a
+// black or empty box (a MediaStream is same-origin, so the canvas can be read).
+function colours(video) {
+  if (!video.videoWidth) return 0;
+  const canvas = document.createElement('canvas');
+  canvas.width = 64; canvas.height = 48;
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(video, 0, 0, canvas.width, canvas.height);
+  const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  const seen = new Set();
+  for (let i = 0; i < d.length; i += 4) seen.add((d[i] >> 4) << 8 | (d[i + 1] >> 4) << 4 | d[i + 2] >> 4);
+  return seen.size;
 }
 """
 
 
 def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: MosquittoProcess) -> None:
     """Chromium (headless, /usr/bin/chromium) plays a simulated camera relayed by the API:
-    201 with a Location, the video's currentTime advances, and frames are decoded
-    (getVideoPlaybackQuality and requestVideoFrameCallback); the viewing is recorded."""
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("chromium is not installed")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    201 with a Location, the video's currentTime advances, frames are decoded
+    (getVideoPlaybackQuality and requestVideoFrameCallback) and drawn (a frame copied to a
+    canvas has a picture in it); the viewing is recorded."""
+    require_executable(CHROMIUM, what="Chromium")
+    sync_playwright = require_module("playwright.sync_api").sync_playwright
     with stack(pg, mosquitto, live_view_idle_stop_s=60) as s:
         async def page(request: object) -> HTMLResponse:
             return HTMLResponse(PAGE)
@@ -102,6 +116,9 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
                     quality = tab.evaluate("quality()")
                     assert isinstance(played, dict)
                     assert quality["width"] > 0 and quality["state"] == "connected", quality
+                    # The frames were drawn: the picture has more than one colour.
+                    wait_for(lambda: tab.evaluate("quality()")["colours"] > 8, timeout=10, interval=0.25,
+                             what="a picture in the video element")
                     session_url = tab.evaluate("window.sessionUrl")
                     assert session_url.startswith(f"/api/v1/whep/{WE1}/")
                     # Ending the session with DELETE, as a WHEP player does.

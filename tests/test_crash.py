@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from core.contract import Channel, topic_for
-from tests.conftest import Database, wait_for
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.db import Database
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 
 DEVICES = 50
 REPORTS = 120  # 6,000 messages
@@ -33,10 +34,12 @@ def _start_ingest(db: Database, mqtt_url: str, *, protocol: str, share_group: st
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def _publish_slowly(mqtt_url: str, done: threading.Event) -> None:
+def _publish_slowly(mqtt_url: str, done: threading.Event, rounds: list[int]) -> None:
+    """Rounds of one report per device; ``rounds`` gets each round's number once the broker acknowledged it."""
     for seq in range(1, REPORTS + 1):
         publish_all(mqtt_url, [(topic_for(f"crash-{d:02d}", Channel.TELEMETRY), telemetry_payload(seq))
                                for d in range(DEVICES)], client_id="crash-publisher")
+        rounds.append(seq)
         time.sleep(0.02)
     done.set()
 
@@ -59,14 +62,17 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
 
         wait_for(warmed_up, timeout=60, interval=0.3, what="the first worker to subscribe")
         done = threading.Event()
-        publisher = threading.Thread(target=_publish_slowly, args=(broker.url, done), daemon=True)
+        rounds: list[int] = []
+        publisher = threading.Thread(target=_publish_slowly, args=(broker.url, done, rounds), daemon=True)
         publisher.start()
         wait_for(lambda: (pg.scalar(STREAMED) or 0) > 500, timeout=60,
                  what="the first worker to store some of the stream")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         killed_at = pg.scalar(STREAMED)
-        time.sleep(0.5)  # messages keep arriving at the broker while no worker runs
+        # Messages keep arriving at the broker while no worker runs: a few rounds of them.
+        rounds_at_kill = len(rounds)
+        wait_for(lambda: len(rounds) >= rounds_at_kill + 3 or done.is_set(), what="rounds published meanwhile")
         second = _start_ingest(pg, broker.url, protocol=protocol, share_group=share, log=log)
         try:
             publisher.join(120)

@@ -32,9 +32,11 @@ from services.registry import DeviceRecord, upsert_devices
 from simulator.run import Simulator
 from telemetry.embedded import free_port
 from telemetry.ingest import IngestWorker
-from tests.api_support import PASSWORD, SECRET, add_test_users, client, running_api
-from tests.conftest import Database, wait_for
-from tests.support import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.api import PASSWORD, SECRET, add_test_users, client, running_api
+from tests.helpers.db import Database
+from tests.helpers.environment import require_executable, require_module
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -110,9 +112,8 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
 def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A page in a fresh headless Chromium profile; the test fails if the page logs an error
     (an exception, or a violation of the page's Content-Security-Policy)."""
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is not installed")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    require_executable(str(CHROMIUM), what="Chromium")
+    sync_playwright = require_module("playwright.sync_api").sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-chromium-") as profile:
@@ -198,21 +199,29 @@ def test_sign_in_markers_filter_and_unit_panel(stack: Stack, browser_page: Any) 
     page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
                   " m.centreOn(u.lat, u.lon, 15); }", target.device_id)
     box = page.locator("#map canvas").bounding_box()
-    page.wait_for_timeout(600)  # the unit layer is redrawn for the new view
-    point = page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
-                          " return m.toScreen(u.mx, u.my); }", target.device_id)
-    assert isinstance(point, list)
-    page.mouse.click(box["x"] + point[0], box["y"] + point[1])
     panel = page.locator("#unit-panel")
-    panel.wait_for(state="visible")
+
+    def click_the_marker() -> bool:
+        # Until the unit layer is redrawn for the new view, a click there finds no marker.
+        point = page.evaluate("(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id);"
+                              " return m.toScreen(u.mx, u.my); }", target.device_id)
+        assert isinstance(point, list)
+        page.mouse.click(box["x"] + point[0], box["y"] + point[1])
+        return bool(panel.is_visible())
+
+    wait_for(click_the_marker, timeout=15, interval=0.3, what="the unit's marker to open its panel")
     assert panel.get_attribute("data-device-id") == target.device_id
     page.wait_for_selector(f"#unit-panel .unit-title:has-text('{target.callsign}')")
     page.wait_for_selector("#unit-panel dd:has-text('%')")  # battery
     page.wait_for_selector("#unit-panel .track-info:has-text(' fix')", timeout=15_000)
     shot(page, "unit-panel")
     page.fill("#filter-search", "")
+    font_px = "() => parseFloat(getComputedStyle(document.querySelector('#unit-panel .unit-title')).fontSize)"
+    before = page.evaluate(font_px)
     page.click("#large-type")
-    page.wait_for_timeout(500)
+    assert page.get_attribute("#large-type", "aria-pressed") == "true"
+    after = page.evaluate(font_px)
+    assert after > before, f"Large type left the text at {before}px (now {after}px)"
     shot(page, "map-large-type")
 
 
@@ -277,6 +286,11 @@ def test_fleet_manager_sees_health_and_exports_csv(stack: Stack, browser_page: A
     page.wait_for_selector("#view-fleet .card:has-text('Devices') .value:text-is('41')", timeout=15_000)
     wait_for(lambda: page.locator("table.boroughs tbody tr").count() >= 10, what="borough rows")
     assert "Battery level" in (page.get_attribute("canvas.battery-chart", "aria-label") or "")
+    # Drawn, not only placed: the chart's canvas has painted pixels.
+    wait_for(lambda: page.evaluate("""() => { const c = document.querySelector('canvas.battery-chart');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let painted = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) painted += 1;
+        return painted; }""") > 100, what="the battery chart drawn")
     shot(page, "fleet-health")
     with page.expect_download() as download_info:
         page.click("button.export")
@@ -304,8 +318,9 @@ def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, br
     row.wait_for(timeout=15_000)
     page.wait_for_selector(f"#incident-panel tr.not-recording[data-device-id='{afo.device_id}'] .mark")
     page.wait_for_selector("#incident-panel .incident-summary.danger:has-text('NOT recording')")
-    assert "inside" in row.inner_text()
-    page.wait_for_timeout(500)
+    text = row.inner_text()
+    assert "inside" in text
+    assert afo.callsign in text and "%" in text, text  # the unit, its battery
     shot(page, "firearms-incident")
 
 
@@ -468,8 +483,8 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
     simulated camera accepts (over MQTT), then plays the camera's stream (WHIP in, WHEP out)
     in a tile whose video clock advances; the tile says who else watches; closing it ends the
     viewing, recorded with the reason given."""
-    from tests.test_live_view import SIM_UNIT, WE1, simulated_camera
-    from tests.test_live_view import stack as live_view_stack
+    from tests.helpers.live_view import SIM_UNIT, WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
 
     page = browser_page
     with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, simulated_camera(s, decline_share=0.0):
@@ -507,6 +522,44 @@ def _png(rgb: tuple[int, int, int]) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" + bytes(rgb))) + chunk(b"IEND", b""))
 
 
+def _share_of_colour(png: bytes, rgb: tuple[int, int, int], tolerance: int = 6) -> float:
+    """The share of a screenshot's pixels within ``tolerance`` of ``rgb``: a PNG decoder just
+    big enough for Chromium's screenshots (8-bit RGB or RGBA, not interlaced)."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width, height, channels = 8, b"", 0, 0, 0
+    while pos < len(png):
+        (length,), kind = struct.unpack(">I", png[pos:pos + 4]), png[pos + 4:pos + 8]
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", data[:10])
+            assert depth == 8 and colour in (2, 6), (depth, colour)
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    raw, stride = zlib.decompress(idat), width * channels
+    previous, matches = bytearray(stride), 0
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = previous[i], previous[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        matches += sum(1 for x in range(0, stride, channels)
+                       if all(abs(line[x + k] - rgb[k]) <= tolerance for k in range(3)))
+        previous = line
+    return matches / (width * height)
+
+
 def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
     """With WATCHFLOOR_MAP_TILES_URL set, the map fetches {z}/{x}/{y} tiles from that server
     and draws them under the outlines, within the page's and the server's CSP."""
@@ -538,7 +591,12 @@ def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoPr
             wait_for(lambda: len(requested) >= 4, what="tile requests")
             assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", path) for path in requested), requested
             page.wait_for_selector("#attribution:has-text('© Test Tiles')")
-            page.wait_for_timeout(500)
+            # Drawn, not only requested: the map's pixels show the tile's colour.
+            box = page.locator("#map canvas").first.bounding_box()
+            clip = {"x": box["x"] + box["width"] / 2 - 40, "y": box["y"] + box["height"] / 2 - 40,
+                    "width": 80, "height": 80}
+            wait_for(lambda: _share_of_colour(page.screenshot(clip=clip), (40, 90, 60)) > 0.2,
+                     what="the tiles' colour on the map")
             shot(page, "map-tiles")
     finally:
         tiles.shutdown()

@@ -7,9 +7,9 @@ by its PID; each test is bounded in time (see docs/operations.md for what an ope
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,13 @@ import websockets
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from tests.api_support import SECRET, add_test_users, token
-from tests.conftest import Database, wait_for
-from tests.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.api import SECRET, add_test_users, token
+from tests.helpers.broker import connect_and_wait, subscribe_and_wait
+from tests.helpers.db import Database
+from tests.helpers.environment import missing, require_executable
+from tests.helpers.processes import PrivatePostgres, RoundPublisher, WatchfloorProcess, scrape
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 pytestmark = pytest.mark.timeout(240)
@@ -71,6 +74,23 @@ def _warm_up(mqtt_url: str, db_url: str, *, what: str) -> None:
     wait_for(stored, timeout=60, interval=0.3, what=what)
 
 
+def _sentinels_stored(mqtt_url: str, db_url: str, *, count: int = 1) -> None:
+    """Publish ``count`` reports after everything else and wait until ingest has stored them:
+    the broker delivers a session's messages in order, so whatever it was going to deliver
+    before them (a redelivered duplicate, say) has been stored too. With a $share group the
+    broker deals the sentinels out in turn, so one per worker is enough."""
+    devices = [f"sentinel-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    publish_all(mqtt_url, [(topic_for(d, Channel.TELEMETRY), telemetry_payload(1)) for d in devices],
+                client_id="fault-sentinel")
+
+    def stored() -> bool:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute("SELECT count(*) FROM telemetry WHERE device_id = ANY(%s)", (devices,)).fetchone()
+        return bool(row and row[0] == count)
+
+    wait_for(stored, timeout=60, what="the sentinel reports stored")
+
+
 @pytest.mark.parametrize("subscription,protocol", [("direct", "5"), ("direct", "3.1.1"), ("shared", "5")])
 def test_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
         pg: Database, tmp_path: Path, subscription: str, protocol: str) -> None:
@@ -84,8 +104,7 @@ def test_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
     persists a shared session's queue but not its shared subscription, so what is published
     between the broker's start and the worker's re-subscription has no subscriber and is
     dropped (pinned by the next test; docs/operations.md)."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path / "mosquitto").start()
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -104,25 +123,27 @@ def test_broker_restart_mid_stream_loses_nothing_and_stores_nothing_twice(
         # Hold ingest's writes so that the broker is sure to hold a backlog when it stops.
         blocker = psycopg.connect(pg.url)
         blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
-        time.sleep(1.5)
+        wait_for(lambda: publisher.acked - stored_at_lock > 500, what="a backlog behind the lock")
         if share:
             publisher.pause()
         held = publisher.acked - stored_at_lock  # at least this much is at the broker or in flight
-        broker.stop()  # SIGTERM: Mosquitto writes its sessions and queues to disk
-        time.sleep(2.0)  # publisher and ingest both find the broker gone
+        # SIGTERM, and stop() returns once Mosquitto has exited, its sessions and queues on
+        # disk. Every connection to it is closed by then, so ingest and the publisher meet the
+        # outage however soon it starts again (ingest's reconnection is checked below).
+        broker.stop()
         broker.start()
         blocker.rollback()
         blocker.close()
         blocker = None
         wait_for(lambda: scrape(metrics).get("watchfloor_ingest_broker_connections_total") == 2, timeout=30,
                  what="ingest reconnected by itself")
-        time.sleep(0.5)  # its SUBSCRIBE (sent on connect) reaches the broker before the publisher's next round
+        _sentinels_stored(broker.url, pg.url)  # its SUBSCRIBE reached the broker before the publisher resumes
         publisher.resume()
         publisher.join(120)
         assert publisher.done.is_set(), "publisher did not finish"
         wait_for(lambda: _count(pg.url, "brk") == publisher.total, timeout=90,
                  what=f"all {publisher.total} reports stored ({ingest.tail()})")
-        time.sleep(1.0)  # anything stored twice would show now
+        _sentinels_stored(broker.url, pg.url)  # anything stored twice was delivered before it
     finally:
         publisher.stop()
         if blocker is not None:
@@ -140,16 +161,14 @@ def test_mosquitto_forgets_shared_subscriptions_across_its_restart(tmp_path: Pat
     persistence, a persistent session keeps its queued messages and its direct subscription,
     but not its ``$share`` subscription, until the client subscribes again. If this fails, the
     broker was fixed: update docs/operations.md ("Broker restart") and the test above."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     received: dict[str, list[bytes]] = {}
     for kind, topic_filter in (("direct", "pin/x"), ("shared", "$share/g/pin/x")):
         broker = MosquittoProcess(tmp_path / f"mosquitto-{kind}").start()
         got: list[bytes] = []
         try:
             session = _session(broker.url, f"pin-{kind}", got)
-            session.subscribe(topic_filter, 1)
-            time.sleep(0.3)
+            subscribe_and_wait(session, topic_filter, 1)
             session.disconnect()
             session.loop_stop()
             publish_all(broker.url, [("pin/x", b"queued-before-restart")], client_id="pin-publisher")
@@ -158,7 +177,12 @@ def test_mosquitto_forgets_shared_subscriptions_across_its_restart(tmp_path: Pat
             publish_all(broker.url, [("pin/x", b"published-after-restart")], client_id="pin-publisher")
             session = _session(broker.url, f"pin-{kind}", got)
             wait_for(lambda: len(got) >= (2 if kind == "direct" else 1), timeout=10, what=f"{kind} delivery")
-            time.sleep(0.5)
+            # A sentinel on a topic of its own, after the rest: once it is here, whatever the
+            # broker was going to deliver has been delivered.
+            subscribe_and_wait(session, "pin/sentinel", 1)
+            publish_all(broker.url, [("pin/sentinel", b"sentinel")], client_id="pin-publisher")
+            wait_for(lambda: b"sentinel" in got, timeout=10, what=f"{kind} sentinel")
+            got.remove(b"sentinel")
             session.disconnect()
             session.loop_stop()
         finally:
@@ -181,24 +205,25 @@ def _session(url: str, client_id: str, got: list[bytes]) -> Any:
     client.on_message = lambda c, u, m: got.append(bytes(m.payload))
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 3600
-    client.connect(address.host, address.port, clean_start=False, properties=props)
-    client.loop_start()
-    time.sleep(0.3)
+    connect_and_wait(client, address.host, address.port, clean_start=False, properties=props)
     return client
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
     """A private PostgreSQL is stopped for 30 s under a steady stream: ingest acknowledges
-    nothing meanwhile, its queue holds no more than the broker's in-flight window, its memory
-    stays flat and its broker connection up while the broker holds the rest of the backlog;
-    once the database is back it catches up, and every report is stored once."""
+    nothing meanwhile, its queue stays within its bound, its memory stays flat and its broker
+    connection up, so whatever it did not take is held by the broker; once the database is
+    back it catches up, and every report the broker acknowledged is stored once.
+
+    How much the publisher gets out in the 30 s depends on the machine's load, so the test
+    asserts no amount of backlog, only that every acknowledged report was either in ingest's
+    bounded queue or at the broker, and was stored afterwards."""
     try:
         cluster = PrivatePostgres()
     except (FileNotFoundError, RuntimeError) as error:
-        pytest.skip(f"no private PostgreSQL cluster here: {error}")
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+        missing(f"no private PostgreSQL cluster here: {error}")
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path / "mosquitto").start()
     port = free_port()
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -232,7 +257,7 @@ def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
         wait_for(lambda: publisher.done.is_set(), timeout=120, what="the publisher to finish")
         wait_for(lambda: _count_or_none(db_url, "dbo") == publisher.total, timeout=120,
                  what=f"all {publisher.total} stored ({ingest.tail()})")
-        time.sleep(1.0)
+        _sentinels_stored(broker.url, db_url)  # anything stored twice was delivered before it
         final_count, final_distinct = _count(db_url, "dbo"), _distinct(db_url, "dbo")
         ingest_log = ingest.tail()
     finally:
@@ -245,7 +270,7 @@ def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
     acknowledged = [s["watchfloor_ingest_messages_acknowledged_total"] for s in samples[2:]]
     assert len(set(acknowledged)) == 1, f"acknowledged during the outage: {acknowledged}"
     depths = [s["watchfloor_ingest_queue_depth"] for s in samples]
-    assert max(depths) <= 20_000 and depths[-1] >= 5_000, depths  # holding the in-flight window, within bounds
+    assert max(depths) <= 20_000, depths  # WATCHFLOOR_INGEST_QUEUE_MAX's default: bounded however long the outage
     rss = [s["process_resident_memory_bytes"] for s in samples]
     growth_mb = (max(rss) - before["process_resident_memory_bytes"]) / 1e6
     assert growth_mb < 40, f"RSS grew {growth_mb:.0f} MB during the outage"
@@ -254,12 +279,18 @@ def test_database_away_for_30_seconds(tmp_path: Path, protocol: str) -> None:
     # which answers keep-alives), so nothing had to be sent to it again.
     assert samples[-1]["watchfloor_ingest_broker_connected"] == 1
     assert samples[-1]["watchfloor_ingest_broker_connections_total"] == 1, ingest_log
+    # What the broker acknowledged to the publisher but ingest had not acknowledged (stored)
+    # when the outage ended: it was in ingest's queue or, the rest, held by the broker.
     backlog = published_meanwhile - acknowledged[-1]
+    assert backlog > 0, "nothing was published during the outage: the test tested nothing"
+    assert depths[-1] <= backlog, f"ingest's queue ({depths[-1]}) holds more than was owed ({backlog})"
     at_broker = backlog - depths[-1]
-    assert at_broker > 5_000, f"the broker should hold the rest of the backlog ({backlog}, queue {depths[-1]})"
+    # ... and all of it was stored after the database came back, each report once: nothing
+    # acknowledged is lost, whether the broker or the queue had held it.
     assert final_count == final_distinct == publisher.total
+    assert final_count - acknowledged[-1] >= backlog
     print(f"database away 30 s (MQTT {protocol}): backlog ~{backlog:.0f} reports, {depths[-1]:.0f} of them in "
-          f"ingest's queue, RSS growth {growth_mb:.1f} MB, "
+          f"ingest's queue, {at_broker:.0f} at the broker, RSS growth {growth_mb:.1f} MB, "
           f"caught up with what was published before the restart {caught_up_s:.1f} s after it")
 
 
@@ -283,7 +314,8 @@ def test_one_of_two_workers_killed_the_other_carries_on(pg: Database, mosquitto:
         survivor_metrics = f"http://127.0.0.1:{ports[0]}/metrics"
         acked_at_kill = scrape(survivor_metrics)["watchfloor_ingest_messages_acknowledged_total"]
         stored_at_kill = _count(pg.url, "shr")
-        time.sleep(3.0)
+        wait_for(lambda: scrape(survivor_metrics)["watchfloor_ingest_messages_acknowledged_total"]
+                 - acked_at_kill > 300, timeout=60, what="the survivor storing on without the victim")
         acked_later = scrape(survivor_metrics)["watchfloor_ingest_messages_acknowledged_total"]
         stored_later = _count(pg.url, "shr")
         published_later = publisher.acked
@@ -292,7 +324,7 @@ def test_one_of_two_workers_killed_the_other_carries_on(pg: Database, mosquitto:
         assert publisher.done.is_set(), "publisher did not finish"
         wait_for(lambda: _count(pg.url, "shr") == publisher.total, timeout=90,
                  what=f"all {publisher.total} stored ({victim.tail()})")
-        time.sleep(1.0)
+        _sentinels_stored(mosquitto.url, pg.url, count=len(workers))  # anything stored twice shows by now
     finally:
         publisher.stop()
         for w in workers:

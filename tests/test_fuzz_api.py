@@ -13,11 +13,12 @@ import psycopg
 import pytest
 
 from services.registry import DeviceRecord, upsert_devices
-from tests.api_support import api_on_machine, token
-from tests.support import make_settings
+from tests.helpers.api import api_on_machine, token
+from tests.helpers.environment import require_module
+from tests.helpers.telemetry import make_settings
 
-schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
+schemathesis = require_module("schemathesis", allow_module_level=True)
+hypothesis = require_module("hypothesis", allow_module_level=True)
 
 
 

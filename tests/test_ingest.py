@@ -4,7 +4,6 @@ bad messages are rejected beside good ones, and a slow database pushes back on t
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ import pytest
 from core.contract import Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
-from tests.conftest import Database, wait_for
-from tests.support import (
+from tests.helpers.db import Database
+from tests.helpers.environment import missing
+from tests.helpers.telemetry import (
     event_payload,
     hours_ago,
     make_settings,
@@ -25,6 +25,7 @@ from tests.support import (
     running_worker,
     telemetry_payload,
 )
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 
@@ -52,10 +53,10 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     TimescaleDB, the machine's own Mosquitto and PostgreSQL, and the embedded pair the demo
     uses (rumqttd + pgserver)."""
     broker_kind, db_kind = request.param.split("+")
-    from tests.conftest import _database
+    from tests.helpers.db import _database
 
     if broker_kind == "machine" and not _machine_mosquitto_up():
-        pytest.skip("the machine's Mosquitto is not running on 127.0.0.1:1883")
+        missing("the machine's Mosquitto is not running on 127.0.0.1:1883")
     db_iter = _database(request, db_kind)
     db = next(db_iter)
     if broker_kind == "mosquitto":
@@ -223,7 +224,10 @@ def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: Mosqui
         blocker.execute("LOCK TABLE telemetry IN ACCESS EXCLUSIVE MODE")
         try:
             publish_all(mosquitto.url, messages[10:])
-            time.sleep(2.0)
+            # Ingest has taken all the broker may send it (its receive maximum is the queue's
+            # size): part in the queue, one batch held by the locked insert.
+            wait_for(lambda: worker.stats.delivered >= 10 + settings.ingest_queue_max,
+                     what="the broker's in-flight window delivered")
             assert worker.stats.stored_telemetry == 10
             assert worker.queue_depth <= 200
             held = worker.queue_depth + settings.ingest_batch_max

@@ -15,9 +15,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
-from tests.conftest import Database, wait_for
-from tests.support import event_payload, publish_all
-from tests.test_live_view import WE1, AiortcViewer, Stack, Watched, _live, stack
+from tests.helpers.db import Database
+from tests.helpers.live_view import WE1, AiortcViewer, Stack, Watched, _live, stack
+from tests.helpers.telemetry import event_payload, publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 AFO = "lv-we-afo"  # a second Westminster camera

@@ -14,10 +14,11 @@ import orjson
 from core.contract import Channel, topic_for
 from core.logs import JsonFormatter, redact
 from telemetry.embedded import free_port
-from tests.api_support import SECRET, LiveReader, add_test_users, token
-from tests.conftest import Database, wait_for
-from tests.processes import scrape, watchfloor_process
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.api import SECRET, LiveReader, add_test_users, token
+from tests.helpers.db import Database
+from tests.helpers.processes import scrape, watchfloor_process
+from tests.helpers.telemetry import publish_all, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 
@@ -105,7 +106,8 @@ def test_api_request_ids_metrics_and_json_access_log(pg: Database, mosquitto: Mo
         finally:
             reader.close()
         text = httpx.get(f"{base}/metrics", timeout=5).text
-        time.sleep(0.3)  # let the last access lines reach the log
+        # The last line the checks below read: the live feed's close, logged as it ends.
+        wait_for(lambda: '"websocket_closed"' in log.read_text(), what="the websocket's close in the log")
     assert 'route="/healthz",status="200"' in text
     assert 'route="/api/v1/devices/{device_id}",status="404"' in text
     assert "obs-secret-unit" not in text and "op-all" not in text

@@ -559,15 +559,18 @@ def test_hundred_join_leave_cycles_leak_nothing() -> None:
         relay = Relay(host_addresses=LOOPBACK)
         camera = SyntheticVideoTrack(width=160, height=120)
         pub = await publish(relay, "cam-1", camera)
+        publisher_pcs = live_peer_connections()
         for n in range(6):  # warm up: caches, the executor's threads
             await cycle(relay, n)
-        await asyncio.sleep(0.3)
+        await until(lambda: live_peer_connections() == publisher_pcs, what="the warm-up viewers' connections closed")
         gc.collect()
         tasks, threads, pcs = len(asyncio.all_tasks()), own_threads(), live_peer_connections()
         memory = tracemalloc.get_traced_memory()[0]
         for n in range(100):
             await cycle(relay, n)
-        await asyncio.sleep(0.5)  # the last closes finish
+        # The last closes finish (a leak keeps this from happening, and the test fails here).
+        await until(lambda: live_peer_connections() == publisher_pcs and len(asyncio.all_tasks()) <= tasks
+                    and own_threads() <= threads, what="the last viewers' connections closed")
         gc.collect()
         after = (len(asyncio.all_tasks()), own_threads(), live_peer_connections(),
                  tracemalloc.get_traced_memory()[0])

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from telemetry.schema import ensure_partitions, features, migrate, run_maintenance
-from tests.conftest import Database
+from tests.helpers.db import Database
 
 
 def test_migrate_is_idempotent_and_records_its_features(any_db: Database) -> None:
@@ -52,7 +52,7 @@ def test_plain_postgres_partitions_by_day_and_drops_old_days(pg: Database) -> No
 
 @pytest.fixture
 def timescale_db(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    from tests.conftest import _database
+    from tests.helpers.db import _database
 
     yield from _database(request, "timescale")
 

@@ -9,7 +9,6 @@ import asyncio
 import http.server
 import json
 import logging
-import shutil
 import tempfile
 import threading
 import time
@@ -29,9 +28,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from services import audit
 from services.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from telemetry.embedded import free_port
-from tests.api_support import PASSWORD, add_test_users, client, running_api, token
-from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
-from tests.support import make_settings
+from tests.helpers.api import PASSWORD, add_test_users, client, running_api, token
+from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.helpers.environment import require_executable, require_module
+from tests.helpers.telemetry import make_settings
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 ISSUER, AUDIENCE = "https://idp.test/realms/met", "watchfloor"
@@ -104,8 +105,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[Database]:
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
+    require_machine_pg()
     for database in _with_database(MACHINE_PG, "plain"):
         with database.connect() as conn:
             add_test_users(conn)
@@ -115,8 +115,7 @@ def db() -> Iterator[Database]:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_executable("mosquitto")
     process = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
     try:
         yield process
@@ -215,8 +214,8 @@ def test_requests_per_user_are_limited_with_retry_after(db: Database, broker: Mo
         assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(limited.headers["retry-after"]) <= 2
         assert admin.get("/api/v1/devices").status_code == 200
-        time.sleep(0.6)
-        assert op.get("/api/v1/devices").status_code == 200
+        wait_for(lambda: op.get("/api/v1/devices").status_code == 200, timeout=5, interval=0.6,
+                 what="the bucket to refill")
 
 
 def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broker: MosquittoProcess) -> None:
@@ -486,9 +485,8 @@ def test_chromium_opens_the_live_websocket_under_the_csp(stack: Stack) -> None:
     same-origin websocket and get a snapshot, while an inline script and a request to another
     origin are blocked as CSP violations."""
     chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("/usr/bin/chromium is not installed")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    require_executable(str(chromium), what="Chromium")
+    sync_playwright = require_module("playwright.sync_api").sync_playwright
     bearer = token(stack.base, "op-all")
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-csp-") as profile:
         context = p.chromium.launch_persistent_context(

@@ -16,8 +16,9 @@ from simulator.fleet import FleetProfile, build_fleet
 from simulator.geo import load_boroughs
 from simulator.run import Simulator
 from telemetry.decode import Decoded, Limits, StatusChange, decode
-from tests.conftest import Database, wait_for
-from tests.support import make_settings, running_worker
+from tests.helpers.db import Database
+from tests.helpers.telemetry import make_settings, running_worker
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 START = datetime(2026, 12, 1, 7, 0, tzinfo=timezone.utc)

@@ -22,7 +22,7 @@ import psycopg
 
 from core.contract import Channel, topic_for
 from telemetry.embedded import free_port
-from tests.support import publish_all, telemetry_payload
+from tests.helpers.telemetry import publish_all, telemetry_payload
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

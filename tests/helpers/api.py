@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import socket
 import threading
 import time
@@ -26,7 +25,8 @@ from api.app import WS_DEFLATE, WS_IMPL, create_app
 from core.settings import Settings
 from services.accounts import Role, add_user
 from telemetry.embedded import free_port
-from tests.conftest import MACHINE_PG, Database, _machine_pg_available, _with_database
+from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
+from tests.helpers.environment import require_executable
 from watchfloor.mosquitto import MosquittoProcess
 
 SECRET = "test-secret-" + "x" * 40
@@ -80,10 +80,8 @@ def api_on_machine(tmp_path_factory: pytest.TempPathFactory, *, settings: Settin
     """A module's shared API: a database of its own on the machine's PostgreSQL (plain path)
     with the test users and what ``seed`` adds, a Mosquitto from the shipped configuration,
     and an API server on both. Skips where the machine has neither."""
-    if not _machine_pg_available():
-        pytest.skip("the machine's PostgreSQL is not reachable")
-    if shutil.which("mosquitto") is None:
-        pytest.skip("mosquitto is not installed")
+    require_machine_pg()
+    require_executable("mosquitto")
     broker = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
     try:
         for db in _with_database(MACHINE_PG, "plain"):

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # which no device id may enter: a camera's client id is its device id, so a worker named
     # like a device could have its session taken by that camera.
     ingest_client_id: str = Field(default="watchfloor-ingest-1",
-                                  pattern=f"^{SERVICE_PREFIX}[A-Za-z0-9_-]{{1,100}}$")
+                                  pattern=f"^{SERVICE_PREFIX}[A-Za-z0-9_.-]{{1,100}}$")
     # Shared-subscription group; empty subscribes directly (one worker only). The embedded
     # broker (rumqttd) panics when a persistent session with a $share filter resumes, so the
     # demo runs one worker with a direct subscription.

@@ -211,3 +211,14 @@ def test_cameras_and_services_log_in_on_separate_listeners() -> None:
     broker = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-mosquitto")
     k8s_mounts = {m["mountPath"] for m in broker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
     assert files <= k8s_mounts
+
+
+def test_every_package_is_installed() -> None:
+    """A non-editable install carries every package of the source tree: a package left out of
+    [tool.setuptools] packages works from a checkout and fails once installed."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert listed == set(find_packages(where=str(ROOT), exclude=["tests", "tests.*", "bench", "bench.*"]))

@@ -501,12 +501,25 @@ def test_a_packet_lost_for_good_stalls_viewers_only_briefly() -> None:
                     return
             await send(data)
 
+        # How long this process was held up while it ran (a loaded machine's scheduling, not
+        # the relay): the stall allowed is a second beyond the worst such hold-up, measured
+        # in the same run.
+        held_up: list[float] = [0.0]
+
+        async def probe() -> None:
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                held_up.append(time.monotonic() - before - 0.01)
+
+        prober = asyncio.ensure_future(probe())
         transport._send_rtp = lossy  # type: ignore[method-assign]
         lost_at = time.monotonic()
         await until(lambda: sum(t > lost_at for t, _ in arrivals) >= 20, timeout=8, what="frames after the loss")
+        prober.cancel()
         times = [t for t, _ in arrivals if t > lost_at - 0.1]
         longest = max(b - a for a, b in zip(times, times[1:]))
-        assert longest < 1.2, f"the viewer waited {longest:.2f} s"
+        assert longest < 1.2 + max(held_up), f"the viewer waited {longest:.2f} s (process held up {max(held_up):.2f} s)"
         frames = [f for _, f in arrivals]
         positions = index_in(camera.sent, frames)
         assert all(frames[i].keyframe for i in range(1, len(frames)) if positions[i] != positions[i - 1] + 1)

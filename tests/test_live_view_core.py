@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.commands import CommandType, ReplyStatus
-from services.consent import Basis
+from services.accounts import Principal, Role
+from services.consent import Basis, UnitFacts
 from services.live_view.workflow import (
     Announce,
     ArmIdle,
@@ -36,6 +37,7 @@ from services.live_view.workflow import (
     audit_request_answered,
     audit_sweep,
     change_for_event,
+    check_viewing,
     on_idle_timeout,
     reply_answer,
     viewer_end_reason,
@@ -314,3 +316,28 @@ def test_no_sequence_of_events_leaves_a_stream_without_consent_or_a_forgotten_id
         assert unit.stream or unit.viewers == 0
     ended = unit.announced.count("consent_ended")
     assert ended == granted - (unit.consent is not None)
+
+
+def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> None:
+    """In order: may the caller watch the unit at all (else 403/404); a reason (403); a consent
+    in force (409); a camera that has started streaming (wait, then 409 on the final check);
+    the stream in this process (409)."""
+    op = Principal("op", Role.OPERATOR, frozenset({"Westminster"}))
+    unit = UnitFacts(device_id=WE1, borough="Westminster", role="response", recording="buffering", online=True,
+                     retired=False, incident_owners=frozenset(), incident_boroughs=frozenset())
+    streaming = {**_consent(), "publisher_session": "p-1"}
+    dialling = {**_consent(), "publisher_session": None}
+
+    def check(who: Principal = op, reason: str | None = "incident 4", consent: dict[str, Any] | None = streaming,
+              final: bool = False, here: bool = True) -> tuple[str | None, bool]:
+        verdict = check_viewing(who, WE1, unit, reason, consent, final=final, publishing_here=here)
+        return (verdict.denied.kind if verdict.denied else None), verdict.waiting
+
+    assert check() == (None, False)
+    assert check(who=Principal("a", Role.AUDITOR, None)) == ("forbidden", False)
+    assert check(who=Principal("o", Role.OPERATOR, frozenset({"Camden"}))) == ("not_found", False)
+    assert check(reason=None) == ("forbidden", False)
+    assert check(consent=None) == ("conflict", False)
+    assert check(consent=dialling) == (None, True)
+    assert check(consent=dialling, final=True) == ("conflict", False)
+    assert check(here=False) == ("conflict", False)

@@ -22,17 +22,20 @@ from services.live_view.workflow import (
     EndConsent,
     GrantConsent,
     ReplyAnswer,
+    ViewCheck,
     audit_consent_ended,
     audit_publisher_ended,
     audit_request_answered,
     audit_sweep,
     change_for_event,
+    check_viewing,
 )
 
 __all__ = [
     "Requested",
     "answer_request",
     "camera_event",
+    "check_viewer",
     "end_publisher_consent",
     "end_viewing",
     "facts",
@@ -186,6 +189,17 @@ def end_publisher_consent(conn: psycopg.Connection, *, device_id: str, session_i
     if ended is not None:
         write_audits(conn, [audit_publisher_ended(device_id, ended, reason)])
     return ended, True
+
+
+def check_viewer(conn: psycopg.Connection, *, who: Principal, device_id: str, reason: str | None, final: bool,
+                 publishing_here: bool) -> tuple[ViewCheck, Row | None]:
+    """(may ``who`` watch now, the consent in force); a refusal is recorded and audited."""
+    consent = viewings.active_consent(conn, device_id)
+    check = check_viewing(who, device_id, facts(conn, device_id), reason, consent, final=final,
+                          publishing_here=publishing_here)
+    if check.denied is not None:
+        refuse_viewing(conn, who=who, device_id=device_id, reason=reason, refused=check.denied.message)
+    return check, consent
 
 
 def refuse_viewing(conn: psycopg.Connection, *, who: Principal, device_id: str, reason: str | None,

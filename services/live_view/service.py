@@ -23,6 +23,11 @@ State lives in PostgreSQL (:mod:`services.viewings`), so any process answers que
 about requests, consent and viewers. Media does not: a camera's WHIP session and its
 viewers' WHEP sessions must reach the same process (route ``/api/v1/whip/{id}`` and
 ``/api/v1/whep/{id}`` by device id at the load balancer), as with any SFU.
+
+Over 400 lines on purpose: it is one adapter around one set of in-process state (the streams,
+viewers, slots and idle timers of this process), which WHIP, WHEP, the relay's events and the
+broker's messages all change; split further, each part would reach into the others' state.
+Everything that can be pure or stand alone is elsewhere in this package.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from core.contract import Channel, Event
 from core.settings import Settings
 from services import viewings
 from services.accounts import Principal, Role
-from services.consent import VIEWING_ROLES, Denied, clean_reason, may_watch
+from services.consent import VIEWING_ROLES, Denied, clean_reason
 from services.errors import (
     Conflict,
     Forbidden,
@@ -67,6 +72,7 @@ from services.live_view.workflow import (
     CloseStream,
     Effect,
     SendCommand,
+    ViewCheck,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -407,36 +413,20 @@ class LiveView:
     async def view(self, who: Principal, device_id: str, reason_raw: str | None, offer: str) -> Session:
         reason = clean_reason(reason_raw)
 
-        def check(conn: psycopg.Connection, final: bool) -> tuple[Denied | None, dict[str, Any] | None, bool]:
-            """(refusal, consent, still waiting for the camera's stream)."""
-            denied = may_watch(who, records.facts(conn, device_id))
-            consent = None
-            if denied is None and reason is None:
-                denied = Denied("forbidden", "a reason is required to watch (header X-Viewing-Reason, 3 to 200 "
-                                             "characters)")
-            if denied is None:
-                consent = viewings.active_consent(conn, device_id)
-                if consent is None:
-                    denied = Denied("conflict", f"{device_id} is not live (no consent in force)")
-                elif consent["publisher_session"] is None:
-                    if not final:
-                        return None, None, True
-                    denied = Denied("conflict", f"{device_id} has consent but its camera has not started streaming")
-                elif not self.relay.is_publishing(device_id):
-                    denied = Denied("conflict", f"{device_id} streams through another API process")
-            if denied is not None:
-                records.refuse_viewing(conn, who=who, device_id=device_id, reason=reason, refused=denied.message)
-            return denied, consent, False
+        def check(conn: psycopg.Connection, final: bool) -> tuple[ViewCheck, dict[str, Any] | None]:
+            return records.check_viewer(conn, who=who, device_id=device_id, reason=reason, final=final,
+                                        publishing_here=self.relay.is_publishing(device_id))
 
         # A viewer who asks as soon as the camera accepted finds it still dialling in: wait a
         # little (only once the caller may watch) rather than refuse.
         deadline = time.monotonic() + _STREAM_WAIT_S
-        denied, consent, waiting = await self._db(lambda conn: check(conn, False))
-        while waiting and time.monotonic() < deadline:
+        verdict, consent = await self._db(lambda conn: check(conn, False))
+        while verdict.waiting and time.monotonic() < deadline:
             await asyncio.sleep(_STREAM_POLL_S)
-            denied, consent, waiting = await self._db(lambda conn: check(conn, False))
-        if waiting:
-            denied, consent, _ = await self._db(lambda conn: check(conn, True))
+            verdict, consent = await self._db(lambda conn: check(conn, False))
+        if verdict.waiting:
+            verdict, consent = await self._db(lambda conn: check(conn, True))
+        denied = verdict.denied
         if denied is not None:
             _raise(denied)
         assert consent is not None and reason is not None

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.commands import CommandType, ReplyStatus
-from services.consent import Basis, stop_reason_for_event
+from services.accounts import Principal
+from services.consent import Basis, Denied, UnitFacts, may_watch, stop_reason_for_event
 
 __all__ = [
     "Announce",
@@ -33,6 +34,7 @@ __all__ = [
     "EndConsent",
     "GrantConsent",
     "ReplyAnswer",
+    "ViewCheck",
     "after_change",
     "after_consent_ended",
     "after_consent_started",
@@ -48,6 +50,7 @@ __all__ = [
     "audit_request_answered",
     "audit_sweep",
     "change_for_event",
+    "check_viewing",
     "on_idle_timeout",
     "reply_answer",
     "viewer_end_reason",
@@ -229,6 +232,35 @@ def after_sweep(expired: Sequence[Row], stale: Sequence[Row]) -> list[Effect]:
 _VIEWER_END = {"publisher_ended": "stream_ended", "connection_failed": "connection_lost",
                "connection_closed": "connection_lost", "setup_timeout": "never_connected",
                "relay_closed": "server_stopping"}
+
+
+@dataclass(frozen=True)
+class ViewCheck:
+    """May the caller watch now: refused (``denied``), or wait for the camera to dial in."""
+
+    denied: Denied | None
+    waiting: bool = False
+
+
+def check_viewing(who: Principal, device_id: str, unit: UnitFacts | None, reason: str | None,
+                  consent: Row | None, *, final: bool, publishing_here: bool) -> ViewCheck:
+    """Whether ``who`` may watch the unit now (``reason``: theirs, cleaned; ``consent``: the one
+    in force). A consent whose camera has not started streaming yet means wait, unless this
+    is the ``final`` check. The stream must run in this process (WHEP is routed like WHIP)."""
+    denied = may_watch(who, unit)
+    if denied is None and reason is None:
+        denied = Denied("forbidden", "a reason is required to watch (header X-Viewing-Reason, 3 to 200 characters)")
+    if denied is not None:
+        return ViewCheck(denied)
+    if consent is None:
+        return ViewCheck(Denied("conflict", f"{device_id} is not live (no consent in force)"))
+    if consent["publisher_session"] is None:
+        if not final:
+            return ViewCheck(None, waiting=True)
+        return ViewCheck(Denied("conflict", f"{device_id} has consent but its camera has not started streaming"))
+    if not publishing_here:
+        return ViewCheck(Denied("conflict", f"{device_id} streams through another API process"))
+    return ViewCheck(None)
 
 
 def viewer_end_reason(relay_reason: str | None) -> str:

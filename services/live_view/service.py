@@ -397,8 +397,7 @@ class LiveView:
         if self._publishers.get(device_id) != session_id:
             return  # handled already
         del self._publishers[device_id]
-        if (handle := self._idle.pop(device_id, None)) is not None:
-            handle.cancel()
+        await self._apply([CancelIdle(device_id)])
         reason = self._closing.pop(session_id, None) or "camera_lost"
         for viewer in [v for v in self._viewers.values() if v.device_id == device_id]:
             with contextlib.suppress(Exception):

@@ -277,8 +277,9 @@ def after_publisher_gone(device_id: str, reason: str, *, ended: Row | None, curr
     """The camera's stream here ended: ``ended`` is the consent this ended (None when it had
     ended already, or the camera streams elsewhere now); ``current``: the stream was the
     unit's (not one taken over by another process). A camera that stopped by itself is not
-    told to stop."""
-    effects: list[Effect] = [CancelIdle(device_id)]
+    told to stop. (Its idle timer was cancelled when it ended: by now the camera may be
+    streaming again, under a timer of its own.)"""
+    effects: list[Effect] = []
     if ended is not None:
         if reason != "officer_stopped":
             effects.append(SendCommand(device_id, CommandType.LIVE_VIEW_STOP, {"reason": reason}))

@@ -4,10 +4,18 @@ paho runs its network loop on its own thread and calls ``on_message`` there with
 client's lock held. :meth:`MqttSession.start` hands each message to a callback that must
 only enqueue it; acknowledgements are queued back with :meth:`MqttSession.ack`, which paho
 writes from its network thread. Never publish-and-wait inside a callback: it deadlocks.
+
+:class:`LoopHandover` is the one generic way across from paho's thread to an asyncio event
+loop: ``put(topic, payload)`` on paho's thread schedules, with ``loop.call_soon_threadsafe``,
+a ``put_nowait`` into a bounded ``asyncio.Queue`` that the loop's consumer reads; when the
+queue is full the message is dropped and counted (``dropped``), never blocking paho's thread
+(which must keep answering keep-alives). :mod:`services.live_view` uses it; ``api.live.LiveHub``
+and ingest still cross in their own ways and can adopt it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import struct
@@ -24,8 +32,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "MqttSession", "detect_protocol", "new_client",
-           "publish_all"]
+__all__ = ["BrokerAddress", "BufferedClient", "Inbound", "LoopHandover", "MqttSession", "detect_protocol",
+           "new_client", "publish_all"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,38 @@ class Inbound:
     topic: str
     payload: bytes
     received_at: float  # time.time()
+
+
+class LoopHandover:
+    """Messages from paho's network thread to an asyncio loop, through one bounded queue.
+
+    :meth:`put` is called on paho's thread; the message is put into :attr:`queue` on the loop's
+    thread (``call_soon_threadsafe``), so the queue is only ever touched by the loop. When the
+    queue is full (its consumer stalled, e.g. the database is away) the message is dropped,
+    counted in :attr:`dropped` and logged: the producer is never blocked, since a blocked paho
+    thread stops answering keep-alives and the broker drops the connection. When the loop has
+    closed (the app is stopping) the message is dropped silently.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, maxsize: int, name: str) -> None:
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+        self._loop = loop
+        self._name = name
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """Paho's thread: hand (topic, payload) over to the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._enqueue, topic, payload)
+        except RuntimeError:  # the loop closed under us: the app is stopping
+            pass
+
+    def _enqueue(self, topic: str, payload: bytes) -> None:
+        try:
+            self.queue.put_nowait((topic, payload))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("%s: queue full, dropped a message on %s", self._name, topic)
 
 
 class BufferedClient(paho.Client):

@@ -1,5 +1,5 @@
 """Live-view consent: the pure decisions (who may watch, what a request does, when a stream
-must stop). No I/O here; :mod:`services.live_view` applies them.
+must stop). No I/O here; :mod:`services.live_view.workflow` builds on them.
 
 A camera streams only under a consent in force, which always has a basis:
 

@@ -1,0 +1,322 @@
+"""Live view's pure decisions: given what happened and what the records say, the effects.
+
+No I/O here. Each function takes an event (a camera's reply or event, a sweep's findings, a
+viewer joining or leaving, an idle timeout, a change announced by another process) and the
+rows the transaction found, and returns the effects as plain data, in the order they must
+happen: :class:`SendCommand` (to a camera), :class:`Announce` (to every API process and the
+control room), :class:`CloseStream` (end this process's WHIP session, and so its viewers),
+:class:`ArmIdle` / :class:`CancelIdle` (the no-viewer timer), and :class:`Audit` rows, which
+the caller writes in the same transaction as the records they describe.
+:class:`services.live_view.LiveView` performs them. Who may watch, what a request does and
+when a camera's event ends a consent are in :mod:`services.consent`.
+
+The rule every function keeps: a consent that ends closes its stream (:class:`CloseStream`),
+and a stream that ends ends its consent, so no stream runs without a consent in force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.commands import CommandType, ReplyStatus
+from services.accounts import Principal
+from services.consent import Basis, Denied, UnitFacts, may_watch, stop_reason_for_event
+
+__all__ = [
+    "Announce",
+    "ArmIdle",
+    "Audit",
+    "CancelIdle",
+    "CloseStream",
+    "Effect",
+    "EndConsent",
+    "GrantConsent",
+    "ReplyAnswer",
+    "ViewCheck",
+    "after_change",
+    "after_consent_ended",
+    "after_consent_started",
+    "after_publisher_gone",
+    "after_request_answered",
+    "after_stream_started",
+    "after_sweep",
+    "after_viewer_joined",
+    "after_viewer_left",
+    "announcement",
+    "audit_consent_ended",
+    "audit_publisher_ended",
+    "audit_request_answered",
+    "audit_sweep",
+    "change_for_event",
+    "check_viewing",
+    "on_idle_timeout",
+    "reply_answer",
+    "viewer_end_reason",
+]
+
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    device_id: str
+    kind: CommandType
+    params: Mapping[str, Any]
+    command_id: str | None = None  # a fresh one when None
+
+
+@dataclass(frozen=True)
+class Announce:
+    event: str
+    device_id: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    """Close this process's stream of ``device_id`` (nothing when there is none)."""
+
+    device_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ArmIdle:
+    """(Re)start the no-viewer timer of ``device_id``'s stream."""
+
+    device_id: str
+
+
+@dataclass(frozen=True)
+class CancelIdle:
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Audit:
+    actor: str
+    action: str
+    device_id: str
+    details: Mapping[str, Any]
+
+
+Effect = SendCommand | Announce | CloseStream | ArmIdle | CancelIdle
+
+
+def announcement(effect: Announce) -> dict[str, Any]:
+    """The message published on the live-view topic for ``effect``."""
+    body = {"type": "live_view", "event": effect.event, "device_id": effect.device_id, **effect.fields}
+    request = effect.fields.get("request")
+    if request is not None:  # a request's answer, flat as well: what a client matches on
+        body.update(request_id=request["request_id"], status=request["status"], detail=request["detail"])
+    return body
+
+
+# the camera answers a request
+
+
+@dataclass(frozen=True)
+class ReplyAnswer:
+    """A camera's answer to a live-view request, in the record's words."""
+
+    accepted: bool
+    detail: str | None
+
+    @property
+    def status(self) -> Literal["accepted", "declined"]:
+        return "accepted" if self.accepted else "declined"
+
+
+def reply_answer(status: ReplyStatus, detail: str | None) -> ReplyAnswer | None:
+    """What a command reply says of a request; None when it answers none ("done" answers a
+    status or stop command). Anything but acceptance declines, and says why."""
+    if status not in (ReplyStatus.ACCEPTED, ReplyStatus.DECLINED, ReplyStatus.FAILED, ReplyStatus.EXPIRED):
+        return None
+    # The camera's words are shown to people and stored: printable characters only.
+    clean = "".join(c for c in detail if c.isprintable()) if detail else None
+    accepted = status is ReplyStatus.ACCEPTED
+    return ReplyAnswer(accepted, clean or (None if accepted else status.value))
+
+
+def audit_request_answered(device_id: str, request_id: str, row: Row, accepted: bool) -> Audit:
+    return Audit(f"device:{device_id}", "live_view_accepted" if accepted else "live_view_declined", device_id,
+                 {"request_id": request_id, "requested_by": row["requested_by"], "detail": row["detail"],
+                  "basis": Basis.ACCEPTED_REQUEST.value if accepted else None})
+
+
+def after_request_answered(device_id: str, row: Row | None, consent: Row | None) -> list[Effect]:
+    """``row`` is the request as answered (None: not pending, or another process was first)."""
+    if row is None:
+        return []
+    return [Announce(row["status"], device_id, {"request": row, "consent": consent})]
+
+
+# the camera's events: watch_me grants, recording_stopped and docked may end
+
+
+@dataclass(frozen=True)
+class GrantConsent:
+    basis: Basis
+
+
+@dataclass(frozen=True)
+class EndConsent:
+    reason: str
+
+
+def change_for_event(kind: str, consent_basis: Basis | None) -> GrantConsent | EndConsent | None:
+    """What a camera's event does to its consent (``consent_basis``: the one in force, if any).
+
+    ``watch_me`` asks for a consent (the records grant none when one is in force already); an
+    event that ends the consent in force (:func:`services.consent.stop_reason_for_event`) ends it.
+    """
+    if kind == "watch_me":
+        return GrantConsent(Basis.OFFICER_REQUEST)
+    if consent_basis is None:
+        return None
+    reason = stop_reason_for_event(kind, consent_basis)
+    return EndConsent(reason) if reason is not None else None
+
+
+def after_consent_started(device_id: str, consent: Row) -> list[Effect]:
+    return [Announce("consent_started", device_id, {"consent": consent})]
+
+
+def audit_consent_ended(actor: str, device_id: str, ended: Row, reason: str) -> Audit:
+    return Audit(actor, "live_view_ended", device_id,
+                 {"consent_id": ended["consent_id"], "basis": ended["basis"], "reason": reason})
+
+
+def after_consent_ended(device_id: str, ended: Row, reason: str) -> list[Effect]:
+    """A consent ended here (an event, the control room, the sweeper): the camera is told to
+    stop, everyone is told, and the stream closes."""
+    return [SendCommand(device_id, CommandType.LIVE_VIEW_STOP, {"reason": reason}),
+            Announce("consent_ended", device_id, {"consent": ended, "reason": reason}),
+            CloseStream(device_id, reason)]
+
+
+def after_change(change: Mapping[str, Any], *, publishing_here: bool) -> list[Effect]:
+    """A live-view change from any API process: a consent ended elsewhere closes the stream here."""
+    if change.get("event") == "consent_ended" and publishing_here:
+        return [CloseStream(str(change.get("device_id")), str(change.get("reason") or "consent_ended"))]
+    return []
+
+
+# the sweeper
+
+
+def audit_sweep(expired: Sequence[Row], stale: Sequence[Row], orphaned: Sequence[Row]) -> list[Audit]:
+    """The audit rows of a sweep: requests that expired unanswered, consents that ended (never
+    streamed within the idle time, or a policy consent whose recording stopped), viewings whose
+    process died."""
+    audits = [Audit("system", "live_view_declined", row["device_id"],
+                    {"request_id": row["request_id"], "detail": row["detail"], "expired": True}) for row in expired]
+    audits += [audit_consent_ended("system", row["device_id"], row, row["end_reason"]) for row in stale]
+    audits += [Audit(row["viewer"], "viewing_ended", row["device_id"],
+                     {"session_id": row["session_id"], "reason": "consent_ended"}) for row in orphaned]
+    return audits
+
+
+def after_sweep(expired: Sequence[Row], stale: Sequence[Row]) -> list[Effect]:
+    effects: list[Effect] = [Announce("expired", row["device_id"], {"request": row}) for row in expired]
+    for row in stale:
+        effects += after_consent_ended(row["device_id"], row, row["end_reason"])
+    return effects
+
+
+# the stream and its viewers
+
+# The relay's words for how a viewer's session ended, in the record's words.
+_VIEWER_END = {"publisher_ended": "stream_ended", "connection_failed": "connection_lost",
+               "connection_closed": "connection_lost", "setup_timeout": "never_connected",
+               "relay_closed": "server_stopping"}
+
+
+@dataclass(frozen=True)
+class ViewCheck:
+    """May the caller watch now: refused (``denied``), or wait for the camera to dial in."""
+
+    denied: Denied | None
+    waiting: bool = False
+
+
+def check_viewing(who: Principal, device_id: str, unit: UnitFacts | None, reason: str | None,
+                  consent: Row | None, *, final: bool, publishing_here: bool) -> ViewCheck:
+    """Whether ``who`` may watch the unit now (``reason``: theirs, cleaned; ``consent``: the one
+    in force). A consent whose camera has not started streaming yet means wait, unless this
+    is the ``final`` check. The stream must run in this process (WHEP is routed like WHIP)."""
+    denied = may_watch(who, unit)
+    if denied is None and reason is None:
+        denied = Denied("forbidden", "a reason is required to watch (header X-Viewing-Reason, 3 to 200 characters)")
+    if denied is not None:
+        return ViewCheck(denied)
+    if consent is None:
+        return ViewCheck(Denied("conflict", f"{device_id} is not live (no consent in force)"))
+    if consent["publisher_session"] is None:
+        if not final:
+            return ViewCheck(None, waiting=True)
+        return ViewCheck(Denied("conflict", f"{device_id} has consent but its camera has not started streaming"))
+    if not publishing_here:
+        return ViewCheck(Denied("conflict", f"{device_id} streams through another API process"))
+    return ViewCheck(None)
+
+
+def viewer_end_reason(relay_reason: str | None) -> str:
+    return _VIEWER_END.get(relay_reason or "", relay_reason or "closed")
+
+
+def audit_publisher_ended(device_id: str, ended: Row, reason: str) -> Audit:
+    """The camera ended it (its officer, or by vanishing), or the system did."""
+    actor = f"device:{device_id}" if reason in ("officer_stopped", "camera_lost") else "system"
+    return audit_consent_ended(actor, device_id, ended, reason)
+
+
+def after_publisher_gone(device_id: str, reason: str, *, ended: Row | None, current: bool) -> list[Effect]:
+    """The camera's stream here ended: ``ended`` is the consent this ended (None when it had
+    ended already, or the camera streams elsewhere now); ``current``: the stream was the
+    unit's (not one taken over by another process). A camera that stopped by itself is not
+    told to stop. (Its idle timer was cancelled when it ended: by now the camera may be
+    streaming again, under a timer of its own.)"""
+    effects: list[Effect] = []
+    if ended is not None:
+        if reason != "officer_stopped":
+            effects.append(SendCommand(device_id, CommandType.LIVE_VIEW_STOP, {"reason": reason}))
+        effects.append(Announce("consent_ended", device_id, {"consent": ended, "reason": reason}))
+    if current:
+        effects.append(Announce("stream_ended", device_id, {"reason": reason, "viewers": 0}))
+    return effects
+
+
+def after_stream_started(device_id: str, consent: Row) -> list[Effect]:
+    """No viewer yet: the idle timer runs from now."""
+    return [Announce("stream_started", device_id, {"consent": consent, "viewers": 0}), ArmIdle(device_id)]
+
+
+def after_viewer_joined(device_id: str, username: str, viewers: int) -> list[Effect]:
+    """A viewer's peer connection is connected: now it watches, and the camera knows."""
+    return [CancelIdle(device_id),
+            SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, {"viewers": viewers}),
+            Announce("viewer_joined", device_id, {"viewer": username, "viewers": viewers})]
+
+
+def after_viewer_left(device_id: str, username: str, reason: str, *, publishing: bool,
+                      viewers: int) -> list[Effect]:
+    """A viewer's session ended (``viewers``: those left, when the stream runs here). The last
+    one gone starts the idle timer."""
+    effects: list[Effect] = []
+    if publishing:
+        effects.append(SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, {"viewers": viewers}))
+    count = viewers if publishing else 0
+    effects.append(Announce("viewer_left", device_id, {"viewer": username, "viewers": count, "reason": reason}))
+    if publishing and count == 0:
+        effects.append(ArmIdle(device_id))
+    return effects
+
+
+def on_idle_timeout(device_id: str, *, publishing: bool, viewers: int) -> list[Effect]:
+    """The idle timer fired: a stream still without a viewer stops."""
+    if not publishing or viewers > 0:
+        return []
+    return [CloseStream(device_id, "no_viewers")]

@@ -1,0 +1,343 @@
+"""The live-view workflow's pure core (:mod:`services.live_view.workflow`): which effects each
+event produces, with no broker and no database. The end-to-end behaviour (the same decisions
+through a real broker, relay and PostgreSQL) is in test_live_view.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.commands import CommandType, ReplyStatus
+from services.accounts import Principal, Role
+from services.consent import Basis, UnitFacts
+from services.live_view.workflow import (
+    Announce,
+    ArmIdle,
+    Audit,
+    CancelIdle,
+    CloseStream,
+    Effect,
+    EndConsent,
+    GrantConsent,
+    SendCommand,
+    after_change,
+    after_consent_ended,
+    after_consent_started,
+    after_publisher_gone,
+    after_request_answered,
+    after_stream_started,
+    after_sweep,
+    after_viewer_joined,
+    after_viewer_left,
+    announcement,
+    audit_publisher_ended,
+    audit_request_answered,
+    audit_sweep,
+    change_for_event,
+    check_viewing,
+    on_idle_timeout,
+    reply_answer,
+    viewer_end_reason,
+)
+
+WE1 = "we-1"
+
+
+def _consent(basis: Basis = Basis.ACCEPTED_REQUEST, end_reason: str | None = None) -> dict[str, Any]:
+    return {"consent_id": 7, "device_id": WE1, "basis": basis.value, "end_reason": end_reason}
+
+
+def _request(status: str, detail: str | None = None) -> dict[str, Any]:
+    return {"request_id": "lv-1", "device_id": WE1, "status": status, "detail": detail, "requested_by": "op"}
+
+
+def _events(effects: list[Effect]) -> list[str]:
+    return [e.event for e in effects if isinstance(e, Announce)]
+
+
+# the camera answers a request
+
+
+def test_an_accepted_request_grants_and_is_announced() -> None:
+    """The camera's "accepted" accepts the request (no detail needed); the answer is announced
+    with the consent it granted, flat as well as nested (what a client matches on)."""
+    answer = reply_answer(ReplyStatus.ACCEPTED, None)
+    assert answer is not None and answer.accepted and answer.status == "accepted" and answer.detail is None
+    row, consent = _request("accepted"), _consent()
+    [effect] = after_request_answered(WE1, row, consent)
+    assert isinstance(effect, Announce) and effect.event == "accepted" and effect.fields["consent"] == consent
+    body = announcement(effect)
+    assert body["request_id"] == "lv-1" and body["status"] == "accepted" and body["type"] == "live_view"
+    audit = audit_request_answered(WE1, "lv-1", row, accepted=True)
+    assert audit.action == "live_view_accepted" and audit.details["basis"] == "accepted_request"
+    assert audit.actor == f"device:{WE1}"
+
+
+def test_a_declined_failed_or_expired_reply_declines_and_says_why() -> None:
+    """Anything but acceptance declines the request; with no words of the camera's, the
+    reply's status is the reason. Its audit row has no basis (no consent was granted)."""
+    for status in (ReplyStatus.DECLINED, ReplyStatus.FAILED, ReplyStatus.EXPIRED):
+        answer = reply_answer(status, None)
+        assert answer is not None and not answer.accepted and answer.detail == status.value
+    answer = reply_answer(ReplyStatus.DECLINED, "officer busy")
+    assert answer is not None and answer.detail == "officer busy"
+    audit = audit_request_answered(WE1, "lv-1", _request("declined", "officer busy"), accepted=False)
+    assert audit.action == "live_view_declined" and audit.details["basis"] is None
+
+
+def test_a_done_reply_answers_no_request_and_camera_words_are_made_printable() -> None:
+    """"done" answers a status or stop command: nothing to record. A camera's detail loses its
+    control characters (it is stored and shown to people)."""
+    assert reply_answer(ReplyStatus.DONE, "ok") is None
+    answer = reply_answer(ReplyStatus.DECLINED, "no\x00\x1b[31m thanks")
+    assert answer is not None and answer.detail == "no[31m thanks"
+
+
+def test_a_reply_to_no_pending_request_does_nothing() -> None:
+    """Another process was first, or the id was not this camera's: no announcement."""
+    assert after_request_answered(WE1, None, None) == []
+
+
+# the camera's events
+
+
+def test_watch_me_asks_for_an_officer_consent() -> None:
+    """watch_me grants an officer_request consent (the records grant none when one is in
+    force already), and a granted consent is announced."""
+    assert change_for_event("watch_me", None) == GrantConsent(Basis.OFFICER_REQUEST)
+    assert change_for_event("watch_me", Basis.POLICY_RECORDING) == GrantConsent(Basis.OFFICER_REQUEST)
+    assert _events(after_consent_started(WE1, _consent(Basis.OFFICER_REQUEST))) == ["consent_started"]
+
+
+def test_recording_stopped_ends_only_a_policy_consent_and_docked_ends_any() -> None:
+    """A policy consent rests on the recording; a consent the officer gave does not. Docking
+    ends every consent. With no consent in force, nothing changes."""
+    assert change_for_event("recording_stopped", Basis.POLICY_RECORDING) == EndConsent("recording_stopped")
+    assert change_for_event("recording_stopped", Basis.ACCEPTED_REQUEST) is None
+    assert change_for_event("recording_stopped", Basis.OFFICER_REQUEST) is None
+    for basis in Basis:
+        assert change_for_event("docked", basis) == EndConsent("docked")
+    assert change_for_event("docked", None) is None
+    assert change_for_event("sos", Basis.OFFICER_REQUEST) is None
+
+
+def test_an_ended_consent_stops_the_camera_tells_everyone_and_closes_the_stream() -> None:
+    """In that order: live_view_stop to the camera, consent_ended to everyone, the stream closed."""
+    ended = _consent(end_reason="docked")
+    assert after_consent_ended(WE1, ended, "docked") == [
+        SendCommand(WE1, CommandType.LIVE_VIEW_STOP, {"reason": "docked"}),
+        Announce("consent_ended", WE1, {"consent": ended, "reason": "docked"}),
+        CloseStream(WE1, "docked")]
+
+
+def test_a_consent_ended_elsewhere_closes_the_stream_here_only_if_it_runs_here() -> None:
+    """Another process's consent_ended closes this process's stream; other changes do not."""
+    change = {"event": "consent_ended", "device_id": WE1, "reason": "stopped_by_control_room"}
+    assert after_change(change, publishing_here=True) == [CloseStream(WE1, "stopped_by_control_room")]
+    assert after_change(change, publishing_here=False) == []
+    assert after_change({"event": "consent_ended", "device_id": WE1}, publishing_here=True) == [
+        CloseStream(WE1, "consent_ended")]
+    assert after_change({"event": "viewer_joined", "device_id": WE1}, publishing_here=True) == []
+
+
+# the stream and its viewers
+
+
+def test_a_stream_starts_with_its_idle_timer_running() -> None:
+    """No viewer yet: the stream is announced with 0 viewers and the idle timer starts."""
+    effects = after_stream_started(WE1, _consent())
+    assert _events(effects) == ["stream_started"] and effects[-1] == ArmIdle(WE1)
+
+
+def test_a_viewer_joining_stops_the_idle_timer_and_tells_the_camera() -> None:
+    """The camera always knows how many watch it (live_view_status), and so does the control room."""
+    effects = after_viewer_joined(WE1, "op", 2)
+    assert effects == [CancelIdle(WE1), SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {"viewers": 2}),
+                       Announce("viewer_joined", WE1, {"viewer": "op", "viewers": 2})]
+
+
+def test_the_last_viewer_leaving_starts_the_idle_timer() -> None:
+    """With viewers left the timer stays off; with none it starts; when the stream has gone
+    (or runs elsewhere) the camera is not told and no timer starts."""
+    some = after_viewer_left(WE1, "op", "viewer_left", publishing=True, viewers=1)
+    assert ArmIdle(WE1) not in some and SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {"viewers": 1}) in some
+    last = after_viewer_left(WE1, "op", "viewer_left", publishing=True, viewers=0)
+    assert last[-1] == ArmIdle(WE1)
+    gone = after_viewer_left(WE1, "op", "stream_ended", publishing=False, viewers=3)
+    assert gone == [Announce("viewer_left", WE1, {"viewer": "op", "viewers": 0, "reason": "stream_ended"})]
+
+
+def test_the_idle_timeout_stops_only_a_stream_nobody_watches() -> None:
+    """no_viewers closes the stream when it runs here without a viewer; otherwise nothing."""
+    assert on_idle_timeout(WE1, publishing=True, viewers=0) == [CloseStream(WE1, "no_viewers")]
+    assert on_idle_timeout(WE1, publishing=True, viewers=1) == []
+    assert on_idle_timeout(WE1, publishing=False, viewers=0) == []
+
+
+def test_a_stream_that_ends_ends_its_consent_and_the_officer_is_not_told_to_stop() -> None:
+    """The consent it ended is announced; the camera is told to stop unless its officer
+    stopped it; stream_ended is announced only when the stream was the unit's. The audit
+    names the device as actor when the camera ended it."""
+    ended = _consent(end_reason="camera_lost")
+    lost = after_publisher_gone(WE1, "camera_lost", ended=ended, current=True)
+    assert SendCommand(WE1, CommandType.LIVE_VIEW_STOP, {"reason": "camera_lost"}) in lost
+    assert _events(lost) == ["consent_ended", "stream_ended"]
+    stopped = after_publisher_gone(WE1, "officer_stopped", ended=ended, current=True)
+    assert not any(isinstance(e, SendCommand) for e in stopped)
+    taken_over = after_publisher_gone(WE1, "camera_lost", ended=None, current=False)
+    assert taken_over == []
+    assert audit_publisher_ended(WE1, ended, "camera_lost").actor == f"device:{WE1}"
+    assert audit_publisher_ended(WE1, ended, "no_viewers").actor == "system"
+
+
+def test_relay_reasons_become_the_records_words() -> None:
+    """How the relay says a viewer's session ended, in the viewing record's words."""
+    assert viewer_end_reason("setup_timeout") == "never_connected"
+    assert viewer_end_reason("connection_failed") == "connection_lost"
+    assert viewer_end_reason("publisher_ended") == "stream_ended"
+    assert viewer_end_reason("something_new") == "something_new"
+    assert viewer_end_reason(None) == "closed"
+
+
+# the sweeper
+
+
+def test_the_sweeper_expires_requests_and_ends_stale_consents() -> None:
+    """An unanswered request is announced as expired and audited as declined by the system; a
+    consent that never became a stream (or a policy consent whose recording stopped) ends like
+    any other (camera told, everyone told, stream closed); an orphaned viewing is audited."""
+    expired = _request("expired", "the camera did not answer in time")
+    stale = _consent(end_reason="no_stream")
+    effects = after_sweep([expired], [stale])
+    assert effects[0] == Announce("expired", WE1, {"request": expired})
+    assert effects[1:] == after_consent_ended(WE1, stale, "no_stream")
+    orphan = {"viewer": "op", "device_id": WE1, "session_id": "s-1"}
+    audits = audit_sweep([expired], [stale], [orphan])
+    assert [a.action for a in audits] == ["live_view_declined", "live_view_ended", "viewing_ended"]
+    assert audits[0] == Audit("system", "live_view_declined", WE1,
+                              {"request_id": "lv-1", "detail": "the camera did not answer in time", "expired": True})
+    assert audits[2].actor == "op" and audits[2].details["reason"] == "consent_ended"
+    assert after_sweep([], []) == [] and audit_sweep([], [], []) == []
+
+
+# a property over any sequence of events
+
+
+@dataclass
+class _Unit:
+    """One camera as the records and this process see it; effects are applied as LiveView does."""
+
+    consent: Basis | None = None
+    stream: bool = False
+    viewers: int = 0
+    idle_armed: bool = False
+    announced: list[str] = field(default_factory=list)
+
+    def apply(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Announce):
+                self.announced.append(effect.event)
+            elif isinstance(effect, ArmIdle):
+                self.idle_armed = True
+            elif isinstance(effect, CancelIdle):
+                self.idle_armed = False
+            elif isinstance(effect, CloseStream):
+                self.stream_gone(effect.reason)
+
+    def stream_gone(self, reason: str) -> None:
+        if not self.stream:
+            return
+        self.stream, self.idle_armed = False, False
+        for _ in range(self.viewers):
+            self.apply(after_viewer_left(WE1, "op", "stream_ended", publishing=False, viewers=0))
+        self.viewers = 0
+        ended = None
+        if self.consent is not None:
+            ended, self.consent = _consent(self.consent, reason), None
+        self.apply(after_publisher_gone(WE1, reason, ended=ended, current=True))
+
+    def end_consent(self, effects: list[Effect]) -> None:
+        self.consent = None
+        self.apply(effects)
+
+    def on(self, event: str) -> None:
+        if event in ("watch_me", "recording_stopped", "docked", "sos"):
+            change = change_for_event(event, self.consent)
+            if isinstance(change, GrantConsent) and self.consent is None:
+                self.consent = change.basis
+                self.apply(after_consent_started(WE1, _consent(change.basis)))
+            elif isinstance(change, EndConsent):
+                self.end_consent(after_consent_ended(WE1, _consent(end_reason=change.reason), change.reason))
+        elif event in ("accepted", "policy") and self.consent is None:
+            self.consent = Basis.ACCEPTED_REQUEST if event == "accepted" else Basis.POLICY_RECORDING
+            self.apply(after_request_answered(WE1, _request("accepted"), _consent(self.consent)))
+        elif event == "control_room_stop" and self.consent is not None:
+            self.end_consent(after_consent_ended(WE1, _consent(), "stopped_by_control_room"))
+        elif event == "sweep" and self.consent is not None and not self.stream:
+            self.end_consent(after_sweep([], [_consent(self.consent, "no_stream")]))
+        elif event == "publish" and self.consent is not None and not self.stream:
+            self.stream = True
+            self.apply(after_stream_started(WE1, _consent(self.consent)))
+        elif event == "camera_lost":
+            self.stream_gone("camera_lost")
+        elif event == "viewer_joined" and self.stream:
+            self.viewers += 1
+            self.apply(after_viewer_joined(WE1, "op", self.viewers))
+        elif event == "viewer_left" and self.viewers:
+            self.viewers -= 1
+            self.apply(after_viewer_left(WE1, "op", "viewer_left", publishing=self.stream, viewers=self.viewers))
+        elif event == "idle_timeout" and self.idle_armed:
+            self.idle_armed = False
+            self.apply(on_idle_timeout(WE1, publishing=self.stream, viewers=self.viewers))
+
+
+_EVENTS = st.sampled_from(["watch_me", "recording_stopped", "docked", "sos", "accepted", "policy",
+                           "control_room_stop", "sweep", "publish", "camera_lost", "viewer_joined",
+                           "viewer_left", "idle_timeout"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENTS, max_size=40))
+def test_no_sequence_of_events_leaves_a_stream_without_consent_or_a_forgotten_idle_stream(events: list[str]) -> None:
+    """Whatever happens, in any order: a stream runs only under a consent in force; a stream
+    nobody watches always has its idle timer running (so it stops); every consent that ended
+    was announced."""
+    unit = _Unit()
+    granted = 0
+    for event in events:
+        before = unit.consent
+        unit.on(event)
+        granted += before is None and unit.consent is not None
+        assert not unit.stream or unit.consent is not None, f"stream without consent after {event}"
+        assert not unit.stream or unit.viewers > 0 or unit.idle_armed, f"unwatched stream not timed after {event}"
+        assert unit.stream or unit.viewers == 0
+    ended = unit.announced.count("consent_ended")
+    assert ended == granted - (unit.consent is not None)
+
+
+def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> None:
+    """In order: may the caller watch the unit at all (else 403/404); a reason (403); a consent
+    in force (409); a camera that has started streaming (wait, then 409 on the final check);
+    the stream in this process (409)."""
+    op = Principal("op", Role.OPERATOR, frozenset({"Westminster"}))
+    unit = UnitFacts(device_id=WE1, borough="Westminster", role="response", recording="buffering", online=True,
+                     retired=False, incident_owners=frozenset(), incident_boroughs=frozenset())
+    streaming = {**_consent(), "publisher_session": "p-1"}
+    dialling = {**_consent(), "publisher_session": None}
+
+    def check(who: Principal = op, reason: str | None = "incident 4", consent: dict[str, Any] | None = streaming,
+              final: bool = False, here: bool = True) -> tuple[str | None, bool]:
+        verdict = check_viewing(who, WE1, unit, reason, consent, final=final, publishing_here=here)
+        return (verdict.denied.kind if verdict.denied else None), verdict.waiting
+
+    assert check() == (None, False)
+    assert check(who=Principal("a", Role.AUDITOR, None)) == ("forbidden", False)
+    assert check(who=Principal("o", Role.OPERATOR, frozenset({"Camden"}))) == ("not_found", False)
+    assert check(reason=None) == ("forbidden", False)
+    assert check(consent=None) == ("conflict", False)
+    assert check(consent=dialling) == (None, True)
+    assert check(consent=dialling, final=True) == ("conflict", False)
+    assert check(here=False) == ("conflict", False)

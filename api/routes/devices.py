@@ -24,7 +24,7 @@ from services.registry import (
     create_device,
     lock_device,
     reactivate_device,
-    revoke_device_secret,
+    retire_device,
     update_device,
 )
 from telemetry import queries
@@ -187,10 +187,7 @@ def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Req
 @router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
 def retire(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
     _locked(db, device_id, who)
-    db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
-    revoked = revoke_device_secret(db, device_id=device_id)  # a retired camera may no longer connect or stream
-    audit.record(db, actor=who.username, action="device_retired", device_id=device_id,
-                 details={"credentials_revoked": revoked})
+    retire_device(db, device_id=device_id, actor=who.username)
     unit = _unit(_visible(db, device_id, who), who)
     _announce(db, request, device_id, "retired")
     return unit

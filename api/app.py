@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from api import errors, hardening, observability
 from api.live import LiveHub
 from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
+from api.sign_ins import OidcSignIns
 from core.settings import Settings
 from services.accounts import Role, TokenIssuer
 from services.live_view import LiveView
@@ -68,6 +69,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         hub = LiveHub(mqtt_url=mqtt_url, rate_hz=settings.live_rate_hz, alert_backlog=settings.live_alert_backlog,
                       client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}")
         app.state.pool, app.state.hub = pool, hub
+        app.state.oidc_sign_ins = OidcSignIns(pool)
         # Subscribe first, then load the snapshot: an update in between is applied twice,
         # never lost.
         hub.start()

@@ -69,7 +69,6 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         hub = LiveHub(mqtt_url=mqtt_url, rate_hz=settings.live_rate_hz, alert_backlog=settings.live_alert_backlog,
                       client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}")
         app.state.pool, app.state.hub = pool, hub
-        app.state.oidc_sign_ins = OidcSignIns(pool)
         # Subscribe first, then load the snapshot: an update in between is applied twice,
         # never lost.
         hub.start()
@@ -98,6 +97,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     app.state.areas = settings.force_areas()  # every borough written must be one of these
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
                                    oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))
+    app.state.oidc_sign_ins = OidcSignIns(database_url)  # a provider's token's first use is its sign-in
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from psycopg_pool import ConnectionPool
+import psycopg
 
 from services.oidc import OidcSignIn, record_sign_in
 
@@ -25,8 +25,8 @@ REMEMBERED = 10_000
 class OidcSignIns:
     """Records each OIDC token's first use; thread-safe (sync routes run in a thread pool)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
-        self._pool = pool
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -37,7 +37,9 @@ class OidcSignIns:
             if sign_in.token_sha256 in self._seen:
                 self._seen.move_to_end(sign_in.token_sha256)
                 return
-        with self._pool.connection() as conn:
+        # A connection of its own, not the pool's: the request may already hold a pooled one,
+        # and a burst of first requests must not wait on each other for the pool. Once per token.
+        with psycopg.connect(self._database_url) as conn:
             record_sign_in(conn, sign_in)
             conn.commit()
         with self._lock:

@@ -438,21 +438,25 @@ def _forged_hs256(keys: Keys) -> str:
 
 def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: MosquittoProcess,
                                                           keys: Keys) -> None:
-    """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too."""
+    """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too,
+    and a token whose first use is the websocket signs in there (one oidc_sign_in)."""
     settings = make_settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=keys.jwks_file,
                              oidc_roles_claim="realm_access.roles", oidc_role_prefix="watchfloor-")
+    subject = f"ws-{time.monotonic_ns()}"
     bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256")
+    feed_bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256", sub=subject)
     with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
         response = httpx.get(f"{server.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
         assert response.status_code == 200, response.text
 
         async def snapshot() -> dict[str, Any]:
             async with websockets.connect(server.base.replace("http", "ws") + "/api/v1/live") as ws:
-                await ws.send(orjson.dumps({"type": "auth", "token": bearer}).decode())
+                await ws.send(orjson.dumps({"type": "auth", "token": feed_bearer}).decode())
                 return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
 
         frame = asyncio.run(snapshot())
         assert frame["type"] == "snapshot" and [u["device_id"] for u in frame["units"]] == ["we-1"]
+    assert [e[2]["subject"] for e in _audit(db, "oidc_sign_in") if e[2]["subject"] == subject] == [subject]
 
 
 def test_misconfigured_oidc_refuses_to_start() -> None:

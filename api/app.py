@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 from api import errors, hardening, observability
 from api.live import LiveHub
 from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
+from api.sign_ins import OidcSignIns
 from core.settings import Settings
 from services.accounts import Role, TokenIssuer
 from services.live_view import LiveView
@@ -96,6 +97,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     app.state.areas = settings.force_areas()  # every borough written must be one of these
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
                                    oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))
+    app.state.oidc_sign_ins = OidcSignIns(database_url)  # a provider's token's first use is its sign-in
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from fastapi import Request
 
 from api.limits import Limits
+from api.sign_ins import OidcSignIns
 from services.accounts import Principal, Role, TokenIssuer
 from services.errors import Forbidden, NotAuthenticated
 
@@ -27,10 +28,14 @@ def bearer(authorization: str | None) -> str:
 def principal(request: Request) -> Principal:
     """FastAPI dependency: the caller, from ``Authorization: Bearer <token>``.
 
-    Each call takes one request from the caller's rate limit (429 when it is used up).
+    Each call takes one request from the caller's rate limit (429 when it is used up). A
+    provider's token's first request is its sign-in, recorded before it goes on.
     """
     issuer: TokenIssuer = request.app.state.tokens
-    who = issuer.verify(bearer(request.headers.get("authorization")))
+    who, sign_in = issuer.identify(bearer(request.headers.get("authorization")))
+    if sign_in is not None:
+        sign_ins: OidcSignIns = request.app.state.oidc_sign_ins
+        sign_ins.note(sign_in)
     limits: Limits | None = getattr(request.app.state, "limits", None)
     if limits is not None:
         limits.user.hit(who.username)

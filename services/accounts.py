@@ -18,7 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
 from services.errors import NotAuthenticated
-from services.oidc import OidcVerifier
+from services.oidc import OidcSignIn, OidcVerifier
 
 __all__ = [
     "ALL_AREAS",
@@ -106,7 +106,12 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
-        """The caller a token names; :class:`NotAuthenticated` unless it is valid.
+        """The caller a token names; :class:`NotAuthenticated` unless it is valid."""
+        return self.identify(token)[0]
+
+    def identify(self, token: str) -> tuple[Principal, OidcSignIn | None]:
+        """The caller a token names and, for a provider's token, its sign-in to record
+        (:func:`services.oidc.record_sign_in`); :class:`NotAuthenticated` unless it is valid.
 
         The header's algorithm picks the verifier: HS256 is ours (signed with the secret),
         an asymmetric one is the OIDC provider's. Each verifier accepts only its own
@@ -119,12 +124,14 @@ class TokenIssuer:
         if algorithm != "HS256":
             if self._oidc is None or algorithm not in self._oidc.algorithms:
                 raise NotAuthenticated(f"invalid token: algorithm {algorithm!r} is not accepted")
-            username, role, areas = self._oidc.identity(self._oidc.claims(token))
-            return Principal(username, Role(role), _areas(areas))
+            claims = self._oidc.claims(token)
+            username, role, areas = self._oidc.identity(claims)
+            return Principal(username, Role(role), _areas(areas)), OidcSignIn.of(token, claims, username=username,
+                                                                                 role=role)
         try:
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=_ISSUER,
                                 options={"require": ["exp", "sub", "role"]})
-            return Principal(str(claims["sub"]), Role(claims["role"]), _areas(claims.get("areas", [])))
+            return Principal(str(claims["sub"]), Role(claims["role"]), _areas(claims.get("areas", []))), None
         except (jwt.PyJWTError, ValueError, KeyError) as error:
             raise NotAuthenticated(f"invalid token: {error}") from None
 

@@ -10,16 +10,21 @@ be among the role claim's values, after stripping ``WATCHFLOOR_OIDC_ROLE_PREFIX`
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jwt
+import psycopg
 
 from core.settings import Settings
+from services import audit
 from services.errors import NotAuthenticated
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "OidcVerifier", "oidc_from_settings"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "OidcSignIn", "OidcVerifier", "oidc_from_settings", "record_sign_in"]
 
 #: Never an HMAC algorithm here: the provider's keys are public.
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
@@ -96,6 +101,37 @@ class OidcVerifier:
             raise NotAuthenticated(f"the token must carry exactly one Watchfloor role in "
                                    f"'{self.roles_claim}' (found: {found})")
         return username, roles.pop(), _strings(_claim(claims, self.areas_claim))
+
+
+@dataclass(frozen=True)
+class OidcSignIn:
+    """A provider's token as Watchfloor accepted it: what its sign-in record says."""
+
+    token_sha256: bytes  # the token's identity, never the token itself
+    issuer: str
+    subject: str
+    username: str
+    role: str
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, token: str, claims: dict[str, Any], *, username: str, role: str) -> OidcSignIn:
+        return cls(hashlib.sha256(token.encode()).digest(), str(claims["iss"]), str(claims["sub"]), username, role,
+                   datetime.fromtimestamp(int(claims["exp"]), timezone.utc))
+
+
+def record_sign_in(conn: psycopg.Connection, sign_in: OidcSignIn) -> bool:
+    """Record a token's first use as ``oidc_sign_in`` (issuer, subject, role), in the caller's
+    transaction; later uses of the same token record nothing. True if this was the first.
+    Tokens past their expiry are forgotten here, so the table holds only live ones."""
+    conn.execute("DELETE FROM oidc_sign_ins WHERE expires_at < now() - interval '1 hour'")
+    first = conn.execute("INSERT INTO oidc_sign_ins (token_sha256, expires_at) VALUES (%s, %s)"
+                         " ON CONFLICT DO NOTHING", (sign_in.token_sha256, sign_in.expires_at)).rowcount > 0
+    if first:
+        audit.record(conn, actor=sign_in.username, action="oidc_sign_in",
+                     details={"issuer": sign_in.issuer, "subject": sign_in.subject, "role": sign_in.role,
+                              "expires_at": sign_in.expires_at.isoformat().replace("+00:00", "Z")})
+    return first
 
 
 def oidc_from_settings(settings: Settings, *, known_roles: Iterable[str]) -> OidcVerifier | None:

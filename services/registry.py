@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -12,10 +12,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.contract import SERVICE_PREFIX
+from services import audit
 
-__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "RegistryEntry", "change_announcement", "create_device",
-           "lock_device", "provision_device", "reactivate_device", "revoke_device_secret", "update_device",
-           "upsert_devices", "verify_device_secret"]
+__all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "RegistryEntry", "RetireResult", "change_announcement",
+           "create_device", "lock_device", "provision_device", "reactivate_device", "retire_device",
+           "revoke_device_secret", "update_device", "upsert_devices", "verify_device_secret"]
 
 _SECRET_BYTES = 32
 #: Broker usernames and client ids of the services: no device may take one (core.contract).
@@ -84,6 +85,32 @@ def update_device(conn: psycopg.Connection, *, record: DeviceRecord) -> bool:
         " WHERE device_id = %s",
         (record.callsign, record.officer, record.borough, record.role, record.device_id))
     return cursor.rowcount > 0
+
+
+@dataclass(frozen=True)
+class RetireResult:
+    """What retiring did: whether the device was already retired, and whether it had a live secret."""
+
+    already_retired: bool
+    credentials_revoked: bool
+
+
+def retire_device(conn: psycopg.Connection, *, device_id: str, actor: str,
+                  details: Mapping[str, object] | None = None) -> RetireResult | None:
+    """Retire a device in the caller's transaction: mark it retired (keeping the first date),
+    revoke its secret so that it may no longer connect or stream, and record
+    ``device_retired`` by ``actor`` with ``details`` added (the API and the CLI both retire
+    through here, so the act and its record cannot drift apart). None if the id is unknown;
+    any area check is the caller's, before this."""
+    row = conn.execute("SELECT retired_at IS NOT NULL FROM devices WHERE device_id = %s FOR UPDATE",
+                       (device_id,)).fetchone()
+    if row is None:
+        return None
+    conn.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
+    revoked = revoke_device_secret(conn, device_id=device_id)
+    audit.record(conn, actor=actor, action="device_retired", device_id=device_id,
+                 details={"credentials_revoked": revoked, **(details or {})})
+    return RetireResult(already_retired=bool(row[0]), credentials_revoked=revoked)
 
 
 def reactivate_device(conn: psycopg.Connection, *, device_id: str) -> bool:

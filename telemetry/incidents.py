@@ -65,11 +65,12 @@ def units(conn: psycopg.Connection, incident_id: int) -> list[Row]:
         return cur.fetchall()
 
 
-def assign(conn: psycopg.Connection, incident_id: int, device_ids: list[str], *, by: str) -> int:
-    cur = conn.cursor()
-    cur.executemany("INSERT INTO incident_units (incident_id, device_id, assigned_by) VALUES (%s, %s, %s)"
-                    " ON CONFLICT DO NOTHING", [(incident_id, d, by) for d in sorted(set(device_ids))])
-    return len(device_ids)
+def assign(conn: psycopg.Connection, incident_id: int, device_ids: list[str], *, by: str) -> list[str]:
+    """Assign units; returns those newly assigned (one already assigned keeps its assignment)."""
+    rows = conn.execute("INSERT INTO incident_units (incident_id, device_id, assigned_by)"
+                        " SELECT %s, d, %s FROM unnest(%s::text[]) AS d ON CONFLICT DO NOTHING RETURNING device_id",
+                        (incident_id, by, sorted(set(device_ids)))).fetchall()
+    return sorted(str(r[0]) for r in rows)
 
 
 def unassign(conn: psycopg.Connection, incident_id: int, device_id: str) -> bool:
@@ -77,6 +78,7 @@ def unassign(conn: psycopg.Connection, incident_id: int, device_id: str) -> bool
                         (incident_id, device_id)).rowcount > 0
 
 
-def close(conn: psycopg.Connection, incident_id: int) -> None:
-    conn.execute("UPDATE incidents SET status = 'closed', closed_at = now() WHERE id = %s AND status = 'open'",
-                 (incident_id,))
+def close(conn: psycopg.Connection, incident_id: int) -> bool:
+    """Close an open incident; False if it was closed already."""
+    return conn.execute("UPDATE incidents SET status = 'closed', closed_at = now() WHERE id = %s AND status = 'open'",
+                        (incident_id,)).rowcount > 0

@@ -414,12 +414,28 @@ def _live_view(conn: psycopg.Connection, feats: frozenset[str], retention: Reten
     conn.execute(_LIVE_VIEW)
 
 
+_OIDC_SIGN_INS = """
+-- One row per OIDC token Watchfloor has accepted, until it expires: its first use is the
+-- sign-in, recorded once in the audit log whichever API process sees it first.
+CREATE TABLE oidc_sign_ins (
+    token_sha256 bytea PRIMARY KEY,
+    expires_at   timestamptz NOT NULL
+);
+CREATE INDEX oidc_sign_ins_expires ON oidc_sign_ins (expires_at);
+"""
+
+
+def _oidc_sign_ins(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_OIDC_SIGN_INS)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "users and alerts", _users_and_alerts),
     Migration(3, "incidents", _incidents),
     Migration(4, "audit log and device credentials", _audit_and_credentials),
     Migration(5, "live view", _live_view),
+    Migration(6, "oidc sign-ins", _oidc_sign_ins),
 )
 
 

@@ -469,12 +469,29 @@ def test_fleet_export_is_for_fleet_managers_and_admins_area_filtered_bounded_and
 
 
 def test_export_cells_cannot_become_spreadsheet_formulas(stack: Stack) -> None:
-    """A callsign that starts with = (or + - @) is exported as text, not as a formula."""
+    """What a camera reports (its firmware string) and what the registry holds (callsign,
+    officer) is exported as text, never as a formula: a cell starting with = + - @, with TAB
+    or CR (which spreadsheets strip before looking), or with such a character after leading
+    whitespace is quoted with '. The attack comes in through MQTT and the real export."""
     with stack.db.connect() as conn:
-        upsert_devices(conn, [DeviceRecord("evil-1", "=HYPERLINK(\"x\")", None, "Camden", "response")])
+        upsert_devices(conn, [DeviceRecord("evil-1", "=HYPERLINK(\"x\")", None, "Camden", "response"),
+                              DeviceRecord("evil-2", "\t=1+1", "\r=cmd|' /C calc'!A0", "Camden", "response"),
+                              DeviceRecord("evil-3", " \t@SUM(A1)", "\t-2+3", "Camden", "response")])
+    firmware = {"evil-1": "\t=HYPERLINK(\"http://x\")", "evil-2": "\r=cmd|' /C calc'!A0", "evil-3": "  +1+1"}
+    stack.publish([(topic_for(device, Channel.TELEMETRY), telemetry_payload(1, firmware=text))
+                   for device, text in firmware.items()])
+    wait_for(lambda: stack.db.scalar("SELECT count(*) FROM device_latest WHERE firmware IS NOT NULL"
+                                     " AND device_id LIKE 'evil-%%'") == len(firmware), what="firmware stored")
     with client(stack.base, "fleet") as fleet:
-        rows = {r["device_id"]: r for r in csv.DictReader(io.StringIO(fleet.get("/api/v1/fleet/export.csv").text))}
+        table = list(csv.reader(io.StringIO(fleet.get("/api/v1/fleet/export.csv").text)))
+    header, body = table[0], table[1:]
+    rows = {r[0]: dict(zip(header, r, strict=True)) for r in body}
     assert rows["evil-1"]["callsign"] == "'=HYPERLINK(\"x\")"
+    assert {d: rows[d]["firmware"] for d in firmware} == {d: "'" + text for d, text in firmware.items()}
+    assert rows["evil-2"]["callsign"] == "'\t=1+1" and rows["evil-3"]["callsign"] == "' \t@SUM(A1)"
+    for cell in (c for row in body for c in row):
+        numeric = cell.lstrip("-").replace(".", "", 1).isdigit()
+        assert numeric or cell.startswith("'") or cell.lstrip(" \t\r\n")[:1] not in set("=+-@\t\r"), cell
 
 
 def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Database, mosquitto: MosquittoProcess,

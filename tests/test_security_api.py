@@ -366,6 +366,32 @@ def test_oidc_token_from_a_jwks_url(stack: Stack, keys: Keys) -> None:
         assert local.get("/api/v1/devices").status_code == 200
 
 
+def test_oidc_sign_ins_are_audited_once_per_token(stack: Stack, keys: Keys) -> None:
+    """A provider's token signs in at its first request here: one oidc_sign_in entry with its
+    issuer and subject, written before the request is served; later requests with it add
+    none, a new token of the same user is a new sign-in, and a refused token records none."""
+    subject = f"sub-{time.monotonic_ns()}"
+
+    def entries() -> list[tuple[Any, ...]]:
+        return [e for e in _audit(stack.db, "oidc_sign_in") if e[2]["subject"] == subject]
+
+    first = _oidc_token(keys.rsa, "rsa-1", sub=subject, preferred_username="pat.oidc@met.test")
+    for _ in range(3):
+        response = httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {first}"})
+        assert response.status_code == 200, response.text
+    assert [(actor, device, details["issuer"], details["role"]) for actor, device, details in entries()] == \
+        [("pat.oidc@met.test", None, ISSUER, "operator")]
+    second = _oidc_token(keys.rsa, "rsa-1", sub=subject, preferred_username="pat.oidc@met.test",
+                         iat=int(time.time()) - 1)
+    assert httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {second}"}) \
+        .status_code == 200
+    assert len(entries()) == 2
+    forged = _oidc_token(keys.other, "rsa-1", sub=subject)
+    assert httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {forged}"}) \
+        .status_code == 401
+    assert len(entries()) == 2
+
+
 @pytest.mark.parametrize("case", ["unknown key", "wrong issuer", "wrong audience", "expired", "no role",
                                   "two roles", "alg none", "hs256 with the public key", "no kid match"])
 def test_oidc_tokens_that_must_be_refused(stack: Stack, keys: Keys, case: str) -> None:
@@ -412,21 +438,25 @@ def _forged_hs256(keys: Keys) -> str:
 
 def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: MosquittoProcess,
                                                           keys: Keys) -> None:
-    """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too."""
+    """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too,
+    and a token whose first use is the websocket signs in there (one oidc_sign_in)."""
     settings = make_settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_file=keys.jwks_file,
                              oidc_roles_claim="realm_access.roles", oidc_role_prefix="watchfloor-")
+    subject = f"ws-{time.monotonic_ns()}"
     bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256")
+    feed_bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256", sub=subject)
     with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
         response = httpx.get(f"{server.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
         assert response.status_code == 200, response.text
 
         async def snapshot() -> dict[str, Any]:
             async with websockets.connect(server.base.replace("http", "ws") + "/api/v1/live") as ws:
-                await ws.send(orjson.dumps({"type": "auth", "token": bearer}).decode())
+                await ws.send(orjson.dumps({"type": "auth", "token": feed_bearer}).decode())
                 return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
 
         frame = asyncio.run(snapshot())
         assert frame["type"] == "snapshot" and [u["device_id"] for u in frame["units"]] == ["we-1"]
+    assert [e[2]["subject"] for e in _audit(db, "oidc_sign_in") if e[2]["subject"] == subject] == [subject]
 
 
 def test_misconfigured_oidc_refuses_to_start() -> None:

@@ -23,7 +23,7 @@ from services.registry import (
     lock_device,
     provision_device,
     reactivate_device,
-    revoke_device_secret,
+    retire_device,
 )
 from telemetry.schema import migrate
 from watchfloor import broker_credentials
@@ -104,18 +104,14 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
-    from services import audit
-
     passwd: Path | None = args.mosquitto_passwd
     with psycopg.connect(_database(settings)) as conn:
-        row = conn.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s"
-                           " RETURNING device_id", (args.device_id,)).fetchone()
-        if row is None:
+        if lock_device(conn, device_id=args.device_id) is None:
             sys.exit(f"no device {args.device_id}")
-        revoked = revoke_device_secret(conn, device_id=args.device_id)
+        # Removed before the commit: if that fails, the device is not retired either.
         removed = broker_credentials.remove_user(passwd, username=args.device_id) if passwd is not None else None
-        audit.record(conn, actor=cli_actor(), action="device_retired", device_id=args.device_id,
-                     details={"credentials_revoked": revoked, "broker_credentials_removed": removed})
+        retire_device(conn, device_id=args.device_id, actor=cli_actor(),
+                      details={"broker_credentials_removed": removed})
         conn.commit()
     _announce(settings, args.device_id, "retired")
     print(f"device {args.device_id} retired; its secret no longer works"

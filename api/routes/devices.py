@@ -24,7 +24,7 @@ from services.registry import (
     create_device,
     lock_device,
     reactivate_device,
-    revoke_device_secret,
+    retire_device,
     update_device,
 )
 from telemetry import queries
@@ -61,6 +61,18 @@ def _visible(db: Db, device_id: str, who: Principal) -> dict[str, Any]:
     return row
 
 
+def _audit_read(db: Db, who: Principal, action: str, device_id: str, start: datetime, end: datetime,
+                rows: int) -> None:
+    """One officer's history read is on the record, with the window asked for (police logging
+    rules); in the request's transaction, which commits before the response leaves."""
+    audit.record(db, actor=who.username, action=action, device_id=device_id,
+                 details={"start": _utc(start), "end": _utc(end), "rows": rows})
+
+
+def _utc(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 @router.get("/devices", response_model=DevicePage, summary="Devices with their latest state, filtered and paged")
 def list_devices(
     db: Db, who: DeviceViewer,
@@ -90,8 +102,10 @@ def track(device_id: DeviceId, db: Db, who: PositionViewer, start: datetime | No
           end: datetime | None = None, max_points: Annotated[int, Query(ge=2, le=5000)] = 1000) -> list[TrackPoint]:
     _visible(db, device_id, who)
     start, end = _span(start, end, timedelta(hours=12))
-    return [TrackPoint.model_validate(r) for r in queries.track(db, device_id, start=start, end=end,
-                                                                 max_points=max_points)]
+    points = [TrackPoint.model_validate(r) for r in queries.track(db, device_id, start=start, end=end,
+                                                                   max_points=max_points)]
+    _audit_read(db, who, "device_track_read", device_id, start, end, len(points))
+    return points
 
 
 @router.get("/devices/{device_id}/events", response_model=list[DeviceEvent], responses={404: {"model": ErrorBody}})
@@ -99,8 +113,10 @@ def events(device_id: DeviceId, db: Db, who: PositionViewer, start: datetime | N
            end: datetime | None = None, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 200) -> list[DeviceEvent]:
     _visible(db, device_id, who)
     start, end = _span(start, end, timedelta(hours=12))
-    return [DeviceEvent.model_validate(r) for r in queries.device_events(db, device_id, start=start, end=end,
-                                                                         limit=limit)]
+    found = [DeviceEvent.model_validate(r) for r in queries.device_events(db, device_id, start=start, end=end,
+                                                                          limit=limit)]
+    _audit_read(db, who, "device_events_read", device_id, start, end, len(found))
+    return found
 
 
 @router.get("/devices/{device_id}/health", response_model=list[HealthBucket], responses={404: {"model": ErrorBody}},
@@ -109,7 +125,9 @@ def health(device_id: DeviceId, db: Db, who: DeviceViewer, start: datetime | Non
            end: datetime | None = None) -> list[HealthBucket]:
     _visible(db, device_id, who)
     start, end = _span(start, end, timedelta(hours=24))
-    return [HealthBucket.model_validate(r) for r in queries.device_health(db, device_id, start=start, end=end)]
+    buckets = [HealthBucket.model_validate(r) for r in queries.device_health(db, device_id, start=start, end=end)]
+    _audit_read(db, who, "device_health_read", device_id, start, end, len(buckets))
+    return buckets
 
 
 @router.get("/fleet/summary", response_model=FleetSummary, summary="Counts by state, borough and role")
@@ -187,10 +205,7 @@ def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Req
 @router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
 def retire(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
     _locked(db, device_id, who)
-    db.execute("UPDATE devices SET retired_at = coalesce(retired_at, now()) WHERE device_id = %s", (device_id,))
-    revoked = revoke_device_secret(db, device_id=device_id)  # a retired camera may no longer connect or stream
-    audit.record(db, actor=who.username, action="device_retired", device_id=device_id,
-                 details={"credentials_revoked": revoked})
+    retire_device(db, device_id=device_id, actor=who.username)
     unit = _unit(_visible(db, device_id, who), who)
     _announce(db, request, device_id, "retired")
     return unit

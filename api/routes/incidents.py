@@ -16,6 +16,7 @@ from api.deps import Db
 from api.errors import ErrorBody
 from api.models import DEVICE_ID
 from core.contract import ALERTS_TOPIC
+from services import audit
 from services.accounts import HANDLES_ALERTS, Principal, Role
 from services.errors import InvalidRequest, NotFound
 from telemetry import incidents, queries
@@ -110,6 +111,11 @@ def _device_in_area(db: Db, device_id: str, who: Principal) -> None:
         raise NotFound(f"no device {device_id} in your area")
 
 
+def _audit_unit(db: Db, who: Principal, action: str, incident: Incident, device_id: str) -> None:
+    audit.record(db, actor=who.username, action=action, device_id=device_id,
+                 details={"incident_id": incident.id, "title": incident.title})
+
+
 @router.post("", response_model=Incident, status_code=201)
 def create(body: IncidentIn, request: Request, db: Db, who: Commander, areas: ForceAreas) -> Incident:
     check_known([body.borough], areas)
@@ -118,8 +124,13 @@ def create(body: IncidentIn, request: Request, db: Db, who: Commander, areas: Fo
     limit: float = request.app.state.settings.incident_max_radius_m
     if body.radius_m > limit:
         raise InvalidRequest(f"radius_m {body.radius_m:g} is over the limit of {limit:g} m")
-    return Incident(**incidents.create(db, title=body.title, lat=body.lat, lon=body.lon, radius_m=body.radius_m,
-                                       borough=body.borough, by=who.username))
+    row = incidents.create(db, title=body.title, lat=body.lat, lon=body.lon, radius_m=body.radius_m,
+                           borough=body.borough, by=who.username)
+    # An incident decides whose live view a firearms commander may open: on the record.
+    audit.record(db, actor=who.username, action="incident_created",
+                 details={"incident_id": row["id"], "title": body.title, "borough": body.borough,
+                          "lat": body.lat, "lon": body.lon, "radius_m": body.radius_m})
+    return Incident(**row)
 
 
 @router.get("", response_model=list[Incident], summary="Open incidents in your area")
@@ -134,10 +145,12 @@ def detail(incident_id: IncidentId, db: Db, who: Commander) -> IncidentDetail:
 
 @router.post("/{incident_id}/units", response_model=IncidentDetail, summary="Assign units")
 def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, who: Commander) -> IncidentDetail:
-    _detail(db, incident_id, who)
+    incident = _detail(db, incident_id, who)
     for device_id in body.device_ids:
         _device_in_area(db, device_id, who)
-    incidents.assign(db, incident_id, body.device_ids, by=who.username)
+    # One entry per unit newly assigned, about that unit, so that an auditor of its borough sees it.
+    for device_id in incidents.assign(db, incident_id, body.device_ids, by=who.username):
+        _audit_unit(db, who, "incident_unit_assigned", incident, device_id)
     changes = evaluate_incidents(db, body.device_ids)
     db.commit()
     _publish(request, changes)
@@ -147,10 +160,11 @@ def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, wh
 @router.delete("/{incident_id}/units/{device_id}", response_model=IncidentDetail, summary="Unassign a unit")
 def unassign(incident_id: IncidentId, device_id: Annotated[str, Path(pattern=DEVICE_ID)], request: Request,
              db: Db, who: Commander) -> IncidentDetail:
-    _detail(db, incident_id, who)
+    incident = _detail(db, incident_id, who)
     _device_in_area(db, device_id, who)
     if not incidents.unassign(db, incident_id, device_id):
         raise NotFound(f"{device_id} is not assigned to incident {incident_id}")
+    _audit_unit(db, who, "incident_unit_unassigned", incident, device_id)
     changes = evaluate_incidents(db, [device_id])
     db.commit()
     _publish(request, changes)
@@ -159,8 +173,11 @@ def unassign(incident_id: IncidentId, device_id: Annotated[str, Path(pattern=DEV
 
 @router.post("/{incident_id}/close", response_model=IncidentDetail)
 def close(incident_id: IncidentId, request: Request, db: Db, who: Commander) -> IncidentDetail:
-    _detail(db, incident_id, who)
-    incidents.close(db, incident_id)
+    incident = _detail(db, incident_id, who)
+    if incidents.close(db, incident_id):  # closing a closed incident changes nothing, so records nothing
+        audit.record(db, actor=who.username, action="incident_closed",
+                     details={"incident_id": incident_id, "title": incident.title,
+                              "units": len(incident.units) + incident.units_outside_area})
     changes = evaluate_incidents(db, None)
     db.commit()
     _publish(request, changes)

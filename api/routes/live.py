@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from starlette.websockets import WebSocketState
 
 from api.live import LiveHub
+from api.sign_ins import OidcSignIns
 from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
 from services.errors import ServiceError
 from telemetry import queries
@@ -54,7 +55,10 @@ async def live(websocket: WebSocket) -> None:
         if not isinstance(hello, dict) or hello.get("type") != "auth":
             raise ServiceError("the first message must be {\"type\": \"auth\", \"token\": ...}")
         # In a thread: an OIDC token may need the provider's keys fetched (a blocking HTTP call).
-        who = await run_in_threadpool(tokens.verify, str(hello.get("token", "")))
+        who, sign_in = await run_in_threadpool(tokens.identify, str(hello.get("token", "")))
+        if sign_in is not None:  # a provider's token opening the feed first signs in here
+            sign_ins: OidcSignIns = websocket.app.state.oidc_sign_ins
+            await run_in_threadpool(sign_ins.note, sign_in)
         if who.role not in ON_LIVE_FEED:
             raise ServiceError(f"role {who.role.value} is not on the live feed")
     except (asyncio.TimeoutError, orjson.JSONDecodeError, ServiceError, WebSocketDisconnect) as error:

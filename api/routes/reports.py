@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
+from api.spreadsheet import csv_cell
 from services import audit
 from services.accounts import Principal, Role
 from telemetry import queries
@@ -31,16 +32,6 @@ EXPORT_COLUMNS = ("device_id", "callsign", "borough", "role", "state", "online",
                   "storage_pct", "docked", "firmware", "last_seen", "gps_fix")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    # A cell starting with = + - @ is a formula to a spreadsheet (CSV injection): quote it as text.
-    return "'" + text if text[:1] in ("=", "+", "-", "@") and not isinstance(value, (int, float)) else text
-
-
 @router.get("/export.csv", response_class=Response, summary="The fleet's health as CSV (fleet managers, admins)",
             responses={200: {"content": {"text/csv": {}}}})
 def export_csv(db: Db, who: Reporter, borough: Annotated[str | None, Query(max_length=64)] = None,
@@ -51,7 +42,7 @@ def export_csv(db: Db, who: Reporter, borough: Annotated[str | None, Query(max_l
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
     writer.writerow(EXPORT_COLUMNS)
     for row in rows:
-        writer.writerow([_cell(row["received_at"] if c == "last_seen" else row.get(c)) for c in EXPORT_COLUMNS])
+        writer.writerow([csv_cell(row["received_at"] if c == "last_seen" else row.get(c)) for c in EXPORT_COLUMNS])
     # Recorded in the request's transaction: if the entry cannot be written, no file leaves.
     audit.record(db, actor=who.username, action="export",
                  details={"report": "fleet.csv", "rows": len(rows), "total": total, "borough": borough,

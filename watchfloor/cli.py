@@ -255,7 +255,8 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
     app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
-                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES))
+                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
+                                           proxy_headers=False))  # api/client_address.py reads them
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -282,6 +283,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
                 ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
+                # Forwarded headers are read by api/client_address.py, from
+                # WATCHFLOOR_TRUSTED_PROXIES only; uvicorn's own reading would trust its defaults.
+                proxy_headers=False,
                 # Our logging (text or JSON) and our access lines (with request ids) instead of uvicorn's.
                 log_config=None, access_log=False)
 

@@ -28,6 +28,7 @@ from simulator.run import Simulator
 from simulator.video import VideoUplink
 from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
+from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import features, migrate, run_maintenance
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import cli_actor, database_url
@@ -82,7 +83,9 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
     with psycopg.connect(database_url(settings)) as conn:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
+        deleted = delete_expired(conn, retention=record_retention(settings), now=datetime.now(timezone.utc))
     print(f"partitions dropped: {dropped}")
+    print("rows deleted:", ", ".join(f"{table} {count}" for table, count in deleted.items()))
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:

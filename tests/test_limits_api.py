@@ -76,6 +76,17 @@ def test_a_guesser_behind_the_proxy_does_not_lock_out_the_victim(db: Database, b
         assert _sign_in(server.base, "op-west", PASSWORD, "198.51.100.7") == 200
 
 
+def test_a_trusted_proxys_forwarded_header_names_the_client(db: Database, broker: MosquittoProcess) -> None:
+    """RFC 7239 ``Forwarded`` from a trusted proxy: the client (an IPv6 address with a port)
+    is what the audit log records for a failed sign-in."""
+    settings = make_settings(trusted_proxies=PROXY)
+    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+        response = httpx.post(f"{server.base}/api/v1/auth/token", json={"username": "admin", "password": "guess"},
+                              headers={"Forwarded": 'for=192.0.2.1, for="[2001:db8::1]:4711";proto=https'})
+        assert response.status_code == 401
+    assert _failures(db, "admin")[-1] == {"client": "2001:db8::1"}
+
+
 def test_forwarded_headers_from_an_untrusted_peer_are_ignored(db: Database, broker: MosquittoProcess) -> None:
     """With no trusted proxy, a client cannot escape its limit by writing a new address into
     X-Forwarded-For or Forwarded for each guess."""

@@ -419,7 +419,8 @@ def _parser() -> argparse.ArgumentParser:
 
     api = command(sub, "api", help="the control-room API and live feed",
                   env=(*_DB_ENV, *_MQTT_ENV, "WATCHFLOOR_AUTH_SECRET or WATCHFLOOR_AUTH_SECRET_FILE (required)",
-                       "WATCHFLOOR_API_HOST", "WATCHFLOOR_API_PORT", "WATCHFLOOR_OIDC_ISSUER"), run=cmd_api)
+                       "WATCHFLOOR_API_HOST", "WATCHFLOOR_API_PORT", "WATCHFLOOR_OIDC_ISSUER",
+                       "WATCHFLOOR_TRUSTED_PROXIES (behind a proxy)"), run=cmd_api)
     api.add_argument("--host", default=None, help="listen address (default: WATCHFLOOR_API_HOST, 127.0.0.1)")
     api.add_argument("--port", type=int, default=None, help="port (default: WATCHFLOOR_API_PORT, 8080)")
 
@@ -441,7 +442,9 @@ def _parser() -> argparse.ArgumentParser:
 
     db = group(sub, "db", help="database administration")
     command(db, "migrate", help="apply pending schema migrations", env=_DB_ENV, run=cmd_db_migrate)
-    command(db, "maintain", help="create partitions ahead and apply retention", env=_DB_ENV, run=cmd_db_maintain)
+    command(db, "maintain", help="create partitions ahead and apply retention",
+            env=(*_DB_ENV, "WATCHFLOOR_REJECTED_RETENTION_DAYS", "WATCHFLOOR_ALERTS_RETENTION_DAYS",
+                 "WATCHFLOOR_VIEWINGS_RETENTION_DAYS"), run=cmd_db_maintain)
     return parser
 
 

@@ -18,7 +18,9 @@ from api.live import LiveHub
 from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
 from api.sign_ins import OidcSignIns
 from core.settings import Settings
+from services import audit as audit_log
 from services.accounts import Role, TokenIssuer
+from services.audit_digest import FailureDigest
 from services.live_view import LiveView
 from services.oidc import oidc_from_settings
 from telemetry import queries
@@ -35,6 +37,26 @@ log = logging.getLogger(__name__)
 
 
 _REGISTRY_REFRESH_S = 30.0
+_FAILURE_SWEEP_S = 5.0
+
+
+def _write_failures(pool: ConnectionPool, digest: FailureDigest, *, everything: bool = False) -> None:
+    """Append the sign-in failure summaries whose window has closed (services/audit_digest.py)."""
+    entries = digest.due(everything=everything)
+    if entries:
+        with pool.connection() as conn:
+            for entry in entries:
+                audit_log.record(conn, actor=entry.username, action="sign_in_failed", details=entry.details)
+            conn.commit()
+
+
+async def _sweep_failures(pool: ConnectionPool, digest: FailureDigest) -> None:
+    while True:
+        await asyncio.sleep(_FAILURE_SWEEP_S)
+        try:
+            await run_in_threadpool(_write_failures, pool, digest)
+        except Exception as error:  # the database may be away; the counts wait for the next sweep
+            log.warning("sign-in failure summaries not written: %s", error)
 
 
 async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
@@ -74,6 +96,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         hub.start()
         await _load_units(pool, hub)
         refresher = asyncio.create_task(_refresh_registry(pool, hub))
+        sweeper = asyncio.create_task(_sweep_failures(pool, app.state.sign_in_failures))
         # Live view owns the relay: started here, and closed (every session ended, with its
         # record) before the hub and the pool go.
         viewing = LiveView(settings=settings, pool=pool, hub=hub, mqtt_url=mqtt_url,
@@ -84,6 +107,9 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
             yield
         finally:
             refresher.cancel()
+            sweeper.cancel()
+            with contextlib.suppress(Exception):
+                _write_failures(pool, app.state.sign_in_failures, everything=True)
             await viewing.aclose()
             await hub.stop()
             pool.close()
@@ -94,6 +120,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
     app.state.settings = settings  # for routes whose limits are the force's (e.g. an incident's radius)
+    app.state.sign_in_failures = FailureDigest()  # failed sign-ins, aggregated for the audit log
     app.state.areas = settings.force_areas()  # every borough written must be one of these
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
                                    oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))

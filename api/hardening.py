@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.client_address import networks
 from api.errors import error_response
-from api.limits import Limits, RateLimiter
+from api.feed_slots import FeedSlots
+from api.limits import Attempts, Limits, RateLimiter, Verifications
 from core.settings import Settings
 from services.errors import PayloadTooLarge
 
@@ -139,10 +141,21 @@ def install(app: FastAPI, *, settings: Settings) -> None:
     app.state.limits = Limits(
         user=RateLimiter(rate_per_s=settings.rate_limit_user_per_s, burst=settings.rate_limit_user_burst,
                          what="requests"),
-        sign_in=RateLimiter(rate_per_s=settings.rate_limit_sign_in_failures_per_min / 60,
-                            burst=settings.rate_limit_sign_in_failures_burst, what="failed sign-ins"),
-        device=RateLimiter(rate_per_s=settings.rate_limit_device_per_min / 60, burst=settings.rate_limit_device_burst,
-                           what="requests from this device"))
+        sign_in=Attempts(
+            per_client=RateLimiter(rate_per_s=settings.rate_limit_sign_in_failures_per_min / 60,
+                                   burst=settings.rate_limit_sign_in_failures_burst, what="failed sign-ins"),
+            per_account=RateLimiter(rate_per_s=settings.rate_limit_sign_in_user_failures_per_min / 60,
+                                    burst=settings.rate_limit_sign_in_user_failures_burst,
+                                    what="failed sign-ins for this name from new addresses")),
+        device=Attempts(
+            per_client=RateLimiter(rate_per_s=settings.rate_limit_device_per_min / 60,
+                                   burst=settings.rate_limit_device_burst, what="requests from this device"),
+            per_account=RateLimiter(rate_per_s=settings.rate_limit_device_all_clients_per_min / 60,
+                                    burst=settings.rate_limit_device_all_clients_burst,
+                                    what="failed requests for this device from new addresses")),
+        verifications=Verifications(settings.sign_in_max_concurrent),
+        feeds=FeedSlots(per_user=settings.live_max_feeds_per_user, unauthenticated=settings.live_max_unauthenticated),
+        proxies=networks(settings.trusted_proxies))
     # Added last is outermost: the headers go on the body limit's 413 too.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(SecurityHeaders, csp=_csp(settings))

@@ -290,7 +290,10 @@ def main() -> None:
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
-                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-fanout-ingest")
+                       WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-fanout-ingest",
+                       # Every client is the one bench user, connecting at once: lift the feed caps.
+                       WATCHFLOOR_LIVE_MAX_FEEDS_PER_USER=str(args.clients),
+                       WATCHFLOOR_LIVE_MAX_UNAUTHENTICATED=str(args.clients))
             log = (workdir / "processes.log").open("ab")
 
             def start(*cmd: str) -> subprocess.Popen[bytes]:

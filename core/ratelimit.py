@@ -38,6 +38,13 @@ class TokenBuckets:
                 self._buckets.popitem(last=False)
             return wait
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`take` (an attempt that turned out not to count)."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, at = self._buckets[key]
+                self._buckets[key] = (min(float(self.burst), tokens + 1.0), at)
+
     def wait(self, key: str, *, now: float | None = None) -> float:
         """Seconds until ``key`` has a token (0.0: it has one now); takes nothing."""
         now = time.monotonic() if now is None else now

@@ -6,10 +6,11 @@ passes it down, so tests build their own.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.areas import load_areas
@@ -57,6 +58,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=4_096, ge=256, le=1_048_576)
     max_future_skew_s: int = Field(default=300, ge=0)
     rejected_payload_keep_bytes: int = Field(default=1_024, ge=0, le=65_536)
+    # Rejected messages kept row by row per (device, reason) per minute; the rest of the
+    # minute are counted (metrics) and written as one summary row.
+    rejected_keep_per_device_per_min: int = Field(default=10, ge=1, le=100_000)
 
     # Alerts (raised by ingest)
     alert_battery_warn_pct: float = Field(default=20.0, ge=0, le=100)
@@ -104,6 +108,22 @@ class Settings(BaseSettings):
     rate_limit_sign_in_failures_burst: int = Field(default=5, ge=1)
     rate_limit_device_per_min: float = Field(default=12.0, gt=0)
     rate_limit_device_burst: int = Field(default=5, ge=1)
+    # Failed attempts at one account (a username, a device) from every address it has not
+    # succeeded from lately, together: bounds a guess spread over many addresses, and cannot
+    # refuse the account's own known addresses (docs/api.md "Limits").
+    rate_limit_sign_in_user_failures_per_min: float = Field(default=30.0, gt=0)
+    rate_limit_sign_in_user_failures_burst: int = Field(default=30, ge=1)
+    rate_limit_device_all_clients_per_min: float = Field(default=30.0, gt=0)
+    rate_limit_device_all_clients_burst: int = Field(default=30, ge=1)
+    # Password verifications (argon2: a core and 64 MiB each) running at once per process;
+    # sign-ins past it are refused with 503 at once instead of queueing behind a flood.
+    sign_in_max_concurrent: int = Field(default=2, ge=1, le=64)
+    # Proxies whose X-Forwarded-For / Forwarded header names the client (addresses or CIDRs,
+    # e.g. ["10.0.0.0/8"]); empty: the peer's address is the client, whatever it says.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Live feeds open at once per process: per user, and sockets that have not authenticated yet.
+    live_max_feeds_per_user: int = Field(default=8, ge=1, le=10_000)
+    live_max_unauthenticated: int = Field(default=100, ge=1, le=100_000)
 
     # Dashboard map: a tile server's URL template ({z}/{x}/{y}), e.g. a force's own; unset,
     # the page draws borough outlines only (works offline). Its host must be allowed by the CSP.
@@ -146,7 +166,19 @@ class Settings(BaseSettings):
     # "require" refuses to migrate without it.
     timescaledb: str = Field(default="auto", pattern="^(auto|off|require)$")
     retention_days: int = Field(default=30, ge=1)
+    # Retention of the tables that are not partitioned by day (`watchfloor db maintain`,
+    # ingest hourly): rejected messages, resolved alerts, ended viewings and their requests.
+    rejected_retention_days: int = Field(default=7, ge=1)
+    alerts_retention_days: int = Field(default=90, ge=1)
+    viewings_retention_days: int = Field(default=365, ge=1)
     compress_after_days: int = Field(default=2, ge=1)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
     def force_areas(self) -> frozenset[str]:
         """The areas a borough may name (``areas_file``, or London's); read once at start-up."""

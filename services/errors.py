@@ -10,6 +10,7 @@
     ├── PayloadTooLarge     the body is over its limit (413)
     ├── UnsupportedMediaType the body is not of the type the route takes (415)
     └── TooManyRequests     a rate limit is used up; ``retry_after_s`` says when to retry (429)
+        └── Overloaded      too much of a costly thing at once in this process (503)
 
 Each class carries the HTTP status and the ``code`` its response body shows, so that the
 mapping to HTTP is written in one place, here; :mod:`api.errors` only renders it.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Conflict", "Forbidden", "InvalidRequest", "NotAuthenticated", "NotFound", "PayloadTooLarge",
+__all__ = ["Conflict", "Forbidden", "InvalidRequest", "NotAuthenticated", "NotFound", "Overloaded", "PayloadTooLarge",
            "ServiceError", "TooManyRequests", "UnsupportedMediaType", "UnusableOffer"]
 
 
@@ -76,3 +77,9 @@ class TooManyRequests(ServiceError):
 
     def headers(self) -> dict[str, str] | None:
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class Overloaded(TooManyRequests):
+    """Not the caller's rate but the process's capacity (e.g. password checks at once)."""
+
+    status, code = 503, "overloaded"

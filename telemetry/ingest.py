@@ -39,6 +39,8 @@ from core.settings import Settings
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
 from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
 from telemetry.latency import LatencyHistogram
+from telemetry.rejection_sampler import RejectionSampler
+from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import ensure_partitions, features, run_maintenance
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
 
@@ -47,6 +49,7 @@ __all__ = ["IngestStats", "IngestWorker", "subscription_topics"]
 log = logging.getLogger(__name__)
 
 _MAINTENANCE_EVERY_S = 3600.0
+_SUMMARIES_EVERY_S = 5.0  # how often the decoder looks for rejection windows that have closed
 _OFFLINE_SWEEP_EVERY_S = 5.0
 _REGISTRY_REFRESH_S = 5.0
 
@@ -129,6 +132,9 @@ class IngestWorker:
         self._known: set[str] = set()
         self._device_rate = TokenBuckets(rate_per_s=settings.ingest_device_rate_per_s,
                                          burst=settings.ingest_device_burst)
+        # Rejections kept row by row per device, reason and minute; the rest counted and summed up.
+        self.sampler = RejectionSampler(keep=settings.rejected_keep_per_device_per_min)
+        self._sampled_at = time.monotonic()
         self._registry_loaded_at = 0.0
         self._ready_days: set[date] = set()
         # One decoded batch may wait while the writer commits the previous one.
@@ -197,6 +203,7 @@ class IngestWorker:
         finally:
             self._stopping.set()
             writer.join()
+            self._write_summaries()
             self._session.stop()
             for conn in (self._conn, self._registry_conn):
                 if conn is not None:
@@ -273,13 +280,17 @@ class IngestWorker:
             if isinstance(result, Decoded) and self._device_rate.take(result.device_id) > 0.0:
                 result = Rejection(Reason.RATE_LIMITED, "over the device's message rate", result.device_id)
             if isinstance(result, Rejection):
-                batch.rejected.append(RejectedMessage(result, item.topic, item.payload[:keep], received))
+                batch.counted_rejections[result.reason.value] += 1
+                batch.rejected += self.sampler.admit(RejectedMessage(result, item.topic, item.payload[:keep], received))
             elif isinstance(result, StatusChange):
                 batch.statuses.append((result.device_id, received, result))
             elif isinstance(result.message, Event):
                 batch.events.append((result.device_id, received, result.message))
             else:
                 batch.telemetry.append((result.device_id, received, result.message))
+        if time.monotonic() - self._sampled_at >= _SUMMARIES_EVERY_S:
+            self._sampled_at = time.monotonic()
+            batch.rejected += self.sampler.due(now)
         return batch
 
     def _admit(self, device_id: str, batch: Batch) -> Rejection | None:
@@ -309,8 +320,7 @@ class IngestWorker:
         s = self.stats
         s.received += len(items)
         s.batches += 1
-        for r in batch.rejected:
-            s.rejected[r.rejection.reason.value] += 1
+        s.rejected.update(batch.counted_rejections)  # summary rows are not counted twice
         s.statuses += len(batch.statuses)
         s.last_batch_s = time.monotonic() - started
         s.batch_time.record(s.last_batch_s)
@@ -328,6 +338,18 @@ class IngestWorker:
         for alert in alerts:
             self._session.publish(ALERTS_TOPIC, orjson.dumps(alert))
         self.stats.alert_changes += len(alerts)
+
+    def _write_summaries(self) -> None:
+        """On the way out (the writer has stopped): the rejection summaries of open windows."""
+        summaries = self.sampler.due(self._clock(), everything=True)
+        if not summaries:
+            return
+        try:
+            conn = self._writer_connection()
+            with conn.transaction():
+                write_batch(conn, Batch(rejected=summaries))
+        except psycopg.Error as error:  # the counts stay in the metrics
+            log.warning("%d rejection summaries not written: %s", len(summaries), error)
 
     def _sweep(self) -> None:
         try:
@@ -392,6 +414,7 @@ class IngestWorker:
             write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
                                     new_devices=batch.new_devices))
             alerts = evaluate_batch(conn, batch, self._rules)
+        batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
         return alerts
 
@@ -420,6 +443,10 @@ class IngestWorker:
         if dropped:
             log.info("retention: dropped %d partitions", dropped)
             self._ready_days.clear()
+        deleted = delete_expired(self._writer_connection(), retention=record_retention(self._settings),
+                                 now=self._clock())
+        if any(deleted.values()):
+            log.info("retention: deleted %s", ", ".join(f"{n} from {t}" for t, n in deleted.items() if n))
 
     def _load_registry(self) -> None:
         """(Re)read the registry on the decoder's own connection; keep the old one on error."""

@@ -65,6 +65,13 @@ class IngestCollector(Collector):
         for reason in Reason:
             rejected.add_metric([reason.value], counts.get(reason.value, 0))
         yield rejected
+        not_kept = CounterMetricFamily("watchfloor_ingest_rejections_not_kept", "Rejected messages counted but not "
+                                       "kept row by row (past the first per device, reason and minute)",
+                                       labels=["reason"])
+        counts = dict(self._worker.sampler.not_kept)
+        for reason in Reason:
+            not_kept.add_metric([reason.value], counts.get(reason.value, 0))
+        yield not_kept
         yield CounterMetricFamily("watchfloor_ingest_batches", "Transactions committed", value=s.batches)
         yield CounterMetricFamily("watchfloor_ingest_database_errors", "Failed attempts to reach or write to "
                                   "the database (each retried; nothing acknowledged meanwhile)",

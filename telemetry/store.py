@@ -8,6 +8,7 @@ before its acknowledgement) is stored once: the key is (device_id, ts, seq).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,8 +37,9 @@ class Batch:
     telemetry: list[tuple[str, datetime, Telemetry]] = field(default_factory=list)
     events: list[tuple[str, datetime, Event]] = field(default_factory=list)
     statuses: list[tuple[str, datetime, StatusChange]] = field(default_factory=list)
-    rejected: list[RejectedMessage] = field(default_factory=list)
+    rejected: list[RejectedMessage] = field(default_factory=list)  # the rows to keep (telemetry/rejection_sampler.py)
     new_devices: set[str] = field(default_factory=set)
+    counted_rejections: Counter[str] = field(default_factory=Counter)  # every message rejected, by reason
 
 
 _STAGES = """

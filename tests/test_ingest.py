@@ -198,7 +198,8 @@ def test_a_flooding_device_is_held_to_its_rate_and_others_are_not(pg: Database, 
     """A device past its burst (at a rate too low to refill during the test) has the rest of
     its telemetry rejected as rate_limited and kept; its Last Will still counts; a quiet
     device beside it loses nothing."""
-    settings = make_settings(ingest_device_rate_per_s=0.001, ingest_device_burst=20)
+    settings = make_settings(ingest_device_rate_per_s=0.001, ingest_device_burst=20,
+                             rejected_keep_per_device_per_min=100)
     flood = [(topic_for("noisy-1", Channel.TELEMETRY), telemetry_payload(i)) for i in range(60)]
     quiet = [(topic_for("quiet-1", Channel.TELEMETRY), telemetry_payload(i)) for i in range(10)]
     status = [(topic_for("noisy-1", Channel.STATUS), b"offline")]
@@ -210,6 +211,27 @@ def test_a_flooding_device_is_held_to_its_rate_and_others_are_not(pg: Database, 
     assert pg.scalar("SELECT count(*) FROM telemetry WHERE device_id = 'quiet-1'") == 10
     assert pg.scalar("SELECT count(*) FROM rejected_messages WHERE reason = 'rate_limited'") == 40
     assert pg.scalar("SELECT online FROM device_latest WHERE device_id = 'noisy-1'") is False
+
+
+def test_a_flooding_device_leaves_a_bounded_number_of_rejected_rows(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A device sending 300 messages over its rate: every one is counted by reason, but only
+    the first 5 of the minute are kept row by row and the other 295 become one summary row
+    (written when its window closes, here when the worker stops); a second device's
+    rejections have a budget of their own."""
+    settings = make_settings(ingest_device_rate_per_s=0.001, ingest_device_burst=10,
+                             rejected_keep_per_device_per_min=5)
+    flood = [(topic_for("noisy-1", Channel.TELEMETRY), telemetry_payload(i)) for i in range(310)]
+    other = [(topic_for("noisy-2", Channel.TELEMETRY), telemetry_payload(i)) for i in range(12)]
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker:
+        publish_all(mosquitto.url, flood + other)
+        wait_for(lambda: worker.stats.received == 322, what="every message processed")
+        assert dict(worker.stats.rejected) == {"rate_limited": 302}
+        assert dict(worker.sampler.not_kept) == {"rate_limited": 295}
+    rows = pg.scalar("SELECT array_agg(payload_bytes ORDER BY id) FROM rejected_messages WHERE device_id = 'noisy-1'")
+    assert isinstance(rows, list) and len(rows) == 6 and rows[-1] == 0
+    assert "295 more rate_limited" in str(pg.scalar(
+        "SELECT detail FROM rejected_messages WHERE device_id = 'noisy-1' ORDER BY id DESC LIMIT 1"))
+    assert pg.scalar("SELECT count(*) FROM rejected_messages WHERE device_id = 'noisy-2'") == 2
 
 
 def test_slow_database_pushes_back_on_the_broker(pg: Database, mosquitto: MosquittoProcess) -> None:

@@ -28,6 +28,7 @@ from simulator.run import Simulator
 from simulator.video import VideoUplink
 from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
+from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import features, migrate, run_maintenance
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import cli_actor, database_url
@@ -82,7 +83,9 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
     with psycopg.connect(database_url(settings)) as conn:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
+        deleted = delete_expired(conn, retention=record_retention(settings), now=datetime.now(timezone.utc))
     print(f"partitions dropped: {dropped}")
+    print("rows deleted:", ", ".join(f"{table} {count}" for table, count in deleted.items()))
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
@@ -255,7 +258,8 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
     app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
-                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES))
+                                           ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
+                                           proxy_headers=False))  # api/client_address.py reads them
     thread = threading.Thread(target=server.run, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -282,6 +286,9 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
                 ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
+                # Forwarded headers are read by api/client_address.py, from
+                # WATCHFLOOR_TRUSTED_PROXIES only; uvicorn's own reading would trust its defaults.
+                proxy_headers=False,
                 # Our logging (text or JSON) and our access lines (with request ids) instead of uvicorn's.
                 log_config=None, access_log=False)
 
@@ -412,7 +419,8 @@ def _parser() -> argparse.ArgumentParser:
 
     api = command(sub, "api", help="the control-room API and live feed",
                   env=(*_DB_ENV, *_MQTT_ENV, "WATCHFLOOR_AUTH_SECRET or WATCHFLOOR_AUTH_SECRET_FILE (required)",
-                       "WATCHFLOOR_API_HOST", "WATCHFLOOR_API_PORT", "WATCHFLOOR_OIDC_ISSUER"), run=cmd_api)
+                       "WATCHFLOOR_API_HOST", "WATCHFLOOR_API_PORT", "WATCHFLOOR_OIDC_ISSUER",
+                       "WATCHFLOOR_TRUSTED_PROXIES (behind a proxy)"), run=cmd_api)
     api.add_argument("--host", default=None, help="listen address (default: WATCHFLOOR_API_HOST, 127.0.0.1)")
     api.add_argument("--port", type=int, default=None, help="port (default: WATCHFLOOR_API_PORT, 8080)")
 
@@ -434,7 +442,9 @@ def _parser() -> argparse.ArgumentParser:
 
     db = group(sub, "db", help="database administration")
     command(db, "migrate", help="apply pending schema migrations", env=_DB_ENV, run=cmd_db_migrate)
-    command(db, "maintain", help="create partitions ahead and apply retention", env=_DB_ENV, run=cmd_db_maintain)
+    command(db, "maintain", help="create partitions ahead and apply retention",
+            env=(*_DB_ENV, "WATCHFLOOR_REJECTED_RETENTION_DAYS", "WATCHFLOOR_ALERTS_RETENTION_DAYS",
+                 "WATCHFLOOR_VIEWINGS_RETENTION_DAYS"), run=cmd_db_maintain)
     return parser
 
 

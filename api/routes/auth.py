@@ -1,36 +1,58 @@
-"""Sign-in: a username and password for a bearer token."""
+"""Sign-in: a username and password for a bearer token.
+
+The cost of an unauthenticated request is bounded before anything is checked: the
+attempt's rate-limit tokens are taken first (:class:`api.limits.Attempts`), then one of a
+few password-check slots (:class:`api.limits.Verifications`). The user's row is read and
+the connection given back to the pool before argon2 runs, so a flood of sign-ins never
+holds the connections that signed-in users' requests need.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from psycopg_pool import ConnectionPool
 
-from api.deps import Db
+from api.client_address import client_address
 from api.errors import ErrorBody
-from api.limits import RateLimiter
+from api.limits import Limits
 from api.models import TokenIn, TokenOut
 from services import audit
-from services.accounts import ALL_AREAS, TokenIssuer, authenticate
-from services.errors import NotAuthenticated
+from services.accounts import ALL_AREAS, TokenIssuer, check_password, password_record
+from services.audit_digest import FailureDigest
+from services.errors import NotAuthenticated, Overloaded
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
-@router.post("/token", response_model=TokenOut, responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}},
+@router.post("/token", response_model=TokenOut,
+             responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
              summary="Exchange a username and password for a bearer token")
-def token(body: TokenIn, request: Request, db: Db) -> TokenOut:
-    client = request.client.host if request.client else None
-    failures: RateLimiter = request.app.state.limits.sign_in
-    key = f"{client}|{body.username}"
-    failures.check(key)  # refused while too many recent failures, even with the right password
-    who = authenticate(db, body.username, body.password)
-    source = {"client": client}
+def token(body: TokenIn, request: Request) -> TokenOut:
+    limits: Limits = request.app.state.limits
+    pool: ConnectionPool = request.app.state.pool
+    client = client_address(request, limits.proxies)
+    attempt = limits.sign_in.start(client, body.username)  # 429 before anything is checked
+    try:
+        with limits.verifications.slot():
+            with pool.connection() as conn:
+                record = password_record(conn, body.username)
+            who = check_password(record, body.username, body.password)
+    except Overloaded:
+        attempt.abandoned()  # nothing was checked: not a failure
+        raise
     if who is None:
-        failures.take(key)
-        audit.record(db, actor=body.username, action="sign_in_failed", details=source)
-        db.commit()  # the refusal below rolls the request back; the record stays
+        digest: FailureDigest = request.app.state.sign_in_failures
+        entries = digest.failed(body.username, client)
+        if entries:
+            with pool.connection() as conn:
+                for entry in entries:
+                    audit.record(conn, actor=entry.username, action="sign_in_failed", details=entry.details)
+                conn.commit()
         raise NotAuthenticated("wrong username or password")
-    audit.record(db, actor=who.username, action="sign_in", details={**source, "role": who.role.value})
-    db.commit()  # no token leaves without its record
+    attempt.succeeded()
+    with pool.connection() as conn:
+        audit.record(conn, actor=who.username, action="sign_in", details={"client": client, "role": who.role.value})
+        conn.commit()  # no token leaves without its record
     tokens: TokenIssuer = request.app.state.tokens
     return TokenOut(access_token=tokens.issue(who), expires_in=tokens.ttl_s, role=who.role.value,
                     areas=[ALL_AREAS] if who.areas is None else sorted(who.areas))

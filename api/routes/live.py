@@ -24,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
 from starlette.websockets import WebSocketState
 
+from api.feed_slots import FeedSlots, Refused
 from api.live import LiveHub
 from api.sign_ins import OidcSignIns
 from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
@@ -47,10 +48,16 @@ def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]
 
 @router.websocket("/api/v1/live")
 async def live(websocket: WebSocket) -> None:
-    await websocket.accept()
     tokens: TokenIssuer = websocket.app.state.tokens
     hub: LiveHub = websocket.app.state.hub
+    slots: FeedSlots = websocket.app.state.limits.feeds  # api/feed_slots.py: caps, close codes
     try:
+        slots.enter_waiting()  # counted before the handshake completes, so a burst cannot overshoot
+    except Refused as refused:
+        await _refuse(websocket, refused)
+        return
+    try:
+        await websocket.accept()
         hello = orjson.loads(await asyncio.wait_for(websocket.receive_text(), _AUTH_TIMEOUT_S))
         if not isinstance(hello, dict) or hello.get("type") != "auth":
             raise ServiceError("the first message must be {\"type\": \"auth\", \"token\": ...}")
@@ -65,6 +72,13 @@ async def live(websocket: WebSocket) -> None:
         reason = error.message if isinstance(error, ServiceError) else "authenticate first"
         with contextlib.suppress(Exception):
             await websocket.close(code=_POLICY_VIOLATION, reason=reason[:120])
+        return
+    finally:
+        slots.leave_waiting()
+    try:
+        slots.enter_feed(who.username)
+    except Refused as refused:
+        await _refuse(websocket, refused)
         return
 
     client, units = hub.register(who, websocket)
@@ -86,12 +100,22 @@ async def live(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        slots.leave_feed(who.username)
         hub.unregister(client)
         if sender is not None:
             sender.cancel()
         if websocket.client_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close()
+
+
+async def _refuse(websocket: WebSocket, refused: Refused) -> None:
+    """Close with the cap's code and reason (accepted first: a close before the handshake is
+    an HTTP 403 that says neither)."""
+    with contextlib.suppress(Exception):
+        if websocket.client_state is WebSocketState.CONNECTING:
+            await websocket.accept()
+        await websocket.close(code=refused.code, reason=refused.reason[:120])
 
 
 async def _drain(websocket: WebSocket) -> None:

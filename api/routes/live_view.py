@@ -17,8 +17,10 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.auth import bearer, principal, require
+from api.client_address import client_address
 from api.deps import Db
 from api.errors import ErrorBody
+from api.limits import Limits
 from api.models import DEVICE_ID
 from services import viewings
 from services.accounts import Principal, Role
@@ -196,11 +198,13 @@ _SDP_BODY: dict[int | str, dict[str, Any]] = {
              summary="WHIP: the camera publishes (bearer: the device's own secret; only under consent)")
 async def whip(device_id: DeviceId, request: Request) -> Response:
     secret = bearer(request.headers.get("authorization"))
-    # Before the (deliberately slow) secret check; keyed by address too, so that someone
-    # guessing at a device's secret from elsewhere does not lock the camera itself out.
-    client = request.client.host if request.client else None
-    request.app.state.limits.device.hit(f"{client}|{device_id}")
+    # Before the (deliberately slow) secret check, by the client's address (a trusted proxy's
+    # word) and by device (api/limits.py Attempts): someone guessing at a device's secret
+    # from elsewhere does not lock the camera itself out; a publish gives its tokens back.
+    limits: Limits = request.app.state.limits
+    attempt = limits.device.start(client_address(request, limits.proxies), device_id)
     session = await _service(request).publish(device_id, secret, await _offer(request))
+    attempt.succeeded()
     return _created(session.answer_sdp, f"/api/v1/whip/{device_id}/{session.id}")
 
 

@@ -60,7 +60,7 @@ def running_api(*, database_url: str, mqtt_url: str, settings: Settings) -> Iter
     app = create_app(settings=settings, database_url=database_url, mqtt_url=mqtt_url, signing_secret=SECRET)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", ws=WS_IMPL,
-                                           ws_per_message_deflate=WS_DEFLATE))
+                                           ws_per_message_deflate=WS_DEFLATE, proxy_headers=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -126,7 +126,7 @@ def test_k8s_probes_liveness_never_on_the_database() -> None:
     from api.app import create_app
 
     app = create_app(settings=Settings(), database_url="postgresql://unused", mqtt_url="mqtt://127.0.0.1:1",
-                     signing_secret="x" * 40)
+                     signing_secret="x" * 40, audit_key=None)
     routes = set(app.openapi()["paths"])
     probes = {name: c for name, c in _watchfloor_containers()}
     api, ingest = probes["watchfloor-api"], probes["watchfloor-ingest"]

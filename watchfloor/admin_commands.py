@@ -180,7 +180,7 @@ def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> None:
         report = audit.verify(conn, key=key, checkpoints=saved)
     for problem in report.problems:
         where = f"entry {problem.seq}" + (f" (id {problem.id})" if problem.id is not None else "")
-        print(f"TAMPERED {problem.kind:<10} {where}: {problem.message}")
+        print(f"TAMPERED {problem.kind:<9} {where}: {problem.message}")
     if report.truncated:
         print("(more problems than shown)")
     print(f"{report.entries} entries; head: seq {report.head_seq} hash {report.head_hash}; "

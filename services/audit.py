@@ -175,20 +175,21 @@ def _rows(conn: psycopg.Connection) -> Iterator[tuple[Any, ...]]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A point of the chain saved outside the database: the entry ``seq`` had ``hash``."""
+    """A point of the chain saved outside the database: the entry ``seq`` had ``hash`` (None:
+    only that the log reached ``seq``, as an old ``--expect-head SEQ`` said)."""
 
     seq: int
-    hash: str  # hex
+    hash: str | None  # hex
     at: datetime | None = None
     mac: str | None = None  # hex HMAC over the rest, with the audit key
 
     def line(self) -> str:
         """``SEQ:HASH:TIME:MAC``, the form :func:`parse_checkpoint` reads back."""
         at = self.at.isoformat() if self.at else ""
-        return f"{self.seq}:{self.hash}:{at}:{self.mac or ''}"
+        return f"{self.seq}:{self.hash or ''}:{at}:{self.mac or ''}"
 
 
-def _checkpoint_mac(key: bytes, seq: int, digest: str, at: datetime | None) -> str:
+def _checkpoint_mac(key: bytes, seq: int, digest: str | None, at: datetime | None) -> str:
     message = orjson.dumps(["watchfloor-audit-checkpoint", seq, digest, _micros(at) if at else None])
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
@@ -205,8 +206,8 @@ def checkpoint(conn: psycopg.Connection, *, key: bytes | None) -> Checkpoint:
 
 def store_checkpoint(conn: psycopg.Connection, point: Checkpoint) -> None:
     """Keep ``point`` (which must carry a MAC) in the database, in the caller's transaction."""
-    if point.mac is None or point.at is None:
-        raise ValueError("only a keyed checkpoint is stored")
+    if point.mac is None or point.at is None or point.hash is None:
+        raise ValueError("only a full keyed checkpoint is stored")
     conn.execute("INSERT INTO audit_checkpoints (seq, hash, at, mac) VALUES (%s, %s, %s, %s)",
                  (point.seq, bytes.fromhex(point.hash), point.at, bytes.fromhex(point.mac)))
 
@@ -217,22 +218,25 @@ def latest_checkpoint(conn: psycopg.Connection, *, key: bytes) -> Checkpoint | N
     rows = conn.execute("SELECT seq, hash, at, mac FROM audit_checkpoints ORDER BY seq DESC, id DESC").fetchall()
     for seq, digest, at, mac in rows:
         point = Checkpoint(int(seq), bytes(digest).hex(), at, bytes(mac).hex())
-        if hmac.compare_digest(point.mac or "", _checkpoint_mac(key, point.seq, point.hash, at)):
+        if hmac.compare_digest(bytes(mac).hex(), _checkpoint_mac(key, point.seq, point.hash, at)):
             return point
     return None
 
 
 def parse_checkpoint(text: str, *, key: bytes | None = None) -> Checkpoint:
-    """Read ``SEQ:HASH`` or a full ``SEQ:HASH:TIME:MAC`` line. With ``key``, a MAC present must
-    match (a checkpoint stored in the database may have been planted by its owner)."""
+    """Read ``SEQ``, ``SEQ:HASH`` or a full ``SEQ:HASH:TIME:MAC`` line. With ``key``, a MAC
+    present must match (a checkpoint stored in the database may have been planted by its owner)."""
     seq, _, rest = text.strip().partition(":")
     digest, _, rest = rest.partition(":")
     # The time holds colons of its own: the MAC is what follows the last one.
     at_text, _, mac = rest.rpartition(":")
-    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"not a checkpoint (SEQ:HASH[:TIME:MAC]): {text!r}")
-    at = datetime.fromisoformat(at_text) if at_text else None
-    found = Checkpoint(int(seq), digest, at, mac or None)
+    if not seq.isdigit() or digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"not a checkpoint (SEQ[:HASH[:TIME:MAC]]): {text!r}")
+    try:
+        at = datetime.fromisoformat(at_text) if at_text else None
+    except ValueError:
+        raise ValueError(f"not a checkpoint (its time is not ISO 8601): {text!r}") from None
+    found = Checkpoint(int(seq), digest or None, at, mac or None)
     if key is not None and found.mac is not None and not hmac.compare_digest(
             found.mac, _checkpoint_mac(key, found.seq, digest, at)):
         raise ValueError(f"checkpoint {seq} does not carry a valid MAC for this audit key")
@@ -253,7 +257,7 @@ def verify(conn: psycopg.Connection, *, key: bytes | None = None,
     """
     report = VerifyReport()
     expected_seq, prev, last_id, keyed_seen = 1, GENESIS, 0, False
-    saved: dict[int, str] = {}
+    saved: dict[int, str | None] = {}
     for point in checkpoints:
         saved[point.seq] = point.hash
     report.checkpoints = len(saved)
@@ -286,7 +290,7 @@ def verify(conn: psycopg.Connection, *, key: bytes | None = None,
             problem(entry_id, seq, "changed", f"entry {seq} does not match its hash (changed after it was written)")
         elif prev_hash != prev and seq == expected_seq:  # after a gap, the gap is the finding
             problem(entry_id, seq, "relinked", f"entry {seq} does not follow the entry before it")
-        if seq in saved and saved.pop(seq) != stored.hex():
+        if seq in saved and saved.pop(seq) not in (None, stored.hex()):
             problem(entry_id, seq, "checkpoint", f"entry {seq} no longer has the hash a saved checkpoint recorded")
         expected_seq, prev, last_id = seq + 1, stored, max(last_id, entry_id)
         report.head_seq, report.head_hash = seq, stored.hex()

@@ -93,7 +93,8 @@ def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
-    with psycopg.connect(database_url(settings)) as conn:
+    # As the owner when given: dropping TimescaleDB chunks by hand needs ownership.
+    with psycopg.connect(settings.migrate_database_url or database_url(settings)) as conn:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
     print(f"partitions dropped: {dropped}")

@@ -36,6 +36,7 @@ __all__ = [
     "ACTIONS",
     "GENESIS",
     "AuditConnection",
+    "AuditKeyMissing",
     "Checkpoint",
     "Problem",
     "VerifyReport",
@@ -71,6 +72,11 @@ _MAX_PROBLEMS = 1000
 def _micros(at: datetime) -> int:
     # Integer microseconds: exact, and independent of how a timezone is printed.
     return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+class AuditKeyMissing(RuntimeError):
+    """A process without the audit key tried to extend a keyed chain: its entry would read as
+    a downgrade, so it is refused (set WATCHFLOOR_AUDIT_KEY)."""
 
 
 class AuditConnection(psycopg.Connection[TupleRow]):
@@ -124,7 +130,8 @@ def _append(conn: psycopg.Connection, *, actor: str, action: str, device_id: str
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
     last = conn.execute("SELECT seq, hash, keyed FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
     if last is not None and last[2] and key is None:
-        raise RuntimeError("the audit chain is keyed and this process has no audit key (WATCHFLOOR_AUDIT_KEY)")
+        raise AuditKeyMissing("the audit chain is keyed and this process has no audit key: set "
+                              "WATCHFLOOR_AUDIT_KEY or WATCHFLOOR_AUDIT_KEY_FILE")
     seq, prev_hash = (1, GENESIS) if last is None else (int(last[0]) + 1, bytes(last[1]))
     raw = None if details is None else orjson.dumps(dict(details), default=str).decode()
     row = conn.execute("SELECT clock_timestamp(), %s::jsonb::text", (raw,)).fetchone()

@@ -491,4 +491,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = Settings()
     configure_logging(fmt=settings.log_format, level=args.log_level)
-    args.run(settings, args)
+    from services.audit import AuditKeyMissing
+
+    try:
+        args.run(settings, args)
+    except AuditKeyMissing as error:  # an audited command without the key: say what to set
+        sys.exit(str(error))

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from psycopg_pool import ConnectionPool
@@ -20,6 +21,7 @@ from api.sign_ins import OidcSignIns
 from core.settings import Settings
 from services import audit as audit_log
 from services.accounts import Role, TokenIssuer
+from services.audit import AuditConnection
 from services.audit_digest import FailureDigest
 from services.live_view import LiveView
 from services.oidc import oidc_from_settings
@@ -81,12 +83,20 @@ async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
             log.warning("registry refresh failed: %s", error)
 
 
-def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str) -> FastAPI:
-    """The API for one process. ``signing_secret`` signs its bearer tokens."""
+def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str,
+               audit_key: bytes | None) -> FastAPI:
+    """The API for one process. ``signing_secret`` signs its bearer tokens; ``audit_key`` keys
+    the audit chain (None only in tests of an unkeyed chain)."""
+
+    def configure(conn: psycopg.Connection) -> None:
+        assert isinstance(conn, AuditConnection)  # the pool's connection_class
+        conn.audit_key = audit_key
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = ConnectionPool(database_url, min_size=1, max_size=8, open=False, timeout=10)
+        pool: ConnectionPool[psycopg.Connection] = ConnectionPool(
+            database_url, min_size=1, max_size=8, open=False, timeout=10,
+            connection_class=AuditConnection, configure=configure)
         pool.open(wait=True, timeout=30)
         hub = LiveHub(mqtt_url=mqtt_url, rate_hz=settings.live_rate_hz, alert_backlog=settings.live_alert_backlog,
                       client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}")
@@ -119,12 +129,14 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                   description="Fleet state, history and alerts of body-worn cameras, and the live feed "
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
+    app.state.audit_key = audit_key  # the audit route verifies with it
     app.state.settings = settings  # for routes whose limits are the force's (e.g. an incident's radius)
     app.state.sign_in_failures = FailureDigest()  # failed sign-ins, aggregated for the audit log
     app.state.areas = settings.force_areas()  # every borough written must be one of these
     app.state.tokens = TokenIssuer(signing_secret, settings.token_ttl_s,
                                    oidc=oidc_from_settings(settings, known_roles=[r.value for r in Role]))
-    app.state.oidc_sign_ins = OidcSignIns(database_url)  # a provider's token's first use is its sign-in
+    # A provider's token's first use is its sign-in.
+    app.state.oidc_sign_ins = OidcSignIns(database_url, audit_key=audit_key)
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics

@@ -11,8 +11,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-import psycopg
-
+from services import audit
 from services.oidc import OidcSignIn, record_sign_in
 
 __all__ = ["OidcSignIns"]
@@ -25,8 +24,9 @@ REMEMBERED = 10_000
 class OidcSignIns:
     """Records each OIDC token's first use; thread-safe (sync routes run in a thread pool)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, audit_key: bytes | None) -> None:
         self._database_url = database_url
+        self._audit_key = audit_key  # the record extends the keyed audit chain
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -39,7 +39,7 @@ class OidcSignIns:
                 return
         # A connection of its own, not the pool's: the request may already hold a pooled one,
         # and a burst of first requests must not wait on each other for the pool. Once per token.
-        with psycopg.connect(self._database_url) as conn:
+        with audit.connect(self._database_url, key=self._audit_key) as conn:
             record_sign_in(conn, sign_in)
             conn.commit()
         with self._lock:

@@ -127,7 +127,8 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         video = VideoUplink(api_url=base, secrets=secrets).open()
         sim.attach_video(video)  # the fleet was built first to provision its ids
-        app = create_app(settings=Settings(), database_url=db_url, mqtt_url=broker.url, signing_secret=SECRET)
+        app = create_app(settings=Settings(), database_url=db_url, mqtt_url=broker.url, signing_secret=SECRET,
+                         audit_key=None)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))
         threads = [threading.Thread(target=server.run, daemon=True), threading.Thread(target=sim.run, daemon=True)]

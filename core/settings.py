@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     # Where to find the broker and the database. Unset means: start the embedded ones.
     mqtt_url: str | None = None
     database_url: str | None = None
+    # Two database roles (docs/operations.md "Database roles"): `watchfloor db migrate` connects
+    # as the owner of the tables (this URL; unset: database_url) and grants the runtime role
+    # (named here) what the API and ingest need; they connect with database_url as that role,
+    # which owns nothing and may only append to the audit log. The demo keeps one role.
+    migrate_database_url: str | None = None
+    database_runtime_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     data_dir: Path = Path(".watchfloor")
 
     # Ingest
@@ -77,6 +83,10 @@ class Settings(BaseSettings):
     auth_secret: SecretStr | None = None
     auth_secret_file: Path | None = None
     token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    # Keys the audit chain (HMAC): the database never holds it, so its owner cannot forge a
+    # chain that verifies. Required by the API outside the demo (which makes one per data dir).
+    audit_key: SecretStr | None = None
+    audit_key_file: Path | None = None
     live_rate_hz: float = Field(default=4.0, gt=0, le=50)  # deltas per second per client, at most
     live_alert_backlog: int = Field(default=500, ge=10)  # alerts queued for a slow client
     # An incident's area is a circle of at most this radius: its geofence alerts every unit
@@ -183,6 +193,21 @@ class Settings(BaseSettings):
     def force_areas(self) -> frozenset[str]:
         """The areas a borough may name (``areas_file``, or London's); read once at start-up."""
         return load_areas(self.areas_file)
+
+    def audit_secret(self, *, required: bool) -> bytes | None:
+        """The audit chain's key (``audit_key`` or ``audit_key_file``); ``required`` refuses to
+        run without a strong one."""
+        key = self.audit_key.get_secret_value() if self.audit_key else None
+        if key is None and self.audit_key_file is not None:
+            key = self.audit_key_file.read_text().strip()
+        if key is None and not required:
+            return None
+        if not key or len(key.encode()) < _MIN_SECRET_BYTES:
+            raise ValueError(
+                f"set WATCHFLOOR_AUDIT_KEY (or WATCHFLOOR_AUDIT_KEY_FILE) to at least {_MIN_SECRET_BYTES} random"
+                " bytes, kept away from the database and its backups (docs/operations.md \"The audit log\")"
+            )
+        return key.encode()
 
     def signing_secret(self) -> str:
         """The token-signing secret; refuses to run without a strong one."""

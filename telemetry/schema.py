@@ -29,6 +29,7 @@ __all__ = [
     "ensure_partitions",
     "features",
     "migrate",
+    "pending",
     "run_maintenance",
 ]
 
@@ -429,6 +430,46 @@ def _oidc_sign_ins(conn: psycopg.Connection, feats: frozenset[str], retention: R
     conn.execute(_OIDC_SIGN_INS)
 
 
+_KEYED_AUDIT = """
+-- Entries chained with the audit key (HMAC) say so; those written before stay sha256 and
+-- verify as before (services/audit.py). Adding a column fires no UPDATE trigger.
+ALTER TABLE audit_log ADD COLUMN keyed boolean NOT NULL DEFAULT false;
+
+-- Checkpoints exported by `watchfloor audit checkpoint`, MACed with the audit key: the API's
+-- verify reports against the latest valid one. Append-only like the log; the copy kept
+-- outside the database is the one that counts (the owner could delete rows here).
+CREATE TABLE audit_checkpoints (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq      bigint NOT NULL,
+    hash     bytea NOT NULL,
+    at       timestamptz NOT NULL,
+    mac      bytea NOT NULL,
+    saved_at timestamptz NOT NULL DEFAULT now()
+);
+REVOKE UPDATE, DELETE, TRUNCATE ON audit_checkpoints FROM PUBLIC;
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION watchfloor_audit_append_only();
+CREATE TRIGGER audit_checkpoints_no_truncate BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION watchfloor_audit_append_only();
+"""
+
+# Ingest keeps daily partitions ahead and drops old ones; it runs as the runtime role, which
+# owns no table, so these two run with their owner's rights (and a fixed search_path, as a
+# SECURITY DEFINER function must), callable only by roles granted EXECUTE (telemetry/roles.py).
+_DEFINER_PARTITIONS = """
+ALTER FUNCTION watchfloor_ensure_partition(text, date) SECURITY DEFINER SET search_path = public, pg_temp;
+ALTER FUNCTION watchfloor_drop_partitions(text, date) SECURITY DEFINER SET search_path = public, pg_temp;
+REVOKE EXECUTE ON FUNCTION watchfloor_ensure_partition(text, date), watchfloor_drop_partitions(text, date)
+    FROM PUBLIC;
+"""
+
+
+def _runtime_role(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_KEYED_AUDIT)
+    if "timescaledb" not in feats:
+        conn.execute(_DEFINER_PARTITIONS)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "users and alerts", _users_and_alerts),
@@ -436,6 +477,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(4, "audit log and device credentials", _audit_and_credentials),
     Migration(5, "live view", _live_view),
     Migration(6, "oidc sign-ins", _oidc_sign_ins),
+    Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", _runtime_role),
 )
 
 
@@ -491,6 +533,15 @@ def migrate(
             )
             applied.append(f"{migration.version:04d} {migration.name}")
     return applied
+
+
+def pending(conn: psycopg.Connection) -> list[int]:
+    """The versions not yet applied, read without any privilege beyond SELECT (a runtime role
+    checks this at start instead of migrating)."""
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+        return [m.version for m in MIGRATIONS]
+    done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+    return [m.version for m in MIGRATIONS if m.version not in done]
 
 
 def features(conn: psycopg.Connection) -> frozenset[str]:

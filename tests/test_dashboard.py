@@ -61,7 +61,7 @@ class Stack:
 
     def start_api(self) -> None:
         app = create_app(settings=self.settings, database_url=self.db.url, mqtt_url=self.mqtt_url,
-                         signing_secret=SECRET)
+                         signing_secret=SECRET, audit_key=None)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="on", ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -74,9 +74,12 @@ def test_compose_ingest_workers_share_one_group_with_distinct_ids() -> None:
 
 
 def test_compose_health_checks_and_mounts() -> None:
-    """Every service has a health check, no Watchfloor check asks for /readyz (liveness must
-    not depend on the database), and every mounted file exists but the operator's secrets."""
+    """Every long-running service has a health check, no Watchfloor check asks for /readyz
+    (liveness must not depend on the database), and every mounted file exists but the
+    operator's secrets."""
     for name, svc in _compose()["services"].items():
+        if svc.get("restart") == "no":  # a one-shot (migrate): others wait for it to complete
+            continue
         assert "healthcheck" in svc, f"{name} has no health check"
         test = " ".join(svc["healthcheck"]["test"])
         assert "/readyz" not in test
@@ -87,6 +90,55 @@ def test_compose_health_checks_and_mounts() -> None:
     assert (DEPLOY / ".gitignore").read_text().count("secrets/") == 1
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     assert re.search(r"^persistence true$", conf, re.M), "broker sessions would not survive its restart"
+
+
+def test_compose_api_and_ingest_connect_as_the_runtime_role() -> None:
+    """Only the one-shot migrate service connects as the tables' owner (the image's superuser)
+    and grants the runtime role; the API and ingest connect as that role, wait for migrate,
+    and never see the owner's password; the audit key goes to the API only (issue #13)."""
+    compose = _compose()
+    services = _watchfloor_services()
+    owner = compose["services"]["timescaledb"]["environment"]["POSTGRES_USER"]
+    migrate = services["migrate"]
+    assert migrate["command"] == ["db", "migrate"] and migrate["restart"] == "no"
+    assert f"//{owner}@" in migrate["environment"]["WATCHFLOOR_MIGRATE_DATABASE_URL"]
+    runtime = migrate["environment"]["WATCHFLOOR_DATABASE_RUNTIME_ROLE"]
+    assert runtime != owner
+    init = (DEPLOY / "postgres" / "runtime-role.sh").read_text()
+    assert f"CREATE ROLE {runtime} LOGIN" in init and "SUPERUSER" not in init
+    for name, svc in services.items():
+        if name == "migrate":
+            continue
+        env = svc["environment"]
+        assert f"//{runtime}@" in env["WATCHFLOOR_DATABASE_URL"], f"{name} does not connect as the runtime role"
+        assert "POSTGRES_PASSWORD" not in str(env) and "WATCHFLOOR_MIGRATE_DATABASE_URL" not in env, name
+        assert svc["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+        has_key = "audit_key" in svc.get("secrets", []) and "WATCHFLOOR_AUDIT_KEY_FILE" in env
+        assert has_key == (svc["command"][0] == "api"), name
+
+
+def test_k8s_migrations_alone_get_the_owner() -> None:
+    """The migrate Job alone gets the owner's URL and runs `db migrate`; the API and ingest get
+    the runtime role's; the API mounts the audit key (issue #13)."""
+    docs = [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in _load(path)]
+    job = next(d for d in docs if d.get("kind") == "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    _parser().parse_args(container["args"])
+    assert container["args"] == ["db", "migrate"]
+    assert {"name": "watchfloor-db-owner"} in [ref.get("secretRef") for ref in container["envFrom"]]
+    secrets = {d["metadata"]["name"]: d for d in _load(DEPLOY / "k8s" / "secrets.example.yaml")}
+    assert set(secrets["watchfloor-db-owner"]["stringData"]) == {"WATCHFLOOR_MIGRATE_DATABASE_URL"}
+    config = next(d for d in _load(DEPLOY / "k8s" / "configmap.yaml") if d["kind"] == "ConfigMap")["data"]
+    assert f"//{config['WATCHFLOOR_DATABASE_RUNTIME_ROLE']}:" in secrets["watchfloor-db"]["stringData"][
+        "WATCHFLOOR_DATABASE_URL"]
+    for name, workload in _watchfloor_containers():
+        assert "watchfloor-db-owner" not in str(workload["envFrom"]), name
+    api = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-api")
+    volumes = {v["name"]: v for v in api["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["audit-key"]["secret"]["secretName"] == "watchfloor-audit"
+    assert config["WATCHFLOOR_AUDIT_KEY_FILE"].startswith(
+        next(m["mountPath"] for m in api["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+             if m["name"] == "audit-key"))
 
 
 def test_broker_in_flight_window_fits_in_ingest_queue() -> None:
@@ -126,7 +178,7 @@ def test_k8s_probes_liveness_never_on_the_database() -> None:
     from api.app import create_app
 
     app = create_app(settings=Settings(), database_url="postgresql://unused", mqtt_url="mqtt://127.0.0.1:1",
-                     signing_secret="x" * 40)
+                     signing_secret="x" * 40, audit_key=None)
     routes = set(app.openapi()["paths"])
     probes = {name: c for name, c in _watchfloor_containers()}
     api, ingest = probes["watchfloor-api"], probes["watchfloor-ingest"]

@@ -407,7 +407,8 @@ def test_api_restart_client_reconnects_and_resynchronises(pg: Database, mosquitt
               "WATCHFLOOR_TIMESCALEDB": "off"}
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    ingest = _ingest(pg.url, mosquitto.url, client_id="watchfloor-fault-api-ingest", log=tmp_path / "ingest.log").start()
+    ingest = _ingest(pg.url, mosquitto.url, client_id="watchfloor-fault-api-ingest",
+                     log=tmp_path / "ingest.log").start()
     api = WatchfloorProcess(["api", "--port", str(port)], {**common, "WATCHFLOOR_AUTH_SECRET": SECRET},
                             tmp_path / "api.log").start()
     client: ReconnectingClient | None = None

@@ -507,7 +507,7 @@ def test_api_refuses_to_start_with_a_weak_secret() -> None:
     for weak in ("", "changeme", "x" * 31):
         with pytest.raises(ValueError):
             create_app(settings=make_settings(), database_url="postgresql://unused", mqtt_url="mqtt://unused",
-                       signing_secret=weak)
+                       signing_secret=weak, audit_key=None)
 
 
 # A strict CSP in a real browser ---------------------------------------------------------

@@ -16,8 +16,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import psycopg
-
 from services import audit
 from services.registry import DeviceRecord, provision_device
 from simulator.fleet import Unit
@@ -35,11 +33,13 @@ def uplink_from_files(*, api_url: str | None, secrets_file: Path | None) -> Vide
     return VideoUplink(api_url=api_url, secrets=load_secrets(secrets_file))
 
 
-def provision_to_file(database_url: str, units: Sequence[Unit], path: Path, *, actor: str) -> int:
+def provision_to_file(database_url: str, units: Sequence[Unit], path: Path, *, actor: str,
+                      audit_key: bytes | None) -> int:
     """Provision every unit with a new secret and write them to ``path`` (JSON, owner-only),
     for ``watchfloor simulate --provision``. Returns how many."""
     secrets: dict[str, str] = {}
-    provision_in_background(database_url, units, secrets, actor=actor, via="watchfloor simulate --provision").join()
+    provision_in_background(database_url, units, secrets, actor=actor, via="watchfloor simulate --provision",
+                            audit_key=audit_key).join()
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text(json.dumps(secrets, indent=0, sort_keys=True))
@@ -48,13 +48,13 @@ def provision_to_file(database_url: str, units: Sequence[Unit], path: Path, *, a
 
 def provision_in_background(database_url: str, units: Sequence[Unit], secrets: dict[str, str], *,
                             actor: str = "demo", via: str = "watchfloor demo",
-                            stop: threading.Event | None = None) -> threading.Thread:
+                            stop: threading.Event | None = None, audit_key: bytes | None = None) -> threading.Thread:
     """Give every unit a device secret, filling ``secrets`` as it goes, which the running
     uplink reads. Each provisioning is audited. Setting ``stop`` ends it after the device in
     hand; the caller joins the thread before it stops the database."""
     def run() -> None:
         try:
-            with psycopg.connect(database_url) as conn:
+            with audit.connect(database_url, key=audit_key) as conn:
                 for unit in units:
                     if stop is not None and stop.is_set():
                         return

@@ -31,7 +31,7 @@ from telemetry.ingest import IngestWorker
 from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import features, migrate, run_maintenance
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
-from watchfloor.admin_commands import cli_actor, database_url
+from watchfloor.admin_commands import audit_key, cli_actor, database_url, prepare_database
 from watchfloor.camera_video import provision_in_background, provision_to_file, uplink_from_files
 from watchfloor.parsers import HelpFormatter, command, group
 
@@ -47,10 +47,8 @@ def _mqtt_url(settings: Settings) -> str:
 
 
 def _migrate(settings: Settings, url: str) -> tuple[list[str], frozenset[str]]:
+    applied = prepare_database(settings, url)
     with psycopg.connect(url) as conn:
-        applied = migrate(conn, retention=timedelta(days=settings.retention_days),
-                          compress_after=timedelta(days=settings.compress_after_days),
-                          timescaledb=settings.timescaledb)
         return applied, features(conn)
 
 
@@ -74,13 +72,30 @@ def _stop_on_signals(*stoppers: threading.Event | IngestWorker | Simulator) -> t
 
 
 def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> None:
-    applied, feats = _migrate(settings, database_url(settings))
+    from telemetry.roles import grant_runtime
+
+    url = settings.migrate_database_url or database_url(settings)
+    role = args.runtime_role or settings.database_runtime_role
+    with psycopg.connect(url) as conn:
+        applied = migrate(conn, retention=timedelta(days=settings.retention_days),
+                          compress_after=timedelta(days=settings.compress_after_days),
+                          timescaledb=settings.timescaledb)
+        if role:
+            try:
+                grant_runtime(conn, role=role)
+            except ValueError as error:
+                sys.exit(str(error))
+            conn.commit()
+        feats = features(conn)
     print("applied:", ", ".join(applied) if applied else "nothing (up to date)")
     print("storage features:", ", ".join(sorted(feats)))
+    if role:
+        print(f"runtime role {role}: may read and write the operational tables, only append to the audit log")
 
 
 def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
-    with psycopg.connect(database_url(settings)) as conn:
+    # As the owner when given: dropping TimescaleDB chunks by hand needs ownership.
+    with psycopg.connect(settings.migrate_database_url or database_url(settings)) as conn:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
         deleted = delete_expired(conn, retention=record_retention(settings), now=datetime.now(timezone.utc))
@@ -116,7 +131,8 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> None:
     if args.provision:
         if secrets_file is None:
             sys.exit("--provision writes the devices' secrets: give --secrets-file")
-        made = provision_to_file(database_url(settings), sim.units, secrets_file, actor=cli_actor())
+        made = provision_to_file(database_url(settings), sim.units, secrets_file, actor=cli_actor(),
+                                 audit_key=audit_key(settings))
         print(f"provisioned {made} devices; their secrets are in {secrets_file}", flush=True)
     video = uplink_from_files(api_url=args.api_url or settings.simulator_api_url, secrets_file=secrets_file)
     if video is not None:
@@ -175,6 +191,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
     try:
         db_url = settings.database_url or embedded_database_url(settings.data_dir)
         applied, feats = _migrate(settings, db_url)
+        key = _demo_audit_key(settings)
         print("Watchfloor demo", flush=True)
         where = "external" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
         print(f"  database: {where} ({', '.join(sorted(feats))})")
@@ -197,7 +214,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         sim_thread.start()
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
         try:
-            server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port)
+            server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port, key)
             if not args.access_log:  # a line per request would bury the status lines
                 logging.getLogger("watchfloor.access").setLevel(logging.WARNING)
         except SystemExit:  # stop what already runs, or its threads keep the process alive
@@ -208,7 +225,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
             ingest_thread.join()
             raise
         # After the API is up: each secret is an argon2 hash, and they would slow its start.
-        provisioning = provision_in_background(db_url, sim.units, secrets, stop=done)
+        provisioning = provision_in_background(db_url, sim.units, secrets, stop=done, audit_key=key)
         print(f"  dashboard: http://{settings.api_host}:{args.port}/ (sign in as one of the users above)")
         print(f"  api:      http://{settings.api_host}:{args.port}/docs (live feed: ws://{settings.api_host}:"
               f"{args.port}/api/v1/live)")
@@ -236,7 +253,24 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
             broker.stop()
 
 
-def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -> tuple[Any, threading.Thread]:
+def _demo_audit_key(settings: Settings) -> bytes:
+    """The configured audit key, or one kept in the data directory: the demo's database lives
+    beside it, so this shows the keyed chain working, not the separation production needs."""
+    configured = audit_key(settings)
+    if configured is not None:
+        return configured
+    import secrets
+
+    path = settings.data_dir / "audit.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int,
+                    audit_key: bytes) -> tuple[Any, threading.Thread]:
     """The API on a thread, with a signing secret made for this run and a user per role."""
     import secrets
 
@@ -256,7 +290,8 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int) -
             password = secrets.token_urlsafe(12)
             add_user(conn, username=name, password=password, role=role, areas=areas)
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
-    app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret)
+    app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret,
+                     audit_key=audit_key)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
                                            ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
                                            proxy_headers=False))  # api/client_address.py reads them
@@ -281,8 +316,10 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     except ValueError as error:
         sys.exit(str(error))
     url = database_url(settings)
+    key = audit_key(settings, required=True)
     _migrate(settings, url)
-    app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret)
+    app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret,
+                     audit_key=key)
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
                 ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
@@ -315,7 +352,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
         sys.exit(f"unknown area {', '.join(map(repr, unknown))}: not one of the force's areas")
     password = _new_password(args.username)
     _migrate(settings, url)
-    with psycopg.connect(url) as conn:
+    with audit.connect(url, key=audit_key(settings)) as conn:
         try:
             add_user(conn, username=args.username, password=password, role=Role(args.role),
                      areas=areas, display_name=args.name)
@@ -344,7 +381,7 @@ def _change_user(settings: Settings, username: str, change: str) -> None:
     from services.accounts import disable_user, remove_user
 
     act = {"disabled": disable_user, "removed": remove_user}[change]
-    with psycopg.connect(database_url(settings)) as conn:
+    with audit.connect(database_url(settings), key=audit_key(settings)) as conn:
         if not act(conn, username=username):
             sys.exit(f"no such user: {username}" + (" (or already disabled)" if change == "disabled" else ""))
         audit.record(conn, actor=cli_actor(), action="user_changed", details={"username": username, "change": change})
@@ -441,7 +478,12 @@ def _parser() -> argparse.ArgumentParser:
     add_admin_parsers(sub)  # devices, broker add-user, audit verify
 
     db = group(sub, "db", help="database administration")
-    command(db, "migrate", help="apply pending schema migrations", env=_DB_ENV, run=cmd_db_migrate)
+    migrate_cmd = command(db, "migrate", help="apply pending schema migrations as the tables' owner, and grant "
+                          "the runtime role what the API and ingest need",
+                          env=("WATCHFLOOR_MIGRATE_DATABASE_URL (the owner; default WATCHFLOOR_DATABASE_URL)",
+                               "WATCHFLOOR_DATABASE_RUNTIME_ROLE"), run=cmd_db_migrate)
+    migrate_cmd.add_argument("--runtime-role", default=None, metavar="NAME",
+                             help="the role the API and ingest connect as (an existing role that owns nothing)")
     command(db, "maintain", help="create partitions ahead and apply retention",
             env=(*_DB_ENV, "WATCHFLOOR_REJECTED_RETENTION_DAYS", "WATCHFLOOR_ALERTS_RETENTION_DAYS",
                  "WATCHFLOOR_VIEWINGS_RETENTION_DAYS"), run=cmd_db_maintain)
@@ -459,4 +501,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = Settings()
     configure_logging(fmt=settings.log_format, level=args.log_level)
-    args.run(settings, args)
+    from services.audit import AuditKeyMissing
+
+    try:
+        args.run(settings, args)
+    except AuditKeyMissing as error:  # an audited command without the key: say what to set
+        sys.exit(str(error))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
@@ -52,7 +52,12 @@ class AuditCheck(BaseModel):
     entries: int
     head_seq: int
     head_hash: str
-    problems: list[dict[str, Any]] = Field(description="each entry changed, removed, relinked or reordered")
+    problems: list[dict[str, Any]] = Field(
+        description="each entry changed, removed, relinked, reordered or downgraded, and a checkpoint not matched")
+    checkpoint: str | None = Field(
+        description="the latest stored checkpoint with a valid MAC (SEQ:HASH:TIME:MAC) the log was checked "
+                    "against; null when none is stored")
+    unchecked: int = Field(description="keyed entries not checked (this process has no audit key)")
 
 
 @router.get("", response_model=AuditPage, summary="Audit entries, newest first, filtered and paged")
@@ -94,8 +99,13 @@ def list_entries(
 
 
 @router.get("/verify", response_model=AuditCheck, summary="Check the whole hash chain")
-def verify_chain(db: Db, who: Auditor) -> AuditCheck:
-    report = audit.verify(db)
+def verify_chain(db: Db, who: Auditor, request: Request) -> AuditCheck:
+    # Against the latest stored checkpoint (`watchfloor audit checkpoint --store`): the runtime
+    # role can only add to that table, and one without a valid MAC is passed over.
+    key: bytes | None = request.app.state.audit_key
+    saved = audit.latest_checkpoint(db, key=key) if key is not None else None
+    report = audit.verify(db, key=key, checkpoints=[saved] if saved else [])
     return AuditCheck(ok=report.ok, entries=report.entries, head_seq=report.head_seq, head_hash=report.head_hash,
                       problems=[{"seq": p.seq, "id": p.id, "kind": p.kind, "message": p.message}
-                                for p in report.problems[:100]])
+                                for p in report.problems[:100]],
+                      checkpoint=saved.line() if saved else None, unchecked=report.unchecked)

@@ -54,10 +54,13 @@ class ApiServer:
 
 
 @contextmanager
-def running_api(*, database_url: str, mqtt_url: str, settings: Settings) -> Iterator[ApiServer]:
-    """An API server on 127.0.0.1 (uvicorn, in a thread of this process)."""
+def running_api(*, database_url: str, mqtt_url: str, settings: Settings,
+                audit_key: bytes | None = None) -> Iterator[ApiServer]:
+    """An API server on 127.0.0.1 (uvicorn, in a thread of this process); with ``audit_key``, it
+    writes a keyed audit chain (tests that append entries from plain connections leave it out)."""
     port = free_port()
-    app = create_app(settings=settings, database_url=database_url, mqtt_url=mqtt_url, signing_secret=SECRET)
+    app = create_app(settings=settings, database_url=database_url, mqtt_url=mqtt_url, signing_secret=SECRET,
+                     audit_key=audit_key)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on", ws=WS_IMPL,
                                            ws_per_message_deflate=WS_DEFLATE, proxy_headers=False))

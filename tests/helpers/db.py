@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg import sql
 
+from telemetry.roles import grant_runtime
 from telemetry.schema import migrate
 from tests.helpers.environment import missing, timescale_absent
 
@@ -78,3 +81,22 @@ def _database(request: pytest.FixtureRequest, kind: str) -> Iterator[Database]:
     if kind == "timescale" and not _machine_has_timescale():
         timescale_absent()
     yield from _with_database(MACHINE_PG, kind)
+
+
+@contextmanager
+def runtime_role(db: Database) -> Iterator[str]:
+    """A fresh login role granted what the API and ingest get (``watchfloor db migrate
+    --runtime-role``), owning nothing; yields a URL that connects as it. Roles are the
+    cluster's, so it is dropped afterwards (its grants first)."""
+    role = f"wf_runtime_{uuid.uuid4().hex[:10]}"
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(db.url) as conn:
+            grant_runtime(conn, role=role)
+            conn.commit()
+        yield psycopg.conninfo.make_conninfo(db.url, user=role)
+    finally:
+        with db.connect() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

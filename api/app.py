@@ -15,11 +15,25 @@ from psycopg_pool import ConnectionPool
 
 from api import errors, hardening, observability
 from api.live import LiveHub
-from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
+from api.routes import (
+    alerts,
+    audit,
+    auth,
+    dashboard,
+    devices,
+    docs,
+    health,
+    incidents,
+    live,
+    live_view,
+    reports,
+    users,
+)
 from core.settings import Settings
 from services.accounts import Role, TokenIssuer
 from services.live_view import LiveView
 from services.oidc import oidc_from_settings
+from services.sessions import TokenVersions
 from telemetry import queries
 
 __all__ = ["WS_DEFLATE", "WS_IMPL", "create_app"]
@@ -34,6 +48,7 @@ log = logging.getLogger(__name__)
 
 
 _REGISTRY_REFRESH_S = 30.0
+_ACCOUNTS_REFRESH_S = 30.0
 
 
 async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
@@ -58,6 +73,27 @@ async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
             log.warning("registry refresh failed: %s", error)
 
 
+async def _refresh_accounts(sessions: TokenVersions, hub: LiveHub) -> None:
+    """Account changes (a user disabled, signed out, given another role) end their tokens in
+    this process: at once when announced on the broker, and every 30 s in any case (a change
+    from the command line without a broker, or one missed while disconnected). Then every
+    live-feed client whose token is over is closed."""
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(hub.accounts_changed.wait(), _ACCOUNTS_REFRESH_S)
+        hub.accounts_changed.clear()  # changes announced during the load bring another one
+        clients = hub.clients()
+        try:
+            await run_in_threadpool(sessions.load)
+            ended = await run_in_threadpool(lambda: [(c, sessions.ended(c.who)) for c in clients])
+        except Exception as error:  # the database may be away; the cached versions stand
+            log.warning("token versions refresh failed: %s", error)
+            continue
+        for client, reason in ended:
+            if reason is not None:
+                client.end(reason)
+
+
 def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str) -> FastAPI:
     """The API for one process. ``signing_secret`` signs its bearer tokens."""
 
@@ -72,7 +108,11 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         # never lost.
         hub.start()
         await _load_units(pool, hub)
-        refresher = asyncio.create_task(_refresh_registry(pool, hub))
+        sessions = TokenVersions(connect=pool.connection)
+        await run_in_threadpool(sessions.load)
+        app.state.sessions = sessions
+        refreshers = [asyncio.create_task(_refresh_registry(pool, hub)),
+                      asyncio.create_task(_refresh_accounts(sessions, hub))]
         # Live view owns the relay: started here, and closed (every session ended, with its
         # record) before the hub and the pool go.
         viewing = LiveView(settings=settings, pool=pool, hub=hub, mqtt_url=mqtt_url,
@@ -82,7 +122,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         try:
             yield
         finally:
-            refresher.cancel()
+            for refresher in refreshers:
+                refresher.cancel()
             await viewing.aclose()
             await hub.stop()
             pool.close()
@@ -99,7 +140,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live, reports, live_view, audit, docs):
+    for module in (health, auth, users, devices, alerts, incidents, live, reports, live_view, audit, docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

@@ -1,7 +1,9 @@
 """The HTTP side of who is asking: the bearer header and the per-route role check.
 
 Every route depends on :func:`principal` (or :func:`require`), so nothing is reachable
-without a valid token. Roles, principals and tokens are :mod:`services.accounts`.
+without a valid token: signed, not expired, and not revoked (its version checked against the
+process's in-memory :class:`services.sessions.TokenVersions`, no database query per request).
+Roles, principals and tokens are :mod:`services.accounts`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from fastapi import Request
 from api.limits import Limits
 from services.accounts import Principal, Role, TokenIssuer
 from services.errors import Forbidden, NotAuthenticated
+from services.sessions import TokenVersions
 
 __all__ = ["bearer", "principal", "require"]
 
@@ -31,6 +34,8 @@ def principal(request: Request) -> Principal:
     """
     issuer: TokenIssuer = request.app.state.tokens
     who = issuer.verify(bearer(request.headers.get("authorization")))
+    versions: TokenVersions = request.app.state.sessions
+    versions.check(who)
     limits: Limits | None = getattr(request.app.state, "limits", None)
     if limits is not None:
         limits.user.hit(who.username)

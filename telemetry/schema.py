@@ -414,12 +414,24 @@ def _live_view(conn: psycopg.Connection, feats: frozenset[str], retention: Reten
     conn.execute(_LIVE_VIEW)
 
 
+_TOKEN_VERSIONS = """
+-- A user's tokens carry the version they were issued at; bumping it (sign-out, a change of
+-- role or areas, disabling) ends every token issued before.
+ALTER TABLE users ADD COLUMN token_version integer NOT NULL DEFAULT 0;
+"""
+
+
+def _token_versions(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_TOKEN_VERSIONS)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "users and alerts", _users_and_alerts),
     Migration(3, "incidents", _incidents),
     Migration(4, "audit log and device credentials", _audit_and_credentials),
     Migration(5, "live view", _live_view),
+    Migration(6, "token versions", _token_versions),
 )
 
 

@@ -14,9 +14,10 @@ from typing import Any, get_args
 import psycopg
 
 from core.areas import unknown_areas
-from core.contract import REGISTRY_TOPIC
+from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC
 from core.mqtt import publish_all
 from core.settings import Settings
+from services.accounts import account_announcement
 from services.registry import (
     DeviceRecord,
     change_announcement,
@@ -29,7 +30,7 @@ from telemetry.schema import migrate
 from watchfloor import broker_credentials
 from watchfloor.parsers import command, group
 
-__all__ = ["add_parsers", "cli_actor", "database_url"]
+__all__ = ["add_parsers", "announce_account", "cli_actor", "database_url"]
 
 
 def cli_actor() -> str:
@@ -66,6 +67,17 @@ def _announce(settings: Settings, device_id: str, change: str) -> None:
     if not sent:
         print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): live feeds show "
               "the change at the API's next registry refresh, within 30 s", file=sys.stderr)
+
+
+def announce_account(settings: Settings, username: str, change: str) -> None:
+    """Tell the API processes, through the configured broker, that a user changed, so that
+    they refuse that user's earlier tokens now; without a broker, within 30 s."""
+    sent = settings.mqtt_url is not None and publish_all(
+        settings.mqtt_url, [(ACCOUNTS_TOPIC, account_announcement(username, change))],
+        client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
+    if not sent:
+        print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): the API processes "
+              "refuse the user's earlier tokens at their next refresh, within 30 s", file=sys.stderr)
 
 
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:

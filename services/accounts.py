@@ -10,9 +10,10 @@ check. The HTTP side (reading the bearer header, the per-route role check) is :m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import jwt
 import orjson
@@ -195,8 +196,8 @@ class User:
 _USER_COLUMNS = "username, role, areas, display_name, disabled_at IS NOT NULL"
 
 
-def _user(row: tuple[object, ...]) -> User:
-    return User(str(row[0]), Role(str(row[1])), tuple(row[2]), row[3], bool(row[4]))  # type: ignore[arg-type]
+def _user(row: Sequence[Any]) -> User:
+    return User(str(row[0]), Role(row[1]), tuple(row[2]), row[3], bool(row[4]))
 
 
 def list_users(conn: psycopg.Connection) -> list[User]:

@@ -16,7 +16,20 @@ from psycopg_pool import ConnectionPool
 
 from api import errors, hardening, observability
 from api.live import LiveHub
-from api.routes import alerts, audit, auth, dashboard, devices, docs, health, incidents, live, live_view, reports
+from api.routes import (
+    alerts,
+    audit,
+    auth,
+    dashboard,
+    devices,
+    docs,
+    health,
+    incidents,
+    live,
+    live_view,
+    reports,
+    users,
+)
 from api.sign_ins import OidcSignIns
 from core.settings import Settings
 from services import audit as audit_log
@@ -25,6 +38,7 @@ from services.audit import AuditConnection
 from services.audit_digest import FailureDigest
 from services.live_view import LiveView
 from services.oidc import oidc_from_settings
+from services.sessions import TokenVersions
 from telemetry import queries
 
 __all__ = ["WS_DEFLATE", "WS_IMPL", "create_app"]
@@ -61,6 +75,9 @@ async def _sweep_failures(pool: ConnectionPool, digest: FailureDigest) -> None:
             log.warning("sign-in failure summaries not written: %s", error)
 
 
+_ACCOUNTS_REFRESH_S = 30.0
+
+
 async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
     def load() -> None:
         with pool.connection() as conn:
@@ -81,6 +98,27 @@ async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
             await _load_units(pool, hub)
         except Exception as error:  # the database may be away; the feed goes on
             log.warning("registry refresh failed: %s", error)
+
+
+async def _refresh_accounts(sessions: TokenVersions, hub: LiveHub) -> None:
+    """Account changes (a user disabled, signed out, given another role) end their tokens in
+    this process: at once when announced on the broker, and every 30 s in any case (a change
+    from the command line without a broker, or one missed while disconnected). Then every
+    live-feed client whose token is over is closed."""
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(hub.accounts_changed.wait(), _ACCOUNTS_REFRESH_S)
+        hub.accounts_changed.clear()  # changes announced during the load bring another one
+        clients = hub.clients()
+        try:
+            await run_in_threadpool(sessions.load)
+            ended = await run_in_threadpool(lambda: [(c, sessions.ended(c.who)) for c in clients])
+        except Exception as error:  # the database may be away; the cached versions stand
+            log.warning("token versions refresh failed: %s", error)
+            continue
+        for client, reason in ended:
+            if reason is not None:
+                client.end(reason)
 
 
 def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str,
@@ -105,8 +143,12 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         # never lost.
         hub.start()
         await _load_units(pool, hub)
-        refresher = asyncio.create_task(_refresh_registry(pool, hub))
-        sweeper = asyncio.create_task(_sweep_failures(pool, app.state.sign_in_failures))
+        sessions = TokenVersions(connect=pool.connection)
+        await run_in_threadpool(sessions.load)
+        app.state.sessions = sessions
+        refreshers = [asyncio.create_task(_refresh_registry(pool, hub)),
+                      asyncio.create_task(_refresh_accounts(sessions, hub)),
+                      asyncio.create_task(_sweep_failures(pool, app.state.sign_in_failures))]
         # Live view owns the relay: started here, and closed (every session ended, with its
         # record) before the hub and the pool go.
         viewing = LiveView(settings=settings, pool=pool, hub=hub, mqtt_url=mqtt_url,
@@ -116,8 +158,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         try:
             yield
         finally:
-            refresher.cancel()
-            sweeper.cancel()
+            for refresher in refreshers:
+                refresher.cancel()
             with contextlib.suppress(Exception):
                 _write_failures(pool, app.state.sign_in_failures, everything=True)
             await viewing.aclose()
@@ -140,7 +182,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, devices, alerts, incidents, live, reports, live_view, audit, docs):
+    for module in (health, auth, users, devices, alerts, incidents, live, reports, live_view, audit, docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

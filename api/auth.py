@@ -1,7 +1,9 @@
 """The HTTP side of who is asking: the bearer header and the per-route role check.
 
 Every route depends on :func:`principal` (or :func:`require`), so nothing is reachable
-without a valid token. Roles, principals and tokens are :mod:`services.accounts`.
+without a valid token: signed, not expired, and not revoked (its version checked against the
+process's in-memory :class:`services.sessions.TokenVersions`, no database query per request).
+Roles, principals and tokens are :mod:`services.accounts`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from api.limits import Limits
 from api.sign_ins import OidcSignIns
 from services.accounts import Principal, Role, TokenIssuer
 from services.errors import Forbidden, NotAuthenticated
+from services.sessions import TokenVersions
 
 __all__ = ["bearer", "principal", "require"]
 
@@ -36,6 +39,8 @@ def principal(request: Request) -> Principal:
     if sign_in is not None:
         sign_ins: OidcSignIns = request.app.state.oidc_sign_ins
         sign_ins.note(sign_in)
+    versions: TokenVersions = request.app.state.sessions
+    versions.check(who)
     limits: Limits | None = getattr(request.app.state, "limits", None)
     if limits is not None:
         limits.user.hit(who.username)

@@ -32,7 +32,7 @@ import orjson
 import paho.mqtt.client as paho
 from fastapi import WebSocket
 
-from core.contract import ALERTS_TOPIC, CHANNELS, REGISTRY_TOPIC, TOPIC_ROOT, Telemetry
+from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, CHANNELS, REGISTRY_TOPIC, TOPIC_ROOT, Telemetry
 from core.mqtt import BrokerAddress, BufferedClient, new_client
 from services.accounts import Principal, Role
 from telemetry.decode import Decoded, Limits, StatusChange, decode
@@ -127,6 +127,13 @@ class LiveClient:
     sent_frames: int = 0
     conflated_units: int = 0
     counters: FeedCounters = field(default_factory=FeedCounters)  # the hub's, shared
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # its token was revoked
+    end_reason: str = ""
+
+    def end(self, reason: str) -> None:
+        """End this client's feed (its websocket closes with the reason): its token is over."""
+        self.end_reason = reason
+        self.ended.set()
 
     @property
     def view(self) -> tuple[bool, frozenset[str] | None]:
@@ -211,6 +218,7 @@ class LiveHub:
         self._ticker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.registry_changed = asyncio.Event()  # another (or this) API process changed the registry
+        self.accounts_changed = asyncio.Event()  # a user was disabled, signed out or changed
         self.connected = threading.Event()
         self.counters = FeedCounters()
 
@@ -269,7 +277,8 @@ class LiveHub:
 
     def _on_connect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
         client.subscribe([(f"{TOPIC_ROOT}/+/{c.value}", 0) for c in CHANNELS] + [(ALERTS_TOPIC, 1),
-                                                                                  (REGISTRY_TOPIC, 1)])
+                                                                                  (REGISTRY_TOPIC, 1),
+                                                                                  (ACCOUNTS_TOPIC, 1)])
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, u: object, f: object, reason: object, p: object) -> None:
@@ -277,9 +286,10 @@ class LiveHub:
 
     def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         self.counters.broker_messages += 1
-        if message.topic == REGISTRY_TOPIC:
+        if message.topic in (REGISTRY_TOPIC, ACCOUNTS_TOPIC):
+            changed = self.registry_changed if message.topic == REGISTRY_TOPIC else self.accounts_changed
             if self._loop is not None:
-                self._loop.call_soon_threadsafe(self.registry_changed.set)
+                self._loop.call_soon_threadsafe(changed.set)
             return
         if message.topic == ALERTS_TOPIC:
             try:
@@ -346,6 +356,10 @@ class LiveHub:
     @property
     def client_count(self) -> int:
         return len(self._clients)
+
+    def clients(self) -> list[LiveClient]:
+        """The registered clients now (a copy: the set changes as clients come and go)."""
+        return list(self._clients)
 
     def borough_of(self, device_id: str) -> str | None:
         unit = self._units.get(device_id)

@@ -152,3 +152,13 @@ class TokenOut(BaseModel):
     expires_in: int
     role: str
     areas: list[str]
+
+
+class UserOut(BaseModel):
+    """A local user as an admin sees them (never their password hash)."""
+
+    username: str
+    role: str
+    areas: list[str]
+    display_name: str | None
+    disabled: bool

@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, St
 
 __all__ = [
     "ALERTS_TOPIC",
+    "ACCOUNTS_TOPIC",
     "REGISTRY_TOPIC",
     "SERVICE_PREFIX",
     "CHANNELS",
@@ -38,6 +39,10 @@ ALERTS_TOPIC = "watchfloor/v1/alerts"
 #: Registry changes made through the API (a device registered, moved or retired), after
 #: commit, so that every API process re-reads the registry for its live feed at once.
 REGISTRY_TOPIC = "watchfloor/v1/registry"
+#: Account changes (a user disabled, removed, re-added with another role or areas, signed
+#: out), after commit, so that every API process re-reads the users' token versions at once
+#: and refuses the tokens those changes ended. Only the API's service account may use it.
+ACCOUNTS_TOPIC = "watchfloor/v1/accounts"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The services' namespace at the broker: their usernames (watchfloor-ingest, watchfloor-api)
 #: and client ids start with it, and no device id may. The cameras' listener makes a camera's

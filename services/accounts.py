@@ -1,18 +1,22 @@
 """Who is asking, and what their role and area allow: roles, principals, local users, tokens.
 
 Local users (embedded default) have argon2-hashed passwords; the API issues them signed
-bearer tokens (JWT, HS256) that carry the role and the areas. The HTTP side (reading the
-bearer header, the per-route role check) is :mod:`api.auth`.
+bearer tokens (JWT, HS256) that carry the role, the areas and the user's token version
+(``ver``). Bumping the version (sign-out, disabling, a new role or areas) ends every token
+issued before; :mod:`services.sessions` holds the versions in memory for the per-request
+check. The HTTP side (reading the bearer header, the per-route role check) is :mod:`api.auth`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import jwt
+import orjson
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
@@ -28,13 +32,18 @@ __all__ = [
     "TokenIssuer",
     "User",
     "PasswordRecord",
+    "account_announcement",
     "add_user",
     "authenticate",
     "check_password",
     "disable_user",
+    "get_user",
     "list_users",
     "password_record",
     "remove_user",
+    "revoke_tokens",
+    "token_version",
+    "token_versions",
 ]
 
 ALL_AREAS = "*"
@@ -70,6 +79,11 @@ class Principal:
     username: str
     role: Role
     areas: frozenset[str] | None  # None: every borough
+    display_name: str | None = field(default=None, compare=False)
+    # What the token says of its session: the version it was issued at (None for an OIDC
+    # provider's token, which Watchfloor cannot revoke) and when it expires (Unix seconds).
+    token_version: int | None = field(default=None, compare=False)
+    expires_at: int | None = field(default=None, compare=False)
 
     @property
     def sees_positions(self) -> bool:
@@ -103,9 +117,12 @@ class TokenIssuer:
         return self._ttl_s
 
     def issue(self, who: Principal) -> str:
+        """A token for a local user, at their current token version (from :func:`authenticate`)."""
+        if who.token_version is None:
+            raise ValueError("a local token needs the user's token version")
         now = int(time.time())
         claims = {"iss": _ISSUER, "sub": who.username, "role": who.role.value, "iat": now, "exp": now + self._ttl_s,
-                  "areas": [ALL_AREAS] if who.areas is None else sorted(who.areas)}
+                  "areas": [ALL_AREAS] if who.areas is None else sorted(who.areas), "ver": who.token_version}
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
@@ -128,26 +145,34 @@ class TokenIssuer:
             if self._oidc is None or algorithm not in self._oidc.algorithms:
                 raise NotAuthenticated(f"invalid token: algorithm {algorithm!r} is not accepted")
             claims = self._oidc.claims(token)
-            username, role, areas = self._oidc.identity(claims)
-            return Principal(username, Role(role), _areas(areas)), OidcSignIn.of(token, claims, username=username,
-                                                                                 role=role)
+            identity = self._oidc.identity(claims)
+            who = Principal(identity.username, Role(identity.role), _areas(identity.areas),
+                            display_name=identity.display_name, expires_at=identity.expires_at)
+            return who, OidcSignIn.of(token, claims, username=identity.username, role=identity.role)
         try:
+            # ``ver`` is required: a token from before versions existed cannot be revoked.
             claims = jwt.decode(token, self._secret, algorithms=["HS256"], issuer=_ISSUER,
-                                options={"require": ["exp", "sub", "role"]})
-            return Principal(str(claims["sub"]), Role(claims["role"]), _areas(claims.get("areas", []))), None
-        except (jwt.PyJWTError, ValueError, KeyError) as error:
+                                options={"require": ["exp", "sub", "role", "ver"]})
+            version = claims["ver"]
+            if not isinstance(version, int):
+                raise ValueError("ver must be an integer")
+            return Principal(str(claims["sub"]), Role(claims["role"]), _areas(claims.get("areas", [])),
+                             token_version=version, expires_at=int(claims["exp"])), None
+        except (jwt.PyJWTError, ValueError, KeyError, TypeError) as error:
             raise NotAuthenticated(f"invalid token: {error}") from None
 
 
 def add_user(conn: psycopg.Connection, *, username: str, password: str, role: Role, areas: Iterable[str],
              display_name: str | None = None) -> None:
-    """Create or replace a local user (the caller commits)."""
+    """Create or replace a local user (the caller commits). Replacing one ends their tokens:
+    those carry the old role and areas."""
     if len(password) < 12:
         raise ValueError("passwords must be at least 12 characters")
     conn.execute(
         "INSERT INTO users (username, password_hash, role, areas, display_name) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role,"
-        " areas = EXCLUDED.areas, display_name = EXCLUDED.display_name, disabled_at = NULL",
+        " areas = EXCLUDED.areas, display_name = EXCLUDED.display_name, disabled_at = NULL,"
+        " token_version = users.token_version + 1",
         (username, _hasher.hash(password), role.value, sorted(set(areas)), display_name))
 
 
@@ -159,13 +184,15 @@ class PasswordRecord:
     password_hash: str
     role: str
     areas: tuple[str, ...]
+    display_name: str | None
+    token_version: int
 
 
 def password_record(conn: psycopg.Connection, username: str) -> PasswordRecord | None:
     """The enabled user's hash, role and areas; None for no such (enabled) user."""
-    row = conn.execute("SELECT password_hash, role, areas FROM users WHERE username = %s AND disabled_at IS NULL",
-                       (username,)).fetchone()
-    return None if row is None else PasswordRecord(row[0], row[1], tuple(row[2]))
+    row = conn.execute("SELECT password_hash, role, areas, display_name, token_version FROM users"
+                       " WHERE username = %s AND disabled_at IS NULL", (username,)).fetchone()
+    return None if row is None else PasswordRecord(row[0], row[1], tuple(row[2]), row[3], row[4])
 
 
 def check_password(record: PasswordRecord | None, username: str, password: str) -> Principal | None:
@@ -176,7 +203,8 @@ def check_password(record: PasswordRecord | None, username: str, password: str) 
         return None
     if record is None:
         return None
-    return Principal(username, Role(record.role), _areas(record.areas))
+    return Principal(username, Role(record.role), _areas(record.areas), display_name=record.display_name,
+                     token_version=record.token_version)
 
 
 def authenticate(conn: psycopg.Connection, username: str, password: str) -> Principal | None:
@@ -191,19 +219,64 @@ class User:
     display_name: str | None
     disabled: bool
 
+    def within(self, areas: frozenset[str] | None) -> bool:
+        """Whether every borough of this user is among ``areas`` (None: every borough)."""
+        if areas is None:
+            return True
+        return ALL_AREAS not in self.areas and set(self.areas) <= areas
+
+
+_USER_COLUMNS = "username, role, areas, display_name, disabled_at IS NOT NULL"
+
+
+def _user(row: Sequence[Any]) -> User:
+    return User(str(row[0]), Role(row[1]), tuple(row[2]), row[3], bool(row[4]))
+
 
 def list_users(conn: psycopg.Connection) -> list[User]:
     """Every local user, disabled ones too, by name."""
-    rows = conn.execute("SELECT username, role, areas, display_name, disabled_at IS NOT NULL FROM users"
-                        " ORDER BY username").fetchall()
-    return [User(r[0], Role(r[1]), tuple(r[2]), r[3], bool(r[4])) for r in rows]
+    rows = conn.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY username").fetchall()
+    return [_user(r) for r in rows]
+
+
+def get_user(conn: psycopg.Connection, *, username: str, lock: bool = False) -> User | None:
+    """One local user; ``lock`` holds their row until the caller's transaction ends."""
+    row = conn.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE username = %s" + (" FOR UPDATE" if lock else ""),
+                       (username,)).fetchone()
+    return None if row is None else _user(row)
 
 
 def disable_user(conn: psycopg.Connection, *, username: str) -> bool:
-    """Refuse the user's sign-ins from now on (the caller commits). True if they were enabled."""
-    cursor = conn.execute("UPDATE users SET disabled_at = now() WHERE username = %s AND disabled_at IS NULL",
-                          (username,))
+    """Refuse the user's sign-ins from now on, and end their tokens (the caller commits).
+    True if they were enabled."""
+    cursor = conn.execute("UPDATE users SET disabled_at = now(), token_version = token_version + 1"
+                          " WHERE username = %s AND disabled_at IS NULL", (username,))
     return cursor.rowcount > 0
+
+
+def revoke_tokens(conn: psycopg.Connection, *, username: str) -> bool:
+    """End every token the user holds (sign-out; the caller commits). True if they exist."""
+    cursor = conn.execute("UPDATE users SET token_version = token_version + 1 WHERE username = %s", (username,))
+    return cursor.rowcount > 0
+
+
+def token_versions(conn: psycopg.Connection) -> dict[str, int | None]:
+    """Every local user's token version; None for a disabled user (no token of theirs is valid)."""
+    rows = conn.execute("SELECT username, CASE WHEN disabled_at IS NULL THEN token_version END FROM users")
+    return {str(r[0]): r[1] for r in rows.fetchall()}
+
+
+def token_version(conn: psycopg.Connection, *, username: str) -> int | None:
+    """One user's token version; None if they are disabled or do not exist."""
+    row = conn.execute("SELECT token_version FROM users WHERE username = %s AND disabled_at IS NULL",
+                       (username,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def account_announcement(username: str, change: str) -> bytes:
+    """The payload announcing an account change on ``ACCOUNTS_TOPIC`` (after its commit), on
+    which every API process re-reads the token versions."""
+    return orjson.dumps({"username": username, "change": change})
 
 
 def remove_user(conn: psycopg.Connection, *, username: str) -> bool:

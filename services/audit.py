@@ -52,7 +52,7 @@ __all__ = [
 
 #: Every action the log knows (docs/api.md says when each is written).
 ACTIONS = frozenset({
-    "sign_in", "sign_in_failed",
+    "sign_in", "sign_in_failed", "sign_out",
     "live_view_requested", "live_view_accepted", "live_view_declined",
     "live_view_ended",
     "viewing_started", "viewing_ended", "viewing_refused",

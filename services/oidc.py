@@ -3,9 +3,16 @@
 Configured by ``WATCHFLOOR_OIDC_ISSUER``, ``…_AUDIENCE`` and ``…_JWKS_URL`` (or
 ``…_JWKS_FILE``). A token must be signed by a key of the provider's JWKS (chosen by ``kid``),
 with one of the allowed algorithms, carry the configured issuer and audience, and not be
-expired. The caller's name, role and areas come from claims (configurable, dotted paths
-such as ``realm_access.roles`` reach into nested claims). Exactly one Watchfloor role must
-be among the role claim's values, after stripping ``WATCHFLOOR_OIDC_ROLE_PREFIX``.
+expired. The caller's role and areas come from claims (configurable, dotted paths such as
+``realm_access.roles`` reach into nested claims). Exactly one Watchfloor role must be among
+the role claim's values, after stripping ``WATCHFLOOR_OIDC_ROLE_PREFIX``.
+
+Who the caller is comes from the issuer and ``sub`` only: their username is
+``oidc:<issuer host>:<sub>``. A name claim (``preferred_username`` by default) is whatever
+the user or the provider's admin set, so it is only the display name: an OIDC user named
+"admin" or "system" never becomes the local user or system actor of that name (local
+usernames cannot contain ``:``, and the system actors are ``system``, ``policy`` and
+``device:…``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 import psycopg
@@ -24,12 +32,25 @@ from core.settings import Settings
 from services import audit
 from services.errors import NotAuthenticated
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "OidcSignIn", "OidcVerifier", "oidc_from_settings", "record_sign_in"]
+__all__ = ["ASYMMETRIC_ALGORITHMS", "OIDC_PREFIX", "OidcIdentity", "OidcSignIn", "OidcVerifier", "oidc_from_settings",
+           "record_sign_in"]
 
 #: Never an HMAC algorithm here: the provider's keys are public.
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
 _LEEWAY_S = 30
 _JWKS_CACHE_S = 300
+#: Every OIDC username starts with it; no local username can (they allow no ``:``).
+OIDC_PREFIX = "oidc:"
+_MAX_SUB = 255
+
+
+@dataclass(frozen=True)
+class OidcIdentity:
+    username: str  # oidc:<issuer host>:<sub>
+    display_name: str | None  # the name claim, for people to read; never an identity
+    role: str
+    areas: list[str]
+    expires_at: int
 
 
 def _claim(claims: dict[str, Any], path: str) -> Any:
@@ -89,18 +110,22 @@ class OidcVerifier:
             raise NotAuthenticated(f"invalid token: {error}") from None
         return claims
 
-    def identity(self, claims: dict[str, Any]) -> tuple[str, str, list[str]]:
-        """(username, role name, areas) from verified claims."""
-        username = _claim(claims, self.username_claim) or claims.get("sub")
-        if not isinstance(username, str) or not username:
-            raise NotAuthenticated("the token names no user")
+    def identity(self, claims: dict[str, Any]) -> OidcIdentity:
+        """Who verified claims name, with their role and areas."""
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > _MAX_SUB or not sub.isprintable():
+            raise NotAuthenticated("the token names no user (sub)")
+        name = _claim(claims, self.username_claim)
+        display_name = name if isinstance(name, str) and name else None
         roles = {v.removeprefix(self.role_prefix) for v in _strings(_claim(claims, self.roles_claim))
                  if v.startswith(self.role_prefix)} & self.known_roles
         if len(roles) != 1:
             found = ", ".join(sorted(roles)) or "none"
             raise NotAuthenticated(f"the token must carry exactly one Watchfloor role in "
                                    f"'{self.roles_claim}' (found: {found})")
-        return username, roles.pop(), _strings(_claim(claims, self.areas_claim))
+        host = urlsplit(self.issuer).hostname or self.issuer
+        return OidcIdentity(f"{OIDC_PREFIX}{host}:{sub}", display_name, roles.pop(),
+                            _strings(_claim(claims, self.areas_claim)), int(claims["exp"]))
 
 
 @dataclass(frozen=True)

@@ -470,6 +470,17 @@ def _runtime_role(conn: psycopg.Connection, feats: frozenset[str], retention: Re
         conn.execute(_DEFINER_PARTITIONS)
 
 
+_TOKEN_VERSIONS = """
+-- A user's tokens carry the version they were issued at; bumping it (sign-out, a change of
+-- role or areas, disabling) ends every token issued before.
+ALTER TABLE users ADD COLUMN token_version integer NOT NULL DEFAULT 0;
+"""
+
+
+def _token_versions(conn: psycopg.Connection, feats: frozenset[str], retention: Retention) -> None:
+    conn.execute(_TOKEN_VERSIONS)
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration(1, "initial schema", _initial),
     Migration(2, "users and alerts", _users_and_alerts),
@@ -478,6 +489,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(5, "live view", _live_view),
     Migration(6, "oidc sign-ins", _oidc_sign_ins),
     Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", _runtime_role),
+    Migration(8, "token versions", _token_versions),
 )
 
 

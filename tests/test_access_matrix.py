@@ -140,6 +140,14 @@ def _whep_session(world: World, borough: str) -> dict[str, Any]:
     return {"device_id": DEVICE[borough], "session_id": "no-such-session"}
 
 
+def _fresh_user(world: World, borough: str) -> dict[str, Any]:
+    """A user of ``borough`` only: an admin of another area may not disable them."""
+    name = f"m-user-{next(world.counter)}"
+    with world.db.connect() as conn:
+        add_user(conn, username=name, password=PASSWORD, role=OP, areas=[borough])
+    return {"username": name}
+
+
 def _live_view_request(world: World, borough: str) -> dict[str, Any]:
     request_id = f"req-{next(world.counter)}"
     world.sql("INSERT INTO live_view_requests (id, device_id, requested_by, reason, expires_at)"
@@ -185,7 +193,12 @@ CASES: list[Case] = [
          denied=frozenset({403, 404})),
     case("GET", "/api/v1/audit", {AUDITOR}, {200}, area_scoped=False),
     case("GET", "/api/v1/audit/verify", {AUDITOR}, {200}, area_scoped=False),
+    case("GET", "/api/v1/users", {ADMIN}, {200}, area_scoped=False),
+    case("POST", "/api/v1/users/{username}/disable", {ADMIN}, {200}, prepare=_fresh_user),
 ]
+#: For every signed-in caller, whatever their role, and it ends their tokens: walked with
+#: tokens of its own (test below), not the matrix's shared ones.
+SELF = {("POST", "/api/v1/auth/sign-out")}
 #: Not for users at all: a camera's own secret (tests below).
 DEVICE_ONLY = {("POST", "/api/v1/whip/{device_id}"), ("DELETE", "/api/v1/whip/{device_id}/{session_id}")}
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("POST", "/api/v1/auth/token")}
@@ -225,7 +238,7 @@ def test_the_matrix_covers_every_endpoint(world: World) -> None:
     camera's): a new endpoint cannot go untested."""
     spec = httpx.get(world.base + "/openapi.json").json()
     operations = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
-    covered = {(c.method, c.path) for c in CASES} | DEVICE_ONLY | PUBLIC
+    covered = {(c.method, c.path) for c in CASES} | DEVICE_ONLY | PUBLIC | SELF
     assert operations - covered == set(), "endpoints missing from the matrix"
     assert covered - operations == set(), "the matrix names endpoints that no longer exist"
 
@@ -258,6 +271,22 @@ def test_role_and_area(world: World, c: Case, user: str) -> None:
         else:
             expected = {404}
         assert response.status_code in expected, (user, borough, response.status_code, response.text[:300])
+
+
+def test_sign_out_is_for_every_signed_in_caller(world: World) -> None:
+    """Every role may sign out (204), which ends that token (401 after); without a valid
+    token: 401."""
+    url = world.base + "/api/v1/auth/sign-out"
+    for authorization in (None, "Bearer nonsense"):
+        response = httpx.post(url, headers={"Authorization": authorization} if authorization else {})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    for user in USERS:
+        name = f"m-out-{next(world.counter)}"
+        with world.db.connect() as conn:
+            add_user(conn, username=name, password=PASSWORD, role=USERS[user][0], areas=USERS[user][1])
+        headers = {"Authorization": f"Bearer {token(world.base, name)}"}
+        assert httpx.post(url, headers=headers).status_code == 204, user
+        assert httpx.post(url, headers=headers).status_code == 401, user
 
 
 def _seed_camden_everywhere(world: World) -> list[str]:

@@ -297,11 +297,13 @@ def test_units_moved_out_of_an_area_or_retired_leave_its_clients(api: Api) -> No
 
 
 def test_live_feed_refuses_without_auth_and_for_auditors(api: Api) -> None:
-    for bearer in (None, "garbage", token(api.base, "audit")):
+    """No auth message or a role not on the feed: 1008; a token that is not valid: 4401 (the
+    client signs in again)."""
+    for bearer, code in ((None, 1008), ("garbage", 4401), (token(api.base, "audit"), 1008)):
         reader = LiveReader(api.base, bearer)
         try:
             wait_for(lambda: reader.closed is not None, timeout=10, what="the server to close")
-            assert reader.closed is not None and reader.closed[0] == 1008
+            assert reader.closed is not None and reader.closed[0] == code
             assert not reader.of_type("snapshot")
         finally:
             reader.close()

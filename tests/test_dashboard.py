@@ -27,7 +27,7 @@ import uvicorn
 from api.app import WS_DEFLATE, WS_IMPL, create_app
 from core.contract import Channel, topic_for
 from core.settings import Settings
-from services.accounts import Role, add_user
+from services.accounts import Principal, Role, TokenIssuer, add_user
 from services.registry import DeviceRecord, upsert_devices
 from simulator.run import Simulator
 from telemetry.embedded import free_port
@@ -353,6 +353,7 @@ def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> N
         page.wait_for_selector(".audit-verify.ok:has-text('Chain intact')")
     shot(page, "audit")
     page.click("#sign-out")
+    page.wait_for_selector("#signin:not(.hidden)")  # the API has revoked the token, the page reloaded
     sign_in(page, stack.base, "admin")
     page.wait_for_selector("#conn-state[data-state=polling]")
     wait_visible(page, lambda n: n == FLEET + 1, "the admin's map")
@@ -374,6 +375,61 @@ def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> N
     with client(stack.base, "admin") as admin:
         assert admin.get(f"/api/v1/devices/{device_id}").json()["officer"] == "PC Edited"
         assert admin.get("/api/v1/devices/dash-new-1").json()["borough"] == "Camden"
+
+
+def test_sign_out_revocation_and_a_stale_token_return_to_sign_in(stack: Stack, browser_page: Any) -> None:
+    """Sign-out ends the token at the API, not only in the browser; a feed whose token is
+    revoked elsewhere, or signed with a secret the API no longer has, returns the page to
+    the sign-in screen (it used to stay on "invalid token"); an admin disables a user from
+    the Users view."""
+    page = browser_page
+    page.on("dialog", lambda dialog: dialog.accept())
+    names = _operators(stack)
+    sign_in(page, stack.base, names["out"])
+    page.wait_for_selector("#conn-state[data-state=live]")
+    bearer = page.evaluate("JSON.parse(sessionStorage.getItem('watchfloor.session')).access_token")
+    page.click("#sign-out")
+    page.wait_for_selector("#signin:not(.hidden)")
+    assert _devices_status(stack.base, bearer) == 401
+
+    sign_in(page, stack.base, names["revoked"])
+    page.wait_for_selector("#conn-state[data-state=live]")
+    bearer = page.evaluate("JSON.parse(sessionStorage.getItem('watchfloor.session')).access_token")
+    assert httpx.post(f"{stack.base}/api/v1/auth/sign-out",
+                      headers={"Authorization": f"Bearer {bearer}"}).status_code == 204
+    page.wait_for_selector("#signin-error:has-text('token revoked')", timeout=15_000)
+
+    sign_in(page, stack.base, names["rotated"])
+    page.wait_for_selector("#conn-state[data-state=live]")
+    forged = TokenIssuer("a-rotated-away-secret-" + "z" * 40, 3600).issue(
+        Principal(names["rotated"], Role.OPERATOR, None, token_version=0))
+    page.evaluate("""(token) => {
+        const s = JSON.parse(sessionStorage.getItem('watchfloor.session'));
+        sessionStorage.setItem('watchfloor.session', JSON.stringify({...s, access_token: token}));
+    }""", forged)
+    page.reload()
+    page.wait_for_selector("#signin:not(.hidden)", timeout=15_000)
+
+    sign_in(page, stack.base, "admin")
+    page.click("#tabs button[data-view=users]")
+    row = page.locator("table.users tbody tr", has_text=names["disabled"])
+    row.locator("button:text-is('Disable')").click()
+    page.wait_for_selector(f".users-status:has-text('Disabled {names['disabled']}.')")
+    shot(page, "users")
+    assert stack.db.scalar("SELECT disabled_at IS NOT NULL FROM users WHERE username = %s", (names["disabled"],))
+
+
+def _operators(stack: Stack) -> dict[str, str]:
+    """Operators of this test's own, one per step."""
+    names = {step: f"dash-{step}" for step in ("out", "revoked", "rotated", "disabled")}
+    with stack.db.connect() as conn:
+        for name in names.values():
+            add_user(conn, username=name, password=PASSWORD, role=Role.OPERATOR, areas=["*"])
+    return names
+
+
+def _devices_status(base: str, bearer: str) -> int:
+    return httpx.get(f"{base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"}).status_code
 
 
 def test_api_reference_page_renders_offline(stack: Stack, browser_page: Any) -> None:

@@ -382,7 +382,7 @@ def test_oidc_sign_ins_are_audited_once_per_token(stack: Stack, keys: Keys) -> N
         response = httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {first}"})
         assert response.status_code == 200, response.text
     assert [(actor, device, details["issuer"], details["role"]) for actor, device, details in entries()] == \
-        [("pat.oidc@met.test", None, ISSUER, "operator")]
+        [(f"oidc:idp.test:{subject}", None, ISSUER, "operator")]
     second = _oidc_token(keys.rsa, "rsa-1", sub=subject, preferred_username="pat.oidc@met.test",
                          iat=int(time.time()) - 1)
     assert httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {second}"}) \
@@ -392,6 +392,27 @@ def test_oidc_sign_ins_are_audited_once_per_token(stack: Stack, keys: Keys) -> N
     assert httpx.get(f"{stack.base}/api/v1/devices", headers={"Authorization": f"Bearer {forged}"}) \
         .status_code == 401
     assert len(entries()) == 2
+
+
+@pytest.mark.parametrize("name", ["admin", "system"])
+def test_an_oidc_name_never_makes_the_caller_that_user(stack: Stack, keys: Keys, name: str) -> None:
+    """An OIDC user whose preferred_username is a local user's ("admin") or a system actor's
+    ("system") is recorded as ``oidc:<issuer host>:<sub>``: the name claim is only for display.
+    Their sign-out does not end the local user's tokens."""
+    local_admin = token(stack.base, "admin")
+    bearer = _oidc_token(keys.rsa, "rsa-1", sub=f"sub-{name}", preferred_username=name,
+                         realm_access={"roles": ["watchfloor-admin"]}, areas=["Camden"])
+    headers = {"Authorization": f"Bearer {bearer}"}
+    device = f"ca-oidc-{name}"  # in Camden: the module's other tests look at Westminster
+    response = httpx.post(f"{stack.base}/api/v1/devices", headers=headers,
+                          json={"device_id": device, "callsign": "X", "officer": "PC X", "borough": "Camden",
+                                "role": "response"})
+    assert response.status_code == 201, response.text
+    actors = [row[0] for row in _audit(stack.db, "device_registered") if row[1] == device]
+    assert actors == [f"oidc:idp.test:sub-{name}"]
+    assert httpx.post(f"{stack.base}/api/v1/auth/sign-out", headers=headers).status_code == 204
+    assert httpx.get(f"{stack.base}/api/v1/devices",
+                     headers={"Authorization": f"Bearer {local_admin}"}).status_code == 200
 
 
 @pytest.mark.parametrize("case", ["unknown key", "wrong issuer", "wrong audience", "expired", "no role",

@@ -24,9 +24,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from core.contract import REGISTRY_TOPIC, Channel, topic_for
+from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services import audit
+from services.accounts import Role, account_announcement, add_user
 from services.registry import change_announcement
 from telemetry.embedded import free_port
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
@@ -436,6 +437,26 @@ def test_service_client_ids_stay_out_of_the_devices_namespace(broker: Broker) ->
     with pytest.raises(ValidationError):
         Settings(ingest_client_id="ingest-1")
     assert Settings(ingest_client_id="watchfloor-ingest-2").ingest_client_id == "watchfloor-ingest-2"
+
+
+def test_only_the_api_account_uses_the_accounts_topic(broker: Broker, db: Database) -> None:
+    """Account changes (which end users' tokens) are announced on watchfloor/v1/accounts by
+    `watchfloor users disable` as the API's broker account and read by it; a camera and the
+    ingest account may not publish there."""
+    _denied(broker, "cam-a", ACCOUNTS_TOPIC, b"forged account change")
+    _denied(broker, "watchfloor-ingest", ACCOUNTS_TOPIC, b"forged account change")
+    with db.connect() as conn:
+        add_user(conn, username="acl-user", password="a long enough password", role=Role.OPERATOR, areas=["*"])
+    api = _client(broker, "watchfloor-api")
+    try:
+        assert api.subscribe(ACCOUNTS_TOPIC) == [1]
+        secret = quote(broker.secrets["watchfloor-api"], safe="")
+        as_api = f"mqtt://watchfloor-api:{secret}@127.0.0.1:{broker.process.port}"
+        _watchfloor("users", "disable", "acl-user", db=db, mqtt_url=as_api)
+        announced = account_announcement("acl-user", "disabled")
+        assert api.received_until(announced) == [(ACCOUNTS_TOPIC, announced)]
+    finally:
+        api.close()
 
 
 def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:

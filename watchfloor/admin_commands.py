@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, get_args
 import psycopg
 
 from core.areas import unknown_areas
-from core.contract import REGISTRY_TOPIC
+from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC
 from core.mqtt import publish_all
 from core.settings import Settings
+from services.accounts import account_announcement
 from services.registry import (
     DeviceRecord,
     change_announcement,
@@ -32,7 +33,7 @@ from watchfloor.parsers import command, group
 if TYPE_CHECKING:
     from services.audit import Checkpoint
 
-__all__ = ["add_parsers", "audit_key", "cli_actor", "database_url", "prepare_database"]
+__all__ = ["add_parsers", "announce_account", "audit_key", "cli_actor", "database_url", "prepare_database"]
 
 
 def cli_actor() -> str:
@@ -90,6 +91,17 @@ def _announce(settings: Settings, device_id: str, change: str) -> None:
     if not sent:
         print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): live feeds show "
               "the change at the API's next registry refresh, within 30 s", file=sys.stderr)
+
+
+def announce_account(settings: Settings, username: str, change: str) -> None:
+    """Tell the API processes, through the configured broker, that a user changed, so that
+    they refuse that user's earlier tokens now; without a broker, within 30 s."""
+    sent = settings.mqtt_url is not None and publish_all(
+        settings.mqtt_url, [(ACCOUNTS_TOPIC, account_announcement(username, change))],
+        client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
+    if not sent:
+        print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): the API processes "
+              "refuse the user's earlier tokens at their next refresh, within 30 s", file=sys.stderr)
 
 
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ from telemetry.ingest import IngestWorker
 from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import features, migrate, run_maintenance
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
-from watchfloor.admin_commands import audit_key, cli_actor, database_url, prepare_database
+from watchfloor.admin_commands import announce_account, audit_key, cli_actor, database_url, prepare_database
 from watchfloor.camera_video import provision_in_background, provision_to_file, uplink_from_files
 from watchfloor.parsers import HelpFormatter, command, group
 
@@ -361,6 +361,8 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> None:
         audit.record(conn, actor=cli_actor(), action="user_changed",
                      details={"username": args.username, "role": args.role, "areas": areas,
                               "change": "added or replaced"})
+    # After the commit: a replaced user's tokens carry the old role and areas, and are over.
+    announce_account(settings, args.username, "replaced")
     print(f"user {args.username}: {args.role} in {args.areas}")
 
 
@@ -385,6 +387,7 @@ def _change_user(settings: Settings, username: str, change: str) -> None:
         if not act(conn, username=username):
             sys.exit(f"no such user: {username}" + (" (or already disabled)" if change == "disabled" else ""))
         audit.record(conn, actor=cli_actor(), action="user_changed", details={"username": username, "change": change})
+    announce_account(settings, username, change)  # after the commit: their tokens are over
     print(f"user {username}: {change}")
 
 
@@ -462,18 +465,20 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None, help="port (default: WATCHFLOOR_API_PORT, 8080)")
 
     users = group(sub, "users", help="local users (sign-in with a password; OIDC users are the provider's)")
+    users_env = (_DB_ENV[0], "WATCHFLOOR_MQTT_URL (optional: ends the user's tokens on every API process at once)")
     add = command(users, "add", help="create or replace a local user (prompts for the password; audited)",
-                  env=_DB_ENV[:1], run=cmd_users_add)
+                  env=users_env, run=cmd_users_add)
     add.add_argument("username")
     add.add_argument("--role", required=True,
                      choices=["operator", "firearms_commander", "fleet_manager", "auditor", "admin"])
     add.add_argument("--areas", default="*", help="comma-separated boroughs, or * for all")
     add.add_argument("--name", default=None, help="display name")
     command(users, "list", help="every local user, with role, areas and state", env=_DB_ENV[:1], run=cmd_users_list)
-    for name, what, run in (("disable", "refuse the user's sign-ins from now on (audited)", cmd_users_disable),
+    for name, what, run in (("disable", "refuse the user's sign-ins and end their tokens (audited)",
+                             cmd_users_disable),
                             ("remove", "delete a local user; the audit log keeps the name (audited)",
                              cmd_users_remove)):
-        command(users, name, help=what, env=_DB_ENV[:1], run=run).add_argument("username")
+        command(users, name, help=what, env=users_env, run=run).add_argument("username")
 
     add_admin_parsers(sub)  # devices, broker add-user, audit verify
 

@@ -1,4 +1,5 @@
-"""Sign-in: a username and password for a bearer token.
+"""Sign-in (a username and password for a bearer token) and sign-out (every token of the
+caller revoked).
 
 The cost of an unauthenticated request is bounded before anything is checked: the
 attempt's rate-limit tokens are taken first (:class:`api.limits.Attempts`), then one of a
@@ -9,15 +10,24 @@ holds the connections that signed-in users' requests need.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from psycopg_pool import ConnectionPool
 
 from api.client_address import client_address
+from api.deps import Caller, Db
 from api.errors import ErrorBody
 from api.limits import Limits
 from api.models import TokenIn, TokenOut
+from core.contract import ACCOUNTS_TOPIC
 from services import audit
-from services.accounts import ALL_AREAS, TokenIssuer, check_password, password_record
+from services.accounts import (
+    ALL_AREAS,
+    TokenIssuer,
+    account_announcement,
+    check_password,
+    password_record,
+    revoke_tokens,
+)
 from services.audit_digest import FailureDigest
 from services.errors import NotAuthenticated, Overloaded
 
@@ -56,3 +66,17 @@ def token(body: TokenIn, request: Request) -> TokenOut:
     tokens: TokenIssuer = request.app.state.tokens
     return TokenOut(access_token=tokens.issue(who), expires_in=tokens.ttl_s, role=who.role.value,
                     areas=[ALL_AREAS] if who.areas is None else sorted(who.areas))
+
+
+@router.post("/sign-out", status_code=204, response_class=Response, responses={401: {"model": ErrorBody}},
+             summary="Revoke every token of the caller (on every API process within seconds)")
+def sign_out(db: Db, who: Caller, request: Request) -> Response:
+    """Ends every session of the caller, not only this token: tokens are not tracked one by
+    one, a user's are all of one version. An OIDC provider's token cannot be revoked here
+    (it ends at its own expiry, or at the provider); the sign-out is recorded all the same."""
+    revoked = revoke_tokens(db, username=who.username)
+    audit.record(db, actor=who.username, action="sign_out", details={"tokens_revoked": revoked})
+    db.commit()  # then announce: the other processes re-read what was committed
+    if revoked:
+        request.app.state.hub.publish(ACCOUNTS_TOPIC, account_announcement(who.username, "signed_out"))
+    return Response(status_code=204)

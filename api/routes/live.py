@@ -11,12 +11,19 @@ Protocol (JSON text frames):
    changes of the same tick.
 
 A client that reconnects starts again at 1 and so gets a fresh snapshot.
+
+The feed lasts as long as the token: at its expiry, or as soon as it is revoked (sign-out,
+the user disabled or given another role or areas), the server closes the websocket with
+code 4401 and the reason ("token expired", "token revoked"); the client signs in again.
+A token refused at step 1 closes it with 4401 too (1008 for a role not on the feed or a
+malformed first message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -25,16 +32,19 @@ from psycopg_pool import ConnectionPool
 from starlette.websockets import WebSocketState
 
 from api.feed_slots import FeedSlots, Refused
-from api.live import LiveHub
+from api.live import LiveClient, LiveHub
 from api.sign_ins import OidcSignIns
 from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
-from services.errors import ServiceError
+from services.errors import NotAuthenticated, ServiceError
+from services.sessions import TokenVersions
 from telemetry import queries
 
 router = APIRouter()
 
 _AUTH_TIMEOUT_S = 5.0
 _POLICY_VIOLATION = 1008
+#: A private-use code (RFC 6455 4000-4999), after HTTP's 401: the token is over, sign in again.
+TOKEN_ENDED = 4401
 
 
 def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]]:
@@ -49,6 +59,7 @@ def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]
 @router.websocket("/api/v1/live")
 async def live(websocket: WebSocket) -> None:
     tokens: TokenIssuer = websocket.app.state.tokens
+    sessions: TokenVersions = websocket.app.state.sessions
     hub: LiveHub = websocket.app.state.hub
     slots: FeedSlots = websocket.app.state.limits.feeds  # api/feed_slots.py: caps, close codes
     try:
@@ -66,12 +77,14 @@ async def live(websocket: WebSocket) -> None:
         if sign_in is not None:  # a provider's token opening the feed first signs in here
             sign_ins: OidcSignIns = websocket.app.state.oidc_sign_ins
             await run_in_threadpool(sign_ins.note, sign_in)
+        await run_in_threadpool(sessions.check, who)
         if who.role not in ON_LIVE_FEED:
             raise ServiceError(f"role {who.role.value} is not on the live feed")
     except (asyncio.TimeoutError, orjson.JSONDecodeError, ServiceError, WebSocketDisconnect) as error:
         reason = error.message if isinstance(error, ServiceError) else "authenticate first"
+        code = TOKEN_ENDED if isinstance(error, NotAuthenticated) else _POLICY_VIOLATION
         with contextlib.suppress(Exception):
-            await websocket.close(code=_POLICY_VIOLATION, reason=reason[:120])
+            await websocket.close(code=code, reason=reason[:120])
         return
     finally:
         slots.leave_waiting()
@@ -89,8 +102,14 @@ async def live(websocket: WebSocket) -> None:
         await websocket.send_text(f'{{"type":"snapshot","alerts":{alerts_json},"units":{units}}}')
         sender = asyncio.create_task(client.send_loop())
         receiver = asyncio.create_task(_drain(websocket))
-        done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        watcher = asyncio.create_task(_until_token_ends(client))
+        done, _ = await asyncio.wait({sender, receiver, watcher}, return_when=asyncio.FIRST_COMPLETED)
         receiver.cancel()
+        watcher.cancel()
+        if watcher in done:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=TOKEN_ENDED, reason=watcher.result())
+            return
         for task in done:
             failure = task.exception()
             # A client that went away mid-send is the normal end of a feed, not a fault.
@@ -116,6 +135,17 @@ async def _refuse(websocket: WebSocket, refused: Refused) -> None:
         if websocket.client_state is WebSocketState.CONNECTING:
             await websocket.accept()
         await websocket.close(code=refused.code, reason=refused.reason[:120])
+
+
+async def _until_token_ends(client: LiveClient) -> str:
+    """Wait until the client's token expires or is revoked; return which."""
+    expires_at = client.who.expires_at
+    timeout = None if expires_at is None else max(0.0, expires_at - time.time())
+    try:
+        await asyncio.wait_for(client.ended.wait(), timeout)
+    except asyncio.TimeoutError:
+        return "token expired"
+    return client.end_reason
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -38,6 +38,14 @@ export class Api {
     return this.session;
   }
 
+  // Ends every token of this user at the API (on every process, within seconds). Best effort:
+  // an expired or already revoked token answers 401, which is the same end.
+  async revoke() {
+    if (!this.token) return;
+    await fetch("/api/v1/auth/sign-out", { method: "POST", headers: { Authorization: `Bearer ${this.token}` } })
+      .catch(() => null);
+  }
+
   signOut() {
     this.session = null;
     sessionStorage.removeItem(TOKEN_KEY);

@@ -1,17 +1,20 @@
 // The live feed (/api/v1/live): authenticate with the first message, take the snapshot,
 // then deltas and alert changes. When the connection drops (the API restarts, the network
 // goes), say so and try again with exponential backoff and jitter; every (re)connection
-// starts with a fresh snapshot, so nothing missed while away stays stale.
+// starts with a fresh snapshot, so nothing missed while away stays stale. Code 4401 means the
+// token is over (expired, revoked, or signed with a secret the API no longer has): no retry,
+// the page signs in again.
 
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15000;
 const POLICY_VIOLATION = 1008;
+const TOKEN_ENDED = 4401;
 
 export class LiveFeed {
   constructor({ token, onFrame, onStatus }) {
     this.token = token;
     this.onFrame = onFrame;
-    this.onStatus = onStatus; // ("connecting" | "live" | "disconnected" | "refused", detail)
+    this.onStatus = onStatus; // ("connecting" | "live" | "disconnected" | "refused" | "ended", detail)
     this.attempt = 0;
     this.stopped = false;
     this.ws = null;
@@ -49,6 +52,10 @@ export class LiveFeed {
     ws.onclose = (event) => {
       if (this.ws !== ws || this.stopped) return;
       this.ws = null;
+      if (event.code === TOKEN_ENDED) {
+        this.onStatus("ended", event.reason || "token expired");
+        return;
+      }
       if (event.code === POLICY_VIOLATION) {
         this.onStatus("refused", event.reason || "the live feed refused this session");
         return;

@@ -3,7 +3,7 @@
 //   firearms_commander  the same, with the incident panel first
 //   fleet_manager       fleet health (no positions, no video)
 //   auditor             the audit log
-//   admin               map (from REST, admins are not on the live feed), fleet health, registry
+//   admin               map (from REST, admins are not on the live feed), fleet health, registry, users
 
 import { AlertsPanel, ResolveDialog } from "./alerts.js";
 import { Api } from "./api.js";
@@ -16,6 +16,7 @@ import { MapView } from "./map.js";
 import { RegistryView } from "./registry.js";
 import { UnitFilter, UnitStore } from "./store.js";
 import { UnitPanel } from "./unitpanel.js";
+import { UsersView } from "./users.js";
 import { VideoTiles } from "./video.js";
 
 const ROLE_VIEWS = {
@@ -23,9 +24,9 @@ const ROLE_VIEWS = {
   firearms_commander: ["map"],
   fleet_manager: ["fleet"],
   auditor: ["audit"],
-  admin: ["map", "fleet", "registry"],
+  admin: ["map", "fleet", "registry", "users"],
 };
-const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", registry: "Registry" };
+const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", registry: "Registry", users: "Users" };
 const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]);
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
@@ -40,7 +41,10 @@ window.__watchfloor = probe;
 
 const api = new Api({ onUnauthenticated: (message) => signOut(message) });
 
-function signOut(message = "") {
+// ``revoke``: the user chose to sign out, so the API ends their tokens everywhere (not only
+// this tab's copy); otherwise the session has already ended at the API.
+async function signOut(message = "", { revoke = false } = {}) {
+  if (revoke) await api.revoke();
   api.signOut();
   if (message) sessionStorage.setItem(NOTICE_KEY, message);
   location.reload(); // the simplest way to drop every timer, socket and peer connection
@@ -84,7 +88,7 @@ async function startSession() {
   const role = s.role;
   document.body.dataset.role = role;
   $("#who").textContent = `${s.username} · ${role.replaceAll("_", " ")} · ${s.areas.includes("*") ? "all boroughs" : s.areas.join(", ")}`;
-  $("#sign-out").addEventListener("click", () => signOut());
+  $("#sign-out").addEventListener("click", () => signOut("", { revoke: true }));
   $("#large-type").addEventListener("click", () => {
     setLargeType(!document.body.classList.contains("large"));
     if (probe.map) {
@@ -114,6 +118,7 @@ async function startSession() {
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
+  if (views.includes("users")) ctx.users = new UsersView({ root: $("#view-users"), api });
   if (ctx.fleet) {
     const names = ctx.boroughNames || fetch(config.boroughs_url).then((r) => r.json())
       .then((geo) => geo.features.map((f) => f.properties.name).sort());
@@ -139,6 +144,7 @@ function setUpTabs(ctx) {
     if (name === "fleet") ctx.fleet.start();
     if (name === "audit") ctx.audit.load();
     if (name === "registry") ctx.registry.load();
+    if (name === "users") ctx.users.load();
   };
   if (ctx.views.length > 1) {
     for (const v of ctx.views) nav.append(h("button", { type: "button", dataset: { view: v }, onclick: () => choose(v) }, VIEW_NAMES[v]));
@@ -274,6 +280,7 @@ function startFeed(ctx) {
     onStatus: (state, detail) => {
       if (state === "disconnected") setConnection(state, `Disconnected — reconnecting in ${Math.ceil(detail / 1000)} s…`);
       else if (state === "reconnecting") setConnection(state, "Disconnected — reconnecting…");
+      else if (state === "ended") signOut(`Your session has ended (${detail}): sign in again.`);
       else if (state === "refused") {
         if (!api.valid()) signOut("Your session has ended: sign in again.");
         else setConnection(state, `The live feed refused this session: ${detail}`);

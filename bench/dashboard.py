@@ -135,7 +135,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
             seed_fleet(db_url, devices=args.devices, password=PASSWORD)
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
-                       WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_TIMESCALEDB="off",
+                       WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_AUDIT_KEY=SECRET, WATCHFLOOR_TIMESCALEDB="off",
                        WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-dashboard-bench", WATCHFLOOR_INGEST_SHARE_GROUP="",
                        PYTHONPATH=str(ROOT))
             log = (workdir / "processes.log").open("ab")

@@ -289,7 +289,8 @@ def main() -> None:
             units = seed_fleet(db_url, devices=args.devices, password=PASSWORD)
             port = free_port()
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
-                       WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
+                       WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_AUDIT_KEY=SECRET,
+                       WATCHFLOOR_LIVE_RATE_HZ=str(args.rate),
                        WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_INGEST_CLIENT_ID="watchfloor-fanout-ingest",
                        # Every client is the one bench user, connecting at once: lift the feed caps.
                        WATCHFLOOR_LIVE_MAX_FEEDS_PER_USER=str(args.clients),

@@ -149,7 +149,7 @@ def main() -> None:
         with psycopg.connect(db_url) as conn:
             add_user(conn, username="soak-op", password=PASSWORD, role=Role.OPERATOR, areas=["*"])
         common = dict(os.environ, WATCHFLOOR_MQTT_URL=broker.url, WATCHFLOOR_DATABASE_URL=db_url,
-                      WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_AUTH_SECRET=SECRET)
+                      WATCHFLOOR_TIMESCALEDB="off", WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_AUDIT_KEY=SECRET)
         metrics_ports = [free_port(), free_port()]
         procs = [subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], cwd=ROOT,
                                   env={**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"watchfloor-soak-ingest-{n}",

@@ -15,7 +15,7 @@ import httpx
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from tests.helpers.api import SECRET, LiveReader, add_test_users, token
+from tests.helpers.api import API_PROCESS_ENV, LiveReader, add_test_users, token
 from tests.helpers.db import Database
 from tests.helpers.telemetry import publish_all, telemetry_payload
 from tests.helpers.waiting import wait_for
@@ -42,7 +42,7 @@ def test_every_client_of_either_api_process_sees_every_update(pg: Database, mosq
         add_test_users(conn)
         upsert_devices(conn, devices)
     common = {"WATCHFLOOR_DATABASE_URL": pg.url, "WATCHFLOOR_MQTT_URL": mosquitto.url,
-              "WATCHFLOOR_AUTH_SECRET": SECRET, "WATCHFLOOR_TIMESCALEDB": "off"}
+              **API_PROCESS_ENV, "WATCHFLOOR_TIMESCALEDB": "off"}
     ports = [free_port(), free_port()]
     commands = [(["ingest"], {**common, "WATCHFLOOR_INGEST_CLIENT_ID": f"watchfloor-so-ingest-{n}"}) for n in (1, 2)]
     commands += [(["api", "--port", str(port)], common) for port in ports]

@@ -21,7 +21,7 @@ import websockets
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
-from tests.helpers.api import SECRET, add_test_users, token
+from tests.helpers.api import API_PROCESS_ENV, add_test_users, token
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
 from tests.helpers.db import Database
 from tests.helpers.environment import missing, require_executable
@@ -409,7 +409,7 @@ def test_api_restart_client_reconnects_and_resynchronises(pg: Database, mosquitt
     base = f"http://127.0.0.1:{port}"
     ingest = _ingest(pg.url, mosquitto.url, client_id="watchfloor-fault-api-ingest",
                      log=tmp_path / "ingest.log").start()
-    api = WatchfloorProcess(["api", "--port", str(port)], {**common, "WATCHFLOOR_AUTH_SECRET": SECRET},
+    api = WatchfloorProcess(["api", "--port", str(port)], {**common, **API_PROCESS_ENV},
                             tmp_path / "api.log").start()
     client: ReconnectingClient | None = None
 

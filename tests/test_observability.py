@@ -14,7 +14,7 @@ import orjson
 from core.contract import Channel, topic_for
 from core.logs import JsonFormatter, redact
 from telemetry.embedded import free_port
-from tests.helpers.api import SECRET, LiveReader, add_test_users, token
+from tests.helpers.api import API_PROCESS_ENV, SECRET, LiveReader, add_test_users, token
 from tests.helpers.db import Database
 from tests.helpers.processes import scrape, watchfloor_process
 from tests.helpers.telemetry import publish_all, telemetry_payload
@@ -84,7 +84,7 @@ def test_api_request_ids_metrics_and_json_access_log(pg: Database, mosquitto: Mo
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"WATCHFLOOR_DATABASE_URL": pg.url, "WATCHFLOOR_MQTT_URL": mosquitto.url, "WATCHFLOOR_TIMESCALEDB": "off",
-           "WATCHFLOOR_AUTH_SECRET": SECRET, "WATCHFLOOR_LOG_FORMAT": "json"}
+           **API_PROCESS_ENV, "WATCHFLOOR_LOG_FORMAT": "json"}
     log = tmp_path / "api.log"
     with watchfloor_process(["api", "--port", str(port)], env, log):
         wait_for(lambda: _ready(base), timeout=60, what="the API ready")

@@ -17,7 +17,7 @@ import pytest
 
 from services.accounts import Principal, Role, TokenIssuer, add_user
 from telemetry.embedded import free_port
-from tests.helpers.api import PASSWORD, SECRET, LiveReader, add_test_users, token
+from tests.helpers.api import API_PROCESS_ENV, PASSWORD, SECRET, LiveReader, add_test_users, token
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
 from tests.helpers.environment import require_executable
 from tests.helpers.processes import WatchfloorProcess
@@ -67,7 +67,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             with db.connect() as conn:
                 add_test_users(conn)
             env = {"WATCHFLOOR_DATABASE_URL": db.url, "WATCHFLOOR_MQTT_URL": broker.url,
-                   "WATCHFLOOR_AUTH_SECRET": SECRET, "WATCHFLOOR_TIMESCALEDB": "off"}
+                   **API_PROCESS_ENV, "WATCHFLOOR_TIMESCALEDB": "off"}
             ports = [free_port(), free_port()]
             with ExitStack() as stack:
                 for port in ports:

@@ -30,6 +30,8 @@ from tests.helpers.environment import require_executable
 from watchfloor.mosquitto import MosquittoProcess
 
 SECRET = "test-secret-" + "x" * 40
+#: What a `watchfloor api` process needs besides SECRET: it keys the audit chain (services/audit.py).
+API_PROCESS_ENV = {"WATCHFLOOR_AUTH_SECRET": SECRET, "WATCHFLOOR_AUDIT_KEY": "test-audit-key-" + "k" * 40}
 PASSWORD = "correct horse battery staple"
 
 USERS: dict[str, tuple[Role, list[str]]] = {

@@ -69,8 +69,9 @@ def _clear_dead_handles(pgdata: Path) -> None:
     handles.write_text(json.dumps(alive))
 
 
-def embedded_database_url(data_dir: Path) -> str:
-    """Start (or attach to) the embedded PostgreSQL under ``data_dir/pg``; its URL."""
+def embedded_database_url(data_dir: Path, *, delete_on_exit: bool = False) -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``data_dir/pg``; its URL. The server
+    stops when the last process using it exits, and with ``delete_on_exit`` its data goes too."""
     # pgserver keeps a lock file under XDG_RUNTIME_DIR, read when it is first imported.
     os.environ.setdefault("XDG_RUNTIME_DIR", str((data_dir / "run").absolute()))
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ def embedded_database_url(data_dir: Path) -> str:
     pgdata = (data_dir / "pg").absolute()
     pgdata.mkdir(parents=True, exist_ok=True)
     _clear_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+    server = pgserver.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")  # type: ignore[attr-defined]
     return str(server.get_uri())
 
 

@@ -5,6 +5,9 @@ locally and fails under CI=true (tests/helpers/environment.py)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +20,14 @@ from watchfloor.mosquitto import MosquittoProcess
 
 
 @pytest.fixture(scope="session")
-def embedded_pg_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return embedded_database_url(tmp_path_factory.mktemp("pgserver"))
+def embedded_pg_url() -> str:
+    """The embedded server, for the whole session, outside pytest's temporary root: as root,
+    pgserver runs PostgreSQL as a user of its own, and any other pytest session starting on
+    the machine resets /tmp/pytest-of-<user> to 0700, which locked the server out of its
+    data directory mid-run (a PANIC on pg_control, then "server closed the connection")."""
+    root = Path(tempfile.mkdtemp(prefix="watchfloor-test-pgserver-"))
+    atexit.register(shutil.rmtree, root, True)  # runs after pgserver's own exit handler stops the server
+    return embedded_database_url(root, delete_on_exit=True)
 
 
 @pytest.fixture(params=["plain", "timescale", "embedded"])

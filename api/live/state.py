@@ -57,18 +57,24 @@ def _merge(unit: dict[str, Any], fields: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class Left:
-    """A unit that left a borough since the last tick: moved to ``now``, or retired."""
+    """A unit that left a borough since the last tick: moved to ``now``, or retired.
+
+    ``was`` holds every borough it was in since the last tick, not only the one it was in
+    then: a client whose snapshot was taken between two moves (or a move and a retirement)
+    of one tick holds it in the middle one.
+    """
 
     device_id: str
-    was: str | None
+    was: frozenset[str | None]
     now: str | None
     retired: bool
 
     def hidden_from(self, areas: frozenset[str] | None) -> bool:
-        """Whether a client of ``areas`` had it and may see it no longer."""
+        """Whether a client of ``areas`` may have it and may see it no longer (a removal of a
+        unit a client does not hold is a no-op to it)."""
         if areas is None:
             return self.retired
-        return self.was in areas and (self.retired or self.now not in areas)
+        return not self.was.isdisjoint(areas) and (self.retired or self.now not in areas)
 
 
 @dataclass(frozen=True)
@@ -89,21 +95,25 @@ class FleetState:
     def __init__(self) -> None:
         self._units: dict[str, dict[str, Any]] = {}
         self._changed: dict[str, set[str]] = {}  # unit -> fields changed since the last tick
-        # Units that left a borough since the last tick (moved, or retired): the borough they
-        # left, so that the clients of that area are told to drop them.
-        self._left: dict[str, str | None] = {}
+        # Units that left a borough since the last tick (moved, or retired): every borough
+        # they were in since, so that the clients of those areas are told to drop them.
+        self._left: dict[str, set[str | None]] = {}
         self._registered: set[str] = set()  # in the registry at the last load
         self._retired: set[str] = set()  # left the registry: what they still send is not shown
 
     def apply(self, device_id: str, fields: dict[str, Any]) -> None:
         """Merge what the broker said of a unit (:func:`telemetry_fields`, :func:`status_fields`).
-        A retired unit is ignored; one the registry has not named yet starts empty."""
+        A retired unit is ignored; one the registry has not named yet starts empty. A report
+        older than the unit's state is ignored: reports may arrive out of order (a camera's
+        backlog after a reconnect), and the latest state follows ``ts``, as in the database."""
         if device_id in self._retired:
             return
         unit = self._units.get(device_id)
         if unit is None:
             unit = self._units[device_id] = {k: None for k in UNIT_FIELDS}
             unit["device_id"] = device_id
+        elif "ts" in fields and unit["ts"] is not None and fields["ts"] < unit["ts"]:
+            return
         self._note(device_id, _merge(unit, fields))
 
     def load(self, rows: Iterable[dict[str, Any]]) -> None:
@@ -126,7 +136,7 @@ class FleetState:
             borough = unit["borough"]
             changed = _merge(unit, stored if newer else {k: stored[k] for k in REGISTRY_FIELDS})
             if "borough" in changed:  # clients of its new area have never seen it: all of it
-                self._left.setdefault(device_id, borough)
+                self._left.setdefault(device_id, set()).update((borough, unit["borough"]))
                 changed = list(UNIT_FIELDS)
             self._note(device_id, changed)
         for device_id in self._registered - registered:
@@ -134,7 +144,7 @@ class FleetState:
             self._changed.pop(device_id, None)
             self._retired.add(device_id)
             if gone is not None:
-                self._left.setdefault(device_id, gone["borough"])
+                self._left.setdefault(device_id, set()).add(gone["borough"])
         self._registered = registered
 
     def take_changes(self) -> Changes:
@@ -144,9 +154,9 @@ class FleetState:
         changed = [(units[d]["borough"], {"device_id": d, **{k: units[d][k] for k in fields}})
                    for d, fields in dirty.items()]
         left = []
-        for d, old in self._left.items():
+        for d, was in self._left.items():
             unit = units.get(d)
-            left.append(Left(d, old, None if unit is None else unit["borough"], retired=unit is None))
+            left.append(Left(d, frozenset(was), None if unit is None else unit["borough"], retired=unit is None))
         self._left = {}
         return Changes(changed, left)
 

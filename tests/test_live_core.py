@@ -270,7 +270,8 @@ def test_the_handover_decodes_merges_and_gives_alerts_their_units_borough() -> N
     and events ignored), alerts kept with the borough of their unit for the tick, every
     message counted."""
     counters = FeedCounters()
-    shared = Handover(counters=counters, registry_changed=asyncio.Event(), accounts_changed=asyncio.Event())
+    shared = Handover(counters=counters, registry_changed=asyncio.Event(), accounts_changed=asyncio.Event(),
+                      max_future_skew=timedelta(seconds=300))
     shared.load([row("d1", "Camden")])
     shared.take()
     body = {"seq": 1, "ts": datetime.now(timezone.utc).isoformat(), "battery": {"pct": 33.0, "charging": False},
@@ -287,6 +288,21 @@ def test_the_handover_decodes_merges_and_gives_alerts_their_units_borough() -> N
     assert shared.borough_of("d1") == "Camden" and shared.borough_of("nope") is None
     assert shared.snapshot((False, frozenset({"Hackney"}))) == []
     assert "lat" not in shared.snapshot((False, None))[0]
+
+
+def test_the_handover_ignores_a_report_from_further_ahead_than_ingest_accepts() -> None:
+    """A camera whose clock runs an hour fast: ingest rejects its report (future skew), so the
+    hub does too; kept by ``ts``, it would otherwise hold the unit's state still for an hour."""
+    shared = Handover(counters=FeedCounters(), registry_changed=asyncio.Event(), accounts_changed=asyncio.Event(),
+                      max_future_skew=timedelta(seconds=300))
+    shared.load([row("d1", "Camden")])
+    shared.take()
+    ahead = datetime.now(timezone.utc) + timedelta(hours=1)
+    body = {"seq": 1, "ts": ahead.isoformat(), "battery": {"pct": 33.0, "charging": False}, "gps": None,
+            "recording": "off"}
+    shared.put(f"{TOPIC_ROOT}/d1/telemetry", orjson.dumps(body))
+    changes, _ = shared.take()
+    assert not changes
 
 
 # the property: a client's picture is the truth of its view

@@ -29,15 +29,18 @@ __all__ = ["ALERTS_KEPT", "Handover"]
 
 #: Alerts kept between two ticks; past that the oldest are dropped (clients re-read over REST).
 ALERTS_KEPT = 10_000
-# The hub shows what a device says; range and age limits are ingest's to enforce and count.
-_LIMITS = Limits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1), max_age=timedelta(days=3650))
 
 
 class Handover:
     """The shared state of the live feed, and the one function paho's thread calls."""
 
     def __init__(self, *, counters: FeedCounters, registry_changed: asyncio.Event,
-                 accounts_changed: asyncio.Event) -> None:
+                 accounts_changed: asyncio.Event, max_future_skew: timedelta) -> None:
+        # Ingest counts bad input and enforces the payload limit; the hub refuses only what
+        # ingest would not store as the latest state either: a report from further in the
+        # future than ingest accepts would otherwise hold the unit's state (kept by ts) still.
+        self._limits = Limits(max_payload_bytes=65_536, max_future_skew=max_future_skew,
+                              max_age=timedelta(days=3650))
         self._lock = threading.Lock()
         self._state = FleetState()
         self._alerts: deque[dict[str, Any]] = deque(maxlen=ALERTS_KEPT)
@@ -81,7 +84,7 @@ class Handover:
             with self._lock:
                 self._alerts.append(alert)
             return
-        update = broker_update(topic, payload, now=datetime.now(timezone.utc), limits=_LIMITS)
+        update = broker_update(topic, payload, now=datetime.now(timezone.utc), limits=self._limits)
         if update is not None:
             with self._lock:
                 self._state.apply(*update)

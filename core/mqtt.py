@@ -9,8 +9,9 @@ writes from its network thread. Never publish-and-wait inside a callback: it dea
 loop: ``put(topic, payload)`` on paho's thread schedules, with ``loop.call_soon_threadsafe``,
 a ``put_nowait`` into a bounded ``asyncio.Queue`` that the loop's consumer reads; when the
 queue is full the message is dropped and counted (``dropped``), never blocking paho's thread
-(which must keep answering keep-alives). :mod:`services.live_view` uses it; ``api.live.LiveHub``
-and ingest still cross in their own ways and can adopt it.
+(which must keep answering keep-alives). :mod:`services.live_view` uses it. The live feed
+(``api.live.handover``) crosses instead by merging under a lock, conflating per unit at
+thousands of messages a second; ingest still crosses in its own way and can adopt it.
 """
 
 from __future__ import annotations

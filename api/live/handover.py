@@ -1,0 +1,117 @@
+"""Where paho's thread meets the event loop: :meth:`Handover.put`, and a lock.
+
+The feed takes about 4,400 device messages a second per API process. Rather than a queue
+per message (``core.mqtt.LoopHandover``: a loop callback each, and every intermediate
+position of a unit carried to the loop only to be overwritten), paho's thread merges each
+message into the :class:`~api.live.state.FleetState` under a lock, and the loop's ticker
+takes the changes under the same lock. Every other method here runs on the loop, and each
+holds the lock for as long as it reads or writes the shared state, no longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from api.live.client import FeedCounters
+from api.live.deltas import View, unit_view
+from api.live.state import Changes, FleetState, broker_update
+from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, REGISTRY_TOPIC
+from telemetry.decode import Limits
+
+__all__ = ["ALERTS_KEPT", "Handover"]
+
+#: Alerts kept between two ticks; past that the oldest are dropped (clients re-read over REST).
+ALERTS_KEPT = 10_000
+
+
+class Handover:
+    """The shared state of the live feed, and the one function paho's thread calls."""
+
+    def __init__(self, *, counters: FeedCounters, registry_changed: asyncio.Event,
+                 accounts_changed: asyncio.Event, max_future_skew: timedelta) -> None:
+        # Ingest counts bad input and enforces the payload limit; the hub refuses only what
+        # ingest would not store as the latest state either: a report from further in the
+        # future than ingest accepts would otherwise hold the unit's state (kept by ts) still.
+        self._limits = Limits(max_payload_bytes=65_536, max_future_skew=max_future_skew,
+                              max_age=timedelta(days=3650))
+        self._lock = threading.Lock()
+        self._state = FleetState()
+        self._alerts: deque[dict[str, Any]] = deque(maxlen=ALERTS_KEPT)
+        self._counters = counters
+        self._registry_changed = registry_changed
+        self._accounts_changed = accounts_changed
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop to tell of registry and account announcements (before the broker starts)."""
+        self._loop = loop
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """paho's thread: take one message in; never blocks for longer than a merge.
+
+        Nothing here can fill up in a way that holds paho's thread back:
+        - a device's telemetry or status is decoded here, then merged into its unit under the
+          lock: the latest value per unit and field wins, so the state is bounded by the
+          number of devices however fast they publish or however late the tick runs;
+        - an alert is kept under the lock for the next tick, at most ``ALERTS_KEPT`` of
+          them: past that the oldest is dropped (a client re-reads alerts over REST);
+        - a registry or accounts announcement sets an ``asyncio.Event`` on the loop
+          (``call_soon_threadsafe``): announcements before the loop's reader wakes coalesce
+          into one reload, which reads everything anyway. Before :meth:`attach`, or once
+          the loop has closed (the app is stopping), it is dropped.
+        """
+        self._counters.broker_messages += 1
+        if topic in (REGISTRY_TOPIC, ACCOUNTS_TOPIC):
+            announced = self._registry_changed if topic == REGISTRY_TOPIC else self._accounts_changed
+            if self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(announced.set)
+                except RuntimeError:  # the loop closed under us: the app is stopping
+                    pass
+            return
+        if topic == ALERTS_TOPIC:
+            try:
+                alert = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                return
+            with self._lock:
+                self._alerts.append(alert)
+            return
+        update = broker_update(topic, payload, now=datetime.now(timezone.utc), limits=self._limits)
+        if update is not None:
+            with self._lock:
+                self._state.apply(*update)
+
+    # the event loop
+
+    def load(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Merge the registry (see :meth:`FleetState.load`)."""
+        with self._lock:
+            self._state.load(rows)
+
+    def take(self) -> tuple[Changes, list[dict[str, Any]]]:
+        """The unit changes and the alerts since the last call, each alert with its unit's
+        ``borough`` now (who may see it)."""
+        with self._lock:
+            changes = self._state.take_changes()
+            alerts = [{**a, "borough": self._state.borough_of(str(a.get("device_id")))} for a in self._alerts]
+            self._alerts.clear()
+        return changes, alerts
+
+    def snapshot(self, view: View) -> list[dict[str, Any]]:
+        """Every unit a client of ``view`` may see, copied (so that it encodes unlocked)."""
+        sees, areas = view
+        with self._lock:
+            visible = self._state.visible(areas)
+            return [dict(u) for u in visible] if sees else [unit_view(u, False) for u in visible]
+
+    def borough_of(self, device_id: str) -> str | None:
+        with self._lock:
+            return self._state.borough_of(device_id)

@@ -1,0 +1,161 @@
+"""The live hub: ties the broker, the shared state and the websocket clients together.
+
+A ticker on the event loop takes the changes since the last tick ``live_rate_hz`` times a
+second and fans them out: a delta per *view* (:mod:`api.live.deltas`), encoded once and
+queued for every client of that view (:mod:`api.live.client`), and the alerts of the tick,
+encoded once per (area, visible kinds). Every client holds the state it was sent (snapshot,
+then deltas) and merges, as the dashboard does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from fastapi import WebSocket
+
+from api.live.broker import FeedConnection
+from api.live.client import FeedCounters, LiveClient
+from api.live.deltas import Delta, View, encode_delta, for_view
+from api.live.handover import Handover
+from services.accounts import Principal, Role
+
+__all__ = ["LiveHub"]
+
+log = logging.getLogger(__name__)
+
+
+class LiveHub:
+    def __init__(self, *, mqtt_url: str, rate_hz: float, alert_backlog: int, client_id: str,
+                 max_future_skew: timedelta) -> None:
+        self._interval = 1.0 / rate_hz
+        self._alert_backlog = alert_backlog
+        self._clients: set[LiveClient] = set()
+        self._ticks = 0
+        self._snapshots: dict[View, tuple[int, str]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self.registry_changed = asyncio.Event()  # another (or this) API process changed the registry
+        self.accounts_changed = asyncio.Event()  # a user was disabled, signed out or changed
+        self.counters = FeedCounters()
+        self._shared = Handover(counters=self.counters, registry_changed=self.registry_changed,
+                                accounts_changed=self.accounts_changed, max_future_skew=max_future_skew)
+        self._broker = FeedConnection(mqtt_url=mqtt_url, client_id=client_id, deliver=self._shared.put)
+        self.connected = self._broker.connected
+
+    # lifecycle (owned by the app's lifespan)
+
+    def load(self, units: Iterable[dict[str, Any]]) -> None:
+        """Merge the registry's devices from the database (see ``FleetState.load``)."""
+        self._shared.load(units)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._shared.attach(loop)
+        self._broker.start()
+        self._ticker = loop.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self._broker.stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish on the hub's connection (QoS 1, queued; paho's thread sends it)."""
+        self._broker.publish(topic, payload)
+
+    # clients
+
+    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, str]:
+        """Add a client; return it and its snapshot's units, encoded (a JSON array).
+
+        Every change after the snapshot reaches the client as a delta: a change made while
+        the snapshot is copied is also noted for the next tick, sent to every registered
+        client. For the same reason a snapshot encoded earlier in the same tick
+        is as good as a new one, so a burst of (re)connecting clients of one view shares one
+        encoding instead of blocking the loop once per client.
+        """
+        client = LiveClient(who, websocket, self._alert_backlog, counters=self.counters)
+        self.counters.connections += 1
+        view = client.view
+        cached = self._snapshots.get(view)
+        self._clients.add(client)  # before the copy: a tick cannot run in between (same loop)
+        if cached is not None and cached[0] == self._ticks:
+            return client, cached[1]
+        encoded = orjson.dumps(self._shared.snapshot(view)).decode()
+        self._snapshots[view] = (self._ticks, encoded)
+        return client, encoded
+
+    def unregister(self, client: LiveClient) -> None:
+        self._clients.discard(client)
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def clients(self) -> list[LiveClient]:
+        """The registered clients now (a copy: the set changes as clients come and go)."""
+        return list(self._clients)
+
+    def borough_of(self, device_id: str) -> str | None:
+        return self._shared.borough_of(device_id)
+
+    def push(self, frame: str, *, device_id: str, roles: frozenset[Role]) -> int:
+        """Queue an encoded frame about one unit (a live-view change) for the clients whose
+        role is in ``roles`` and whose area covers the unit; returns how many. It queues with
+        the alert frames, so the same bound holds (a lagging client is told what it missed)."""
+        borough = self.borough_of(device_id)
+        pushed = 0
+        for client in self._clients:
+            if client.who.role in roles and client.who.covers(borough):
+                client.offer_alerts(frame, 1)
+                pushed += 1
+        return pushed
+
+    # the ticker
+
+    async def _tick_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self._tick()
+            except Exception:  # a bad frame must not stop the feed for everyone
+                log.exception("live tick failed")
+            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        changes, alerts = self._shared.take()
+        if alerts:
+            self._fan_out_alerts(alerts)
+        if not changes:
+            return
+        frames: dict[View, tuple[str, Delta]] = {}
+        for client in self._clients:
+            view = client.view
+            if view not in frames:
+                delta = for_view(changes, view)
+                frames[view] = (encode_delta(delta), delta)
+            frame, delta = frames[view]
+            if delta:
+                client.offer(frame, delta)
+
+    def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds)."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None], tuple[str, int]] = {}
+        for client in self._clients:
+            who = client.who
+            key = (who.areas, who.alert_kinds())
+            if key not in frames:
+                areas, kinds = key
+                visible = [a for a in alerts if (areas is None or a["borough"] in areas)
+                           and (kinds is None or a.get("kind") in kinds)]
+                frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
+            frame, count = frames[key]
+            if count:
+                client.offer_alerts(frame, count)

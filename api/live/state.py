@@ -1,0 +1,185 @@
+"""Every unit's latest state, and what changed since the last tick: pure, no I/O, no lock.
+
+:class:`FleetState` is fed from two sides: the broker (a unit's telemetry and online status,
+:meth:`FleetState.apply`) and the registry in the database (callsign, officer, borough, role,
+and which devices exist at all, :meth:`FleetState.load`). It notes, per unit, the names of
+the fields whose value changed, and which units left a borough (moved, or retired), until
+:meth:`FleetState.take_changes` hands them to the tick. Many updates of one unit between two
+ticks are one entry with the latest values: this is where the feed conflates.
+
+It is not thread-safe: its owner (``api.live.handover.Handover``) holds a lock around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from core.contract import Telemetry
+from telemetry.decode import Decoded, Limits, StatusChange, decode
+
+__all__ = ["POSITION_FIELDS", "REGISTRY_FIELDS", "UNIT_FIELDS", "Changes", "FleetState", "Left",
+           "broker_update", "status_fields", "telemetry_fields"]
+
+REGISTRY_FIELDS = ("callsign", "officer", "borough", "role")
+#: What a health-only role (a fleet manager) never sees: where a unit is, and who carries it.
+POSITION_FIELDS = ("lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "officer", "last_fix_at")
+UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "received_at", "battery_pct",
+               "charging", "gps_fix", "lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "last_fix_at",
+               "recording", "storage_pct", "docked", "live", "viewers", "online")
+
+
+def telemetry_fields(t: Telemetry, received: datetime) -> dict[str, Any]:
+    """The unit fields a telemetry report sets (its position only when it has a fix)."""
+    fields = dict(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
+                  recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
+                  viewers=t.viewers, gps_fix=t.gps is not None, online=True)
+    if t.gps is not None:
+        fields.update(lat=t.gps.lat, lon=t.gps.lon, accuracy_m=t.gps.accuracy_m, speed_mps=t.gps.speed_mps,
+                      heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
+    return fields
+
+
+def status_fields(online: bool) -> dict[str, Any]:
+    """The unit fields a status message (the device's birth or last will) sets."""
+    return {"online": online}
+
+
+def _merge(unit: dict[str, Any], fields: dict[str, Any]) -> list[str]:
+    """Apply ``fields`` to ``unit``; return the names of those whose value changed."""
+    changed = [name for name, value in fields.items() if unit[name] != value]
+    for name in changed:
+        unit[name] = fields[name]
+    return changed
+
+
+@dataclass(frozen=True)
+class Left:
+    """A unit that left a borough since the last tick: moved to ``now``, or retired.
+
+    ``was`` holds every borough it was in since the last tick, not only the one it was in
+    then: a client whose snapshot was taken between two moves (or a move and a retirement)
+    of one tick holds it in the middle one.
+    """
+
+    device_id: str
+    was: frozenset[str | None]
+    now: str | None
+    retired: bool
+
+    def hidden_from(self, areas: frozenset[str] | None) -> bool:
+        """Whether a client of ``areas`` may have it and may see it no longer (a removal of a
+        unit a client does not hold is a no-op to it)."""
+        if areas is None:
+            return self.retired
+        return not self.was.isdisjoint(areas) and (self.retired or self.now not in areas)
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since the last tick: per unit its borough now and ``device_id`` with
+    the changed fields (their latest values), and the units that left a borough."""
+
+    changed: list[tuple[str | None, dict[str, Any]]]
+    left: list[Left]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.left)
+
+
+class FleetState:
+    """The latest state of every unit, with the changes since the last :meth:`take_changes`."""
+
+    def __init__(self) -> None:
+        self._units: dict[str, dict[str, Any]] = {}
+        self._changed: dict[str, set[str]] = {}  # unit -> fields changed since the last tick
+        # Units that left a borough since the last tick (moved, or retired): every borough
+        # they were in since, so that the clients of those areas are told to drop them.
+        self._left: dict[str, set[str | None]] = {}
+        self._registered: set[str] = set()  # in the registry at the last load
+        self._retired: set[str] = set()  # left the registry: what they still send is not shown
+
+    def apply(self, device_id: str, fields: dict[str, Any]) -> None:
+        """Merge what the broker said of a unit (:func:`telemetry_fields`, :func:`status_fields`).
+        A retired unit is ignored; one the registry has not named yet starts empty. A report
+        older than the unit's state is ignored: reports may arrive out of order (a camera's
+        backlog after a reconnect), and the latest state follows ``ts``, as in the database."""
+        if device_id in self._retired:
+            return
+        unit = self._units.get(device_id)
+        if unit is None:
+            unit = self._units[device_id] = {k: None for k in UNIT_FIELDS}
+            unit["device_id"] = device_id
+        elif "ts" in fields and unit["ts"] is not None and fields["ts"] < unit["ts"]:
+            return
+        self._note(device_id, _merge(unit, fields))
+
+    def load(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Merge the registry's devices from the database (all of them: a device that was
+        in the previous load and is not in this one has been retired, and is dropped):
+        registry fields always, state only where it is newer than what the broker already
+        told us (the subscription starts before the load)."""
+        registered = set()
+        for row in rows:
+            device_id = row["device_id"]
+            registered.add(device_id)
+            self._retired.discard(device_id)
+            unit = self._units.get(device_id)
+            stored = {k: row.get(k) for k in UNIT_FIELDS}
+            if unit is None:  # new to clients connected before it was registered: all of it
+                self._units[device_id] = stored
+                self._note(device_id, list(UNIT_FIELDS))
+                continue
+            newer = unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"])
+            borough = unit["borough"]
+            changed = _merge(unit, stored if newer else {k: stored[k] for k in REGISTRY_FIELDS})
+            if "borough" in changed:  # clients of its new area have never seen it: all of it
+                self._left.setdefault(device_id, set()).update((borough, unit["borough"]))
+                changed = list(UNIT_FIELDS)
+            self._note(device_id, changed)
+        for device_id in self._registered - registered:
+            gone = self._units.pop(device_id, None)
+            self._changed.pop(device_id, None)
+            self._retired.add(device_id)
+            if gone is not None:
+                self._left.setdefault(device_id, set()).add(gone["borough"])
+        self._registered = registered
+
+    def take_changes(self) -> Changes:
+        """The changes since the last call (copies), and forget them."""
+        dirty, self._changed = self._changed, {}
+        units = self._units
+        changed = [(units[d]["borough"], {"device_id": d, **{k: units[d][k] for k in fields}})
+                   for d, fields in dirty.items()]
+        left = []
+        for d, was in self._left.items():
+            unit = units.get(d)
+            left.append(Left(d, frozenset(was), None if unit is None else unit["borough"], retired=unit is None))
+        self._left = {}
+        return Changes(changed, left)
+
+    def visible(self, areas: frozenset[str] | None) -> list[dict[str, Any]]:
+        """The units in ``areas`` (every unit for None), as the state's own dicts: the
+        caller copies them before it lets go of the lock."""
+        return [u for u in self._units.values() if areas is None or u["borough"] in areas]
+
+    def borough_of(self, device_id: str) -> str | None:
+        unit = self._units.get(device_id)
+        return unit["borough"] if unit else None
+
+    def _note(self, device_id: str, fields: list[str]) -> None:
+        if fields:
+            self._changed.setdefault(device_id, set()).update(fields)
+
+
+def broker_update(topic: str, payload: bytes, *, now: datetime, limits: Limits) -> tuple[str, dict[str, Any]] | None:
+    """A device message as (device_id, the unit fields it sets), or None for what the feed
+    does not show (events reach clients as alerts; bad input is ingest's to count)."""
+    result = decode(topic, payload, now=now, limits=limits)
+    if isinstance(result, StatusChange):
+        return result.device_id, status_fields(result.online)
+    if isinstance(result, Decoded) and isinstance(result.message, Telemetry):
+        return result.device_id, telemetry_fields(result.message, now)
+    return None

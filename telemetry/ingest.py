@@ -37,7 +37,7 @@ from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
 from core.settings import Settings
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
-from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
+from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
 from telemetry.latency import LatencyHistogram
 from telemetry.rejection_sampler import RejectionSampler
 from telemetry.retention import delete_expired, record_retention
@@ -119,7 +119,7 @@ class IngestWorker:
             gps_lost_after_s=settings.alert_gps_lost_after_s,
             offline_after_s=settings.alert_offline_after_s,
         )
-        self._limits = Limits(
+        self._limits = PayloadLimits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
             max_age=timedelta(days=settings.retention_days),

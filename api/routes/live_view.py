@@ -102,7 +102,7 @@ def _check(db: Db, who: Principal, device_id: str) -> None:
     row = viewings.unit_for_live_view(db, device_id)
     denied: Denied | None = may_watch(who, UnitFacts.from_row(row) if row is not None else None)
     if denied is not None:
-        raise (Forbidden if denied.kind == "forbidden" else NotFound)(denied.message)
+        raise denied.error()
 
 
 # requests and status

@@ -12,7 +12,6 @@ import re
 import threading
 import time
 import tracemalloc
-import urllib.error
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
 from streaming.aiortc_internals import send_picture_loss
-from streaming.client import ViewerPeer, http_exchange, start_publisher, start_viewer
+from streaming.client import ExchangeRefused, ViewerPeer, http_exchange, start_publisher, start_viewer
 from streaming.frames import EncodedFrame, is_keyframe
 from streaming.offer import filter_candidates
 from streaming.synthetic import SyntheticVideoTrack, read_frame_number
@@ -606,8 +605,9 @@ def test_http_exchange_posts_sdp_and_returns_the_location() -> None:
         assert result.answer_sdp == "answer" and result.location == f"http://127.0.0.1:{port}/whip/s/1"
         assert b"POST /whip/s " in seen[0] and b"Content-Type: application/sdp" in seen[0]
         assert b"Authorization: Bearer t0k3n" in seen[0] and seen[0].endswith(b"v=0 offer")
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(ExchangeRefused) as refused:
             await http_exchange(f"http://127.0.0.1:{port}/whep/s", "v=0 offer")
+        assert refused.value.status == 403
         server.close()
         await server.wait_closed()
 

@@ -37,7 +37,7 @@ from .aiortc_internals import (
 )
 from .frames import EncodedFrame, is_keyframe, starts_frame
 from .queues import KeyframeThrottle
-from .relay import IceServerConfig
+from .sessions import IceServerConfig
 
 __all__ = ["Exchange", "ExchangeRefused", "HttpAnswer", "ViewerPeer", "http_end_session", "http_exchange",
            "start_publisher", "start_viewer"]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from api.limits import Limits
+from api.limits import ApiLimits
 from api.sign_ins import OidcSignIns
 from services.accounts import Principal, Role, TokenIssuer
 from services.errors import Forbidden, NotAuthenticated
@@ -41,7 +41,7 @@ def principal(request: Request) -> Principal:
         sign_ins.note(sign_in)
     versions: TokenVersions = request.app.state.sessions
     versions.check(who)
-    limits: Limits | None = getattr(request.app.state, "limits", None)
+    limits: ApiLimits | None = getattr(request.app.state, "limits", None)
     if limits is not None:
         limits.user.hit(who.username)
     return who

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.errors import ServiceError
+from services.errors import InvalidRequest, MethodNotAllowed, NotFound, ServiceError
 
 __all__ = ["ErrorBody", "error_response", "install"]
 
@@ -46,12 +46,16 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _body("invalid_request", f"{where}: {first.get('msg')}", 422)
+        return error_response(InvalidRequest(f"{where}: {first.get('msg')}"))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return _body({404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error"),
-                     str(exc.detail), exc.status_code)
+        # Starlette's routing refuses by status (no such path, not this method): render those as
+        # the hierarchy's refusals; any other status keeps its number.
+        for refusal in (NotFound, MethodNotAllowed):
+            if exc.status_code == refusal.status:
+                return error_response(refusal(str(exc.detail)))
+        return _body("http_error", str(exc.detail), exc.status_code)
 
     app.add_exception_handler(ServiceError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)

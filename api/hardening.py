@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.client_address import networks
 from api.errors import error_response
 from api.feed_slots import FeedSlots
-from api.limits import Attempts, Limits, RateLimiter, Verifications
+from api.limits import ApiLimits, Attempts, RateLimiter, Verifications
 from core.settings import Settings
 from services.errors import PayloadTooLarge
 
@@ -138,7 +138,7 @@ def _csp(settings: Settings) -> str:
 
 def install(app: FastAPI, *, settings: Settings) -> None:
     """The body limit, the security headers and the rate limiters (``app.state.limits``)."""
-    app.state.limits = Limits(
+    app.state.limits = ApiLimits(
         user=RateLimiter(rate_per_s=settings.rate_limit_user_per_s, burst=settings.rate_limit_user_burst,
                          what="requests"),
         sign_in=Attempts(

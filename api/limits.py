@@ -29,7 +29,7 @@ from api.feed_slots import FeedSlots
 from core.ratelimit import TokenBuckets
 from services.errors import Overloaded, TooManyRequests
 
-__all__ = ["Attempt", "Attempts", "Limits", "RateLimiter", "Verifications"]
+__all__ = ["ApiLimits", "Attempt", "Attempts", "RateLimiter", "Verifications"]
 
 
 class RateLimiter(TokenBuckets):
@@ -145,7 +145,7 @@ class Verifications:
 
 
 @dataclass(frozen=True)
-class Limits:
+class ApiLimits:
     """The limiters of one API process (``app.state.limits``)."""
 
     user: RateLimiter

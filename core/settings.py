@@ -16,9 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core.areas import load_areas
 from core.contract import SERVICE_PREFIX
 
-__all__ = ["Settings"]
+__all__ = ["MIN_SECRET_BYTES", "Settings"]
 
-_MIN_SECRET_BYTES = 32
+# The shortest token-signing or audit key accepted: 256 bits, SHA-256's output size
+# (HS256 tokens, the HMAC-SHA256 audit chain).
+MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -202,9 +204,9 @@ class Settings(BaseSettings):
             key = self.audit_key_file.read_text().strip()
         if key is None and not required:
             return None
-        if not key or len(key.encode()) < _MIN_SECRET_BYTES:
+        if not key or len(key.encode()) < MIN_SECRET_BYTES:
             raise ValueError(
-                f"set WATCHFLOOR_AUDIT_KEY (or WATCHFLOOR_AUDIT_KEY_FILE) to at least {_MIN_SECRET_BYTES} random"
+                f"set WATCHFLOOR_AUDIT_KEY (or WATCHFLOOR_AUDIT_KEY_FILE) to at least {MIN_SECRET_BYTES} random"
                 " bytes, kept away from the database and its backups (docs/operations.md \"The audit log\")"
             )
         return key.encode()
@@ -214,9 +216,9 @@ class Settings(BaseSettings):
         secret = self.auth_secret.get_secret_value() if self.auth_secret else None
         if secret is None and self.auth_secret_file is not None:
             secret = self.auth_secret_file.read_text().strip()
-        if not secret or len(secret.encode()) < _MIN_SECRET_BYTES:
+        if not secret or len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(
-                f"set WATCHFLOOR_AUTH_SECRET (or WATCHFLOOR_AUTH_SECRET_FILE) to at least {_MIN_SECRET_BYTES}"
+                f"set WATCHFLOOR_AUTH_SECRET (or WATCHFLOOR_AUTH_SECRET_FILE) to at least {MIN_SECRET_BYTES}"
                 " random bytes, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
         return secret

@@ -21,6 +21,7 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerifyMismatchError
 
+from core.settings import MIN_SECRET_BYTES
 from services.errors import NotAuthenticated
 from services.oidc import OidcSignIn, OidcVerifier
 
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 ALL_AREAS = "*"
-MIN_SECRET_BYTES = 32
 _ISSUER = "watchfloor"
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong name costs as long as a wrong password.

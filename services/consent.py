@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from services.accounts import Principal, Role
+from services.errors import ServiceError, refusal
 
 __all__ = [
     "VIEWING_ROLES",
@@ -65,10 +66,14 @@ class UnitFacts:
 
 @dataclass(frozen=True)
 class Denied:
-    """Why not; ``kind`` maps to 403 (forbidden), 404 (not_found) or 409 (conflict)."""
+    """Why not; ``kind`` is the code of the refusal in :mod:`services.errors` (403, 404, 409)."""
 
     kind: Literal["forbidden", "not_found", "conflict"]
     message: str
+
+    def error(self) -> ServiceError:
+        """The exception to raise for this refusal."""
+        return refusal(self.kind, self.message)
 
 
 def may_watch(who: Principal, unit: UnitFacts | None) -> Denied | None:

@@ -6,6 +6,7 @@
     ├── NotAuthenticated    no valid token or credentials (401)
     ├── Forbidden           the caller's role or area does not allow it (403)
     ├── NotFound            no such thing, or not one the caller may know of (404)
+    ├── MethodNotAllowed    the path does not take this HTTP method (405)
     ├── Conflict            the state does not allow it now (409)
     ├── PayloadTooLarge     the body is over its limit (413)
     ├── UnsupportedMediaType the body is not of the type the route takes (415)
@@ -13,15 +14,17 @@
         └── Overloaded      too much of a costly thing at once in this process (503)
 
 Each class carries the HTTP status and the ``code`` its response body shows, so that the
-mapping to HTTP is written in one place, here; :mod:`api.errors` only renders it.
+mapping to HTTP is written in one place, here; :mod:`api.errors` only renders it. A pure
+decision that names its refusal by code (:class:`services.consent.Denied`) turns it into
+the exception with :func:`refusal`, so no second table of codes exists.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["Conflict", "Forbidden", "InvalidRequest", "NotAuthenticated", "NotFound", "Overloaded", "PayloadTooLarge",
-           "ServiceError", "TooManyRequests", "UnsupportedMediaType", "UnusableOffer"]
+__all__ = ["Conflict", "Forbidden", "InvalidRequest", "MethodNotAllowed", "NotAuthenticated", "NotFound", "Overloaded",
+           "PayloadTooLarge", "ServiceError", "TooManyRequests", "UnsupportedMediaType", "UnusableOffer", "refusal"]
 
 
 class ServiceError(Exception):
@@ -56,6 +59,10 @@ class NotFound(ServiceError):
     status, code = 404, "not_found"
 
 
+class MethodNotAllowed(ServiceError):
+    status, code = 405, "method_not_allowed"
+
+
 class Conflict(ServiceError):
     status, code = 409, "conflict"
 
@@ -83,3 +90,14 @@ class Overloaded(TooManyRequests):
     """Not the caller's rate but the process's capacity (e.g. password checks at once)."""
 
     status, code = 503, "overloaded"
+
+
+# The refusals that take only a message (TooManyRequests also needs its retry time).
+_BY_CODE: dict[str, type[ServiceError]] = {cls.code: cls for cls in (
+    UnusableOffer, InvalidRequest, NotAuthenticated, Forbidden, NotFound, MethodNotAllowed, Conflict,
+    PayloadTooLarge, UnsupportedMediaType)}
+
+
+def refusal(code: str, message: str) -> ServiceError:
+    """The refusal whose ``code`` is ``code`` (KeyError for a code no class has)."""
+    return _BY_CODE[code](message)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
+from streaming.client import ExchangeRefused, HttpAnswer, http_end_session, http_exchange, start_publisher
 from streaming.synthetic import SyntheticVideoTrack
 
 __all__ = ["VideoUplink", "load_secrets"]
@@ -140,23 +141,22 @@ class VideoUplink:
 
     async def _try_publish(self, device_id: str) -> int:
         assert self._http is not None
-        # An explicit, empty ICE server list: aiortc adds a public STUN server otherwise.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        http, url, secret = self._http, f"{self._api_url}/api/v1/whip/{device_id}", self._secrets[device_id]
         width, height, fps = self._picture
         track = SyntheticVideoTrack(label=self.labels.get(device_id, device_id), width=width, height=height, fps=fps)
-        pc.addTransceiver(track, direction="sendonly")
-        await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers every candidate here
-        assert pc.localDescription is not None
-        response = await self._http.post(
-            f"{self._api_url}/api/v1/whip/{device_id}", content=pc.localDescription.sdp,
-            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self._secrets[device_id]}"})
-        if response.status_code != 201:
-            await pc.close()
-            log.info("WHIP for %s refused: %s %s", device_id, response.status_code, response.text[:200])
-            return response.status_code
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
-        location = response.headers.get("location")
-        stream = _Stream(pc, location=str(httpx.URL(self._api_url + "/").join(location)) if location else None)
+        answers: list[HttpAnswer] = []
+
+        async def exchange(offer_sdp: str) -> str:
+            answers.append(await http_exchange(url, offer_sdp, token=secret, client=http))
+            return answers[-1].answer_sdp
+
+        try:
+            # No ICE servers (the client's default; aiortc would add a public STUN server).
+            pc = await start_publisher(track=track, exchange=exchange)  # closes its connection if refused
+        except ExchangeRefused as refused:
+            log.info("WHIP for %s refused: %s %s", device_id, refused.status, refused.body[:200])
+            return refused.status
+        stream = _Stream(pc, location=answers[-1].location)
         self._streams[device_id] = stream
 
         @pc.on("connectionstatechange")
@@ -177,6 +177,5 @@ class VideoUplink:
         if stream.location and self._http is not None:
             with contextlib.suppress(httpx.HTTPError):
                 # RFC 9725: DELETE on the session's URL ends it (a 404 means it had ended).
-                await self._http.delete(stream.location,
-                                        headers={"Authorization": f"Bearer {self._secrets[device_id]}"})
+                await http_end_session(stream.location, token=self._secrets[device_id], client=self._http)
         await stream.pc.close()

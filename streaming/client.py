@@ -10,12 +10,11 @@ passes its ICE server list explicitly (empty by default).
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.parse
-import urllib.request
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import httpx
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -38,9 +37,10 @@ from .aiortc_internals import (
 )
 from .frames import EncodedFrame, is_keyframe, starts_frame
 from .queues import KeyframeThrottle
-from .relay import IceServerConfig
+from .sessions import IceServerConfig
 
-__all__ = ["Exchange", "HttpAnswer", "ViewerPeer", "http_exchange", "start_publisher", "start_viewer"]
+__all__ = ["Exchange", "ExchangeRefused", "HttpAnswer", "ViewerPeer", "http_end_session", "http_exchange",
+           "start_publisher", "start_viewer"]
 
 Exchange = Callable[[str], Awaitable[str]]
 """Takes the complete offer SDP, returns the answer SDP."""
@@ -52,27 +52,45 @@ class HttpAnswer:
     location: str | None
 
 
-async def http_exchange(url: str, offer_sdp: str, *, token: str | None = None, timeout_s: float = 15.0) -> HttpAnswer:
+class ExchangeRefused(Exception):
+    """The other side answered an offer with a status other than ``201 Created``."""
+
+    def __init__(self, url: str, status: int, body: str) -> None:
+        super().__init__(f"{url}: {status} {body[:200]}")
+        self.status, self.body = status, body
+
+
+async def http_exchange(url: str, offer_sdp: str, *, token: str | None = None, timeout_s: float = 15.0,
+                        client: httpx.AsyncClient | None = None) -> HttpAnswer:
     """POST ``offer_sdp`` as ``application/sdp`` (WHIP, RFC 9725; WHEP in the same shape).
 
-    Expects ``201 Created`` with the answer and a ``Location`` for the session (DELETE
-    it to end the session). Raises ``urllib.error.HTTPError`` on any other status. Runs
-    the blocking request in a worker thread.
+    Expects ``201 Created`` with the answer and a ``Location`` for the session (DELETE it,
+    :func:`http_end_session`, to end the session). Raises :class:`ExchangeRefused` on any
+    other status, ``httpx.HTTPError`` when the request fails. ``client`` lets a caller with
+    many sessions share one connection pool; without it, one is opened for this request.
     """
-    def post() -> HttpAnswer:
-        headers = {"Content-Type": "application/sdp"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(url, data=offer_sdp.encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            if response.status != 201:
-                raise urllib.error.HTTPError(url, response.status, "expected 201 Created", response.headers, None)
-            location = response.headers.get("Location")
-            if location is not None:
-                location = urllib.parse.urljoin(url, location)
-            return HttpAnswer(answer_sdp=response.read().decode(), location=location)
+    headers = {"Content-Type": "application/sdp"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient())
+        response = await client.post(url, content=offer_sdp.encode(), headers=headers, timeout=timeout_s)
+    if response.status_code != 201:
+        raise ExchangeRefused(url, response.status_code, response.text)
+    location = response.headers.get("location")
+    return HttpAnswer(answer_sdp=response.text, location=str(httpx.URL(url).join(location)) if location else None)
 
-    return await asyncio.to_thread(post)
+
+async def http_end_session(location: str, *, token: str | None = None, timeout_s: float = 15.0,
+                           client: httpx.AsyncClient | None = None) -> None:
+    """End a session by DELETE on its ``Location`` (RFC 9725); any status is accepted (a
+    404 means it had ended already). Raises ``httpx.HTTPError`` when the request fails."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient())
+        await client.delete(location, headers=headers, timeout=timeout_s)
 
 
 def _peer_connection(ice_servers: Sequence[IceServerConfig]) -> RTCPeerConnection:

@@ -10,7 +10,8 @@ loss, at most one outstanding request per stream (:class:`KeyframeThrottle`).
 Signalling stays outside: the caller (the WHIP/WHEP routes) passes an SDP offer and
 gets back a :class:`Session` whose ``answer_sdp`` already holds every ICE candidate
 (aiortc does not trickle, so the answer is returned only once gathering is complete).
-Everything runs on the caller's asyncio loop.
+Everything runs on the caller's asyncio loop. The values the caller sees are in
+:mod:`streaming.sessions` (re-exported here), the relay's own state in :mod:`streaming.streams`.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Literal
 
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -34,7 +33,6 @@ from aiortc import (
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from .aiortc_internals import (
-    MarkerJitterBuffer,
     TappedFrame,
     negotiated_codec,
     on_keyframe_request,
@@ -44,9 +42,11 @@ from .aiortc_internals import (
 )
 from .errors import InvalidOffer, NoSuchStream
 from .frames import EncodedFrame, is_keyframe, starts_frame
-from .metrics import DelayHistogram, HistogramSnapshot
+from .metrics import DelayHistogram
 from .offer import OfferLimits, check_offer
 from .queues import KeyframeThrottle, ViewerQueue
+from .sessions import IceServerConfig, RelayEvent, RelayStats, Session
+from .streams import Counters, Peer, Publisher, Stream, Viewer
 from .tracks import ForwardedTrack
 
 __all__ = ["IceServerConfig", "Relay", "RelayEvent", "RelayStats", "Session"]
@@ -55,127 +55,6 @@ logger = logging.getLogger(__name__)
 
 # Codecs the relay forwards, in the order it prefers them from a publisher.
 FORWARDED_CODECS = ("video/VP8", "video/H264")
-# Where a new publisher's timestamps continue the stream: one frame interval at 30 fps.
-_REBASE_GAP_TICKS = 3000
-
-
-@dataclass(frozen=True)
-class IceServerConfig:
-    """One STUN or TURN server (the WebRTC ``RTCIceServer`` dictionary)."""
-
-    urls: tuple[str, ...]
-    username: str | None = None
-    credential: str | None = None
-
-
-@dataclass(frozen=True)
-class Session:
-    """A publisher or viewer peer connection, as the caller sees it.
-
-    ``id`` is random and unguessable (it names the WHIP/WHEP resource); ``answer_sdp``
-    is complete, candidates included.
-    """
-
-    id: str
-    stream_id: str
-    kind: Literal["publisher", "viewer"]
-    answer_sdp: str
-
-
-@dataclass(frozen=True)
-class RelayEvent:
-    """Something that happened to a session. ``viewer_joined`` comes once the viewer's
-    peer connection is connected (not when its offer is answered). ``reason`` says why
-    it ended (empty for starts): the ``reason`` passed to :meth:`Relay.close`, ``connection_failed``,
-    ``connection_closed``, ``setup_timeout`` (never connected), ``replaced`` (another
-    publisher took the stream), ``publisher_ended`` (a viewer whose publisher went
-    away), ``codec_changed`` (the new publisher's codec differs from the one this viewer
-    negotiated), or ``relay_closed``."""
-
-    kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"]
-    stream_id: str
-    session_id: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class RelayStats:
-    """Gauges (streams, viewers: connected ones only) and counters since the relay started.
-
-    ``frames_dropped`` counts frames a viewer did not get: its queue was full, or it was
-    waiting for a keyframe (after joining, after an overflow, after a gap in the
-    publisher's stream). ``queue_overflows`` counts how often a viewer's queue was full.
-    ``incomplete_frames`` counts losses in the publisher's stream: frames its jitter
-    buffer gave up on, or could not tell the start of.
-    ``forward_delay`` is what the relay adds per frame and viewer: from the frame being
-    whole in the publisher's jitter buffer to its last packet sent to the viewer.
-    """
-
-    streams: int
-    viewers: int
-    frames_received: int
-    bytes_received: int
-    frames_forwarded: int
-    bytes_forwarded: int
-    frames_dropped: int
-    queue_overflows: int
-    keyframe_requests: int
-    incomplete_frames: int
-    forward_delay: HistogramSnapshot
-
-
-@dataclass
-class _Counters:
-    frames_received: int = 0
-    bytes_received: int = 0
-    frames_forwarded: int = 0
-    bytes_forwarded: int = 0
-    frames_dropped: int = 0
-    queue_overflows: int = 0
-    keyframe_requests: int = 0
-    incomplete_frames: int = 0
-
-
-@dataclass(eq=False)
-class _Peer:
-    id: str
-    stream_id: str
-    pc: RTCPeerConnection
-    setup_timer: asyncio.TimerHandle | None = None
-    close_task: asyncio.Task[None] | None = None
-
-
-@dataclass(eq=False)
-class _Publisher(_Peer):
-    receiver: RTCRtpReceiver | None = None
-    buffer: MarkerJitterBuffer | None = None
-    codec: str = ""  # mime type, e.g. video/VP8
-
-
-@dataclass(eq=False)
-class _Viewer(_Peer):
-    queue: ViewerQueue = field(default_factory=lambda: ViewerQueue(capacity=1))
-    codec: str = ""
-    connected: bool = False
-
-
-@dataclass(eq=False)
-class _Stream:
-    id: str
-    publisher: _Publisher
-    viewers: dict[str, _Viewer] = field(default_factory=dict)
-    keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
-    # Timestamps continue across a change of publisher (each one's start at 0).
-    epoch: _Publisher | None = None
-    offset: int = 0
-    last_timestamp: int | None = None
-
-    def rebase(self, publisher: _Publisher, timestamp: int) -> int:
-        if self.epoch is not publisher:
-            self.epoch = publisher
-            self.offset = 0 if self.last_timestamp is None else self.last_timestamp + _REBASE_GAP_TICKS - timestamp
-        self.last_timestamp = timestamp + self.offset
-        return self.last_timestamp
 
 
 class Relay:
@@ -209,10 +88,10 @@ class Relay:
         self._host_addresses = tuple(host_addresses) if host_addresses is not None else None
         self._setup_timeout_s = setup_timeout_s
         self._offer_limits = offer_limits
-        self._streams: dict[str, _Stream] = {}
-        self._peers: dict[str, _Peer] = {}
+        self._streams: dict[str, Stream] = {}
+        self._peers: dict[str, Peer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._counters = _Counters()
+        self._counters = Counters()
         self._forward_delay = DelayHistogram()
         self._closed = False
 
@@ -250,7 +129,7 @@ class Relay:
         self._check_open()
         sdp = check_offer(offer_sdp, role="publish", limits=self._offer_limits)
         pc = self._new_peer_connection()
-        publisher = _Publisher(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc)
+        publisher = Publisher(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc)
         transceiver = pc.addTransceiver("video", direction="recvonly")
         transceiver.setCodecPreferences(_capabilities(FORWARDED_CODECS))
         answer = await self._answer(publisher, transceiver, sdp,
@@ -261,7 +140,7 @@ class Relay:
         self._install(publisher)
         old = self._streams.get(stream_id)
         if old is None:
-            self._streams[stream_id] = _Stream(id=stream_id, publisher=publisher)
+            self._streams[stream_id] = Stream(id=stream_id, publisher=publisher)
         else:
             previous = old.publisher
             old.publisher = publisher
@@ -289,7 +168,7 @@ class Relay:
         sdp = check_offer(offer_sdp, role="view", limits=self._offer_limits)
         codec = stream.publisher.codec
         pc = self._new_peer_connection()
-        viewer = _Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
+        viewer = Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
                          queue=ViewerQueue(capacity=self._queue_frames), codec=codec)
         transceiver = pc.addTransceiver("video", direction="sendonly")
         transceiver.setCodecPreferences(_capabilities((codec,)))
@@ -315,7 +194,7 @@ class Relay:
         """Close every session and wait for the closes to finish. Idempotent; afterwards
         ``publish`` and ``view`` raise ``RuntimeError``."""
         self._closed = True
-        publishers = [p for p in self._peers.values() if isinstance(p, _Publisher)]
+        publishers = [p for p in self._peers.values() if isinstance(p, Publisher)]
         for peer in [*publishers, *self._peers.values()]:
             self._begin_close(peer, "relay_closed")
         while self._tasks:
@@ -334,7 +213,7 @@ class Relay:
                    for s in self._ice_servers]
         return RTCPeerConnection(RTCConfiguration(iceServers=servers))
 
-    async def _answer(self, peer: _Peer, transceiver: RTCRtpTransceiver, sdp: str,
+    async def _answer(self, peer: Peer, transceiver: RTCRtpTransceiver, sdp: str,
                       before_answer: Callable[[], None] | None) -> str:
         """setRemoteDescription, answer, gather; the complete local SDP. Closes the peer
         connection on any failure (including cancellation: the HTTP client went away)."""
@@ -351,7 +230,7 @@ class Relay:
             for other in pc.getTransceivers():
                 if other is not transceiver:
                     other.direction = "inactive"  # audio, extra video: not relayed, never decoded
-            if isinstance(peer, _Publisher):
+            if isinstance(peer, Publisher):
                 peer.codec = codec.mimeType
             if before_answer is not None:
                 before_answer()
@@ -369,12 +248,12 @@ class Relay:
             if not done:
                 await pc.close()
 
-    def _tap(self, publisher: _Publisher, transceiver: RTCRtpTransceiver) -> None:
+    def _tap(self, publisher: Publisher, transceiver: RTCRtpTransceiver) -> None:
         receiver = transceiver.receiver
         publisher.receiver = receiver
         publisher.buffer = tap_encoded_frames(receiver, lambda codec, frame: self._on_frame(publisher, codec, frame))
 
-    def _install(self, peer: _Peer) -> None:
+    def _install(self, peer: Peer) -> None:
         """Register ``peer`` and close it when its connection fails, closes, or never comes up."""
         self._peers[peer.id] = peer
         pc = peer.pc
@@ -385,7 +264,7 @@ class Relay:
                 if peer.setup_timer is not None:
                     peer.setup_timer.cancel()
                     peer.setup_timer = None
-                if isinstance(peer, _Viewer) and not peer.connected and peer.close_task is None:
+                if isinstance(peer, Viewer) and not peer.connected and peer.close_task is None:
                     peer.connected = True
                     self._viewer_wants_keyframe(peer)
                     self._emit("viewer_joined", peer, "")
@@ -401,14 +280,14 @@ class Relay:
             loop = asyncio.get_running_loop()
             peer.setup_timer = loop.call_later(self._setup_timeout_s, self._setup_expired, peer)
 
-    def _setup_expired(self, peer: _Peer) -> None:
+    def _setup_expired(self, peer: Peer) -> None:
         peer.setup_timer = None
         if peer.pc.connectionState != "connected":
             self._begin_close(peer, "setup_timeout")
 
     # -- media -----------------------------------------------------------------
 
-    def _on_frame(self, publisher: _Publisher, codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
+    def _on_frame(self, publisher: Publisher, codec: RTCRtpCodecParameters, frame: TappedFrame) -> None:
         """A complete frame from a publisher (on the loop, inside its RTP handling)."""
         stream = self._streams.get(publisher.stream_id)
         if stream is None or stream.publisher is not publisher:
@@ -449,12 +328,12 @@ class Relay:
                 counters.queue_overflows += 1
             self._request_keyframe(stream)
 
-    def _viewer_wants_keyframe(self, viewer: _Viewer) -> None:
+    def _viewer_wants_keyframe(self, viewer: Viewer) -> None:
         stream = self._streams.get(viewer.stream_id)
         if stream is not None and viewer.id in stream.viewers:
             self._request_keyframe(stream)
 
-    def _request_keyframe(self, stream: _Stream) -> None:
+    def _request_keyframe(self, stream: Stream) -> None:
         publisher = stream.publisher
         receiver, buffer = publisher.receiver, publisher.buffer
         if receiver is None or buffer is None or buffer.ssrc is None:
@@ -475,7 +354,7 @@ class Relay:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _begin_close(self, peer: _Peer, reason: str) -> asyncio.Task[None]:
+    def _begin_close(self, peer: Peer, reason: str) -> asyncio.Task[None]:
         """Detach ``peer`` now (and its viewers, for a publisher that was not replaced),
         tell ``on_event``, and close its peer connection in a task. Idempotent."""
         if peer.close_task is not None:
@@ -484,8 +363,8 @@ class Relay:
             peer.setup_timer.cancel()
             peer.setup_timer = None
         stream = self._streams.get(peer.stream_id)
-        ended_viewers: list[_Viewer] = []
-        if isinstance(peer, _Viewer):
+        ended_viewers: list[Viewer] = []
+        if isinstance(peer, Viewer):
             peer.queue.close()
             if stream is not None:
                 stream.viewers.pop(peer.id, None)
@@ -494,12 +373,12 @@ class Relay:
             ended_viewers = list(stream.viewers.values())
             stream.viewers.clear()
         peer.close_task = self._spawn(self._close_peer(peer))
-        self._emit("publisher_ended" if isinstance(peer, _Publisher) else "viewer_ended", peer, reason)
+        self._emit("publisher_ended" if isinstance(peer, Publisher) else "viewer_ended", peer, reason)
         for viewer in ended_viewers:
             self._begin_close(viewer, "publisher_ended")
         return peer.close_task
 
-    async def _close_peer(self, peer: _Peer) -> None:
+    async def _close_peer(self, peer: Peer) -> None:
         try:
             await peer.pc.close()
         except Exception:
@@ -507,13 +386,13 @@ class Relay:
         finally:
             self._peers.pop(peer.id, None)
 
-    async def _discard(self, peer: _Peer) -> None:
-        if isinstance(peer, _Viewer):
+    async def _discard(self, peer: Peer) -> None:
+        if isinstance(peer, Viewer):
             peer.queue.close()
         await peer.pc.close()
 
     def _emit(self, kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"],
-              peer: _Peer, reason: str) -> None:
+              peer: Peer, reason: str) -> None:
         if self._on_event is None:
             return
         try:

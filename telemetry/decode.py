@@ -16,7 +16,7 @@ from core.contract import DEVICE_ID_RE, TOPIC_ROOT, Channel, Event, Telemetry
 
 __all__ = [
     "Decoded",
-    "Limits",
+    "PayloadLimits",
     "Reason",
     "Rejection",
     "StatusChange",
@@ -43,10 +43,13 @@ class Reason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class PayloadLimits:
+    """What one message may be: its size, and how far its timestamp may be from now."""
+
     max_payload_bytes: int
     max_future_skew: timedelta
     max_age: timedelta
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,7 @@ def decode(
     payload: bytes,
     *,
     now: datetime,
-    limits: Limits,
+    limits: PayloadLimits,
 ) -> Decoded | StatusChange | Rejection:
     """Decode one message. Never raises for anything a device can send."""
     parsed = parse_topic(topic)

@@ -14,6 +14,10 @@ the inbox never has to block paho's thread, which keeps the connection alive. Me
 bounded by ``ingest_queue_max`` plus two batches (one being written, one handed off); if
 the window were larger than the inbox, paho's thread would block on it and push back all
 the same, but the broker would drop the silent connection after 1.5 keep-alives.
+
+This module holds the two threads and what the decoder does; what the writer does to the
+database is :class:`telemetry.writer.BatchWriter`, and the counters both keep are
+:class:`telemetry.ingest_stats.IngestStats` (importable from here too).
 """
 
 from __future__ import annotations
@@ -22,10 +26,8 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 import orjson
@@ -36,13 +38,12 @@ from core.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
 from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
 from core.settings import Settings
-from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
-from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode
-from telemetry.latency import LatencyHistogram
+from telemetry.alerts import AlertRules
+from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
+from telemetry.ingest_stats import IngestStats
 from telemetry.rejection_sampler import RejectionSampler
-from telemetry.retention import delete_expired, record_retention
-from telemetry.schema import ensure_partitions, features, run_maintenance
-from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
+from telemetry.store import Batch, RejectedMessage
+from telemetry.writer import BatchWriter
 
 __all__ = ["IngestStats", "IngestWorker", "subscription_topics"]
 
@@ -79,30 +80,6 @@ def _put_until_stopped(target: queue.Queue[T], item: T, stopping: threading.Even
             continue
 
 
-@dataclass
-class IngestStats:
-    """Counters for logs and metrics (telemetry/metrics.py reads them when scraped). Written by
-    the writer thread only, but for `delivered`."""
-
-    received: int = 0
-    stored_telemetry: int = 0
-    stored_events: int = 0
-    statuses: int = 0
-    duplicates: int = 0
-    alert_changes: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    batches: int = 0
-    database_errors: int = 0
-    last_batch_s: float = 0.0
-    last_commit_lag_s: float = 0.0  # from the oldest message's arrival to its commit
-    last_commit_at: float = 0.0  # time.time() of the last commit; 0 before the first
-    delivered: int = 0  # handed over by paho (redeliveries included); written by paho's thread only
-    # How long a batch took from the start of its transaction to its acknowledgement.
-    batch_time: LatencyHistogram = field(default_factory=LatencyHistogram)
-    # From the device's timestamp to the commit: publish-to-commit when clocks agree.
-    commit_lag: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-
 class IngestWorker:
     """One ingest process's work. ``run()`` blocks until ``stop()``."""
 
@@ -112,14 +89,14 @@ class IngestWorker:
         self._database_url = database_url
         self._address = BrokerAddress.parse(mqtt_url)
         self._clock = clock
-        self._rules = AlertRules(
+        rules = AlertRules(
             battery_warn_pct=settings.alert_battery_warn_pct,
             battery_critical_pct=settings.alert_battery_critical_pct,
             storage_warn_pct=settings.alert_storage_warn_pct,
             gps_lost_after_s=settings.alert_gps_lost_after_s,
             offline_after_s=settings.alert_offline_after_s,
         )
-        self._limits = Limits(
+        self._limits = PayloadLimits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
             max_age=timedelta(days=settings.retention_days),
@@ -129,6 +106,8 @@ class IngestWorker:
         self._inbox: queue.Queue[Inbound] = queue.Queue(maxsize=settings.ingest_queue_max)
         self._stopping = threading.Event()
         self.stats = IngestStats()
+        self._writer = BatchWriter(settings=settings, database_url=database_url, rules=rules, stats=self.stats,
+                                   stopping=self._stopping, clock=clock)
         self._known: set[str] = set()
         self._device_rate = TokenBuckets(rate_per_s=settings.ingest_device_rate_per_s,
                                          burst=settings.ingest_device_burst)
@@ -136,11 +115,9 @@ class IngestWorker:
         self.sampler = RejectionSampler(keep=settings.rejected_keep_per_device_per_min)
         self._sampled_at = time.monotonic()
         self._registry_loaded_at = 0.0
-        self._ready_days: set[date] = set()
         # One decoded batch may wait while the writer commits the previous one.
         self._decoded: queue.Queue[tuple[list[Inbound], Batch]] = queue.Queue(maxsize=1)
         self._session: MqttSession | None = None
-        self._conn: psycopg.Connection | None = None  # the writer's
         self._registry_conn: psycopg.Connection | None = None  # the decoder's
 
     # paho's thread hands over here: the one place where a message crosses into our thread.
@@ -173,10 +150,9 @@ class IngestWorker:
 
     def run(self, ready: threading.Event | None = None) -> None:
         settings = self._settings
-        self._conn = self._connect_database()
-        self._feats = features(self._conn)
+        self._writer.open()
         self._load_registry()
-        self._maintain()
+        self._writer.maintain()
         protocol = self._choose_protocol()
         self._session = MqttSession(
             self._address,
@@ -205,9 +181,9 @@ class IngestWorker:
             writer.join()
             self._write_summaries()
             self._session.stop()
-            for conn in (self._conn, self._registry_conn):
-                if conn is not None:
-                    conn.close()
+            self._writer.close()
+            if self._registry_conn is not None:
+                self._registry_conn.close()
 
     def _hand_off(self, work: tuple[list[Inbound], Batch]) -> None:
         """Give a decoded batch to the writer; waits while it still has one (push back)."""
@@ -220,11 +196,11 @@ class IngestWorker:
         while True:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
-                self._sweep()
+                self._publish_alerts(self._writer.sweep())
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
                 try:
-                    self._maintain()
+                    self._writer.maintain()
                 except psycopg.Error as error:  # retried in an hour; ingest goes on
                     log.warning("maintenance failed: %s", error)
             try:
@@ -313,7 +289,7 @@ class IngestWorker:
 
     def _store(self, items: list[Inbound], batch: Batch) -> None:
         started = time.monotonic()
-        alerts = self._write(batch)
+        alerts = self._writer.write(batch)
         assert self._session is not None
         self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
         self._publish_alerts(alerts)
@@ -342,111 +318,8 @@ class IngestWorker:
     def _write_summaries(self) -> None:
         """On the way out (the writer has stopped): the rejection summaries of open windows."""
         summaries = self.sampler.due(self._clock(), everything=True)
-        if not summaries:
-            return
-        try:
-            conn = self._writer_connection()
-            with conn.transaction():
-                write_batch(conn, Batch(rejected=summaries))
-        except psycopg.Error as error:  # the counts stay in the metrics
-            log.warning("%d rejection summaries not written: %s", len(summaries), error)
-
-    def _sweep(self) -> None:
-        try:
-            conn = self._writer_connection()
-            with conn.transaction():
-                alerts = sweep_offline(conn, self._rules)
-        except psycopg.Error as error:
-            log.warning("offline sweep failed: %s", error)
-            return
-        self._publish_alerts(alerts)
-
-    def _write(self, batch: Batch) -> list[dict[str, object]]:
-        """Commit ``batch`` and its alerts, retrying through database outages until it is
-        stored. Returns the alerts it changed."""
-        delay = 0.1
-        while True:
-            try:
-                conn = self._writer_connection()
-                self._ensure_partitions(conn, batch)
-                try:
-                    with conn.transaction():
-                        self._write_counted(conn, batch)
-                        return evaluate_batch(conn, batch, self._rules)
-                except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
-                    log.error("batch refused by the database (%s); storing message by message", error)
-                    return self._write_isolated(conn, batch)
-            except psycopg.OperationalError as error:
-                self.stats.database_errors += 1
-                log.warning("database unavailable (%s); retrying in %.1fs, nothing acknowledged",
-                            error, delay)
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                if self._stopping.wait(delay):
-                    raise SystemExit("stopped during a database outage; the broker keeps the batch")
-                delay = min(delay * 2, 5.0)
-
-    def _write_counted(self, conn: psycopg.Connection, batch: Batch) -> None:
-        stored_t, stored_e = write_batch(conn, batch)
-        self.stats.stored_telemetry += stored_t
-        self.stats.stored_events += stored_e
-        self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e
-
-    def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> list[dict[str, object]]:
-        """Store what can be stored; a message the database refuses becomes a rejection."""
-        singles: list[tuple[Batch, str, bytes]] = []
-        for d, r, t in batch.telemetry:
-            singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
-                            d, t.model_dump_json().encode()))
-        for d, r, e in batch.events:
-            singles.append((Batch(events=[(d, r, e)], new_devices={d} & batch.new_devices),
-                            d, e.model_dump_json().encode()))
-        refused: list[RejectedMessage] = list(batch.rejected)
-        with conn.transaction():
-            for single, device_id, payload in singles:
-                try:
-                    with conn.transaction():  # a savepoint per message
-                        self._write_counted(conn, single)
-                except psycopg.Error as error:
-                    rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
-                    refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
-            write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
-                                    new_devices=batch.new_devices))
-            alerts = evaluate_batch(conn, batch, self._rules)
-        batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
-        batch.rejected = refused
-        return alerts
-
-    def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
-        if "native_partitioning" not in self._feats:
-            return
-        stamps = [t.ts for _, _, t in batch.telemetry] + [e.ts for _, _, e in batch.events]
-        if not stamps:
-            return
-        first, last = (min(stamps).astimezone(timezone.utc).date(), max(stamps).astimezone(timezone.utc).date())
-        days = {first + timedelta(days=n) for n in range((last - first).days + 1)}
-        missing = days - self._ready_days
-        if missing:
-            ensure_partitions(conn, missing)
-            self._ready_days |= missing
-
-    def _writer_connection(self) -> psycopg.Connection:
-        """The writer thread's connection, opened again after an outage closed it."""
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect_database()
-        return self._conn
-
-    def _maintain(self) -> None:
-        dropped = run_maintenance(self._writer_connection(), feats=self._feats,
-                                  keep=timedelta(days=self._settings.retention_days), now=self._clock())
-        if dropped:
-            log.info("retention: dropped %d partitions", dropped)
-            self._ready_days.clear()
-        deleted = delete_expired(self._writer_connection(), retention=record_retention(self._settings),
-                                 now=self._clock())
-        if any(deleted.values()):
-            log.info("retention: deleted %s", ", ".join(f"{n} from {t}" for t, n in deleted.items() if n))
+        if summaries:
+            self._writer.write_summaries(summaries)
 
     def _load_registry(self) -> None:
         """(Re)read the registry on the decoder's own connection; keep the old one on error."""
@@ -462,9 +335,3 @@ class IngestWorker:
             return
         self._known = {r[0] for r in rows}
 
-    def _connect_database(self) -> psycopg.Connection:
-        # Autocommit, so that every unit of work is an explicit ``transaction()`` block and
-        # no read leaves a transaction open (and its locks held) between batches.
-        conn = psycopg.connect(self._database_url, connect_timeout=5, autocommit=True)
-        prepare_connection(conn)
-        return conn

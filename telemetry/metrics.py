@@ -1,7 +1,7 @@
 """Prometheus metrics of an ingest worker, read from its counters when scraped.
 
 Nothing is counted twice on the hot path: the worker already keeps plain counters and
-latency histograms (:class:`~telemetry.ingest.IngestStats`), and this collector turns them
+latency histograms (:class:`~telemetry.ingest_stats.IngestStats`), and this collector turns them
 into metric families at scrape time, so a scrape costs the worker nothing and 25,000
 messages a second cost the metrics nothing. Labels are bounded: a rejection *reason*, a
 *channel*; never a device id or an officer.

@@ -64,6 +64,14 @@ def test_health_needs_no_token_and_checks_dependencies(api: Api) -> None:
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
+def test_routing_refusals_have_the_one_error_shape(api: Api) -> None:
+    """No such path and a method the path does not take answer with the hierarchy's codes."""
+    missing = httpx.get(f"{api.base}/api/v1/no-such-thing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.patch(f"{api.base}/healthz")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
 # Every endpoint's refusal without a valid token, and each role and area against every
 # endpoint: tests/test_access_matrix.py.
 

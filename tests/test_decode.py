@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.contract import Channel, Event, Telemetry, topic_for
-from telemetry.decode import Decoded, Limits, Reason, Rejection, StatusChange, decode, parse_topic
+from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode, parse_topic
 
 SAMPLES = Path(__file__).parent / "samples"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
-LIMITS = Limits(max_payload_bytes=4096, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=30))
+LIMITS = PayloadLimits(max_payload_bytes=4096, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=30))
 
 
 def _channel(path: Path) -> Channel:

@@ -14,8 +14,7 @@ from aiortc import RTCPeerConnection
 
 from streaming import InvalidOffer, OfferLimits, Relay
 from streaming.offer import candidate_refusal, check_offer, check_size, filter_candidates
-
-from .test_relay import run
+from tests.helpers.waiting import run
 
 _STUN_COOKIE = 0x2112A442
 

@@ -12,8 +12,7 @@ import re
 import threading
 import time
 import tracemalloc
-import urllib.error
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import av
@@ -23,18 +22,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from streaming import InvalidOffer, NoSuchStream, Relay, RelayEvent
 from streaming.aiortc_internals import send_picture_loss
-from streaming.client import ViewerPeer, http_exchange, start_publisher, start_viewer
+from streaming.client import ExchangeRefused, ViewerPeer, http_exchange, start_publisher, start_viewer
 from streaming.frames import EncodedFrame, is_keyframe
 from streaming.offer import filter_candidates
-from streaming.queues import ViewerQueue
 from streaming.synthetic import SyntheticVideoTrack, read_frame_number
+from tests.helpers.waiting import run
 
 LOOPBACK = ("127.0.0.1",)
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def until(condition: Callable[[], object], *, timeout: float = 10.0, what: str = "condition") -> None:
@@ -396,30 +391,7 @@ def test_replacing_the_publisher_keeps_the_viewers() -> None:
 # -- backpressure ----------------------------------------------------------------------------
 
 
-def frame(n: int, *, key: bool = False) -> EncodedFrame:
-    return EncodedFrame(data=bytes([n % 256]) * 20, timestamp=n * 3000, keyframe=key)
-
-
-def test_viewer_queue_drops_to_the_next_keyframe() -> None:
-    """The per-viewer queue never overwrites: when full, the frame that does not fit and
-    every frame after it are dropped until a keyframe, which starts the queue again. A
-    new queue waits for a keyframe too."""
-
-    async def scenario() -> None:
-        q = ViewerQueue(capacity=3)
-        assert not q.offer(frame(0))  # a delta frame before any keyframe is useless
-        assert q.offer(frame(1, key=True)) and q.offer(frame(2)) and q.offer(frame(3))
-        assert not q.offer(frame(4))  # full
-        assert not q.offer(frame(5))  # still dropping although there is room soon
-        assert [(await q.get()).timestamp for _ in range(3)] == [3000, 6000, 9000]
-        assert not q.offer(frame(6))  # room now, but 4 and 5 are missing: wait for a keyframe
-        assert q.offer(frame(7, key=True)) and q.offer(frame(8))
-        assert [(await q.get()).timestamp for _ in range(2)] == [21000, 24000]
-        assert q.dropped == 4
-        q.close()
-        assert not q.offer(frame(9, key=True))
-
-    run(scenario())
+# The queue's own rules, pure: tests/test_queues.py.
 
 
 def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
@@ -630,8 +602,9 @@ def test_http_exchange_posts_sdp_and_returns_the_location() -> None:
         assert result.answer_sdp == "answer" and result.location == f"http://127.0.0.1:{port}/whip/s/1"
         assert b"POST /whip/s " in seen[0] and b"Content-Type: application/sdp" in seen[0]
         assert b"Authorization: Bearer t0k3n" in seen[0] and seen[0].endswith(b"v=0 offer")
-        with pytest.raises(urllib.error.HTTPError):
+        with pytest.raises(ExchangeRefused) as refused:
             await http_exchange(f"http://127.0.0.1:{port}/whep/s", "v=0 offer")
+        assert refused.value.status == 403
         server.close()
         await server.wait_closed()
 

@@ -252,16 +252,7 @@ def test_whip_offers_per_device_are_limited(db: Database, broker: MosquittoProce
         assert offer("ca-1").status_code == 401
 
 
-def test_rate_limiter_refills_and_stays_bounded() -> None:
-    """The token bucket: burst, then one per 1/rate seconds; the key table is bounded."""
-    from api.limits import RateLimiter
-
-    limiter = RateLimiter(rate_per_s=2.0, burst=2, what="things", max_keys=3)
-    assert [limiter.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
-    assert limiter.take("a", now=0.5) == 0.0
-    for key in "bcde":
-        limiter.take(key, now=1.0)
-    assert len(limiter._buckets) == 3
+# The token buckets' arithmetic, pure: tests/test_ratelimit.py.
 
 
 # The audit log through the API, and what writes to it ---------------------------------

@@ -15,14 +15,14 @@ from services.registry import DeviceRecord, upsert_devices
 from simulator.fleet import FleetProfile, build_fleet
 from simulator.geo import load_boroughs
 from simulator.run import Simulator
-from telemetry.decode import Decoded, Limits, StatusChange, decode
+from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
 from tests.helpers.db import Database
 from tests.helpers.telemetry import make_settings, running_worker
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 START = datetime(2026, 12, 1, 7, 0, tzinfo=timezone.utc)
-LIMITS = Limits(max_payload_bytes=4096, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=30))
+LIMITS = PayloadLimits(max_payload_bytes=4096, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=30))
 BOROUGHS = load_boroughs()
 
 

@@ -23,7 +23,7 @@ from api.live.client import FeedCounters
 from api.live.deltas import View, unit_view
 from api.live.state import Changes, FleetState, broker_update
 from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, REGISTRY_TOPIC
-from telemetry.decode import Limits
+from telemetry.decode import PayloadLimits
 
 __all__ = ["ALERTS_KEPT", "Handover"]
 
@@ -39,7 +39,7 @@ class Handover:
         # Ingest counts bad input and enforces the payload limit; the hub refuses only what
         # ingest would not store as the latest state either: a report from further in the
         # future than ingest accepts would otherwise hold the unit's state (kept by ts) still.
-        self._limits = Limits(max_payload_bytes=65_536, max_future_skew=max_future_skew,
+        self._limits = PayloadLimits(max_payload_bytes=65_536, max_future_skew=max_future_skew,
                               max_age=timedelta(days=3650))
         self._lock = threading.Lock()
         self._state = FleetState()

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from core.contract import Telemetry
-from telemetry.decode import Decoded, Limits, StatusChange, decode
+from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
 
 __all__ = ["POSITION_FIELDS", "REGISTRY_FIELDS", "UNIT_FIELDS", "Changes", "FleetState", "Left",
            "broker_update", "status_fields", "telemetry_fields"]
@@ -174,7 +174,8 @@ class FleetState:
             self._changed.setdefault(device_id, set()).update(fields)
 
 
-def broker_update(topic: str, payload: bytes, *, now: datetime, limits: Limits) -> tuple[str, dict[str, Any]] | None:
+def broker_update(topic: str, payload: bytes, *, now: datetime,
+                  limits: PayloadLimits) -> tuple[str, dict[str, Any]] | None:
     """A device message as (device_id, the unit fields it sets), or None for what the feed
     does not show (events reach clients as alerts; bad input is ingest's to count)."""
     result = decode(topic, payload, now=now, limits=limits)

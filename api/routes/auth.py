@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from api.client_address import client_address
 from api.deps import Caller, Db
 from api.errors import ErrorBody
-from api.limits import Limits
+from api.limits import ApiLimits
 from api.models import TokenIn, TokenOut
 from core.contract import ACCOUNTS_TOPIC
 from services import audit
@@ -38,7 +38,7 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
              responses={401: {"model": ErrorBody}, 429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
              summary="Exchange a username and password for a bearer token")
 def token(body: TokenIn, request: Request) -> TokenOut:
-    limits: Limits = request.app.state.limits
+    limits: ApiLimits = request.app.state.limits
     pool: ConnectionPool = request.app.state.pool
     client = client_address(request, limits.proxies)
     attempt = limits.sign_in.start(client, body.username)  # 429 before anything is checked

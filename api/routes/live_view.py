@@ -20,7 +20,7 @@ from api.auth import bearer, principal, require
 from api.client_address import client_address
 from api.deps import Db
 from api.errors import ErrorBody
-from api.limits import Limits
+from api.limits import ApiLimits
 from api.models import DEVICE_ID
 from services import viewings
 from services.accounts import Principal, Role
@@ -102,7 +102,7 @@ def _check(db: Db, who: Principal, device_id: str) -> None:
     row = viewings.unit_for_live_view(db, device_id)
     denied: Denied | None = may_watch(who, UnitFacts.from_row(row) if row is not None else None)
     if denied is not None:
-        raise (Forbidden if denied.kind == "forbidden" else NotFound)(denied.message)
+        raise denied.error()
 
 
 # requests and status
@@ -201,7 +201,7 @@ async def whip(device_id: DeviceId, request: Request) -> Response:
     # Before the (deliberately slow) secret check, by the client's address (a trusted proxy's
     # word) and by device (api/limits.py Attempts): someone guessing at a device's secret
     # from elsewhere does not lock the camera itself out; a publish gives its tokens back.
-    limits: Limits = request.app.state.limits
+    limits: ApiLimits = request.app.state.limits
     attempt = limits.device.start(client_address(request, limits.proxies), device_id)
     session = await _service(request).publish(device_id, secret, await _offer(request))
     attempt.succeeded()

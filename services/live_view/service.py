@@ -53,7 +53,7 @@ from core.contract import Channel, Event
 from core.settings import Settings
 from services import viewings
 from services.accounts import Principal, Role
-from services.consent import VIEWING_ROLES, Denied, clean_reason
+from services.consent import VIEWING_ROLES, clean_reason
 from services.errors import (
     Conflict,
     Forbidden,
@@ -124,10 +124,6 @@ def ice_servers(settings: Settings) -> tuple[IceServerConfig, ...]:
         servers.append(IceServerConfig(urls=(urls,) if isinstance(urls, str) else tuple(urls),
                                        username=entry.get("username"), credential=entry.get("credential")))
     return tuple(servers)
-
-
-def _raise(denied: Denied) -> NoReturn:
-    raise {"forbidden": Forbidden, "not_found": NotFound, "conflict": Conflict}[denied.kind](denied.message)
 
 
 class LiveView:
@@ -316,7 +312,7 @@ class LiveView:
             conn, who=who, device_id=device_id, request_id=request_id, reason=reason, expires=expires,
             policy_firearms_recording=policy_on))
         if done.denied is not None:
-            _raise(done.denied)
+            raise done.denied.error()
         row, policy = done.row, done.policy
         assert row is not None
         effects: list[Effect] = []
@@ -335,7 +331,7 @@ class LiveView:
         """The control room ends the consent in force (and so the stream)."""
         denied, ended = await self._db(lambda conn: records.stop(conn, who=who, device_id=device_id))
         if denied is not None:
-            _raise(denied)
+            raise denied.error()
         assert ended is not None
         await self._apply(after_consent_ended(device_id, ended, "stopped_by_control_room"))
         return ended
@@ -427,7 +423,7 @@ class LiveView:
             verdict, consent = await self._db(lambda conn: check(conn, True))
         denied = verdict.denied
         if denied is not None:
-            _raise(denied)
+            raise denied.error()
         assert consent is not None and reason is not None
         slot = self._slots.take(username=who.username, device_id=device_id)
         if isinstance(slot, SlotRefused):

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["wait_for"]
+__all__ = ["run", "wait_for"]
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+    """Run ``coro`` on a fresh event loop; fail after ``timeout`` seconds instead of hanging."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, interval: float = 0.1,

@@ -1,0 +1,35 @@
+"""The schema's migrations, in order: one module each, holding its SQL and how it applies
+it on TimescaleDB or plain PostgreSQL. :mod:`telemetry.schema` runs them.
+
+A migration, once released, never changes: a new change is a new module and a new entry
+at the end of :data:`MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from telemetry.migrations import (
+    v1_initial,
+    v2_users_and_alerts,
+    v3_incidents,
+    v4_audit_and_credentials,
+    v5_live_view,
+    v6_oidc_sign_ins,
+    v7_runtime_role,
+    v8_token_versions,
+)
+from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
+
+__all__ = ["MIGRATIONS", "TIME_PARTITIONED", "Migration", "Retention"]
+
+MIGRATIONS: Sequence[Migration] = (
+    Migration(1, "initial schema", v1_initial.apply),
+    Migration(2, "users and alerts", v2_users_and_alerts.apply),
+    Migration(3, "incidents", v3_incidents.apply),
+    Migration(4, "audit log and device credentials", v4_audit_and_credentials.apply),
+    Migration(5, "live view", v5_live_view.apply),
+    Migration(6, "oidc sign-ins", v6_oidc_sign_ins.apply),
+    Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", v7_runtime_role.apply),
+    Migration(8, "token versions", v8_token_versions.apply),
+)

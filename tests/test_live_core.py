@@ -20,10 +20,10 @@ from api.live.handover import Handover
 from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState, broker_update
 from core.contract import ALERTS_TOPIC, TOPIC_ROOT
 from services.accounts import Principal, Role
-from telemetry.decode import Limits
+from telemetry.decode import PayloadLimits
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-LIMITS = Limits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1), max_age=timedelta(days=3650))
+LIMITS = PayloadLimits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1), max_age=timedelta(days=3650))
 ALL_SEE: View = (True, None)
 
 

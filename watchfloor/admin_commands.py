@@ -83,25 +83,24 @@ def _database(settings: Settings) -> str:
 
 
 def _announce(settings: Settings, device_id: str, change: str) -> None:
-    """Tell the API processes, through the configured broker, to re-read the registry now;
-    without a broker (or if it refuses), their live feeds show the change within 30 s."""
-    sent = settings.mqtt_url is not None and publish_all(
-        settings.mqtt_url, [(REGISTRY_TOPIC, change_announcement(device_id, change))],
-        client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
-    if not sent:
-        print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): live feeds show "
-              "the change at the API's next registry refresh, within 30 s", file=sys.stderr)
+    """Tell the API processes to re-read the registry now (their live feeds show the change)."""
+    _publish_change(settings, REGISTRY_TOPIC, change_announcement(device_id, change),
+                    otherwise="live feeds show the change at the API's next registry refresh, within 30 s")
 
 
 def announce_account(settings: Settings, username: str, change: str) -> None:
-    """Tell the API processes, through the configured broker, that a user changed, so that
-    they refuse that user's earlier tokens now; without a broker, within 30 s."""
+    """Tell the API processes that a user changed, so that they refuse that user's earlier tokens now."""
+    _publish_change(settings, ACCOUNTS_TOPIC, account_announcement(username, change),
+                    otherwise="the API processes refuse the user's earlier tokens at their next refresh, within 30 s")
+
+
+def _publish_change(settings: Settings, topic: str, payload: bytes, *, otherwise: str) -> None:
+    """Publish a change through the configured broker; without one (or if it refuses), say
+    when the API processes see it anyway (``otherwise``)."""
     sent = settings.mqtt_url is not None and publish_all(
-        settings.mqtt_url, [(ACCOUNTS_TOPIC, account_announcement(username, change))],
-        client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
+        settings.mqtt_url, [(topic, payload)], client_id=f"watchfloor-cli-{secrets.token_hex(4)}")
     if not sent:
-        print("not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): the API processes "
-              "refuse the user's earlier tokens at their next refresh, within 30 s", file=sys.stderr)
+        print(f"not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): {otherwise}", file=sys.stderr)
 
 
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:

@@ -43,16 +43,25 @@ def pg(request: pytest.FixtureRequest) -> Iterator[Database]:
     yield from _database(request, "plain")
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    """A Mosquitto from deploy/mosquitto/mosquitto.conf on a spare port."""
+def _mosquitto(workdir: Path) -> Iterator[MosquittoProcess]:
     require_executable("mosquitto")
-    broker = MosquittoProcess(tmp_path / "mosquitto")
-    broker.start()
+    broker = MosquittoProcess(workdir).start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A Mosquitto from deploy/mosquitto/mosquitto.conf on a spare port."""
+    yield from _mosquitto(tmp_path / "mosquitto")
+
+
+@pytest.fixture(scope="module")
+def module_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    """The same, shared by a module's tests (each of which uses its own devices or users)."""
+    yield from _mosquitto(tmp_path_factory.mktemp("mosquitto"))
 
 
 @pytest.fixture

@@ -128,13 +128,11 @@ def test_only_the_demo_runs_without_a_database_url(args: list[str], tmp_path: Pa
     assert not (tmp_path / "pg").exists()
 
 
-def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
-    """No configuration: the demo starts pgserver and rumqttd, says where, stores what its
-    simulated fleet sends, and serves the API to the users it prints."""
-    port = free_port()
+def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """``watchfloor demo`` with no configuration but a data directory, and its output up to the
+    line that says it is up ("Ctrl-C stops everything")."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "50", "--duration", "8",
-                             "--report-every", "2", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", *args],
                             env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -143,6 +141,15 @@ def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
         lines.append(line)
         if "Ctrl-C" in line:
             break
+    return proc, lines
+
+
+def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
+    """No configuration: the demo starts pgserver and rumqttd, says where, stores what its
+    simulated fleet sends, and serves the API to the users it prints."""
+    port = free_port()
+    proc, lines = _start_demo(tmp_path, "--devices", "50", "--duration", "8", "--report-every", "2",
+                              "--port", str(port))
     password = next(line.split()[1] for line in lines if line.strip().startswith("operator "))
     login = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/token",
                        json={"username": "operator", "password": password})
@@ -164,17 +171,7 @@ def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
 def test_demo_stopped_while_it_provisions_exits_cleanly(tmp_path: Path) -> None:
     """Ctrl-C while the demo is still giving its cameras their secrets: everything stops, the
     exit is clean, and nothing reports a lost database connection (it used to, at 2,500 cameras)."""
-    port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "1200", "--interval", "30",
-                             "--port", str(port)], env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "Ctrl-C" in line:
-            break
+    proc, lines = _start_demo(tmp_path, "--devices", "1200", "--interval", "30", "--port", str(free_port()))
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     out = "".join(lines) + rest

@@ -22,7 +22,6 @@ import websockets
 from services.registry import DeviceRecord, upsert_devices
 from tests.helpers.api import PASSWORD, add_test_users, client, running_api, token
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
-from tests.helpers.environment import require_executable
 from tests.helpers.telemetry import make_settings
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
@@ -40,16 +39,6 @@ def db() -> Iterator[Database]:
         yield database
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
-    require_executable("mosquitto")
-    process = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 def _sign_in(base: str, username: str, password: str, via: str | None = None) -> int:
     headers = {"X-Forwarded-For": via} if via else {}
     return httpx.post(f"{base}/api/v1/auth/token", json={"username": username, "password": password},
@@ -63,35 +52,36 @@ def _failures(db: Database, username: str) -> list[dict[str, Any]]:
     return [r[0] for r in rows]
 
 
-def test_a_guesser_behind_the_proxy_does_not_lock_out_the_victim(db: Database, broker: MosquittoProcess) -> None:
+def test_a_guesser_behind_the_proxy_does_not_lock_out_the_victim(
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """Behind a trusted proxy, failures are counted per real client (the address the proxy
     appended): the guesser is locked out, and the victim's right password from elsewhere
     signs in. What the guesser writes into the header itself is not believed."""
     settings = make_settings(trusted_proxies=PROXY, rate_limit_sign_in_failures_burst=3,
                              rate_limit_sign_in_failures_per_min=1.0)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         assert [_sign_in(server.base, "op-west", "guess", "203.0.113.9") for _ in range(4)] == [401, 401, 401, 429]
         # The guesser claims the victim's address; the proxy appends the real one.
         assert _sign_in(server.base, "op-west", "guess", "198.51.100.7, 203.0.113.9") == 429
         assert _sign_in(server.base, "op-west", PASSWORD, "198.51.100.7") == 200
 
 
-def test_a_trusted_proxys_forwarded_header_names_the_client(db: Database, broker: MosquittoProcess) -> None:
+def test_a_trusted_proxys_forwarded_header_names_the_client(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """RFC 7239 ``Forwarded`` from a trusted proxy: the client (an IPv6 address with a port)
     is what the audit log records for a failed sign-in."""
     settings = make_settings(trusted_proxies=PROXY)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         response = httpx.post(f"{server.base}/api/v1/auth/token", json={"username": "admin", "password": "guess"},
                               headers={"Forwarded": 'for=192.0.2.1, for="[2001:db8::1]:4711";proto=https'})
         assert response.status_code == 401
     assert _failures(db, "admin")[-1] == {"client": "2001:db8::1"}
 
 
-def test_forwarded_headers_from_an_untrusted_peer_are_ignored(db: Database, broker: MosquittoProcess) -> None:
+def test_forwarded_headers_from_an_untrusted_peer_are_ignored(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """With no trusted proxy, a client cannot escape its limit by writing a new address into
     X-Forwarded-For or Forwarded for each guess."""
     settings = make_settings(rate_limit_sign_in_failures_burst=2, rate_limit_sign_in_failures_per_min=1.0)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         url = f"{server.base}/api/v1/auth/token"
         statuses = [httpx.post(url, json={"username": "fleet", "password": "guess"},
                                headers={"X-Forwarded-For": f"203.0.113.{n}", "Forwarded": f"for=203.0.113.{n}"}
@@ -100,13 +90,13 @@ def test_forwarded_headers_from_an_untrusted_peer_are_ignored(db: Database, brok
 
 
 def test_a_guess_spread_over_addresses_is_capped_but_not_for_known_addresses(
-        db: Database, broker: MosquittoProcess) -> None:
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """Per username across addresses: a guesser using a new address per guess is refused
     once the name's cap is used up, but the user's own address (where they signed in
     before) still signs in with the right password."""
     settings = make_settings(trusted_proxies=PROXY, rate_limit_sign_in_failures_burst=3,
                              rate_limit_sign_in_user_failures_burst=4, rate_limit_sign_in_user_failures_per_min=1.0)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         assert _sign_in(server.base, "afo-cmd", PASSWORD, "198.51.100.7") == 200  # the user's workstation
         guesses = [_sign_in(server.base, "afo-cmd", "guess", f"203.0.113.{n}") for n in range(1, 8)]
         assert guesses == [401] * 4 + [429] * 3
@@ -114,12 +104,13 @@ def test_a_guess_spread_over_addresses_is_capped_but_not_for_known_addresses(
         assert _sign_in(server.base, "audit", PASSWORD, "203.0.113.50") == 200  # other names are not affected
 
 
-def test_concurrent_wrong_passwords_evaluate_at_most_the_burst(db: Database, broker: MosquittoProcess) -> None:
+def test_concurrent_wrong_passwords_evaluate_at_most_the_burst(
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """24 wrong passwords at once against a burst of 5: the tokens are taken before the
     password is checked, so at most 5 are evaluated (401) and the rest refused (429)."""
     settings = make_settings(rate_limit_sign_in_failures_burst=5, rate_limit_sign_in_failures_per_min=1.0,
                              sign_in_max_concurrent=64)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         barrier = threading.Barrier(24)
 
         def guess(_: int) -> int:
@@ -131,12 +122,13 @@ def test_concurrent_wrong_passwords_evaluate_at_most_the_burst(db: Database, bro
     assert statuses[401] <= 5 and statuses[401] + statuses[429] == 24, statuses
 
 
-def test_an_operator_is_served_while_a_sign_in_flood_is_refused(db: Database, broker: MosquittoProcess) -> None:
+def test_an_operator_is_served_while_a_sign_in_flood_is_refused(
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """16 clients flood sign-in, each guess from a new address for a new name (no rate
     limit ever empties): beyond the few password checks allowed at once the flood is
     refused (503), and a signed-in operator's requests are answered while it runs."""
     settings = make_settings(trusted_proxies=PROXY)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server, \
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server, \
             client(server.base, "op-all") as operator:
         stop = threading.Event()
         seen: Counter[int] = Counter()
@@ -169,12 +161,12 @@ def test_an_operator_is_served_while_a_sign_in_flood_is_refused(db: Database, br
     assert seen[401] > 0 and seen[503] > 0 and set(seen) <= {401, 503}, seen
 
 
-def test_repeated_failures_are_one_summary_in_the_audit_log(db: Database, broker: MosquittoProcess) -> None:
+def test_repeated_failures_are_one_summary_in_the_audit_log(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """Ten failures of one name from one client within a minute: the first is audited as
     it happens, the other nine as one sign_in_failed entry with count 9 (written when the
     window closes; here when the API stops)."""
     settings = make_settings(rate_limit_sign_in_failures_burst=20)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         assert {_sign_in(server.base, "op-west", "guess") for _ in range(10)} == {401}
         during = _failures(db, "op-west")
     after = _failures(db, "op-west")
@@ -182,11 +174,12 @@ def test_repeated_failures_are_one_summary_in_the_audit_log(db: Database, broker
     assert after[-2:] == [{"client": "127.0.0.1"}, {**after[-1], "client": "127.0.0.1", "count": 9, "summary": True}]
 
 
-def test_whip_guesses_from_elsewhere_do_not_lock_out_the_camera(db: Database, broker: MosquittoProcess) -> None:
+def test_whip_guesses_from_elsewhere_do_not_lock_out_the_camera(
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """Bogus WHIP offers for a device through the proxy lock out the address they come
     from, not the camera's own."""
     settings = make_settings(trusted_proxies=PROXY, rate_limit_device_burst=2, rate_limit_device_per_min=1.0)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         def offer(via: str) -> int:
             return httpx.post(f"{server.base}/api/v1/whip/we-1", content="v=0\r\n", timeout=30,
                               headers={"content-type": "application/sdp", "Authorization": "Bearer not-the-secret",
@@ -215,11 +208,12 @@ async def _closed(ws: Any) -> tuple[int, str]:
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
-def test_live_feeds_are_capped_per_user_and_before_authentication(db: Database, broker: MosquittoProcess) -> None:
+def test_live_feeds_are_capped_per_user_and_before_authentication(
+        db: Database, module_mosquitto: MosquittoProcess) -> None:
     """A user's third feed (cap 2) is closed with 4429 and a reason, while another user
     still gets one; a third socket that has not authenticated (cap 2) is closed with 1013."""
     settings = make_settings(live_max_feeds_per_user=2, live_max_unauthenticated=2)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         op, fleet = token(server.base, "op-all"), token(server.base, "fleet")
 
         async def scenario() -> tuple[tuple[int, str], bool, tuple[int, str]]:

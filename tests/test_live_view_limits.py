@@ -5,39 +5,22 @@ as a viewer only once it is connected."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
 from tests.helpers.db import Database
 from tests.helpers.live_view import WE1, AiortcViewer, Stack, Watched, _live, stack
+from tests.helpers.offers import real_offer
 from tests.helpers.telemetry import event_payload, publish_all
-from tests.helpers.waiting import wait_for
+from tests.helpers.waiting import run, wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 AFO = "lv-we-afo"  # a second Westminster camera
-
-
-def _offer(direction: str, *, audio: bool = False) -> str:
-    """A real aiortc offer, candidates gathered; its peer connection is closed at once, so
-    a session made from it is answered but never connects."""
-    async def make() -> str:
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        if audio:
-            pc.addTransceiver("audio", direction=direction)
-        pc.addTransceiver("video", direction=direction)
-        await pc.setLocalDescription(await pc.createOffer())
-        assert pc.localDescription is not None
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-    return asyncio.run(make())
 
 
 def _with_audio_sections(offer: str, n: int) -> str:
@@ -76,7 +59,7 @@ def test_offers_the_relay_will_not_take_are_400s_with_the_reason(pg: Database, m
     offer that stalled the loop), one with a section that says no direction (a 500 before:
     createAnswer raised outside the relay's try), and one with too many candidates are each
     refused with 400 ``invalid_offer`` naming the problem; a good offer still plays."""
-    good = _offer("recvonly", audio=True)
+    good = run(real_offer("recvonly", audio=True))
     bad = {
         "media sections": _with_audio_sections(good, 30),
         "bytes, more than": _with_audio_sections(good, 520),  # near 64 KiB: the offer that stalled the loop
@@ -92,7 +75,7 @@ def test_offers_the_relay_will_not_take_are_400s_with_the_reason(pg: Database, m
             assert response.status_code == 400, (words, response.status_code, response.text[:300])
             error = response.json()["error"]
             assert error["code"] == "invalid_offer" and words in error["message"], error
-        publish = _offer("sendonly").replace("a=sendonly\r\n", "", 1)
+        publish = run(real_offer("sendonly")).replace("a=sendonly\r\n", "", 1)
         whip = httpx.post(f"{s.base}/api/v1/whip/{WE1}", content=publish, timeout=15,
                           headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {s.secrets[WE1]}"})
         assert whip.status_code == 400 and "has no direction" in whip.json()["error"]["message"], whip.text
@@ -110,7 +93,7 @@ def test_whep_sessions_are_capped_and_count_once_connected(pg: Database, mosquit
     with Retry-After past the process's, each refusal recorded; a session ended gives its
     slot back. Sessions that never connect are not viewers: the camera is told 1 only when
     a real viewer connects, never the number of sessions answered."""
-    sdp = _offer("recvonly")
+    sdp = run(real_offer("recvonly"))
     caps = {"live_view_max_sessions_per_user": 3, "live_view_max_viewers_per_camera": 3, "live_view_max_viewers": 4}
     with stack(pg, mosquitto, **caps) as s, streaming(s, WE1, AFO):
         wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])

@@ -10,26 +10,13 @@ import struct
 
 import aioice.ice
 import pytest
-from aiortc import RTCPeerConnection
 
 from streaming import InvalidOffer, OfferLimits, Relay
 from streaming.offer import candidate_refusal, check_offer, check_size, filter_candidates
+from tests.helpers.offers import real_offer
 from tests.helpers.waiting import run
 
 _STUN_COOKIE = 0x2112A442
-
-
-async def real_offer(direction: str = "sendonly", *, audio: bool = False) -> str:
-    """An offer from a real aiortc peer connection, candidates gathered."""
-    pc = RTCPeerConnection()
-    if audio:
-        pc.addTransceiver("audio", direction=direction)
-    pc.addTransceiver("video", direction=direction)
-    await pc.setLocalDescription(await pc.createOffer())
-    assert pc.localDescription is not None
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def with_candidates(sdp: str, *addresses: tuple[str, int]) -> str:

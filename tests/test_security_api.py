@@ -114,23 +114,13 @@ def db() -> Iterator[Database]:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
-    require_executable("mosquitto")
-    process = MosquittoProcess(tmp_path_factory.mktemp("mosquitto")).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(db: Database, broker: MosquittoProcess, keys: Keys) -> Iterator[Stack]:
+def stack(db: Database, module_mosquitto: MosquittoProcess, keys: Keys) -> Iterator[Stack]:
     """The API with OIDC (JWKS over HTTP) and a small body limit."""
     settings = make_settings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_jwks_url=keys.jwks_url,
                              oidc_roles_claim="realm_access.roles", oidc_role_prefix="watchfloor-",
                              max_request_bytes=4096)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
-        yield Stack(db, broker, server.base)
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
+        yield Stack(db, module_mosquitto, server.base)
 
 
 def _audit(db: Database, action: str) -> list[tuple[Any, ...]]:
@@ -202,11 +192,11 @@ def test_oversized_bodies_are_refused_with_413(stack: Stack) -> None:
 
 # Rate limits --------------------------------------------------------------------------
 
-def test_requests_per_user_are_limited_with_retry_after(db: Database, broker: MosquittoProcess) -> None:
+def test_requests_per_user_are_limited_with_retry_after(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """Past its burst a user gets 429 with Retry-After in the error shape; another user is
     not affected; the bucket refills."""
     settings = make_settings(rate_limit_user_per_s=2.0, rate_limit_user_burst=3)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server, \
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server, \
             client(server.base, "op-all") as op, client(server.base, "admin") as admin:
         statuses = [op.get("/api/v1/devices").status_code for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
@@ -218,11 +208,11 @@ def test_requests_per_user_are_limited_with_retry_after(db: Database, broker: Mo
                  what="the bucket to refill")
 
 
-def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broker: MosquittoProcess) -> None:
+def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """After the burst of failures, even the right password is refused (429) for that name
     from that address; other names sign in; every failure and sign-in is audited."""
     settings = make_settings(rate_limit_sign_in_failures_per_min=1.0, rate_limit_sign_in_failures_burst=3)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         url = f"{server.base}/api/v1/auth/token"
         before = len(_audit(db, "sign_in_failed"))
         for _ in range(3):
@@ -237,11 +227,11 @@ def test_failed_sign_ins_lock_out_that_name_from_that_client(db: Database, broke
     assert any(a == "fleet" and d["role"] == "fleet_manager" for a, _, d in _audit(db, "sign_in"))
 
 
-def test_whip_offers_per_device_are_limited(db: Database, broker: MosquittoProcess) -> None:
+def test_whip_offers_per_device_are_limited(db: Database, module_mosquitto: MosquittoProcess) -> None:
     """WHIP offers for one device from one address past the burst get 429 before the secret
     is even checked; another device is not affected."""
     settings = make_settings(rate_limit_device_per_min=1.0, rate_limit_device_burst=2)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         def offer(device: str) -> httpx.Response:
             return httpx.post(f"{server.base}/api/v1/whip/{device}", content="v=0\r\n", timeout=30,
                               headers={"content-type": "application/sdp", "Authorization": "Bearer not-the-secret"})
@@ -450,7 +440,7 @@ def _forged_hs256(keys: Keys) -> str:
     return f"{header}.{body}.{signature}"
 
 
-def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: MosquittoProcess,
+def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, module_mosquitto: MosquittoProcess,
                                                           keys: Keys) -> None:
     """ES256 tokens verified against a JWKS file; an OIDC token opens the live websocket too,
     and a token whose first use is the websocket signs in there (one oidc_sign_in)."""
@@ -459,7 +449,7 @@ def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, broker: 
     subject = f"ws-{time.monotonic_ns()}"
     bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256")
     feed_bearer = _oidc_token(keys.ec, "ec-1", algorithm="ES256", sub=subject)
-    with running_api(database_url=db.url, mqtt_url=broker.url, settings=settings) as server:
+    with running_api(database_url=db.url, mqtt_url=module_mosquitto.url, settings=settings) as server:
         response = httpx.get(f"{server.base}/api/v1/devices", headers={"Authorization": f"Bearer {bearer}"})
         assert response.status_code == 200, response.text
 

@@ -10,5 +10,6 @@ modules import helpers from here, never from conftest.py or from another test mo
 - ``api``: an API server on a thread, test users and tokens, live-feed readers.
 - ``processes``: watchfloor processes started and stopped by PID, a private PostgreSQL cluster,
   a round publisher, a metrics scraper.
+- ``offers``: SDP offers from a real aiortc peer connection.
 - ``live_view``: the live-view stack, simulated cameras over MQTT and WHIP, an aiortc WHEP viewer.
 """

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["HelpFormatter", "command", "group"]
 
-#: Read by every subcommand (README, "Settings", has them all).
+#: Read by every subcommand (README.md, "Configuration", has them all).
 COMMON_ENV = ("WATCHFLOOR_LOG_FORMAT",)
 
 
@@ -27,7 +27,7 @@ def command(sub: Any, name: str, *, help: str, env: Sequence[str] = (),
             run: Callable[..., None] | None = None) -> argparse.ArgumentParser:
     """A subcommand whose help shows its defaults and names the variables it reads."""
     names = [*env, *COMMON_ENV]
-    epilog = ("environment: " + ", ".join(names) + " (every setting: README.md, 'Settings')") if names else None
+    epilog = ("environment: " + ", ".join(names) + " (every setting: README.md, 'Configuration')") if names else None
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, epilog=epilog,
                                                      formatter_class=HelpFormatter)
     if run is not None:

@@ -17,6 +17,9 @@ ALTER TABLE live_view_requests
     ADD COLUMN consent_id bigint REFERENCES live_view_consents (id) ON DELETE SET NULL,
     ADD COLUMN covered_rule text CHECK (covered_rule IN ('same_requester', 'officer_asked', 'policy_recording'));
 CREATE INDEX live_view_requests_consent ON live_view_requests (consent_id) WHERE consent_id IS NOT NULL;
+-- A request that granted a consent (before this migration) was accepted under it: a stream
+-- running through the upgrade keeps its requester.
+UPDATE live_view_requests r SET consent_id = c.id FROM live_view_consents c WHERE c.request_id = r.id;
 
 -- The camera event (ts, seq) that granted an officer_request consent: a copy of it (a QoS 1
 -- duplicate) or an older one (from the camera's buffer) grants nothing again.

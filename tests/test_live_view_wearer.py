@@ -26,7 +26,7 @@ from tests.helpers.api import API_PROCESS_ENV, add_test_users
 from tests.helpers.api import token as sign_in
 from tests.helpers.db import Database
 from tests.helpers.live_view import DEVICES, SEED, SIM_UNIT, WE1, AiortcViewer, Stack, Watched, simulated_camera, stack
-from tests.helpers.processes import WatchfloorProcess
+from tests.helpers.processes import WatchfloorProcess, scrape
 from tests.helpers.telemetry import event_payload, publish_all
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
@@ -120,8 +120,10 @@ def test_the_cameras_list_follows_the_relays_viewers_through_joins_leaves_a_cras
         return viewer
 
     def shown(expected: list[str], what: str) -> None:
-        wait_for(lambda: list(camera.units[0].watching) == expected and _relay_viewers(base) == expected,
-                 timeout=30, what=f"the camera and the API agreeing on {expected} ({what})")
+        """The camera's list, the viewings the API holds open and the relay's connected viewers agree."""
+        wait_for(lambda: list(camera.units[0].watching) == expected and _relay_viewers(base) == expected
+                 and scrape(f"{base}/metrics").get("watchfloor_relay_viewers") == len(expected),
+                 timeout=30, what=f"the camera, the API and the relay agreeing on {expected} ({what})")
 
     try:
         wait_for(lambda: _ready(base), timeout=60, what="the API process")

@@ -156,7 +156,6 @@ class LiveView:
         self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
                                              per_camera=settings.live_view_max_viewers_per_camera,
                                              per_process=settings.live_view_max_viewers))
-
         self.events_ignored: Counter[str] = Counter()  # watch_me events that granted nothing, by why
 
     @property

@@ -318,8 +318,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     url = database_url(settings)
     key = audit_key(settings, required=True)
     _migrate(settings, url)
-    app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret,
-                     audit_key=key)
+    try:
+        app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret,
+                         audit_key=key)
+    except ValueError as error:
+        sys.exit(str(error))
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
                 ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,

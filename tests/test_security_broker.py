@@ -29,7 +29,7 @@ from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services import audit
 from services.accounts import Role, account_announcement, add_user
-from services.device_accounts import ADMIN_USERNAME, DeviceAccounts, configured, parse_password_file
+from services.device_accounts import ADMIN_USERNAME, DeviceAccounts, camera_acls, configured, parse_password_file
 from services.registry import change_announcement
 from telemetry.embedded import free_port
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
@@ -624,3 +624,20 @@ def test_an_authenticated_broker_needs_the_device_accounts_url() -> None:
     assert configured(Settings(), mqtt_url=None) is None
     given = configured(Settings(device_accounts_url="mqtts://a:b@h:8883"), mqtt_url="mqtt://u:p@h:1883")
     assert given is not None and given.url == "mqtts://a:b@h:8883"
+
+
+def test_a_cameras_role_is_the_shipped_acls_camera_lines() -> None:
+    """The plugin's role for a camera grants exactly the `pattern` lines of deploy/mosquitto/acl
+    (write: publish; read: receive and subscribe), with the device id for %u, and nothing else."""
+    shipped = [line.split() for line in (Path(__file__).parents[1] / "deploy/mosquitto/acl").read_text().splitlines()
+               if line.startswith("pattern ")]
+    assert shipped
+    expected = set()
+    for _, access, topic in shipped:
+        topic = topic.replace("%u", "cam-q")
+        if access == "write":
+            expected.add(("publishClientSend", topic))
+        else:
+            expected |= {("publishClientReceive", topic), ("subscribeLiteral", topic)}
+    granted = [(acl["acltype"], acl["topic"]) for acl in camera_acls("cam-q") if acl["allow"]]
+    assert sorted(granted) == sorted(expected) and len(granted) == len(camera_acls("cam-q"))

@@ -519,14 +519,24 @@ def test_a_camera_retired_through_the_api_is_disconnected_and_refused(broker: Br
     room. `POST /api/v1/devices/{id}/retire` on an API whose broker has accounts disables the
     camera's login before it commits: the connected camera is disconnected at once, its next
     login is refused, and the audit entry says so. (Before the plugin, the API's retire never
-    touched the broker: the camera stayed connected and could log in again.)"""
+    touched the broker: the camera stayed connected and could log in again.) A broker that
+    does not confirm leaves the device in service (503)."""
     from tests.helpers.api import add_test_users, client, running_api
 
     with db.connect() as conn:
         add_test_users(conn)
     settings = make_settings(device_accounts_url=broker.admin_url, device_accounts_ca_file=broker.ca)
+    wrong = broker.admin_url.replace(quote(broker.secrets[ADMIN_USERNAME], safe=""), "wrong-password")
     camera = _connected_camera(broker, "cam-d")
     try:
+        # A broker that does not disable the login: 503, and the device stays in service.
+        with running_api(database_url=db.url, mqtt_url=broker.service_url("watchfloor-api"),
+                         settings=settings.model_copy(update={"device_accounts_url": wrong})) as api, \
+                client(api.base, "admin") as admin:
+            response = admin.post("/api/v1/devices/cam-d/retire")
+            assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable", response.text
+        assert db.scalar("SELECT retired_at IS NULL FROM devices WHERE device_id = 'cam-d'")
+        assert camera.publish(topic_for("cam-d", Channel.TELEMETRY), b"still in service") in (0, 16)
         with running_api(database_url=db.url, mqtt_url=broker.service_url("watchfloor-api"),
                          settings=settings) as api, client(api.base, "admin") as admin:
             response = admin.post("/api/v1/devices/cam-d/retire")

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     migrate_database_url: str | None = None
     database_runtime_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     data_dir: Path = Path(".watchfloor")
+    # The cameras' broker logins (Mosquitto's dynamic-security plugin on the cameras' listener):
+    # `mqtts://watchfloor-device-admin:PASSWORD@HOST:8883`, and the CA its certificate is
+    # checked against (unset: the system's). Provisioning gives a camera its login there and
+    # retiring (API or command line) disables it at once. Required with an authenticated
+    # broker (a mqtt_url with a username); unset otherwise, no broker login is touched.
+    device_accounts_url: str | None = None
+    device_accounts_ca_file: Path | None = None
 
     # Ingest
     # Names the worker's persistent session. In the services' namespace (SERVICE_PREFIX),

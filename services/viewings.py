@@ -9,6 +9,7 @@ Tables: migration 5 in :mod:`telemetry.schema`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "stale_consents",
     "start_viewing",
     "unit_for_live_view",
+    "ViewingFilter",
     "viewings",
 ]
 
@@ -219,15 +221,36 @@ def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:
                       " ORDER BY started_at", (device_id,))
 
 
-def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, device_id: str | None,
-             viewer: str | None, limit: int) -> list[Row]:
-    """Viewing sessions and refusals of devices within ``boroughs`` (None: all), newest first.
-    Who watched a unit and why is about that unit: its borough decides who may read it."""
-    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions v"
-                      " WHERE (%(areas)s::text[] IS NULL OR EXISTS (SELECT 1 FROM devices d"
-                      "        WHERE d.device_id = v.device_id AND d.borough = ANY(%(areas)s)))"
-                      " AND (%(device)s::text IS NULL OR device_id = %(device)s)"
-                      " AND (%(viewer)s::text IS NULL OR viewer = %(viewer)s)"
-                      " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
-                {"areas": None if boroughs is None else sorted(boroughs), "device": device_id, "viewer": viewer,
+@dataclass(frozen=True)
+class ViewingFilter:
+    """Which viewing sessions to list (None: any). ``since``/``until``: sessions that overlap
+    that window (started before ``until``, not ended before ``since``), so "who watched unit X
+    between 14:00 and 16:00" includes a viewing that began at 13:50. ``basis``: of the consent
+    the viewing was under (a refusal has none, so a basis leaves refusals out)."""
+
+    device_id: str | None = None
+    viewer: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    basis: str | None = None
+
+
+def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, where: ViewingFilter,
+             limit: int) -> list[Row]:
+    """Viewing sessions and refusals of devices within ``boroughs`` (None: all), newest first,
+    with the unit's callsign and borough and the consent's basis. Who watched a unit and why
+    is about that unit: its borough decides who may read it."""
+    columns = ", ".join("v." + c for c in _VIEWING.split(", "))
+    return _all(conn, f"SELECT {columns}, d.callsign, d.borough, c.basis"
+                      " FROM viewing_sessions v JOIN devices d ON d.device_id = v.device_id"
+                      " LEFT JOIN live_view_consents c ON c.id = v.consent_id"
+                      " WHERE (%(areas)s::text[] IS NULL OR d.borough = ANY(%(areas)s))"
+                      " AND (%(device)s::text IS NULL OR v.device_id = %(device)s)"
+                      " AND (%(viewer)s::text IS NULL OR v.viewer = %(viewer)s)"
+                      " AND (%(since)s::timestamptz IS NULL OR v.ended_at IS NULL OR v.ended_at >= %(since)s)"
+                      " AND (%(until)s::timestamptz IS NULL OR v.started_at < %(until)s)"
+                      " AND (%(basis)s::text IS NULL OR c.basis = %(basis)s)"
+                      " ORDER BY v.started_at DESC, v.id DESC LIMIT %(limit)s",
+                {"areas": None if boroughs is None else sorted(boroughs), "device": where.device_id,
+                 "viewer": where.viewer, "since": where.since, "until": where.until, "basis": where.basis,
                  "limit": limit})

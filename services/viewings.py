@@ -242,7 +242,7 @@ def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, where
     is about that unit: its borough decides who may read it."""
     columns = ", ".join("v." + c for c in _VIEWING.split(", "))
     return _all(conn, f"SELECT {columns}, d.callsign, d.borough, c.basis"
-                      " FROM viewing_sessions v JOIN devices d ON d.device_id = v.device_id"
+                      " FROM viewing_sessions v LEFT JOIN devices d ON d.device_id = v.device_id"
                       " LEFT JOIN live_view_consents c ON c.id = v.consent_id"
                       " WHERE (%(areas)s::text[] IS NULL OR d.borough = ANY(%(areas)s))"
                       " AND (%(device)s::text IS NULL OR v.device_id = %(device)s)"

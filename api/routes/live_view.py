@@ -165,7 +165,7 @@ class ViewingRecord(Viewing):
     """A viewing session in the record, with its unit and the basis of its consent."""
 
     callsign: str | None = None
-    borough: str
+    borough: str | None = None
     basis: Literal["officer_request", "accepted_request", "policy_recording"] | None = Field(
         None, description="the consent the viewing was under (none for a refusal)")
 

@@ -13,10 +13,25 @@ from typing import Any
 
 import pytest
 
+from core.contract import Channel, topic_for
 from services.accounts import Role, add_user
+from simulator.video import VideoUplink
 from tests.helpers.api import PASSWORD
 from tests.helpers.db import Database
-from tests.helpers.live_view import FORMULA, RECORD_DAY, WE1, Stack, seed_viewing_record, stack
+from tests.helpers.live_view import (
+    FORMULA,
+    RECORD_DAY,
+    SIM_UNIT,
+    WE1,
+    AiortcViewer,
+    Stack,
+    _live,
+    _relay_empty,
+    seed_viewing_record,
+    stack,
+)
+from tests.helpers.telemetry import event_payload, publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 SINCE, UNTIL = f"{RECORD_DAY}T14:00:00Z", f"{RECORD_DAY}T16:00:00Z"
@@ -108,3 +123,49 @@ def test_the_csv_holds_exactly_the_units_sessions_in_the_window_and_is_audited(s
     assert entry[2]["report"] == "viewings.csv" and entry[2]["rows"] == 5
     assert entry[2]["since"].startswith(f"{RECORD_DAY}T14:00:00")
     assert entry[2]["until"].startswith(f"{RECORD_DAY}T16:00:00")
+
+
+def test_an_officers_report_holds_only_the_viewings_of_the_camera_while_they_wore_it(s: Stack) -> None:
+    """Who watched me, as a report an officer asks an auditor for: the record keeps the
+    registry's officer as each viewing began. The attack: the unit changes hands, and the new
+    wearer's report must not hold what was watched while the previous officer wore it (nor
+    theirs the newcomer's); the name is matched exactly, never as a pattern."""
+    first = SIM_UNIT.officer
+    assert first
+    uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+    try:
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(21, "watch_me"))])
+        wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+        uplink.start(WE1)
+        wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+        viewer = AiortcViewer(s.base, s.token("op-all"), WE1, "watching the first wearer")
+        try:
+            assert viewer.open() == 201, viewer.error
+            assert viewer.leave() == 200
+        finally:
+            viewer.close()
+    finally:
+        uplink.close()
+    wait_for(lambda: _relay_empty(s), timeout=15, what="the stream's end")
+    with s.http("admin") as admin:  # the unit changes hands
+        moved = admin.put(f"/api/v1/devices/{WE1}", json={"device_id": WE1, "callsign": SIM_UNIT.callsign,
+                                                          "officer": "PC Newcomer", "borough": "Westminster",
+                                                          "role": "response"})
+        assert moved.status_code == 200, moved.text
+    refused = AiortcViewer(s.base, s.token("op-west"), WE1, "watching the newcomer")
+    try:
+        assert refused.open() == 409  # no consent: refused, and recorded
+    finally:
+        refused.close()
+    with s.http("audit") as http:
+        theirs = http.get("/api/v1/live-view/sessions", params={"officer": first}).json()
+        newcomers = http.get("/api/v1/live-view/sessions", params={"officer": "PC Newcomer"}).json()
+        for pattern in ("%", "PC%", "_" * len(first)):
+            assert http.get("/api/v1/live-view/sessions", params={"officer": pattern}).json() == [], pattern
+        csv_rows = list(csv.DictReader(io.StringIO(http.get("/api/v1/live-view/sessions.csv",
+                                                            params={"officer": "PC Newcomer"}).text)))
+    assert [(r["viewer"], r["reason"], r["officer"]) for r in theirs] == [("op-all", "watching the first wearer",
+                                                                           first)]
+    assert [(r["viewer"], r["reason"], r["refused"] is not None) for r in newcomers] == [
+        ("op-west", "watching the newcomer", True)]
+    assert [(r["viewer"], r["officer"]) for r in csv_rows] == [("op-west", "PC Newcomer")]

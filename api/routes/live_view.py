@@ -166,6 +166,8 @@ class ViewingRecord(Viewing):
 
     callsign: str | None = None
     borough: str | None = None
+    officer: str | None = Field(None, description="who carried the unit when the viewing began (the registry's"
+                                                  " officer then; unknown for sessions before migration 10)")
     basis: Literal["officer_request", "accepted_request", "policy_recording"] | None = Field(
         None, description="the consent the viewing was under (none for a refusal)")
 
@@ -173,22 +175,25 @@ class ViewingRecord(Viewing):
 #: One export holds at most this many sessions.
 MAX_EXPORT_ROWS = 50_000
 #: The CSV's columns, in order (``duration_s``: seconds, while ended).
-EXPORT_COLUMNS = ("started_at", "ended_at", "duration_s", "device_id", "callsign", "borough", "viewer", "role",
-                  "reason", "basis", "consent_id", "end_reason", "refused", "session_id")
+EXPORT_COLUMNS = ("started_at", "ended_at", "duration_s", "device_id", "callsign", "borough", "officer", "viewer",
+                  "role", "reason", "basis", "consent_id", "end_reason", "refused", "session_id")
 Basis = Literal["officer_request", "accepted_request", "policy_recording"]
 
 
-def _filter(device_id: str | None, viewer: str | None, since: datetime | None, until: datetime | None,
-            basis: Basis | None) -> viewings.ViewingFilter:
+def _filter(device_id: str | None, officer: str | None, viewer: str | None, since: datetime | None,
+            until: datetime | None, basis: Basis | None) -> viewings.ViewingFilter:
     for name, at in (("since", since), ("until", until)):
         if at is not None and at.tzinfo is None:
             raise InvalidRequest(f"{name}: give a time zone (an RFC 3339 time, e.g. 2026-12-06T14:00:00Z)")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be before until")
-    return viewings.ViewingFilter(device_id=device_id, viewer=viewer, since=since, until=until, basis=basis)
+    return viewings.ViewingFilter(device_id=device_id, officer=officer, viewer=viewer, since=since, until=until,
+                                  basis=basis)
 
 
 DeviceQuery = Annotated[str | None, Query(pattern=DEVICE_ID, description="one unit")]
+OfficerQuery = Annotated[str | None, Query(max_length=200, description="the officer who carried the unit then"
+                                                                       " (exactly as the registry named them)")]
 ViewerQuery = Annotated[str | None, Query(max_length=64, description="one viewer's username")]
 SinceQuery = Annotated[datetime | None, Query(description="sessions still open at or after this time (RFC 3339)")]
 UntilQuery = Annotated[datetime | None, Query(description="sessions started before this time (RFC 3339)")]
@@ -197,20 +202,22 @@ BasisQuery = Annotated[Basis | None, Query(description="the basis of the consent
 
 @router.get("/live-view/sessions", response_model=list[ViewingRecord],
             summary="The record of viewing sessions and refused attempts in your area (auditor, admin)")
-def sessions(db: Db, who: Auditor, device_id: DeviceQuery = None, viewer: ViewerQuery = None,
+def sessions(db: Db, who: Auditor, device_id: DeviceQuery = None, officer: OfficerQuery = None,
+             viewer: ViewerQuery = None,
              since: SinceQuery = None, until: UntilQuery = None, basis: BasisQuery = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[ViewingRecord]:
-    where = _filter(device_id, viewer, since, until, basis)
+    where = _filter(device_id, officer, viewer, since, until, basis)
     return [ViewingRecord.model_validate(v) for v in viewings.viewings(db, boroughs=who.areas, where=where,
                                                                           limit=limit)]
 
 
 @router.get("/live-view/sessions.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}},
             summary="The same record as CSV, with the same filters (auditor, admin; the export is audited)")
-def sessions_csv(db: Db, who: Auditor, device_id: DeviceQuery = None, viewer: ViewerQuery = None,
+def sessions_csv(db: Db, who: Auditor, device_id: DeviceQuery = None, officer: OfficerQuery = None,
+                 viewer: ViewerQuery = None,
                  since: SinceQuery = None, until: UntilQuery = None, basis: BasisQuery = None,
                  limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = MAX_EXPORT_ROWS) -> Response:
-    where = _filter(device_id, viewer, since, until, basis)
+    where = _filter(device_id, officer, viewer, since, until, basis)
     rows = viewings.viewings(db, boroughs=who.areas, where=where, limit=limit)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
@@ -222,7 +229,8 @@ def sessions_csv(db: Db, who: Auditor, device_id: DeviceQuery = None, viewer: Vi
         writer.writerow([csv_cell(duration if c == "duration_s" else row.get(c)) for c in EXPORT_COLUMNS])
     # Recorded in the request's transaction: if the entry cannot be written, no file leaves.
     audit.record(db, actor=who.username, action="export", device_id=device_id,
-                 details={"report": "viewings.csv", "rows": len(rows), "device_id": device_id, "viewer": viewer,
+                 details={"report": "viewings.csv", "rows": len(rows), "device_id": device_id, "officer": officer,
+                          "viewer": viewer,
                           "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
                           "basis": basis, "areas": "*" if who.areas is None else sorted(who.areas)})
     db.commit()  # the record is in before the file leaves (the request's own commit may come after the response)

@@ -1,6 +1,7 @@
 // The viewing record, for auditors (and admins): who watched which unit, when, for how long,
-// under which consent and why (GET /api/v1/live-view/sessions), filtered by unit, viewer,
-// time window and consent basis, and the same filter exported as CSV (made by the server:
+// under which consent and why (GET /api/v1/live-view/sessions), filtered by unit, the officer
+// who wore it then (the report an officer asks for: "who watched me"), viewer, time window
+// and consent basis, and the same filter exported as CSV (made by the server:
 // area-filtered, its cells safe in a spreadsheet, and recorded in the audit log).
 // "Who watched unit X between 14:00 and 16:00, and why" is one filter and one table.
 
@@ -42,7 +43,8 @@ export class ViewingsView {
   query() {
     const data = new FormData(this.form);
     const iso = (v) => (v ? new Date(String(v)).toISOString() : null);
-    return { device_id: String(data.get("device_id") || "").trim(), viewer: String(data.get("viewer") || "").trim(),
+    const text = (name) => String(data.get(name) || "").trim();
+    return { device_id: text("device_id"), officer: text("officer"), viewer: text("viewer"),
              basis: data.get("basis"), since: iso(data.get("since")), until: iso(data.get("until")) };
   }
 
@@ -64,6 +66,7 @@ export class ViewingsView {
         h("td", {}, when(v.started_at)), h("td", {}, when(v.ended_at)),
         h("td", {}, v.refused ? "—" : duration(v.started_at, v.ended_at)),
         h("td", {}, v.callsign ? `${v.callsign} (${v.device_id})` : v.device_id), h("td", {}, v.borough || ""),
+        h("td", { class: "officer" }, v.officer || "—"),
         h("td", { class: "viewer" }, v.viewer), h("td", {}, v.role.replaceAll("_", " ")),
         h("td", { class: "reason" }, v.reason || ""), h("td", {}, BASIS[v.basis] || "—"), h("td", {}, ended)));
     }

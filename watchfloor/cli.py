@@ -290,8 +290,11 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int,
             password = secrets.token_urlsafe(12)
             add_user(conn, username=name, password=password, role=role, areas=areas)
             print(f"            {name:<22} {password}  ({role.value}, {','.join(areas)})")
-    app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret,
-                     audit_key=audit_key)
+    try:
+        app = create_app(settings=settings, database_url=db_url, mqtt_url=mqtt_url, signing_secret=secret,
+                         audit_key=audit_key)
+    except ValueError as error:  # a broker with accounts and no device-accounts URL
+        raise SystemExit(str(error))
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
                                            ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
                                            proxy_headers=False))  # api/client_address.py reads them
@@ -318,8 +321,11 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> None:
     url = database_url(settings)
     key = audit_key(settings, required=True)
     _migrate(settings, url)
-    app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret,
-                     audit_key=key)
+    try:
+        app = create_app(settings=settings, database_url=url, mqtt_url=_mqtt_url(settings), signing_secret=secret,
+                         audit_key=key)
+    except ValueError as error:
+        sys.exit(str(error))
     uvicorn.run(app, host=args.host or settings.api_host, port=args.port or settings.api_port,
                 log_level=args.log_level.lower(), ws=WS_IMPL,
                 ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,

@@ -18,6 +18,7 @@ from telemetry.migrations import (
     v6_oidc_sign_ins,
     v7_runtime_role,
     v8_token_versions,
+    v9_accountable_consent,
     v10_viewing_officer,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
@@ -33,6 +34,6 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(6, "oidc sign-ins", v6_oidc_sign_ins.apply),
     Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", v7_runtime_role.apply),
     Migration(8, "token versions", v8_token_versions.apply),
-    # 9 is another change's (merged separately); the order of application is by this list.
+    Migration(9, "accountable consent", v9_accountable_consent.apply),
     Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
 )

@@ -9,6 +9,7 @@ Tables: migration 5 in :mod:`telemetry.schema`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "stale_consents",
     "start_viewing",
     "unit_for_live_view",
+    "ViewingFilter",
     "viewings",
 ]
 
@@ -47,7 +49,10 @@ _REQUEST = ("r.id AS request_id, r.device_id, d.borough, r.requested_by, r.reaso
             " r.created_at, r.expires_at, r.answered_at, r.consent_id, r.covered_rule")
 _CONSENT = ("id AS consent_id, device_id, basis, request_id, granted_at, publisher_session, publishing_since,"
             " ended_at, end_reason")
-_VIEWING = "id, session_id, device_id, viewer, role, reason, consent_id, started_at, ended_at, end_reason, refused"
+_VIEWING = ("id, session_id, device_id, officer, viewer, role, reason, consent_id, started_at, ended_at, end_reason,"
+            " refused")
+# The unit's officer now, kept with a viewing as it starts (who was watched).
+_OFFICER_NOW = "(SELECT officer FROM devices WHERE device_id = %(device)s)"
 
 
 def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Row | None:
@@ -215,9 +220,11 @@ def end_policy_consents_not_recording(conn: psycopg.Connection) -> list[Row]:
 
 def start_viewing(conn: psycopg.Connection, *, session_id: str, device_id: str, viewer: str, role: str,
                   reason: str, consent_id: int | None) -> Row:
-    row = _one(conn, f"INSERT INTO viewing_sessions (session_id, device_id, viewer, role, reason, consent_id)"
-                     f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_VIEWING}",
-               (session_id, device_id, viewer, role, reason, consent_id))
+    row = _one(conn, f"INSERT INTO viewing_sessions (session_id, device_id, officer, viewer, role, reason, consent_id)"
+                     f" VALUES (%(session)s, %(device)s, {_OFFICER_NOW}, %(viewer)s, %(role)s, %(reason)s,"
+                     f" %(consent)s) RETURNING {_VIEWING}",
+               {"session": session_id, "device": device_id, "viewer": viewer, "role": role, "reason": reason,
+                "consent": consent_id})
     assert row is not None
     return row
 
@@ -225,9 +232,10 @@ def start_viewing(conn: psycopg.Connection, *, session_id: str, device_id: str, 
 def refuse_viewing(conn: psycopg.Connection, *, device_id: str, viewer: str, role: str, reason: str | None,
                    refused: str) -> Row:
     """Record an attempt to view that was refused, and why."""
-    row = _one(conn, f"INSERT INTO viewing_sessions (device_id, viewer, role, reason, ended_at, end_reason, refused)"
-                     f" VALUES (%s, %s, %s, %s, now(), 'refused', %s) RETURNING {_VIEWING}",
-               (device_id, viewer, role, reason, refused))
+    row = _one(conn, f"INSERT INTO viewing_sessions (device_id, officer, viewer, role, reason, ended_at, end_reason,"
+                     f" refused) VALUES (%(device)s, {_OFFICER_NOW}, %(viewer)s, %(role)s, %(reason)s, now(),"
+                     f" 'refused', %(refused)s) RETURNING {_VIEWING}",
+               {"device": device_id, "viewer": viewer, "role": role, "reason": reason, "refused": refused})
     assert row is not None
     return row
 
@@ -261,15 +269,39 @@ def open_viewings(conn: psycopg.Connection, device_id: str) -> list[Row]:
                       " ORDER BY started_at", (device_id,))
 
 
-def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, device_id: str | None,
-             viewer: str | None, limit: int) -> list[Row]:
-    """Viewing sessions and refusals of devices within ``boroughs`` (None: all), newest first.
-    Who watched a unit and why is about that unit: its borough decides who may read it."""
-    return _all(conn, f"SELECT {_VIEWING} FROM viewing_sessions v"
-                      " WHERE (%(areas)s::text[] IS NULL OR EXISTS (SELECT 1 FROM devices d"
-                      "        WHERE d.device_id = v.device_id AND d.borough = ANY(%(areas)s)))"
-                      " AND (%(device)s::text IS NULL OR device_id = %(device)s)"
-                      " AND (%(viewer)s::text IS NULL OR viewer = %(viewer)s)"
-                      " ORDER BY started_at DESC, id DESC LIMIT %(limit)s",
-                {"areas": None if boroughs is None else sorted(boroughs), "device": device_id, "viewer": viewer,
+@dataclass(frozen=True)
+class ViewingFilter:
+    """Which viewing sessions to list (None: any). ``since``/``until``: sessions that overlap
+    that window (started before ``until``, not ended before ``since``), so "who watched unit X
+    between 14:00 and 16:00" includes a viewing that began at 13:50. ``basis``: of the consent
+    the viewing was under (a refusal has none, so a basis leaves refusals out)."""
+
+    device_id: str | None = None
+    officer: str | None = None  # who carried the unit then (the registry's officer at the viewing's start)
+    viewer: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    basis: str | None = None
+
+
+def viewings(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, where: ViewingFilter,
+             limit: int) -> list[Row]:
+    """Viewing sessions and refusals of devices within ``boroughs`` (None: all), newest first,
+    with the unit's callsign and borough and the consent's basis. Who watched a unit and why
+    is about that unit: its borough decides who may read it."""
+    columns = ", ".join("v." + c for c in _VIEWING.split(", "))
+    return _all(conn, f"SELECT {columns}, d.callsign, d.borough, c.basis"
+                      " FROM viewing_sessions v LEFT JOIN devices d ON d.device_id = v.device_id"
+                      " LEFT JOIN live_view_consents c ON c.id = v.consent_id"
+                      " WHERE (%(areas)s::text[] IS NULL OR d.borough = ANY(%(areas)s))"
+                      " AND (%(device)s::text IS NULL OR v.device_id = %(device)s)"
+                      " AND (%(officer)s::text IS NULL OR v.officer = %(officer)s)"
+                      " AND (%(viewer)s::text IS NULL OR v.viewer = %(viewer)s)"
+                      " AND (%(since)s::timestamptz IS NULL OR v.ended_at IS NULL OR v.ended_at >= %(since)s)"
+                      " AND (%(until)s::timestamptz IS NULL OR v.started_at < %(until)s)"
+                      " AND (%(basis)s::text IS NULL OR c.basis = %(basis)s)"
+                      " ORDER BY v.started_at DESC, v.id DESC LIMIT %(limit)s",
+                {"areas": None if boroughs is None else sorted(boroughs), "device": where.device_id,
+                 "officer": where.officer, "viewer": where.viewer, "since": where.since, "until": where.until,
+                 "basis": where.basis,
                  "limit": limit})

@@ -5,7 +5,8 @@ it shows who is watching and why (:func:`wearer_display`, from ``live_view_statu
 simulated officer accepts unless busy (an emergency), docked (off duty) or unable to stream
 (no video uplink configured), and otherwise declines a seeded share of requests, so a
 demo shows both answers and a run is repeatable. A request made under the force's policy
-(``basis: policy_recording``) is not a question: the camera complies and says so.
+(``basis: policy_recording``) is not a question: the camera complies and says so; nor is
+the go-ahead for its officer's own ``watch_me`` (``basis: officer_request``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def answer_live_view_request(unit: Unit, request: Command, *, now: datetime, pol
         return ReplyStatus.DECLINED, "the camera is docked"
     if request.params.get("basis") == "policy_recording":
         return ReplyStatus.ACCEPTED, "streaming under the force's policy while recording"
+    if request.params.get("basis") == "officer_request":
+        return ReplyStatus.ACCEPTED, "the officer asked to be watched"
     if unit.live:
         return ReplyStatus.ACCEPTED, "already live"
     if unit.emergency_s > 0:

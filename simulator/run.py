@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from core.commands import Command, CommandType, ReplyStatus, reply
-from core.contract import Channel, EventType, topic_for
+from core.contract import Channel, topic_for
 from core.mqtt import BrokerAddress
 from simulator.camera import CameraPolicy, answer_live_view_request, wearer_display
 from simulator.fleet import FleetProfile, Unit, build_fleet
@@ -163,10 +163,10 @@ class Simulator:
         if unit.rng.random() < 1.0 - math.exp(-self.profile.drops_per_h * self.interval_s / 3600):
             self._go_offline(unit)
             return
+        # A watch_me goes out like any event; the camera dials in when the API, with the
+        # consent on record, sends it a live_view_request (basis officer_request).
         for channel, payload in unit.step(now, self.interval_s, self.profile):
             self._send(unit, channel, orjson.dumps(payload))
-            if channel is Channel.EVENTS and payload["type"] == EventType.WATCH_ME.value and self._video is not None:
-                self._video.start(unit.device_id)  # the officer asked to be watched: go live
 
     def _serve_commands(self) -> None:
         """Answer what the control room sent, as each camera's firmware would."""

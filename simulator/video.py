@@ -4,8 +4,10 @@ The fleet loop is synchronous (one thread drives every MQTT connection); WebRTC 
 asyncio, so :class:`VideoUplink` runs its own event loop on a thread of its own. The fleet
 loop calls :meth:`~VideoUplink.start` and :meth:`~VideoUplink.stop` (thread-safe), and reads
 what happened with :meth:`~VideoUplink.changes` (device id, live or not), which is where the
-two threads meet. A start waits for consent to be on record (the ``watch_me`` event travels
-through the broker to the API while the camera dials): a ``403`` is tried again a few times.
+two threads meet. A start after the camera accepted a request waits for the consent to be
+on record (the camera's reply travels through the broker to the API while it dials): a
+``403`` is tried again a few times. (Its officer's ``watch_me`` has no such race: the API
+tells the camera to dial in once the consent is on record.)
 """
 
 from __future__ import annotations

@@ -187,6 +187,7 @@ CASES: list[Case] = [
     case("GET", "/api/v1/live-view/requests", HANDLES, {200}, area_scoped=False),
     case("GET", "/api/v1/live-view/requests/{request_id}", HANDLES, {200}, prepare=_live_view_request),
     case("GET", "/api/v1/live-view/sessions", {AUDITOR, ADMIN}, {200}, area_scoped=False),
+    case("GET", "/api/v1/live-view/sessions.csv", {AUDITOR, ADMIN}, {200}, area_scoped=False),
     case("POST", "/api/v1/whep/{device_id}", HANDLES, {409}, sdp=True, headers={"X-Viewing-Reason": "matrix test"}),
     # Ending a viewing: a role that cannot watch has no session to end (404, as for anyone's unknown session).
     case("DELETE", "/api/v1/whep/{device_id}/{session_id}", HANDLES, {404}, prepare=_whep_session,
@@ -332,7 +333,8 @@ def test_every_list_holds_only_the_callers_area(world: World, user: str) -> None
     camden = _seed_camden_everywhere(world)
     headers = {"Authorization": f"Bearer {world.tokens[user]}"}
     operations = _list_operations(httpx.get(world.base + "/openapi.json").json())
-    assert {"/api/v1/devices", "/api/v1/live-view/sessions", "/api/v1/audit"} <= {p for p, _ in operations}
+    assert {"/api/v1/devices", "/api/v1/live-view/sessions", "/api/v1/live-view/sessions.csv",
+            "/api/v1/audit"} <= {p for p, _ in operations}
     served = 0
     for path, query in operations:
         response = httpx.get(world.base + path, params=query, headers=headers, timeout=30)

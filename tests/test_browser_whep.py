@@ -130,4 +130,4 @@ def test_chromium_plays_a_relayed_camera_over_whep(pg: Database, mosquitto: Mosq
         finally:
             uplink.close()
         wait_for(lambda: s.rows("SELECT viewer, reason, end_reason FROM viewing_sessions WHERE refused IS NULL")
-                 == [("op-all", "browser test", "viewer_left")], what="the viewing record")
+                 == [("op-all", "browser test", "viewer_stopped")], what="the viewing record")

@@ -555,7 +555,7 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
     """From a unit's panel, Live view asks for a reason, shows the request as pending until the
     simulated camera accepts (over MQTT), then plays the camera's stream (WHIP in, WHEP out)
     in a tile whose video clock advances; the tile says who else watches; closing it ends the
-    viewing, recorded with the reason given."""
+    viewing, recorded with the reason given, and closing it is recorded as viewer_stopped."""
     from tests.helpers.live_view import SIM_UNIT, WE1, simulated_camera
     from tests.helpers.live_view import stack as live_view_stack
 
@@ -583,8 +583,57 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
         sessions = s.rows("SELECT viewer, reason FROM viewing_sessions WHERE refused IS NULL")
         assert sessions == [("op-all", "officer called for support")]
         tile.locator("button.close").click()
+        # Closing the tile is the viewer's stop: recorded as such, not as a lost connection (the
+        # page sends its DELETE before it closes the peer connection).
         wait_for(lambda: s.rows("SELECT 1 FROM viewing_sessions WHERE refused IS NULL AND ended_at IS NOT NULL"),
                  what="the viewing to end")
+        assert s.rows("SELECT end_reason FROM viewing_sessions WHERE refused IS NULL") == [("viewer_stopped",)]
+        assert [(a[0], a[2]["reason"]) for a in s.audit("viewing_ended")] == [("op-all", "viewer_stopped")]
+
+
+# A UTC time as a datetime-local input wants it: the browser's own local time.
+_LOCAL = """(iso) => { const d = new Date(iso); const p = (n) => String(n).padStart(2, "0");
+    const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+    return `${day}T${p(d.getHours())}:${p(d.getMinutes())}:00`; }"""
+
+
+def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Database, mosquitto: MosquittoProcess,
+                                                                       browser_page: Any) -> None:
+    """"Who watched unit X between 14:00 and 16:00, and why", on one screen: the auditor's
+    Viewing record filtered by unit and window lists exactly those sessions (and the refused
+    attempt) with viewer and reason; Export CSV downloads the same sessions, and the export
+    is in the audit log."""
+    from tests.helpers.live_view import RECORD_DAY, WE1, seed_viewing_record
+    from tests.helpers.live_view import stack as live_view_stack
+
+    expected = {"s-before-overlaps", "s-inside", "s-after-overlaps", "s-still-watching", ""}
+    page = browser_page
+    with live_view_stack(pg, mosquitto) as s:
+        with pg.connect() as conn:
+            seed_viewing_record(conn)
+        sign_in(page, s.base, "audit")
+        page.click("#tabs button[data-view=viewings]")
+        page.wait_for_selector("#view-viewings:not(.hidden)")
+        page.fill("#view-viewings input[name=device_id]", WE1)
+        page.fill("#view-viewings input[name=since]", page.evaluate(_LOCAL, f"{RECORD_DAY}T14:00:00Z"))
+        page.fill("#view-viewings input[name=until]", page.evaluate(_LOCAL, f"{RECORD_DAY}T16:00:00Z"))
+        page.click("#view-viewings button[type=submit]")
+        page.wait_for_selector(".viewings-status:has-text('5 sessions')")
+        rows = page.locator("table.viewings tbody tr")
+        shown = {rows.nth(i).get_attribute("data-session-id") for i in range(rows.count())}
+        assert shown == expected
+        inside = page.locator("table.viewings tbody tr[data-session-id=s-inside]")
+        assert inside.locator("td.viewer").inner_text() == "op-west"
+        assert inside.locator("td.reason").inner_text().startswith("=HYPERLINK")  # shown as it was typed
+        assert "accepted a request" in inside.inner_text() and "30 min 0 s" in inside.inner_text()
+        shot(page, "viewing-record")
+        with page.expect_download() as download_info:
+            page.click("#view-viewings button.export")
+        exported = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
+        assert {r["session_id"] for r in exported} == expected and {r["device_id"] for r in exported} == {WE1}
+        page.wait_for_selector(".viewings-export-status:has-text('Exported 5 sessions')")
+        (entry,) = s.rows("SELECT actor, details FROM audit_log WHERE action = 'export'")
+        assert entry[0] == "audit" and entry[1]["report"] == "viewings.csv" and entry[1]["device_id"] == WE1
 
 
 def _png(rgb: tuple[int, int, int]) -> bytes:

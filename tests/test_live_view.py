@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -126,14 +127,14 @@ def test_camera_accepts_viewer_plays_and_the_session_is_recorded(s: Stack) -> No
     (session,) = s.rows("SELECT viewer, device_id, reason, started_at, ended_at, end_reason, consent_id"
                         " FROM viewing_sessions WHERE refused IS NULL")
     assert session[:3] == ("op-all", WE1, "officer needs support")
-    assert session[3] < session[4] and session[5] == "viewer_left" and session[6] is not None
+    assert session[3] < session[4] and session[5] == "viewer_stopped" and session[6] is not None
     (consent,) = s.rows("SELECT basis, request_id FROM live_view_consents")
     assert consent == ("accepted_request", request["request_id"])
     assert [a[0] for a in s.audit("live_view_requested")] == ["op-all"]
     assert [a[0] for a in s.audit("live_view_accepted")] == [f"device:{WE1}"]
     assert [a[0] for a in s.audit("viewing_started")] == ["op-all"]
     (ended,) = s.audit("viewing_ended")
-    assert ended[0] == "op-all" and ended[2]["reason"] == "viewer_left" and ended[2]["duration_s"] > 0
+    assert ended[0] == "op-all" and ended[2]["reason"] == "viewer_stopped" and ended[2]["duration_s"] > 0
     wait_for(lambda: _relay_empty(s), timeout=15, what="the stream to end with the simulator")
 
 
@@ -187,9 +188,11 @@ def test_camera_vanishes_viewer_is_told_and_nothing_leaks(s: Stack) -> None:
         uplink.close()
         feed.close()
     wait_for(lambda: s.rows("SELECT end_reason FROM viewing_sessions WHERE refused IS NULL")
-             == [("stream_ended",)], what="the viewing's end")
+             == [("camera_gone",)], what="the viewing's end")
     (consent,) = s.rows("SELECT basis, end_reason FROM live_view_consents")
     assert consent[0] == "officer_request" and consent[1] == "camera_lost"
+    (ended,) = s.audit("viewing_ended")
+    assert ended[2]["reason"] == "camera_gone" and ended[2]["stream_end_reason"] == "camera_lost"
     assert not s.live_view._viewers and not s.live_view._publishers
 
 
@@ -292,7 +295,7 @@ def test_join_and_leave_cycles_leave_nothing_behind(s: Stack) -> None:
                           if b["type"] == "live_view_status"][-1:] == [0], what="the camera told: nobody")
         wait_for(lambda: len(s.live_view._tasks) <= tasks_before, timeout=10, what="no handler left running")
         assert s.rows("SELECT count(*), count(ended_at) FROM viewing_sessions WHERE refused IS NULL") == [(20, 20)]
-        assert s.rows("SELECT DISTINCT end_reason FROM viewing_sessions WHERE refused IS NULL") == [("viewer_left",)]
+        assert s.rows("SELECT DISTINCT end_reason FROM viewing_sessions WHERE refused IS NULL") == [("viewer_stopped",)]
     finally:
         uplink.close()
         wire.close()
@@ -452,3 +455,95 @@ def test_viewings_left_open_by_a_dead_process_end_with_their_consent(s: Stack) -
     with s.http("op-all") as http:
         assert http.get(f"/api/v1/devices/{WE1}/viewers").json() == []
     assert [a[2]["session_id"] for a in s.audit("viewing_ended")] == ["ghost"]
+
+
+def _watched_stream(s: Stack, uplink: VideoUplink, seq: int) -> None:
+    """The officer asks to be watched; the camera streams once the consent is on record."""
+    publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(seq, "watch_me"))])
+    wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+    uplink.start(WE1)
+    wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+
+
+def _ended(s: Stack, viewer: AiortcViewer) -> str | None:
+    """How the viewer's session ended (None while it runs)."""
+    assert viewer.location is not None
+    rows = s.rows("SELECT end_reason FROM viewing_sessions WHERE session_id = %s AND ended_at IS NOT NULL",
+                  (viewer.location.rsplit("/", 1)[-1],))
+    return rows[0][0] if rows else None
+
+
+def test_each_viewing_records_how_it_ended(s: Stack) -> None:
+    """A viewer whose connection goes without a DELETE: connection_lost. The control room
+    stopping the stream: its viewer's record says consent_ended (the audit entry says what
+    ended the consent). The officer stopping it on the camera (WHIP DELETE): officer_stopped.
+    (viewer_stopped, camera_gone and the idle stop have tests of their own above.)"""
+    uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+    try:
+        _watched_stream(s, uplink, 11)
+        stays = AiortcViewer(s.base, s.token("op-all"), WE1, "officer asked to be watched")
+        drops = AiortcViewer(s.base, s.token("op-west"), WE1, "officer asked to be watched")
+        try:
+            assert stays.open() == 201 and drops.open() == 201
+            wait_for(lambda: stays.frames >= 1 and drops.frames >= 1, timeout=20, what="frames at both")
+            drops.close()  # the peer connection goes, no DELETE: a crash, a lost network
+            wait_for(lambda: _ended(s, drops) is not None, timeout=40, what="the dropped viewer's end")
+            assert _ended(s, drops) == "connection_lost"
+            with s.http("op-all") as http:
+                assert http.delete(f"/api/v1/devices/{WE1}/live-view").status_code == 200
+            wait_for(lambda: _ended(s, stays) is not None, timeout=20, what="the viewing's end")
+            assert _ended(s, stays) == "consent_ended"
+        finally:
+            stays.close()
+        wait_for(lambda: _relay_empty(s) and not uplink.live, timeout=15, what="the stream closed")
+        ended = {a[0]: a[2] for a in s.audit("viewing_ended")}
+        assert ended["op-west"]["reason"] == "connection_lost"
+        assert ended["op-all"]["reason"] == "consent_ended"
+        assert ended["op-all"]["stream_end_reason"] == "stopped_by_control_room"
+        # Again, and this time the officer ends it on the camera.
+        _watched_stream(s, uplink, 12)
+        watcher = AiortcViewer(s.base, s.token("op-all"), WE1, "officer asked again")
+        try:
+            assert watcher.open() == 201
+            wait_for(lambda: watcher.frames >= 1, timeout=20, what="frames")
+            uplink.stop(WE1)  # the officer's stop: WHIP DELETE on the session's Location
+            wait_for(lambda: _ended(s, watcher) is not None, timeout=20, what="the viewing's end")
+            assert _ended(s, watcher) == "officer_stopped"
+        finally:
+            watcher.close()
+    finally:
+        uplink.close()
+    assert s.rows("SELECT end_reason FROM live_view_consents ORDER BY id") == [("stopped_by_control_room",),
+                                                                              ("officer_stopped",)]
+
+
+def test_watch_me_camera_is_told_to_dial_in_once_consent_is_in_force(s: Stack) -> None:
+    """The watch-me race: the camera dials in when the API tells it to (a live_view_request
+    with basis officer_request), and that is sent only once the consent is on record, so a WHIP
+    made the moment the command arrives is accepted, never refused."""
+    wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
+    try:
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(13, "watch_me"))])
+        go = wait_for(lambda: [b for b in wire.bodies("/commands") if b["type"] == "live_view_request"],
+                      timeout=20, what="the go-ahead")
+        assert isinstance(go, list) and go[0]["params"]["basis"] == "officer_request"
+        answer = _whip(s, WE1, s.secrets[WE1])  # at once: no wait, no retry
+        assert answer.status_code == 201, answer.text
+    finally:
+        wire.close()
+    (consent,) = s.rows("SELECT id, basis FROM live_view_consents")
+    assert consent[1] == "officer_request" and go[0]["id"] == f"wm-{consent[0]}"
+
+
+def test_simulated_camera_asked_to_be_watched_streams_without_a_refusal(s: Stack,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The simulated camera's officer asks to be watched (its watch_me event): the camera goes
+    live without a single WHIP refusal (it used to dial in with the event, be refused 403, and
+    retry)."""
+    caplog.set_level(logging.INFO, logger="simulator.video")
+    with simulated_camera(s, decline_share=0.0):
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(14, "watch_me"))])
+        wait_for(lambda: _live(s, WE1), timeout=30, what="the camera streaming")
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == []
+    assert s.rows("SELECT basis FROM live_view_consents") == [("officer_request",)]

@@ -47,6 +47,7 @@ from services.live_view.workflow import (
     reply_answer,
     status_params,
     viewer_end_reason,
+    viewing_end_for_stream,
 )
 
 WE1 = "we-1"
@@ -124,6 +125,17 @@ def test_watch_me_asks_for_an_officer_consent() -> None:
     assert change_for_event("watch_me", None, **FRESH) == GrantConsent(Basis.OFFICER_REQUEST)
     assert change_for_event("watch_me", Basis.POLICY_RECORDING, **FRESH) == GrantConsent(Basis.OFFICER_REQUEST)
     assert _events(after_consent_started(WE1, _consent(Basis.OFFICER_REQUEST))) == ["consent_started"]
+
+
+def test_the_camera_is_told_to_dial_in_only_once_its_watch_me_consent_is_on_record() -> None:
+    """The watch-me race: after the consent is granted (and only then: this is the effect of a
+    committed grant) the camera gets a live_view_request with basis officer_request, under an
+    id that is no request's (a reply to it answers nothing), before the announcement."""
+    effects = after_consent_started(WE1, _consent(Basis.OFFICER_REQUEST))
+    command = effects[0]
+    assert isinstance(command, SendCommand) and command.kind is CommandType.LIVE_VIEW_REQUEST
+    assert command.params["basis"] == "officer_request" and command.command_id == "wm-7"
+    assert _events(effects) == ["consent_started"]
 
 
 def test_a_watch_me_from_the_cameras_buffer_grants_nothing_but_an_old_stop_still_stops() -> None:
@@ -255,6 +267,17 @@ def test_relay_reasons_become_the_records_words() -> None:
     assert viewer_end_reason("publisher_ended") == "stream_ended"
     assert viewer_end_reason("something_new") == "something_new"
     assert viewer_end_reason(None) == "closed"
+
+
+def test_a_viewing_ended_by_its_stream_says_how_the_stream_ended() -> None:
+    """The officer's WHIP DELETE, the camera vanishing, idleness and shutdown keep their own
+    words; anything else that ended the stream ended its consent."""
+    assert viewing_end_for_stream("officer_stopped") == "officer_stopped"
+    assert viewing_end_for_stream("camera_lost") == "camera_gone"
+    assert viewing_end_for_stream("no_viewers") == "idle"
+    assert viewing_end_for_stream("server_stopping") == "server_stopping"
+    for reason in ("stopped_by_control_room", "recording_stopped", "docked", "no_stream", "consent_ended"):
+        assert viewing_end_for_stream(reason) == "consent_ended"
 
 
 # the sweeper

@@ -10,7 +10,9 @@ The decisions are in :mod:`services.consent`; :class:`services.live_view.LiveVie
 
 from __future__ import annotations
 
-from datetime import datetime
+import csv
+import io
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -22,10 +24,11 @@ from api.deps import Db
 from api.errors import ErrorBody
 from api.limits import ApiLimits
 from api.models import DEVICE_ID
-from services import viewings
+from api.spreadsheet import csv_cell
+from services import audit, viewings
 from services.accounts import Principal, Role
 from services.consent import VIEWING_ROLES, Denied, UnitFacts, may_watch
-from services.errors import Forbidden, NotFound, PayloadTooLarge, UnsupportedMediaType
+from services.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from services.live_view import LiveView
 
 __all__ = ["router"]
@@ -162,13 +165,83 @@ def get_request(request_id: Annotated[str, Path(pattern=DEVICE_ID)], db: Db, who
     return LiveViewRequest.model_validate(row)
 
 
-@router.get("/live-view/sessions", response_model=list[Viewing],
-            summary="The record of viewing sessions and refused attempts (auditor, admin)")
-def sessions(db: Db, who: Auditor, device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
-             viewer: Annotated[str | None, Query(max_length=64)] = None,
-             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Viewing]:
-    return [Viewing.model_validate(v) for v in viewings.viewings(db, boroughs=who.areas, device_id=device_id,
-                                                                    viewer=viewer, limit=limit)]
+class ViewingRecord(Viewing):
+    """A viewing session in the record, with its unit and the basis of its consent."""
+
+    callsign: str | None = None
+    borough: str | None = None
+    officer: str | None = Field(None, description="who carried the unit when the viewing began (the registry's"
+                                                  " officer then; unknown for sessions before migration 10)")
+    basis: Literal["officer_request", "accepted_request", "policy_recording"] | None = Field(
+        None, description="the consent the viewing was under (none for a refusal)")
+
+
+#: One export holds at most this many sessions.
+MAX_EXPORT_ROWS = 50_000
+#: The CSV's columns, in order (``duration_s``: seconds, while ended).
+EXPORT_COLUMNS = ("started_at", "ended_at", "duration_s", "device_id", "callsign", "borough", "officer", "viewer",
+                  "role", "reason", "basis", "consent_id", "end_reason", "refused", "session_id")
+Basis = Literal["officer_request", "accepted_request", "policy_recording"]
+
+
+def _filter(device_id: str | None, officer: str | None, viewer: str | None, since: datetime | None,
+            until: datetime | None, basis: Basis | None) -> viewings.ViewingFilter:
+    for name, at in (("since", since), ("until", until)):
+        if at is not None and at.tzinfo is None:
+            raise InvalidRequest(f"{name}: give a time zone (an RFC 3339 time, e.g. 2026-12-06T14:00:00Z)")
+    if since is not None and until is not None and since >= until:
+        raise InvalidRequest("since must be before until")
+    return viewings.ViewingFilter(device_id=device_id, officer=officer, viewer=viewer, since=since, until=until,
+                                  basis=basis)
+
+
+DeviceQuery = Annotated[str | None, Query(pattern=DEVICE_ID, description="one unit")]
+OfficerQuery = Annotated[str | None, Query(max_length=200, description="the officer who carried the unit then"
+                                                                       " (exactly as the registry named them)")]
+ViewerQuery = Annotated[str | None, Query(max_length=64, description="one viewer's username")]
+SinceQuery = Annotated[datetime | None, Query(description="sessions still open at or after this time (RFC 3339)")]
+UntilQuery = Annotated[datetime | None, Query(description="sessions started before this time (RFC 3339)")]
+BasisQuery = Annotated[Basis | None, Query(description="the basis of the consent watched under")]
+
+
+@router.get("/live-view/sessions", response_model=list[ViewingRecord],
+            summary="The record of viewing sessions and refused attempts in your area (auditor, admin)")
+def sessions(db: Db, who: Auditor, device_id: DeviceQuery = None, officer: OfficerQuery = None,
+             viewer: ViewerQuery = None,
+             since: SinceQuery = None, until: UntilQuery = None, basis: BasisQuery = None,
+             limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[ViewingRecord]:
+    where = _filter(device_id, officer, viewer, since, until, basis)
+    return [ViewingRecord.model_validate(v) for v in viewings.viewings(db, boroughs=who.areas, where=where,
+                                                                          limit=limit)]
+
+
+@router.get("/live-view/sessions.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}},
+            summary="The same record as CSV, with the same filters (auditor, admin; the export is audited)")
+def sessions_csv(db: Db, who: Auditor, device_id: DeviceQuery = None, officer: OfficerQuery = None,
+                 viewer: ViewerQuery = None,
+                 since: SinceQuery = None, until: UntilQuery = None, basis: BasisQuery = None,
+                 limit: Annotated[int, Query(ge=1, le=MAX_EXPORT_ROWS)] = MAX_EXPORT_ROWS) -> Response:
+    where = _filter(device_id, officer, viewer, since, until, basis)
+    rows = viewings.viewings(db, boroughs=who.areas, where=where, limit=limit)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
+    writer.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        ended = row["ended_at"]
+        duration = round((ended - row["started_at"]).total_seconds(), 1) if ended is not None else None
+        # The same cells as the fleet export: a viewer's reason is free text and stays text.
+        writer.writerow([csv_cell(duration if c == "duration_s" else row.get(c)) for c in EXPORT_COLUMNS])
+    # Recorded in the request's transaction: if the entry cannot be written, no file leaves.
+    audit.record(db, actor=who.username, action="export", device_id=device_id,
+                 details={"report": "viewings.csv", "rows": len(rows), "device_id": device_id, "officer": officer,
+                          "viewer": viewer,
+                          "since": since.isoformat() if since else None, "until": until.isoformat() if until else None,
+                          "basis": basis, "areas": "*" if who.areas is None else sorted(who.areas)})
+    db.commit()  # the record is in before the file leaves (the request's own commit may come after the response)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="viewings-{stamp}.csv"',
+                             "X-Row-Count": str(len(rows))})
 
 
 # WHIP and WHEP

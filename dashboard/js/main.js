@@ -2,8 +2,9 @@
 //   operator            live map, alerts, unit panel, live video
 //   firearms_commander  the same, with the incident panel first
 //   fleet_manager       fleet health (no positions, no video)
-//   auditor             the audit log
-//   admin               map (from REST, admins are not on the live feed), fleet health, registry, users
+//   auditor             the audit log, the viewing record
+//   admin               map (from REST, admins are not on the live feed), fleet health, registry, users,
+//                       the viewing record
 
 import { AlertsPanel, ResolveDialog } from "./alerts.js";
 import { Api } from "./api.js";
@@ -18,15 +19,17 @@ import { UnitFilter, UnitStore } from "./store.js";
 import { UnitPanel } from "./unitpanel.js";
 import { UsersView } from "./users.js";
 import { VideoTiles } from "./video.js";
+import { ViewingsView } from "./viewings.js";
 
 const ROLE_VIEWS = {
   operator: ["map"],
   firearms_commander: ["map"],
   fleet_manager: ["fleet"],
-  auditor: ["audit"],
-  admin: ["map", "fleet", "registry", "users"],
+  auditor: ["audit", "viewings"],
+  admin: ["map", "fleet", "registry", "users", "viewings"],
 };
-const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", registry: "Registry", users: "Users" };
+const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", viewings: "Viewing record",
+                     registry: "Registry", users: "Users" };
 const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]);
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
@@ -115,6 +118,7 @@ async function startSession() {
     ctx.fleet = new FleetView({ root: $("#view-fleet"), api, store });
   }
   if (views.includes("audit")) ctx.audit = new AuditView({ root: $("#view-audit"), api });
+  if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api });
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
@@ -143,6 +147,7 @@ function setUpTabs(ctx) {
     if (name === "map" && ctx.map) ctx.map.resize();
     if (name === "fleet") ctx.fleet.start();
     if (name === "audit") ctx.audit.load();
+    if (name === "viewings") ctx.viewings.load();
     if (name === "registry") ctx.registry.load();
     if (name === "users") ctx.users.load();
   };

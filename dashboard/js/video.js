@@ -205,15 +205,20 @@ export class VideoTiles {
       : count !== null ? `${count} watching` : "";
   }
 
+  // Stop watching: DELETE the WHEP session first, then close the peer connection. The other
+  // way round, the relay sees the connection drop before the DELETE arrives, ends the session
+  // as "connection_lost", and the DELETE finds nothing (404); the record must say the viewer
+  // stopped it ("viewer_stopped").
   async close(tile) {
     this.tiles.delete(tile.deviceId);
     tile.el.remove();
     if (!this.tiles.size) this.root.classList.add("hidden");
-    if (tile.pc) tile.pc.close();
+    tile.status = "closed"; // a stream_ended frame or state change from now on is ours
     if (tile.location) {
       await fetch(tile.location, { method: "DELETE", headers: { Authorization: `Bearer ${this.api.token}` } })
         .catch(() => {});
     }
+    if (tile.pc) tile.pc.close();
   }
 
   closeAll() {

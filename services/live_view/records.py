@@ -267,9 +267,13 @@ def start_viewing(conn: psycopg.Connection, *, who: Principal, device_id: str, s
     return row
 
 
-def end_viewing(conn: psycopg.Connection, *, session_id: str, username: str, device_id: str, reason: str) -> None:
+def end_viewing(conn: psycopg.Connection, *, session_id: str, username: str, device_id: str, reason: str,
+                cause: str | None = None) -> None:
+    """End the viewing with ``reason`` (``cause``: what ended its stream, when that ended it)."""
     row = viewings.end_viewing(conn, session_id=session_id, reason=reason)
     if row is not None:
         seconds = (row["ended_at"] - row["started_at"]).total_seconds()
-        audit.record(conn, actor=username, action="viewing_ended", device_id=device_id,
-                     details={"session_id": session_id, "reason": reason, "duration_s": round(seconds, 1)})
+        details: dict[str, Any] = {"session_id": session_id, "reason": reason, "duration_s": round(seconds, 1)}
+        if cause is not None and cause != reason:
+            details["stream_end_reason"] = cause
+        audit.record(conn, actor=username, action="viewing_ended", device_id=device_id, details=details)

@@ -89,6 +89,7 @@ from services.live_view.workflow import (
     on_idle_timeout,
     reply_answer,
     viewer_end_reason,
+    viewing_end_for_stream,
 )
 from services.registry import verify_device_secret
 from services.viewer_slots import SlotRefused, ViewerCaps, ViewerSlots
@@ -152,6 +153,9 @@ class LiveView:
         self._publishers: dict[str, str] = {}  # device id -> its WHIP session here
         self._viewers: dict[str, _Viewer] = {}  # WHEP session id -> who
         self._closing: dict[str, str] = {}  # session id -> why this process closed it
+        # viewer session id -> (how its viewing ended, why its stream ended), set when the stream
+        # ends: the relay's own viewer_ended events for them may be handled first.
+        self._stream_gone: dict[str, tuple[str, str | None]] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
         self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
                                              per_camera=settings.live_view_max_viewers_per_camera,
@@ -413,7 +417,10 @@ class LiveView:
         del self._publishers[device_id]
         await self._apply([CancelIdle(device_id)])
         reason = self._closing.pop(session_id, None) or "camera_lost"
-        for viewer in [v for v in self._viewers.values() if v.device_id == device_id]:
+        watching = [v for v in self._viewers.values() if v.device_id == device_id]
+        for viewer in watching:
+            self._stream_gone[viewer.session_id] = (viewing_end_for_stream(reason), reason)
+        for viewer in watching:
             with contextlib.suppress(Exception):
                 await self.relay.close(viewer.session_id, reason="stream_ended")
             await self._viewer_gone(viewer.session_id, "stream_ended")
@@ -486,8 +493,8 @@ class LiveView:
         viewer = self._viewers.get(session_id)
         if viewer is None or viewer.device_id != device_id or viewer.username != who.username:
             raise NotFound("no such WHEP session of yours")
-        await self.relay.close(session_id, reason="viewer_left")
-        await self._viewer_gone(session_id, "viewer_left")
+        await self.relay.close(session_id, reason="viewer_stopped")
+        await self._viewer_gone(session_id, "viewer_stopped")
 
     async def _wearer_view(self, device_id: str) -> WearerView:
         """Who watches the stream here (connected, in the order they joined) and why it is
@@ -499,6 +506,8 @@ class LiveView:
         return WearerView(watchers, basis, reason)
 
     async def _viewer_gone(self, session_id: str, reason: str) -> None:
+        """``reason``: how the viewing ended, unless its stream ended first (then that says)."""
+        reason, cause = self._stream_gone.pop(session_id, (reason, None))
         viewer = self._viewers.pop(session_id, None)
         if viewer is None:
             return  # handled already
@@ -506,7 +515,8 @@ class LiveView:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(viewer.recorded.wait(), _RECORDED_WAIT_S)
         await self._db(lambda conn: records.end_viewing(conn, session_id=session_id, username=viewer.username,
-                                                        device_id=viewer.device_id, reason=reason))
+                                                        device_id=viewer.device_id, reason=reason,
+                                                        cause=cause))
         device_id = viewer.device_id
         view = await self._wearer_view(device_id) if device_id in self._publishers else None
         await self._apply(after_viewer_left(device_id, viewer.username, reason, view=view,

@@ -61,6 +61,7 @@ __all__ = [
     "reply_answer",
     "status_params",
     "viewer_end_reason",
+    "viewing_end_for_stream",
     "wearer_label",
 ]
 
@@ -219,7 +220,14 @@ def change_for_event(kind: str, consent_basis: Basis | None, *, age_s: float,
 
 
 def after_consent_started(device_id: str, consent: Row) -> list[Effect]:
-    return [Announce("consent_started", device_id, {"consent": consent})]
+    """The officer's ``watch_me`` is on record: only now is the camera told to dial in (a
+    ``live_view_request`` with basis ``officer_request``), so its WHIP finds the consent in
+    force. (A camera that dialled in as it sent the event raced the event to the database.)"""
+    return [SendCommand(device_id, CommandType.LIVE_VIEW_REQUEST,
+                        {"requested_by": "officer", "reason": "the officer asked to be watched",
+                         "basis": Basis.OFFICER_REQUEST.value},
+                        command_id=f"wm-{consent['consent_id']}"),
+            Announce("consent_started", device_id, {"consent": consent})]
 
 
 def audit_consent_ended(actor: str, device_id: str, ended: Row, reason: str) -> Audit:
@@ -266,10 +274,21 @@ def after_sweep(expired: Sequence[Row], stale: Sequence[Row]) -> list[Effect]:
 
 # the stream and its viewers
 
-# The relay's words for how a viewer's session ended, in the record's words.
+# How a viewing ends, in the record's words (viewing_sessions.end_reason, the viewing_ended
+# audit entry): viewer_stopped (the viewer closed it: WHEP DELETE), officer_stopped (the
+# camera's WHIP DELETE), consent_ended (the control room, the recording or the dock ended the
+# consent; the audit entry says which), idle (the stream stopped with no viewer connected),
+# camera_gone (the camera's connection vanished), connection_lost (the viewer's own
+# connection failed or closed without a DELETE), never_connected, server_stopping,
+# stream_moved (the camera dialled in to another API process), stream_ended (the relay ended
+# the stream for a reason this process was not told).
+# The relay's words for a viewer's session that ended on its own:
 _VIEWER_END = {"publisher_ended": "stream_ended", "connection_failed": "connection_lost",
                "connection_closed": "connection_lost", "setup_timeout": "never_connected",
                "relay_closed": "server_stopping"}
+# Why the camera's stream ended (the consent's end_reason) -> why its viewings ended.
+_STREAM_END = {"officer_stopped": "officer_stopped", "camera_lost": "camera_gone", "no_viewers": "idle",
+               "server_stopping": "server_stopping"}
 
 
 @dataclass(frozen=True)
@@ -307,6 +326,12 @@ def check_viewing(who: Principal, device_id: str, unit: UnitFacts | None, reason
 
 def viewer_end_reason(relay_reason: str | None) -> str:
     return _VIEWER_END.get(relay_reason or "", relay_reason or "closed")
+
+
+def viewing_end_for_stream(stream_reason: str) -> str:
+    """Why a viewing ended when its stream did (``stream_reason``: the consent's end reason):
+    anything but the officer, the camera vanishing, idleness or shutdown ended the consent."""
+    return _STREAM_END.get(stream_reason, "consent_ended")
 
 
 def audit_publisher_ended(device_id: str, ended: Row, reason: str) -> Audit:

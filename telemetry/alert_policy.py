@@ -93,7 +93,14 @@ class AlertPolicy:
 
     @classmethod
     def of(cls, rules: Iterable[PolicyRule], *, version: int = 0) -> AlertPolicy:
-        table = {(r.kind, r.role): r for r in rules}
+        table: dict[tuple[str, str], PolicyRule] = {}
+        for rule in rules:
+            # The table may have been edited by hand: a rule the API would refuse (activity
+            # for a state kind would record the state on every report) is refused here too.
+            reason = check_rule(rule)
+            if reason is not None:
+                raise ValueError(f"rule for {rule.kind!r}, role {rule.role!r}: {reason}")
+            table[(rule.kind, rule.role)] = rule
         missing = [k for k in KINDS if (k, ANY_ROLE) not in table]
         if missing:
             raise ValueError(f"the policy has no rule for any role of {', '.join(missing)}")

@@ -155,7 +155,8 @@ def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: 
             cur.execute(
                 f"SELECT l.device_id, {_PROFILE}, {rule.detail} AS detail"
                 f" FROM device_latest l JOIN devices d USING (device_id)"
-                f" WHERE l.device_id = ANY(%(ids)s) AND ({rule.raise_when})",
+                f" WHERE l.device_id = ANY(%(ids)s) AND ({rule.raise_when}) AND NOT EXISTS (SELECT 1 FROM alerts a"
+                f" WHERE a.device_id = l.device_id AND a.kind = '{rule.kind}' AND a.status <> 'resolved')",
                 {**base, "ids": candidates})
             changes += _raise(cur, rule.kind, cur.fetchall(), policy)
     return changes

@@ -23,7 +23,7 @@ from telemetry.alert_policy import (
     PolicyRule,
     check_rule,
 )
-from telemetry.alert_policy_store import load_policy
+from telemetry.alert_policy_store import load_policy, set_rule
 from tests.helpers.api import PASSWORD, ApiServer, add_test_users, client, running_api
 from tests.helpers.db import Database
 from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker
@@ -57,6 +57,13 @@ def test_a_policy_needs_a_rule_for_any_role_of_every_kind() -> None:
     rules = [PolicyRule(k, ANY_ROLE, Outcome.INFO) for k in KINDS if k != "geofence"]
     with pytest.raises(ValueError, match="geofence"):
         AlertPolicy.of(rules)
+
+
+def test_a_rule_the_api_would_refuse_is_refused_when_the_policy_is_built() -> None:
+    """A table edited by hand cannot put activity on a state kind: the worker keeps the
+    policy it had (or does not start) rather than record a battery state on every report."""
+    with pytest.raises(ValueError, match="battery_low is a state"):
+        _policy(PolicyRule("battery_low", "traffic", Outcome.ACTIVITY))
 
 
 @pytest.mark.parametrize(("rule", "reason"), [
@@ -170,6 +177,17 @@ def test_an_admins_change_is_applied_by_a_running_worker(pg: Database, mosquitto
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(3, "recording_started"))])
         wait_for(lambda: ("recording", "info", "resolved", "activity") in _alerts(pg, "cam-f"),
                  what="the firearms unit's recording as activity")
+
+
+def test_a_missed_announcement_is_made_up_by_the_periodic_re_read(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A change committed without an announcement (as if the worker was reconnecting when it
+    was made) is applied within WATCHFLOOR_ALERT_POLICY_REFRESH_S."""
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url,
+                        settings=make_settings(alert_policy_refresh_s=1)) as worker:
+        assert worker.alert_policy_version == 1
+        with pg.connect() as conn:
+            _, version = set_rule(conn, PolicyRule("watch_me", ANY_ROLE, Outcome.CRITICAL), by="test")
+        wait_for(lambda: worker.alert_policy_version == version, what="the periodic re-read")
 
 
 def test_policy_changes_are_audited(pg: Database, api: ApiServer) -> None:

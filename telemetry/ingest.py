@@ -203,13 +203,12 @@ class IngestWorker:
         """The writer thread: commit each decoded batch, then acknowledge it."""
         next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
         next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
-        # The announcement applies a change within a batch; the periodic re-read is the
-        # fallback for an announcement missed (a worker reconnecting, a broker restart).
+        # An announcement is applied before the batch that carried it; the periodic re-read
+        # is the fallback for one missed (a session lost with the broker, a hand edit).
         refresh_every = self._settings.alert_policy_refresh_s
         next_policy = time.monotonic() + refresh_every
         while True:
-            if self._policy_announced.is_set() or time.monotonic() >= next_policy:
-                self._policy_announced.clear()
+            if time.monotonic() >= next_policy:
                 next_policy = time.monotonic() + refresh_every
                 self._writer.reload_policy()
             if time.monotonic() >= next_sweep:
@@ -227,8 +226,9 @@ class IngestWorker:
                 if self._stopping.is_set():
                     return
                 continue
-            if self._policy_announced.is_set():
+            if self._policy_announced.is_set():  # set by the decoder before it handed this batch off
                 self._policy_announced.clear()
+                next_policy = time.monotonic() + refresh_every
                 self._writer.reload_policy()
             try:
                 self._store(items, batch)

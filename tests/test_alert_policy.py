@@ -177,6 +177,12 @@ def test_an_admins_change_is_applied_by_a_running_worker(pg: Database, mosquitto
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(3, "recording_started"))])
         wait_for(lambda: ("recording", "info", "resolved", "activity") in _alerts(pg, "cam-f"),
                  what="the firearms unit's recording as activity")
+    with client(api.base, "op-all") as operator:  # on the record, never among the open alerts
+        resolved = operator.get("/api/v1/alerts", params={"status": "resolved"}).json()["items"]
+        assert [(a["device_id"], a["kind"], a["outcome"], a["resolved_by"]) for a in resolved] == [
+            ("cam-f", "recording", "activity", "policy")]
+        opened = operator.get("/api/v1/alerts", params={"status": "open"}).json()["items"]
+        assert {(a["device_id"], a["kind"]) for a in opened} == {("cam-r", "recording"), ("cam-f", "emergency")}
 
 
 def test_a_missed_announcement_is_made_up_by_the_periodic_re_read(pg: Database, mosquitto: MosquittoProcess) -> None:

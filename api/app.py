@@ -35,6 +35,7 @@ from api.routes import (
 from api.sign_ins import OidcSignIns
 from core.settings import Settings
 from services import audit as audit_log
+from services import device_accounts
 from services.accounts import Role, TokenIssuer
 from services.audit import AuditConnection
 from services.audit_digest import FailureDigest
@@ -126,7 +127,8 @@ async def _refresh_accounts(sessions: TokenVersions, hub: LiveHub) -> None:
 def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_secret: str,
                audit_key: bytes | None) -> FastAPI:
     """The API for one process. ``signing_secret`` signs its bearer tokens; ``audit_key`` keys
-    the audit chain (None only in tests of an unkeyed chain)."""
+    the audit chain (None only in tests of an unkeyed chain). ValueError when ``mqtt_url`` has
+    accounts and the settings name no device-accounts URL (services/device_accounts.py)."""
 
     def configure(conn: psycopg.Connection) -> None:
         assert isinstance(conn, AuditConnection)  # the pool's connection_class
@@ -175,6 +177,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
                               "(websocket /api/v1/live). Every endpoint but /healthz and /readyz needs a "
                               "bearer token from POST /api/v1/auth/token.")
     app.state.audit_key = audit_key  # the audit route verifies with it
+    # The cameras' broker logins, which retiring disables (ValueError: required and unset).
+    app.state.device_accounts = device_accounts.configured(settings, mqtt_url=mqtt_url)
     app.state.settings = settings  # for routes whose limits are the force's (e.g. an incident's radius)
     app.state.sign_in_failures = FailureDigest()  # failed sign-ins, aggregated for the audit log
     app.state.areas = settings.force_areas()  # every borough written must be one of these

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     migrate_database_url: str | None = None
     database_runtime_role: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     data_dir: Path = Path(".watchfloor")
+    # The cameras' broker logins (Mosquitto's dynamic-security plugin on the cameras' listener):
+    # `mqtts://watchfloor-device-admin:PASSWORD@HOST:8883`, and the CA its certificate is
+    # checked against (unset: the system's). Provisioning gives a camera its login there and
+    # retiring (API or command line) disables it at once. Required with an authenticated
+    # broker (a mqtt_url with a username); unset otherwise, no broker login is touched.
+    device_accounts_url: str | None = None
+    device_accounts_ca_file: Path | None = None
 
     # Ingest
     # Names the worker's persistent session. In the services' namespace (SERVICE_PREFIX),
@@ -172,6 +179,17 @@ class Settings(BaseSettings):
     live_view_policy_firearms_recording: bool = True
     live_view_request_timeout_s: int = Field(default=60, ge=5, le=3600)  # the camera must answer in this
     live_view_idle_stop_s: int = Field(default=60, ge=1, le=3600)  # stream stops with no viewer this long
+    # ... and only on current state: the unit is online and its latest reading is at most this old.
+    live_view_policy_max_reading_age_s: int = Field(default=60, ge=1, le=3600)
+    # What the wearer's camera shows of each viewer: "name" (display name, else username),
+    # "callsign" (the account's username: forces use the collar number or call sign), "role".
+    live_view_wearer_sees: str = Field(default="name", pattern="^(name|callsign|role)$")
+    # A later request under an accepted request's consent, by the person who made that
+    # request, is covered by it (the camera is not asked again); false: every request is put
+    # to the camera. Anyone else's request always is (docs/live-view.md "Who a consent covers").
+    live_view_consent_covers_same_requester: bool = True
+    # A watch_me event older than this (its ts: a camera's buffer sent late) grants no consent.
+    live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
     # The simulated cameras' WHIP endpoint (the API's base URL) and their secrets (a JSON
     # file {device_id: secret}); unset, simulated cameras decline live-view requests.
     simulator_api_url: str | None = None

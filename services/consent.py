@@ -7,7 +7,12 @@ A camera streams only under a consent in force, which always has a basis:
 * ``accepted_request``: the control room asked and the camera (its officer) accepted;
 * ``policy_recording``: the force's policy lets a firearms unit that is already recording be
   watched without asking (``WATCHFLOOR_LIVE_VIEW_POLICY_FIREARMS_RECORDING``); the camera is
-  told, and the consent ends when the recording does.
+  told, and the consent ends when the recording does. The policy looks at the unit as it is
+  now: online, with a reading no older than ``WATCHFLOOR_LIVE_VIEW_POLICY_MAX_READING_AGE_S``.
+
+A consent covers a viewer only by a rule the force has set (:func:`covering_rule`,
+docs/live-view.md "Who a consent covers"); anyone else's request is put to the camera, which
+names them to its officer.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ from services.errors import ServiceError, refusal
 __all__ = [
     "VIEWING_ROLES",
     "Basis",
+    "CoverRule",
     "Denied",
     "RequestPlan",
     "UnitFacts",
     "clean_reason",
+    "covering_rule",
     "may_watch",
     "plan_request",
     "stop_reason_for_event",
+    "viewer_covered",
 ]
 
 #: Roles that may watch live video (in their areas). A fleet manager or an auditor never does.
@@ -41,6 +49,14 @@ class Basis(StrEnum):
     OFFICER_REQUEST = "officer_request"
     ACCEPTED_REQUEST = "accepted_request"
     POLICY_RECORDING = "policy_recording"
+
+
+class CoverRule(StrEnum):
+    """Why a consent in force covers someone the camera was not asked about."""
+
+    SAME_REQUESTER = "same_requester"  # they made the request the officer accepted
+    OFFICER_ASKED = "officer_asked"  # the officer asked the control room to watch (watch_me)
+    POLICY_RECORDING = "policy_recording"  # the force's policy for a recording firearms unit
 
 
 @dataclass(frozen=True)
@@ -55,13 +71,15 @@ class UnitFacts:
     retired: bool
     incident_owners: frozenset[str]  # who created the open incidents the unit is assigned to
     incident_boroughs: frozenset[str]
+    reading_age_s: float | None = None  # how old its latest reading is (None: never reported)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "UnitFacts":
         return cls(device_id=row["device_id"], borough=row["borough"], role=row["role"],
                    recording=row["recording"], online=bool(row["online"]), retired=bool(row["retired"]),
                    incident_owners=frozenset(row["incident_owners"]),
-                   incident_boroughs=frozenset(row["incident_boroughs"]))
+                   incident_boroughs=frozenset(row["incident_boroughs"]),
+                   reading_age_s=row.get("reading_age_s"))
 
 
 @dataclass(frozen=True)
@@ -103,10 +121,39 @@ class RequestPlan:
     basis: Basis | None  # the consent granted now, when ``ask`` is False
 
 
-def plan_request(unit: UnitFacts, *, policy_firearms_recording: bool) -> RequestPlan:
-    if policy_firearms_recording and unit.role == "firearms" and unit.recording == "recording":
+def plan_request(unit: UnitFacts, *, policy_firearms_recording: bool, max_reading_age_s: float) -> RequestPlan:
+    """Policy grants only on the unit's current state: a firearms unit that went offline while
+    recording (its last reading still says so) is asked like any other."""
+    current = unit.online and unit.reading_age_s is not None and unit.reading_age_s <= max_reading_age_s
+    if policy_firearms_recording and current and unit.role == "firearms" and unit.recording == "recording":
         return RequestPlan(ask=False, basis=Basis.POLICY_RECORDING)
     return RequestPlan(ask=True, basis=None)
+
+
+def covering_rule(basis: Basis, consent_requester: str | None, username: str, *,
+                  same_requester: bool) -> CoverRule | None:
+    """The rule by which the consent in force (of ``basis``, granted on ``consent_requester``'s
+    request) covers a later request by ``username``; None: put it to the camera.
+
+    An officer who asked to be watched asked the control room, not one person; a policy
+    consent rests on the force's policy, not on a person. A consent the officer gave to one
+    requester covers that requester again (when the force says so), and nobody else.
+    """
+    if basis is Basis.OFFICER_REQUEST:
+        return CoverRule.OFFICER_ASKED
+    if basis is Basis.POLICY_RECORDING:
+        return CoverRule.POLICY_RECORDING
+    if same_requester and consent_requester is not None and consent_requester == username:
+        return CoverRule.SAME_REQUESTER
+    return None
+
+
+def viewer_covered(basis: Basis, accepted_requesters: frozenset[str], username: str) -> bool:
+    """May ``username`` join the stream under the consent in force? ``accepted_requesters``:
+    whose requests were accepted under it (by the officer, or covered by a rule)."""
+    if basis is Basis.ACCEPTED_REQUEST:
+        return username in accepted_requesters
+    return covering_rule(basis, None, username, same_requester=False) is not None
 
 
 def stop_reason_for_event(event_type: str, basis: Basis) -> str | None:

@@ -10,8 +10,9 @@
     ├── Conflict            the state does not allow it now (409)
     ├── PayloadTooLarge     the body is over its limit (413)
     ├── UnsupportedMediaType the body is not of the type the route takes (415)
-    └── TooManyRequests     a rate limit is used up; ``retry_after_s`` says when to retry (429)
-        └── Overloaded      too much of a costly thing at once in this process (503)
+    ├── TooManyRequests     a rate limit is used up; ``retry_after_s`` says when to retry (429)
+    │   └── Overloaded      too much of a costly thing at once in this process (503)
+    └── Unavailable         a part the request needs (e.g. the cameras' broker) did not do it (503)
 
 Each class carries the HTTP status and the ``code`` its response body shows, so that the
 mapping to HTTP is written in one place, here; :mod:`api.errors` only renders it. A pure
@@ -24,7 +25,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["Conflict", "Forbidden", "InvalidRequest", "MethodNotAllowed", "NotAuthenticated", "NotFound", "Overloaded",
-           "PayloadTooLarge", "ServiceError", "TooManyRequests", "UnsupportedMediaType", "UnusableOffer", "refusal"]
+           "PayloadTooLarge", "ServiceError", "TooManyRequests", "Unavailable", "UnsupportedMediaType", "UnusableOffer",
+           "refusal"]
 
 
 class ServiceError(Exception):
@@ -90,6 +92,13 @@ class Overloaded(TooManyRequests):
     """Not the caller's rate but the process's capacity (e.g. password checks at once)."""
 
     status, code = 503, "overloaded"
+
+
+class Unavailable(ServiceError):
+    """Nothing the caller did wrong: a part the request depends on could not be reached or
+    refused, and nothing was changed (the request's transaction is not committed)."""
+
+    status, code = 503, "unavailable"
 
 
 # The refusals that take only a message (TooManyRequests also needs its retry time).

@@ -16,8 +16,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 __all__ = [
+    "accepted_requesters",
     "active_consent",
     "answer_request",
+    "cover_request",
     "create_request",
     "end_consent",
     "end_orphaned_viewings",
@@ -27,6 +29,8 @@ __all__ = [
     "expire_requests",
     "get_request",
     "grant_consent",
+    "grant_event_consent",
+    "link_request",
     "list_requests",
     "open_viewings",
     "refuse_viewing",
@@ -40,7 +44,7 @@ __all__ = [
 Row = dict[str, Any]
 
 _REQUEST = ("r.id AS request_id, r.device_id, d.borough, r.requested_by, r.reason, r.status, r.detail,"
-            " r.created_at, r.expires_at, r.answered_at")
+            " r.created_at, r.expires_at, r.answered_at, r.consent_id, r.covered_rule")
 _CONSENT = ("id AS consent_id, device_id, basis, request_id, granted_at, publisher_session, publishing_since,"
             " ended_at, end_reason")
 _VIEWING = "id, session_id, device_id, viewer, role, reason, consent_id, started_at, ended_at, end_reason, refused"
@@ -64,13 +68,14 @@ def unit_for_live_view(conn: psycopg.Connection, device_id: str) -> Row | None:
     return _one(conn,
                 "SELECT d.device_id, d.borough, d.role, d.retired_at IS NOT NULL AS retired,"
                 " coalesce(l.recording, 'off') AS recording, coalesce(l.online, false) AS online,"
+                " extract(epoch FROM now() - l.ts)::float8 AS reading_age_s,"
                 " coalesce(array_agg(DISTINCT i.created_by) FILTER (WHERE i.id IS NOT NULL), '{}') AS incident_owners,"
                 " coalesce(array_agg(DISTINCT i.borough) FILTER (WHERE i.borough IS NOT NULL), '{}')"
                 "   AS incident_boroughs"
                 " FROM devices d LEFT JOIN device_latest l USING (device_id)"
                 " LEFT JOIN incident_units u ON u.device_id = d.device_id"
                 " LEFT JOIN incidents i ON i.id = u.incident_id AND i.status = 'open'"
-                " WHERE d.device_id = %s GROUP BY d.device_id, l.recording, l.online", (device_id,))
+                " WHERE d.device_id = %s GROUP BY d.device_id, l.recording, l.online, l.ts", (device_id,))
 
 
 # requests
@@ -112,6 +117,30 @@ def answer_request(conn: psycopg.Connection, *, request_id: str, device_id: str,
     return get_request(conn, request_id) if changed else None
 
 
+def cover_request(conn: psycopg.Connection, *, request_id: str, device_id: str, consent_id: int, rule: str,
+                  detail: str) -> Row | None:
+    """pending -> accepted under the consent in force by the force's ``rule`` (the camera was
+    not asked); None if it was not pending."""
+    changed = _one(conn, "UPDATE live_view_requests SET status = 'accepted', detail = %s, answered_at = now(),"
+                         " consent_id = %s, covered_rule = %s"
+                         " WHERE id = %s AND device_id = %s AND status = 'pending' RETURNING id",
+                   (detail, consent_id, rule, request_id, device_id))
+    return get_request(conn, request_id) if changed else None
+
+
+def link_request(conn: psycopg.Connection, *, request_id: str, consent_id: int) -> Row | None:
+    """Record that the (accepted) request was accepted under ``consent_id``."""
+    conn.execute("UPDATE live_view_requests SET consent_id = %s WHERE id = %s", (consent_id, request_id))
+    return get_request(conn, request_id)
+
+
+def accepted_requesters(conn: psycopg.Connection, consent_id: int) -> frozenset[str]:
+    """Whose requests were accepted under the consent (by its camera, or by a rule)."""
+    rows = _all(conn, "SELECT DISTINCT requested_by FROM live_view_requests"
+                      " WHERE consent_id = %s AND status = 'accepted'", (consent_id,))
+    return frozenset(r["requested_by"] for r in rows)
+
+
 def expire_requests(conn: psycopg.Connection, *, now: datetime) -> list[Row]:
     """Pending requests past their expiry become ``expired``; returns them."""
     ids = _all(conn, "UPDATE live_view_requests SET status = 'expired', answered_at = %s,"
@@ -127,6 +156,19 @@ def grant_consent(conn: psycopg.Connection, *, device_id: str, basis: str, reque
     return _one(conn, f"INSERT INTO live_view_consents (device_id, basis, request_id) VALUES (%s, %s, %s)"
                       f" ON CONFLICT (device_id) WHERE ended_at IS NULL DO NOTHING RETURNING {_CONSENT}",
                 (device_id, basis, request_id))
+
+
+def grant_event_consent(conn: psycopg.Connection, *, device_id: str, basis: str, event_ts: datetime,
+                        event_seq: int) -> Row | None:
+    """Consent granted by the camera's event (``event_ts``, ``event_seq``); None if consent is
+    in force already, or the event is not newer than one that granted consent before (a QoS 1
+    duplicate, or an older event the camera sent late)."""
+    return _one(conn, f"INSERT INTO live_view_consents (device_id, basis, event_ts, event_seq)"
+                      f" SELECT %(device)s, %(basis)s, %(ts)s, %(seq)s WHERE NOT EXISTS ("
+                      f"   SELECT 1 FROM live_view_consents WHERE device_id = %(device)s AND event_ts IS NOT NULL"
+                      f"   AND (event_ts, event_seq) >= (%(ts)s, %(seq)s))"
+                      f" ON CONFLICT (device_id) WHERE ended_at IS NULL DO NOTHING RETURNING {_CONSENT}",
+                {"device": device_id, "basis": basis, "ts": event_ts, "seq": event_seq})
 
 
 def active_consent(conn: psycopg.Connection, device_id: str) -> Row | None:

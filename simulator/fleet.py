@@ -76,6 +76,7 @@ class Unit:
     offline_s: float = 0.0
     live: bool = False
     viewers: int = 0
+    watching: tuple[str, ...] = ()  # who the camera shows its officer as watching (names, as told)
     firmware: str = "4.2.1"
     extra_events: list[tuple[EventType, dict[str, Any] | None]] = field(default_factory=list)
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from core.commands import Command, CommandType, ReplyStatus, reply
 from core.contract import Channel, EventType, topic_for
 from core.mqtt import BrokerAddress
-from simulator.camera import CameraPolicy, answer_live_view_request
+from simulator.camera import CameraPolicy, answer_live_view_request, wearer_display
 from simulator.fleet import FleetProfile, Unit, build_fleet
 from simulator.geo import load_boroughs
 from simulator.publisher import ClientPool
@@ -146,6 +146,7 @@ class Simulator:
                         unit = self._by_id[device_id]
                         unit.live = live
                         unit.viewers = unit.viewers if live else 0
+                        unit.watching = unit.watching if live else ()
         finally:
             pool.close()
 
@@ -186,6 +187,8 @@ class Simulator:
     def _obey(self, unit: Unit, order: Command, now: datetime) -> None:
         video = self._video
         if order.type is CommandType.LIVE_VIEW_REQUEST:
+            log.info("%s (%s) wearer sees: %s asks to watch (%s): %s", unit.device_id, unit.callsign,
+                     order.params.get("requested_by"), order.params.get("basis"), order.params.get("reason"))
             status, detail = answer_live_view_request(
                 unit, order, now=now, policy=self.camera_policy,
                 can_stream=video is not None and video.can_stream(unit.device_id))
@@ -195,12 +198,16 @@ class Simulator:
         elif order.type is CommandType.LIVE_VIEW_STOP:
             if video is not None:
                 video.stop(unit.device_id)
-            unit.live, unit.viewers = False, 0
+            unit.live, unit.viewers, unit.watching = False, 0, ()
+            log.info("%s (%s) wearer sees: live view stopped (%s)", unit.device_id, unit.callsign,
+                     order.params.get("reason"))
             self._send(unit, Channel.COMMAND_REPLIES, reply(command_id=order.id, status=ReplyStatus.DONE))
         elif order.type is CommandType.LIVE_VIEW_STATUS:
-            viewers = order.params.get("viewers")
-            if isinstance(viewers, int) and not isinstance(viewers, bool):
-                unit.viewers = max(0, min(1_000, viewers))  # reported in its next telemetry
+            display = wearer_display(order.params)
+            if display is not None:
+                unit.viewers = display.viewers  # reported in its next telemetry
+                unit.watching = tuple(w.name for w in display.watching)
+                log.info("%s (%s) wearer sees: %s", unit.device_id, unit.callsign, display.line())
         else:
             self._send(unit, Channel.COMMAND_REPLIES, reply(command_id=order.id, status=ReplyStatus.FAILED,
                                                             detail="not supported by the simulator"))

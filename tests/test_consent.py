@@ -11,7 +11,17 @@ from pydantic import ValidationError
 
 from core.commands import Command, CommandReply, CommandType, ReplyStatus, command, reply
 from services.accounts import Principal, Role
-from services.consent import Basis, UnitFacts, clean_reason, may_watch, plan_request, stop_reason_for_event
+from services.consent import (
+    Basis,
+    CoverRule,
+    UnitFacts,
+    clean_reason,
+    covering_rule,
+    may_watch,
+    plan_request,
+    stop_reason_for_event,
+    viewer_covered,
+)
 from simulator.camera import CameraPolicy, answer_live_view_request
 from simulator.fleet import FleetProfile, build_fleet
 from simulator.geo import load_boroughs
@@ -22,7 +32,8 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 def _unit(**changes: object) -> UnitFacts:
     base: dict[str, object] = {"device_id": "we-1", "borough": "Westminster", "role": "response",
                                "recording": "buffering", "online": True, "retired": False,
-                               "incident_owners": frozenset(), "incident_boroughs": frozenset()}
+                               "incident_owners": frozenset(), "incident_boroughs": frozenset(),
+                               "reading_age_s": 5.0}
     base.update(changes)
     return UnitFacts(**base)  # type: ignore[arg-type]
 
@@ -62,10 +73,41 @@ def test_policy_grants_only_for_a_recording_firearms_unit_when_enabled() -> None
     """The force policy grants consent without asking only for a firearms unit that is
     recording, and only when the setting is on; everything else asks the camera."""
     recording_afo = _unit(role="firearms", recording="recording")
-    assert plan_request(recording_afo, policy_firearms_recording=True).basis is Basis.POLICY_RECORDING
-    assert plan_request(recording_afo, policy_firearms_recording=False).ask
-    assert plan_request(_unit(role="firearms", recording="buffering"), policy_firearms_recording=True).ask
-    assert plan_request(_unit(recording="recording"), policy_firearms_recording=True).ask
+    assert plan_request(recording_afo, policy_firearms_recording=True, max_reading_age_s=60).basis \
+        is Basis.POLICY_RECORDING
+    assert plan_request(recording_afo, policy_firearms_recording=False, max_reading_age_s=60).ask
+    assert plan_request(_unit(role="firearms", recording="buffering"), policy_firearms_recording=True,
+                        max_reading_age_s=60).ask
+    assert plan_request(_unit(recording="recording"), policy_firearms_recording=True, max_reading_age_s=60).ask
+
+
+def test_policy_looks_at_the_unit_as_it_is_now() -> None:
+    """A firearms unit whose last reading says recording no longer qualifies once it is
+    offline, or its reading is older than the bound, or it never reported: the camera is asked."""
+    for stale in (_unit(role="firearms", recording="recording", online=False),
+                  _unit(role="firearms", recording="recording", reading_age_s=3 * 3600.0),
+                  _unit(role="firearms", recording="recording", reading_age_s=None)):
+        plan = plan_request(stale, policy_firearms_recording=True, max_reading_age_s=60)
+        assert plan.ask and plan.basis is None, stale
+    fresh = _unit(role="firearms", recording="recording", reading_age_s=59.0)
+    assert plan_request(fresh, policy_firearms_recording=True, max_reading_age_s=60).basis is Basis.POLICY_RECORDING
+
+
+def test_a_consent_covers_only_whom_a_rule_of_the_force_says() -> None:
+    """A consent the officer gave to one requester covers that requester again (when the force
+    says so) and nobody else; a watch_me consent covers the control room (the officer asked it);
+    a policy consent covers by the policy. Joining the stream follows the same rules."""
+    given = Basis.ACCEPTED_REQUEST
+    assert covering_rule(given, "op-a", "op-a", same_requester=True) is CoverRule.SAME_REQUESTER
+    assert covering_rule(given, "op-a", "op-a", same_requester=False) is None
+    assert covering_rule(given, "op-a", "op-b", same_requester=True) is None
+    assert covering_rule(given, None, "op-b", same_requester=True) is None
+    assert covering_rule(Basis.OFFICER_REQUEST, None, "op-b", same_requester=False) is CoverRule.OFFICER_ASKED
+    assert covering_rule(Basis.POLICY_RECORDING, "op-a", "op-b", same_requester=False) is CoverRule.POLICY_RECORDING
+    assert viewer_covered(given, frozenset({"op-a"}), "op-a")
+    assert not viewer_covered(given, frozenset({"op-a"}), "op-b")
+    assert viewer_covered(Basis.OFFICER_REQUEST, frozenset(), "op-b")
+    assert viewer_covered(Basis.POLICY_RECORDING, frozenset(), "op-b")
 
 
 def test_consent_ends_with_the_recording_only_when_that_was_its_basis() -> None:

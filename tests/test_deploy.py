@@ -245,24 +245,42 @@ def test_metrics_and_probes_stay_inside() -> None:
 
 
 def test_cameras_and_services_log_in_on_separate_listeners() -> None:
-    """The broker's configuration ties a camera's client id to its account: per-listener
-    authentication, the cameras' listener with use_username_as_clientid and the devices'
-    password file, the services' with theirs; compose and Kubernetes mount both files where
-    the configuration reads them (the attack itself: tests/test_security_broker.py)."""
+    """The broker's configuration keeps the two kinds of account apart: per-listener
+    authentication; the services' listener with their password file; the cameras' with the
+    dynamic-security plugin (logins bound to the device id, disabled at retirement) and no
+    password file, its file in the data volume that the broker writes; compose and Kubernetes
+    mount the services' file and seed the plugin's into that volume; the API is given the
+    device-admin URL and the CA (the attacks themselves: tests/test_security_broker.py)."""
     conf = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
     tls = (DEPLOY / "mosquitto" / "conf.d" / "tls.conf").read_text()
     assert re.search(r"^per_listener_settings true$", conf, re.M)
     services = conf.split("listener 1883", 1)[1]
     assert re.search(r"^password_file /mosquitto/config/passwd-services$", services, re.M)
-    assert re.search(r"^use_username_as_clientid true$", tls, re.M)
-    assert re.search(r"^password_file /mosquitto/config/passwd-devices$", tls, re.M)
+    assert re.search(r"^plugin /usr/lib/mosquitto_dynamic_security\.so$", tls, re.M)  # the image's path
+    accounts = "/mosquitto/data/device-accounts.json"
+    assert re.search(rf"^plugin_opt_config_file {accounts}$", tls, re.M)
+    assert not re.search(r"^(password_file|acl_file|use_username_as_clientid)", tls, re.M)
     assert "use_username_as_clientid" not in conf  # services choose their own ids
-    files = {"/mosquitto/config/passwd-services", "/mosquitto/config/passwd-devices"}
-    mounts = {v.split(":")[1] for v in _compose()["services"]["mosquitto"]["volumes"]}
-    assert files <= mounts
+    compose = _compose()["services"]
+    mounts = {v.split(":")[1] for v in compose["mosquitto"]["volumes"]}
+    assert "/mosquitto/config/passwd-services" in mounts and "/mosquitto/data" in mounts
+    assert not any("passwd-devices" in v for v in compose["mosquitto"]["volumes"])
+    assert compose["mosquitto"]["depends_on"]["mosquitto-init"] == {"condition": "service_completed_successfully"}
+    assert accounts in " ".join(compose["mosquitto-init"]["command"])
+    for api in ("api-1", "api-2"):
+        env = compose[api]["environment"]
+        assert env["WATCHFLOOR_DEVICE_ACCOUNTS_URL"].startswith("mqtts://watchfloor-device-admin:")
+        assert env["WATCHFLOOR_DEVICE_ACCOUNTS_URL"].endswith("@mosquitto:8883")
+        assert env["WATCHFLOOR_DEVICE_ACCOUNTS_CA_FILE"] == "/run/secrets/mqtt_ca"
+        assert "mqtt_ca" in compose[api]["secrets"]
     broker = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-mosquitto")
-    k8s_mounts = {m["mountPath"] for m in broker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
-    assert files <= k8s_mounts
+    pod = broker["spec"]["template"]["spec"]
+    k8s_mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert {"/mosquitto/config/passwd-services", "/mosquitto/data"} <= k8s_mounts
+    assert accounts in " ".join(pod["initContainers"][0]["command"])
+    api_pod = next(w for w in _k8s_workloads() if w["metadata"]["name"] == "watchfloor-api")["spec"]["template"]["spec"]
+    ca = next(e["value"] for e in api_pod["containers"][0]["env"] if e["name"] == "WATCHFLOOR_DEVICE_ACCOUNTS_CA_FILE")
+    assert any(ca.startswith(m["mountPath"]) for m in api_pod["containers"][0]["volumeMounts"])
 
 
 def test_every_package_is_installed() -> None:

@@ -198,7 +198,8 @@ def test_policy_consent_ends_with_the_recording(s: Stack) -> None:
     accepted at once by policy and the camera is told; when the camera stops recording, the
     consent ends, the camera is told to stop and the stream is closed."""
     with s.db.connect() as conn:
-        conn.execute("INSERT INTO device_latest (device_id, recording, online) VALUES ('lv-we-afo', 'recording', true)")
+        conn.execute("INSERT INTO device_latest (device_id, ts, recording, online)"
+                     " VALUES ('lv-we-afo', now(), 'recording', true)")
     wire = Watched(s.mqtt_url, [topic_for("lv-we-afo", Channel.COMMANDS)])
     uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
     try:
@@ -306,7 +307,8 @@ def test_policy_consent_ends_when_the_unit_is_seen_not_recording(s: Stack) -> No
     """If the recording_stopped event never arrives, the unit's latest state (not recording)
     still ends a policy consent within a sweep, and the camera is told to stop."""
     with s.db.connect() as conn:
-        conn.execute("INSERT INTO device_latest (device_id, recording, online) VALUES ('lv-we-afo', 'recording', true)")
+        conn.execute("INSERT INTO device_latest (device_id, ts, recording, online)"
+                     " VALUES ('lv-we-afo', now(), 'recording', true)")
     wire = Watched(s.mqtt_url, [topic_for("lv-we-afo", Channel.COMMANDS)])
     try:
         with s.http("afo-cmd") as http:

@@ -5,6 +5,7 @@ through a real broker, relay and PostgreSQL) is in test_live_view.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,7 +23,10 @@ from services.live_view.workflow import (
     Effect,
     EndConsent,
     GrantConsent,
+    IgnoreEvent,
     SendCommand,
+    Watcher,
+    WearerView,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -38,12 +42,22 @@ from services.live_view.workflow import (
     audit_sweep,
     change_for_event,
     check_viewing,
+    covered_detail,
     on_idle_timeout,
     reply_answer,
+    status_params,
     viewer_end_reason,
 )
 
 WE1 = "we-1"
+FRESH = {"age_s": 1.0, "max_age_s": 30.0}
+T0 = datetime(2026, 12, 6, 14, 0, tzinfo=timezone.utc)
+ANNA = Watcher("op-a", "Anna Page", "operator", T0, "officer needs support")
+BEN = Watcher("op-b", None, "firearms_commander", T0 + timedelta(seconds=65), "incident 4")
+
+
+def _view(*watchers: Watcher) -> WearerView:
+    return WearerView(watchers, "accepted_request", "officer needs support")
 
 
 def _consent(basis: Basis = Basis.ACCEPTED_REQUEST, end_reason: str | None = None) -> dict[str, Any]:
@@ -107,21 +121,30 @@ def test_a_reply_to_no_pending_request_does_nothing() -> None:
 def test_watch_me_asks_for_an_officer_consent() -> None:
     """watch_me grants an officer_request consent (the records grant none when one is in
     force already), and a granted consent is announced."""
-    assert change_for_event("watch_me", None) == GrantConsent(Basis.OFFICER_REQUEST)
-    assert change_for_event("watch_me", Basis.POLICY_RECORDING) == GrantConsent(Basis.OFFICER_REQUEST)
+    assert change_for_event("watch_me", None, **FRESH) == GrantConsent(Basis.OFFICER_REQUEST)
+    assert change_for_event("watch_me", Basis.POLICY_RECORDING, **FRESH) == GrantConsent(Basis.OFFICER_REQUEST)
     assert _events(after_consent_started(WE1, _consent(Basis.OFFICER_REQUEST))) == ["consent_started"]
+
+
+def test_a_watch_me_from_the_cameras_buffer_grants_nothing_but_an_old_stop_still_stops() -> None:
+    """A watch_me older than the bound (sent late from the camera's buffer) is ignored, and
+    says why; an event that ends consent ends it however old it is (ending is always safe)."""
+    assert change_for_event("watch_me", None, age_s=31.0, max_age_s=30.0) == IgnoreEvent("stale")
+    assert change_for_event("watch_me", None, age_s=30 * 86400.0, max_age_s=30.0) == IgnoreEvent("stale")
+    assert change_for_event("watch_me", None, age_s=-2.0, max_age_s=30.0) == GrantConsent(Basis.OFFICER_REQUEST)
+    assert change_for_event("docked", Basis.OFFICER_REQUEST, age_s=86400.0, max_age_s=30.0) == EndConsent("docked")
 
 
 def test_recording_stopped_ends_only_a_policy_consent_and_docked_ends_any() -> None:
     """A policy consent rests on the recording; a consent the officer gave does not. Docking
     ends every consent. With no consent in force, nothing changes."""
-    assert change_for_event("recording_stopped", Basis.POLICY_RECORDING) == EndConsent("recording_stopped")
-    assert change_for_event("recording_stopped", Basis.ACCEPTED_REQUEST) is None
-    assert change_for_event("recording_stopped", Basis.OFFICER_REQUEST) is None
+    assert change_for_event("recording_stopped", Basis.POLICY_RECORDING, **FRESH) == EndConsent("recording_stopped")
+    assert change_for_event("recording_stopped", Basis.ACCEPTED_REQUEST, **FRESH) is None
+    assert change_for_event("recording_stopped", Basis.OFFICER_REQUEST, **FRESH) is None
     for basis in Basis:
-        assert change_for_event("docked", basis) == EndConsent("docked")
-    assert change_for_event("docked", None) is None
-    assert change_for_event("sos", Basis.OFFICER_REQUEST) is None
+        assert change_for_event("docked", basis, **FRESH) == EndConsent("docked")
+    assert change_for_event("docked", None, **FRESH) is None
+    assert change_for_event("sos", Basis.OFFICER_REQUEST, **FRESH) is None
 
 
 def test_an_ended_consent_stops_the_camera_tells_everyone_and_closes_the_stream() -> None:
@@ -152,22 +175,54 @@ def test_a_stream_starts_with_its_idle_timer_running() -> None:
     assert _events(effects) == ["stream_started"] and effects[-1] == ArmIdle(WE1)
 
 
-def test_a_viewer_joining_stops_the_idle_timer_and_tells_the_camera() -> None:
-    """The camera always knows how many watch it (live_view_status), and so does the control room."""
-    effects = after_viewer_joined(WE1, "op", 2)
-    assert effects == [CancelIdle(WE1), SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {"viewers": 2}),
-                       Announce("viewer_joined", WE1, {"viewer": "op", "viewers": 2})]
+def test_a_viewer_joining_stops_the_idle_timer_and_tells_the_camera_who_watches_and_why() -> None:
+    """The camera is told every viewer (named as the force chose, with role, since when and
+    why) and why the stream is allowed; the control room is told the count."""
+    effects = after_viewer_joined(WE1, "op-b", _view(ANNA, BEN), sees="name")
+    assert effects == [
+        CancelIdle(WE1),
+        SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {
+            "viewers": 2,
+            "watching": [{"name": "Anna Page", "role": "operator", "since": "2026-12-06T14:00:00Z",
+                          "reason": "officer needs support"},
+                         {"name": "op-b", "role": "firearms_commander", "since": "2026-12-06T14:01:05Z",
+                          "reason": "incident 4"}],
+            "basis": "accepted_request", "reason": "officer needs support"}),
+        Announce("viewer_joined", WE1, {"viewer": "op-b", "viewers": 2})]
+
+
+def test_the_force_chooses_how_a_viewer_is_named_to_the_wearer() -> None:
+    """name: the display name (else the username); callsign: the username; role: the role only."""
+    def names(sees: str) -> list[str]:
+        return [w["name"] for w in status_params(_view(ANNA, BEN), sees=sees)["watching"]]
+    assert names("name") == ["Anna Page", "op-b"]
+    assert names("callsign") == ["op-a", "op-b"]
+    assert names("role") == ["operator", "firearms_commander"]
 
 
 def test_the_last_viewer_leaving_starts_the_idle_timer() -> None:
-    """With viewers left the timer stays off; with none it starts; when the stream has gone
-    (or runs elsewhere) the camera is not told and no timer starts."""
-    some = after_viewer_left(WE1, "op", "viewer_left", publishing=True, viewers=1)
-    assert ArmIdle(WE1) not in some and SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {"viewers": 1}) in some
-    last = after_viewer_left(WE1, "op", "viewer_left", publishing=True, viewers=0)
+    """With viewers left the timer stays off and the camera gets who is left; with none it
+    gets an empty list and the timer starts; when the stream has gone (or runs elsewhere) the
+    camera is not told and no timer starts."""
+    some = after_viewer_left(WE1, "op-a", "viewer_left", view=_view(BEN), sees="callsign")
+    assert ArmIdle(WE1) not in some
+    (told,) = [e for e in some if isinstance(e, SendCommand)]
+    assert told.params["viewers"] == 1 and [w["name"] for w in told.params["watching"]] == ["op-b"]
+    last = after_viewer_left(WE1, "op-b", "viewer_left", view=_view(), sees="name")
     assert last[-1] == ArmIdle(WE1)
-    gone = after_viewer_left(WE1, "op", "stream_ended", publishing=False, viewers=3)
+    assert SendCommand(WE1, CommandType.LIVE_VIEW_STATUS, {"viewers": 0, "watching": [],
+                                                           "basis": "accepted_request",
+                                                           "reason": "officer needs support"}) in last
+    gone = after_viewer_left(WE1, "op", "stream_ended", view=None, sees="name")
     assert gone == [Announce("viewer_left", WE1, {"viewer": "op", "viewers": 0, "reason": "stream_ended"})]
+
+
+def test_a_covered_request_says_whose_consent_and_which_rule() -> None:
+    """The record tells a request the force's rule covered from one the officer accepted."""
+    consent = {**_consent(), "request_id": "lv-1"}
+    assert covered_detail(consent, "same_requester") == "covered by consent 7 of request lv-1 (rule: same requester)"
+    watch_me = {**_consent(Basis.OFFICER_REQUEST), "request_id": None}
+    assert covered_detail(watch_me, "officer_asked") == "covered by consent 7 (officer_request) (rule: officer asked)"
 
 
 def test_the_idle_timeout_stops_only_a_stream_nobody_watches() -> None:
@@ -252,7 +307,7 @@ class _Unit:
             return
         self.stream, self.idle_armed = False, False
         for _ in range(self.viewers):
-            self.apply(after_viewer_left(WE1, "op", "stream_ended", publishing=False, viewers=0))
+            self.apply(after_viewer_left(WE1, "op", "stream_ended", view=None, sees="name"))
         self.viewers = 0
         ended = None
         if self.consent is not None:
@@ -265,7 +320,7 @@ class _Unit:
 
     def on(self, event: str) -> None:
         if event in ("watch_me", "recording_stopped", "docked", "sos"):
-            change = change_for_event(event, self.consent)
+            change = change_for_event(event, self.consent, **FRESH)
             if isinstance(change, GrantConsent) and self.consent is None:
                 self.consent = change.basis
                 self.apply(after_consent_started(WE1, _consent(change.basis)))
@@ -285,10 +340,11 @@ class _Unit:
             self.stream_gone("camera_lost")
         elif event == "viewer_joined" and self.stream:
             self.viewers += 1
-            self.apply(after_viewer_joined(WE1, "op", self.viewers))
+            self.apply(after_viewer_joined(WE1, "op", _view(*[ANNA] * self.viewers), sees="name"))
         elif event == "viewer_left" and self.viewers:
             self.viewers -= 1
-            self.apply(after_viewer_left(WE1, "op", "viewer_left", publishing=self.stream, viewers=self.viewers))
+            view = _view(*[ANNA] * self.viewers) if self.stream else None
+            self.apply(after_viewer_left(WE1, "op", "viewer_left", view=view, sees="name"))
         elif event == "idle_timeout" and self.idle_armed:
             self.idle_armed = False
             self.apply(on_idle_timeout(WE1, publishing=self.stream, viewers=self.viewers))
@@ -320,8 +376,8 @@ def test_no_sequence_of_events_leaves_a_stream_without_consent_or_a_forgotten_id
 
 def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> None:
     """In order: may the caller watch the unit at all (else 403/404); a reason (403); a consent
-    in force (409); a camera that has started streaming (wait, then 409 on the final check);
-    the stream in this process (409)."""
+    in force (409) that covers the caller (403); a camera that has started streaming (wait,
+    then 409 on the final check); the stream in this process (409)."""
     op = Principal("op", Role.OPERATOR, frozenset({"Westminster"}))
     unit = UnitFacts(device_id=WE1, borough="Westminster", role="response", recording="buffering", online=True,
                      retired=False, incident_owners=frozenset(), incident_boroughs=frozenset())
@@ -329,8 +385,8 @@ def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> N
     dialling = {**_consent(), "publisher_session": None}
 
     def check(who: Principal = op, reason: str | None = "incident 4", consent: dict[str, Any] | None = streaming,
-              final: bool = False, here: bool = True) -> tuple[str | None, bool]:
-        verdict = check_viewing(who, WE1, unit, reason, consent, final=final, publishing_here=here)
+              final: bool = False, here: bool = True, covered: bool = True) -> tuple[str | None, bool]:
+        verdict = check_viewing(who, WE1, unit, reason, consent, covered=covered, final=final, publishing_here=here)
         return (verdict.denied.kind if verdict.denied else None), verdict.waiting
 
     assert check() == (None, False)
@@ -341,3 +397,5 @@ def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> N
     assert check(consent=dialling) == (None, True)
     assert check(consent=dialling, final=True) == ("conflict", False)
     assert check(here=False) == ("conflict", False)
+    assert check(covered=False) == ("forbidden", False)
+    assert check(covered=False, consent=dialling) == ("forbidden", False)  # not even waiting

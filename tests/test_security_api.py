@@ -282,7 +282,8 @@ def test_audit_api_is_for_auditors_filtered_and_bounded(stack: Stack) -> None:
 
 def test_registry_changes_and_retirement_are_audited(stack: Stack) -> None:
     """An admin registers and moves a device (audited with the borough), then retires it: its
-    secret stops working (broker credentials are separate), and the act is in the log."""
+    secret stops working, and the act is in the log, saying that no broker login was touched
+    (this API's broker has no accounts; the login's end: test_security_broker.py)."""
     with stack.db.connect() as conn:
         secret = provision_device(conn, record=DeviceRecord("ret-1", None, None, "Camden", "response"))
     with client(stack.base, "admin") as admin:
@@ -294,7 +295,7 @@ def test_registry_changes_and_retirement_are_audited(stack: Stack) -> None:
     with psycopg.connect(stack.db.url) as conn:
         assert not verify_device_secret(conn, device_id="ret-1", secret=secret)
     assert [(a, d, details) for a, d, details in _audit(stack.db, "device_retired")] == \
-        [("admin", "ret-1", {"credentials_revoked": True})]
+        [("admin", "ret-1", {"credentials_revoked": True, "broker_login_disabled": None})]
 
 
 def test_audit_verify_command_exit_status(stack: Stack) -> None:

@@ -1,13 +1,14 @@
-"""The shipped broker security (deploy/mosquitto: password file, pattern ACL, TLS listener)
-on a real Mosquitto: devices provisioned with `watchfloor devices provision`, services added
-with `watchfloor broker add-user`, and what each may and may not do."""
+"""The shipped broker security (deploy/mosquitto: the services' password file and pattern ACL,
+the cameras' TLS listener with the dynamic-security plugin) on a real Mosquitto: the plugin's
+file written by `watchfloor broker init-device-accounts` (one camera migrated from a password
+file), devices provisioned with `watchfloor devices provision` while the broker runs, services
+added with `watchfloor broker add-user`, and what each may and may not do; a camera retired
+through the API or the command line is disconnected at once and refused after."""
 
 from __future__ import annotations
 
 import os
 import queue
-import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from core.settings import Settings
 from services import audit
 from services.accounts import Role, account_announcement, add_user
 from services.alert_policy import policy_announcement
+from services.device_accounts import ADMIN_USERNAME, DeviceAccounts, camera_acls, configured, parse_password_file
 from services.registry import change_announcement
 from telemetry.embedded import free_port
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
@@ -36,7 +38,7 @@ from tests.helpers.environment import missing, require_executable
 from tests.helpers.telemetry import make_settings, running_worker, telemetry_payload
 from tests.helpers.waiting import wait_for
 from watchfloor import broker_credentials
-from watchfloor.mosquitto import SHIPPED_ACL, MosquittoProcess
+from watchfloor.mosquitto import MosquittoProcess
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,30 +46,43 @@ def _mosquitto_installed() -> None:
     require_executable("mosquitto")
 
 
-def _watchfloor(*args: str, db: Database, mqtt_url: str | None = None) -> subprocess.CompletedProcess[str]:
+# Where Debian (and Ubuntu) put the plugin; the eclipse-mosquitto image's path is the shipped one.
+_DYNSEC_PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                   "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
+
+
+def _watchfloor(*args: str, db: Database, mqtt_url: str | None = None,
+                env_extra: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
     env["WATCHFLOOR_DATABASE_URL"] = db.url
     if mqtt_url is not None:
         env["WATCHFLOOR_MQTT_URL"] = mqtt_url
-    result = subprocess.run([sys.executable, "-m", "watchfloor", *args], env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
+    result = subprocess.run([sys.executable, "-m", "watchfloor", *args], env={**env, **(env_extra or {})},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 or not check, result.stderr
     return result
 
 
 @dataclass
 class Broker:
     process: MosquittoProcess
-    tls_port: int | None
-    ca: Path | None
+    tls_port: int
+    ca: Path
     secrets: dict[str, str]
-    devices_passwd: Path
+    accounts_file: Path
+    admin_url: str  # the device-admin account on the cameras' listener
+
+    def accounts_env(self) -> dict[str, str]:
+        """What provision and retire need to manage the cameras' logins."""
+        return {"WATCHFLOOR_DEVICE_ACCOUNTS_URL": self.admin_url, "WATCHFLOOR_DEVICE_ACCOUNTS_CA_FILE": str(self.ca)}
+
+    def service_url(self, username: str) -> str:
+        return f"mqtt://{username}:{quote(self.secrets[username], safe='')}@127.0.0.1:{self.process.port}"
 
 
-def _throwaway_ca(where: Path) -> tuple[Path, Path, Path] | None:
+def _throwaway_ca(where: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1, made now with openssl (never kept)."""
-    if shutil.which("openssl") is None:
-        return None
+    require_executable("openssl")
     ca_key, ca, key, csr, cert = (where / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
     ext = where / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
@@ -81,6 +96,13 @@ def _throwaway_ca(where: Path) -> tuple[Path, Path, Path] | None:
     return ca, cert, key
 
 
+def _dynsec_plugin() -> str:
+    found = next((p for p in _DYNSEC_PLUGINS if Path(p).exists()), None)
+    if found is None:
+        missing("Mosquitto's dynamic-security plugin is not installed")
+    return found
+
+
 @pytest.fixture(scope="module")
 def db() -> Iterator[Database]:
     """One database for the module: the broker and its accounts are set up once."""
@@ -91,48 +113,63 @@ def db() -> Iterator[Database]:
 @pytest.fixture(scope="module")
 def broker(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     pg, tmp_path = db, tmp_path_factory.mktemp("secure-broker")
-    # Two password files, as shipped: devices for the cameras' listener, services for the other.
-    passwd, services_passwd = tmp_path / "passwd-devices", tmp_path / "passwd-services"
+    plugin = _dynsec_plugin()
     secrets: dict[str, str] = {}
-    for device, borough in (("cam-a", "Westminster"), ("cam-b", "Camden"), ("cam-c", "Camden")):
-        out = _watchfloor("devices", "provision", device, "--borough", borough, "--callsign", device.upper(),
-                          "--mosquitto-passwd", str(passwd), db=pg)
-        secrets[device] = out.stdout.strip().splitlines()[-1]
+    # An existing deployment's devices' password file (cam-m, written as the earlier releases
+    # did), migrated into the plugin's first file with its secret unchanged.
+    old_passwd, accounts = tmp_path / "passwd-devices", tmp_path / "device-accounts.json"
+    secrets["cam-m"] = "a migrated camera's secret " + "m" * 20
+    broker_credentials.set_password(old_passwd, username="cam-m", password=secrets["cam-m"])
+    admin = _watchfloor("broker", "init-device-accounts", str(accounts), "--from-passwd", str(old_passwd), db=pg)
+    secrets[ADMIN_USERNAME] = admin.stdout.strip()
+    services_passwd = tmp_path / "passwd-services"
     for service in ("watchfloor-ingest", "watchfloor-api"):
         secrets[service] = _watchfloor("broker", "add-user", service, "--mosquitto-passwd", str(services_passwd),
                                        db=pg).stdout.strip()
-    certs = _throwaway_ca(tmp_path)
-    tls_port = free_port() if certs else None
+    ca, cert, key = _throwaway_ca(tmp_path)
+    tls_port = free_port()
     # The shipped cameras' listener (conf.d/tls.conf) with the throwaway files in place of
-    # /mosquitto/certs and the test's password file and the shipped ACL in place of /mosquitto/config.
-    tls = [] if certs is None else [
-        line.replace("8883 0.0.0.0", f"{tls_port} 127.0.0.1").replace("/mosquitto/certs/ca.crt", str(certs[0]))
-        .replace("/mosquitto/certs/server.crt", str(certs[1])).replace("/mosquitto/certs/server.key", str(certs[2]))
-        .replace("/mosquitto/config/passwd-devices", str(passwd)).replace("/mosquitto/config/acl", str(SHIPPED_ACL))
-        for line in (Path(__file__).parents[1] / "deploy/mosquitto/conf.d/tls.conf").read_text().splitlines()
-        if line.strip() and not line.startswith("#")]
+    # /mosquitto/certs, this machine's plugin and the test's file in place of the image's.
+    tls = [line.replace("8883 0.0.0.0", f"{tls_port} 127.0.0.1").replace("/mosquitto/certs/ca.crt", str(ca))
+           .replace("/mosquitto/certs/server.crt", str(cert)).replace("/mosquitto/certs/server.key", str(key))
+           .replace("/usr/lib/mosquitto_dynamic_security.so", plugin)
+           .replace("/mosquitto/data/device-accounts.json", str(accounts))
+           for line in (Path(__file__).parents[1] / "deploy/mosquitto/conf.d/tls.conf").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
     process = MosquittoProcess(tmp_path / "mosquitto", password_file=services_passwd, extra=tls)
     process.start()
+    admin_url = f"mqtts://{ADMIN_USERNAME}:{quote(secrets[ADMIN_USERNAME], safe='')}@127.0.0.1:{tls_port}"
+    setup = Broker(process, tls_port, ca, secrets, accounts, admin_url)
     try:
-        yield Broker(process, tls_port, certs[0] if certs else None, secrets, passwd)
+        # Provisioned while the broker runs: each login works at once, without a reload.
+        for device, borough in (("cam-a", "Westminster"), ("cam-b", "Camden"), ("cam-c", "Camden"),
+                                ("cam-d", "Camden")):
+            out = _watchfloor("devices", "provision", device, "--borough", borough, "--callsign", device.upper(),
+                              db=pg, env_extra=setup.accounts_env())
+            secrets[device] = out.stdout.strip().splitlines()[-1]
+        yield setup
     finally:
         process.stop()
 
 
 class Client:
     """A paho client (MQTT 5, so that the broker can say why it refuses a publish) that
-    records its connect result, what it receives and the broker's answer to each publish.
+    records its connect result, what it receives, the broker's answer to each publish and
+    its disconnections (``client_id``: a camera's must be its device id).
 
-    Mosquitto 2.0.11 answers a refused QoS 1 publish with PUBACK reason 135 (not authorised)
-    and then drops the connection, so :func:`_denied` uses a connection of its own.
+    Mosquitto 2.0.11 answers a refused QoS 1 publish with PUBACK reason 135 (not authorised);
+    on the services' listener (ACL file) it then drops the connection, so :func:`_denied` uses
+    a connection of its own.
     """
 
-    def __init__(self, port: int, username: str | None, password: str | None, *, ca: Path | None = None) -> None:
+    def __init__(self, port: int, username: str | None, password: str | None, *, ca: Path | None = None,
+                 client_id: str | None = None) -> None:
         self.connected: queue.Queue[int] = queue.Queue()
+        self.disconnected = threading.Event()
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.subscribed: queue.Queue[list[int]] = queue.Queue()
         self.published: dict[int, int] = {}
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}",
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
                                   protocol=paho.MQTTv5)
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -142,6 +179,7 @@ class Client:
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.put([r.value for r in rcs])
         self.client.on_publish = lambda c, u, mid, rc, p: self.published.__setitem__(mid, rc.value)
+        self.client.on_disconnect = lambda *_: self.disconnected.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         self.rc = self.connected.get(timeout=10)
@@ -175,11 +213,10 @@ class Client:
         self.client.loop_stop()
 
 
-def _camera_port(broker: Broker) -> int:
-    """The cameras' listener (TLS): the only one where a device account exists."""
-    if broker.tls_port is None:
-        pytest.skip("openssl is not installed")
-    return broker.tls_port
+def _camera(broker: Broker, device_id: str, password: str | None = None) -> Client:
+    """A camera on the cameras' listener (TLS), with its device id as client id."""
+    return Client(broker.tls_port, device_id, broker.secrets[device_id] if password is None else password,
+                  ca=broker.ca, client_id=device_id)
 
 
 def _client(broker: Broker, username: str) -> Client:
@@ -188,7 +225,7 @@ def _client(broker: Broker, username: str) -> Client:
     if username.startswith("watchfloor-"):
         c = Client(broker.process.port, username, broker.secrets[username])
     else:
-        c = Client(_camera_port(broker), username, broker.secrets[username], ca=broker.ca)
+        c = _camera(broker, username)
     assert c.rc == 0, f"{username} refused: {c.rc}"
     return c
 
@@ -219,8 +256,8 @@ def test_device_publishes_its_own_telemetry_only(broker: Broker) -> None:
     ingest = _client(broker, "watchfloor-ingest")
     try:
         assert ingest.subscribe("watchfloor/v1/devices/+/telemetry") == [1]
-        # Each denial ends its connection; a camera has one client id (its device id), so a
-        # second connection of cam-a would take over the first: deny first, then connect.
+        # A camera has one client id (its device id), so a second connection of cam-a would
+        # take over the first: deny first (each on a connection of its own), then connect.
         _denied(broker, "cam-a", topic_for("cam-b", Channel.TELEMETRY), b"forged")
         _denied(broker, "cam-a", "watchfloor/v1/alerts", b"forged alert")
         _denied(broker, "cam-a", "watchfloor/v1/registry", b"forged registry change")
@@ -264,17 +301,20 @@ def test_oversized_messages_never_arrive(broker: Broker) -> None:
 
 
 def test_device_reads_only_its_own_commands(broker: Broker) -> None:
-    """cam-a, subscribed to every device's commands, receives only its own; a device may not
-    send commands or read other devices' telemetry."""
+    """cam-a may subscribe to its own commands only (the broker refuses every other
+    subscription, reason 135) and receives only its own; a device may not send commands or
+    read other devices' telemetry."""
     _denied(broker, "cam-a", topic_for("cam-b", Channel.COMMANDS), b"command from a device")
     api = _client(broker, "watchfloor-api")
     cam_a = _client(broker, "cam-a")
     cam_b = _client(broker, "cam-b")
     try:
-        # Mosquitto 2.0 grants these subscriptions and applies the ACL to each message delivered.
-        cam_a.subscribe("watchfloor/v1/devices/+/commands")
-        cam_a.subscribe(topic_for("cam-b", Channel.COMMANDS))
-        cam_a.subscribe(topic_for("cam-b", Channel.TELEMETRY))
+        # The plugin checks each subscription against the camera's role (a literal topic).
+        assert cam_a.subscribe("watchfloor/v1/devices/+/commands") == [135]
+        assert cam_a.subscribe(topic_for("cam-b", Channel.COMMANDS)) == [135]
+        assert cam_a.subscribe(topic_for("cam-b", Channel.TELEMETRY)) == [135]
+        assert cam_a.subscribe("#") == [135]
+        assert cam_a.subscribe(topic_for("cam-a", Channel.COMMANDS)) == [1]
         assert cam_b.subscribe(topic_for("cam-b", Channel.COMMANDS)) == [1]
         api.publish(topic_for("cam-b", Channel.COMMANDS), b"for b")
         cam_b.publish(topic_for("cam-b", Channel.TELEMETRY), b"b telemetry")
@@ -294,10 +334,11 @@ def test_device_reads_only_its_own_commands(broker: Broker) -> None:
 def test_wrong_unknown_and_anonymous_logins_are_refused(broker: Broker) -> None:
     """A wrong password, another device's secret, an unknown user and no credentials: refused
     (CONNACK 134 or 135: bad credentials, not authorised); a camera's own secret on the
-    services' listener too (only service accounts exist there)."""
-    cameras = _camera_port(broker)
+    services' listener too (only service accounts exist there), and a service's on the cameras'."""
+    cameras = broker.tls_port
     for port, username, password in ((cameras, "cam-a", "wrong"), (cameras, "cam-a", broker.secrets["cam-b"]),
                                      (cameras, "cam-z", "x"), (cameras, None, None),
+                                     (cameras, "watchfloor-api", broker.secrets["watchfloor-api"]),
                                      (broker.process.port, "cam-a", broker.secrets["cam-a"]),
                                      (broker.process.port, "watchfloor-api", "wrong"),
                                      (broker.process.port, None, None)):
@@ -311,10 +352,8 @@ def test_wrong_unknown_and_anonymous_logins_are_refused(broker: Broker) -> None:
 def test_tls_listener(broker: Broker) -> None:
     """The shipped TLS listener (with a throwaway certificate): a device logs in over TLS and its
     telemetry arrives; a client that does not trust the CA cannot connect."""
-    if broker.tls_port is None or broker.ca is None:
-        missing("openssl is not installed")
     ingest = _client(broker, "watchfloor-ingest")
-    cam = Client(broker.tls_port, "cam-a", broker.secrets["cam-a"], ca=broker.ca)
+    cam = _camera(broker, "cam-a")
     try:
         assert cam.rc == 0
         ingest.subscribe("watchfloor/v1/devices/+/telemetry")
@@ -330,18 +369,20 @@ def test_tls_listener(broker: Broker) -> None:
 
 
 def test_provisioning_is_audited_and_a_reserved_name_refused(broker: Broker, db: Database) -> None:
-    """Each provisioning leaves an audit entry by the CLI's user; the secret is not in it; a
-    device may not take a service account's name."""
+    """Each provisioning leaves an audit entry by the CLI's user, saying a broker login was made;
+    the secret is not in it; a device may not take a service account's name."""
     with db.connect() as conn:
         rows = conn.execute("SELECT actor, device_id, details::text FROM audit_log WHERE action = 'device_provisioned'"
                             " ORDER BY seq").fetchall()
-        assert [r[1] for r in rows] == ["cam-a", "cam-b", "cam-c"]
+        assert [r[1] for r in rows][:4] == ["cam-a", "cam-b", "cam-c", "cam-d"]
         assert all(r[0].startswith("cli") for r in rows)
+        assert all('"broker_login": true' in r[2] for r in rows)
         assert not any(broker.secrets["cam-a"] in r[2] for r in rows)
         assert audit.verify(conn).ok
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
     result = subprocess.run([sys.executable, "-m", "watchfloor", "devices", "provision", "watchfloor-api"],
-                            env={**env, "WATCHFLOOR_DATABASE_URL": db.url}, capture_output=True, text=True, timeout=60)
+                            env={**env, "WATCHFLOOR_DATABASE_URL": db.url, **broker.accounts_env()},
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "service" in result.stderr
 
 
@@ -379,8 +420,6 @@ def test_a_camera_cannot_take_over_another_client_id(broker: Broker, db: Databas
     the ingest worker's, on the cameras' listener or the services', while cam-c publishes QoS 1
     telemetry: every message the broker acknowledged to cam-c is stored exactly once, and
     neither cam-c's connection nor the worker's session is ever taken over."""
-    if broker.tls_port is None:
-        pytest.skip("openssl is not installed")
     ingest_id = "watchfloor-ingest-1"  # the documented id; every case resumes the same session
     settings = make_settings(ingest_client_id=ingest_id, ingest_share_group="watchfloor-ingest",
                              mqtt_protocol="3.1.1")
@@ -394,8 +433,9 @@ def test_a_camera_cannot_take_over_another_client_id(broker: Broker, db: Databas
         port = broker.tls_port if listener == "cameras" else broker.process.port
         attacker = _Camera(broker, port, "cam-a", client_id="cam-c" if victim == "another camera" else ingest_id,
                            clean=False)
-        # On the services' listener no device account exists: the camera's login is refused.
-        assert (attacker.rc == 0) == (listener == "cameras"), attacker.rc
+        # On the cameras' listener a camera's login is bound to its own client id; on the
+        # services' no device account exists: refused either way, so it takes nothing.
+        assert attacker.rc in (134, 135), attacker.rc
         try:
             seqs = range(base, base + 300)
             mids: dict[int, int] = {}
@@ -482,33 +522,155 @@ def test_only_the_api_announces_alert_policy_changes_and_only_ingest_hears_them(
             c.close()
 
 
-def test_a_retired_device_can_no_longer_connect(broker: Broker, db: Database) -> None:
-    """`watchfloor devices retire` revokes the secret and removes the broker entry: after a
-    reload (SIGHUP) the camera is refused; the act is audited, and announced to the API
-    processes (as the API's broker account). Runs last: it retires cam-b."""
-    passwd = broker.devices_passwd
+def _connected_camera(broker: Broker, device_id: str) -> Client:
+    """A camera logged in, whose own telemetry the broker accepts (QoS 1, acknowledged)."""
+    camera = _camera(broker, device_id)
+    assert camera.rc == 0, camera.rc
+    assert camera.publish(topic_for(device_id, Channel.TELEMETRY), b"before") in (0, 16)
+    return camera
+
+
+def _retired_row(db: Database, device_id: str) -> object:
+    with db.connect() as conn:
+        row = conn.execute("SELECT details FROM audit_log WHERE action = 'device_retired' AND device_id = %s "
+                           "ORDER BY seq DESC LIMIT 1", (device_id,)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_camera_retired_through_the_api_is_disconnected_and_refused(broker: Broker, db: Database) -> None:
+    """The attack: a camera keeps its broker login after an admin retired it in the control
+    room. `POST /api/v1/devices/{id}/retire` on an API whose broker has accounts disables the
+    camera's login before it commits: the connected camera is disconnected at once, its next
+    login is refused, and the audit entry says so. (Before the plugin, the API's retire never
+    touched the broker: the camera stayed connected and could log in again.) A broker that
+    does not confirm leaves the device in service (503)."""
+    from tests.helpers.api import add_test_users, client, running_api
+
+    with db.connect() as conn:
+        add_test_users(conn)
+    settings = make_settings(device_accounts_url=broker.admin_url, device_accounts_ca_file=broker.ca)
+    wrong = broker.admin_url.replace(quote(broker.secrets[ADMIN_USERNAME], safe=""), "wrong-password")
+    camera = _connected_camera(broker, "cam-d")
+    try:
+        # A broker that does not disable the login: 503, and the device stays in service.
+        with running_api(database_url=db.url, mqtt_url=broker.service_url("watchfloor-api"),
+                         settings=settings.model_copy(update={"device_accounts_url": wrong})) as api, \
+                client(api.base, "admin") as admin:
+            response = admin.post("/api/v1/devices/cam-d/retire")
+            assert response.status_code == 503 and response.json()["error"]["code"] == "unavailable", response.text
+        assert db.scalar("SELECT retired_at IS NULL FROM devices WHERE device_id = 'cam-d'")
+        assert camera.publish(topic_for("cam-d", Channel.TELEMETRY), b"still in service") in (0, 16)
+        with running_api(database_url=db.url, mqtt_url=broker.service_url("watchfloor-api"),
+                         settings=settings) as api, client(api.base, "admin") as admin:
+            response = admin.post("/api/v1/devices/cam-d/retire")
+            assert response.status_code == 200, response.text
+            assert camera.disconnected.wait(10), "the retired camera is still connected"
+    finally:
+        camera.close()
+    again = _camera(broker, "cam-d")
+    again.close()
+    assert again.rc in (134, 135), again.rc
+    assert _retired_row(db, "cam-d") == {"credentials_revoked": True, "broker_login_disabled": True}
+
+
+def test_a_camera_retired_with_the_command_is_disconnected_and_refused(broker: Broker, db: Database) -> None:
+    """`watchfloor devices retire` revokes the secret and disables the broker login: the
+    connected camera is disconnected at once and its next login refused, without a reload;
+    the act is audited and announced to the API processes (as the API's broker account).
+    Provisioned again (`--reactivate`), it logs in with its new secret only."""
+    camera = _connected_camera(broker, "cam-b")
     api = _client(broker, "watchfloor-api")
     try:
         assert api.subscribe(REGISTRY_TOPIC) == [1]
-        secret = quote(broker.secrets["watchfloor-api"], safe="")
-        as_api = f"mqtt://watchfloor-api:{secret}@127.0.0.1:{broker.process.port}"
-        _watchfloor("devices", "retire", "cam-b", "--mosquitto-passwd", str(passwd), db=db, mqtt_url=as_api)
+        out = _watchfloor("devices", "retire", "cam-b", db=db, mqtt_url=broker.service_url("watchfloor-api"),
+                          env_extra=broker.accounts_env())
+        assert "disconnected now" in out.stdout
+        assert camera.disconnected.wait(10), "the retired camera is still connected"
         announced = change_announcement("cam-b", "retired")
         assert api.received_until(announced) == [(REGISTRY_TOPIC, announced)]
     finally:
         api.close()
-    assert "cam-b" not in broker_credentials.users(passwd)
-    assert broker.process.process is not None
-    broker.process.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while True:
-        client = Client(_camera_port(broker), "cam-b", broker.secrets["cam-b"], ca=broker.ca)
-        client.close()
-        if client.rc in (134, 135) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert client.rc in (134, 135)
-    with db.connect() as conn:
-        row = conn.execute("SELECT details FROM audit_log WHERE action = 'device_retired' AND device_id = 'cam-b'"
-                           ).fetchone()
-    assert row is not None and row[0] == {"credentials_revoked": True, "broker_credentials_removed": True}
+        camera.close()
+    refused = _camera(broker, "cam-b")
+    refused.close()
+    assert refused.rc in (134, 135), refused.rc
+    assert _retired_row(db, "cam-b") == {"credentials_revoked": True, "broker_login_disabled": True}
+    out = _watchfloor("devices", "provision", "cam-b", "--borough", "Camden", "--reactivate", db=db,
+                      mqtt_url=broker.service_url("watchfloor-api"), env_extra=broker.accounts_env())
+    renewed = out.stdout.strip().splitlines()[-1]
+    old, new = _camera(broker, "cam-b"), _camera(broker, "cam-b", renewed)
+    old.close()
+    new.close()
+    assert old.rc in (134, 135) and new.rc == 0, (old.rc, new.rc)
+
+
+def test_retiring_fails_whole_when_the_broker_does_not_disable_the_login(broker: Broker, db: Database) -> None:
+    """With a device-admin password the broker refuses, the command exits non-zero and the
+    device stays in service: retired only when its login is disabled too."""
+    wrong = broker.admin_url.replace(quote(broker.secrets[ADMIN_USERNAME], safe=""), "wrong-password")
+    result = _watchfloor("devices", "retire", "cam-c", db=db, check=False,
+                         env_extra={**broker.accounts_env(), "WATCHFLOOR_DEVICE_ACCOUNTS_URL": wrong})
+    assert result.returncode != 0 and "refused the admin login" in result.stderr
+    assert db.scalar("SELECT retired_at IS NULL FROM devices WHERE device_id = 'cam-c'")
+    camera = _camera(broker, "cam-c")
+    camera.close()
+    assert camera.rc == 0
+
+
+def test_a_migrated_camera_keeps_its_secret_and_its_acl(broker: Broker) -> None:
+    """`watchfloor broker init-device-accounts --from-passwd` carries a password file's
+    camera over with its secret: it logs in, publishes its own telemetry and nothing else."""
+    _denied(broker, "cam-m", topic_for("cam-a", Channel.TELEMETRY), b"forged")
+    camera = _camera(broker, "cam-m")
+    try:
+        assert camera.rc == 0
+        assert camera.publish(topic_for("cam-m", Channel.TELEMETRY), b"migrated") in (0, 16)
+    finally:
+        camera.close()
+    with pytest.raises(ValueError, match="line 1"):
+        parse_password_file("cam-x:$6$salt$hash\n")  # Mosquitto 1.x's format
+
+
+def test_the_device_admin_account_reaches_only_the_control_topic(broker: Broker) -> None:
+    """The admin account exists only on the cameras' listener and may only use the plugin's
+    control topic: it may not publish as a camera nor read the cameras' topics."""
+    admin = Client(broker.tls_port, ADMIN_USERNAME, broker.secrets[ADMIN_USERNAME], ca=broker.ca)
+    try:
+        assert admin.rc == 0
+        assert admin.subscribe("watchfloor/v1/devices/+/telemetry") == [135]
+        assert admin.publish(topic_for("cam-a", Channel.TELEMETRY), b"forged") == 135
+    finally:
+        admin.close()
+    refused = Client(broker.process.port, ADMIN_USERNAME, broker.secrets[ADMIN_USERNAME])
+    refused.close()
+    assert refused.rc in (134, 135)
+    assert DeviceAccounts(broker.admin_url, ca_file=broker.ca).disable("never-provisioned") is False
+
+
+def test_an_authenticated_broker_needs_the_device_accounts_url() -> None:
+    """A process whose broker has accounts (its URL has a username) refuses to run without
+    the device-accounts URL, so that no retirement leaves a login working; the demo's and the
+    tests' anonymous brokers need none."""
+    with pytest.raises(ValueError, match="WATCHFLOOR_DEVICE_ACCOUNTS_URL"):
+        configured(Settings(), mqtt_url="mqtt://watchfloor-api:pw@broker:1883")
+    assert configured(Settings(), mqtt_url="mqtt://127.0.0.1:1883") is None
+    assert configured(Settings(), mqtt_url=None) is None
+    given = configured(Settings(device_accounts_url="mqtts://a:b@h:8883"), mqtt_url="mqtt://u:p@h:1883")
+    assert given is not None and given.url == "mqtts://a:b@h:8883"
+
+
+def test_a_cameras_role_is_the_shipped_acls_camera_lines() -> None:
+    """The plugin's role for a camera grants exactly the `pattern` lines of deploy/mosquitto/acl
+    (write: publish; read: receive and subscribe), with the device id for %u, and nothing else."""
+    shipped = [line.split() for line in (Path(__file__).parents[1] / "deploy/mosquitto/acl").read_text().splitlines()
+               if line.startswith("pattern ")]
+    assert shipped
+    expected = set()
+    for _, access, topic in shipped:
+        topic = topic.replace("%u", "cam-q")
+        if access == "write":
+            expected.add(("publishClientSend", topic))
+        else:
+            expected |= {("publishClientReceive", topic), ("subscribeLiteral", topic)}
+    granted = [(acl["acltype"], acl["topic"]) for acl in camera_acls("cam-q") if acl["allow"]]
+    assert sorted(granted) == sorted(expected) and len(granted) == len(camera_acls("cam-q"))

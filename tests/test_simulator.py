@@ -12,6 +12,7 @@ import pytest
 
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
+from simulator.camera import Watching, wearer_display
 from simulator.fleet import FleetProfile, build_fleet
 from simulator.geo import load_boroughs
 from simulator.run import Simulator
@@ -152,3 +153,23 @@ def test_simulator_drives_ingest_through_a_real_broker(pg: Database, mosquitto: 
     assert pg.scalar("SELECT count(*) FROM device_latest WHERE ts IS NOT NULL") == 60
     assert pg.scalar("SELECT count(*) FROM telemetry") >= 60 * 4
     assert pg.scalar("SELECT count(DISTINCT d.borough) FROM device_latest l JOIN devices d USING (device_id)") == 32
+
+
+def test_the_camera_shows_its_wearer_who_watches_and_why() -> None:
+    """A contract 1.1 live_view_status becomes the wearer's screen (who, role, since, why, and
+    the consent's basis and reason); a 1.0 one (the count alone) shows the count; malformed
+    entries are left out, never guessed, and a status without a count shows nothing."""
+    shown = wearer_display({"viewers": 2, "basis": "accepted_request", "reason": "officer needs support",
+                            "watching": [{"name": "Anna Page", "role": "operator", "since": "2026-12-01T12:01:02Z",
+                                          "reason": "officer needs support"},
+                                         {"name": 7}, "not an object",
+                                         {"name": "op-b\x00", "role": "operator", "since": "2026-12-01T12:03:09Z"}]})
+    assert shown is not None and shown.viewers == 2
+    assert shown.watching == (Watching("Anna Page", "operator", "2026-12-01T12:01:02Z", "officer needs support"),
+                              Watching("op-b", "operator", "2026-12-01T12:03:09Z", None))
+    assert shown.line() == ("2 watching: Anna Page (operator, since 2026-12-01T12:01:02Z, officer needs support); "
+                            "op-b (operator, since 2026-12-01T12:03:09Z, no reason given)"
+                            " | allowed by accepted_request: officer needs support")
+    old = wearer_display({"viewers": 1})
+    assert old is not None and old.viewers == 1 and old.watching == () and old.basis is None
+    assert wearer_display({"viewers": True}) is None and wearer_display({}) is None

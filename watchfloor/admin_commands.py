@@ -1,10 +1,12 @@
-"""``watchfloor devices provision|retire``, ``watchfloor broker add-user`` and ``watchfloor audit verify``:
-the security administration commands, each audited where it changes something."""
+"""``watchfloor devices provision|retire``, ``watchfloor broker add-user|init-device-accounts`` and
+``watchfloor audit verify``: the security administration commands, each audited where it changes something."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
 import secrets
 import sys
 from datetime import timedelta
@@ -17,7 +19,9 @@ from core.areas import unknown_areas
 from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC
 from core.mqtt import publish_all
 from core.settings import Settings
+from services import device_accounts
 from services.accounts import account_announcement
+from services.errors import Unavailable
 from services.registry import (
     DeviceRecord,
     change_announcement,
@@ -103,6 +107,14 @@ def _publish_change(settings: Settings, topic: str, payload: bytes, *, otherwise
         print(f"not announced on a broker (WATCHFLOOR_MQTT_URL unset or unreachable): {otherwise}", file=sys.stderr)
 
 
+def _device_accounts(settings: Settings) -> device_accounts.DeviceAccounts | None:
+    """The cameras' broker logins (WATCHFLOOR_DEVICE_ACCOUNTS_URL), or exit saying why it is needed."""
+    try:
+        return device_accounts.configured(settings, mqtt_url=settings.mqtt_url)
+    except ValueError as error:
+        sys.exit(str(error))
+
+
 def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     from services import audit
 
@@ -110,7 +122,7 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
     if unknown:
         sys.exit(f"cannot provision {args.device_id}: unknown area {unknown[0]!r}: not one of the force's areas")
     record = DeviceRecord(args.device_id, args.callsign, args.officer, args.borough, args.role)
-    passwd: Path | None = args.mosquitto_passwd
+    accounts = _device_accounts(settings)
     with audit.connect(_database(settings), key=audit_key(settings)) as conn:
         entry = lock_device(conn, device_id=args.device_id)
         if entry is not None and entry.retired and not args.reactivate:
@@ -126,33 +138,40 @@ def cmd_devices_provision(settings: Settings, args: argparse.Namespace) -> None:
                          details={"borough": entry.borough})
         audit.record(conn, actor=cli_actor(), action="device_provisioned", device_id=args.device_id,
                      details={"callsign": args.callsign, "borough": args.borough, "role": args.role,
-                              "broker_credentials": str(passwd) if passwd else None})
-        if passwd is not None:
-            # Written before the commit: if it fails, neither the secret nor the record is kept.
-            broker_credentials.set_password(passwd, username=args.device_id, password=secret)
+                              "broker_login": accounts is not None})
+        if accounts is not None:
+            # Before the commit: if the broker does not take it, neither the secret nor the record is kept.
+            try:
+                accounts.provision(args.device_id, secret)
+            except Unavailable as error:
+                sys.exit(f"cannot provision {args.device_id}: {error}")
         conn.commit()
     _announce(settings, args.device_id, "registered")
     print(f"device {args.device_id} provisioned. Its secret (MQTT password and WHIP token) is shown once:")
     print(secret)
-    if passwd is not None:
-        print(f"broker credentials written to {passwd}: reload the broker (SIGHUP) to apply them", file=sys.stderr)
+    if accounts is None:
+        print("no broker login made (WATCHFLOOR_DEVICE_ACCOUNTS_URL unset)", file=sys.stderr)
 
 
 def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
     from services import audit
 
-    passwd: Path | None = args.mosquitto_passwd
+    accounts = _device_accounts(settings)
     with audit.connect(_database(settings), key=audit_key(settings)) as conn:
         if lock_device(conn, device_id=args.device_id) is None:
             sys.exit(f"no device {args.device_id}")
-        # Removed before the commit: if that fails, the device is not retired either.
-        removed = broker_credentials.remove_user(passwd, username=args.device_id) if passwd is not None else None
+        # Disabled before the commit: if the broker does not, the device is not retired either.
+        try:
+            disabled = accounts.disable(args.device_id) if accounts is not None else None
+        except Unavailable as error:
+            sys.exit(f"cannot retire {args.device_id}: {error}")
         retire_device(conn, device_id=args.device_id, actor=cli_actor(),
-                      details={"broker_credentials_removed": removed})
+                      details={"broker_login_disabled": disabled})
         conn.commit()
     _announce(settings, args.device_id, "retired")
-    print(f"device {args.device_id} retired; its secret no longer works"
-          + (f"; removed from {passwd} (reload the broker)" if removed else ""))
+    print(f"device {args.device_id} retired; its secret no longer works; broker login: "
+          + {True: "disabled (disconnected now)", False: "none on the broker",
+             None: "not touched (WATCHFLOOR_DEVICE_ACCOUNTS_URL unset)"}[disabled])
 
 
 def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
@@ -164,6 +183,28 @@ def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
     print(f"broker user {args.username} written to {args.mosquitto_passwd} (reload the broker to apply it)",
           file=sys.stderr)
     if not args.password:
+        print(password)
+
+
+def cmd_broker_init_device_accounts(settings: Settings, args: argparse.Namespace) -> None:
+    """The dynamic-security plugin's first file: the device-admin account and the cameras of an
+    existing password file. Never overwrites: once running, the broker owns the file."""
+    try:
+        cameras = device_accounts.parse_password_file(args.from_passwd.read_text()) if args.from_passwd else {}
+    except (OSError, ValueError) as error:
+        sys.exit(f"cannot migrate {args.from_passwd}: {error}")
+    password = args.admin_password or secrets.token_urlsafe(32)
+    config = device_accounts.initial_config(admin_password=password, cameras=cameras)
+    try:
+        # Owner-only: it holds password hashes (give it to the broker's user, which rewrites it).
+        fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        sys.exit(f"cannot create {args.file}: {error}")
+    with os.fdopen(fd, "w") as out:
+        json.dump(config, out, indent=1)
+    print(f"{args.file} written: account {device_accounts.ADMIN_USERNAME}, {len(cameras)} camera(s) migrated; "
+          "the broker's user must own it", file=sys.stderr)
+    if not args.admin_password:
         print(password)
 
 
@@ -231,14 +272,16 @@ def cmd_devices_list(settings: Settings, args: argparse.Namespace) -> None:
 def add_parsers(sub: Any) -> None:
     """Add the subcommands to ``watchfloor``'s subparsers."""
     db_env = ("WATCHFLOOR_DATABASE_URL",)
-    announce_env = (*db_env, "WATCHFLOOR_MQTT_URL (optional: announces the change to the API processes)")
+    announce_env = (*db_env, "WATCHFLOOR_MQTT_URL (optional: announces the change to the API processes)",
+                    "WATCHFLOOR_DEVICE_ACCOUNTS_URL and WATCHFLOOR_DEVICE_ACCOUNTS_CA_FILE (the cameras' broker "
+                    "logins; required when WATCHFLOOR_MQTT_URL has a username)")
     devices = group(sub, "devices", help="device registry and credentials")
     listing = command(devices, "list", help="registered devices with their latest state", env=db_env,
                       run=cmd_devices_list)
     listing.add_argument("--borough", default=None, help="only this borough's devices")
     listing.add_argument("--retired", action="store_true", help="include retired devices")
     listing.add_argument("--limit", type=int, default=1000, help="at most this many")
-    provision = command(devices, "provision", help="register a device, make its secret, write broker credentials",
+    provision = command(devices, "provision", help="register a device, make its secret and its broker login",
                         env=announce_env, run=cmd_devices_provision)
     provision.add_argument("device_id")
     provision.add_argument("--callsign")
@@ -246,15 +289,12 @@ def add_parsers(sub: Any) -> None:
     provision.add_argument("--borough")
     from api.models import RoleName
     provision.add_argument("--role", default="response", choices=get_args(RoleName))
-    provision.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
-                           help="Mosquitto password file to add the device to (created if absent)")
     provision.add_argument("--reactivate", action="store_true",
                            help="bring a retired device back (refused without it; recorded in the audit log)")
-    retire = command(devices, "retire", help="retire a device: revoke its secret, remove its broker credentials",
+    retire = command(devices, "retire",
+                     help="retire a device: revoke its secret, disable its broker login (disconnected now)",
                      env=announce_env, run=cmd_devices_retire)
     retire.add_argument("device_id")
-    retire.add_argument("--mosquitto-passwd", type=Path, default=None, metavar="FILE",
-                        help="Mosquitto password file to remove the device from")
 
     broker = group(sub, "broker", help="broker accounts")
     add_user = command(broker, "add-user", help="add a service account (e.g. watchfloor-ingest) to the broker",
@@ -262,6 +302,13 @@ def add_parsers(sub: Any) -> None:
     add_user.add_argument("username")
     add_user.add_argument("--mosquitto-passwd", type=Path, required=True, metavar="FILE")
     add_user.add_argument("--password", default=None, help="(default: a random one, printed once)")
+    init = command(broker, "init-device-accounts", help="write the cameras' dynamic-security file: the device-admin "
+                   "account, and the cameras of an existing password file", run=cmd_broker_init_device_accounts)
+    init.add_argument("file", type=Path, help="the plugin's file, e.g. /mosquitto/data/device-accounts.json "
+                      "(refused if it exists)")
+    init.add_argument("--from-passwd", type=Path, default=None, metavar="FILE",
+                      help="an existing devices' password file whose cameras keep their secrets")
+    init.add_argument("--admin-password", default=None, help="(default: a random one, printed once)")
 
     audit = group(sub, "audit", help="the audit log")
     verify = command(audit, "verify", help="check the hash chain; exit status 1 if anything was tampered with",

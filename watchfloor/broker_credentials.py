@@ -1,4 +1,5 @@
-"""Mosquitto password-file entries, written in Python (no ``mosquitto_passwd`` needed).
+"""Mosquitto password-file entries, written in Python (no ``mosquitto_passwd`` needed): the
+services' accounts on their listener (cameras' logins are dynamic: services/device_accounts.py).
 
 Mosquitto 2 reads ``username:$7$<iterations>$<base64 salt>$<base64 hash>``, where the hash is
 PBKDF2-HMAC-SHA512 of the password over the 12 raw salt bytes, 64 bytes long (the format of
@@ -17,7 +18,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-__all__ = ["mosquitto_hash", "remove_user", "set_password", "users"]
+__all__ = ["mosquitto_hash", "set_password"]
 
 _SALT_BYTES = 12
 _HASH_BYTES = 64
@@ -62,17 +63,3 @@ def set_password(path: Path, *, username: str, password: str) -> None:
     entry = f"{username}:{mosquitto_hash(password)}"
     lines = [line for line in _read(path) if line.split(":", 1)[0] != username]
     _write(path, [*lines, entry])
-
-
-def remove_user(path: Path, *, username: str) -> bool:
-    """Remove ``username``'s entry; True if there was one."""
-    lines = _read(path)
-    kept = [line for line in lines if line.split(":", 1)[0] != username]
-    if len(kept) != len(lines):
-        _write(path, kept)
-    return len(kept) != len(lines)
-
-
-def users(path: Path) -> list[str]:
-    """The usernames in a password file."""
-    return [line.split(":", 1)[0] for line in _read(path) if ":" in line and not line.startswith("#")]

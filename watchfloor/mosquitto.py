@@ -8,8 +8,8 @@ shipped ACL with a password file (``password_file=``, the services' accounts) to
 authentication itself. The shipped configuration sets ``per_listener_settings true``, so
 these options apply to the one listener written here (the services' listener). The
 cameras' TLS listener (deploy/mosquitto/conf.d, included by ``include_dir``) is left out;
-pass its lines in ``extra``, with throwaway certificates and the devices' password file, to
-test it (tests/test_security_broker.py).
+pass its lines in ``extra``, with throwaway certificates, the machine's dynamic-security
+plugin and a file of cameras' logins, to test it (tests/test_security_broker.py).
 """
 
 from __future__ import annotations

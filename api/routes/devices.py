@@ -16,6 +16,7 @@ from api.models import DEVICE_ID, DeviceEvent, DeviceIn, DevicePage, FleetSummar
 from core.contract import REGISTRY_TOPIC
 from services import audit
 from services.accounts import SEES_DEVICES, SEES_POSITIONS, Principal, Role
+from services.device_accounts import DeviceAccounts
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.registry import (
     DeviceRecord,
@@ -202,10 +203,16 @@ def update(device_id: DeviceId, body: DeviceIn, db: Db, who: Admin, request: Req
     return unit
 
 
-@router.post("/devices/{device_id}/retire", response_model=Unit, responses={404: {"model": ErrorBody}})
+@router.post("/devices/{device_id}/retire", response_model=Unit,
+             responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+             summary="Retire a device: revoke its secret and disable its broker login (disconnected now)")
 def retire(device_id: DeviceId, db: Db, who: Admin, request: Request) -> Unit:
     _locked(db, device_id, who)
-    retire_device(db, device_id=device_id, actor=who.username)
+    # Before the commit: a broker that does not disable the login (503) leaves the device
+    # not retired, rather than retired with a login that still works.
+    accounts: DeviceAccounts | None = request.app.state.device_accounts
+    disabled = accounts.disable(device_id) if accounts is not None else None
+    retire_device(db, device_id=device_id, actor=who.username, details={"broker_login_disabled": disabled})
     unit = _unit(_visible(db, device_id, who), who)
     _announce(db, request, device_id, "retired")
     return unit

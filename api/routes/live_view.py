@@ -58,6 +58,10 @@ class LiveViewRequest(BaseModel):
     created_at: datetime
     expires_at: datetime
     answered_at: datetime | None = None
+    consent_id: int | None = Field(default=None, description="the consent it was accepted under")
+    covered_rule: Literal["same_requester", "officer_asked", "policy_recording"] | None = Field(
+        default=None, description="accepted by this rule of the force's, the camera not asked; "
+                                  "null when the camera (its officer) or the policy accepted it")
 
 
 class Consent(BaseModel):

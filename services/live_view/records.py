@@ -16,19 +16,22 @@ import psycopg
 
 from services import audit, viewings
 from services.accounts import Principal
-from services.consent import Basis, Denied, UnitFacts, may_watch, plan_request
+from services.consent import Basis, CoverRule, Denied, UnitFacts, covering_rule, may_watch, plan_request, viewer_covered
 from services.live_view.workflow import (
     Audit,
     EndConsent,
     GrantConsent,
+    IgnoreEvent,
     ReplyAnswer,
     ViewCheck,
     audit_consent_ended,
+    audit_covered,
     audit_publisher_ended,
     audit_request_answered,
     audit_sweep,
     change_for_event,
     check_viewing,
+    covered_detail,
 )
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "answer_request",
     "camera_event",
     "check_viewer",
+    "consent_summary",
     "end_publisher_consent",
     "end_viewing",
     "facts",
@@ -66,16 +70,21 @@ def facts(conn: psycopg.Connection, device_id: str) -> UnitFacts | None:
 @dataclass(frozen=True)
 class Requested:
     """A control-room request as recorded: refused, or the row, the consent in force after it,
-    and the basis when policy granted it at once."""
+    the basis when policy granted it at once, and the rule when the consent in force covers it."""
 
     denied: Denied | None
     row: Row | None = None
     consent: Row | None = None
     policy: Basis | None = None
+    covered: CoverRule | None = None
 
 
 def request(conn: psycopg.Connection, *, who: Principal, device_id: str, request_id: str, reason: str,
-            expires: datetime, policy_firearms_recording: bool) -> Requested:
+            expires: datetime, policy_firearms_recording: bool, policy_max_reading_age_s: float,
+            covers_same_requester: bool) -> Requested:
+    """Record the request, then: covered by the consent in force (by a rule of the force's),
+    granted by policy, or left pending for the camera to answer (also while a consent the
+    officer gave someone else is in force: the stream runs on for those it covers)."""
     unit = facts(conn, device_id)
     denied = may_watch(who, unit)
     if denied is not None or unit is None:
@@ -86,18 +95,30 @@ def request(conn: psycopg.Connection, *, who: Principal, device_id: str, request
                  details={"request_id": request_id, "reason": reason})
     consent = viewings.active_consent(conn, device_id)
     if consent is not None:
-        row = viewings.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
-                                      detail=f"consent already in force ({consent['basis']})") or row
-        return Requested(None, row, consent)
-    plan = plan_request(unit, policy_firearms_recording=policy_firearms_recording)
+        origin = viewings.get_request(conn, consent["request_id"]) if consent["request_id"] else None
+        rule = covering_rule(Basis(consent["basis"]), origin["requested_by"] if origin else None, who.username,
+                             same_requester=covers_same_requester)
+        if rule is None:
+            return Requested(None, row, consent)  # put to the camera, which names the requester
+        covered = viewings.cover_request(conn, request_id=request_id, device_id=device_id,
+                                         consent_id=consent["consent_id"], rule=rule.value,
+                                         detail=covered_detail(consent, rule.value))
+        row = covered or row
+        write_audits(conn, [audit_covered(device_id, row, consent, rule.value)])
+        return Requested(None, row, consent, covered=rule)
+    plan = plan_request(unit, policy_firearms_recording=policy_firearms_recording,
+                        max_reading_age_s=policy_max_reading_age_s)
     if plan.ask:
         return Requested(None, row)
     assert plan.basis is not None
     consent = viewings.grant_consent(conn, device_id=device_id, basis=plan.basis.value, request_id=request_id)
     row = viewings.answer_request(conn, request_id=request_id, device_id=device_id, status="accepted",
                                   detail="by policy: a firearms unit that is recording") or row
+    if consent is not None:
+        row = viewings.link_request(conn, request_id=request_id, consent_id=consent["consent_id"]) or row
     audit.record(conn, actor="policy", action="live_view_accepted", device_id=device_id,
-                 details={"request_id": request_id, "basis": plan.basis.value})
+                 details={"request_id": request_id, "basis": plan.basis.value,
+                          "consent_id": consent["consent_id"] if consent is not None else None})
     return Requested(None, row, consent, plan.basis)
 
 
@@ -126,21 +147,35 @@ def answer_request(conn: psycopg.Connection, *, device_id: str, request_id: str,
     if answer.accepted:
         consent = viewings.grant_consent(conn, device_id=device_id, basis=Basis.ACCEPTED_REQUEST.value,
                                          request_id=request_id)
+        # Accepted while a consent is in force (asked for by someone it does not cover): the
+        # officer has now agreed to this requester too, under that consent.
+        under = consent or viewings.active_consent(conn, device_id)
+        if under is not None:
+            row = viewings.link_request(conn, request_id=request_id, consent_id=under["consent_id"]) or row
     write_audits(conn, [audit_request_answered(device_id, request_id, row, answer.accepted)])
     return row, consent
 
 
-def camera_event(conn: psycopg.Connection, *, device_id: str, kind: str) -> tuple[str, Row] | None:
-    """("consent_started" or "consent_ended", the consent), or None when nothing changed."""
+def camera_event(conn: psycopg.Connection, *, device_id: str, kind: str, ts: datetime, seq: int,
+                 now: datetime, max_age_s: float) -> tuple[str, Row] | IgnoreEvent | None:
+    """("consent_started" or "consent_ended", the consent); an :class:`IgnoreEvent` for a
+    watch_me that may not grant (stale, a duplicate or older than one that did); None when
+    nothing changed."""
     consent = viewings.active_consent(conn, device_id)
-    change = change_for_event(kind, Basis(consent["basis"]) if consent is not None else None)
+    change = change_for_event(kind, Basis(consent["basis"]) if consent is not None else None,
+                              age_s=(now - ts).total_seconds(), max_age_s=max_age_s)
+    if isinstance(change, IgnoreEvent):
+        return change
     if isinstance(change, GrantConsent):
         unit = viewings.unit_for_live_view(conn, device_id)
         if unit is None or unit["retired"]:
             return None  # not a device in service: nothing it sends grants consent
-        granted = viewings.grant_consent(conn, device_id=device_id, basis=change.basis.value, request_id=None)
+        if consent is not None:
+            return None  # consent in force already: the officer is watched as asked
+        granted = viewings.grant_event_consent(conn, device_id=device_id, basis=change.basis.value,
+                                               event_ts=ts, event_seq=seq)
         if granted is None:
-            return None  # consent in force already, or another process granted it
+            return IgnoreEvent("replayed")  # a duplicate, or not newer than one that granted before
         audit.record(conn, actor=f"device:{device_id}", action="live_view_accepted", device_id=device_id,
                      details={"basis": change.basis.value, "consent_id": granted["consent_id"]})
         return "consent_started", granted
@@ -195,11 +230,23 @@ def check_viewer(conn: psycopg.Connection, *, who: Principal, device_id: str, re
                  publishing_here: bool) -> tuple[ViewCheck, Row | None]:
     """(may ``who`` watch now, the consent in force); a refusal is recorded and audited."""
     consent = viewings.active_consent(conn, device_id)
-    check = check_viewing(who, device_id, facts(conn, device_id), reason, consent, final=final,
+    covered = consent is not None and viewer_covered(
+        Basis(consent["basis"]), viewings.accepted_requesters(conn, consent["consent_id"]), who.username)
+    check = check_viewing(who, device_id, facts(conn, device_id), reason, consent, covered=covered, final=final,
                           publishing_here=publishing_here)
     if check.denied is not None:
         refuse_viewing(conn, who=who, device_id=device_id, reason=reason, refused=check.denied.message)
     return check, consent
+
+
+def consent_summary(conn: psycopg.Connection, device_id: str) -> tuple[str | None, str | None]:
+    """Why the unit's stream is allowed, as its wearer is told: (the consent's basis, the
+    reason its request gave); (None, None) with no consent in force."""
+    consent = viewings.active_consent(conn, device_id)
+    if consent is None:
+        return None, None
+    origin = viewings.get_request(conn, consent["request_id"]) if consent["request_id"] else None
+    return consent["basis"], origin["reason"] if origin is not None else None
 
 
 def refuse_viewing(conn: psycopg.Connection, *, who: Principal, device_id: str, reason: str | None,

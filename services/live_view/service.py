@@ -6,7 +6,7 @@
   it over WHEP, and its events (a viewer joined or left, a camera vanished) come back here;
 * a broker connection of its own (:class:`services.live_view.broker.LiveViewBroker`): it
   sends commands to cameras (``live_view_request``, ``live_view_stop``, ``live_view_status``
-  with the viewer count, so a camera always knows it is watched), reads their replies and the
+  with who watches and why, so a camera always shows its officer who is watching), reads their replies and the
   events that carry consent (``watch_me``) or end it (``recording_stopped``, ``docked``), and
   publishes every live-view change on :data:`LIVE_VIEW_TOPIC`, which every API process (this
   one too) pushes to its websocket clients and acts on (a consent ended elsewhere closes the
@@ -37,6 +37,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -71,8 +72,11 @@ from services.live_view.workflow import (
     CancelIdle,
     CloseStream,
     Effect,
+    IgnoreEvent,
     SendCommand,
     ViewCheck,
+    Watcher,
+    WearerView,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -107,7 +111,11 @@ class _Viewer:
     device_id: str
     username: str
     slot: int  # in LiveView._slots, given back when the session ends
+    role: str
+    display_name: str | None
+    reason: str
     recorded: asyncio.Event = field(default_factory=asyncio.Event)  # its record is committed
+    joined_at: datetime | None = None  # connected (it counts, and the wearer sees it) since
 
 
 class Notifier(Protocol):
@@ -148,6 +156,7 @@ class LiveView:
         self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
                                              per_camera=settings.live_view_max_viewers_per_camera,
                                              per_process=settings.live_view_max_viewers))
+        self.events_ignored: Counter[str] = Counter()  # watch_me events that granted nothing, by why
 
     @property
     def inbox_dropped(self) -> int:
@@ -289,7 +298,14 @@ class LiveView:
         except ValidationError:
             return  # ingest counts bad input
         kind = event.type.value
-        outcome = await self._db(lambda conn: records.camera_event(conn, device_id=device_id, kind=kind))
+        now, max_age = datetime.now(timezone.utc), self._settings.live_view_event_max_age_s
+        outcome = await self._db(lambda conn: records.camera_event(conn, device_id=device_id, kind=kind, ts=event.ts,
+                                                                   seq=event.seq, now=now, max_age_s=max_age))
+        if isinstance(outcome, IgnoreEvent):
+            self.events_ignored[outcome.reason] += 1
+            log.info("live view: %s's %s (ts %s, seq %d) grants no consent: %s", device_id, kind,
+                     event.ts.isoformat(), event.seq, outcome.reason)
+            return
         if outcome is None:
             return
         change, consent = outcome
@@ -307,10 +323,12 @@ class LiveView:
             raise InvalidRequest("reason: 3 to 200 printable characters are required")
         request_id = f"lv-{uuid.uuid4().hex[:20]}"
         expires = datetime.now(timezone.utc) + timedelta(seconds=self._settings.live_view_request_timeout_s)
-        policy_on = self._settings.live_view_policy_firearms_recording
+        settings = self._settings
         done = await self._db(lambda conn: records.request(
             conn, who=who, device_id=device_id, request_id=request_id, reason=reason, expires=expires,
-            policy_firearms_recording=policy_on))
+            policy_firearms_recording=settings.live_view_policy_firearms_recording,
+            policy_max_reading_age_s=settings.live_view_policy_max_reading_age_s,
+            covers_same_requester=settings.live_view_consent_covers_same_requester))
         if done.denied is not None:
             raise done.denied.error()
         row, policy = done.row, done.policy
@@ -441,7 +459,7 @@ class LiveView:
         except BaseException:  # cancelled (the client went away) or the relay is closing
             self._slots.give_back(slot)
             raise
-        viewer = _Viewer(session.id, device_id, who.username, slot)
+        viewer = _Viewer(session.id, device_id, who.username, slot, who.role.value, who.display_name, reason)
         self._viewers[session.id] = viewer
         try:
             await self._db(lambda conn: records.start_viewing(conn, who=who, device_id=device_id,
@@ -471,9 +489,14 @@ class LiveView:
         await self.relay.close(session_id, reason="viewer_left")
         await self._viewer_gone(session_id, "viewer_left")
 
-    def _viewers_here(self, device_id: str) -> int:
-        """The stream's viewers as the relay counts them (0 when it streams elsewhere)."""
-        return self.relay.viewer_count(device_id) if self.relay.is_publishing(device_id) else 0
+    async def _wearer_view(self, device_id: str) -> WearerView:
+        """Who watches the stream here (connected, in the order they joined) and why it is
+        allowed: what the camera shows its officer."""
+        basis, reason = await self._db(lambda conn: records.consent_summary(conn, device_id))
+        watchers = sorted((Watcher(v.username, v.display_name, v.role, v.joined_at, v.reason)
+                           for v in self._viewers.values() if v.device_id == device_id and v.joined_at is not None),
+                          key=lambda w: w.since)
+        return WearerView(watchers, basis, reason)
 
     async def _viewer_gone(self, session_id: str, reason: str) -> None:
         viewer = self._viewers.pop(session_id, None)
@@ -485,9 +508,9 @@ class LiveView:
         await self._db(lambda conn: records.end_viewing(conn, session_id=session_id, username=viewer.username,
                                                         device_id=viewer.device_id, reason=reason))
         device_id = viewer.device_id
-        publishing = device_id in self._publishers
-        await self._apply(after_viewer_left(device_id, viewer.username, reason, publishing=publishing,
-                                            viewers=self._viewers_here(device_id) if publishing else 0))
+        view = await self._wearer_view(device_id) if device_id in self._publishers else None
+        await self._apply(after_viewer_left(device_id, viewer.username, reason, view=view,
+                                            sees=self._settings.live_view_wearer_sees))
 
     # the relay's events (a viewer connected; a session that ended on its own: failed, closed,
     # timed out)
@@ -504,8 +527,10 @@ class LiveView:
             elif event.kind == "publisher_ended":
                 await self._publisher_gone(event.stream_id, event.session_id, event.reason or "closed")
             elif event.kind == "viewer_joined" and (viewer := self._viewers.get(event.session_id)) is not None:
-                device_id = viewer.device_id
-                await self._apply(after_viewer_joined(device_id, viewer.username, self._viewers_here(device_id)))
+                viewer.joined_at = datetime.now(timezone.utc)
+                view = await self._wearer_view(viewer.device_id)
+                await self._apply(after_viewer_joined(viewer.device_id, viewer.username, view,
+                                                      sees=self._settings.live_view_wearer_sees))
         except Exception:
             log.exception("live view: handling %s failed", event.kind)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from core.commands import CommandType, ReplyStatus
@@ -33,8 +34,11 @@ __all__ = [
     "Effect",
     "EndConsent",
     "GrantConsent",
+    "IgnoreEvent",
     "ReplyAnswer",
     "ViewCheck",
+    "WearerView",
+    "Watcher",
     "after_change",
     "after_consent_ended",
     "after_consent_started",
@@ -46,14 +50,18 @@ __all__ = [
     "after_viewer_left",
     "announcement",
     "audit_consent_ended",
+    "audit_covered",
     "audit_publisher_ended",
     "audit_request_answered",
     "audit_sweep",
     "change_for_event",
+    "covered_detail",
     "check_viewing",
     "on_idle_timeout",
     "reply_answer",
+    "status_params",
     "viewer_end_reason",
+    "wearer_label",
 ]
 
 Row = Mapping[str, Any]
@@ -141,9 +149,25 @@ def reply_answer(status: ReplyStatus, detail: str | None) -> ReplyAnswer | None:
 
 
 def audit_request_answered(device_id: str, request_id: str, row: Row, accepted: bool) -> Audit:
+    """The camera (its officer) answered: accepted (under the consent in ``row``) or declined."""
     return Audit(f"device:{device_id}", "live_view_accepted" if accepted else "live_view_declined", device_id,
                  {"request_id": request_id, "requested_by": row["requested_by"], "detail": row["detail"],
-                  "basis": Basis.ACCEPTED_REQUEST.value if accepted else None})
+                  "basis": Basis.ACCEPTED_REQUEST.value if accepted else None,
+                  "consent_id": row.get("consent_id"), "accepted_by": "officer" if accepted else None})
+
+
+def covered_detail(consent: Row, rule: str) -> str:
+    """The record's words for a request the camera was not asked about."""
+    of = f" of request {consent['request_id']}" if consent.get("request_id") else f" ({consent['basis']})"
+    return f"covered by consent {consent['consent_id']}{of} (rule: {rule.replace('_', ' ')})"
+
+
+def audit_covered(device_id: str, row: Row, consent: Row, rule: str) -> Audit:
+    """A request accepted by the force's rule under the consent in force, not by the officer."""
+    return Audit("policy", "live_view_accepted", device_id,
+                 {"request_id": row["request_id"], "requested_by": row["requested_by"], "basis": consent["basis"],
+                  "consent_id": consent["consent_id"], "covered_by_request": consent.get("request_id"),
+                  "covered_rule": rule})
 
 
 def after_request_answered(device_id: str, row: Row | None, consent: Row | None) -> list[Effect]:
@@ -166,13 +190,27 @@ class EndConsent:
     reason: str
 
 
-def change_for_event(kind: str, consent_basis: Basis | None) -> GrantConsent | EndConsent | None:
-    """What a camera's event does to its consent (``consent_basis``: the one in force, if any).
+@dataclass(frozen=True)
+class IgnoreEvent:
+    """An event that would grant consent but may not: ``reason`` is counted and logged."""
 
-    ``watch_me`` asks for a consent (the records grant none when one is in force already); an
-    event that ends the consent in force (:func:`services.consent.stop_reason_for_event`) ends it.
+    reason: str
+
+
+def change_for_event(kind: str, consent_basis: Basis | None, *, age_s: float,
+                     max_age_s: float) -> GrantConsent | EndConsent | IgnoreEvent | None:
+    """What a camera's event does to its consent (``consent_basis``: the one in force, if any;
+    ``age_s``: how old the event is, by its ``ts``).
+
+    ``watch_me`` asks for a consent, if it is fresh: one sent late from the camera's buffer
+    (older than ``max_age_s``) is the officer's wish of then, not of now. (The records grant
+    none when one is in force already, or when the event is not newer than one that granted
+    consent before: a QoS 1 duplicate.) An event that ends the consent in force
+    (:func:`services.consent.stop_reason_for_event`) ends it, however old: ending is safe.
     """
     if kind == "watch_me":
+        if age_s > max_age_s:
+            return IgnoreEvent("stale")
         return GrantConsent(Basis.OFFICER_REQUEST)
     if consent_basis is None:
         return None
@@ -243,10 +281,11 @@ class ViewCheck:
 
 
 def check_viewing(who: Principal, device_id: str, unit: UnitFacts | None, reason: str | None,
-                  consent: Row | None, *, final: bool, publishing_here: bool) -> ViewCheck:
+                  consent: Row | None, *, covered: bool, final: bool, publishing_here: bool) -> ViewCheck:
     """Whether ``who`` may watch the unit now (``reason``: theirs, cleaned; ``consent``: the one
-    in force). A consent whose camera has not started streaming yet means wait, unless this
-    is the ``final`` check. The stream must run in this process (WHEP is routed like WHIP)."""
+    in force; ``covered``: it covers ``who``, :func:`services.consent.viewer_covered`). A
+    consent whose camera has not started streaming yet means wait, unless this is the
+    ``final`` check. The stream must run in this process (WHEP is routed like WHIP)."""
     denied = may_watch(who, unit)
     if denied is None and reason is None:
         denied = Denied("forbidden", "a reason is required to watch (header X-Viewing-Reason, 3 to 200 characters)")
@@ -254,6 +293,9 @@ def check_viewing(who: Principal, device_id: str, unit: UnitFacts | None, reason
         return ViewCheck(denied)
     if consent is None:
         return ViewCheck(Denied("conflict", f"{device_id} is not live (no consent in force)"))
+    if not covered:
+        return ViewCheck(Denied("forbidden", f"the officer of {device_id} consented to another requester: ask"
+                                             f" the camera (POST /api/v1/devices/{device_id}/live-view) first"))
     if consent["publisher_session"] is None:
         if not final:
             return ViewCheck(None, waiting=True)
@@ -294,23 +336,66 @@ def after_stream_started(device_id: str, consent: Row) -> list[Effect]:
     return [Announce("stream_started", device_id, {"consent": consent, "viewers": 0}), ArmIdle(device_id)]
 
 
-def after_viewer_joined(device_id: str, username: str, viewers: int) -> list[Effect]:
-    """A viewer's peer connection is connected: now it watches, and the camera knows."""
+@dataclass(frozen=True)
+class Watcher:
+    """A viewer whose peer connection is connected (one who counts), as the wearer is told."""
+
+    username: str
+    display_name: str | None
+    role: str
+    since: datetime  # when it connected
+    reason: str
+
+
+@dataclass(frozen=True)
+class WearerView:
+    """What the camera shows its officer: who watches (in the order they joined) and why the
+    stream is allowed (the consent's basis, and the reason the request gave, if any)."""
+
+    watchers: Sequence[Watcher]
+    basis: str | None
+    reason: str | None
+
+
+def wearer_label(watcher: Watcher, sees: str) -> str:
+    """How a viewer is named to the wearer, by the force's choice (``WATCHFLOOR_LIVE_VIEW_WEARER_SEES``):
+    ``name`` (display name, else username), ``callsign`` (the username), or ``role`` only."""
+    if sees == "role":
+        return watcher.role
+    if sees == "callsign":
+        return watcher.username
+    return watcher.display_name or watcher.username
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_params(view: WearerView, *, sees: str) -> dict[str, Any]:
+    """The ``live_view_status`` command's params (docs/mqtt-contract.md, contract 1.1): the
+    count (all a 1.0 camera reads), the list, and the consent's basis and reason."""
+    watching = [{"name": wearer_label(w, sees), "role": w.role, "since": _rfc3339(w.since), "reason": w.reason}
+                for w in view.watchers]
+    return {"viewers": len(watching), "watching": watching, "basis": view.basis, "reason": view.reason}
+
+
+def after_viewer_joined(device_id: str, username: str, view: WearerView, *, sees: str) -> list[Effect]:
+    """A viewer's peer connection is connected: now it watches, and the camera is told who."""
     return [CancelIdle(device_id),
-            SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, {"viewers": viewers}),
-            Announce("viewer_joined", device_id, {"viewer": username, "viewers": viewers})]
+            SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, status_params(view, sees=sees)),
+            Announce("viewer_joined", device_id, {"viewer": username, "viewers": len(view.watchers)})]
 
 
-def after_viewer_left(device_id: str, username: str, reason: str, *, publishing: bool,
-                      viewers: int) -> list[Effect]:
-    """A viewer's session ended (``viewers``: those left, when the stream runs here). The last
-    one gone starts the idle timer."""
+def after_viewer_left(device_id: str, username: str, reason: str, *, view: WearerView | None,
+                      sees: str) -> list[Effect]:
+    """A viewer's session ended (``view``: who is left, when the stream runs here; None when it
+    does not). The camera is told who is left; the last one gone starts the idle timer."""
     effects: list[Effect] = []
-    if publishing:
-        effects.append(SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, {"viewers": viewers}))
-    count = viewers if publishing else 0
+    if view is not None:
+        effects.append(SendCommand(device_id, CommandType.LIVE_VIEW_STATUS, status_params(view, sees=sees)))
+    count = len(view.watchers) if view is not None else 0
     effects.append(Announce("viewer_left", device_id, {"viewer": username, "viewers": count, "reason": reason}))
-    if publishing and count == 0:
+    if view is not None and count == 0:
         effects.append(ArmIdle(device_id))
     return effects
 

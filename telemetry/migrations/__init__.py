@@ -18,6 +18,7 @@ from telemetry.migrations import (
     v6_oidc_sign_ins,
     v7_runtime_role,
     v8_token_versions,
+    v9_accountable_consent,
     v11_alert_policy,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
@@ -33,5 +34,6 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(6, "oidc sign-ins", v6_oidc_sign_ins.apply),
     Migration(7, "keyed audit chain, checkpoints, partitions for a runtime role", v7_runtime_role.apply),
     Migration(8, "token versions", v8_token_versions.apply),
+    Migration(9, "accountable consent", v9_accountable_consent.apply),
     Migration(11, "alert policy", v11_alert_policy.apply),
 )

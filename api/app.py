@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from api import errors, hardening, observability
 from api.live import LiveHub
 from api.routes import (
+    alert_policy,
     alerts,
     audit,
     auth,
@@ -190,7 +191,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, users, devices, alerts, incidents, live, reports, live_view, audit, docs):
+    for module in (health, auth, users, devices, alerts, alert_policy, incidents, live, reports, live_view, audit,
+                   docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

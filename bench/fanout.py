@@ -12,6 +12,9 @@ snapshot in the window would measure reconnection, not the feed. The baseline, o
 same window, is a bare MQTT subscriber's publish-to-delivery latency on the same stream,
 and the CPU of every process is taken over it too. Afterwards it measures the first
 snapshot (every unit) and a 12-hour track query. Prints tables.
+
+One file on purpose, though over 400 lines: a benchmark is read top to bottom beside its
+results (docs/performance.md), and its parts (processes, clients, probes, tables) serve only it.
 """
 
 from __future__ import annotations

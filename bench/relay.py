@@ -18,6 +18,9 @@ Separate processes, all on 127.0.0.1, talking WHIP/WHEP-style HTTP (POST an SDP 
   without decoding them and count frames per second.
 
 Prints a table. The machine is shared: compare rows of one run.
+
+One file on purpose, though over 400 lines: each role above is a subcommand of this one
+script, so that the processes it starts run exactly the code that the table describes.
 """
 
 from __future__ import annotations

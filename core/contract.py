@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, St
 
 __all__ = [
     "ALERTS_TOPIC",
+    "ALERT_POLICY_TOPIC",
     "ACCOUNTS_TOPIC",
     "REGISTRY_TOPIC",
     "SERVICE_PREFIX",
@@ -43,6 +44,9 @@ REGISTRY_TOPIC = "watchfloor/v1/registry"
 #: out), after commit, so that every API process re-reads the users' token versions at once
 #: and refuses the tokens those changes ended. Only the API's service account may use it.
 ACCOUNTS_TOPIC = "watchfloor/v1/accounts"
+#: Alert policy changes made through the API, after commit, so that every ingest worker reads
+#: the policy again before its next batch. Only the API writes it and only ingest reads it.
+ALERT_POLICY_TOPIC = "watchfloor/v1/alert-policy"
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The services' namespace at the broker: their usernames (watchfloor-ingest, watchfloor-api)
 #: and client ids start with it, and no device id may. The cameras' listener makes a camera's

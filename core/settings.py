@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     alert_storage_warn_pct: float = Field(default=90.0, ge=0, le=100)
     alert_gps_lost_after_s: int = Field(default=120, ge=1)
     alert_offline_after_s: int = Field(default=120, ge=5)
+    # Ingest reads the alert policy again when the API announces a change, and at least this
+    # often in case an announcement was missed.
+    alert_policy_refresh_s: float = Field(default=30.0, ge=1, le=3600)
 
     # API and live feed
     api_host: str = "127.0.0.1"

@@ -4,18 +4,24 @@ Every rule is set-based SQL over the devices of one batch, and the database enfo
 open alert per device and kind (a partial unique index), so several ingest workers can
 evaluate the same device at once without a storm of duplicates. An alert whose condition
 clears is resolved by the system (outcome ``cleared``), with the time recorded.
+
+What each kind does for a unit (a severity, activity only, or nothing) is the force's alert
+policy (:mod:`telemetry.alert_policy`), decided in Python per unit from its role and whether
+it is assigned to an open incident; the SQL here only finds the units and writes the result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
 from core.contract import Event, EventType, Telemetry
+from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.store import Batch
 
 __all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_offline"]
@@ -46,51 +52,92 @@ class _StateRule:
     Both are SQL over ``l`` (device_latest) and ``d`` (devices); a little hysteresis keeps a
     value on the threshold from flapping. ``candidate`` is the same test in Python on the
     batch's newest report, so the raising statement only looks at devices that may need it
-    (the clearing one only meets open alerts, through the partial index)."""
+    (the clearing one only meets open alerts, through the partial index). The severity is
+    the policy's (:mod:`telemetry.alert_policy`), decided per unit."""
 
     kind: str
-    severity: str  # SQL expression
     raise_when: str
     clear_when: str
     detail: str  # SQL expression
     candidate: Callable[[Telemetry | None, bool | None, AlertRules], bool]
 
 
-_FIREARMS_HIGH = "CASE WHEN d.role = 'firearms' THEN 'high' ELSE 'warning' END"
-
 STATE_RULES: Sequence[_StateRule] = (
-    _StateRule("battery_critical", "'critical'",
+    _StateRule("battery_critical",
                "l.battery_pct < %(battery_critical)s AND NOT l.charging",
                "l.battery_pct >= %(battery_critical)s + 2 OR l.charging",
                "'battery at ' || round(l.battery_pct)::text || ' per cent'",
                lambda t, online, r: t is not None and t.battery.pct < r.battery_critical_pct),
-    _StateRule("battery_low", "'warning'",
+    _StateRule("battery_low",
                "l.battery_pct < %(battery_warn)s AND NOT l.charging",
                "l.battery_pct >= %(battery_warn)s + 2 OR l.charging",
                "'battery at ' || round(l.battery_pct)::text || ' per cent'",
                lambda t, online, r: t is not None and t.battery.pct < r.battery_warn_pct),
-    _StateRule("storage_full", "'warning'",
+    _StateRule("storage_full",
                "l.storage_pct >= %(storage_warn)s",
                "l.storage_pct < %(storage_warn)s - 2",
                "'storage ' || round(l.storage_pct)::text || ' per cent used'",
                lambda t, online, r: t is not None and (t.storage_pct or 0) >= r.storage_warn_pct),
-    _StateRule("gps_lost", _FIREARMS_HIGH,
+    _StateRule("gps_lost",
                "NOT l.gps_fix AND (l.last_fix_at IS NULL"
                " OR l.ts - l.last_fix_at > make_interval(secs => %(gps_lost_s)s))",
                "l.gps_fix",
                "'no GPS fix since ' || coalesce(to_char(l.last_fix_at AT TIME ZONE 'UTC', 'HH24:MI:SS') || ' UTC',"
                " 'start of shift')",
                lambda t, online, r: t is not None and t.gps is None),
-    _StateRule("offline", _FIREARMS_HIGH,
+    _StateRule("offline",
                "NOT l.online",
                "l.online AND l.received_at >= now() - make_interval(secs => %(offline_s)s)",
                "'connection lost (Last Will)'",
                lambda t, online, r: online is False),
 )
 
+# What the policy needs to know of a unit (SQL over ``d``, devices): its role, and whether it
+# is assigned to an open incident.
+_PROFILE = ("d.role, EXISTS (SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
+            " WHERE u.device_id = d.device_id AND i.status = 'open') AS assigned")
+
+
+def _raise(cur: psycopg.Cursor[dict[str, Any]], kind: str, found: list[dict[str, Any]], policy: AlertPolicy,
+           at: datetime | None = None) -> list[dict[str, Any]]:
+    """Raise ``kind`` for the units ``found`` (rows of device_id, role, assigned, detail) as the
+    policy decides for each: an open alert with its severity, a record of activity, or
+    nothing. Returns the alerts raised (activity is not raised, so not returned)."""
+    raised: dict[str, list[Any]] = {"ids": [], "severities": [], "details": []}
+    activity: dict[str, list[Any]] = {"ids": [], "details": []}
+    for row in found:
+        outcome = policy.decide(kind, role=row["role"], assigned=row["assigned"])
+        if outcome in SEVERITIES:
+            raised["ids"].append(row["device_id"])
+            raised["severities"].append(outcome.value)
+            raised["details"].append(row["detail"])
+        elif outcome is Outcome.ACTIVITY:
+            activity["ids"].append(row["device_id"])
+            activity["details"].append(row["detail"])
+    if activity["ids"]:
+        # Resolved as it is written; the same moment redelivered is not recorded twice. Its
+        # severity means nothing (nothing is raised): info, the lowest the table knows.
+        cur.execute(
+            "INSERT INTO alerts (device_id, kind, severity, status, detail, raised_at, resolved_at, resolved_by,"
+            " outcome) SELECT p.device_id, %(kind)s, 'info', 'resolved', p.detail, %(at)s::timestamptz,"
+            " %(at)s::timestamptz, 'policy', 'activity'"
+            " FROM unnest(%(ids)s::text[], %(details)s::text[]) AS p(device_id, detail)"
+            " WHERE NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = p.device_id AND a.kind = %(kind)s"
+            " AND a.raised_at = %(at)s::timestamptz AND a.outcome = 'activity')",
+            {**activity, "kind": kind, "at": at or datetime.now(timezone.utc)})
+    if not raised["ids"]:
+        return []
+    cur.execute(
+        "INSERT INTO alerts (device_id, kind, severity, detail, raised_at)"
+        " SELECT p.device_id, %(kind)s, p.severity, p.detail, coalesce(%(at)s::timestamptz, now())"
+        " FROM unnest(%(ids)s::text[], %(severities)s::text[], %(details)s::text[]) AS p(device_id, severity, detail)"
+        f" ORDER BY p.device_id ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
+        {**raised, "kind": kind, "at": at})
+    return cur.fetchall()
+
 
 def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: dict[str, Telemetry],
-                       online: dict[str, bool], rules: AlertRules) -> list[dict[str, Any]]:
+                       online: dict[str, bool], rules: AlertRules, policy: AlertPolicy) -> list[dict[str, Any]]:
     changes: list[dict[str, Any]] = []
     base = rules.params()
     with conn.cursor(row_factory=dict_row) as cur:
@@ -106,22 +153,20 @@ def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: 
             if not candidates:
                 continue
             cur.execute(
-                f"INSERT INTO alerts (device_id, kind, severity, detail)"
-                f" SELECT l.device_id, '{rule.kind}', {rule.severity}, {rule.detail}"
+                f"SELECT l.device_id, {_PROFILE}, {rule.detail} AS detail"
                 f" FROM device_latest l JOIN devices d USING (device_id)"
-                f" WHERE l.device_id = ANY(%(ids)s) AND ({rule.raise_when}) ORDER BY l.device_id"
-                f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
+                f" WHERE l.device_id = ANY(%(ids)s) AND ({rule.raise_when}) AND NOT EXISTS (SELECT 1 FROM alerts a"
+                f" WHERE a.device_id = l.device_id AND a.kind = '{rule.kind}' AND a.status <> 'resolved')",
                 {**base, "ids": candidates})
-            changes += cur.fetchall()
+            changes += _raise(cur, rule.kind, cur.fetchall(), policy)
     return changes
 
 
-_EVENT_ALERTS: dict[EventType, tuple[str, str, str]] = {
-    # event: (kind, severity SQL, detail)
-    EventType.EMERGENCY: ("emergency", "'critical'", "emergency button pressed"),
-    EventType.RECORDING_STARTED: ("recording", "CASE WHEN d.role = 'firearms' THEN 'high' ELSE 'info' END",
-                                  "recording started"),
-    EventType.WATCH_ME: ("watch_me", "'high'", "officer asks to be watched live"),
+_EVENT_ALERTS: dict[EventType, tuple[str, str]] = {
+    # event: (kind, detail)
+    EventType.EMERGENCY: ("emergency", "emergency button pressed"),
+    EventType.RECORDING_STARTED: ("recording", "recording started"),
+    EventType.WATCH_ME: ("watch_me", "officer asks to be watched live"),
 }
 _EVENT_CLEARS: dict[EventType, str] = {
     EventType.EMERGENCY_CLEARED: "emergency",
@@ -129,18 +174,16 @@ _EVENT_CLEARS: dict[EventType, str] = {
 }
 
 
-def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: Event) -> list[dict[str, Any]]:
+def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: Event,
+                 policy: AlertPolicy) -> list[dict[str, Any]]:
     if event.type in _EVENT_ALERTS:
-        kind, severity, detail = _EVENT_ALERTS[event.type]
+        kind, detail = _EVENT_ALERTS[event.type]
         trigger = (event.details or {}).get("trigger")
         if trigger is not None:
             detail = f"{detail} ({trigger})"
-        cur.execute(
-            f"INSERT INTO alerts (device_id, kind, severity, detail, raised_at)"
-            f" SELECT d.device_id, %s, {severity}, %s, %s FROM devices d WHERE d.device_id = %s"
-            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
-            (kind, detail, event.ts, device_id))
-        return cur.fetchall()
+        cur.execute(f"SELECT d.device_id, {_PROFILE}, %s::text AS detail FROM devices d WHERE d.device_id = %s",
+                    (detail, device_id))
+        return _raise(cur, kind, cur.fetchall(), policy, at=event.ts)
     if event.type in _EVENT_CLEARS:
         cur.execute(
             "UPDATE alerts SET status = 'resolved', outcome = 'cleared', resolved_at = %s, resolved_by = 'system'"
@@ -150,12 +193,14 @@ def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: Eve
     return []
 
 
-def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules) -> list[dict[str, Any]]:
-    """Raise and clear alerts for what one batch changed; returns the alerts changed."""
+def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
+                   policy: AlertPolicy) -> list[dict[str, Any]]:
+    """Raise and clear alerts for what one batch changed, as ``policy`` says; returns the
+    alerts changed (raised or cleared: activity is recorded, not returned)."""
     changes: list[dict[str, Any]] = []
     with conn.cursor(row_factory=dict_row) as cur:
         for device_id, _, event in sorted(batch.events, key=lambda e: (e[2].ts, e[2].seq)):
-            changes += _apply_event(cur, device_id, event)
+            changes += _apply_event(cur, device_id, event, policy)
     newest: dict[str, Telemetry] = {}
     for device_id, _, report in batch.telemetry:
         seen = newest.get(device_id)
@@ -164,8 +209,8 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules) ->
     online = {device_id: status.online for device_id, _, status in batch.statuses}
     device_ids = sorted(newest.keys() | online.keys())
     if device_ids:
-        changes += _apply_state_rules(conn, device_ids, newest, online, rules)
-        changes += evaluate_incidents(conn, device_ids)
+        changes += _apply_state_rules(conn, device_ids, newest, online, rules, policy)
+        changes += evaluate_incidents(conn, device_ids, policy)
     return changes
 
 
@@ -180,7 +225,8 @@ _IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SEL
                      " WHERE u.incident_id = i.id AND u.device_id = d.device_id))")
 
 
-def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -> list[dict[str, Any]]:
+def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
+                       policy: AlertPolicy) -> list[dict[str, Any]]:
     """Geofence (a unit entering or leaving an open incident's area) and assigned firearms
     units that are not recording. ``device_ids`` None: every unit (after an assignment)."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -214,13 +260,14 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -
             " ORDER BY i.id, l.device_id"
             " ON CONFLICT DO NOTHING RETURNING incident_id, device_id", params)
         entered = cur.fetchall()
-        for e in entered:
+        if entered:
             cur.execute(
-                "INSERT INTO alerts (device_id, kind, severity, detail) SELECT %s, 'geofence', 'warning',"
-                " 'entered the area of incident ' || id::text || ': ' || title FROM incidents WHERE id = %s"
-                f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}",
-                (e["device_id"], e["incident_id"]))
-            changes += cur.fetchall()
+                f"SELECT d.device_id, {_PROFILE}, 'entered the area of incident ' || i.id::text || ': ' || i.title"
+                " AS detail FROM unnest(%s::text[], %s::bigint[]) AS e(device_id, incident_id)"
+                " JOIN devices d ON d.device_id = e.device_id JOIN incidents i ON i.id = e.incident_id"
+                " ORDER BY i.id, d.device_id",
+                ([e["device_id"] for e in entered], [e["incident_id"] for e in entered]))
+            changes += _raise(cur, "geofence", cur.fetchall(), policy)
         # Assigned firearms units must be recording.
         assigned = ("SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
                     " WHERE u.device_id = l.device_id AND i.status = 'open'")
@@ -231,27 +278,24 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None) -
             f" AND (l.recording = 'recording' OR NOT EXISTS ({assigned})) {_RETURNING_A}", params)
         changes += cur.fetchall()
         cur.execute(
-            "INSERT INTO alerts (device_id, kind, severity, detail)"
-            " SELECT l.device_id, 'assigned_not_recording', 'high',"
-            " 'assigned firearms unit is ' || coalesce(l.recording, 'unknown') || ', not recording'"
+            f"SELECT l.device_id, {_PROFILE},"
+            " 'assigned firearms unit is ' || coalesce(l.recording, 'unknown') || ', not recording' AS detail"
             " FROM device_latest l JOIN devices d USING (device_id)"
             f" WHERE {scope} AND d.role = 'firearms' AND coalesce(l.recording, 'off') <> 'recording'"
-            f" AND EXISTS ({assigned}) ORDER BY l.device_id"
-            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}", params)
-        changes += cur.fetchall()
+            f" AND EXISTS ({assigned}) AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id"
+            " AND a.kind = 'assigned_not_recording' AND a.status <> 'resolved')", params)
+        changes += _raise(cur, "assigned_not_recording", cur.fetchall(), policy)
         return changes
 
 
-def sweep_offline(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:
+def sweep_offline(conn: psycopg.Connection, rules: AlertRules, policy: AlertPolicy) -> list[dict[str, Any]]:
     """Devices that went quiet raise no message of their own: look for them (periodically)."""
     params = {**rules.params()}
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "INSERT INTO alerts (device_id, kind, severity, detail)"
-            f" SELECT l.device_id, 'offline', {_FIREARMS_HIGH},"
-            " 'no telemetry for ' || %(offline_s)s::text || ' s'"
+            f"SELECT l.device_id, {_PROFILE}, 'no telemetry for ' || %(offline_s)s::text || ' s' AS detail"
             " FROM device_latest l JOIN devices d USING (device_id)"
             " WHERE d.retired_at IS NULL AND l.received_at < now() - make_interval(secs => %(offline_s)s)"
-            " ORDER BY l.device_id"
-            f" ON CONFLICT (device_id, kind) WHERE status <> 'resolved' DO NOTHING {_RETURNING}", params)
-        return cur.fetchall()
+            " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.kind = 'offline'"
+            " AND a.status <> 'resolved')", params)
+        return _raise(cur, "offline", cur.fetchall(), policy)

@@ -34,7 +34,7 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 
-from core.contract import ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
+from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
 from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
 from core.settings import Settings
@@ -56,9 +56,11 @@ _REGISTRY_REFRESH_S = 5.0
 
 
 def subscription_topics(share_group: str) -> list[str]:
-    """The filters ingest subscribes to, in a shared group when one is set."""
+    """The filters ingest subscribes to: the devices' topics, in a shared group when one is
+    set, and the alert policy's announcements, which every worker must get (never shared)."""
     filters = [f"{TOPIC_ROOT}/+/{channel.value}" for channel in CHANNELS]
-    return [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
+    shared = [f"$share/{share_group}/{f}" for f in filters] if share_group else filters
+    return [*shared, ALERT_POLICY_TOPIC]
 
 
 T = TypeVar("T")
@@ -115,6 +117,9 @@ class IngestWorker:
         self.sampler = RejectionSampler(keep=settings.rejected_keep_per_device_per_min)
         self._sampled_at = time.monotonic()
         self._registry_loaded_at = 0.0
+        # Set by the decoder when the alert policy was announced as changed; the writer reads
+        # the policy again before it writes the batch that carried the announcement.
+        self._policy_announced = threading.Event()
         # One decoded batch may wait while the writer commits the previous one.
         self._decoded: queue.Queue[tuple[list[Inbound], Batch]] = queue.Queue(maxsize=1)
         self._session: MqttSession | None = None
@@ -127,6 +132,11 @@ class IngestWorker:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def alert_policy_version(self) -> int:
+        """The version of the alert policy this worker applies."""
+        return self._writer.policy.version
 
     @property
     def protocol_name(self) -> str:
@@ -193,7 +203,14 @@ class IngestWorker:
         """The writer thread: commit each decoded batch, then acknowledge it."""
         next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
         next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
+        # An announcement is applied before the batch that carried it; the periodic re-read
+        # is the fallback for one missed (a session lost with the broker, a hand edit).
+        refresh_every = self._settings.alert_policy_refresh_s
+        next_policy = time.monotonic() + refresh_every
         while True:
+            if time.monotonic() >= next_policy:
+                next_policy = time.monotonic() + refresh_every
+                self._writer.reload_policy()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + _OFFLINE_SWEEP_EVERY_S
                 self._publish_alerts(self._writer.sweep())
@@ -209,6 +226,10 @@ class IngestWorker:
                 if self._stopping.is_set():
                     return
                 continue
+            if self._policy_announced.is_set():  # set by the decoder before it handed this batch off
+                self._policy_announced.clear()
+                next_policy = time.monotonic() + refresh_every
+                self._writer.reload_policy()
             try:
                 self._store(items, batch)
             except SystemExit:
@@ -247,6 +268,9 @@ class IngestWorker:
         batch = Batch()
         keep = self._settings.rejected_payload_keep_bytes
         for item in items:
+            if item.topic == ALERT_POLICY_TOPIC:  # no device's message: acknowledged with the batch
+                self._policy_announced.set()
+                continue
             received = datetime.fromtimestamp(item.received_at, timezone.utc)
             result = decode(item.topic, item.payload, now=now, limits=self._limits)
             if isinstance(result, (Decoded, StatusChange)):

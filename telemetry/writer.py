@@ -14,6 +14,8 @@ from datetime import date, datetime, timedelta, timezone
 import psycopg
 
 from core.settings import Settings
+from telemetry.alert_policy import AlertPolicy
+from telemetry.alert_policy_store import load_policy
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
@@ -48,11 +50,32 @@ class BatchWriter:
         self._conn: psycopg.Connection | None = None
         self._ready_days: set[date] = set()
         self.feats: frozenset[str] = frozenset()
+        self._policy: AlertPolicy | None = None
 
     def open(self) -> None:
-        """Connect, and read the storage features that migration 1 chose."""
+        """Connect, and read the storage features that migration 1 chose and the alert policy."""
         self._conn = connect(self._database_url)
         self.feats = features(self._conn)
+        self._policy = load_policy(self._conn)
+
+    @property
+    def policy(self) -> AlertPolicy:
+        """The alert policy this writer applies (read by :meth:`open`, then :meth:`reload_policy`)."""
+        assert self._policy is not None, "open() first"
+        return self._policy
+
+    def reload_policy(self) -> bool:
+        """Read the alert policy again; on a database error keep the one in force (the next
+        reload tries again). True if it was read."""
+        try:
+            policy = load_policy(self._connection())
+        except (psycopg.Error, ValueError) as error:
+            log.warning("alert policy not reloaded, the previous one stays in force: %s", error)
+            return False
+        if self._policy is not None and policy.version != self._policy.version:
+            log.info("alert policy %d in force (was %d)", policy.version, self._policy.version)
+        self._policy = policy
+        return True
 
     def close(self) -> None:
         if self._conn is not None:
@@ -63,7 +86,7 @@ class BatchWriter:
         try:
             conn = self._connection()
             with conn.transaction():
-                return sweep_offline(conn, self._rules)
+                return sweep_offline(conn, self._rules, self.policy)
         except psycopg.Error as error:
             log.warning("offline sweep failed: %s", error)
             return []
@@ -89,7 +112,7 @@ class BatchWriter:
                 try:
                     with conn.transaction():
                         self._write_counted(conn, batch)
-                        return evaluate_batch(conn, batch, self._rules)
+                        return evaluate_batch(conn, batch, self._rules, self.policy)
                 except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
                     log.error("batch refused by the database (%s); storing message by message", error)
                     return self._write_isolated(conn, batch)
@@ -130,7 +153,7 @@ class BatchWriter:
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
             write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
                                     new_devices=batch.new_devices))
-            alerts = evaluate_batch(conn, batch, self._rules)
+            alerts = evaluate_batch(conn, batch, self._rules, self.policy)
         batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
         return alerts

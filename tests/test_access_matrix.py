@@ -99,6 +99,8 @@ class Case:
     sdp: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     denied: frozenset[int] = frozenset({403})  # the answer to a role that may not
+    # About the whole force (the alert policy): a caller of some boroughs only gets 403.
+    whole_force: bool = False
 
 
 def case(method: str, path: str, roles: set[Role], ok: set[int], **kw: Any) -> Case:
@@ -146,6 +148,13 @@ def _fresh_user(world: World, borough: str) -> dict[str, Any]:
     with world.db.connect() as conn:
         add_user(conn, username=name, password=PASSWORD, role=OP, areas=[borough])
     return {"username": name}
+
+
+def _policy_rule(world: World, borough: str) -> dict[str, Any]:
+    """A role's own rule to remove (the alert policy is the force's: no borough)."""
+    world.sql("INSERT INTO alert_policy (kind, role, outcome) VALUES ('geofence', 'traffic', 'info')"
+              " ON CONFLICT DO NOTHING")
+    return {"kind": "geofence", "role": "traffic"}
 
 
 def _live_view_request(world: World, borough: str) -> dict[str, Any]:
@@ -196,6 +205,11 @@ CASES: list[Case] = [
     case("GET", "/api/v1/audit/verify", {AUDITOR}, {200}, area_scoped=False),
     case("GET", "/api/v1/users", {ADMIN}, {200}, area_scoped=False),
     case("POST", "/api/v1/users/{username}/disable", {ADMIN}, {200}, prepare=_fresh_user),
+    case("GET", "/api/v1/alert-policy", set(Role), {200}, area_scoped=False),
+    case("PUT", "/api/v1/alert-policy/{kind}/{role}", {ADMIN}, {200}, area_scoped=False, whole_force=True,
+         prepare=_policy_rule, body=lambda p, b: {"outcome": "warning"}),
+    case("DELETE", "/api/v1/alert-policy/{kind}/{role}", {ADMIN}, {200}, area_scoped=False, whole_force=True,
+         prepare=_policy_rule),
 ]
 #: For every signed-in caller, whatever their role, and it ends their tokens: walked with
 #: tokens of its own (test below), not the matrix's shared ones.
@@ -265,7 +279,7 @@ def test_role_and_area(world: World, c: Case, user: str) -> None:
     for borough in (IN_AREA, OUT_OF_AREA):
         response = _call(world, c, user, borough)
         covered = areas == ["*"] or borough in areas or not c.area_scoped
-        if role not in c.roles:
+        if role not in c.roles or (c.whole_force and areas != ["*"]):
             expected: set[int] = set(c.denied)
         elif covered:
             expected = set(c.ok)

@@ -12,9 +12,17 @@ import paho.mqtt.client as paho
 from core.contract import ALERTS_TOPIC, Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
+from telemetry import incidents, queries
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
 from tests.helpers.db import Database
-from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.telemetry import (
+    event_payload,
+    hours_ago,
+    make_settings,
+    publish_all,
+    running_worker,
+    telemetry_payload,
+)
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
@@ -97,32 +105,57 @@ def test_battery_storage_and_gps_alerts_raise_once_and_clear(pg: Database, mosqu
         feed.close()
 
 
-def test_event_alerts_and_firearms_priority(pg: Database, mosquitto: MosquittoProcess) -> None:
-    """Emergency raises a critical alert cleared by emergency_cleared; recording raises an
-    alert of high priority for a firearms unit (info otherwise), resolved when it stops."""
+def test_event_alerts_under_the_default_policy(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """Emergency raises a critical alert cleared by emergency_cleared. Recording, under the
+    default policy: a firearms unit's is information, resolved when it stops; another unit's
+    is activity only: recorded as resolved with outcome activity, never open, never on the
+    alerts topic (the emergency published after it, which is, proves the feed had its turn),
+    and the event itself is in the unit's history."""
     _register(pg)
-    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
-        publish_all(mosquitto.url, [
-            (topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started", trigger="holster")),
-            (topic_for("cam-r", Channel.EVENTS), event_payload(1, "recording_started")),
-            (topic_for("cam-r", Channel.EVENTS), event_payload(2, "emergency")),
-        ])
-        wait_for(lambda: worker.stats.stored_events == 3, what="events")
-        assert _alerts(pg) == [("cam-f", "recording", "high", "open", None),
-                               ("cam-r", "recording", "info", "open", None),
-                               ("cam-r", "emergency", "critical", "open", None)]
-        publish_all(mosquitto.url, [
-            (topic_for("cam-f", Channel.EVENTS), event_payload(2, "recording_stopped")),
-            (topic_for("cam-r", Channel.EVENTS), event_payload(3, "emergency_cleared")),
-        ])
-        wait_for(lambda: worker.stats.stored_events == 5, what="clearing events")
+    feed = AlertFeed(mosquitto.url)
+    try:
+        with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
+            publish_all(mosquitto.url, [
+                (topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started", trigger="holster")),
+                (topic_for("cam-r", Channel.EVENTS), event_payload(1, "recording_started")),
+                (topic_for("cam-r", Channel.EVENTS), event_payload(2, "emergency")),
+            ])
+            wait_for(lambda: worker.stats.stored_events == 3, what="events")
+            assert _alerts(pg) == [("cam-f", "recording", "info", "open", None),
+                                   ("cam-r", "recording", "info", "resolved", "activity"),
+                                   ("cam-r", "emergency", "critical", "open", None)]
+            wait_for(lambda: ("cam-r", "emergency", "open") in feed.kinds(), what="the emergency on the feed")
+            assert feed.kinds() == [("cam-f", "recording", "open"), ("cam-r", "emergency", "open")]
+            publish_all(mosquitto.url, [
+                (topic_for("cam-f", Channel.EVENTS), event_payload(2, "recording_stopped")),
+                (topic_for("cam-r", Channel.EVENTS), event_payload(3, "emergency_cleared")),
+            ])
+            wait_for(lambda: worker.stats.stored_events == 5, what="clearing events")
+    finally:
+        feed.close()
     statuses = {(a[0], a[1]): (a[3], a[4]) for a in _alerts(pg)}
     assert statuses == {("cam-f", "recording"): ("resolved", "cleared"),
-                        ("cam-r", "recording"): ("open", None),
+                        ("cam-r", "recording"): ("resolved", "activity"),
                         ("cam-r", "emergency"): ("resolved", "cleared")}
     with pg.connect() as conn:
         detail = conn.execute("SELECT detail FROM alerts WHERE device_id = 'cam-f'").fetchone()
+        history = queries.device_events(conn, "cam-r", start=hours_ago(1), end=hours_ago(-1), limit=10)
     assert detail == ("recording started (holster)",)
+    assert [e["type"] for e in history] == ["emergency_cleared", "emergency", "recording_started"]
+
+
+def test_an_assigned_firearms_unit_recording_is_high(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """The default policy's exception: a firearms unit assigned to an open incident that starts
+    recording raises a high alert (as every firearms unit did before the policy)."""
+    _register(pg)
+    with pg.connect() as conn:
+        incident = incidents.create(conn, title="armed suspect", lat=51.5, lon=-0.14, radius_m=300,
+                                    borough="Westminster", by="afo-cmd")
+        incidents.assign(conn, incident["id"], ["cam-f"], by="afo-cmd")
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
+        publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started"))])
+        wait_for(lambda: worker.stats.stored_events == 1, what="event")
+    assert _alerts(pg) == [("cam-f", "recording", "high", "open", None)]
 
 
 def test_offline_by_last_will_and_by_silence(pg: Database, mosquitto: MosquittoProcess) -> None:

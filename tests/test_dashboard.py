@@ -377,6 +377,40 @@ def test_auditor_and_admin_get_their_views(stack: Stack, browser_page: Any) -> N
         assert admin.get("/api/v1/devices/dash-new-1").json()["borough"] == "Camden"
 
 
+def test_admin_sets_the_alert_policy(stack: Stack, browser_page: Any) -> None:
+    """The admin's Alert policy view lists the rules in force; choosing another outcome saves
+    it at once (the status line says so, the database and the audit log have it); a rule of a
+    role's own is added from the form and removed with its button; "activity only" is not
+    offered for a state (offline), which the API would refuse."""
+    page = browser_page
+    sign_in(page, stack.base, "admin")
+    page.click("#tabs button[data-view=policy]")
+    row = page.locator("table.policy tbody tr[data-kind=watch_me][data-role='*']")
+    row.wait_for()
+    row.locator("select[name=outcome]").select_option("warning")
+    page.wait_for_selector(".policy-status:has-text('Saved: Watch me for any role is warning')")
+    assert stack.db.scalar("SELECT outcome FROM alert_policy WHERE kind = 'watch_me' AND role = '*'") == "warning"
+    shot(page, "alert-policy")
+
+    assert page.input_value("form.policy-form select[name=outcome]") == "critical"  # the first, until chosen
+    assert page.input_value("form.policy-form select[name=assigned_outcome]") == ""  # "the same"
+    page.select_option("form.policy-form select[name=kind]", "geofence")
+    page.select_option("form.policy-form select[name=role]", "traffic")
+    page.select_option("form.policy-form select[name=outcome]", "off")
+    page.click("form.policy-form button[type=submit]")
+    page.wait_for_selector("table.policy tbody tr[data-kind=geofence][data-role=traffic]")
+    # A state (offline) has no "activity only", in its rows or in the form.
+    assert page.locator("tr[data-kind=offline][data-role='*'] select[name=outcome] option[value=activity]").count() == 0
+    assert page.locator("form.policy-form select[name=outcome] option[value=activity]").count() == 1
+    page.select_option("form.policy-form select[name=kind]", "offline")
+    assert page.locator("form.policy-form select[name=outcome] option[value=activity]").count() == 0
+    page.locator("table.policy tbody tr[data-kind=geofence][data-role=traffic] button:text-is('Remove')").click()
+    page.wait_for_selector("table.policy tbody tr[data-kind=geofence][data-role=traffic]", state="detached")
+    changes = stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'alert_policy_changed'"
+                              " AND actor = 'admin'")
+    assert changes == 3  # watch_me set, geofence for traffic set and removed
+
+
 def test_sign_out_revocation_and_a_stale_token_return_to_sign_in(stack: Stack, browser_page: Any) -> None:
     """Sign-out ends the token at the API, not only in the browser; a feed whose token is
     revoked elsewhere, or signed with a secret the API no longer has, returns the page to

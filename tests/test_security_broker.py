@@ -25,10 +25,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from core.contract import ACCOUNTS_TOPIC, REGISTRY_TOPIC, Channel, topic_for
+from core.contract import ACCOUNTS_TOPIC, ALERT_POLICY_TOPIC, REGISTRY_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services import audit
 from services.accounts import Role, account_announcement, add_user
+from services.alert_policy import policy_announcement
 from services.device_accounts import ADMIN_USERNAME, DeviceAccounts, camera_acls, configured, parse_password_file
 from services.registry import change_announcement
 from telemetry.embedded import free_port
@@ -497,6 +498,28 @@ def test_only_the_api_account_uses_the_accounts_topic(broker: Broker, db: Databa
         assert api.received_until(announced) == [(ACCOUNTS_TOPIC, announced)]
     finally:
         api.close()
+
+
+def test_only_the_api_announces_alert_policy_changes_and_only_ingest_hears_them(broker: Broker) -> None:
+    """The alert policy's announcements (watchfloor/v1/alert-policy) are the API's to publish
+    and ingest's to read: a camera or ingest publishing there is refused, and a camera that
+    subscribes receives nothing (its own command, sent after, arrives alone)."""
+    _denied(broker, "cam-a", ALERT_POLICY_TOPIC, b"forged policy change")
+    _denied(broker, "watchfloor-ingest", ALERT_POLICY_TOPIC, b"forged policy change")
+    ingest, camera, api = (_client(broker, "watchfloor-ingest"), _client(broker, "cam-a"),
+                           _client(broker, "watchfloor-api"))
+    try:
+        assert ingest.subscribe(ALERT_POLICY_TOPIC) == [1]
+        camera.subscribe(ALERT_POLICY_TOPIC)
+        assert camera.subscribe(topic_for("cam-a", Channel.COMMANDS)) == [1]
+        announced = policy_announcement(7)
+        assert api.publish(ALERT_POLICY_TOPIC, announced) < 128
+        assert ingest.received_until(announced) == [(ALERT_POLICY_TOPIC, announced)]
+        assert api.publish(topic_for("cam-a", Channel.COMMANDS), b"sentinel") < 128
+        assert camera.received_until(b"sentinel") == [(topic_for("cam-a", Channel.COMMANDS), b"sentinel")]
+    finally:
+        for c in (ingest, camera, api):
+            c.close()
 
 
 def _connected_camera(broker: Broker, device_id: str) -> Client:

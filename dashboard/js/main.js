@@ -4,7 +4,7 @@
 //   fleet_manager       fleet health (no positions, no video)
 //   auditor             the audit log, the viewing record
 //   admin               map (from REST, admins are not on the live feed), fleet health, registry, users,
-//                       the viewing record
+//                       the viewing record, the alert policy
 
 import { AlertsPanel, ResolveDialog } from "./alerts.js";
 import { Api } from "./api.js";
@@ -14,6 +14,7 @@ import { FleetView } from "./fleet.js";
 import { IncidentPanel } from "./incidents.js";
 import { LiveFeed } from "./live.js";
 import { MapView } from "./map.js";
+import { PolicyView } from "./policy.js";
 import { RegistryView } from "./registry.js";
 import { UnitFilter, UnitStore } from "./store.js";
 import { UnitPanel } from "./unitpanel.js";
@@ -26,10 +27,10 @@ const ROLE_VIEWS = {
   firearms_commander: ["map"],
   fleet_manager: ["fleet"],
   auditor: ["audit", "viewings"],
-  admin: ["map", "fleet", "registry", "users", "viewings"],
+  admin: ["map", "fleet", "registry", "users", "viewings", "policy"],
 };
 const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", viewings: "Viewing record",
-                     registry: "Registry", users: "Users" };
+                     registry: "Registry", users: "Users", policy: "Alert policy" };
 const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]);
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
@@ -123,6 +124,7 @@ async function startSession() {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
   if (views.includes("users")) ctx.users = new UsersView({ root: $("#view-users"), api });
+  if (views.includes("policy")) ctx.policy = new PolicyView({ root: $("#view-policy"), api });
   if (ctx.fleet) {
     const names = ctx.boroughNames || fetch(config.boroughs_url).then((r) => r.json())
       .then((geo) => geo.features.map((f) => f.properties.name).sort());
@@ -150,6 +152,7 @@ function setUpTabs(ctx) {
     if (name === "viewings") ctx.viewings.load();
     if (name === "registry") ctx.registry.load();
     if (name === "users") ctx.users.load();
+    if (name === "policy") ctx.policy.load();
   };
   if (ctx.views.length > 1) {
     for (const v of ctx.views) nav.append(h("button", { type: "button", dataset: { view: v }, onclick: () => choose(v) }, VIEW_NAMES[v]));

@@ -20,6 +20,7 @@ from telemetry.migrations import (
     v8_token_versions,
     v9_accountable_consent,
     v10_viewing_officer,
+    v11_alert_policy,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -36,4 +37,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(8, "token versions", v8_token_versions.apply),
     Migration(9, "accountable consent", v9_accountable_consent.apply),
     Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
+    Migration(11, "alert policy", v11_alert_policy.apply),
 )

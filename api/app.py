@@ -89,14 +89,16 @@ async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
     await run_in_threadpool(load)
 
 
-async def _refresh_registry(pool: ConnectionPool, hub: LiveHub) -> None:
+async def _refresh_registry(pool: ConnectionPool, hub: LiveHub, viewing: LiveView) -> None:
     """Devices registered, moved to another borough or retired after start-up reach the
     feed: at once when an API process announces the change on the broker, and every 30 s
-    in any case (for changes made from the command line, or missed while disconnected)."""
+    in any case (for changes made from the command line, or missed while disconnected).
+    Live view reconciles at once too (a retired or re-provisioned camera's stream closes)."""
     while True:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(hub.registry_changed.wait(), _REGISTRY_REFRESH_S)
         hub.registry_changed.clear()  # changes announced during the load bring another one
+        viewing.registry_changed()
         try:
             await _load_units(pool, hub)
         except Exception as error:  # the database may be away; the feed goes on
@@ -151,14 +153,14 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
         sessions = TokenVersions(connect=pool.connection)
         await run_in_threadpool(sessions.load)
         app.state.sessions = sessions
-        refreshers = [asyncio.create_task(_refresh_registry(pool, hub)),
-                      asyncio.create_task(_refresh_accounts(sessions, hub)),
-                      asyncio.create_task(_sweep_failures(pool, app.state.sign_in_failures))]
         # Live view owns the relay: started here, and closed (every session ended, with its
         # record) before the hub and the pool go.
-        viewing = LiveView(settings=settings, pool=pool, hub=hub, mqtt_url=mqtt_url,
+        viewing = LiveView(settings=settings, pool=pool, hub=hub, sessions=sessions, mqtt_url=mqtt_url,
                            client_id=f"watchfloor-api-lv-{uuid.uuid4().hex[:8]}")
         app.state.live_view = viewing
+        refreshers = [asyncio.create_task(_refresh_registry(pool, hub, viewing)),
+                      asyncio.create_task(_refresh_accounts(sessions, hub)),
+                      asyncio.create_task(_sweep_failures(pool, app.state.sign_in_failures))]
         await viewing.start()
         try:
             yield

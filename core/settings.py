@@ -190,6 +190,8 @@ class Settings(BaseSettings):
     live_view_consent_covers_same_requester: bool = True
     # A watch_me event older than this (its ts: a camera's buffer sent late) grants no consent.
     live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
+    # A viewing ends after this long (max_length): the viewer asks again, with a reason.
+    live_view_max_viewing_s: int = Field(default=3600, ge=1, le=86_400)
     # The simulated cameras' WHIP endpoint (the API's base URL) and their secrets (a JSON
     # file {device_id: secret}); unset, simulated cameras decline live-view requests.
     simulator_api_url: str | None = None

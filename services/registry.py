@@ -12,10 +12,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.contract import SERVICE_PREFIX
-from services import audit
+from services import audit, viewings
 
 __all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "RegistryEntry", "RetireResult", "change_announcement",
-           "create_device", "lock_device", "provision_device", "reactivate_device", "retire_device",
+           "create_device", "end_live_view", "lock_device", "provision_device", "reactivate_device", "retire_device",
            "revoke_device_secret", "update_device", "upsert_devices", "verify_device_secret"]
 
 _SECRET_BYTES = 32
@@ -98,7 +98,8 @@ class RetireResult:
 def retire_device(conn: psycopg.Connection, *, device_id: str, actor: str,
                   details: Mapping[str, object] | None = None) -> RetireResult | None:
     """Retire a device in the caller's transaction: mark it retired (keeping the first date),
-    revoke its secret so that it may no longer connect or stream, and record
+    revoke its secret so that it may no longer connect or stream, end its live-view consent
+    (:func:`end_live_view`), and record
     ``device_retired`` by ``actor`` with ``details`` added (the API and the CLI both retire
     through here, so the act and its record cannot drift apart). None if the id is unknown;
     any area check is the caller's, before this."""
@@ -110,6 +111,7 @@ def retire_device(conn: psycopg.Connection, *, device_id: str, actor: str,
     revoked = revoke_device_secret(conn, device_id=device_id)
     audit.record(conn, actor=actor, action="device_retired", device_id=device_id,
                  details={"credentials_revoked": revoked, **(details or {})})
+    end_live_view(conn, device_id=device_id, reason="device_retired", actor=actor)
     return RetireResult(already_retired=bool(row[0]), credentials_revoked=revoked)
 
 
@@ -132,7 +134,8 @@ def provision_device(conn: psycopg.Connection, *, record: DeviceRecord) -> str:
     """Register (or update) a device and give it a new secret, in the caller's transaction.
 
     Returns the secret, which exists nowhere else afterwards: only its argon2 hash is kept.
-    A device provisioned again gets a new secret and the old one stops working.
+    A device provisioned again gets a new secret and the old one stops working, and its
+    live-view consent ends (:func:`end_live_view`).
     """
     if record.device_id.startswith(SERVICE_ACCOUNT_PREFIX):
         raise ValueError(f"device ids starting with {SERVICE_ACCOUNT_PREFIX!r} are the services' broker accounts")
@@ -143,7 +146,20 @@ def provision_device(conn: psycopg.Connection, *, record: DeviceRecord) -> str:
         " ON CONFLICT (device_id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash, created_at = now(),"
         " revoked_at = NULL",
         (record.device_id, _hasher().hash(secret)))
+    end_live_view(conn, device_id=record.device_id, reason="device_reprovisioned", actor="system")
     return secret
+
+
+def end_live_view(conn: psycopg.Connection, *, device_id: str, reason: str, actor: str) -> None:
+    """End the device's live-view consent in force, in the caller's transaction: a camera
+    that is retired, or has a new secret, streams no more under what was agreed before. The
+    API process that serves its stream closes it (and so its viewings, recorded with
+    ``reason``) at its next sweep, or at once on the registry announcement that follows
+    the commit (services/live_view/service.py, reconciling)."""
+    ended = viewings.end_consent(conn, device_id=device_id, reason=reason)
+    if ended is not None:
+        audit.record(conn, actor=actor, action="live_view_ended", device_id=device_id,
+                     details={"consent_id": ended["consent_id"], "basis": ended["basis"], "reason": reason})
 
 
 def revoke_device_secret(conn: psycopg.Connection, *, device_id: str) -> bool:

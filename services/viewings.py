@@ -181,6 +181,12 @@ def active_consent(conn: psycopg.Connection, device_id: str) -> Row | None:
                 (device_id,))
 
 
+def ended_consents(conn: psycopg.Connection, consent_ids: list[int]) -> list[Row]:
+    """Those of ``consent_ids`` that have ended (one query, whatever the number)."""
+    return _all(conn, f"SELECT {_CONSENT} FROM live_view_consents WHERE id = ANY(%s) AND ended_at IS NOT NULL",
+                (consent_ids,))
+
+
 def set_publisher(conn: psycopg.Connection, *, consent_id: int, session_id: str | None) -> Row | None:
     """Record (or clear, with None) the camera's WHIP session under a consent in force."""
     return _one(conn, f"UPDATE live_view_consents SET publisher_session = %s,"

@@ -23,8 +23,10 @@ from tests.helpers.live_view import (
     AiortcViewer,
     Stack,
     Watched,
+    _ended,
     _live,
     _relay_empty,
+    _watched_stream,
     _whip,
     simulated_camera,
     stack,
@@ -455,22 +457,6 @@ def test_viewings_left_open_by_a_dead_process_end_with_their_consent(s: Stack) -
     with s.http("op-all") as http:
         assert http.get(f"/api/v1/devices/{WE1}/viewers").json() == []
     assert [a[2]["session_id"] for a in s.audit("viewing_ended")] == ["ghost"]
-
-
-def _watched_stream(s: Stack, uplink: VideoUplink, seq: int) -> None:
-    """The officer asks to be watched; the camera streams once the consent is on record."""
-    publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(seq, "watch_me"))])
-    wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
-    uplink.start(WE1)
-    wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
-
-
-def _ended(s: Stack, viewer: AiortcViewer) -> str | None:
-    """How the viewer's session ended (None while it runs)."""
-    assert viewer.location is not None
-    rows = s.rows("SELECT end_reason FROM viewing_sessions WHERE session_id = %s AND ended_at IS NOT NULL",
-                  (viewer.location.rsplit("/", 1)[-1],))
-    return rows[0][0] if rows else None
 
 
 def test_each_viewing_records_how_it_ended(s: Stack) -> None:

@@ -31,6 +31,7 @@ from services.live_view.workflow import (
     after_consent_ended,
     after_consent_started,
     after_publisher_gone,
+    after_reconcile,
     after_request_answered,
     after_stream_started,
     after_sweep,
@@ -48,6 +49,7 @@ from services.live_view.workflow import (
     status_params,
     viewer_end_reason,
     viewing_end_for_stream,
+    viewing_over,
 )
 
 WE1 = "we-1"
@@ -276,6 +278,8 @@ def test_a_viewing_ended_by_its_stream_says_how_the_stream_ended() -> None:
     assert viewing_end_for_stream("camera_lost") == "camera_gone"
     assert viewing_end_for_stream("no_viewers") == "idle"
     assert viewing_end_for_stream("server_stopping") == "server_stopping"
+    assert viewing_end_for_stream("device_retired") == "device_retired"
+    assert viewing_end_for_stream("device_reprovisioned") == "device_reprovisioned"
     for reason in ("stopped_by_control_room", "recording_stopped", "docked", "no_stream", "consent_ended"):
         assert viewing_end_for_stream(reason) == "consent_ended"
 
@@ -422,3 +426,52 @@ def test_a_viewer_needs_a_reason_a_consent_and_the_stream_in_this_process() -> N
     assert check(here=False) == ("conflict", False)
     assert check(covered=False) == ("forbidden", False)
     assert check(covered=False, consent=dialling) == ("forbidden", False)  # not even waiting
+
+
+# authorisation holds for the whole viewing
+
+
+def test_a_viewing_ends_when_authorisation_ends_or_it_reaches_the_maximum_length() -> None:
+    """A token that expired or was revoked, a role or areas that no longer cover the unit (or
+    the unit moved, or was retired): authorisation_ended. Otherwise, at the maximum length:
+    max_length. Authorisation is checked first: a revoked viewer's long viewing says so."""
+    op = Principal("op", Role.OPERATOR, frozenset({"Westminster"}))
+    unit = UnitFacts(device_id=WE1, borough="Westminster", role="response", recording="buffering", online=True,
+                     retired=False, incident_owners=frozenset(), incident_boroughs=frozenset())
+    moved = UnitFacts(**{**unit.__dict__, "borough": "Camden"})
+    retired = UnitFacts(**{**unit.__dict__, "retired": True})
+
+    def over(who: Principal = op, facts: UnitFacts | None = unit, token: str | None = None,
+             watched_s: float = 10.0) -> str | None:
+        return viewing_over(who, facts, token_ended=token, watched_s=watched_s, max_s=3600.0)
+
+    assert over() is None
+    assert over(watched_s=3599.9) is None
+    assert over(watched_s=3600.0) == "max_length"
+    assert over(token="token expired") == "authorisation_ended"
+    assert over(token="token revoked", watched_s=5000) == "authorisation_ended"
+    assert over(facts=moved) == "authorisation_ended"
+    assert over(facts=retired) == "authorisation_ended"
+    assert over(facts=None) == "authorisation_ended"
+    assert over(who=Principal("op", Role.AUDITOR, None)) == "authorisation_ended"  # role changed
+    assert over(who=Principal("op", Role.OPERATOR, frozenset({"Camden"}))) == "authorisation_ended"
+    # A firearms commander covers an incident's unit outside their areas while it is assigned.
+    afo = Principal("cmd", Role.FIREARMS_COMMANDER, frozenset({"Camden"}))
+    assigned = UnitFacts(**{**unit.__dict__, "incident_owners": frozenset({"cmd"})})
+    assert over(who=afo, facts=assigned) is None
+    assert over(who=afo, facts=unit) == "authorisation_ended"
+
+
+def test_a_stream_whose_consent_ended_unannounced_closes_with_the_consents_reason() -> None:
+    """The sweeper found consents ended in the database while this process streams under them:
+    each camera is told to stop and its stream closes with the consent's own reason."""
+    retired = {**_consent(), "end_reason": "device_retired"}
+    stopped = {**_consent(), "device_id": "we-2", "end_reason": "stopped_by_control_room"}
+    assert after_reconcile([]) == []
+    assert after_reconcile([retired, stopped]) == [
+        SendCommand(WE1, CommandType.LIVE_VIEW_STOP, {"reason": "device_retired"}),
+        CloseStream(WE1, "device_retired"),
+        SendCommand("we-2", CommandType.LIVE_VIEW_STOP, {"reason": "stopped_by_control_room"}),
+        CloseStream("we-2", "stopped_by_control_room")]
+    # ... and its viewings say why.
+    assert viewing_end_for_stream("stopped_by_control_room") == "consent_ended"

@@ -42,6 +42,7 @@ __all__ = [
     "consent_summary",
     "end_publisher_consent",
     "end_viewing",
+    "ended_consents",
     "facts",
     "refuse_viewing",
     "request",
@@ -49,6 +50,7 @@ __all__ = [
     "stop",
     "sweep",
     "take_over_stream",
+    "units",
     "write_audits",
 ]
 
@@ -197,6 +199,17 @@ def sweep(conn: psycopg.Connection, *, now: datetime, idle: timedelta) -> tuple[
     orphaned = viewings.end_orphaned_viewings(conn, consent_ended_before=now - _ORPHAN_AFTER)
     write_audits(conn, audit_sweep(expired, stale, orphaned))
     return expired, stale
+
+
+def ended_consents(conn: psycopg.Connection, consent_ids: list[int]) -> list[Row]:
+    """Which of the consents this process streams under have ended (the sweeper reconciles)."""
+    return viewings.ended_consents(conn, consent_ids) if consent_ids else []
+
+
+def units(conn: psycopg.Connection, device_ids: set[str]) -> dict[str, UnitFacts | None]:
+    """The units watched in this process as the registry holds them now: one read per unit
+    watched, not per viewer (the sweeper checks every viewer's authorisation against them)."""
+    return {device_id: facts(conn, device_id) for device_id in device_ids}
 
 
 def take_over_stream(conn: psycopg.Connection, *, consent: Row, device_id: str, session_id: str, moved: bool,

@@ -12,7 +12,11 @@
   one too) pushes to its websocket clients and acts on (a consent ended elsewhere closes the
   stream here);
 * the idle timers (no viewer attached for ``live_view_idle_stop_s``: the stream stops) and a
-  sweeper that expires unanswered requests and consents that never became a stream.
+  sweeper that expires unanswered requests and consents that never became a stream,
+  reconciles the streams here against the consents in the database (a consent ended by
+  another process whose announcement was lost, or by the registry: the stream closes), and
+  holds every viewer to their authorisation for the whole viewing (token, role, areas, and
+  the maximum length).
 
 This class is the adapter: the decisions are pure functions in
 :mod:`services.live_view.workflow` (and :mod:`services.consent`) that return effects as data,
@@ -81,6 +85,7 @@ from services.live_view.workflow import (
     after_consent_ended,
     after_consent_started,
     after_publisher_gone,
+    after_reconcile,
     after_request_answered,
     after_stream_started,
     after_sweep,
@@ -90,8 +95,10 @@ from services.live_view.workflow import (
     reply_answer,
     viewer_end_reason,
     viewing_end_for_stream,
+    viewing_over,
 )
 from services.registry import verify_device_secret
+from services.sessions import TokenVersions
 from services.viewer_slots import SlotRefused, ViewerCaps, ViewerSlots
 from streaming import IceServerConfig, InvalidOffer, NoSuchStream, OfferLimits, Relay, RelayEvent, Session
 
@@ -115,8 +122,10 @@ class _Viewer:
     role: str
     display_name: str | None
     reason: str
+    who: Principal  # held to its authorisation at every sweep
     recorded: asyncio.Event = field(default_factory=asyncio.Event)  # its record is committed
     joined_at: datetime | None = None  # connected (it counts, and the wearer sees it) since
+    started: float = field(default_factory=time.monotonic)  # for the maximum length
 
 
 class Notifier(Protocol):
@@ -139,9 +148,10 @@ class LiveView:
     """Live view for one API process (see the module's docstring); ``start`` and ``aclose``
     belong to the app's lifespan, the rest to the routes."""
 
-    def __init__(self, *, settings: Settings, pool: ConnectionPool, hub: Notifier, mqtt_url: str,
-                 client_id: str) -> None:
+    def __init__(self, *, settings: Settings, pool: ConnectionPool, hub: Notifier, sessions: TokenVersions,
+                 mqtt_url: str, client_id: str) -> None:
         self._settings = settings
+        self._sessions = sessions
         self._pool = pool
         self._hub = hub
         self._broker = LiveViewBroker(mqtt_url=mqtt_url, client_id=client_id,
@@ -151,6 +161,8 @@ class LiveView:
         self._tasks: set[asyncio.Task[None]] = set()  # short ones: a relay event, an idle stop
         self._loops: list[asyncio.Task[None]] = []  # the dispatcher and the sweeper
         self._publishers: dict[str, str] = {}  # device id -> its WHIP session here
+        self._consent_of: dict[str, int] = {}  # WHIP session here -> the consent it streams under
+        self._wake = asyncio.Event()  # the registry changed: sweep now
         self._viewers: dict[str, _Viewer] = {}  # WHEP session id -> who
         self._closing: dict[str, str] = {}  # session id -> why this process closed it
         # viewer session id -> (how its viewing ended, why its stream ended), set when the stream
@@ -259,9 +271,16 @@ class LiveView:
             except Exception:  # one bad message must not stop live view
                 log.exception("live view: handling a message on %s failed", topic)
 
+    def registry_changed(self) -> None:
+        """A registry change was announced (a device retired or given a new secret ended its
+        consent, services/registry.py): reconcile now rather than at the next sweep."""
+        self._wake.set()
+
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _SWEEP_S)
+            self._wake.clear()
             try:
                 await self._sweep()
             except Exception as error:  # the database may be away; try again next time
@@ -272,6 +291,39 @@ class LiveView:
         idle = timedelta(seconds=self._settings.live_view_idle_stop_s)
         expired, stale = await self._db(lambda conn: records.sweep(conn, now=now, idle=idle))
         await self._apply(after_sweep(expired, stale))
+        await self._reconcile()
+        await self._hold_viewers()
+
+    async def _reconcile(self) -> None:
+        """Close the streams here whose consent has ended in the database, whatever was lost
+        on the way (:func:`after_reconcile`): one query per sweep."""
+        under = {self._consent_of[s]: d for d, s in self._publishers.items() if s in self._consent_of}
+        if not under:
+            return
+        ended = await self._db(lambda conn: records.ended_consents(conn, list(under)))
+        # Still the stream of that consent (the camera may have dialled in again meanwhile).
+        ended = [row for row in ended
+                 if self._consent_of.get(self._publishers.get(row["device_id"], "")) == row["consent_id"]]
+        await self._apply(after_reconcile(ended))
+
+    async def _hold_viewers(self) -> None:
+        """End each viewing whose authorisation ended, or that reached the maximum length
+        (:func:`viewing_over`). Tokens are checked in memory (TokenVersions, re-loaded on
+        every account announcement); the units are read once per unit watched, not per viewer."""
+        watching = [v for v in self._viewers.values() if v.recorded.is_set()]
+        if not watching:
+            return
+        units = await self._db(lambda conn: records.units(conn, {v.device_id for v in watching}))
+        # Blocking only when the cache is behind a token (a user changed since the last load).
+        tokens = await anyio.to_thread.run_sync(lambda: [self._sessions.ended(v.who) for v in watching])
+        now = time.monotonic()
+        for viewer, token_ended in zip(watching, tokens, strict=True):
+            reason = viewing_over(viewer.who, units.get(viewer.device_id), token_ended=token_ended,
+                                  watched_s=now - viewer.started, max_s=self._settings.live_view_max_viewing_s)
+            if reason is not None and viewer.session_id in self._viewers:
+                log.info("live view: %s's viewing of %s ends: %s", viewer.username, viewer.device_id, reason)
+                await self.relay.close(viewer.session_id, reason=reason)
+                await self._viewer_gone(viewer.session_id, reason)
 
     async def _on_change(self, payload: bytes) -> None:
         """A live-view change from any API process: push it to this process's clients who
@@ -390,6 +442,7 @@ class LiveView:
         if updated is None:  # the consent ended while the session was being set up
             await self._close_publisher(device_id, "consent_ended")
             raise Forbidden(f"the consent for {device_id} ended")
+        self._consent_of[session.id] = updated["consent_id"]
         await self._apply(after_stream_started(device_id, updated))
         return session
 
@@ -415,6 +468,7 @@ class LiveView:
         if self._publishers.get(device_id) != session_id:
             return  # handled already
         del self._publishers[device_id]
+        self._consent_of.pop(session_id, None)
         await self._apply([CancelIdle(device_id)])
         reason = self._closing.pop(session_id, None) or "camera_lost"
         watching = [v for v in self._viewers.values() if v.device_id == device_id]
@@ -466,7 +520,7 @@ class LiveView:
         except BaseException:  # cancelled (the client went away) or the relay is closing
             self._slots.give_back(slot)
             raise
-        viewer = _Viewer(session.id, device_id, who.username, slot, who.role.value, who.display_name, reason)
+        viewer = _Viewer(session.id, device_id, who.username, slot, who.role.value, who.display_name, reason, who)
         self._viewers[session.id] = viewer
         try:
             await self._db(lambda conn: records.start_viewing(conn, who=who, device_id=device_id,

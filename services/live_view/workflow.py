@@ -43,6 +43,7 @@ __all__ = [
     "after_consent_ended",
     "after_consent_started",
     "after_publisher_gone",
+    "after_reconcile",
     "after_request_answered",
     "after_stream_started",
     "after_sweep",
@@ -61,6 +62,7 @@ __all__ = [
     "reply_answer",
     "status_params",
     "viewer_end_reason",
+    "viewing_over",
     "viewing_end_for_stream",
     "wearer_label",
 ]
@@ -281,14 +283,18 @@ def after_sweep(expired: Sequence[Row], stale: Sequence[Row]) -> list[Effect]:
 # camera_gone (the camera's connection vanished), connection_lost (the viewer's own
 # connection failed or closed without a DELETE), never_connected, server_stopping,
 # stream_moved (the camera dialled in to another API process), stream_ended (the relay ended
-# the stream for a reason this process was not told).
+# the stream for a reason this process was not told), device_retired and device_reprovisioned
+# (the registry retired the camera or gave it a new secret: services.registry ends its consent),
+# authorisation_ended (the viewer's token expired or was revoked, or their role or areas no
+# longer cover the unit), max_length (the viewing reached live_view_max_viewing_s).
 # The relay's words for a viewer's session that ended on its own:
 _VIEWER_END = {"publisher_ended": "stream_ended", "connection_failed": "connection_lost",
                "connection_closed": "connection_lost", "setup_timeout": "never_connected",
                "relay_closed": "server_stopping"}
 # Why the camera's stream ended (the consent's end_reason) -> why its viewings ended.
 _STREAM_END = {"officer_stopped": "officer_stopped", "camera_lost": "camera_gone", "no_viewers": "idle",
-               "server_stopping": "server_stopping"}
+               "server_stopping": "server_stopping", "device_retired": "device_retired",
+               "device_reprovisioned": "device_reprovisioned"}
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,36 @@ def viewing_end_for_stream(stream_reason: str) -> str:
     """Why a viewing ended when its stream did (``stream_reason``: the consent's end reason):
     anything but the officer, the camera vanishing, idleness or shutdown ended the consent."""
     return _STREAM_END.get(stream_reason, "consent_ended")
+
+
+def viewing_over(who: Principal, unit: UnitFacts | None, *, token_ended: str | None, watched_s: float,
+                 max_s: float) -> str | None:
+    """Why an open viewing must end now (None: it goes on). Authorisation holds for the whole
+    viewing, not only its start: ``token_ended`` (why the viewer's token is over, expired or
+    revoked: :meth:`services.sessions.TokenVersions.ended`) or a role or areas that no longer
+    cover the unit (``unit``: as the registry holds it now) end it (``authorisation_ended``);
+    so does reaching the force's maximum length (``max_length``), after which the viewer
+    asks again, with a reason."""
+    if token_ended is not None or may_watch(who, unit) is not None:
+        return "authorisation_ended"
+    if watched_s >= max_s:
+        return "max_length"
+    return None
+
+
+def after_reconcile(ended: Sequence[Row]) -> list[Effect]:
+    """Consents that ended while this process streamed under them, found by the sweeper in
+    the database (``ended``: each with its ``device_id`` and ``end_reason``): the one that ended
+    it may have announced it while this process was away from the broker (announcements are
+    not kept), or the registry ended it (a device retired or given a new secret, from the
+    API or the command line). The camera is told to stop, and the stream closes here with the
+    consent's own reason, so its viewings record why."""
+    effects: list[Effect] = []
+    for row in ended:
+        reason = str(row["end_reason"] or "consent_ended")
+        effects += [SendCommand(row["device_id"], CommandType.LIVE_VIEW_STOP, {"reason": reason}),
+                    CloseStream(row["device_id"], reason)]
+    return effects
 
 
 def audit_publisher_ended(device_id: str, ended: Row, reason: str) -> Audit:

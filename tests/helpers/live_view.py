@@ -18,6 +18,7 @@ import paho.mqtt.client as paho
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from core.contract import Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.live_view import LiveView
 from services.registry import DeviceRecord, provision_device
@@ -28,7 +29,8 @@ from simulator.run import Simulator
 from simulator.video import VideoUplink
 from tests.helpers.api import add_test_users, running_api, token
 from tests.helpers.db import Database
-from tests.helpers.telemetry import make_settings
+from tests.helpers.telemetry import event_payload, make_settings, publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 
@@ -238,6 +240,22 @@ def _live(s: Stack, device_id: str) -> bool:
 def _relay_empty(s: Stack) -> bool:
     stats = s.live_view.relay.stats()
     return stats.streams == 0 and stats.viewers == 0
+
+
+def _watched_stream(s: Stack, uplink: VideoUplink, seq: int) -> None:
+    """The officer asks to be watched; the camera streams once the consent is on record."""
+    publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(seq, "watch_me"))])
+    wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+    uplink.start(WE1)
+    wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+
+
+def _ended(s: Stack, viewer: AiortcViewer) -> str | None:
+    """How the viewer's session ended (None while it runs)."""
+    assert viewer.location is not None
+    rows = s.rows("SELECT end_reason FROM viewing_sessions WHERE session_id = %s AND ended_at IS NOT NULL",
+                  (viewer.location.rsplit("/", 1)[-1],))
+    return rows[0][0] if rows else None
 
 
 def _whip(s: Stack, device_id: str, secret: str) -> httpx.Response:

@@ -123,6 +123,8 @@ class Alert(_Out):
     resolved_by: str | None = None
     outcome: str | None = None
     note: str | None = None
+    escalated_at: datetime | None = None
+    escalation_level: int = 0
     borough: str | None = None
     callsign: str | None = None
     role: str | None = None

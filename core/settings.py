@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # Ingest reads the alert policy again when the API announces a change, and at least this
     # often in case an announcement was missed.
     alert_policy_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+    # A high or critical alert of one of these kinds still open (not acknowledged) this many
+    # seconds after it was raised escalates to the supervisors (docs/operations.md). A kind
+    # not listed never escalates. JSON in the environment: {"emergency": 30, ...}.
+    alert_escalate_after_s: dict[str, float] = Field(
+        default_factory=lambda: {"emergency": 30.0, "assigned_not_recording": 60.0})
 
     # API and live feed
     api_host: str = "127.0.0.1"

@@ -12,8 +12,8 @@ it is assigned to an open incident; the SQL here only finds the units and writes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,10 +24,11 @@ from core.contract import Event, EventType, Telemetry
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.store import Batch
 
-__all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_offline"]
+__all__ = ["ESCALATED_TO", "AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_escalations",
+           "sweep_offline"]
 
 _COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
-            "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note")
+            "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note", "escalated_at", "escalation_level")
 _RETURNING = "RETURNING " + ", ".join(_COLUMNS)
 _RETURNING_A = "RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS)
 
@@ -39,6 +40,8 @@ class AlertRules:
     storage_warn_pct: float = 90.0
     gps_lost_after_s: int = 120
     offline_after_s: int = 120
+    # kind: seconds an open high or critical alert waits for acknowledgement before it escalates
+    escalate_after_s: Mapping[str, float] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
         return {"battery_warn": self.battery_warn_pct, "battery_critical": self.battery_critical_pct,
@@ -299,3 +302,36 @@ def sweep_offline(conn: psycopg.Connection, rules: AlertRules, policy: AlertPoli
             " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.kind = 'offline'"
             " AND a.status <> 'resolved')", params)
         return _raise(cur, "offline", cur.fetchall(), policy)
+
+
+#: Who an escalated alert goes to: the role that supervises a control room's operators
+#: (docs/security.md, "Supervisors").
+ESCALATED_TO = "firearms_commander"
+
+
+def sweep_escalations(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:
+    """Escalate the high and critical alerts still open (not acknowledged) past their kind's
+    deadline, and record it on each alert's history. The UPDATE's ``escalated_at IS NULL``
+    is re-checked under the row lock, so of several workers sweeping at once exactly one
+    escalates an alert (the others' UPDATE finds it already escalated and returns nothing).
+    Returns the alerts escalated, each with ``escalated_to``."""
+    if not rules.escalate_after_s:
+        return []
+    kinds = sorted(rules.escalate_after_s)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "UPDATE alerts a SET escalated_at = now(), escalation_level = a.escalation_level + 1"
+            " FROM unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s)"
+            " WHERE a.kind = k.kind AND a.status = 'open' AND a.escalated_at IS NULL"
+            " AND a.severity IN ('high', 'critical') AND a.raised_at <= now() - make_interval(secs => k.after_s)"
+            f" {_RETURNING_A}",
+            {"kinds": kinds, "after": [float(rules.escalate_after_s[k]) for k in kinds]})
+        escalated = cur.fetchall()
+        if escalated:
+            cur.execute(
+                "INSERT INTO alert_history (alert_id, at, action, actor, detail)"
+                " SELECT id, at, 'escalated', 'system', 'not acknowledged in time: escalated to ' || %(to)s"
+                " FROM unnest(%(ids)s::bigint[], %(ats)s::timestamptz[]) AS e(id, at)",
+                {"ids": [a["id"] for a in escalated], "ats": [a["escalated_at"] for a in escalated],
+                 "to": ESCALATED_TO})
+    return [{**a, "escalated_to": ESCALATED_TO} for a in escalated]

@@ -97,6 +97,7 @@ class IngestWorker:
             storage_warn_pct=settings.alert_storage_warn_pct,
             gps_lost_after_s=settings.alert_gps_lost_after_s,
             offline_after_s=settings.alert_offline_after_s,
+            escalate_after_s=dict(settings.alert_escalate_after_s),
         )
         self._limits = PayloadLimits(
             max_payload_bytes=settings.max_payload_bytes,

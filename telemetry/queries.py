@@ -174,7 +174,8 @@ def fleet_summary(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, 
 
 
 _ALERT_COLUMNS = ("a.id, a.device_id, a.kind, a.severity, a.status, a.detail, a.raised_at, a.acknowledged_at,"
-                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, d.borough, d.callsign, d.role")
+                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, a.escalated_at,"
+                  " a.escalation_level, d.borough, d.callsign, d.role")
 
 
 def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,

@@ -185,3 +185,50 @@ def test_two_workers_raise_one_alert(pg: Database, mosquitto: MosquittoProcess) 
         wait_for(lambda: a.stats.stored_telemetry + b.stats.stored_telemetry == 199, what="all stored")
         assert a.stats.received > 0 and b.stats.received > 0
     assert sorted((x[1], x[3]) for x in _alerts(pg)) == [("battery_critical", "open"), ("battery_low", "open")]
+
+
+_ESCALATE_AFTER_S = 2.0
+_SWEEP_EVERY_S = 5.0  # telemetry.ingest's sweep period
+_SLACK_S = 2.0
+
+
+def test_an_unacknowledged_emergency_escalates_once_an_acknowledged_one_never(
+        pg: Database, mosquitto: MosquittoProcess) -> None:
+    """With two workers sweeping, an emergency left open escalates exactly once (one history
+    row, one escalation on the feed) within its deadline plus a sweep period; an emergency
+    acknowledged in time never escalates, proved by the escalation of the later one."""
+    _register(pg)
+    feed = AlertFeed(mosquitto.url)
+    settings = {"alert_escalate_after_s": {"emergency": _ESCALATE_AFTER_S}}
+    try:
+        with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings(**settings)), \
+                running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings(**settings)):
+            publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "emergency"))])
+            wait_for(lambda: ("cam-f", "emergency", "open") in feed.kinds(), what="first emergency")
+            with pg.connect() as conn:
+                acked = conn.execute("SELECT id FROM alerts WHERE device_id = 'cam-f'").fetchone()
+                assert acked is not None
+                alert, changed = queries.acknowledge_alert(conn, acked[0], by="op", boroughs=None)
+                assert changed and alert is not None and alert["escalated_at"] is None
+            publish_all(mosquitto.url, [(topic_for("cam-r", Channel.EVENTS), event_payload(1, "emergency"))])
+
+            def escalations() -> list[dict[str, object]]:
+                with feed._lock:
+                    return [a for a in feed.received if a.get("escalated_at") is not None]
+
+            wait_for(lambda: escalations(), timeout=_ESCALATE_AFTER_S + _SWEEP_EVERY_S + 10, what="escalation")
+            [sent] = escalations()
+            assert (sent["device_id"], sent["escalation_level"], sent["escalated_to"]) == \
+                ("cam-r", 1, "firearms_commander")
+    finally:
+        feed.close()
+    with pg.connect() as conn:
+        rows = conn.execute("SELECT device_id, status, escalation_level, escalated_at - raised_at FROM alerts"
+                            " ORDER BY device_id").fetchall()
+        history = conn.execute("SELECT a.device_id, h.action, h.actor FROM alert_history h"
+                               " JOIN alerts a ON a.id = h.alert_id").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("cam-f", "acknowledged", 0), ("cam-r", "open", 1)]
+    assert rows[0][3] is None
+    assert rows[1][3].total_seconds() <= _ESCALATE_AFTER_S + _SWEEP_EVERY_S + _SLACK_S
+    assert history == [("cam-r", "escalated", "system")]
+    assert [a["device_id"] for a in feed.received if a.get("escalated_at")] == ["cam-r"]

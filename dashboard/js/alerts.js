@@ -105,11 +105,14 @@ export class AlertsPanel {
   item(a) {
     const handle = this.canHandle;
     return h("li", {
-      class: `alert sev-${a.severity} st-${a.status}${this.unseen.has(a.id) ? " new" : ""}`,
+      class: `alert sev-${a.severity} st-${a.status}${a.escalated_at ? " escalated" : ""}` +
+        `${this.unseen.has(a.id) ? " new" : ""}`,
       dataset: { alertId: a.id, deviceId: a.device_id, kind: a.kind },
     },
     h("div", { class: "alert-head" },
       h("span", { class: "sev" }, a.severity),
+      a.escalated_at ? h("span", { class: "escalation", title: `escalated ${fmtAgo(a.escalated_at)}` },
+        `Escalated to supervisor${a.escalation_level > 1 ? ` (level ${a.escalation_level})` : ""}`) : null,
       h("strong", {}, KIND_NAMES[a.kind] || a.kind),
       h("button", { class: "link", type: "button", onclick: () => this.locate(a) }, a.callsign || a.device_id),
       h("span", { class: "muted" }, a.borough || "")),

@@ -257,6 +257,37 @@ def test_live_alert_is_highlighted_then_acknowledged_and_resolved(stack: Stack, 
     page.wait_for_selector("#emergency-banner.hidden", state="attached")
 
 
+def test_acknowledge_selected_and_the_escalated_look(stack: Stack, browser_page: Any) -> None:
+    """Two open alerts ticked and "Acknowledge selected" clicked are acknowledged in one act
+    (one audit entry, count 2), a third left unticked stays open; an escalated alert is
+    drawn apart ("Escalated to supervisor")."""
+    def alert(kind: str, severity: str, escalated: bool = False) -> int:
+        return int(stack.db.scalar(
+            "INSERT INTO alerts (device_id, kind, severity, detail, escalated_at, escalation_level)"
+            " VALUES (%s, %s, %s, 'dashboard bulk', CASE WHEN %s THEN now() END, CASE WHEN %s THEN 1 ELSE 0 END)"
+            " RETURNING id", (SOS.device_id, kind, severity, escalated, escalated)))
+
+    ticked = [alert("watch_me", "high"), alert("battery_low", "warning")]
+    escalated = alert("assigned_not_recording", "high", escalated=True)
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    for alert_id in ticked + [escalated]:
+        page.wait_for_selector(f".alert[data-alert-id='{alert_id}']", timeout=15_000)
+    page.wait_for_selector(f".alert.escalated[data-alert-id='{escalated}'] .escalation:has-text('Escalated')")
+    assert page.locator("button.ack-selected").is_disabled()
+    for alert_id in ticked:
+        page.locator(f".alert[data-alert-id='{alert_id}'] input.select").check()
+    page.wait_for_selector("button.ack-selected:has-text('(2)')")
+    shot(page, "alert-escalated-and-selected")
+    page.click("button.ack-selected")
+    for alert_id in ticked:
+        page.wait_for_selector(f".alert[data-alert-id='{alert_id}'].st-acknowledged")
+    statuses = [stack.db.scalar("SELECT status FROM alerts WHERE id = %s", (i,)) for i in ticked + [escalated]]
+    assert statuses == ["acknowledged", "acknowledged", "open"]
+    entry = stack.db.scalar("SELECT details FROM audit_log WHERE action = 'alerts_acknowledged'")
+    assert (entry["count"], sorted(entry["alert_ids"])) == (2, sorted(ticked))
+
+
 def test_api_restart_shows_disconnected_then_reconnects(stack: Stack, browser_page: Any) -> None:
     """When the API stops, the page says it is disconnected and reconnecting; when the API is
     back on the same address, it reconnects by itself and takes a fresh snapshot."""

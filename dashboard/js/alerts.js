@@ -25,6 +25,11 @@ export class AlertsPanel {
     this.onLocate = onLocate;
     this.resolveDialog = resolveDialog;
     this.unseen = new Set();
+    // Open alerts ticked for "Acknowledge selected" (one POST /alerts/acknowledge, one audit entry).
+    this.selected = new Set();
+    this.bulk = h("button", { type: "button", class: "ack-selected", disabled: true,
+      onclick: () => this.acknowledgeSelected() }, "Acknowledge selected");
+    if (this.canHandle) this.summary.after(h("div", { class: "alert-bulk" }, this.bulk));
     this.render = throttle(() => this.draw(), 250);
     this.showInfo.addEventListener("change", () => this.draw());
     store.subscribeAlerts((added) => {
@@ -66,6 +71,26 @@ export class AlertsPanel {
     this.render();
   }
 
+  async acknowledgeSelected() {
+    const ids = [...this.selected];
+    if (!ids.length) return;
+    try {
+      const done = await this.api.post("/api/v1/alerts/acknowledge", { ids });
+      this.store.mergeAlerts(done.items, { fresh: false });
+      for (const id of ids) {
+        this.selected.delete(id);
+        this.unseen.delete(id);
+      }
+      this.summary.textContent = `${done.count} acknowledged`;
+    } catch (error) {
+      this.summary.textContent = `Could not acknowledge the selected alerts: ${error.message}`;
+      this.summary.classList.add("error");
+      this.refresh();
+      return;
+    }
+    this.render();
+  }
+
   async refresh() {
     const items = [];
     for (const status of ["open", "acknowledged"]) {
@@ -85,6 +110,12 @@ export class AlertsPanel {
     this.summary.classList.remove("error");
     this.summary.textContent = `${open} open, ${all.length - open} acknowledged` +
       (shown.length < all.length ? ` (${all.length - shown.length} info hidden)` : "");
+    for (const id of this.selected) {
+      const a = this.store.alerts.get(id);
+      if (!a || a.status !== "open") this.selected.delete(id);
+    }
+    this.bulk.disabled = this.selected.size === 0;
+    this.bulk.textContent = `Acknowledge selected${this.selected.size ? ` (${this.selected.size})` : ""}`;
     clear(this.list);
     for (const a of shown.slice(0, MAX_SHOWN)) this.list.append(this.item(a));
     if (shown.length > MAX_SHOWN) this.list.append(h("li", { class: "more" }, `and ${shown.length - MAX_SHOWN} more`));
@@ -110,6 +141,13 @@ export class AlertsPanel {
       dataset: { alertId: a.id, deviceId: a.device_id, kind: a.kind },
     },
     h("div", { class: "alert-head" },
+      handle && a.status === "open" ? h("input", {
+        type: "checkbox", class: "select", "aria-label": "select for acknowledge", checked: this.selected.has(a.id),
+        onchange: (e) => {
+          if (e.target.checked) this.selected.add(a.id); else this.selected.delete(a.id);
+          this.render();
+        },
+      }) : null,
       h("span", { class: "sev" }, a.severity),
       a.escalated_at ? h("span", { class: "escalation", title: `escalated ${fmtAgo(a.escalated_at)}` },
         `Escalated to supervisor${a.escalation_level > 1 ? ` (level ${a.escalation_level})` : ""}`) : null,

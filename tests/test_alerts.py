@@ -4,15 +4,22 @@ system when the condition clears, and published for the API processes."""
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import threading
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import paho.mqtt.client as paho
 
-from core.contract import ALERTS_TOPIC, Channel, topic_for
+from core.contract import ALERTS_TOPIC, Channel, Telemetry, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
+from telemetry.alerts import AlertRules, Geofence
+from telemetry.ingest_stats import IngestStats
+from telemetry.store import Batch
+from telemetry.writer import BatchWriter
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
 from tests.helpers.db import Database
 from tests.helpers.telemetry import (
@@ -232,3 +239,46 @@ def test_an_unacknowledged_emergency_escalates_once_an_acknowledged_one_never(
     assert rows[1][3].total_seconds() <= _ESCALATE_AFTER_S + _SWEEP_EVERY_S + _SLACK_S
     assert history == [("cam-r", "escalated", "system")]
     assert [a["device_id"] for a in feed.received if a.get("escalated_at")] == ["cam-r"]
+
+
+def test_geofence_jitter_on_the_boundary_enters_once_and_leaves_once(pg: Database) -> None:
+    """A unit approaches an incident's 300 m circle, stands on its boundary with 20 m GPS
+    noise (seeded), goes well inside (with some inaccurate fixes far outside in between),
+    stands on the boundary again and goes away: replayed fix by fix through ingest's writer
+    on the real database, it enters exactly once, while well inside, and leaves exactly once,
+    once away. The same replay with no margin and no dwell flaps, so the replay does test it."""
+    _register(pg)
+    with pg.connect() as conn:
+        incidents.create(conn, title="boundary", lat=51.5, lon=-0.12, radius_m=300, borough=None, by="afo-cmd")
+    noise = random.Random(15)
+    start = hours_ago(1)
+    fixes: list[tuple[str, float, float, float]] = []  # (phase, metres north, metres east, accuracy)
+    for phase, north, count in (("away", 600.0, 60), ("edge", 300.0, 180), ("inside", 100.0, 60),
+                                ("edge", 300.0, 180), ("away", 600.0, 60)):
+        for i in range(count):
+            if phase == "inside" and i % 10 == 5:  # a reflection: far off, and says so
+                fixes.append((phase, 700.0, 0.0, 80.0))
+            else:
+                fixes.append((phase, north + noise.gauss(0, 20), noise.gauss(0, 20), 8.0))
+
+    def replay(device_id: str, geofence: Geofence) -> list[tuple[str, str]]:
+        writer = BatchWriter(settings=make_settings(), database_url=pg.url, rules=AlertRules(geofence=geofence),
+                             stats=IngestStats(), stopping=threading.Event(), clock=lambda: datetime.now(timezone.utc))
+        writer.open()
+        crossings: list[tuple[str, str]] = []
+        try:
+            for seq, (phase, north, east, accuracy) in enumerate(fixes, start=1):
+                ts = start + timedelta(seconds=seq)
+                report = orjson.loads(telemetry_payload(seq, ts=ts, lat=51.5 + north / 111320.0,
+                                                        lon=-0.12 + east / (111320.0 * math.cos(math.radians(51.5)))))
+                report["gps"]["accuracy_m"] = accuracy
+                batch = Batch(telemetry=[(device_id, ts, Telemetry.model_validate_json(orjson.dumps(report)))])
+                crossings += [(phase, str(a["status"])) for a in writer.write(batch)
+                              if a["kind"] == "geofence" and a["device_id"] == device_id]
+        finally:
+            writer.close()
+        return crossings
+
+    assert replay("cam-r", Geofence(margin_m=25, dwell_s=15)) == [("inside", "open"), ("away", "resolved")]
+    flapping = replay("cam-f", Geofence(margin_m=10, dwell_s=0))  # a margin only the accuracy needs
+    assert len(flapping) > 4, "the replay does not jitter across the boundary"

@@ -159,7 +159,7 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
     stored); the incident it may draw raises geofence alerts for Westminster's units inside
     its circle only, not for a Camden unit standing next to them."""
     from telemetry.alert_policy_store import load_policy
-    from telemetry.alerts import evaluate_incidents
+    from telemetry.alerts import Geofence, evaluate_incidents
 
     db, base = world
     _register(db, DeviceRecord("ar-geo-we", None, None, "Westminster", "response"),
@@ -175,7 +175,7 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
         assert op.post("/api/v1/incidents", json={**body, "radius_m": 300}).status_code == 201
     with db.connect() as conn:
         assert _row(db, "SELECT count(*) FROM incidents WHERE radius_m > 2000", ()) == (0,)
-        evaluate_incidents(conn, ["ar-geo-we", "ar-geo-ca"], load_policy(conn))
+        evaluate_incidents(conn, ["ar-geo-we", "ar-geo-ca"], load_policy(conn), Geofence(dwell_s=0))
     geofenced = _row(db, "SELECT array_agg(device_id ORDER BY device_id) FROM alerts WHERE kind = 'geofence'"
                          " AND device_id LIKE 'ar-geo-%%'", ())
     assert geofenced == (["ar-geo-we"],)

@@ -1,4 +1,5 @@
-"""Migration 12: escalation of unacknowledged alerts, and each alert's history.
+"""Migration 12: escalation of unacknowledged alerts, each alert's history, and the geofence's
+pending crossings (a unit must stay clearly across the boundary for a dwell time).
 
 ``escalated_at`` is set once, by whichever ingest worker's sweep first finds the alert still
 open past its kind's deadline (a conditional UPDATE ... WHERE escalated_at IS NULL), so
@@ -29,6 +30,17 @@ CREATE TABLE alert_history (
     detail   text
 );
 CREATE INDEX alert_history_alert ON alert_history (alert_id, at);
+
+-- A unit seen clearly across an open incident's boundary (by more than the margin, with an
+-- accurate fix), since when; it enters (or leaves) once it has stayed so for the dwell
+-- time, and a fix clearly back on the other side cancels it (telemetry/alerts.py).
+CREATE TABLE geofence_pending (
+    incident_id bigint NOT NULL REFERENCES incidents (id) ON DELETE CASCADE,
+    device_id   text NOT NULL REFERENCES devices (device_id),
+    toward      text NOT NULL CHECK (toward IN ('inside', 'outside')),
+    since       timestamptz NOT NULL,
+    PRIMARY KEY (incident_id, device_id)
+);
 """
 
 

@@ -91,7 +91,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
         add_user(conn, username="fleet-west", password=PASSWORD, role=Role.FLEET_MANAGER, areas=["Westminster"])
         upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
                               for u in sim.units] + [SOS])
-    settings = make_settings(live_rate_hz=4.0)
+    settings = make_settings(live_rate_hz=4.0, alert_geofence_dwell_s=0)  # geofence dwell: test_alerts.py
     sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": 600}, daemon=True)
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker:
         port = free_port()
@@ -286,6 +286,27 @@ def test_acknowledge_selected_and_the_escalated_look(stack: Stack, browser_page:
     assert statuses == ["acknowledged", "acknowledged", "open"]
     entry = stack.db.scalar("SELECT details FROM audit_log WHERE action = 'alerts_acknowledged'")
     assert (entry["count"], sorted(entry["alert_ids"])) == (2, sorted(ticked))
+
+
+def test_new_high_alerts_sound_unless_the_user_muted_which_stays_on_screen(stack: Stack, browser_page: Any) -> None:
+    """A live emergency sounds a tone (counted on the sound button); muted, a later high alert
+    arrives (the sentinel) without one, the panel says "Sound MUTED" all the while, and the
+    mute is this user's: it survives a reload."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    button = page.locator("#alerts-panel button.sound")
+    assert button.inner_text() == "Sound on"
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(2, "emergency"))])
+    page.wait_for_selector("#alerts-panel button.sound[data-sounds='1']", timeout=15_000)
+    button.click()
+    page.wait_for_selector("#alerts-panel.sound-muted button.sound.muted:has-text('Sound MUTED')")
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(3, "watch_me"))])
+    page.wait_for_selector(".alert[data-kind=watch_me]", timeout=15_000)
+    assert button.get_attribute("data-sounds") == "1"
+    shot(page, "alert-sound-muted")
+    page.reload()
+    page.wait_for_selector("#alerts-panel button.sound.muted:has-text('Sound MUTED')", timeout=15_000)
 
 
 def test_api_restart_shows_disconnected_then_reconnects(stack: Stack, browser_page: Any) -> None:

@@ -1,6 +1,8 @@
 // The alerts panel: open and acknowledged alerts, worst first. An alert that arrives live
 // is highlighted (a pulsing border, the count in the top bar, an emergency banner) until
-// someone acknowledges it or opens it; there is no sound, by design of the control room.
+// someone acknowledges it or opens it. A new high or critical alert, and an escalation,
+// also sound a tone, unless this user muted it; muting is shown on screen all the while,
+// since a muted control room misses emergencies.
 
 import { clear, fmtAgo, h, throttle } from "./dom.js";
 
@@ -10,6 +12,23 @@ const KIND_NAMES = {
   gps_lost: "GPS lost", offline: "Offline", emergency: "EMERGENCY", recording: "Recording started",
   watch_me: "Watch me", geofence: "Entered incident area", assigned_not_recording: "Assigned, NOT recording",
 };
+
+const LOUD = new Set(["high", "critical"]);
+
+// A short two-tone alarm made with Web Audio: no sound file to fetch, nothing the CSP must allow.
+function playTone(ctx) {
+  const now = ctx.currentTime;
+  for (const [i, freq] of [880, 660].entries()) {
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = freq;
+    gain.gain.setValueAtTime(0.25, now + i * 0.2);
+    gain.gain.exponentialRampToValueAtTime(0.001, now + i * 0.2 + 0.18);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(now + i * 0.2);
+    osc.stop(now + i * 0.2 + 0.2);
+  }
+}
 
 export class AlertsPanel {
   constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog }) {
@@ -30,18 +49,54 @@ export class AlertsPanel {
     this.bulk = h("button", { type: "button", class: "ack-selected", disabled: true,
       onclick: () => this.acknowledgeSelected() }, "Acknowledge selected");
     if (this.canHandle) this.summary.after(h("div", { class: "alert-bulk" }, this.bulk));
+    // The mute is per user (this browser): a shared console keeps each operator's choice.
+    this.muteKey = `watchfloor.alerts.muted.${(api.session && api.session.username) || ""}`;
+    this.muted = localStorage.getItem(this.muteKey) === "1";
+    this.sounds = 0;  // tones played: on the button, so that a test can see one was
+    this.audio = null;
+    this.mute = h("button", { type: "button", class: "sound", onclick: () => this.setMuted(!this.muted) });
+    root.querySelector("header").append(this.mute);
+    this.showMute();
     this.render = throttle(() => this.draw(), 250);
     this.showInfo.addEventListener("change", () => this.draw());
     store.subscribeAlerts((added) => {
       for (const a of added) {
         if (a.severity !== "info" || this.showInfo.checked) this.unseen.add(a.id);
       }
+      if (added.some((a) => LOUD.has(a.severity) || a.escalated_at)) this.sound();
       this.render();
     });
     banner.addEventListener("click", () => {
       const a = this.store.alerts.get(Number(banner.dataset.alertId));
       if (a) this.locate(a);
     });
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    localStorage.setItem(this.muteKey, muted ? "1" : "0");
+    this.showMute();
+  }
+
+  showMute() {
+    this.mute.textContent = this.muted ? "Sound MUTED" : "Sound on";
+    this.mute.classList.toggle("muted", this.muted);
+    this.mute.setAttribute("aria-pressed", String(this.muted));
+    this.mute.title = this.muted ? "New high alerts and escalations make no sound: click to unmute"
+      : "New high alerts and escalations sound a tone: click to mute";
+    this.root.classList.toggle("sound-muted", this.muted);
+  }
+
+  sound() {
+    if (this.muted) return;
+    try {
+      this.audio = this.audio || new AudioContext();
+      playTone(this.audio);
+    } catch (error) {
+      return;  // no audio device: the flashing badge and banner still say it
+    }
+    this.sounds += 1;
+    this.mute.dataset.sounds = String(this.sounds);
   }
 
   locate(alert) {

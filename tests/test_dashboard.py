@@ -763,7 +763,8 @@ def test_watch_now_from_a_watch_me_alert_plays_and_the_tile_enlarges(pg: Databas
     """The officer's watch_me raises an alert; its "Watch now" asks for a reason prefilled with
     the alert, and the tile plays the camera's stream (frames decoded) without a second
     question to the officer: the request is covered by the officer's own ask. Enlarged, the
-    tile covers the map area exactly, and goes back when clicked again."""
+    tile covers the map area exactly, and goes back when clicked again. When the stream ends,
+    the tile says so, then clears itself."""
     from tests.helpers.live_view import WE1, simulated_camera
     from tests.helpers.live_view import stack as live_view_stack
 
@@ -808,6 +809,13 @@ def test_watch_now_from_a_watch_me_alert_plays_and_the_tile_enlarges(pg: Databas
         tile.locator("button.enlarge").click()
         small, area = page.evaluate(boxes)
         assert small[2] < area[2] or small[3] < area[3]
+
+        # The control room ends the stream: the tile says it ended, then clears itself.
+        with s.http("op-all") as http:
+            assert http.delete(f"/api/v1/devices/{WE1}/live-view").status_code == 200
+        page.wait_for_selector(f"#video-tiles .tile[data-device-id='{WE1}'][data-status=ended]", timeout=15_000)
+        assert "ended" in tile.locator(".tile-status").inner_text()
+        tile.wait_for(state="detached", timeout=15_000)
 
 
 def test_a_declined_tile_says_so_then_clears_itself(pg: Database, mosquitto: MosquittoProcess,

@@ -1,10 +1,12 @@
 // The alerts panel: open and acknowledged alerts, worst first. An alert that arrives live
 // is highlighted (a pulsing border, the count in the top bar, an emergency banner) until
 // someone acknowledges it or opens it; there is no sound, by design of the control room.
+// A watch_me or emergency alert offers "Watch now" to those who watch video (video.js).
 
 import { clear, fmtAgo, h, throttle } from "./dom.js";
 
 const MAX_SHOWN = 200;
+const WATCH_KINDS = new Set(["watch_me", "emergency"]);
 const KIND_NAMES = {
   battery_low: "Battery low", battery_critical: "Battery critical", storage_full: "Storage nearly full",
   gps_lost: "GPS lost", offline: "Offline", emergency: "EMERGENCY", recording: "Recording started",
@@ -12,7 +14,7 @@ const KIND_NAMES = {
 };
 
 export class AlertsPanel {
-  constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog }) {
+  constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog, onWatch = null }) {
     this.root = root;
     this.list = root.querySelector(".alert-list");
     this.summary = root.querySelector(".alert-summary");
@@ -24,6 +26,7 @@ export class AlertsPanel {
     this.canHandle = canHandle;
     this.onLocate = onLocate;
     this.resolveDialog = resolveDialog;
+    this.onWatch = onWatch; // (alert, kind name) -> opens a tile; null: this role watches no video
     this.unseen = new Set();
     this.render = throttle(() => this.draw(), 250);
     this.showInfo.addEventListener("change", () => this.draw());
@@ -118,7 +121,10 @@ export class AlertsPanel {
     handle ? h("div", { class: "alert-actions" },
       a.status === "open" ? h("button", { type: "button", class: "ack", onclick: () => this.act(a, "acknowledge") },
         "Acknowledge") : null,
-      h("button", { type: "button", class: "resolve", onclick: () => this.act(a, "resolve") }, "Resolve…")) : null);
+      h("button", { type: "button", class: "resolve", onclick: () => this.act(a, "resolve") }, "Resolve…"),
+      this.onWatch && WATCH_KINDS.has(a.kind) ? h("button", {
+        type: "button", class: "watch-now", onclick: () => this.onWatch(a, KIND_NAMES[a.kind] || a.kind),
+      }, "Watch now") : null) : null);
   }
 }
 

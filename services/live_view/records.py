@@ -290,3 +290,13 @@ def end_viewing(conn: psycopg.Connection, *, session_id: str, username: str, dev
         if cause is not None and cause != reason:
             details["stream_end_reason"] = cause
         audit.record(conn, actor=username, action="viewing_ended", device_id=device_id, details=details)
+
+
+def idle_facts(conn: psycopg.Connection, device_id: str) -> tuple[Basis | None, bool]:
+    """What the idle timeout needs (:func:`workflow.on_idle_timeout`): the basis of the consent
+    in force, and whether the unit has a ``watch_me`` alert not yet resolved (open or
+    acknowledged)."""
+    consent = viewings.active_consent(conn, device_id)
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM alerts WHERE device_id = %s AND kind = 'watch_me'"
+                       " AND status <> 'resolved')", (device_id,)).fetchone()
+    return (Basis(consent["basis"]) if consent is not None else None), bool(row and row[0])

@@ -172,6 +172,7 @@ class LiveView:
         self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
                                              per_camera=settings.live_view_max_viewers_per_camera,
                                              per_process=settings.live_view_max_viewers))
+        self.idle_held = 0  # idle timeouts that kept a stream for its officer's open watch_me alert
         self.events_ignored: Counter[str] = Counter()  # watch_me events that granted nothing, by why
 
     @property
@@ -615,5 +616,11 @@ class LiveView:
     async def _idle_stop(self, device_id: str) -> None:
         self._idle.pop(device_id, None)
         publishing = device_id in self._publishers
-        await self._apply(on_idle_timeout(device_id, publishing=publishing,
-                                          viewers=self.relay.viewer_count(device_id) if publishing else 0))
+        viewers = self.relay.viewer_count(device_id) if publishing else 0
+        basis, watch_me_open = (await self._db(lambda conn: records.idle_facts(conn, device_id))
+                                if publishing and viewers == 0 else (None, False))
+        effects = on_idle_timeout(device_id, publishing=publishing, viewers=viewers, basis=basis,
+                                  watch_me_open=watch_me_open)
+        if any(isinstance(e, ArmIdle) for e in effects):
+            self.idle_held += 1  # kept for its officer's open watch_me alert
+        await self._apply(effects)

@@ -461,8 +461,15 @@ def after_viewer_left(device_id: str, username: str, reason: str, *, view: Weare
     return effects
 
 
-def on_idle_timeout(device_id: str, *, publishing: bool, viewers: int) -> list[Effect]:
-    """The idle timer fired: a stream still without a viewer stops."""
+def on_idle_timeout(device_id: str, *, publishing: bool, viewers: int, basis: Basis | None,
+                    watch_me_open: bool) -> list[Effect]:
+    """The idle timer fired: a stream still without a viewer stops, unless the officer asked
+    to be watched (``basis`` officer_request) and their ``watch_me`` alert is not resolved yet
+    (``watch_me_open``): the control room has not dealt with it, so the stream waits for a
+    viewer, and the timer runs again (the stream stops one idle time after the alert is
+    resolved, if nobody watches by then)."""
     if not publishing or viewers > 0:
         return []
+    if basis is Basis.OFFICER_REQUEST and watch_me_open:
+        return [ArmIdle(device_id)]
     return [CloseStream(device_id, "no_viewers")]

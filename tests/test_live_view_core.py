@@ -14,19 +14,32 @@ from hypothesis import strategies as st
 from core.commands import CommandType, ReplyStatus
 from services.accounts import Principal, Role
 from services.consent import Basis, UnitFacts
-from services.live_view.workflow import (
+from services.live_view.effects import (
     Announce,
     ArmIdle,
     Audit,
     CancelIdle,
     CloseStream,
     Effect,
+    SendCommand,
+    announcement,
+)
+from services.live_view.viewers import (
+    Watcher,
+    WearerView,
+    after_viewer_joined,
+    after_viewer_left,
+    check_viewing,
+    on_idle_timeout,
+    status_params,
+    viewer_end_reason,
+    viewing_end_for_stream,
+    viewing_over,
+)
+from services.live_view.workflow import (
     EndConsent,
     GrantConsent,
     IgnoreEvent,
-    SendCommand,
-    Watcher,
-    WearerView,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -35,21 +48,12 @@ from services.live_view.workflow import (
     after_request_answered,
     after_stream_started,
     after_sweep,
-    after_viewer_joined,
-    after_viewer_left,
-    announcement,
     audit_publisher_ended,
     audit_request_answered,
     audit_sweep,
     change_for_event,
-    check_viewing,
     covered_detail,
-    on_idle_timeout,
     reply_answer,
-    status_params,
-    viewer_end_reason,
-    viewing_end_for_stream,
-    viewing_over,
 )
 
 WE1 = "we-1"

@@ -808,3 +808,95 @@ def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoPr
             shot(page, "map-tiles")
     finally:
         tiles.shutdown()
+
+
+def test_watch_now_from_a_watch_me_alert_plays_and_the_tile_enlarges(pg: Database, mosquitto: MosquittoProcess,
+                                                                      browser_page: Any) -> None:
+    """The officer's watch_me raises an alert; its "Watch now" asks for a reason prefilled with
+    the alert, and the tile plays the camera's stream (frames decoded) without a second
+    question to the officer: the request is covered by the officer's own ask. Enlarged, the
+    tile covers the map area exactly, and goes back when clicked again. When the stream ends,
+    the tile says so, then clears itself."""
+    from tests.helpers.live_view import WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
+
+    page = browser_page
+    settings = make_settings()
+    with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, \
+            running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings), \
+            simulated_camera(s, decline_share=1.0):  # the officer would decline any question put
+        sign_in(page, s.base, "op-all")
+        page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+        # Far past the simulator's own sequence numbers, so the event is not taken for a duplicate.
+        s_publish = [(topic_for(WE1, Channel.EVENTS), event_payload(1_000_000, "watch_me"))]
+        publish_all(s.mqtt_url, s_publish)
+        watch = page.locator(f"#alerts-panel li.alert[data-kind=watch_me][data-device-id='{WE1}'] button.watch-now")
+        watch.wait_for(timeout=20_000)
+        watch.click()
+        page.wait_for_selector("#reason-dialog[open]")
+        assert page.input_value("#reason-dialog textarea") == "Watch me alert: officer asks to be watched live"
+        page.fill("#reason-dialog textarea", "Watch me alert: officer asks to be watched live, backing up")
+        page.click("#reason-dialog button[value=ok]")
+        page.wait_for_selector(f"#video-tiles .tile[data-device-id='{WE1}'][data-status=playing]", timeout=40_000)
+        # Frames decoded in the tile, not only requested.
+        wait_for(lambda: page.evaluate("() => { const v = document.querySelector('#video-tiles video');"
+                                       " const q = v.getVideoPlaybackQuality();"
+                                       " return q.totalVideoFrames - q.droppedVideoFrames > 5 && v.videoWidth > 0; }"),
+                 timeout=20, what="decoded frames in the tile")
+        (request,) = s.rows("SELECT requested_by, status, covered_rule, reason FROM live_view_requests")
+        assert request == ("op-all", "accepted", "officer_asked",
+                           "Watch me alert: officer asks to be watched live, backing up")
+        # The camera was asked once, by the officer's own watch_me (wm-<consent>); never by op-all.
+        assert not s.rows("SELECT 1 FROM audit_log WHERE action = 'live_view_declined'")
+        shot(page, "watch-now-playing")
+
+        tile = page.locator(f"#video-tiles .tile[data-device-id='{WE1}']")
+        tile.locator("button.enlarge").click()
+        boxes = "() => [document.querySelector('#video-tiles .tile'), document.querySelector('#map')]" \
+                ".map((e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })"
+        enlarged, area = page.evaluate(boxes)
+        assert area[2] > 100 and area[3] > 100
+        assert all(abs(a - b) < 1 for a, b in zip(enlarged, area)), (enlarged, area)
+        shot(page, "watch-now-enlarged")
+        tile.locator("button.enlarge").click()
+        small, area = page.evaluate(boxes)
+        assert small[2] < area[2] or small[3] < area[3]
+
+        # The control room ends the stream: the tile says it ended, then clears itself.
+        with s.http("op-all") as http:
+            assert http.delete(f"/api/v1/devices/{WE1}/live-view").status_code == 200
+        page.wait_for_selector(f"#video-tiles .tile[data-device-id='{WE1}'][data-status=ended]", timeout=15_000)
+        assert "ended" in tile.locator(".tile-status").inner_text()
+        tile.wait_for(state="detached", timeout=15_000)
+
+
+def test_a_declined_tile_says_so_then_clears_itself(pg: Database, mosquitto: MosquittoProcess,
+                                                   browser_page: Any) -> None:
+    """An emergency grants no consent: Watch now asks the camera, the tile waits for the
+    officer, who declines; the tile says so, then clears itself."""
+    from tests.helpers.live_view import WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
+
+    page = browser_page
+    settings = make_settings()
+    with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, \
+            running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings), \
+            simulated_camera(s, decline_share=1.0):
+        sign_in(page, s.base, "op-all")
+        page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+        publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(1_000_000, "emergency"))])
+        watch = page.locator(f"#alerts-panel li.alert[data-kind=emergency][data-device-id='{WE1}'] button.watch-now")
+        watch.wait_for(timeout=20_000)
+        watch.click()
+        page.wait_for_selector("#reason-dialog[open]")
+        assert page.input_value("#reason-dialog textarea") == "EMERGENCY alert: emergency button pressed"
+        page.click("#reason-dialog button[value=ok]")
+        tile = page.locator(f"#video-tiles .tile[data-device-id='{WE1}']")
+        tile.wait_for()
+        page.wait_for_selector(f"#video-tiles .tile[data-device-id='{WE1}'][data-status=declined]", timeout=30_000)
+        assert "declined" in tile.locator(".tile-status").inner_text()
+        (request,) = s.rows("SELECT status, covered_rule FROM live_view_requests")
+        assert request == ("declined", None)  # put to the camera, not covered
+        # It clears itself (CLEAR_AFTER_MS in video.js), bounded by the wait.
+        tile.wait_for(state="detached", timeout=15_000)
+        assert page.locator("#video-tiles .tile").count() == 0

@@ -31,7 +31,7 @@ from tests.helpers.live_view import (
     simulated_camera,
     stack,
 )
-from tests.helpers.telemetry import event_payload, make_settings, publish_all
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
@@ -246,6 +246,35 @@ def test_a_stream_nobody_watches_stops(pg: Database, mosquitto: MosquittoProcess
         (lasted,) = s.rows("SELECT extract(epoch FROM ended_at - publishing_since) FROM live_view_consents")[0]
         assert 2.0 <= float(lasted) < 10.0
         assert json.loads(json.dumps(s.audit("live_view_ended")[0][2]))["reason"] == "no_viewers"
+
+
+def test_a_watch_me_stream_waits_for_a_viewer_while_its_alert_is_open(pg: Database,
+                                                                     mosquitto: MosquittoProcess) -> None:
+    """The officer asked to be watched and the control room has not resolved the alert yet:
+    the stream nobody watches outlives the idle time (the timeout fires, and keeps it, more
+    than once); resolved, the stream stops at the next idle timeout (no_viewers)."""
+    with stack(pg, mosquitto, live_view_idle_stop_s=1) as s, \
+            running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()):
+        uplink = VideoUplink(api_url=s.base, secrets=s.secrets).open()
+        try:
+            publish_all(s.mqtt_url, [(topic_for(WE1, Channel.EVENTS), event_payload(1, "watch_me"))])
+            wait_for(lambda: s.rows("SELECT 1 FROM alerts WHERE kind = 'watch_me' AND status = 'open'"),
+                     what="the watch_me alert")
+            wait_for(lambda: s.rows("SELECT 1 FROM live_view_consents WHERE ended_at IS NULL"), what="consent")
+            uplink.start(WE1)
+            wait_for(lambda: _live(s, WE1), timeout=20, what="the stream")
+            # Three idle timeouts came and went, each keeping the stream.
+            wait_for(lambda: s.live_view.idle_held >= 3, timeout=20, what="idle timeouts that keep the stream")
+            assert _live(s, WE1) and s.live_view.relay.stats().streams == 1
+            assert s.rows("SELECT ended_at FROM live_view_consents") == [(None,)]
+            (alert_id,) = s.rows("SELECT id FROM alerts WHERE kind = 'watch_me'")[0]
+            with s.http("op-all") as http:
+                resolved = http.post(f"/api/v1/alerts/{alert_id}/resolve", json={"outcome": "resolved", "note": None})
+                assert resolved.status_code == 200, resolved.text
+            wait_for(lambda: _relay_empty(s), timeout=15, what="the idle stop after the alert was resolved")
+        finally:
+            uplink.close()
+        assert s.rows("SELECT end_reason FROM live_view_consents") == [("no_viewers",)]
 
 
 def test_every_api_process_sees_the_answer_and_exactly_one_records_it(pg: Database,

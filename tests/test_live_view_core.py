@@ -14,19 +14,32 @@ from hypothesis import strategies as st
 from core.commands import CommandType, ReplyStatus
 from services.accounts import Principal, Role
 from services.consent import Basis, UnitFacts
-from services.live_view.workflow import (
+from services.live_view.effects import (
     Announce,
     ArmIdle,
     Audit,
     CancelIdle,
     CloseStream,
     Effect,
+    SendCommand,
+    announcement,
+)
+from services.live_view.viewers import (
+    Watcher,
+    WearerView,
+    after_viewer_joined,
+    after_viewer_left,
+    check_viewing,
+    on_idle_timeout,
+    status_params,
+    viewer_end_reason,
+    viewing_end_for_stream,
+    viewing_over,
+)
+from services.live_view.workflow import (
     EndConsent,
     GrantConsent,
     IgnoreEvent,
-    SendCommand,
-    Watcher,
-    WearerView,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -35,21 +48,12 @@ from services.live_view.workflow import (
     after_request_answered,
     after_stream_started,
     after_sweep,
-    after_viewer_joined,
-    after_viewer_left,
-    announcement,
     audit_publisher_ended,
     audit_request_answered,
     audit_sweep,
     change_for_event,
-    check_viewing,
     covered_detail,
-    on_idle_timeout,
     reply_answer,
-    status_params,
-    viewer_end_reason,
-    viewing_end_for_stream,
-    viewing_over,
 )
 
 WE1 = "we-1"
@@ -241,9 +245,21 @@ def test_a_covered_request_says_whose_consent_and_which_rule() -> None:
 
 def test_the_idle_timeout_stops_only_a_stream_nobody_watches() -> None:
     """no_viewers closes the stream when it runs here without a viewer; otherwise nothing."""
-    assert on_idle_timeout(WE1, publishing=True, viewers=0) == [CloseStream(WE1, "no_viewers")]
-    assert on_idle_timeout(WE1, publishing=True, viewers=1) == []
-    assert on_idle_timeout(WE1, publishing=False, viewers=0) == []
+    for basis in (*Basis, None):
+        assert on_idle_timeout(WE1, publishing=True, viewers=0, basis=basis,
+                               watch_me_open=False) == [CloseStream(WE1, "no_viewers")]
+        assert on_idle_timeout(WE1, publishing=True, viewers=1, basis=basis, watch_me_open=True) == []
+        assert on_idle_timeout(WE1, publishing=False, viewers=0, basis=basis, watch_me_open=True) == []
+
+
+def test_a_stream_the_officer_asked_for_waits_for_a_viewer_while_the_alert_is_open() -> None:
+    """A watch_me stream with nobody watching is kept while its watch_me alert is unresolved:
+    the timer runs again instead. Any other basis stops as usual, alert or not."""
+    assert on_idle_timeout(WE1, publishing=True, viewers=0, basis=Basis.OFFICER_REQUEST,
+                           watch_me_open=True) == [ArmIdle(WE1)]
+    for basis in (Basis.ACCEPTED_REQUEST, Basis.POLICY_RECORDING, None):
+        assert on_idle_timeout(WE1, publishing=True, viewers=0, basis=basis,
+                               watch_me_open=True) == [CloseStream(WE1, "no_viewers")]
 
 
 def test_a_stream_that_ends_ends_its_consent_and_the_officer_is_not_told_to_stop() -> None:
@@ -316,6 +332,7 @@ class _Unit:
     stream: bool = False
     viewers: int = 0
     idle_armed: bool = False
+    watch_me_open: bool = False  # the unit's watch_me alert is not resolved
     announced: list[str] = field(default_factory=list)
 
     def apply(self, effects: list[Effect]) -> None:
@@ -372,14 +389,17 @@ class _Unit:
             self.viewers -= 1
             view = _view(*[ANNA] * self.viewers) if self.stream else None
             self.apply(after_viewer_left(WE1, "op", "viewer_left", view=view, sees="name"))
+        elif event in ("alert_open", "alert_resolved"):
+            self.watch_me_open = event == "alert_open"
         elif event == "idle_timeout" and self.idle_armed:
             self.idle_armed = False
-            self.apply(on_idle_timeout(WE1, publishing=self.stream, viewers=self.viewers))
+            self.apply(on_idle_timeout(WE1, publishing=self.stream, viewers=self.viewers, basis=self.consent,
+                                       watch_me_open=self.watch_me_open))
 
 
 _EVENTS = st.sampled_from(["watch_me", "recording_stopped", "docked", "sos", "accepted", "policy",
                            "control_room_stop", "sweep", "publish", "camera_lost", "viewer_joined",
-                           "viewer_left", "idle_timeout"])
+                           "viewer_left", "idle_timeout", "alert_open", "alert_resolved"])
 
 
 @settings(max_examples=300, deadline=None)

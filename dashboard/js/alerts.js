@@ -3,10 +3,12 @@
 // someone acknowledges it or opens it. A new high or critical alert, and an escalation,
 // also sound a tone, unless this user muted it; muting is shown on screen all the while,
 // since a muted control room misses emergencies.
+// A watch_me or emergency alert offers "Watch now" to those who watch video (video.js).
 
 import { clear, fmtAgo, h, throttle } from "./dom.js";
 
 const MAX_SHOWN = 200;
+const WATCH_KINDS = new Set(["watch_me", "emergency"]);
 const KIND_NAMES = {
   battery_low: "Battery low", battery_critical: "Battery critical", storage_full: "Storage nearly full",
   gps_lost: "GPS lost", offline: "Offline", emergency: "EMERGENCY", recording: "Recording started",
@@ -31,7 +33,7 @@ function playTone(ctx) {
 }
 
 export class AlertsPanel {
-  constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog }) {
+  constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog, onWatch = null }) {
     this.root = root;
     this.list = root.querySelector(".alert-list");
     this.summary = root.querySelector(".alert-summary");
@@ -43,6 +45,7 @@ export class AlertsPanel {
     this.canHandle = canHandle;
     this.onLocate = onLocate;
     this.resolveDialog = resolveDialog;
+    this.onWatch = onWatch; // (alert, kind name) -> opens a tile; null: this role watches no video
     this.unseen = new Set();
     // Open alerts ticked for "Acknowledge selected" (one POST /alerts/acknowledge, one audit entry).
     this.selected = new Set();
@@ -214,7 +217,10 @@ export class AlertsPanel {
     handle ? h("div", { class: "alert-actions" },
       a.status === "open" ? h("button", { type: "button", class: "ack", onclick: () => this.act(a, "acknowledge") },
         "Acknowledge") : null,
-      h("button", { type: "button", class: "resolve", onclick: () => this.act(a, "resolve") }, "Resolve…")) : null);
+      h("button", { type: "button", class: "resolve", onclick: () => this.act(a, "resolve") }, "Resolve…"),
+      this.onWatch && WATCH_KINDS.has(a.kind) ? h("button", {
+        type: "button", class: "watch-now", onclick: () => this.onWatch(a, KIND_NAMES[a.kind] || a.kind),
+      }, "Watch now") : null) : null);
   }
 }
 

@@ -225,7 +225,7 @@ async function setUpMap(ctx) {
   };
   ctx.locate = locate;
   const reasonDialog = $("#reason-dialog");
-  ctx.video = WATCHES_VIDEO.has(role) ? new VideoTiles({ root: $("#video-tiles"), api, store, reasonDialog }) : null;
+  ctx.video = WATCHES_VIDEO.has(role) ? new VideoTiles({ root: $("#video-tiles"), api, store, reasonDialog, mapArea: $("#map") }) : null;
   const incidentsOn = role === "firearms_commander" || role === "operator";
   show($("#incident-panel"), incidentsOn);
   if (role === "firearms_commander") $("#side").prepend($("#incident-panel"));
@@ -247,6 +247,7 @@ async function setUpMap(ctx) {
   ctx.alerts = new AlertsPanel({
     root: $("#alerts-panel"), badge: $("#alert-count"), banner: $("#emergency-banner"), store, api,
     canHandle: HANDLES_ALERTS.has(role), onLocate: locate, resolveDialog: new ResolveDialog($("#resolve-dialog")),
+    onWatch: ctx.video ? (alert, kindName) => ctx.video.watchAlert(alert, kindName) : null,
   });
   probe.measureFrames = (ms, options) => measureFrames(map, ms, options);
 }

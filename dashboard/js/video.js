@@ -5,6 +5,10 @@
 //   then WHEP (RFC 9725): POST /api/v1/whep/{id} with our SDP offer -> 201, the answer and a
 //   Location; DELETE that Location to stop watching.
 // aiortc (the relay) does not trickle ICE, so the offer is sent once gathering is complete.
+// "Watch now" on a watch_me or emergency alert is the same request with the reason prefilled
+// from the alert: when the officer asked to be watched (watch_me), the consent of their ask
+// covers the request and it is accepted at once, the camera not asked again; otherwise
+// (an emergency grants no consent) the camera is asked, and the tile waits for the officer.
 
 import { $, h } from "./dom.js";
 
@@ -12,6 +16,9 @@ const MAX_TILES = 6;
 const POLL_MS = 1500;
 const REQUEST_TIMEOUT_MS = 90000;
 const GATHER_TIMEOUT_MS = 3000;
+// A declined or ended tile says so this long, then clears itself.
+const CLEAR_AFTER_MS = 5000;
+const REASON_MAX = 200;
 
 function requestId(r) {
   return r.request_id || r.id;
@@ -23,8 +30,9 @@ function headerSafe(text) {
 }
 
 export class VideoTiles {
-  constructor({ root, api, store, reasonDialog }) {
+  constructor({ root, api, store, reasonDialog, mapArea }) {
     this.root = root;
+    this.mapArea = mapArea; // an enlarged tile covers it
     this.api = api;
     this.store = store;
     this.reasonDialog = reasonDialog;
@@ -32,26 +40,37 @@ export class VideoTiles {
     store.subscribe((kind, changed) => {
       for (const u of changed) if (this.tiles.has(u.device_id)) this.drawWatchers(this.tiles.get(u.device_id));
     });
+    // An enlarged tile follows the map area as the window changes.
+    new ResizeObserver(() => this.fitEnlarged()).observe(mapArea);
   }
 
-  async askReason(unit) {
+  async askReason(unit, prefill = "") {
     const d = this.reasonDialog;
     $(".what", d).textContent = `Live view of ${unit.callsign || unit.device_id}${unit.officer ? ` (${unit.officer})` : ""}`;
     const input = $("textarea", d);
-    input.value = "";
+    input.value = prefill.slice(0, REASON_MAX);
     d.showModal();
     return new Promise((resolve) => {
       d.addEventListener("close", () => resolve(d.returnValue === "ok" ? input.value.trim() : null), { once: true });
     });
   }
 
-  async request(unit) {
-    if (this.tiles.has(unit.device_id)) return;
+  // "Watch now" from an alert: the reason is prefilled with the alert, and editable.
+  watchAlert(alert, kindName) {
+    const unit = this.store.units.get(alert.device_id) || { device_id: alert.device_id, callsign: alert.callsign };
+    return this.request(unit, `${kindName} alert: ${alert.detail}`);
+  }
+
+  async request(unit, prefill = "") {
+    const current = this.tiles.get(unit.device_id);
+    // A tile that is only saying how it ended makes way for a new one.
+    if (current && !current.clearing) return;
+    if (current) this.close(current);
     if (this.tiles.size >= MAX_TILES) {
       alertTile(this.root, `At most ${MAX_TILES} tiles at once: close one first.`);
       return;
     }
-    const reason = await this.askReason(unit);
+    const reason = await this.askReason(unit, prefill);
     if (!reason) return;
     const tile = this.addTile(unit, reason);
     try {
@@ -82,7 +101,8 @@ export class VideoTiles {
         break;
       case "stream_ended":
       case "consent_ended":
-        if (tile.status === "playing" || tile.status === "connecting") {
+        // (A peer connection that dropped first said "failed": the frame says why.)
+        if (tile.status === "playing" || tile.status === "connecting" || tile.status === "failed") {
           this.setStatus(tile, "ended", `The stream ended${frame.reason ? ` (${frame.reason.replaceAll("_", " ")})` : ""}.`);
           if (tile.pc) tile.pc.close();
         }
@@ -95,7 +115,7 @@ export class VideoTiles {
   onRequest(tile, req) {
     const status = req.status || tile.status;
     if (status === tile.status && status !== "pending") return;
-    if (status === "pending") this.setStatus(tile, "pending", "Waiting for the camera to accept…");
+    if (status === "pending") this.setStatus(tile, "pending", "Waiting for the officer to accept…");
     else if (status === "accepted") this.play(tile);
     else if (status === "declined") this.setStatus(tile, "declined", req.detail || "The officer declined live view.");
     else if (status === "expired") this.setStatus(tile, "declined", "The camera did not answer in time.");
@@ -179,6 +199,8 @@ export class VideoTiles {
       h("figcaption", {},
         h("strong", {}, unit.callsign || unit.device_id),
         tile.statusEl,
+        h("button", { type: "button", class: "enlarge", title: "Enlarge to the map area",
+                      onclick: () => this.enlarge(tile, !tile.el.classList.contains("enlarged")) }, "⤢"),
         h("button", { type: "button", class: "close", title: "Stop watching", onclick: () => this.close(tile) }, "✕")),
       video,
       h("div", { class: "tile-foot" }, h("span", { class: "muted" }, `Reason: ${reason}`), tile.watchersEl));
@@ -190,9 +212,41 @@ export class VideoTiles {
   }
 
   setStatus(tile, status, text) {
+    if (tile.status === "closed") return;
     tile.status = status;
     tile.el.dataset.status = status;
     tile.statusEl.textContent = text;
+    // Declined or ended: it says so, then clears itself (closing what is left of it).
+    if ((status === "declined" || status === "ended") && !tile.clearing) {
+      tile.clearing = setTimeout(() => {
+        if (this.tiles.get(tile.deviceId) === tile) this.close(tile);
+      }, CLEAR_AFTER_MS);
+    }
+  }
+
+  // Enlarged, a tile covers the map area exactly (fixed over it, following its size); a
+  // second click puts it back among the tiles.
+  enlarge(tile, on) {
+    for (const other of this.tiles.values()) {
+      if (other !== tile || !on) this.unfit(other);
+    }
+    if (on) {
+      tile.el.classList.add("enlarged");
+      this.fitEnlarged();
+    }
+  }
+
+  unfit(tile) {
+    tile.el.classList.remove("enlarged");
+    for (const side of ["top", "left", "width", "height"]) tile.el.style.removeProperty(side);
+  }
+
+  fitEnlarged() {
+    const r = this.mapArea.getBoundingClientRect();
+    for (const tile of this.tiles.values()) {
+      if (!tile.el.classList.contains("enlarged")) continue;
+      Object.assign(tile.el.style, { top: `${r.top}px`, left: `${r.left}px`, width: `${r.width}px`, height: `${r.height}px` });
+    }
   }
 
   drawWatchers(tile) {
@@ -210,7 +264,8 @@ export class VideoTiles {
   // as "connection_lost", and the DELETE finds nothing (404); the record must say the viewer
   // stopped it ("viewer_stopped").
   async close(tile) {
-    this.tiles.delete(tile.deviceId);
+    clearTimeout(tile.clearing);
+    if (this.tiles.get(tile.deviceId) === tile) this.tiles.delete(tile.deviceId);
     tile.el.remove();
     if (!this.tiles.size) this.root.classList.add("hidden");
     tile.status = "closed"; // a stream_ended frame or state change from now on is ours

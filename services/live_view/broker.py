@@ -19,7 +19,7 @@ import paho.mqtt.client as paho
 from core.commands import command
 from core.contract import TOPIC_ROOT, Channel, topic_for
 from core.mqtt import BrokerAddress, BufferedClient, LoopHandover, new_client
-from services.live_view.workflow import Announce, SendCommand, announcement
+from services.live_view.effects import Announce, SendCommand, announcement
 
 __all__ = ["LIVE_VIEW_TOPIC", "LiveViewBroker"]
 

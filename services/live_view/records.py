@@ -17,20 +17,19 @@ import psycopg
 from services import audit, viewings
 from services.accounts import Principal
 from services.consent import Basis, CoverRule, Denied, UnitFacts, covering_rule, may_watch, plan_request, viewer_covered
+from services.live_view.effects import Audit
+from services.live_view.viewers import ViewCheck, check_viewing
 from services.live_view.workflow import (
-    Audit,
     EndConsent,
     GrantConsent,
     IgnoreEvent,
     ReplyAnswer,
-    ViewCheck,
     audit_consent_ended,
     audit_covered,
     audit_publisher_ended,
     audit_request_answered,
     audit_sweep,
     change_for_event,
-    check_viewing,
     covered_detail,
 )
 
@@ -290,3 +289,13 @@ def end_viewing(conn: psycopg.Connection, *, session_id: str, username: str, dev
         if cause is not None and cause != reason:
             details["stream_end_reason"] = cause
         audit.record(conn, actor=username, action="viewing_ended", device_id=device_id, details=details)
+
+
+def idle_facts(conn: psycopg.Connection, device_id: str) -> tuple[Basis | None, bool]:
+    """What the idle timeout needs (:func:`viewers.on_idle_timeout`): the basis of the consent
+    in force, and whether the unit has a ``watch_me`` alert not yet resolved (open or
+    acknowledged)."""
+    consent = viewings.active_consent(conn, device_id)
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM alerts WHERE device_id = %s AND kind = 'watch_me'"
+                       " AND status <> 'resolved')", (device_id,)).fetchone()
+    return (Basis(consent["basis"]) if consent is not None else None), bool(row and row[0])

@@ -19,9 +19,9 @@
   the maximum length).
 
 This class is the adapter: the decisions are pure functions in
-:mod:`services.live_view.workflow` (and :mod:`services.consent`) that return effects as data,
-which :meth:`LiveView._apply` performs; the transactions are in
-:mod:`services.live_view.records`.
+:mod:`services.live_view.workflow`, :mod:`services.live_view.viewers` (and
+:mod:`services.consent`) that return effects as data, which :meth:`LiveView._apply`
+performs; the transactions are in :mod:`services.live_view.records`.
 
 State lives in PostgreSQL (:mod:`services.viewings`), so any process answers questions
 about requests, consent and viewers. Media does not: a camera's WHIP session and its
@@ -70,17 +70,20 @@ from services.errors import (
 )
 from services.live_view import records
 from services.live_view.broker import LIVE_VIEW_TOPIC, LiveViewBroker
-from services.live_view.workflow import (
-    Announce,
-    ArmIdle,
-    CancelIdle,
-    CloseStream,
-    Effect,
-    IgnoreEvent,
-    SendCommand,
+from services.live_view.effects import Announce, ArmIdle, CancelIdle, CloseStream, Effect, SendCommand
+from services.live_view.viewers import (
     ViewCheck,
     Watcher,
     WearerView,
+    after_viewer_joined,
+    after_viewer_left,
+    on_idle_timeout,
+    viewer_end_reason,
+    viewing_end_for_stream,
+    viewing_over,
+)
+from services.live_view.workflow import (
+    IgnoreEvent,
     after_change,
     after_consent_ended,
     after_consent_started,
@@ -89,13 +92,7 @@ from services.live_view.workflow import (
     after_request_answered,
     after_stream_started,
     after_sweep,
-    after_viewer_joined,
-    after_viewer_left,
-    on_idle_timeout,
     reply_answer,
-    viewer_end_reason,
-    viewing_end_for_stream,
-    viewing_over,
 )
 from services.registry import verify_device_secret
 from services.sessions import TokenVersions
@@ -172,6 +169,7 @@ class LiveView:
         self._slots = ViewerSlots(ViewerCaps(per_user=settings.live_view_max_sessions_per_user,
                                              per_camera=settings.live_view_max_viewers_per_camera,
                                              per_process=settings.live_view_max_viewers))
+        self.idle_held = 0  # idle timeouts that kept a stream for its officer's open watch_me alert
         self.events_ignored: Counter[str] = Counter()  # watch_me events that granted nothing, by why
 
     @property
@@ -615,5 +613,11 @@ class LiveView:
     async def _idle_stop(self, device_id: str) -> None:
         self._idle.pop(device_id, None)
         publishing = device_id in self._publishers
-        await self._apply(on_idle_timeout(device_id, publishing=publishing,
-                                          viewers=self.relay.viewer_count(device_id) if publishing else 0))
+        viewers = self.relay.viewer_count(device_id) if publishing else 0
+        basis, watch_me_open = (await self._db(lambda conn: records.idle_facts(conn, device_id))
+                                if publishing and viewers == 0 else (None, False))
+        effects = on_idle_timeout(device_id, publishing=publishing, viewers=viewers, basis=basis,
+                                  watch_me_open=watch_me_open)
+        if any(isinstance(e, ArmIdle) for e in effects):
+            self.idle_held += 1  # kept for its officer's open watch_me alert
+        await self._apply(effects)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["Alert", "AlertPage", "DeviceIn", "DevicePage", "DeviceEvent", "FleetSummary", "HealthBucket",
            "NotSeen", "ResolveIn", "TokenIn", "TokenOut", "TrackPoint", "Unit"]
@@ -123,6 +123,8 @@ class Alert(_Out):
     resolved_by: str | None = None
     outcome: str | None = None
     note: str | None = None
+    escalated_at: datetime | None = None
+    escalation_level: int = 0
     borough: str | None = None
     callsign: str | None = None
     role: str | None = None
@@ -138,6 +140,27 @@ class ResolveIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     outcome: Literal["resolved", "false_alarm"]
     note: str | None = Field(default=None, max_length=2000)
+
+
+class BulkAcknowledgeIn(BaseModel):
+    """A selection (``ids``) or a filter; given together, an alert must match all of them.
+    At least one is required: acknowledging everything in one's area is not a default."""
+    model_config = ConfigDict(extra="forbid")
+    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] | None = Field(default=None, min_length=1, max_length=1000)
+    kind: str | None = Field(default=None, min_length=1, max_length=64)
+    severity: Literal["critical", "high", "warning", "info"] | None = None
+    borough: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _something_chosen(self) -> BulkAcknowledgeIn:
+        if self.ids is None and self.kind is None and self.severity is None and self.borough is None:
+            raise ValueError("give ids, or a filter (kind, severity, borough)")
+        return self
+
+
+class BulkAcknowledged(_Out):
+    count: int
+    items: list[Alert]
 
 
 class TokenIn(BaseModel):

@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     # Ingest reads the alert policy again when the API announces a change, and at least this
     # often in case an announcement was missed.
     alert_policy_refresh_s: float = Field(default=30.0, ge=1, le=3600)
+    # A high or critical alert of one of these kinds still open (not acknowledged) this many
+    # seconds after it was raised escalates to the supervisors (docs/operations.md). A kind
+    # not listed never escalates. JSON in the environment: {"emergency": 30, ...}.
+    alert_escalate_after_s: dict[str, float] = Field(
+        default_factory=lambda: {"emergency": 30.0, "assigned_not_recording": 60.0})
+    # Geofence without flapping: a unit enters (leaves) an incident's area once its fixes have
+    # put it more than the margin inside (outside) for the dwell time; a fix less accurate
+    # than the margin is ignored.
+    alert_geofence_margin_m: float = Field(default=25.0, ge=0, le=1000)
+    alert_geofence_dwell_s: float = Field(default=15.0, ge=0, le=3600)
 
     # API and live feed
     api_host: str = "127.0.0.1"

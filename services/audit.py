@@ -57,7 +57,7 @@ ACTIONS = frozenset({
     "live_view_ended",
     "viewing_started", "viewing_ended", "viewing_refused",
     "oidc_sign_in",
-    "alert_acknowledged", "alert_resolved", "alert_policy_changed",
+    "alert_acknowledged", "alerts_acknowledged", "alert_resolved", "alert_policy_changed",
     "device_track_read", "device_events_read", "device_health_read",
     "incident_created", "incident_unit_assigned", "incident_unit_unassigned", "incident_closed",
     "export",

@@ -12,8 +12,8 @@ it is assigned to an open incident; the SQL here only finds the units and writes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,12 +24,25 @@ from core.contract import Event, EventType, Telemetry
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.store import Batch
 
-__all__ = ["AlertRules", "STATE_RULES", "evaluate_batch", "evaluate_incidents", "sweep_offline"]
+__all__ = ["ESCALATED_TO", "STATE_RULES", "AlertRules", "Geofence", "evaluate_batch", "evaluate_incidents",
+           "sweep_escalations", "sweep_offline"]
 
 _COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
-            "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note")
+            "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note", "escalated_at", "escalation_level")
 _RETURNING = "RETURNING " + ", ".join(_COLUMNS)
 _RETURNING_A = "RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS)
+
+
+@dataclass(frozen=True)
+class Geofence:
+    """Against flapping on an incident's boundary: a unit enters when every accurate fix for
+    ``dwell_s`` (by the fixes' own times) puts it more than ``margin_m`` inside the circle,
+    and leaves when every one for as long puts it more than ``margin_m`` outside; a fix less
+    accurate than the margin says nothing either way. Leaving the incident's borough, or the
+    incident closing, is a leave at once."""
+
+    margin_m: float = 25.0
+    dwell_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,9 @@ class AlertRules:
     storage_warn_pct: float = 90.0
     gps_lost_after_s: int = 120
     offline_after_s: int = 120
+    # kind: seconds an open high or critical alert waits for acknowledgement before it escalates
+    escalate_after_s: Mapping[str, float] = field(default_factory=dict)
+    geofence: Geofence = field(default_factory=Geofence)
 
     def params(self) -> dict[str, Any]:
         return {"battery_warn": self.battery_warn_pct, "battery_critical": self.battery_critical_pct,
@@ -210,7 +226,7 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
     device_ids = sorted(newest.keys() | online.keys())
     if device_ids:
         changes += _apply_state_rules(conn, device_ids, newest, online, rules, policy)
-        changes += evaluate_incidents(conn, device_ids, policy)
+        changes += evaluate_incidents(conn, device_ids, policy, rules.geofence)
     return changes
 
 
@@ -226,9 +242,10 @@ _IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SEL
 
 
 def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
-                       policy: AlertPolicy) -> list[dict[str, Any]]:
-    """Geofence (a unit entering or leaving an open incident's area) and assigned firearms
-    units that are not recording. ``device_ids`` None: every unit (after an assignment)."""
+                       policy: AlertPolicy, geofence: Geofence) -> list[dict[str, Any]]:
+    """Geofence (a unit entering or leaving an open incident's area, with ``geofence``'s
+    margin and dwell) and assigned firearms units that are not recording. ``device_ids``
+    None: every unit (after an assignment or a closing)."""
     with conn.cursor(row_factory=dict_row) as cur:
         if device_ids is not None:  # a batch: nothing to do without an open incident
             cur.execute("SELECT EXISTS (SELECT 1 FROM incidents WHERE status = 'open')")
@@ -236,30 +253,73 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
             if not row or not row["exists"]:
                 return []
         scope = "true" if device_ids is None else "l.device_id = ANY(%(ids)s)"
-        params = {"ids": device_ids}
+        params = {"ids": device_ids, "margin": geofence.margin_m, "dwell": geofence.dwell_s}
         changes: list[dict[str, Any]] = []
-        # Left: was inside, now outside (with a fix) or moved to another borough, or the incident closed.
+        # Where each unit in scope stands towards each open incident, by its latest fix: clearly
+        # inside, clearly outside, or neither (in the margin's band, no fix, or a fix whose
+        # accuracy is worse than the margin: such a fix changes nothing). No accuracy given
+        # (never from a camera, whose contract requires it) counts as exact.
+        accurate = "l.gps_fix AND coalesce(l.accuracy_m, 0) <= %(margin)s"
+        sides = (f"SELECT i.id AS incident_id, l.device_id, l.ts,"
+                 f" ({accurate} AND {_DISTANCE_M} <= i.radius_m - %(margin)s AND {_IN_INCIDENT_AREA}) AS inside,"
+                 f" ({accurate} AND {_DISTANCE_M} > i.radius_m + %(margin)s) AS outside,"
+                 f" {_IN_INCIDENT_AREA} AS in_area, ({accurate}) AS accurate"
+                 f" FROM device_latest l JOIN devices d USING (device_id) JOIN incidents i ON i.status = 'open'"
+                 f" WHERE {scope}")
+        # Left at once: moved to another borough, or the incident closed.
         cur.execute(
             "DELETE FROM incident_presence p USING device_latest l, devices d, incidents i"
             f" WHERE p.device_id = l.device_id AND d.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
-            f" AND (i.status <> 'open' OR (l.gps_fix AND {_DISTANCE_M} > i.radius_m) OR NOT {_IN_INCIDENT_AREA})"
-            " RETURNING p.device_id", params)
-        left = sorted({r["device_id"] for r in cur.fetchall()})
+            f" AND (i.status <> 'open' OR NOT {_IN_INCIDENT_AREA}) RETURNING p.device_id", params)
+        left = {r["device_id"] for r in cur.fetchall()}
+        cur.execute("DELETE FROM geofence_pending g USING incidents i WHERE g.incident_id = i.id"
+                    " AND i.status <> 'open'")
+        # A crossing under way is cancelled by any accurate fix not clearly across (back in the
+        # margin's band is enough: a unit standing on the boundary, however its fixes jitter,
+        # never stays clearly across for the dwell time); one is started by a fix clearly
+        # across, since that fix's time.
+        cur.execute(
+            f"DELETE FROM geofence_pending g USING ({sides}) s WHERE g.incident_id = s.incident_id"
+            " AND g.device_id = s.device_id AND ((g.toward = 'inside'"
+            " AND (NOT s.in_area OR (s.accurate AND NOT s.inside)))"
+            " OR (g.toward = 'outside' AND s.accurate AND NOT s.outside))", params)
+        cur.execute(
+            "INSERT INTO geofence_pending (incident_id, device_id, toward, since)"
+            " SELECT s.incident_id, s.device_id, CASE WHEN s.inside THEN 'inside' ELSE 'outside' END, s.ts"
+            f" FROM ({sides}) s WHERE (s.inside AND NOT EXISTS (SELECT 1 FROM incident_presence p"
+            " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
+            " OR (s.outside AND EXISTS (SELECT 1 FROM incident_presence p"
+            " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
+            " ORDER BY s.incident_id, s.device_id ON CONFLICT DO NOTHING", params)
+        # Crossed: the unit has stayed across for the dwell time (by its fixes' times).
+        cur.execute(
+            "DELETE FROM geofence_pending g USING device_latest l"
+            f" WHERE g.device_id = l.device_id AND {scope} AND g.since <= l.ts - make_interval(secs => %(dwell)s)"
+            " RETURNING g.incident_id, g.device_id, g.toward, g.since", params)
+        crossed = cur.fetchall()
+        outward = [c for c in crossed if c["toward"] == "outside"]
+        if outward:
+            cur.execute("DELETE FROM incident_presence p USING unnest(%s::bigint[], %s::text[]) AS c(incident_id,"
+                        " device_id) WHERE p.incident_id = c.incident_id AND p.device_id = c.device_id"
+                        " RETURNING p.device_id",
+                        ([c["incident_id"] for c in outward], [c["device_id"] for c in outward]))
+            left |= {r["device_id"] for r in cur.fetchall()}
         if left:
             cur.execute("UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
                         " resolved_by = 'system' WHERE a.kind = 'geofence' AND a.status <> 'resolved'"
                         " AND a.device_id = ANY(%s) AND NOT EXISTS (SELECT 1 FROM incident_presence p"
-                        f" WHERE p.device_id = a.device_id) {_RETURNING_A}", (left,))
+                        f" WHERE p.device_id = a.device_id) {_RETURNING_A}", (sorted(left),))
             changes += cur.fetchall()
-        # Entered: inside now, not before.
-        cur.execute(
-            "INSERT INTO incident_presence (incident_id, device_id, entered_at)"
-            " SELECT i.id, l.device_id, l.ts FROM device_latest l JOIN devices d USING (device_id)"
-            " JOIN incidents i ON i.status = 'open'"
-            f" WHERE {scope} AND l.gps_fix AND {_DISTANCE_M} <= i.radius_m AND {_IN_INCIDENT_AREA}"
-            " ORDER BY i.id, l.device_id"
-            " ON CONFLICT DO NOTHING RETURNING incident_id, device_id", params)
-        entered = cur.fetchall()
+        inward = [c for c in crossed if c["toward"] == "inside"]
+        entered: list[dict[str, Any]] = []
+        if inward:
+            cur.execute(
+                "INSERT INTO incident_presence (incident_id, device_id, entered_at)"
+                " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[])"
+                " ON CONFLICT DO NOTHING RETURNING incident_id, device_id",
+                ([c["incident_id"] for c in inward], [c["device_id"] for c in inward],
+                 [c["since"] for c in inward]))
+            entered = sorted(cur.fetchall(), key=lambda e: (e["incident_id"], e["device_id"]))
         if entered:
             cur.execute(
                 f"SELECT d.device_id, {_PROFILE}, 'entered the area of incident ' || i.id::text || ': ' || i.title"
@@ -299,3 +359,36 @@ def sweep_offline(conn: psycopg.Connection, rules: AlertRules, policy: AlertPoli
             " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.kind = 'offline'"
             " AND a.status <> 'resolved')", params)
         return _raise(cur, "offline", cur.fetchall(), policy)
+
+
+#: Who an escalated alert goes to: the role that supervises a control room's operators
+#: (docs/security.md, "Supervisors").
+ESCALATED_TO = "firearms_commander"
+
+
+def sweep_escalations(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:
+    """Escalate the high and critical alerts still open (not acknowledged) past their kind's
+    deadline, and record it on each alert's history. The UPDATE's ``escalated_at IS NULL``
+    is re-checked under the row lock, so of several workers sweeping at once exactly one
+    escalates an alert (the others' UPDATE finds it already escalated and returns nothing).
+    Returns the alerts escalated, each with ``escalated_to``."""
+    if not rules.escalate_after_s:
+        return []
+    kinds = sorted(rules.escalate_after_s)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "UPDATE alerts a SET escalated_at = now(), escalation_level = a.escalation_level + 1"
+            " FROM unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s)"
+            " WHERE a.kind = k.kind AND a.status = 'open' AND a.escalated_at IS NULL"
+            " AND a.severity IN ('high', 'critical') AND a.raised_at <= now() - make_interval(secs => k.after_s)"
+            f" {_RETURNING_A}",
+            {"kinds": kinds, "after": [float(rules.escalate_after_s[k]) for k in kinds]})
+        escalated = cur.fetchall()
+        if escalated:
+            cur.execute(
+                "INSERT INTO alert_history (alert_id, at, action, actor, detail)"
+                " SELECT id, at, 'escalated', 'system', 'not acknowledged in time: escalated to ' || %(to)s"
+                " FROM unnest(%(ids)s::bigint[], %(ats)s::timestamptz[]) AS e(id, at)",
+                {"ids": [a["id"] for a in escalated], "ats": [a["escalated_at"] for a in escalated],
+                 "to": ESCALATED_TO})
+    return [{**a, "escalated_to": ESCALATED_TO} for a in escalated]

@@ -38,7 +38,7 @@ from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, TOPIC_ROOT
 from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
 from core.settings import Settings
-from telemetry.alerts import AlertRules
+from telemetry.alerts import AlertRules, Geofence
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
 from telemetry.ingest_stats import IngestStats
 from telemetry.rejection_sampler import RejectionSampler
@@ -97,6 +97,8 @@ class IngestWorker:
             storage_warn_pct=settings.alert_storage_warn_pct,
             gps_lost_after_s=settings.alert_gps_lost_after_s,
             offline_after_s=settings.alert_offline_after_s,
+            escalate_after_s=dict(settings.alert_escalate_after_s),
+            geofence=Geofence(margin_m=settings.alert_geofence_margin_m, dwell_s=settings.alert_geofence_dwell_s),
         )
         self._limits = PayloadLimits(
             max_payload_bytes=settings.max_payload_bytes,

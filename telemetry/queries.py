@@ -18,6 +18,7 @@ __all__ = [
     "DeviceFilter",
     "UNIT_COLUMNS",
     "acknowledge_alert",
+    "acknowledge_alerts",
     "device_events",
     "device_health",
     "fleet_summary",
@@ -174,7 +175,8 @@ def fleet_summary(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, 
 
 
 _ALERT_COLUMNS = ("a.id, a.device_id, a.kind, a.severity, a.status, a.detail, a.raised_at, a.acknowledged_at,"
-                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, d.borough, d.callsign, d.role")
+                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, a.escalated_at,"
+                  " a.escalation_level, d.borough, d.callsign, d.role")
 
 
 def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,
@@ -214,6 +216,42 @@ def acknowledge_alert(conn: psycopg.Connection, alert_id: int, *, by: str,
         cur.execute("UPDATE alerts SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = %s"
                     " WHERE id = %s", (by, alert_id))
         return _get_alert(cur, alert_id, boroughs), True
+
+
+def acknowledge_alerts(conn: psycopg.Connection, *, by: str, boroughs: frozenset[str] | None,
+                       kinds: frozenset[str] | None, ids: list[int] | None, kind: str | None,
+                       severity: str | None, borough: str | None) -> list[Row]:
+    """Acknowledge, at once, the open alerts of units in ``boroughs`` (None: all) that match
+    every criterion given (``ids``, ``kind``, ``severity``, ``borough``), and record it on
+    each alert's history. The area is a clause of the same UPDATE, so a filter or an id of
+    another area's alert matches nothing there. Returns the alerts acknowledged."""
+    params: dict[str, Any] = {"by": by}
+    clauses = ["a.status = 'open'", _area(boroughs, params)]
+    if kinds is not None:
+        clauses.append("a.kind = ANY(%(kinds)s)")
+        params["kinds"] = sorted(kinds)
+    if ids is not None:
+        clauses.append("a.id = ANY(%(ids)s)")
+        params["ids"] = ids
+    if kind is not None:
+        clauses.append("a.kind = %(kind)s")
+        params["kind"] = kind
+    if severity is not None:
+        clauses.append("a.severity = %(severity)s")
+        params["severity"] = severity
+    if borough is not None:
+        clauses.append("d.borough = %(borough)s")
+        params["borough"] = borough
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("UPDATE alerts a SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = %(by)s"
+                    f" FROM devices d WHERE d.device_id = a.device_id AND {' AND '.join(clauses)}"
+                    f" RETURNING {_ALERT_COLUMNS}", params)
+        acknowledged = cur.fetchall()
+        if acknowledged:
+            cur.execute("INSERT INTO alert_history (alert_id, at, action, actor, detail)"
+                        " SELECT id, now(), 'acknowledged', %s, 'acknowledged in bulk' FROM unnest(%s::bigint[]) AS id",
+                        (by, [a["id"] for a in acknowledged]))
+    return sorted(acknowledged, key=lambda a: a["id"])
 
 
 def resolve_alert(conn: psycopg.Connection, alert_id: int, *, by: str, outcome: str, note: str | None,

@@ -16,7 +16,7 @@ import psycopg
 from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
-from telemetry.alerts import AlertRules, evaluate_batch, sweep_offline
+from telemetry.alerts import AlertRules, evaluate_batch, sweep_escalations, sweep_offline
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
 from telemetry.retention import delete_expired, record_retention
@@ -82,13 +82,14 @@ class BatchWriter:
             self._conn.close()
 
     def sweep(self) -> list[dict[str, object]]:
-        """Raise offline alerts (none when the database is away: the next sweep does it)."""
+        """Raise offline alerts and escalate unacknowledged ones (none when the database is
+        away: the next sweep does it)."""
         try:
             conn = self._connection()
             with conn.transaction():
-                return sweep_offline(conn, self._rules, self.policy)
+                return sweep_offline(conn, self._rules, self.policy) + sweep_escalations(conn, self._rules)
         except psycopg.Error as error:
-            log.warning("offline sweep failed: %s", error)
+            log.warning("alert sweep failed: %s", error)
             return []
 
     def write_summaries(self, summaries: list[RejectedMessage]) -> None:

@@ -177,6 +177,9 @@ CASES: list[Case] = [
     case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
     case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),
     case("POST", "/api/v1/alerts/{alert_id}/acknowledge", HANDLES, {200}, prepare=_fresh_alert),
+    # Area-scoped inside: another area's ids are ignored, not refused (test_areas.py).
+    case("POST", "/api/v1/alerts/acknowledge", HANDLES, {200}, area_scoped=False, prepare=_fresh_alert,
+         body=lambda p, b: {"ids": [p["alert_id"]]}),
     case("POST", "/api/v1/alerts/{alert_id}/resolve", HANDLES, {200}, prepare=_fresh_alert,
          body=lambda p, b: {"outcome": "false_alarm", "note": "matrix"}),
     case("GET", "/api/v1/incidents", HANDLES, {200}, area_scoped=False),

@@ -4,15 +4,22 @@ system when the condition clears, and published for the API processes."""
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import threading
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import paho.mqtt.client as paho
 
-from core.contract import ALERTS_TOPIC, Channel, topic_for
+from core.contract import ALERTS_TOPIC, Channel, Telemetry, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
+from telemetry.alerts import AlertRules, Geofence
+from telemetry.ingest_stats import IngestStats
+from telemetry.store import Batch
+from telemetry.writer import BatchWriter
 from tests.helpers.broker import connect_and_wait, subscribe_and_wait
 from tests.helpers.db import Database
 from tests.helpers.telemetry import (
@@ -185,3 +192,93 @@ def test_two_workers_raise_one_alert(pg: Database, mosquitto: MosquittoProcess) 
         wait_for(lambda: a.stats.stored_telemetry + b.stats.stored_telemetry == 199, what="all stored")
         assert a.stats.received > 0 and b.stats.received > 0
     assert sorted((x[1], x[3]) for x in _alerts(pg)) == [("battery_critical", "open"), ("battery_low", "open")]
+
+
+_ESCALATE_AFTER_S = 2.0
+_SWEEP_EVERY_S = 5.0  # telemetry.ingest's sweep period
+_SLACK_S = 2.0
+
+
+def test_an_unacknowledged_emergency_escalates_once_an_acknowledged_one_never(
+        pg: Database, mosquitto: MosquittoProcess) -> None:
+    """With two workers sweeping, an emergency left open escalates exactly once (one history
+    row, one escalation on the feed) within its deadline plus a sweep period; an emergency
+    acknowledged in time never escalates, proved by the escalation of the later one."""
+    _register(pg)
+    feed = AlertFeed(mosquitto.url)
+    settings = {"alert_escalate_after_s": {"emergency": _ESCALATE_AFTER_S}}
+    try:
+        with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings(**settings)), \
+                running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings(**settings)):
+            publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "emergency"))])
+            wait_for(lambda: ("cam-f", "emergency", "open") in feed.kinds(), what="first emergency")
+            with pg.connect() as conn:
+                acked = conn.execute("SELECT id FROM alerts WHERE device_id = 'cam-f'").fetchone()
+                assert acked is not None
+                alert, changed = queries.acknowledge_alert(conn, acked[0], by="op", boroughs=None)
+                assert changed and alert is not None and alert["escalated_at"] is None
+            publish_all(mosquitto.url, [(topic_for("cam-r", Channel.EVENTS), event_payload(1, "emergency"))])
+
+            def escalations() -> list[dict[str, object]]:
+                with feed._lock:
+                    return [a for a in feed.received if a.get("escalated_at") is not None]
+
+            wait_for(lambda: escalations(), timeout=_ESCALATE_AFTER_S + _SWEEP_EVERY_S + 10, what="escalation")
+            [sent] = escalations()
+            assert (sent["device_id"], sent["escalation_level"], sent["escalated_to"]) == \
+                ("cam-r", 1, "firearms_commander")
+    finally:
+        feed.close()
+    with pg.connect() as conn:
+        rows = conn.execute("SELECT device_id, status, escalation_level, escalated_at - raised_at FROM alerts"
+                            " ORDER BY device_id").fetchall()
+        history = conn.execute("SELECT a.device_id, h.action, h.actor FROM alert_history h"
+                               " JOIN alerts a ON a.id = h.alert_id").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("cam-f", "acknowledged", 0), ("cam-r", "open", 1)]
+    assert rows[0][3] is None
+    assert rows[1][3].total_seconds() <= _ESCALATE_AFTER_S + _SWEEP_EVERY_S + _SLACK_S
+    assert history == [("cam-r", "escalated", "system")]
+    assert [a["device_id"] for a in feed.received if a.get("escalated_at")] == ["cam-r"]
+
+
+def test_geofence_jitter_on_the_boundary_enters_once_and_leaves_once(pg: Database) -> None:
+    """A unit approaches an incident's 300 m circle, stands on its boundary with 20 m GPS
+    noise (seeded), goes well inside (with some inaccurate fixes far outside in between),
+    stands on the boundary again and goes away: replayed fix by fix through ingest's writer
+    on the real database, it enters exactly once, while well inside, and leaves exactly once,
+    once away. The same replay with no margin and no dwell flaps, so the replay does test it."""
+    _register(pg)
+    with pg.connect() as conn:
+        incidents.create(conn, title="boundary", lat=51.5, lon=-0.12, radius_m=300, borough=None, by="afo-cmd")
+    noise = random.Random(15)
+    start = hours_ago(1)
+    fixes: list[tuple[str, float, float, float]] = []  # (phase, metres north, metres east, accuracy)
+    for phase, north, count in (("away", 600.0, 60), ("edge", 300.0, 180), ("inside", 100.0, 60),
+                                ("edge", 300.0, 180), ("away", 600.0, 60)):
+        for i in range(count):
+            if phase == "inside" and i % 10 == 5:  # a reflection: far off, and says so
+                fixes.append((phase, 700.0, 0.0, 80.0))
+            else:
+                fixes.append((phase, north + noise.gauss(0, 20), noise.gauss(0, 20), 8.0))
+
+    def replay(device_id: str, geofence: Geofence) -> list[tuple[str, str]]:
+        writer = BatchWriter(settings=make_settings(), database_url=pg.url, rules=AlertRules(geofence=geofence),
+                             stats=IngestStats(), stopping=threading.Event(), clock=lambda: datetime.now(timezone.utc))
+        writer.open()
+        crossings: list[tuple[str, str]] = []
+        try:
+            for seq, (phase, north, east, accuracy) in enumerate(fixes, start=1):
+                ts = start + timedelta(seconds=seq)
+                report = orjson.loads(telemetry_payload(seq, ts=ts, lat=51.5 + north / 111320.0,
+                                                        lon=-0.12 + east / (111320.0 * math.cos(math.radians(51.5)))))
+                report["gps"]["accuracy_m"] = accuracy
+                batch = Batch(telemetry=[(device_id, ts, Telemetry.model_validate_json(orjson.dumps(report)))])
+                crossings += [(phase, str(a["status"])) for a in writer.write(batch)
+                              if a["kind"] == "geofence" and a["device_id"] == device_id]
+        finally:
+            writer.close()
+        return crossings
+
+    assert replay("cam-r", Geofence(margin_m=25, dwell_s=15)) == [("inside", "open"), ("away", "resolved")]
+    flapping = replay("cam-f", Geofence(margin_m=10, dwell_s=0))  # a margin only the accuracy needs
+    assert len(flapping) > 4, "the replay does not jitter across the boundary"

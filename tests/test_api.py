@@ -47,7 +47,7 @@ def api(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Api]:
     with pg.connect() as conn:
         add_test_users(conn)
         upsert_devices(conn, DEVICES)
-    settings = make_settings(live_rate_hz=10.0)
+    settings = make_settings(live_rate_hz=10.0, alert_geofence_dwell_s=0)  # geofence dwell: test_alerts.py
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker, \
             running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
         api = Api(server.base, mosquitto.url, pg, worker, server.app)

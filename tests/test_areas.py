@@ -159,7 +159,7 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
     stored); the incident it may draw raises geofence alerts for Westminster's units inside
     its circle only, not for a Camden unit standing next to them."""
     from telemetry.alert_policy_store import load_policy
-    from telemetry.alerts import evaluate_incidents
+    from telemetry.alerts import Geofence, evaluate_incidents
 
     db, base = world
     _register(db, DeviceRecord("ar-geo-we", None, None, "Westminster", "response"),
@@ -175,7 +175,7 @@ def test_an_incident_circle_is_bounded_and_alerts_only_its_area(world: tuple[Dat
         assert op.post("/api/v1/incidents", json={**body, "radius_m": 300}).status_code == 201
     with db.connect() as conn:
         assert _row(db, "SELECT count(*) FROM incidents WHERE radius_m > 2000", ()) == (0,)
-        evaluate_incidents(conn, ["ar-geo-we", "ar-geo-ca"], load_policy(conn))
+        evaluate_incidents(conn, ["ar-geo-we", "ar-geo-ca"], load_policy(conn), Geofence(dwell_s=0))
     geofenced = _row(db, "SELECT array_agg(device_id ORDER BY device_id) FROM alerts WHERE kind = 'geofence'"
                          " AND device_id LIKE 'ar-geo-%%'", ())
     assert geofenced == (["ar-geo-we"],)
@@ -227,3 +227,44 @@ def test_the_force_areas_are_londons_boroughs_and_the_city() -> None:
     outlines = json.loads(resources.files("simulator").joinpath("london-boroughs.geojson").read_text())
     assert {f["properties"]["name"] for f in outlines["features"]} == LONDON_AREAS
     assert len(LONDON_AREAS) == 33
+
+
+def test_bulk_acknowledge_touches_only_the_callers_area(world: tuple[Database, str]) -> None:
+    """A Westminster operator's bulk acknowledge, by filter (a kind, a borough) or by a
+    selection holding Camden's ids, acknowledges only Westminster's open alerts: Camden's stay
+    open. Each call is one audit entry with its count; each alert's history records it; a
+    request that chooses nothing is refused."""
+    db, base = world
+    _register(db, DeviceRecord("bk-we-1", "WB1", "PC West", "Westminster", "response"),
+              DeviceRecord("bk-ca-1", "CB1", "PC Camden", "Camden", "response"))
+
+    def alert(device_id: str, kind: str, severity: str) -> int:
+        return int(_row(db, "INSERT INTO alerts (device_id, kind, severity, detail) VALUES (%s, %s, %s, 'bulk')"
+                        " RETURNING id", (device_id, kind, severity))[0])
+
+    west_sos, camden_sos = alert("bk-we-1", "emergency", "critical"), alert("bk-ca-1", "emergency", "critical")
+    west_low, camden_low = alert("bk-we-1", "battery_low", "warning"), alert("bk-ca-1", "battery_low", "warning")
+    camden_watch = alert("bk-ca-1", "watch_me", "high")
+    with client(base, "op-west") as op:
+        assert op.post("/api/v1/alerts/acknowledge", json={}).status_code == 422
+        by_kind = op.post("/api/v1/alerts/acknowledge", json={"kind": "emergency"}).json()
+        by_ids = op.post("/api/v1/alerts/acknowledge", json={"ids": [camden_low, west_low, camden_watch]}).json()
+        by_borough = op.post("/api/v1/alerts/acknowledge", json={"borough": "Camden"}).json()
+    assert west_sos in [a["id"] for a in by_kind["items"]]
+    assert {a["borough"] for a in by_kind["items"]} == {"Westminster"}
+    assert by_kind["count"] == len(by_kind["items"])
+    assert (by_ids["count"], [a["id"] for a in by_ids["items"]]) == (1, [west_low])
+    assert by_borough == {"count": 0, "items": []}
+    statuses = {i: _row(db, "SELECT status FROM alerts WHERE id = %s", (i,))[0]
+                for i in (west_sos, camden_sos, west_low, camden_low, camden_watch)}
+    assert statuses == {west_sos: "acknowledged", west_low: "acknowledged", camden_sos: "open",
+                        camden_low: "open", camden_watch: "open"}
+    with db.connect() as conn:
+        entries = conn.execute("SELECT actor, device_id, details FROM audit_log WHERE action = 'alerts_acknowledged'"
+                               " ORDER BY id").fetchall()
+        history = conn.execute("SELECT alert_id, action, actor FROM alert_history WHERE alert_id = ANY(%s)"
+                               " ORDER BY alert_id", ([west_sos, camden_sos, west_low, camden_low],)).fetchall()
+    assert [(e[0], e[1], e[2]["count"]) for e in entries[-3:]] == [
+        ("op-west", None, by_kind["count"]), ("op-west", None, 1), ("op-west", None, 0)]
+    assert entries[-2][2]["alert_ids"] == [west_low]
+    assert history == [(west_sos, "acknowledged", "op-west"), (west_low, "acknowledged", "op-west")]

@@ -91,7 +91,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
         add_user(conn, username="fleet-west", password=PASSWORD, role=Role.FLEET_MANAGER, areas=["Westminster"])
         upsert_devices(conn, [DeviceRecord(u.device_id, u.callsign, u.officer, u.borough.name, u.role)
                               for u in sim.units] + [SOS])
-    settings = make_settings(live_rate_hz=4.0)
+    settings = make_settings(live_rate_hz=4.0, alert_geofence_dwell_s=0)  # geofence dwell: test_alerts.py
     sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": 600}, daemon=True)
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker:
         port = free_port()
@@ -255,6 +255,58 @@ def test_live_alert_is_highlighted_then_acknowledged_and_resolved(stack: Stack, 
     row = stack.db.scalar("SELECT status || '|' || outcome || '|' || note FROM alerts WHERE id = %s", (alert_id,))
     assert row == "resolved|false_alarm|pressed by mistake, checked by radio"
     page.wait_for_selector("#emergency-banner.hidden", state="attached")
+
+
+def test_acknowledge_selected_and_the_escalated_look(stack: Stack, browser_page: Any) -> None:
+    """Two open alerts ticked and "Acknowledge selected" clicked are acknowledged in one act
+    (one audit entry, count 2), a third left unticked stays open; an escalated alert is
+    drawn apart ("Escalated to supervisor")."""
+    def alert(kind: str, severity: str, escalated: bool = False) -> int:
+        return int(stack.db.scalar(
+            "INSERT INTO alerts (device_id, kind, severity, detail, escalated_at, escalation_level)"
+            " VALUES (%s, %s, %s, 'dashboard bulk', CASE WHEN %s THEN now() END, CASE WHEN %s THEN 1 ELSE 0 END)"
+            " RETURNING id", (SOS.device_id, kind, severity, escalated, escalated)))
+
+    ticked = [alert("watch_me", "high"), alert("battery_low", "warning")]
+    escalated = alert("assigned_not_recording", "high", escalated=True)
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    for alert_id in ticked + [escalated]:
+        page.wait_for_selector(f".alert[data-alert-id='{alert_id}']", timeout=15_000)
+    page.wait_for_selector(f".alert.escalated[data-alert-id='{escalated}'] .escalation:has-text('Escalated')")
+    assert page.locator("button.ack-selected").is_disabled()
+    for alert_id in ticked:
+        page.locator(f".alert[data-alert-id='{alert_id}'] input.select").check()
+    page.wait_for_selector("button.ack-selected:has-text('(2)')")
+    shot(page, "alert-escalated-and-selected")
+    page.click("button.ack-selected")
+    for alert_id in ticked:
+        page.wait_for_selector(f".alert[data-alert-id='{alert_id}'].st-acknowledged")
+    statuses = [stack.db.scalar("SELECT status FROM alerts WHERE id = %s", (i,)) for i in ticked + [escalated]]
+    assert statuses == ["acknowledged", "acknowledged", "open"]
+    entry = stack.db.scalar("SELECT details FROM audit_log WHERE action = 'alerts_acknowledged'")
+    assert (entry["count"], sorted(entry["alert_ids"])) == (2, sorted(ticked))
+
+
+def test_new_high_alerts_sound_unless_the_user_muted_which_stays_on_screen(stack: Stack, browser_page: Any) -> None:
+    """A live emergency sounds a tone (counted on the sound button); muted, a later high alert
+    arrives (the sentinel) without one, the panel says "Sound MUTED" all the while, and the
+    mute is this user's: it survives a reload."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    button = page.locator("#alerts-panel button.sound")
+    assert button.inner_text() == "Sound on"
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(2, "emergency"))])
+    page.wait_for_selector("#alerts-panel button.sound[data-sounds='1']", timeout=15_000)
+    button.click()
+    page.wait_for_selector("#alerts-panel.sound-muted button.sound.muted:has-text('Sound MUTED')")
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(3, "watch_me"))])
+    page.wait_for_selector(".alert[data-kind=watch_me]", timeout=15_000)
+    assert button.get_attribute("data-sounds") == "1"
+    shot(page, "alert-sound-muted")
+    page.reload()
+    page.wait_for_selector("#alerts-panel button.sound.muted:has-text('Sound MUTED')", timeout=15_000)
 
 
 def test_api_restart_shows_disconnected_then_reconnects(stack: Stack, browser_page: Any) -> None:

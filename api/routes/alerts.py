@@ -1,4 +1,4 @@
-"""Alerts: list, acknowledge, resolve. Every change is published so that every API process
+"""Alerts: list, acknowledge (one, or many at once), resolve. Every change is published so that every API process
 pushes it to its live clients."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
-from api.models import Alert, AlertPage, ResolveIn
+from api.models import Alert, AlertPage, BulkAcknowledged, BulkAcknowledgeIn, ResolveIn
 from core.contract import ALERTS_TOPIC
 from services import audit
 from services.accounts import HANDLES_ALERTS, Principal, Role
@@ -44,6 +44,24 @@ def list_alerts(db: Db, who: AlertViewer,
     rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=kinds, borough=borough,
                                limit=limit, offset=offset)
     return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
+
+
+@router.post("/acknowledge", response_model=BulkAcknowledged, summary="Acknowledge a selection or a filter at once")
+def acknowledge_many(body: BulkAcknowledgeIn, request: Request, db: Db, who: AlertHandler) -> BulkAcknowledged:
+    """Only open alerts of units in the caller's areas are touched, whatever the ids or the
+    filter say (an id of another area's alert is ignored, as absent). One audit entry for
+    the act, with the count; each alert's history says it was acknowledged."""
+    alerts = queries.acknowledge_alerts(db, by=who.username, boroughs=who.areas, kinds=who.alert_kinds(),
+                                        ids=body.ids, kind=body.kind, severity=body.severity, borough=body.borough)
+    # No device: the act spans units; the entry names the alerts by id only, so an auditor
+    # of another area learns that it happened, not where.
+    audit.record(db, actor=who.username, action="alerts_acknowledged",
+                 details={"count": len(alerts), "alert_ids": [a["id"] for a in alerts],
+                          "filter": body.model_dump(exclude_none=True, exclude={"ids"})})
+    db.commit()
+    for alert in alerts:
+        _publish(request, alert)
+    return BulkAcknowledged(count=len(alerts), items=[Alert.model_validate(a) for a in alerts])
 
 
 @router.post("/{alert_id}/acknowledge", response_model=Alert,

@@ -21,7 +21,7 @@ from services.accounts import HANDLES_ALERTS, Principal, Role
 from services.errors import InvalidRequest, NotFound
 from telemetry import incidents, queries
 from telemetry.alert_policy_store import load_policy
-from telemetry.alerts import evaluate_incidents
+from telemetry.alerts import Geofence, evaluate_incidents
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 404: {"model": ErrorBody},
@@ -144,6 +144,11 @@ def detail(incident_id: IncidentId, db: Db, who: Commander) -> IncidentDetail:
     return _detail(db, incident_id, who)
 
 
+def _geofence(request: Request) -> Geofence:
+    settings = request.app.state.settings
+    return Geofence(margin_m=settings.alert_geofence_margin_m, dwell_s=settings.alert_geofence_dwell_s)
+
+
 @router.post("/{incident_id}/units", response_model=IncidentDetail, summary="Assign units")
 def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, who: Commander) -> IncidentDetail:
     incident = _detail(db, incident_id, who)
@@ -152,7 +157,7 @@ def assign(incident_id: IncidentId, body: AssignIn, request: Request, db: Db, wh
     # One entry per unit newly assigned, about that unit, so that an auditor of its borough sees it.
     for device_id in incidents.assign(db, incident_id, body.device_ids, by=who.username):
         _audit_unit(db, who, "incident_unit_assigned", incident, device_id)
-    changes = evaluate_incidents(db, body.device_ids, load_policy(db))
+    changes = evaluate_incidents(db, body.device_ids, load_policy(db), _geofence(request))
     db.commit()
     _publish(request, changes)
     return _detail(db, incident_id, who)
@@ -166,7 +171,7 @@ def unassign(incident_id: IncidentId, device_id: Annotated[str, Path(pattern=DEV
     if not incidents.unassign(db, incident_id, device_id):
         raise NotFound(f"{device_id} is not assigned to incident {incident_id}")
     _audit_unit(db, who, "incident_unit_unassigned", incident, device_id)
-    changes = evaluate_incidents(db, [device_id], load_policy(db))
+    changes = evaluate_incidents(db, [device_id], load_policy(db), _geofence(request))
     db.commit()
     _publish(request, changes)
     return _detail(db, incident_id, who)
@@ -179,7 +184,7 @@ def close(incident_id: IncidentId, request: Request, db: Db, who: Commander) -> 
         audit.record(db, actor=who.username, action="incident_closed",
                      details={"incident_id": incident_id, "title": incident.title,
                               "units": len(incident.units) + incident.units_outside_area})
-    changes = evaluate_incidents(db, None, load_policy(db))
+    changes = evaluate_incidents(db, None, load_policy(db), _geofence(request))
     db.commit()
     _publish(request, changes)
     return _detail(db, incident_id, who)

@@ -1,6 +1,8 @@
 // The alerts panel: open and acknowledged alerts, worst first. An alert that arrives live
 // is highlighted (a pulsing border, the count in the top bar, an emergency banner) until
-// someone acknowledges it or opens it; there is no sound, by design of the control room.
+// someone acknowledges it or opens it. A new high or critical alert, and an escalation,
+// also sound a tone, unless this user muted it; muting is shown on screen all the while,
+// since a muted control room misses emergencies.
 // A watch_me or emergency alert offers "Watch now" to those who watch video (video.js).
 
 import { clear, fmtAgo, h, throttle } from "./dom.js";
@@ -12,6 +14,23 @@ const KIND_NAMES = {
   gps_lost: "GPS lost", offline: "Offline", emergency: "EMERGENCY", recording: "Recording started",
   watch_me: "Watch me", geofence: "Entered incident area", assigned_not_recording: "Assigned, NOT recording",
 };
+
+const LOUD = new Set(["high", "critical"]);
+
+// A short two-tone alarm made with Web Audio: no sound file to fetch, nothing the CSP must allow.
+function playTone(ctx) {
+  const now = ctx.currentTime;
+  for (const [i, freq] of [880, 660].entries()) {
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.frequency.value = freq;
+    gain.gain.setValueAtTime(0.25, now + i * 0.2);
+    gain.gain.exponentialRampToValueAtTime(0.001, now + i * 0.2 + 0.18);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(now + i * 0.2);
+    osc.stop(now + i * 0.2 + 0.2);
+  }
+}
 
 export class AlertsPanel {
   constructor({ root, badge, banner, store, api, canHandle, onLocate, resolveDialog, onWatch = null }) {
@@ -28,18 +47,59 @@ export class AlertsPanel {
     this.resolveDialog = resolveDialog;
     this.onWatch = onWatch; // (alert, kind name) -> opens a tile; null: this role watches no video
     this.unseen = new Set();
+    // Open alerts ticked for "Acknowledge selected" (one POST /alerts/acknowledge, one audit entry).
+    this.selected = new Set();
+    this.bulk = h("button", { type: "button", class: "ack-selected", disabled: true,
+      onclick: () => this.acknowledgeSelected() }, "Acknowledge selected");
+    if (this.canHandle) this.summary.after(h("div", { class: "alert-bulk" }, this.bulk));
+    // The mute is per user (this browser): a shared console keeps each operator's choice.
+    this.muteKey = `watchfloor.alerts.muted.${(api.session && api.session.username) || ""}`;
+    this.muted = localStorage.getItem(this.muteKey) === "1";
+    this.sounds = 0;  // tones played: on the button, so that a test can see one was
+    this.audio = null;
+    this.mute = h("button", { type: "button", class: "sound", onclick: () => this.setMuted(!this.muted) });
+    root.querySelector("header").append(this.mute);
+    this.showMute();
     this.render = throttle(() => this.draw(), 250);
     this.showInfo.addEventListener("change", () => this.draw());
     store.subscribeAlerts((added) => {
       for (const a of added) {
         if (a.severity !== "info" || this.showInfo.checked) this.unseen.add(a.id);
       }
+      if (added.some((a) => LOUD.has(a.severity) || a.escalated_at)) this.sound();
       this.render();
     });
     banner.addEventListener("click", () => {
       const a = this.store.alerts.get(Number(banner.dataset.alertId));
       if (a) this.locate(a);
     });
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    localStorage.setItem(this.muteKey, muted ? "1" : "0");
+    this.showMute();
+  }
+
+  showMute() {
+    this.mute.textContent = this.muted ? "Sound MUTED" : "Sound on";
+    this.mute.classList.toggle("muted", this.muted);
+    this.mute.setAttribute("aria-pressed", String(this.muted));
+    this.mute.title = this.muted ? "New high alerts and escalations make no sound: click to unmute"
+      : "New high alerts and escalations sound a tone: click to mute";
+    this.root.classList.toggle("sound-muted", this.muted);
+  }
+
+  sound() {
+    if (this.muted) return;
+    try {
+      this.audio = this.audio || new AudioContext();
+      playTone(this.audio);
+    } catch (error) {
+      return;  // no audio device: the flashing badge and banner still say it
+    }
+    this.sounds += 1;
+    this.mute.dataset.sounds = String(this.sounds);
   }
 
   locate(alert) {
@@ -69,6 +129,26 @@ export class AlertsPanel {
     this.render();
   }
 
+  async acknowledgeSelected() {
+    const ids = [...this.selected];
+    if (!ids.length) return;
+    try {
+      const done = await this.api.post("/api/v1/alerts/acknowledge", { ids });
+      this.store.mergeAlerts(done.items, { fresh: false });
+      for (const id of ids) {
+        this.selected.delete(id);
+        this.unseen.delete(id);
+      }
+      this.summary.textContent = `${done.count} acknowledged`;
+    } catch (error) {
+      this.summary.textContent = `Could not acknowledge the selected alerts: ${error.message}`;
+      this.summary.classList.add("error");
+      this.refresh();
+      return;
+    }
+    this.render();
+  }
+
   async refresh() {
     const items = [];
     for (const status of ["open", "acknowledged"]) {
@@ -88,6 +168,12 @@ export class AlertsPanel {
     this.summary.classList.remove("error");
     this.summary.textContent = `${open} open, ${all.length - open} acknowledged` +
       (shown.length < all.length ? ` (${all.length - shown.length} info hidden)` : "");
+    for (const id of this.selected) {
+      const a = this.store.alerts.get(id);
+      if (!a || a.status !== "open") this.selected.delete(id);
+    }
+    this.bulk.disabled = this.selected.size === 0;
+    this.bulk.textContent = `Acknowledge selected${this.selected.size ? ` (${this.selected.size})` : ""}`;
     clear(this.list);
     for (const a of shown.slice(0, MAX_SHOWN)) this.list.append(this.item(a));
     if (shown.length > MAX_SHOWN) this.list.append(h("li", { class: "more" }, `and ${shown.length - MAX_SHOWN} more`));
@@ -108,11 +194,21 @@ export class AlertsPanel {
   item(a) {
     const handle = this.canHandle;
     return h("li", {
-      class: `alert sev-${a.severity} st-${a.status}${this.unseen.has(a.id) ? " new" : ""}`,
+      class: `alert sev-${a.severity} st-${a.status}${a.escalated_at ? " escalated" : ""}` +
+        `${this.unseen.has(a.id) ? " new" : ""}`,
       dataset: { alertId: a.id, deviceId: a.device_id, kind: a.kind },
     },
     h("div", { class: "alert-head" },
+      handle && a.status === "open" ? h("input", {
+        type: "checkbox", class: "select", "aria-label": "select for acknowledge", checked: this.selected.has(a.id),
+        onchange: (e) => {
+          if (e.target.checked) this.selected.add(a.id); else this.selected.delete(a.id);
+          this.render();
+        },
+      }) : null,
       h("span", { class: "sev" }, a.severity),
+      a.escalated_at ? h("span", { class: "escalation", title: `escalated ${fmtAgo(a.escalated_at)}` },
+        `Escalated to supervisor${a.escalation_level > 1 ? ` (level ${a.escalation_level})` : ""}`) : null,
       h("strong", {}, KIND_NAMES[a.kind] || a.kind),
       h("button", { class: "link", type: "button", onclick: () => this.locate(a) }, a.callsign || a.device_id),
       h("span", { class: "muted" }, a.borough || "")),

@@ -107,7 +107,9 @@ export class UnitStore {
       if (a.status === "resolved") {
         this.alerts.delete(a.id);
       } else {
-        if (fresh && !this.alerts.has(a.id) && a.status === "open") {
+        // An escalation re-announces an alert already shown (docs/api.md, "Escalation").
+        const escalated = a.escalated_at && !(this.alerts.get(a.id) || {}).escalated_at;
+        if (fresh && (!this.alerts.has(a.id) || escalated) && a.status === "open") {
           merged.fresh = true;
           added.push(merged);
         }

@@ -21,6 +21,7 @@ from telemetry.migrations import (
     v9_accountable_consent,
     v10_viewing_officer,
     v11_alert_policy,
+    v12_alert_escalation,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -38,4 +39,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(9, "accountable consent", v9_accountable_consent.apply),
     Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
     Migration(11, "alert policy", v11_alert_policy.apply),
+    Migration(12, "alert escalation and history", v12_alert_escalation.apply),
 )

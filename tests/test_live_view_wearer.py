@@ -5,10 +5,7 @@ aiortc viewers over WHEP."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -18,14 +15,20 @@ import pytest
 
 from core.contract import Channel, topic_for
 from services.registry import provision_device
-from simulator.camera import CameraPolicy
-from simulator.run import Simulator
-from simulator.video import VideoUplink
 from telemetry.embedded import free_port
 from tests.helpers.api import API_PROCESS_ENV, add_test_users
 from tests.helpers.api import token as sign_in
 from tests.helpers.db import Database
-from tests.helpers.live_view import DEVICES, SEED, SIM_UNIT, WE1, AiortcViewer, Stack, Watched, simulated_camera, stack
+from tests.helpers.live_view import (
+    DEVICES,
+    WE1,
+    AiortcViewer,
+    Stack,
+    Watched,
+    camera_against,
+    simulated_camera,
+    stack,
+)
 from tests.helpers.processes import WatchfloorProcess, scrape
 from tests.helpers.telemetry import event_payload, publish_all
 from tests.helpers.waiting import wait_for
@@ -55,23 +58,6 @@ def _ready(base: str) -> bool:
         return False
 
 
-@contextmanager
-def _camera(base: str, mqtt_url: str, secret: str) -> Iterator[Simulator]:
-    """The simulator driving WE1 against ``base``: it answers commands, streams over WHIP, and
-    keeps what its wearer is shown (``units[0].watching``)."""
-    video = VideoUplink(api_url=base, secrets={WE1: secret}).open()
-    sim = Simulator(mqtt_url=mqtt_url, devices=1, first=SIM_UNIT.index, interval_s=0.5, seed=SEED, video=video,
-                    camera_policy=CameraPolicy(decline_share=0.0), client_prefix=f"test-wearer-{time.monotonic_ns()}")
-    ready = threading.Event()
-    thread = threading.Thread(target=sim.run, kwargs={"ready": ready}, daemon=True)
-    thread.start()
-    assert ready.wait(15)
-    try:
-        yield sim
-    finally:
-        sim.stop()
-        thread.join(15)
-        video.close()
 
 
 def _ask(base: str, user: str, reason: str) -> dict[str, Any]:
@@ -127,7 +113,7 @@ def test_the_cameras_list_follows_the_relays_viewers_through_joins_leaves_a_cras
 
     try:
         wait_for(lambda: _ready(base), timeout=60, what="the API process")
-        with _camera(base, mosquitto.url, secrets[WE1]) as camera:
+        with camera_against(base, mosquitto.url, secrets[WE1], decline_share=0.0) as camera:
             assert _ask(base, "op-all", "officer needs support")["status"] == "accepted"
             first = join("op-all", "officer needs support")
             shown(["op-all"], "a join")

@@ -128,8 +128,16 @@ def stack(pg: Database, mosquitto: MosquittoProcess, **overrides: Any) -> Iterat
 @contextmanager
 def simulated_camera(s: Stack, *, decline_share: float) -> Iterator[Simulator]:
     """The simulator driving WE1: it answers commands and publishes video over WHIP."""
-    video = VideoUplink(api_url=s.base, secrets={WE1: s.secrets[WE1]}).open()
-    sim = Simulator(mqtt_url=s.mqtt_url, devices=1, first=SIM_UNIT.index, interval_s=0.5, seed=SEED, video=video,
+    with camera_against(s.base, s.mqtt_url, s.secrets[WE1], decline_share=decline_share) as sim:
+        yield sim
+
+
+@contextmanager
+def camera_against(base: str, mqtt_url: str, secret: str, *, decline_share: float) -> Iterator[Simulator]:
+    """The simulator driving WE1 against the API at ``base``: it answers commands, streams over
+    WHIP, and keeps what its wearer is shown (``units[0].watching``)."""
+    video = VideoUplink(api_url=base, secrets={WE1: secret}).open()
+    sim = Simulator(mqtt_url=mqtt_url, devices=1, first=SIM_UNIT.index, interval_s=0.5, seed=SEED, video=video,
                     camera_policy=CameraPolicy(decline_share=decline_share),
                     client_prefix=f"test-lv-sim-{time.monotonic_ns()}")
     assert sim.units[0].device_id == WE1

@@ -47,7 +47,7 @@ from core.settings import Settings
 from services.errors import Unavailable
 
 __all__ = ["ADMIN_USERNAME", "CAMERA_PUBLISHES", "CONTROL_TOPIC", "RESPONSE_TOPIC", "DeviceAccounts",
-           "camera_acls", "configured", "initial_config", "parse_password_file", "role_name"]
+           "camera_acls", "configured", "initial_config", "mosquitto_password", "parse_password_file", "role_name"]
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
@@ -57,7 +57,7 @@ ADMIN_USERNAME = f"{SERVICE_PREFIX}device-admin"
 _ADMIN_ROLE = "device-admin"
 # What a camera publishes (deploy/mosquitto/acl: `pattern write`); it receives its commands only.
 CAMERA_PUBLISHES = (Channel.TELEMETRY, Channel.EVENTS, Channel.STATUS, Channel.COMMAND_REPLIES)
-_SALT_BYTES, _HASH_BYTES, _ITERATIONS = 12, 64, 101  # Mosquitto's own (watchfloor/broker_credentials.py)
+_SALT_BYTES, _HASH_BYTES, _ITERATIONS = 12, 64, 101  # Mosquitto's own (see watchfloor/broker_credentials.py)
 # Answers to a delete of something absent: provisioning deletes before it creates.
 _ABSENT = ("Client not found", "Role not found")
 
@@ -77,12 +77,15 @@ def camera_acls(device_id: str) -> list[dict[str, Any]]:
             {"acltype": "subscribeLiteral", "topic": commands, "allow": True}]
 
 
-def _password(secret: str) -> dict[str, Any]:
-    """dynsec's stored password: PBKDF2-HMAC-SHA512 over 12 raw salt bytes, both base64."""
-    salt = secrets.token_bytes(_SALT_BYTES)
-    digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, _ITERATIONS, _HASH_BYTES)
+def mosquitto_password(secret: str, *, salt: bytes | None = None, iterations: int | None = None) -> dict[str, Any]:
+    """Mosquitto 2's stored password, as dynsec keeps it: PBKDF2-HMAC-SHA512 over 12 raw salt
+    bytes, both base64 (a password file's ``$7$iterations$salt$password`` holds the same).
+    ``salt`` and ``iterations`` default to a fresh salt and Mosquitto's own count."""
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    iterations = _ITERATIONS if iterations is None else iterations
+    digest = hashlib.pbkdf2_hmac("sha512", secret.encode(), salt, iterations, _HASH_BYTES)
     return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
-            "iterations": _ITERATIONS}
+            "iterations": iterations}
 
 
 def parse_password_file(text: str) -> dict[str, dict[str, Any]]:
@@ -118,7 +121,8 @@ def initial_config(*, admin_password: str, cameras: Mapping[str, Mapping[str, An
         # nothing here is allowed unless a role says so.
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                              "unsubscribe": True},
-        "clients": [{"username": ADMIN_USERNAME, "roles": [{"rolename": _ADMIN_ROLE}], **_password(admin_password)},
+        "clients": [{"username": ADMIN_USERNAME, "roles": [{"rolename": _ADMIN_ROLE}],
+                     **mosquitto_password(admin_password)},
                     *(_camera_client(device_id, password) for device_id, password in sorted(cameras.items()))],
         "groups": [],
         "roles": [{"rolename": _ADMIN_ROLE, "acls": admin_acls},

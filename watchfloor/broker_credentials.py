@@ -10,27 +10,23 @@ reach; Mosquitto's own default (101) keeps each connect cheap when a fleet recon
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import re
-import secrets
 import tempfile
 from pathlib import Path
 
+from services.device_accounts import mosquitto_password
+
 __all__ = ["mosquitto_hash", "set_password"]
 
-_SALT_BYTES = 12
-_HASH_BYTES = 64
-_ITERATIONS = 101
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
-def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = _ITERATIONS) -> str:
-    """The ``$7$`` hash Mosquitto 2 verifies ``password`` against."""
-    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, _HASH_BYTES)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int | None = None) -> str:
+    """The ``$7$`` hash Mosquitto 2 verifies ``password`` against (the dynamic-security
+    plugin's stored password, written as a password-file entry)."""
+    stored = mosquitto_password(password, salt=salt, iterations=iterations)
+    return f"$7${stored['iterations']}${stored['salt']}${stored['password']}"
 
 
 def _read(path: Path) -> list[str]:

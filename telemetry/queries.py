@@ -179,19 +179,29 @@ _ALERT_COLUMNS = ("a.id, a.device_id, a.kind, a.severity, a.status, a.detail, a.
                   " a.escalation_level, d.borough, d.callsign, d.role")
 
 
-def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,
-                kinds: frozenset[str] | None, borough: str | None, limit: int, offset: int) -> list[Row]:
-    params: dict[str, Any] = {"limit": limit, "offset": offset}
+def _alert_filter(params: dict[str, Any], *, boroughs: frozenset[str] | None, kinds: frozenset[str] | None,
+                  borough: str | None, **equal: str | None) -> list[str]:
+    """The WHERE clauses (over ``alerts a JOIN devices d``) for alerts of units in ``boroughs``
+    (None: all) matching each criterion given: ``kinds`` (any of), ``borough``, and each of
+    ``equal`` (an alerts column and its value; None: any). Their values go into ``params``."""
     clauses = [_area(boroughs, params)]
-    if status is not None:
-        clauses.append("a.status = %(status)s")
-        params["status"] = status
     if kinds is not None:
         clauses.append("a.kind = ANY(%(kinds)s)")
         params["kinds"] = sorted(kinds)
     if borough is not None:
         clauses.append("d.borough = %(borough)s")
         params["borough"] = borough
+    for column, value in equal.items():
+        if value is not None:
+            clauses.append(f"a.{column} = %({column})s")
+            params[column] = value
+    return clauses
+
+
+def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,
+                kinds: frozenset[str] | None, borough: str | None, limit: int, offset: int) -> list[Row]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, borough=borough, status=status)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
                     f" WHERE {' AND '.join(clauses)} ORDER BY a.raised_at DESC, a.id DESC"
@@ -226,22 +236,11 @@ def acknowledge_alerts(conn: psycopg.Connection, *, by: str, boroughs: frozenset
     each alert's history. The area is a clause of the same UPDATE, so a filter or an id of
     another area's alert matches nothing there. Returns the alerts acknowledged."""
     params: dict[str, Any] = {"by": by}
-    clauses = ["a.status = 'open'", _area(boroughs, params)]
-    if kinds is not None:
-        clauses.append("a.kind = ANY(%(kinds)s)")
-        params["kinds"] = sorted(kinds)
+    clauses = ["a.status = 'open'",
+               *_alert_filter(params, boroughs=boroughs, kinds=kinds, borough=borough, kind=kind, severity=severity)]
     if ids is not None:
         clauses.append("a.id = ANY(%(ids)s)")
         params["ids"] = ids
-    if kind is not None:
-        clauses.append("a.kind = %(kind)s")
-        params["kind"] = kind
-    if severity is not None:
-        clauses.append("a.severity = %(severity)s")
-        params["severity"] = severity
-    if borough is not None:
-        clauses.append("d.borough = %(borough)s")
-        params["borough"] = borough
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("UPDATE alerts a SET status = 'acknowledged', acknowledged_at = now(), acknowledged_by = %(by)s"
                     f" FROM devices d WHERE d.device_id = a.device_id AND {' AND '.join(clauses)}"

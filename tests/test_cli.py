@@ -3,6 +3,8 @@ on embedded parts with no configuration at all."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import signal
@@ -14,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.device_accounts import ADMIN_USERNAME, mosquitto_password, parse_password_file
 from telemetry.embedded import free_port
 from tests.helpers.db import Database
 from tests.helpers.waiting import wait_for
@@ -24,10 +27,11 @@ COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "
             ["devices", "list", "--help"], ["devices", "provision", "--help"], ["audit", "verify", "--help"]]
 
 
-def _watchfloor(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _watchfloor(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
     return subprocess.run([sys.executable, "-m", "watchfloor", *args], env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
@@ -191,3 +195,28 @@ def test_demo_on_a_port_in_use_says_so_and_exits(tmp_path: Path) -> None:
                              env={"WATCHFLOOR_DATA_DIR": str(tmp_path / "data")}, timeout=120)
     assert result.returncode != 0
     assert f"could not start on 127.0.0.1:{port}" in result.stdout + result.stderr
+
+
+def test_broker_passwords_come_from_stdin_never_the_command_line(tmp_path: Path) -> None:
+    """A password given on the command line sits in the shell's history and in ``ps``: the
+    broker commands read one from standard input (``--password-stdin``) or make a random one."""
+    def matches(stored: dict[str, object], password: str) -> bool:
+        salt = base64.b64decode(str(stored["salt"]))
+        return mosquitto_password(password, salt=salt, iterations=int(str(stored["iterations"]))) == stored
+
+    passwd, accounts = tmp_path / "passwd-services", tmp_path / "device-accounts.json"
+    given = _watchfloor("broker", "add-user", "watchfloor-ingest", "--mosquitto-passwd", str(passwd),
+                        "--password-stdin", stdin="the ingest's password\n")
+    assert given.returncode == 0, given.stderr
+    assert "the ingest's password" not in given.stdout  # a given password is never echoed
+    assert matches(parse_password_file(passwd.read_text())["watchfloor-ingest"], "the ingest's password")
+
+    init = _watchfloor("broker", "init-device-accounts", str(accounts), "--password-stdin",
+                       stdin="the admin's password\n")
+    assert init.returncode == 0, init.stderr
+    admin = next(c for c in json.loads(accounts.read_text())["clients"] if c["username"] == ADMIN_USERNAME)
+    assert matches({k: admin[k] for k in ("password", "salt", "iterations")}, "the admin's password")
+
+    empty = _watchfloor("broker", "add-user", "x", "--mosquitto-passwd", str(passwd), "--password-stdin", stdin="\n")
+    assert empty.returncode != 0 and "empty" in empty.stderr
+    assert "--password " not in _watchfloor("broker", "add-user", "--help").stdout

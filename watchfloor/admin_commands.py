@@ -174,15 +174,26 @@ def cmd_devices_retire(settings: Settings, args: argparse.Namespace) -> None:
              None: "not touched (WATCHFLOOR_DEVICE_ACCOUNTS_URL unset)"}[disabled])
 
 
+def _given_password(args: argparse.Namespace) -> str | None:
+    """The first line of standard input with ``--password-stdin``: a password on the command line
+    would sit in the shell's history and in ``ps`` for every local user to read."""
+    if not args.password_stdin:
+        return None
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        sys.exit("--password-stdin: standard input's first line is empty")
+    return password
+
+
 def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
-    password = args.password or secrets.token_urlsafe(32)
+    password = _given_password(args) or secrets.token_urlsafe(32)
     try:
         broker_credentials.set_password(args.mosquitto_passwd, username=args.username, password=password)
     except ValueError as error:
         sys.exit(str(error))
     print(f"broker user {args.username} written to {args.mosquitto_passwd} (reload the broker to apply it)",
           file=sys.stderr)
-    if not args.password:
+    if not args.password_stdin:
         print(password)
 
 
@@ -193,7 +204,7 @@ def cmd_broker_init_device_accounts(settings: Settings, args: argparse.Namespace
         cameras = device_accounts.parse_password_file(args.from_passwd.read_text()) if args.from_passwd else {}
     except (OSError, ValueError) as error:
         sys.exit(f"cannot migrate {args.from_passwd}: {error}")
-    password = args.admin_password or secrets.token_urlsafe(32)
+    password = _given_password(args) or secrets.token_urlsafe(32)
     config = device_accounts.initial_config(admin_password=password, cameras=cameras)
     try:
         # Owner-only: it holds password hashes (give it to the broker's user, which rewrites it).
@@ -204,7 +215,7 @@ def cmd_broker_init_device_accounts(settings: Settings, args: argparse.Namespace
         json.dump(config, out, indent=1)
     print(f"{args.file} written: account {device_accounts.ADMIN_USERNAME}, {len(cameras)} camera(s) migrated; "
           "the broker's user must own it", file=sys.stderr)
-    if not args.admin_password:
+    if not args.password_stdin:
         print(password)
 
 
@@ -301,14 +312,16 @@ def add_parsers(sub: Any) -> None:
                        run=cmd_broker_add_user)
     add_user.add_argument("username")
     add_user.add_argument("--mosquitto-passwd", type=Path, required=True, metavar="FILE")
-    add_user.add_argument("--password", default=None, help="(default: a random one, printed once)")
+    add_user.add_argument("--password-stdin", action="store_true", help="read the password from standard input's "
+                          "first line (default: a random one, printed once)")
     init = command(broker, "init-device-accounts", help="write the cameras' dynamic-security file: the device-admin "
                    "account, and the cameras of an existing password file", run=cmd_broker_init_device_accounts)
     init.add_argument("file", type=Path, help="the plugin's file, e.g. /mosquitto/data/device-accounts.json "
                       "(refused if it exists)")
     init.add_argument("--from-passwd", type=Path, default=None, metavar="FILE",
                       help="an existing devices' password file whose cameras keep their secrets")
-    init.add_argument("--admin-password", default=None, help="(default: a random one, printed once)")
+    init.add_argument("--password-stdin", action="store_true", help="read the device-admin account's password from "
+                      "standard input's first line (default: a random one, printed once)")
 
     audit = group(sub, "audit", help="the audit log")
     verify = command(audit, "verify", help="check the hash chain; exit status 1 if anything was tampered with",

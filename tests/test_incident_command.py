@@ -220,3 +220,23 @@ def test_a_polygon_geofence_follows_its_edges(world: tuple[Database, str]) -> No
     with db.connect() as conn:
         evaluate_incidents(conn, ["ic-geo-in", "ic-geo-notch"], load_policy(conn), Geofence(dwell_s=0))
     assert _rows(db, "SELECT device_id FROM incident_presence WHERE device_id LIKE 'ic-geo-%%'") == [("ic-geo-in",)]
+
+
+def test_the_demo_opens_with_one_incident_in_progress(pg: Database) -> None:
+    """The demo's incident: an immediate polygon incident, commanded by the demo's firearms
+    commander, with firearms units of its borough assigned, audited; a second start of the
+    demo on the same database opens no second one."""
+    from simulator.run import Simulator
+    from watchfloor.demo_incident import open_demo_incident
+    from watchfloor.running import register_fleet
+
+    sim = Simulator(mqtt_url="mqtt://127.0.0.1:1", devices=80, interval_s=1.0, seed=3)
+    register_fleet(pg.url, sim)
+    first = open_demo_incident(pg.url, sim, audit_key=None)
+    assert first is not None and open_demo_incident(pg.url, sim, audit_key=None) == first
+    rows = _rows(pg, "SELECT i.grade, i.commander, jsonb_array_length(i.polygon), d.role, d.borough = i.borough"
+                     " FROM incidents i JOIN incident_units u ON u.incident_id = i.id JOIN devices d USING (device_id)"
+                     " WHERE i.status = 'open'")
+    assert rows and all(r == ("immediate", "firearms", 5, "firearms", True) for r in rows), rows
+    assert _rows(pg, "SELECT count(*) FROM incidents") == [(1,)]
+    assert _rows(pg, "SELECT count(*) FROM audit_log WHERE action = 'incident_unit_assigned'") == [(len(rows),)]

@@ -256,8 +256,9 @@ export class IncidentPanel {
       this.current = null;
       this.map.circles = [];
       this.showOnMap();
-      await this.load();
       this.summary.textContent = `#${id} closed: ${OUTCOMES[outcome]}.`;
+      this.summary.classList.remove("danger");
+      await this.load();
     }
   }
 

@@ -81,7 +81,8 @@ def _click_at(page: Any, lat: float, lon: float) -> None:
 
 def test_incident_command_polygon_armed_within_not_recording_close_and_find(stack: Stack,
                                                                            browser_page: Any) -> None:
-    """Draw a polygon incident (grade, CAD reference) by clicking its corners; assign the armed
+    """Draw a polygon incident (grade, CAD reference) by clicking its corners; assign a unit
+    by callsign and unassign it, then by selecting it on the map; assign the armed
     units within 2 km (the three near firearms units: not the one 4 km off, not the response
     unit); "NOT RECORDING" is drawn on the two not recording; the table shows distance and
     bearing, not coordinates, and fits its panel without horizontal scroll at 1600 px; close
@@ -108,12 +109,23 @@ def test_incident_command_polygon_armed_within_not_recording_close_and_find(stac
     stored = stack.db.scalar("SELECT jsonb_array_length(polygon) FROM incidents WHERE reference = 'CAD 77/BT'")
     assert stored == 6  # five corners and the first again
 
+    # By callsign, then unassigned; then by selection on the map.
+    page.fill("#incident-panel form.assign-callsign input[name=callsign]", "we101")
+    page.click("#incident-panel form.assign-callsign button[type=submit]")
+    page.wait_for_selector("#incident-panel tr[data-device-id='bt-resp-1']", timeout=15_000)
+    page.click("#incident-panel tr[data-device-id='bt-resp-1'] button.unassign")
+    page.wait_for_selector("#incident-panel tr[data-device-id='bt-resp-1']", state="detached", timeout=15_000)
+    page.click("#incident-panel button.pick")
+    _click_at(page, *_at(50, -80))
+    page.click("#incident-panel button.assign-picked:has-text('Assign 1 selected')")
+    page.wait_for_selector("#incident-panel tr[data-device-id='bt-resp-1']", timeout=15_000)
+
     page.fill("#incident-panel form.assign-armed input[name=within_km]", "2")
     page.click("#incident-panel form.assign-armed button[type=submit]")
     for device in ("bt-afo-1", "bt-afo-2", "bt-afo-3"):
         page.wait_for_selector(f"#incident-panel tr[data-device-id='{device}']", timeout=15_000)
     rows = page.locator("#incident-panel tbody tr")
-    assert rows.count() == 3
+    assert rows.count() == 4  # the response unit selected on the map, and three armed ones
     # NOT RECORDING on the map's markers of the two assigned firearms units not recording.
     wait_for(lambda: sorted(page.evaluate("window.__watchfloor.map.alarmsDrawn")) == ["bt-afo-1", "bt-afo-3"],
              timeout=20, what="NOT RECORDING drawn on the markers")

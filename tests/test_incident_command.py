@@ -201,7 +201,8 @@ def test_closing_needs_an_outcome_and_closed_incidents_are_searchable(world: tup
 
 def test_a_polygon_geofence_follows_its_edges(world: tuple[Database, str]) -> None:
     """An L-shaped incident: a unit in the L enters its area; one in the missing corner, inside
-    the bounding circle but outside the polygon, does not."""
+    the bounding circle but outside the polygon, does not; nor does one inside by less than
+    the margin (10 m of 25)."""
     from telemetry.alert_policy_store import load_policy
     from telemetry.alerts import Geofence, evaluate_incidents
 
@@ -211,14 +212,18 @@ def test_a_polygon_geofence_follows_its_edges(world: tuple[Database, str]) -> No
            [LON + d / 2, LAT + 0.1 + d], [LON, LAT + 0.1 + d], [LON, LAT + 0.1]]
     with db.connect() as conn:
         upsert_devices(conn, [DeviceRecord("ic-geo-in", None, None, "Westminster", "response"),
-                              DeviceRecord("ic-geo-notch", None, None, "Westminster", "response")])
+                              DeviceRecord("ic-geo-notch", None, None, "Westminster", "response"),
+                              DeviceRecord("ic-geo-edge", None, None, "Westminster", "response")])
         conn.execute("INSERT INTO device_latest (device_id, ts, lat, lon, gps_fix, accuracy_m, recording, online)"
                      " VALUES ('ic-geo-in', now(), %s, %s, true, 5, 'recording', true),"
-                     " ('ic-geo-notch', now(), %s, %s, true, 5, 'recording', true)",
-                     (LAT + 0.1 + d / 8, LON + d / 4, LAT + 0.1 + d * 0.8, LON + d * 0.8))
+                     " ('ic-geo-notch', now(), %s, %s, true, 5, 'recording', true),"
+                     " ('ic-geo-edge', now(), %s, %s, true, 5, 'recording', true)",
+                     (LAT + 0.1 + d / 8, LON + d / 4, LAT + 0.1 + d * 0.8, LON + d * 0.8,
+                      LAT + 0.1 + 10 / METRES_PER_DEGREE, LON + d / 4))
     _polygon_incident(base, polygon=ell, reference="CAD L")
     with db.connect() as conn:
-        evaluate_incidents(conn, ["ic-geo-in", "ic-geo-notch"], load_policy(conn), Geofence(dwell_s=0))
+        evaluate_incidents(conn, ["ic-geo-in", "ic-geo-notch", "ic-geo-edge"], load_policy(conn),
+                           Geofence(margin_m=25, dwell_s=0))
     assert _rows(db, "SELECT device_id FROM incident_presence WHERE device_id LIKE 'ic-geo-%%'") == [("ic-geo-in",)]
 
 

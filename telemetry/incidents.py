@@ -1,4 +1,6 @@
-"""Incidents: a place and an area, the units assigned to it, and their state.
+"""Incidents: a place and an area (a circle, or a polygon checked by telemetry/geometry.py),
+its grade, reference and commander, the units assigned to it and their state, and once
+closed its outcome and the search over closed ones.
 
 Functions over a connection in the caller's transaction; the caller re-evaluates the
 incident alerts (:func:`telemetry.alerts.evaluate_incidents`) after a change.
@@ -16,17 +18,12 @@ from psycopg.types.json import Jsonb
 
 from telemetry.geometry import METRES_PER_DEGREE
 
-__all__ = ["GRADES", "OUTCOMES", "ClosedSearch", "NewIncident", "assign", "assign_armed_within", "close", "create",
+__all__ = ["ClosedSearch", "NewIncident", "assign", "assign_armed_within", "close", "create",
            "get", "list_closed", "list_open", "unassign", "units"]
 
 Row = dict[str, Any]
 _COLUMNS = ("id, title, lat, lon, radius_m, borough, status, created_by, created_at, closed_at, grade, reference,"
             " commander, polygon, outcome, closed_by")
-#: How urgent, in the words of the national call grading: immediate (grade 1, blue lights),
-#: priority (grade 2), standard (attended when a unit is free), scheduled (by appointment).
-GRADES = ("immediate", "priority", "standard", "scheduled")
-#: How an incident ended.
-OUTCOMES = ("resolved", "arrest", "stood_down", "no_trace", "handed_over")
 
 
 @dataclass(frozen=True)

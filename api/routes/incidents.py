@@ -36,6 +36,9 @@ Commander = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
 # the firearms commander's call, or an admin's when one was left open.
 Closer = Annotated[Principal, Depends(require(Role.FIREARMS_COMMANDER, Role.ADMIN))]
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# How urgent, in the words of police call grading: immediate (grade 1, blue lights), priority
+# (grade 2), standard (attended when a unit is free), scheduled (by appointment). Migration 15
+# holds the same lists in its CHECKs.
 Grade = Literal["immediate", "priority", "standard", "scheduled"]
 IncidentOutcome = Literal["resolved", "arrest", "stood_down", "no_trace", "handed_over"]
 Vertex = Annotated[list[float], Field(min_length=2, max_length=2)]

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from core.contract import Event, EventType, Telemetry
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
+from telemetry.geometry import parse_ring
 from telemetry.store import Batch
 
 __all__ = ["ESCALATED_TO", "STATE_RULES", "AlertRules", "Geofence", "evaluate_batch", "evaluate_incidents",
@@ -36,9 +37,9 @@ _RETURNING_A = "RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS)
 @dataclass(frozen=True)
 class Geofence:
     """Against flapping on an incident's boundary: a unit enters when every accurate fix for
-    ``dwell_s`` (by the fixes' own times) puts it more than ``margin_m`` inside the circle,
-    and leaves when every one for as long puts it more than ``margin_m`` outside; a fix less
-    accurate than the margin says nothing either way. Leaving the incident's borough, or the
+    ``dwell_s`` (by the fixes' own times) puts it more than ``margin_m`` inside the area (a
+    circle or a polygon), and leaves when every one for as long puts it more than ``margin_m``
+    outside; a fix less accurate than the margin says nothing either way. Leaving the incident's borough, or the
     incident closing, is a leave at once."""
 
     margin_m: float = 25.0
@@ -230,7 +231,8 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
     return changes
 
 
-# Metres between a unit and an incident's centre: equirectangular, fine at a city's scale.
+# Metres between a unit and an incident's centre: equirectangular, fine at a city's scale
+# (the same approximation as telemetry/geometry.py, which measures polygons).
 _DISTANCE_M = ("sqrt(power((l.lat - i.lat) * 111320.0, 2)"
                " + power((l.lon - i.lon) * 111320.0 * cos(radians(i.lat)), 2))")
 
@@ -241,11 +243,31 @@ _IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SEL
                      " WHERE u.incident_id = i.id AND u.device_id = d.device_id))")
 
 
+def _polygon_depths(cur: psycopg.Cursor[dict[str, Any]], scope: str,
+                    params: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each unit in scope's signed depth (metres, positive inside) in each open polygon
+    incident, computed in Python (telemetry/geometry.py) and handed back to the SQL as arrays;
+    a circle's depth stays in SQL. Nothing is read when no open incident is a polygon."""
+    cur.execute("SELECT id, polygon FROM incidents WHERE status = 'open' AND polygon IS NOT NULL")
+    polygons = [(r["id"], parse_ring(r["polygon"])) for r in cur.fetchall()]
+    out: dict[str, list[Any]] = {"p_incident": [], "p_device": [], "p_depth": []}
+    if not polygons:
+        return out
+    cur.execute(f"SELECT l.device_id, l.lat, l.lon FROM device_latest l WHERE {scope} AND l.lat IS NOT NULL"
+                " AND l.lon IS NOT NULL", params)
+    for unit in cur.fetchall():
+        for incident_id, polygon in polygons:
+            out["p_incident"].append(incident_id)
+            out["p_device"].append(unit["device_id"])
+            out["p_depth"].append(polygon.depth_m(unit["lat"], unit["lon"]))
+    return out
+
+
 def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
                        policy: AlertPolicy, geofence: Geofence) -> list[dict[str, Any]]:
-    """Geofence (a unit entering or leaving an open incident's area, with ``geofence``'s
-    margin and dwell) and assigned firearms units that are not recording. ``device_ids``
-    None: every unit (after an assignment or a closing)."""
+    """Geofence (a unit entering or leaving an open incident's area, a circle or a polygon,
+    with ``geofence``'s margin and dwell) and assigned firearms units that are not recording.
+    ``device_ids`` None: every unit (after an assignment or a closing)."""
     with conn.cursor(row_factory=dict_row) as cur:
         if device_ids is not None:  # a batch: nothing to do without an open incident
             cur.execute("SELECT EXISTS (SELECT 1 FROM incidents WHERE status = 'open')")
@@ -253,18 +275,23 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
             if not row or not row["exists"]:
                 return []
         scope = "true" if device_ids is None else "l.device_id = ANY(%(ids)s)"
-        params = {"ids": device_ids, "margin": geofence.margin_m, "dwell": geofence.dwell_s}
+        params: dict[str, Any] = {"ids": device_ids, "margin": geofence.margin_m, "dwell": geofence.dwell_s}
+        params |= _polygon_depths(cur, scope, params)
         changes: list[dict[str, Any]] = []
         # Where each unit in scope stands towards each open incident, by its latest fix: clearly
         # inside, clearly outside, or neither (in the margin's band, no fix, or a fix whose
         # accuracy is worse than the margin: such a fix changes nothing). No accuracy given
-        # (never from a camera, whose contract requires it) counts as exact.
+        # (never from a camera, whose contract requires it) counts as exact. ``depth`` is the
+        # signed distance to the area's edge, positive inside.
         accurate = "l.gps_fix AND coalesce(l.accuracy_m, 0) <= %(margin)s"
+        depth = f"CASE WHEN i.polygon IS NULL THEN i.radius_m - {_DISTANCE_M} ELSE pd.depth END"
         sides = (f"SELECT i.id AS incident_id, l.device_id, l.ts,"
-                 f" ({accurate} AND {_DISTANCE_M} <= i.radius_m - %(margin)s AND {_IN_INCIDENT_AREA}) AS inside,"
-                 f" ({accurate} AND {_DISTANCE_M} > i.radius_m + %(margin)s) AS outside,"
+                 f" ({accurate} AND {depth} >= %(margin)s AND {_IN_INCIDENT_AREA}) AS inside,"
+                 f" ({accurate} AND {depth} < -%(margin)s) AS outside,"
                  f" {_IN_INCIDENT_AREA} AS in_area, ({accurate}) AS accurate"
                  f" FROM device_latest l JOIN devices d USING (device_id) JOIN incidents i ON i.status = 'open'"
+                 " LEFT JOIN unnest(%(p_incident)s::bigint[], %(p_device)s::text[], %(p_depth)s::float8[])"
+                 "  AS pd(incident_id, device_id, depth) ON pd.incident_id = i.id AND pd.device_id = l.device_id"
                  f" WHERE {scope}")
         # Left at once: moved to another borough, or the incident closed.
         cur.execute(

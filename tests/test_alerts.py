@@ -156,8 +156,8 @@ def test_an_assigned_firearms_unit_recording_is_high(pg: Database, mosquitto: Mo
     recording raises a high alert (as every firearms unit did before the policy)."""
     _register(pg)
     with pg.connect() as conn:
-        incident = incidents.create(conn, title="armed suspect", lat=51.5, lon=-0.14, radius_m=300,
-                                    borough="Westminster", by="afo-cmd")
+        incident = incidents.create(conn, incidents.NewIncident(title="armed suspect", lat=51.5, lon=-0.14,
+                                                                radius_m=300, borough="Westminster"), by="afo-cmd")
         incidents.assign(conn, incident["id"], ["cam-f"], by="afo-cmd")
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=make_settings()) as worker:
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started"))])
@@ -249,7 +249,8 @@ def test_geofence_jitter_on_the_boundary_enters_once_and_leaves_once(pg: Databas
     once away. The same replay with no margin and no dwell flaps, so the replay does test it."""
     _register(pg)
     with pg.connect() as conn:
-        incidents.create(conn, title="boundary", lat=51.5, lon=-0.12, radius_m=300, borough=None, by="afo-cmd")
+        incidents.create(conn, incidents.NewIncident(title="boundary", lat=51.5, lon=-0.12, radius_m=300, borough=None),
+                         by="afo-cmd")
     noise = random.Random(15)
     start = hours_ago(1)
     fixes: list[tuple[str, float, float, float]] = []  # (phase, metres north, metres east, accuracy)

@@ -407,6 +407,6 @@ def test_incident_units_geofence_and_unrecorded_firearms(api: Api) -> None:
         wait_for(lambda: "ca-1" not in [a["device_id"] for a in open_alerts(cmd, "geofence")], what="geofence left")
         assert {a["device_id"] for a in open_alerts(cmd, "geofence")} == {"we-afo", "we-1"}  # inside the area
 
-        cmd.post(f"/api/v1/incidents/{incident['id']}/close")
+        cmd.post(f"/api/v1/incidents/{incident['id']}/close", json={"outcome": "resolved"})
         wait_for(lambda: open_alerts(cmd, "assigned_not_recording") == [], what="cleared on close")
         assert cmd.get("/api/v1/incidents").json() == []

@@ -67,7 +67,9 @@ def test_incident_acts_are_audited(pg: Database, api: ApiServer) -> None:
         facts = {"incident_id": incident, "title": body["title"]}
         assert _entries(pg, "incident_created") == [("afo-cmd", None, {**facts, "borough": "Westminster",
                                                                         "lat": 51.51, "lon": -0.12,
-                                                                        "radius_m": 500})]
+                                                                        "radius_m": 500, "polygon": None,
+                                                                        "grade": "standard", "reference": None,
+                                                                        "commander": "afo-cmd"})]
         assert commander.post(f"/api/v1/incidents/{incident}/units",
                               json={"device_ids": ["we-afo", "we-1"]}).status_code == 200
         assert commander.post(f"/api/v1/incidents/{incident}/units", json={"device_ids": ["we-1"]}).status_code == 200
@@ -75,6 +77,7 @@ def test_incident_acts_are_audited(pg: Database, api: ApiServer) -> None:
         assert commander.delete(f"/api/v1/incidents/{incident}/units/we-1").status_code == 200
         assert commander.delete(f"/api/v1/incidents/{incident}/units/we-1").status_code == 404
         assert _entries(pg, "incident_unit_unassigned") == [("afo-cmd", "we-1", facts)]
-        assert commander.post(f"/api/v1/incidents/{incident}/close").status_code == 200
-        assert commander.post(f"/api/v1/incidents/{incident}/close").status_code in (200, 404)
-    assert _entries(pg, "incident_closed") == [("afo-cmd", None, {**facts, "units": 1})]
+        closing = {"outcome": "arrest"}
+        assert commander.post(f"/api/v1/incidents/{incident}/close", json=closing).status_code == 200
+        assert commander.post(f"/api/v1/incidents/{incident}/close", json=closing).status_code in (200, 404)
+    assert _entries(pg, "incident_closed") == [("afo-cmd", None, {**facts, "outcome": "arrest", "units": 1})]

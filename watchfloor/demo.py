@@ -20,6 +20,7 @@ from telemetry.embedded import EmbeddedBroker, embedded_database_url
 from telemetry.ingest import IngestWorker
 from watchfloor.admin_commands import audit_key
 from watchfloor.camera_video import provision_in_background
+from watchfloor.demo_incident import open_demo_incident
 from watchfloor.running import migrate_first, register_fleet, report_ingest, stop_on_signals
 
 __all__ = ["cmd_demo"]
@@ -49,6 +50,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
                         client_prefix="watchfloor-demo-sim", video=video,
                         profile=FleetProfile(watch_me_per_h=args.watch_me_per_h))
         register_fleet(db_url, sim)
+        incident = open_demo_incident(db_url, sim, audit_key=key)
         worker = IngestWorker(settings=settings, database_url=db_url, mqtt_url=mqtt_url)
         done = stop_on_signals(worker, sim)
         ready = threading.Event()
@@ -58,6 +60,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         sim_thread = threading.Thread(target=sim.run, kwargs={"duration_s": args.duration}, name="simulator")
         sim_thread.start()
         print(f"  fleet:    {len(sim.units)} simulated cameras over 32 boroughs, reporting every {args.interval}s")
+        if incident is not None:
+            print(f"  incident: #{incident} in progress, firearms units assigned (sign in as firearms)")
         try:
             server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port, key)
             if not args.access_log:  # a line per request would bury the status lines

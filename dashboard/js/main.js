@@ -170,9 +170,7 @@ async function setUpMap(ctx) {
   // Not awaited: the live feed starts while the outlines load (the map draws units without them).
   ctx.boroughNames = map.loadBoroughs(config.boroughs_url).then((names) => {
     $("#filter-borough").append(...names.map((n) => h("option", { value: n }, n)));
-    if (ctx.incidents) {
-      $("select[name=borough]", $("#incident-panel")).append(...names.map((n) => h("option", { value: n }, n)));
-    }
+    if (ctx.incidents) ctx.incidents.setBoroughs(names);
     return names;
   });
 

@@ -12,6 +12,9 @@ const EMERGENCY = "#ff2bd6";
 const LIVE = "#3fc8ff";
 const LOW_BATTERY = "#ffd60a";
 const SELECTED = "#ffffff";
+// An incident's area and its assigned units share one colour, apart from live video's cyan.
+const INCIDENT = "#ff9f0a";
+const NOT_RECORDING = "#ff453a";
 const UNIT_REDRAW_MS = 200; // a live delta comes at most 4 times a second
 // While the user drags, the cached layers move with every frame; the outlines are redrawn at
 // most this often, and the (costlier) unit layer at most once a second.
@@ -56,8 +59,15 @@ export class MapView {
     this.grouping = true;
     this.large = false;
     this.selected = null;
-    this.highlight = new Set(); // e.g. an incident's assigned units
-    this.circles = []; // incident areas: {lat, lon, radius_m, label}
+    this.highlight = new Set(); // an incident's assigned units: an orange double frame
+    this.alarms = new Set(); // assigned firearms units not recording: "NOT RECORDING" on the marker
+    this.picked = new Set(); // units chosen on the map for assignment: a dashed white frame
+    this.alarmsDrawn = []; // the units whose "NOT RECORDING" plate the last render drew
+    this.circles = []; // incident areas: {lat, lon, radius_m, polygon ([lon, lat] ring) or null, label}
+    this.draft = null; // an area being drawn: [[lon, lat], ...]
+    // While set, a click picks a point or a unit for the incident panel instead of opening the
+    // unit: {onPoint(lat, lon), onUnit(unit), onFinish()}; a double click calls onFinish.
+    this.mode = null;
     this.track = null; // {points: [{mx, my, ts, recording}], at: index or null}
     this.interactingUntil = 0;
     this.frameRequested = false;
@@ -228,6 +238,10 @@ export class MapView {
       this.zoomBy(-step * 0.002, e.clientX - r.left, e.clientY - r.top);
     }, { passive: false });
     c.addEventListener("dblclick", (e) => {
+      if (this.mode && this.mode.onFinish) {
+        this.mode.onFinish();
+        return;
+      }
       const r = c.getBoundingClientRect();
       this.zoomBy(1, e.clientX - r.left, e.clientY - r.top);
     });
@@ -250,8 +264,24 @@ export class MapView {
     this.requestFrame();
   }
 
+  // The latitude and longitude under a point of the canvas.
+  latLonAt(x, y) {
+    const [mx, my] = this.toWorld(x, y);
+    return [(Math.atan(Math.sinh(Math.PI * (1 - 2 * my))) * 180) / Math.PI, mx * 360 - 180];
+  }
+
+  setMode(mode) {
+    this.mode = mode;
+    this.canvas.classList.toggle("picking", mode !== null);
+  }
+
   click(x, y) {
     const unit = this.unitAt(x, y);
+    if (this.mode) {
+      if (unit && this.mode.onUnit) this.mode.onUnit(unit);
+      else if (this.mode.onPoint) this.mode.onPoint(...this.latLonAt(x, y));
+      return;
+    }
     if (unit) {
       this.onSelect(unit.device_id);
       return;
@@ -414,7 +444,8 @@ export class MapView {
     const emergencies = this.store.emergencies;
     const selected = this.selected;
     const highlight = this.highlight;
-    const anySpecial = emergencies.size > 0 || selected !== null || highlight.size > 0;
+    const picked = this.picked;
+    const anySpecial = emergencies.size > 0 || selected !== null || highlight.size > 0 || picked.size > 0;
     const W = this.worldPx();
     const w = this.width, hgt = this.height;
     const ox = w / 2 - this.view.cx * W;
@@ -440,7 +471,8 @@ export class MapView {
       const y = (u.my * W + oy + 0.5) | 0;
       if (x < -20 || y < -20 || x > w + 20 || y > hgt + 20) continue;
       drawn++;
-      if (anySpecial && (emergencies.has(u.device_id) || u.device_id === selected || highlight.has(u.device_id))) {
+      if (anySpecial && (emergencies.has(u.device_id) || u.device_id === selected || highlight.has(u.device_id) ||
+          picked.has(u.device_id))) {
         special.push([x, y, u]);
         continue;
       }
@@ -468,29 +500,64 @@ export class MapView {
       }
       this.drawMarkers(ctx, buf, s, half);
       if (cells !== null) this.drawClusters(ctx, cells, hitCells);
-      // Emergencies, the selected unit and highlighted ones: never grouped, always on top.
-      for (const [x, y, u] of special) {
-        const emergency = emergencies.has(u.device_id);
-        const big = emergency ? s + 8 : s + 2;
-        ctx.fillStyle = emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
-        ctx.fillRect(x - big / 2, y - big / 2, big, big);
-        ctx.lineWidth = 2;
-        ctx.strokeStyle = u.device_id === selected ? SELECTED : emergency ? "#ffffff" : LIVE;
-        ctx.strokeRect(x - big / 2 - 2, y - big / 2 - 2, big + 4, big + 4);
-        if (emergency || this.view.zoom >= 13) {
-          ctx.font = `bold ${this.large ? 16 : 12}px system-ui, sans-serif`;
-          ctx.textAlign = "left";
-          ctx.fillStyle = emergency ? EMERGENCY : "#ffffff";
-          ctx.fillText(`${emergency ? "SOS " : ""}${u.callsign || u.device_id}`, x + big / 2 + 5, y + 4);
-        }
-        buf.hit(x, y, u);
-      }
+      // Emergencies, the selected, assigned and picked units: never grouped, always on top.
+      this.alarmsDrawn = [];
+      for (const [x, y, u] of special) this.drawSpecial(ctx, x, y, u, s, emergencies.has(u.device_id));
+      for (const [x, y, u] of special) buf.hit(x, y, u);
     });
     this.hits = { xs: buf.hx, ys: buf.hy, units: buf.hu, count: buf.hn, cells: hitCells };
     const renderMs = performance.now() - started;
     this.stats = { visible, drawn, noPosition, clusters: hitCells.length, renderMs, renders: this.stats.renders + 1,
                    total: this.store.units.size };
     if (this.onDrawn) this.onDrawn(this.stats);
+  }
+
+  // One unit on top of the rest. Each mark has its own frame, so they combine: live video the
+  // cyan one it has everywhere; assigned to the incident an orange double frame; picked a
+  // dashed white one;
+  // an assigned firearms unit not recording a red "NOT RECORDING" plate under it.
+  drawSpecial(ctx, x, y, u, s, emergency) {
+    const id = u.device_id;
+    const assigned = this.highlight.has(id);
+    const big = emergency ? s + 8 : s + 2;
+    ctx.fillStyle = emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
+    ctx.fillRect(x - big / 2, y - big / 2, big, big);
+    ctx.lineWidth = 2;
+    const frame = (pad) => ctx.strokeRect(x - big / 2 - pad, y - big / 2 - pad, big + 2 * pad, big + 2 * pad);
+    if (u.live || id === this.selected || emergency) {
+      ctx.strokeStyle = u.live ? LIVE : SELECTED;
+      frame(2);
+    }
+    if (assigned) {
+      ctx.strokeStyle = INCIDENT;
+      frame(5);
+      frame(8.5);
+    }
+    if (this.picked.has(id)) {
+      ctx.setLineDash([3, 3]);
+      ctx.strokeStyle = SELECTED;
+      frame(12);
+      ctx.setLineDash([]);
+    }
+    const font = this.large ? 16 : 12;
+    if (emergency || assigned || this.view.zoom >= 13) {
+      ctx.font = `bold ${font}px system-ui, sans-serif`;
+      ctx.textAlign = "left";
+      ctx.fillStyle = emergency ? EMERGENCY : assigned ? INCIDENT : "#ffffff";
+      ctx.fillText(`${emergency ? "SOS " : ""}${u.callsign || id}`, x + big / 2 + 9, y + 4);
+    }
+    if (this.alarms.has(id)) {
+      const text = "NOT RECORDING";
+      ctx.font = `800 ${font - 1}px system-ui, sans-serif`;
+      const w = ctx.measureText(text).width + 8;
+      const top = y + big / 2 + 9;
+      ctx.fillStyle = NOT_RECORDING;
+      ctx.fillRect(x - w / 2, top, w, font + 4);
+      ctx.fillStyle = "#ffffff";
+      ctx.textAlign = "center";
+      ctx.fillText(text, x, top + font);
+      this.alarmsDrawn.push(id);
+    }
   }
 
   // Reused between renders: 22,000 units make no garbage for the collector to chase.
@@ -570,6 +637,15 @@ export class MapView {
     this.drawOverlay(ctx);
   }
 
+  tracePath(ctx, lonLats, close) {
+    lonLats.forEach(([lon, lat], i) => {
+      const [x, y] = this.toScreen(...mercator(lat, lon));
+      if (i === 0) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+    });
+    if (close) ctx.closePath();
+  }
+
   drawOverlay(ctx) {
     const W = this.worldPx();
     for (const c of this.circles) {
@@ -577,7 +653,8 @@ export class MapView {
       const [x, y] = this.toScreen(mx, my);
       const r = (c.radius_m * W) / (EARTH_M * Math.cos((c.lat * Math.PI) / 180));
       ctx.beginPath();
-      ctx.arc(x, y, Math.max(r, 4), 0, 2 * Math.PI);
+      if (c.polygon) this.tracePath(ctx, c.polygon, true);
+      else ctx.arc(x, y, Math.max(r, 4), 0, 2 * Math.PI);
       ctx.fillStyle = "rgba(255, 159, 10, 0.12)";
       ctx.fill();
       ctx.setLineDash([6, 4]);
@@ -588,7 +665,22 @@ export class MapView {
       ctx.fillStyle = "#ff9f0a";
       ctx.font = `bold ${this.large ? 16 : 12}px system-ui, sans-serif`;
       ctx.textAlign = "center";
-      ctx.fillText(c.label, x, y - Math.max(r, 4) - 6);
+      // Above the area: a polygon's highest corner, or the circle's top.
+      const top = c.polygon ? Math.min(...c.polygon.map(([lon, lat]) => this.toScreen(...mercator(lat, lon))[1]))
+        : y - Math.max(r, 4);
+      ctx.fillText(c.label, x, top - 6);
+    }
+    if (this.draft && this.draft.length) {
+      ctx.beginPath();
+      this.tracePath(ctx, this.draft, false);
+      ctx.strokeStyle = INCIDENT;
+      ctx.lineWidth = 2;
+      ctx.stroke();
+      ctx.fillStyle = INCIDENT;
+      for (const [lon, lat] of this.draft) {
+        const [x, y] = this.toScreen(...mercator(lat, lon));
+        ctx.fillRect(x - 4, y - 4, 8, 8);
+      }
     }
     if (this.track && this.track.points.length) {
       const pts = this.track.points;

@@ -12,6 +12,8 @@ const EMERGENCY = "#ff2bd6";
 const LIVE = "#3fc8ff";
 const LOW_BATTERY = "#ffd60a";
 const SELECTED = "#ffffff";
+// Every marker while the live feed is down: the picture is as last reported, not live.
+const STALE = "#4d5560";
 const UNIT_REDRAW_MS = 200; // a live delta comes at most 4 times a second
 // While the user drags, the cached layers move with every frame; the outlines are redrawn at
 // most this often, and the (costlier) unit layer at most once a second.
@@ -57,6 +59,7 @@ export class MapView {
     this.large = false;
     this.selected = null;
     this.highlight = new Set(); // e.g. an incident's assigned units
+    this.stale = false; // the live feed is down: markers greyed, no live colours (main.js)
     this.circles = []; // incident areas: {lat, lon, radius_m, label}
     this.track = null; // {points: [{mx, my, ts, recording}], at: index or null}
     this.interactingUntil = 0;
@@ -472,10 +475,13 @@ export class MapView {
       for (const [x, y, u] of special) {
         const emergency = emergencies.has(u.device_id);
         const big = emergency ? s + 8 : s + 2;
-        ctx.fillStyle = emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
+        // Stale, an emergency keeps its colour only in the outline and label: still in sight,
+        // not drawn as if live.
+        ctx.fillStyle = this.stale ? STALE : emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
         ctx.fillRect(x - big / 2, y - big / 2, big, big);
         ctx.lineWidth = 2;
-        ctx.strokeStyle = u.device_id === selected ? SELECTED : emergency ? "#ffffff" : LIVE;
+        ctx.strokeStyle = u.device_id === selected ? SELECTED : emergency ? (this.stale ? EMERGENCY : "#ffffff")
+          : this.stale ? STALE : LIVE;
         ctx.strokeRect(x - big / 2 - 2, y - big / 2 - 2, big + 4, big + 4);
         if (emergency || this.view.zoom >= 13) {
           ctx.font = `bold ${this.large ? 16 : 12}px system-ui, sans-serif`;
@@ -504,7 +510,7 @@ export class MapView {
     for (const state of ["off", "buffering", "recording"]) {
       const pts = buf.points[state];
       const n = buf.counts[state];
-      ctx.fillStyle = STATE_COLOURS[state];
+      ctx.fillStyle = this.stale ? STALE : STATE_COLOURS[state];
       for (let i = 0; i < n; i += 2) ctx.fillRect(pts[i] - half, pts[i + 1] - half, s, s);
     }
     const off = buf.points.offline;
@@ -516,6 +522,7 @@ export class MapView {
     ctx.beginPath();
     for (let i = 0; i < nOff; i += 2) ctx.rect(off[i] - half + 0.5, off[i + 1] - half + 0.5, s - 1, s - 1);
     ctx.stroke();
+    if (this.stale) return; // battery and live video are live facts: not shown as if current
     ctx.fillStyle = LOW_BATTERY;
     const bar = Math.max(2, Math.round(s / 3));
     for (let i = 0; i < buf.counts.low; i += 2) ctx.fillRect(buf.points.low[i] - half, buf.points.low[i + 1] + half + 1, s, bar);
@@ -540,8 +547,8 @@ export class MapView {
       // A bar along the bottom: recording, buffering, offline, the rest, in proportion.
       let bx = x - side / 2;
       const by = y + side / 2 - 4;
-      for (const [count, colour] of [[c.recording, STATE_COLOURS.recording], [c.buffering, STATE_COLOURS.buffering],
-                                     [c.offline, "#000000"]]) {
+      for (const [count, colour] of [[c.recording, this.stale ? STALE : STATE_COLOURS.recording],
+                                     [c.buffering, this.stale ? STALE : STATE_COLOURS.buffering], [c.offline, "#000000"]]) {
         const bw = (side * count) / c.n;
         ctx.fillStyle = colour;
         ctx.fillRect(bx, by, bw, 4);

@@ -972,6 +972,8 @@ def test_many_alerts_group_and_a_high_one_stays_in_sight_at_1100_px_with_a_unit_
 
     group.locator("button.expand").click()
     page.wait_for_selector(".alert.in-group[data-kind=watch_me] >> nth=12")
+    group.scroll_into_view_if_needed()
+    shot(page, "alerts-grouped")
     group.locator("button.ack-group").click()
     for alert_id in watchers:
         page.wait_for_selector(f".alert[data-alert-id='{alert_id}'].st-acknowledged")

@@ -991,9 +991,9 @@ def test_many_alerts_group_and_a_high_one_stays_in_sight_at_1100_px_with_a_unit_
 
 
 def test_at_phone_width_the_map_and_alerts_come_first_and_filters_fold(stack: Stack, browser_page: Any) -> None:
-    """At 390 px the map comes first, then the alerts (the high one at their top), then the
-    filters and legend, folded behind a toggle that opens them; nothing is wider than the
-    screen."""
+    """At 390 px the map comes first, then the alerts (the high one at their top, on the first
+    screen, drawn over by nothing), then the filters and legend, folded behind a toggle that
+    opens them; nothing is wider than the screen."""
     high = insert_alert(stack, SOS.device_id, "assigned_not_recording", "high")
     insert_alert(stack, stack.sim.units[0].device_id, "battery_low", "warning")
     page = browser_page
@@ -1006,6 +1006,7 @@ def test_at_phone_width_the_map_and_alerts_come_first_and_filters_fold(stack: St
     top = {name: page.locator(sel).bounding_box()["y"]
            for name, sel in (("map", "#map"), ("alerts", "#alerts-panel"), ("filters", ".filters"))}
     assert top["map"] < top["alerts"] < top["filters"], top
+    assert in_sight(page, f".alert[data-alert-id='{high}']"), "the high alert is not on the first screen"
     assert page.is_hidden("#filter-role") and page.is_hidden(".legend")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     shot(page, "phone")

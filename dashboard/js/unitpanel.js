@@ -71,8 +71,18 @@ export class UnitPanel {
   }
 
   setStale(since) {
+    const note = this.fields.querySelector(".feed-stale");
+    if (since !== null && note !== null && this.staleSince === since) {
+      // Only the age moves: the buttons are not rebuilt under the operator's pointer every second.
+      note.textContent = this.staleText();
+      return;
+    }
     this.staleSince = since;
     this.drawFields();
+  }
+
+  staleText() {
+    return `disconnected: last update ${fmtAgo(this.staleSince)}`;
   }
 
   // The unit's unresolved emergency alert, the one that draws its marker as SOS (map.js).
@@ -107,7 +117,7 @@ export class UnitPanel {
     this.root.classList.toggle("emergency", stateClass.includes("state-emergency"));
     this.root.classList.toggle("stale", this.staleSince !== null);
     clear(this.fields).append(
-      ...(this.staleSince === null ? [] : row("Live feed", `disconnected: last update ${fmtAgo(this.staleSince)}`, "warn feed-stale")),
+      ...(this.staleSince === null ? [] : row("Live feed", this.staleText(), "warn feed-stale")),
       ...row("Device", u.device_id),
       ...row("Officer", u.officer || "—"),
       ...row("Borough", u.borough || "—"),

@@ -900,3 +900,234 @@ def test_a_declined_tile_says_so_then_clears_itself(pg: Database, mosquitto: Mos
         # It clears itself (CLEAR_AFTER_MS in video.js), bounded by the wait.
         tile.wait_for(state="detached", timeout=15_000)
         assert page.locator("#video-tiles .tile").count() == 0
+
+
+# ---- alerts a control room can live with (#15): always in sight, one badge, one state
+
+
+STALE_RGB = (0x4D, 0x55, 0x60)  # map.js STALE
+LIVE_RGBS = [(0xFF, 0x45, 0x3A), (0x30, 0xD1, 0x58), (0xA1, 0xA7, 0xAD)]  # map.js STATE_COLOURS, filled ones
+EMERGENCY_RGB = (0xFF, 0x2B, 0xD6)
+
+
+def marker_rgb(page: Any, device_id: str) -> tuple[int, int, int] | None:
+    """The colour of the centre of a unit's marker as the map's unit layer drew it (beneath
+    overlays such as a track's position dot); None until that layer is drawn for the view."""
+    rgb = page.evaluate(
+        "(id) => { const m = window.__watchfloor.map; const u = m.store.units.get(id); const l = m.units;"
+        " if (!l.view || l.dirty || l.view.cx !== m.view.cx || l.view.cy !== m.view.cy || l.view.zoom !== m.view.zoom)"
+        " return null;"
+        " const [x, y] = m.toScreen(u.mx, u.my);"
+        " const d = l.canvas.getContext('2d').getImageData(Math.round(x * m.dpr), Math.round(y * m.dpr), 1, 1).data;"
+        " return [d[0], d[1], d[2]]; }", device_id)
+    return None if rgb is None else (int(rgb[0]), int(rgb[1]), int(rgb[2]))
+
+
+def near(rgb: tuple[int, int, int] | None, want: tuple[int, int, int], tolerance: int = 6) -> bool:
+    return rgb is not None and all(abs(a - b) <= tolerance for a, b in zip(rgb, want, strict=True))
+
+
+def in_sight(page: Any, selector: str) -> bool:
+    """The element is inside the window and is what the page shows there (not clipped by a
+    scrolling panel, not under another element)."""
+    return bool(page.evaluate(
+        "(sel) => { const el = document.querySelector(sel); if (!el) return false;"
+        " const r = el.getBoundingClientRect();"
+        " if (r.top < 0 || r.left < 0 || r.bottom > innerHeight || r.right > innerWidth || !r.height) return false;"
+        " const hit = document.elementFromPoint(r.left + Math.min(20, r.width / 2),"
+        " r.top + Math.min(10, r.height / 2));"
+        " return el.contains(hit); }", selector))
+
+
+def insert_alert(stack: Stack, device_id: str, kind: str, severity: str) -> int:
+    return int(stack.db.scalar("INSERT INTO alerts (device_id, kind, severity, detail) VALUES (%s, %s, %s, 'dashboard')"
+                               " RETURNING id", (device_id, kind, severity)))
+
+
+def test_many_alerts_group_and_a_high_one_stays_in_sight_at_1100_px_with_a_unit_open(
+        stack: Stack, browser_page: Any) -> None:
+    """At 1100 px, with a unit's panel open (and the incident panel), the high alert is in
+    the window, not below the fold. Many alerts fold into groups by kind (or by unit, as
+    chosen) with a count; a group opens to its alerts and is acknowledged in one act (one
+    audit entry)."""
+    # Kinds that the simulated fleet's own reports do not clear.
+    units = [u.device_id for u in stack.sim.units]
+    watchers = [insert_alert(stack, d, "watch_me", "warning") for d in units[:12] + [units[20]]]
+    insert_alert(stack, units[20], "geofence", "warning")
+    high = insert_alert(stack, SOS.device_id, "assigned_not_recording", "high")
+    page = browser_page
+    page.set_viewport_size({"width": 1100, "height": 700})
+    sign_in(page, stack.base, "op-all")
+    group = page.locator("#alerts-panel .alert-group[data-group='kind:watch_me']")
+    group.wait_for(timeout=15_000)
+    assert group.locator(".count").inner_text() == "13 alerts"
+    assert page.locator("#alerts-panel .alert[data-kind=watch_me]").count() == 0
+    page.click(f".alert[data-alert-id='{high}'] button.link")  # locates the unit, opens its panel
+    page.wait_for_selector(f"#unit-panel:not(.hidden)[data-device-id='{SOS.device_id}']")
+    page.wait_for_selector("#unit-panel .track-info:has-text('fix')", timeout=15_000)
+    assert page.is_visible("#incident-panel")
+    wait_for(lambda: in_sight(page, f".alert[data-alert-id='{high}']"), timeout=15,
+             what="the high alert in the window beside the open unit panel")
+    shot(page, "alerts-1100-unit-open")
+
+    group.locator("button.expand").click()
+    page.wait_for_selector(".alert.in-group[data-kind=watch_me] >> nth=12")
+    group.scroll_into_view_if_needed()
+    shot(page, "alerts-grouped")
+    group.locator("button.ack-group").click()
+    for alert_id in watchers:
+        page.wait_for_selector(f".alert[data-alert-id='{alert_id}'].st-acknowledged")
+    assert [stack.db.scalar("SELECT status FROM alerts WHERE id = %s", (i,)) for i in watchers + [high]] == \
+        ["acknowledged"] * 13 + ["open"]
+    entry = stack.db.scalar("SELECT details FROM audit_log WHERE action = 'alerts_acknowledged'")
+    assert entry["count"] == 13
+
+    page.select_option("#alerts-panel select[name=group-by]", "unit")
+    by_unit = page.locator(f"#alerts-panel .alert-group[data-group='unit:{units[20]}']")
+    by_unit.wait_for()
+    assert by_unit.locator(".count").inner_text() == "2 alerts"
+    page.select_option("#alerts-panel select[name=group-by]", "")
+    page.wait_for_selector("#alerts-panel .alert-group", state="detached")
+
+
+def test_at_phone_width_the_map_and_alerts_come_first_and_filters_fold(stack: Stack, browser_page: Any) -> None:
+    """At 390 px the map comes first, then the alerts (the high one at their top, on the first
+    screen, drawn over by nothing), then the filters and legend, folded behind a toggle that
+    opens them; nothing is wider than the screen."""
+    high = insert_alert(stack, SOS.device_id, "assigned_not_recording", "high")
+    insert_alert(stack, stack.sim.units[0].device_id, "battery_low", "warning")
+    page = browser_page
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    first = page.locator("#alerts-panel .alert-list > li").first
+    first.wait_for(timeout=15_000)
+    assert first.get_attribute("data-alert-id") == str(high)
+    top = {name: page.locator(sel).bounding_box()["y"]
+           for name, sel in (("map", "#map"), ("alerts", "#alerts-panel"), ("filters", ".filters"))}
+    assert top["map"] < top["alerts"] < top["filters"], top
+    assert in_sight(page, f".alert[data-alert-id='{high}']"), "the high alert is not on the first screen"
+    assert page.is_hidden("#filter-role") and page.is_hidden(".legend")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "phone")
+    page.click("#filters-toggle")
+    assert page.get_attribute("#filters-toggle", "aria-expanded") == "true"
+    page.wait_for_selector("#filter-role", state="visible")
+    assert page.is_visible(".legend")
+
+
+def test_the_badge_always_says_the_open_count(stack: Stack, browser_page: Any) -> None:
+    """Through several live alerts and an acknowledgement, the top-bar badge only ever reads
+    "N open" (every text it took is recorded), with N the open count; new alerts make it
+    flash, not change its words."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    page.evaluate("() => { window.__badgeTexts = []; const b = document.querySelector('#alert-count');"
+                  " new MutationObserver(() => window.__badgeTexts.push(b.textContent))"
+                  ".observe(b, { childList: true, characterData: true, subtree: true }); }")
+
+    def badge_and_summary() -> tuple[str, str]:
+        pair = page.evaluate("[document.querySelector('#alert-count').textContent,"
+                             " document.querySelector('#alerts-panel .alert-summary').textContent]")
+        return str(pair[0]), str(pair[1])
+
+    devices = [SOS.device_id] + [u.device_id for u in stack.sim.units[:2]]
+    for seq, (device_id, kind) in enumerate([(devices[0], "emergency"), (devices[1], "watch_me"),
+                                             (devices[2], "watch_me"), (devices[1], "emergency")], start=10):
+        stack.publish([(topic_for(device_id, Channel.EVENTS), event_payload(seq, kind))])
+        page.wait_for_selector(f".alert[data-kind={kind}][data-device-id='{device_id}']", timeout=15_000)
+        badge, summary = badge_and_summary()
+        assert re.fullmatch(r"\d+ open", badge), badge
+        assert summary.startswith(badge.replace(" open", " open,")), (badge, summary)
+    page.wait_for_selector("#alert-count.flash")
+    page.locator(f".alert[data-kind=watch_me][data-device-id='{devices[2]}'] button.ack").click()
+    page.wait_for_selector(f".alert[data-kind=watch_me][data-device-id='{devices[2]}'].st-acknowledged")
+    badge, summary = badge_and_summary()
+    assert summary.startswith(badge.replace(" open", " open,")), (badge, summary)
+    texts = page.evaluate("window.__badgeTexts")
+    assert len(texts) >= 4 and all(re.fullmatch(r"\d+ open", t) for t in texts), texts
+
+
+def test_unit_panel_shows_the_emergency_its_marker_shows(stack: Stack, browser_page: Any) -> None:
+    """A unit with an open emergency: its marker is drawn SOS (emergency colour) and its
+    panel's state says EMERGENCY (not the camera's "buffering" alone); resolved, both go
+    back to the camera's state."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(20, "emergency", trigger="button"))])
+    item = page.locator(".alert[data-kind=emergency]")
+    item.wait_for(timeout=15_000)
+    item.locator("button.link").click()
+    page.wait_for_selector(f"#unit-panel:not(.hidden)[data-device-id='{SOS.device_id}']")
+    state = page.locator("#unit-panel dd.state")
+    page.wait_for_selector("#unit-panel.emergency dd.state-emergency:has-text('EMERGENCY (SOS), not acknowledged')")
+    assert "camera buffering" in state.inner_text()
+    wait_for(lambda: near(marker_rgb(page, SOS.device_id), EMERGENCY_RGB), timeout=15, what="the SOS marker")
+    shot(page, "unit-panel-emergency")
+
+    item.locator("button.ack").click()
+    page.wait_for_selector("#unit-panel dd.state-emergency:has-text('acknowledged by op-all')")
+    item.locator("button.resolve").click()
+    page.click("#resolve-dialog button[value=ok]")
+    page.wait_for_selector("#unit-panel dd.state-emergency", state="detached")
+    assert state.inner_text() == "buffering" and "state-buffering" in (state.get_attribute("class") or "")
+    wait_for(lambda: near(marker_rgb(page, SOS.device_id), LIVE_RGBS[1]), timeout=15,
+             what="the marker back to buffering")
+
+
+def test_units_are_drawn_stale_while_the_feed_is_down(stack: Stack, browser_page: Any) -> None:
+    """While the live feed is down (the API stopped), markers are greyed, not in live colours,
+    the map says how old the last update is, and the open unit panel says so too; once the
+    feed is back, live colours return and the notices go."""
+    stack.publish([(topic_for(SOS.device_id, Channel.TELEMETRY), telemetry_payload(30, lat=51.4995, lon=-0.1248))])
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    wait_visible(page, lambda n: n == FLEET + 1, "every unit drawn")
+    page.fill("#filter-search", SOS.callsign.lower())  # SOS alone on the map: no marker drawn over it
+    wait_visible(page, lambda n: n == 1, "the SOS unit alone")
+    page.click(f"#search-results button:has-text('{SOS.callsign}')")
+    page.wait_for_selector(f"#unit-panel:not(.hidden)[data-device-id='{SOS.device_id}']")
+    wait_for(lambda: near(marker_rgb(page, SOS.device_id), LIVE_RGBS[1]), timeout=15, what="a live-coloured marker")
+    assert page.is_hidden("#map-stale")
+
+    stack.stop_api()
+    page.wait_for_selector("#conn-state[data-state=disconnected]", timeout=15_000)
+    stale = page.locator("#map-stale")
+    stale.wait_for(timeout=15_000)
+    assert re.search(r"last update \d+ s ago", stale.inner_text()), stale.inner_text()
+    wait_for(lambda: near(marker_rgb(page, SOS.device_id), STALE_RGB), timeout=15, what="a greyed marker")
+    page.wait_for_selector("#unit-panel.stale dd.feed-stale:has-text('last update')")
+    assert "state-stale" in (page.get_attribute("#unit-panel dd.state", "class") or "")
+    shot(page, "stale")
+
+    stack.start_api()
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=30_000)
+    stale.wait_for(state="hidden")
+    wait_for(lambda: near(marker_rgb(page, SOS.device_id), LIVE_RGBS[1]), timeout=15, what="live colours again")
+    page.wait_for_selector("#unit-panel dd.feed-stale", state="detached")
+
+
+def test_an_escalation_is_announced_again_with_its_look_and_sound(stack: Stack, browser_page: Any) -> None:
+    """A live emergency sounds once; seen (located) it stops being new; left unacknowledged
+    past its deadline it escalates: the same alert is announced again (new again, drawn as
+    escalated, "Escalated to supervisor") and sounds a second time."""
+    page = browser_page
+    sign_in(page, stack.base, "op-all")
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    stack.publish([(topic_for(SOS.device_id, Channel.EVENTS), event_payload(40, "emergency"))])
+    item = page.locator(".alert[data-kind=emergency]")
+    item.wait_for(timeout=15_000)
+    page.wait_for_selector("#alerts-panel button.sound[data-sounds='1']", timeout=15_000)
+    item.locator("button.link").click()  # seen: no longer new
+    page.wait_for_selector(".alert[data-kind=emergency]:not(.new):not(.escalated)")
+    alert_id = int(item.get_attribute("data-alert-id") or 0)
+    # Past its deadline now (the worker's sweep escalates it), without waiting 30 s.
+    assert stack.db.scalar("UPDATE alerts SET raised_at = now() - interval '10 minutes' WHERE id = %s RETURNING id",
+                           (alert_id,)) == alert_id
+    again = f".alert.escalated.new[data-alert-id='{alert_id}'] .escalation:has-text('Escalated to supervisor')"
+    page.wait_for_selector(again, timeout=30_000)
+    page.wait_for_selector("#alerts-panel button.sound[data-sounds='2']", timeout=15_000)
+    shot(page, "escalated")

@@ -4,10 +4,22 @@
 // also sound a tone, unless this user muted it; muting is shown on screen all the while,
 // since a muted control room misses emergencies.
 // A watch_me or emergency alert offers "Watch now" to those who watch video (video.js).
+// When the list is long, alerts of one kind (or one unit, as the operator chooses) fold into
+// a group with a count, opened on demand and acknowledged in one act; emergencies and
+// escalated alerts never fold, so they stay in sight.
+// The top-bar badge says one thing, the open count; new alerts make it flash, never change
+// its words, so it does not read "3 new" and "12 open" in turns.
 
 import { clear, fmtAgo, h, throttle } from "./dom.js";
 
 const MAX_SHOWN = 200;
+// Grouping starts when more alerts than this are shown, for groups of at least GROUP_MIN.
+const GROUP_FROM = 8;
+const GROUP_MIN = 2;
+const GROUP_BY = {
+  kind: (a) => `kind:${a.kind}`,
+  unit: (a) => `unit:${a.device_id}`,
+};
 const WATCH_KINDS = new Set(["watch_me", "emergency"]);
 const KIND_NAMES = {
   battery_low: "Battery low", battery_critical: "Battery critical", storage_full: "Storage nearly full",
@@ -16,6 +28,11 @@ const KIND_NAMES = {
 };
 
 const LOUD = new Set(["high", "critical"]);
+
+// Emergencies, critical and escalated alerts never fold into a group.
+function foldable(a) {
+  return a.kind !== "emergency" && a.severity !== "critical" && !a.escalated_at;
+}
 
 // A short two-tone alarm made with Web Audio: no sound file to fetch, nothing the CSP must allow.
 function playTone(ctx) {
@@ -60,6 +77,9 @@ export class AlertsPanel {
     this.mute = h("button", { type: "button", class: "sound", onclick: () => this.setMuted(!this.muted) });
     root.querySelector("header").append(this.mute);
     this.showMute();
+    this.groupBy = root.querySelector("select[name=group-by]");
+    this.expanded = new Set(); // group keys opened by the operator
+    this.groupBy.addEventListener("change", () => this.draw());
     this.render = throttle(() => this.draw(), 250);
     this.showInfo.addEventListener("change", () => this.draw());
     store.subscribeAlerts((added) => {
@@ -129,8 +149,12 @@ export class AlertsPanel {
     this.render();
   }
 
-  async acknowledgeSelected() {
-    const ids = [...this.selected];
+  acknowledgeSelected() {
+    return this.acknowledgeMany([...this.selected], "the selected alerts");
+  }
+
+  // One POST /alerts/acknowledge (one audit entry) for a selection or a group.
+  async acknowledgeMany(ids, what) {
     if (!ids.length) return;
     try {
       const done = await this.api.post("/api/v1/alerts/acknowledge", { ids });
@@ -141,7 +165,7 @@ export class AlertsPanel {
       }
       this.summary.textContent = `${done.count} acknowledged`;
     } catch (error) {
-      this.summary.textContent = `Could not acknowledge the selected alerts: ${error.message}`;
+      this.summary.textContent = `Could not acknowledge ${what}: ${error.message}`;
       this.summary.classList.add("error");
       this.refresh();
       return;
@@ -175,10 +199,15 @@ export class AlertsPanel {
     this.bulk.disabled = this.selected.size === 0;
     this.bulk.textContent = `Acknowledge selected${this.selected.size ? ` (${this.selected.size})` : ""}`;
     clear(this.list);
-    for (const a of shown.slice(0, MAX_SHOWN)) this.list.append(this.item(a));
-    if (shown.length > MAX_SHOWN) this.list.append(h("li", { class: "more" }, `and ${shown.length - MAX_SHOWN} more`));
+    const entries = this.entries(shown);
+    for (const entry of entries.slice(0, MAX_SHOWN)) {
+      this.list.append(entry.alert ? this.item(entry.alert, entry.inGroup) : this.group(entry));
+    }
+    if (entries.length > MAX_SHOWN) this.list.append(h("li", { class: "more" }, `and ${entries.length - MAX_SHOWN} more`));
     const fresh = this.unseen.size;
-    this.badge.textContent = fresh ? `${fresh} new alert${fresh > 1 ? "s" : ""}` : `${open} open alerts`;
+    this.badge.textContent = `${open} open`;
+    this.badge.dataset.open = String(open);
+    this.badge.title = fresh ? `${open} open alerts, ${fresh} not yet seen` : `${open} open alerts`;
     this.badge.classList.toggle("flash", fresh > 0);
     document.title = fresh ? `(${fresh}) new alert${fresh > 1 ? "s" : ""} — Watchfloor` : "Watchfloor — control room";
     this.root.classList.toggle("attention", fresh > 0);
@@ -191,11 +220,65 @@ export class AlertsPanel {
     }
   }
 
-  item(a) {
+  // The list in order, worst first: single alerts, and groups placed where their worst alert
+  // would be. Flat when the list is short or the operator chose no grouping.
+  entries(shown) {
+    const keyOf = GROUP_BY[this.groupBy.value];
+    if (!keyOf || shown.length <= GROUP_FROM) return shown.map((alert) => ({ alert }));
+    const groups = new Map();
+    for (const a of shown) {
+      if (!foldable(a)) continue;
+      const key = keyOf(a);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(a);
+    }
+    const out = [];
+    const placed = new Set();
+    for (const a of shown) {
+      const members = foldable(a) ? groups.get(keyOf(a)) : null;
+      if (!members || members.length < GROUP_MIN) out.push({ alert: a });
+      else {
+        const key = keyOf(a);
+        if (placed.has(key)) continue;
+        placed.add(key);
+        out.push({ key, members });
+        if (this.expanded.has(key)) out.push(...members.map((alert) => ({ alert, inGroup: true })));
+      }
+    }
+    return out;
+  }
+
+  group({ key, members }) {
+    const first = members[0];
+    const open = members.filter((a) => a.status === "open");
+    const opened = this.expanded.has(key);
+    const title = key.startsWith("kind:") ? KIND_NAMES[first.kind] || first.kind
+      : `${first.callsign || first.device_id}${first.borough ? ` · ${first.borough}` : ""}`;
+    const fresh = members.some((a) => this.unseen.has(a.id));
+    return h("li", {
+      class: `alert alert-group sev-${first.severity}${open.length ? " st-open" : " st-acknowledged"}${fresh ? " new" : ""}`,
+      dataset: { group: key },
+    },
+    h("div", { class: "alert-head" },
+      h("button", { type: "button", class: "expand", "aria-expanded": String(opened),
+        onclick: () => {
+          if (opened) this.expanded.delete(key); else this.expanded.add(key);
+          this.draw();
+        } }, opened ? "▾" : "▸"),
+      h("span", { class: "sev" }, first.severity),
+      h("strong", {}, title),
+      h("span", { class: "count" }, `${members.length} alerts`),
+      h("span", { class: "muted" }, `${open.length} open`)),
+    this.canHandle && open.length ? h("div", { class: "alert-actions" },
+      h("button", { type: "button", class: "ack-group", onclick: () => this.acknowledgeMany(open.map((a) => a.id), title) },
+        `Acknowledge ${open.length}`)) : null);
+  }
+
+  item(a, inGroup = false) {
     const handle = this.canHandle;
     return h("li", {
       class: `alert sev-${a.severity} st-${a.status}${a.escalated_at ? " escalated" : ""}` +
-        `${this.unseen.has(a.id) ? " new" : ""}`,
+        `${this.unseen.has(a.id) ? " new" : ""}${inGroup ? " in-group" : ""}`,
       dataset: { alertId: a.id, deviceId: a.device_id, kind: a.kind },
     },
     h("div", { class: "alert-head" },

@@ -9,7 +9,7 @@
 import { AlertsPanel, ResolveDialog } from "./alerts.js";
 import { Api } from "./api.js";
 import { AuditView } from "./audit.js";
-import { $, clear, fmtPct, h, show } from "./dom.js";
+import { $, clear, fmtAgo, fmtPct, h, show } from "./dom.js";
 import { FleetView } from "./fleet.js";
 import { IncidentPanel } from "./incidents.js";
 import { LiveFeed } from "./live.js";
@@ -35,6 +35,7 @@ const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
 const ADMIN_REFRESH_MS = 30000;
+const FEED_DOWN = new Set(["disconnected", "reconnecting", "refused"]);
 const NOTICE_KEY = "watchfloor.notice";
 const LARGE_KEY = "watchfloor.large-type";
 
@@ -104,7 +105,8 @@ async function startSession() {
 
   const store = new UnitStore();
   const views = ROLE_VIEWS[role] || [];
-  const ctx = { api, store, role, views };
+  // staleSince: while the live feed is down, when its last frame came (null while live).
+  const ctx = { api, store, role, views, lastFrameAt: null, staleSince: null, staleTimer: null };
   // The feed first: the snapshot (the biggest wait) is on its way while the views are built;
   // the store holds it until they draw.
   if (ON_LIVE_FEED.has(role)) startFeed(ctx);
@@ -215,6 +217,12 @@ async function setUpMap(ctx) {
   $("#zoom-in").addEventListener("click", () => map.zoomBy(1));
   $("#zoom-out").addEventListener("click", () => map.zoomBy(-1));
   $("#zoom-fit").addEventListener("click", () => map.fitLondon());
+  // On a phone the filters and legend fold behind this toggle (app.css), after the map and alerts.
+  const filtersToggle = $("#filters-toggle");
+  filtersToggle.addEventListener("click", () => {
+    const open = $(".filters").classList.toggle("open");
+    filtersToggle.setAttribute("aria-expanded", String(open));
+  });
 
   const locate = (deviceId) => {
     const u = store.units.get(deviceId);
@@ -248,6 +256,32 @@ async function setUpMap(ctx) {
     onWatch: ctx.video ? (alert, kindName) => ctx.video.watchAlert(alert, kindName) : null,
   });
   probe.measureFrames = (ms, options) => measureFrames(map, ms, options);
+  showStale(ctx); // the feed may have dropped before the map was built
+}
+
+// While the live feed is down, what the page shows is as last reported: markers greyed
+// (map.js), the unit panel's state too, and the age of the last update on the map.
+function feedStatus(ctx, state) {
+  if (FEED_DOWN.has(state) && ctx.staleSince === null) {
+    ctx.staleSince = ctx.lastFrameAt || Date.now();
+    ctx.staleTimer = setInterval(() => showStale(ctx), 1000);
+  } else if (state === "live" && ctx.staleSince !== null) {
+    ctx.staleSince = null;
+    clearInterval(ctx.staleTimer);
+  }
+  showStale(ctx);
+}
+
+function showStale(ctx) {
+  const since = ctx.staleSince;
+  if (ctx.map && ctx.map.stale !== (since !== null)) {
+    ctx.map.stale = since !== null;
+    ctx.map.invalidate({ units: true });
+  }
+  if (ctx.panel) ctx.panel.setStale(since);
+  const note = $("#map-stale");
+  show(note, since !== null);
+  note.textContent = since === null ? "" : `Not live: units as last reported, last update ${fmtAgo(since)}`;
 }
 
 function drawSearchResults(ctx, filter) {
@@ -292,8 +326,10 @@ function startFeed(ctx) {
         if (!api.valid()) signOut("Your session has ended: sign in again.");
         else setConnection(state, `The live feed refused this session: ${detail}`);
       } else setConnection(state, state === "live" ? "Live feed connected" : "");
+      feedStatus(ctx, state);
     },
     onFrame: (frame) => {
+      ctx.lastFrameAt = Date.now();
       switch (frame.type) {
         case "snapshot":
           probe.perf.snapshots += 1;

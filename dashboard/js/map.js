@@ -15,6 +15,8 @@ const SELECTED = "#ffffff";
 // An incident's area and its assigned units share one colour, apart from live video's cyan.
 const INCIDENT = "#ff9f0a";
 const NOT_RECORDING = "#ff453a";
+// Every marker while the live feed is down: the picture is as last reported, not live.
+const STALE = "#4d5560";
 const UNIT_REDRAW_MS = 200; // a live delta comes at most 4 times a second
 // While the user drags, the cached layers move with every frame; the outlines are redrawn at
 // most this often, and the (costlier) unit layer at most once a second.
@@ -63,6 +65,7 @@ export class MapView {
     this.alarms = new Set(); // assigned firearms units not recording: "NOT RECORDING" on the marker
     this.picked = new Set(); // units chosen on the map for assignment: a dashed white frame
     this.alarmsDrawn = []; // the units whose "NOT RECORDING" plate the last render drew
+    this.stale = false; // the live feed is down: markers greyed, no live colours (main.js)
     this.circles = []; // incident areas: {lat, lon, radius_m, polygon ([lon, lat] ring) or null, label}
     this.draft = null; // an area being drawn: [[lon, lat], ...]
     // While set, a click picks a point or a unit for the incident panel instead of opening the
@@ -520,12 +523,15 @@ export class MapView {
     const id = u.device_id;
     const assigned = this.highlight.has(id);
     const big = emergency ? s + 8 : s + 2;
-    ctx.fillStyle = emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
+    // Stale, the fill is grey and live video unmarked (the picture is as last reported); an
+    // emergency keeps its colour in the outline and label, to stay in sight.
+    const live = u.live && !this.stale;
+    ctx.fillStyle = this.stale ? STALE : emergency ? EMERGENCY : STATE_COLOURS[u.state] || STATE_COLOURS.off;
     ctx.fillRect(x - big / 2, y - big / 2, big, big);
     ctx.lineWidth = 2;
     const frame = (pad) => ctx.strokeRect(x - big / 2 - pad, y - big / 2 - pad, big + 2 * pad, big + 2 * pad);
-    if (u.live || id === this.selected || emergency) {
-      ctx.strokeStyle = u.live ? LIVE : SELECTED;
+    if (live || id === this.selected || emergency) {
+      ctx.strokeStyle = live ? LIVE : id === this.selected ? SELECTED : this.stale ? EMERGENCY : SELECTED;
       frame(2);
     }
     if (assigned) {
@@ -571,7 +577,7 @@ export class MapView {
     for (const state of ["off", "buffering", "recording"]) {
       const pts = buf.points[state];
       const n = buf.counts[state];
-      ctx.fillStyle = STATE_COLOURS[state];
+      ctx.fillStyle = this.stale ? STALE : STATE_COLOURS[state];
       for (let i = 0; i < n; i += 2) ctx.fillRect(pts[i] - half, pts[i + 1] - half, s, s);
     }
     const off = buf.points.offline;
@@ -583,6 +589,7 @@ export class MapView {
     ctx.beginPath();
     for (let i = 0; i < nOff; i += 2) ctx.rect(off[i] - half + 0.5, off[i + 1] - half + 0.5, s - 1, s - 1);
     ctx.stroke();
+    if (this.stale) return; // battery and live video are live facts: not shown as if current
     ctx.fillStyle = LOW_BATTERY;
     const bar = Math.max(2, Math.round(s / 3));
     for (let i = 0; i < buf.counts.low; i += 2) ctx.fillRect(buf.points.low[i] - half, buf.points.low[i + 1] + half + 1, s, bar);
@@ -607,8 +614,8 @@ export class MapView {
       // A bar along the bottom: recording, buffering, offline, the rest, in proportion.
       let bx = x - side / 2;
       const by = y + side / 2 - 4;
-      for (const [count, colour] of [[c.recording, STATE_COLOURS.recording], [c.buffering, STATE_COLOURS.buffering],
-                                     [c.offline, "#000000"]]) {
+      for (const [count, colour] of [[c.recording, this.stale ? STALE : STATE_COLOURS.recording],
+                                     [c.buffering, this.stale ? STALE : STATE_COLOURS.buffering], [c.offline, "#000000"]]) {
         const bw = (side * count) / c.n;
         ctx.fillStyle = colour;
         ctx.fillRect(bx, by, bw, 4);

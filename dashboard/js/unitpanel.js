@@ -1,6 +1,9 @@
 // The unit panel: one unit's battery, charging, storage, GPS accuracy and last report (kept
 // current by the live feed), its recording history (the events endpoint), and its track
 // over the last hours drawn on the map and played back with a time slider.
+// Its state agrees with the unit's marker: an unresolved emergency alert (the map's SOS)
+// shows as EMERGENCY above the camera's recording state, and while the live feed is down the
+// state is greyed with the age of the last update, as the markers are.
 
 import { clear, fmtAgo, fmtPct, fmtTime, h, show } from "./dom.js";
 import { isLowBattery, mercator } from "./store.js";
@@ -20,6 +23,7 @@ export class UnitPanel {
     this.deviceId = null;
     this.detail = null;
     this.playTimer = null;
+    this.staleSince = null; // the last update's time while the live feed is down (main.js)
     this.fields = root.querySelector(".unit-fields");
     this.title = root.querySelector(".unit-title");
     this.events = root.querySelector(".unit-events");
@@ -33,7 +37,8 @@ export class UnitPanel {
     this.slider.addEventListener("input", () => this.seek(Number(this.slider.value)));
     this.playButton.addEventListener("click", () => this.togglePlay());
     store.subscribe((kind, changed) => {
-      if (this.deviceId && (kind === "snapshot" || changed.some((u) => u.device_id === this.deviceId))) this.drawFields();
+      if (!this.deviceId) return;
+      if (kind === "snapshot" || kind === "alerts" || changed.some((u) => u.device_id === this.deviceId)) this.drawFields();
     });
   }
 
@@ -65,6 +70,40 @@ export class UnitPanel {
     show(this.root, false);
   }
 
+  setStale(since) {
+    const note = this.fields.querySelector(".feed-stale");
+    if (since !== null && note !== null && this.staleSince === since) {
+      // Only the age moves: the buttons are not rebuilt under the operator's pointer every second.
+      note.textContent = this.staleText();
+      return;
+    }
+    this.staleSince = since;
+    this.drawFields();
+  }
+
+  staleText() {
+    return `disconnected: last update ${fmtAgo(this.staleSince)}`;
+  }
+
+  // The unit's unresolved emergency alert, the one that draws its marker as SOS (map.js).
+  emergency() {
+    if (!this.store.emergencies.has(this.deviceId)) return null;
+    for (const a of this.store.alerts.values()) {
+      if (a.kind === "emergency" && a.device_id === this.deviceId) return a;
+    }
+    return null;
+  }
+
+  stateRow(u) {
+    const sos = this.emergency();
+    const camera = u.state || "—";
+    if (sos) {
+      const handled = sos.status === "acknowledged" ? `, acknowledged by ${sos.acknowledged_by}` : ", not acknowledged";
+      return [`EMERGENCY (SOS)${handled} · camera ${camera}`, "state state-emergency"];
+    }
+    return [camera, `state state-${this.staleSince === null ? u.state : "stale"}`];
+  }
+
   unit() {
     return { ...(this.detail || {}), ...(this.store.units.get(this.deviceId) || {}) };
   }
@@ -74,12 +113,16 @@ export class UnitPanel {
     const u = this.unit();
     this.title.textContent = `${u.callsign || u.device_id}`;
     const row = (label, value, cls = "") => [h("dt", {}, label), h("dd", { class: cls }, value)];
+    const [state, stateClass] = this.stateRow(u);
+    this.root.classList.toggle("emergency", stateClass.includes("state-emergency"));
+    this.root.classList.toggle("stale", this.staleSince !== null);
     clear(this.fields).append(
+      ...(this.staleSince === null ? [] : row("Live feed", this.staleText(), "warn feed-stale")),
       ...row("Device", u.device_id),
       ...row("Officer", u.officer || "—"),
       ...row("Borough", u.borough || "—"),
       ...row("Role", u.role || "—"),
-      ...row("State", u.state || "—", `state state-${u.state}`),
+      ...row("State", state, stateClass),
       ...row("Battery", `${fmtPct(u.battery_pct)}${u.charging ? " (charging)" : ""}`, isLowBattery(u) ? "warn" : ""),
       ...row("Charging", u.charging ? "yes" : "no"),
       ...row("Docked", u.docked ? "yes" : "no"),

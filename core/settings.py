@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     # request, is covered by it (the camera is not asked again); false: every request is put
     # to the camera. Anyone else's request always is (docs/live-view.md "Who a consent covers").
     live_view_consent_covers_same_requester: bool = True
+    # A later request naming the incident that the accepted request named is covered by its
+    # consent too (rule same_incident); false: such requests are put to the camera.
+    live_view_consent_covers_same_incident: bool = True
     # A watch_me event older than this (its ts: a camera's buffer sent late) grants no consent.
     live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
     # A viewing ends after this long (max_length): the viewer asks again, with a reason.

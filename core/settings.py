@@ -201,6 +201,12 @@ class Settings(BaseSettings):
     # A later request naming the incident that the accepted request named is covered by its
     # consent too (rule same_incident); false: such requests are put to the camera.
     live_view_consent_covers_same_incident: bool = True
+    # Live view's broker intake (one inbox per API process, shared by every camera): its size,
+    # and each camera's own rate before it (replies and consent events; the excess is dropped
+    # and counted, so one camera flooding cannot crowd out the others' answers).
+    live_view_inbox_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    live_view_intake_per_device_per_s: float = Field(default=2.0, gt=0, le=10_000)
+    live_view_intake_per_device_burst: int = Field(default=20, ge=1, le=100_000)
     # A watch_me event older than this (its ts: a camera's buffer sent late) grants no consent.
     live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
     # A viewing ends after this long (max_length): the viewer asks again, with a reason.

@@ -155,7 +155,10 @@ class LiveView:
         self._pool = pool
         self._hub = hub
         self._broker = LiveViewBroker(mqtt_url=mqtt_url, client_id=client_id,
-                                      command_expires_s=settings.live_view_request_timeout_s)
+                                      command_expires_s=settings.live_view_request_timeout_s,
+                                      inbox_max=settings.live_view_inbox_max,
+                                      per_device_per_s=settings.live_view_intake_per_device_per_s,
+                                      per_device_burst=settings.live_view_intake_per_device_burst)
         self._relay: Relay | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # short ones: a relay event, an idle stop
@@ -182,6 +185,11 @@ class LiveView:
     def inbox_dropped(self) -> int:
         """Broker messages dropped because the inbox was full (see :mod:`.broker`)."""
         return self._broker.dropped
+
+    @property
+    def intake_over_rate(self) -> int:
+        """Cameras' messages dropped over their own rate, before the inbox (see :mod:`.broker`)."""
+        return self._broker.over_rate
 
     # lifecycle (owned by the app's lifespan)
 

@@ -677,6 +677,60 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
         assert [(a[0], a[2]["reason"]) for a in s.audit("viewing_ended")] == [("op-all", "viewer_stopped")]
 
 
+def _open_live_view(page: Any, callsign: str, device_id: str, reason: str) -> None:
+    """From the unit's panel: Live view, with ``reason``; returns once the tile plays video."""
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    page.fill("#filter-search", callsign)
+    page.click(f"#search-results button:has-text('{callsign}')")
+    page.wait_for_selector(f"#unit-panel[data-device-id='{device_id}']")
+    page.click("#unit-panel .unit-actions button:has-text('Live view')")
+    page.wait_for_selector("#reason-dialog[open]")
+    page.fill("#reason-dialog textarea", reason)
+    page.click("#reason-dialog button[value=ok]")
+    page.wait_for_selector(f"#video-tiles .tile[data-device-id='{device_id}'][data-status=playing]", timeout=40_000)
+    wait_for(lambda: page.evaluate("() => { const v = document.querySelector('#video-tiles video');"
+                                   " return v.currentTime > 1 && v.videoWidth > 0; }"), timeout=20,
+             what="the video clock advancing")
+
+
+def test_two_operators_watch_one_unit_and_its_camera_names_both(pg: Database, mosquitto: MosquittoProcess,
+                                                                 browser_page: Any) -> None:
+    """Two operators, each in a browser tab of their own, watch the same unit: op-all's request
+    is accepted by the camera, op-west's (not covered by op-all's consent) is put to it and
+    accepted too. The viewer list the simulated camera receives (live_view_status) names both,
+    in the order they joined, and each tile says who else watches; when one closes their tile,
+    the camera's list names the other only."""
+    from tests.helpers.live_view import SIM_UNIT, WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
+
+    first = browser_page
+    errors: list[str] = []
+    with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, \
+            simulated_camera(s, decline_share=0.0) as camera:
+        sign_in(first, s.base, "op-all")
+        _open_live_view(first, SIM_UNIT.callsign, WE1, "officer called for support")
+        wait_for(lambda: camera.units[0].watching == ("op-all",), timeout=30, what="the camera naming op-all")
+        # A tab of its own (the token is kept per tab, in sessionStorage), opened only now: the
+        # tab in front is the one a person (and playwright's clicks) works in.
+        second = first.context.new_page()
+        second.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+        sign_in(second, s.base, "op-west")
+        _open_live_view(second, SIM_UNIT.callsign, WE1, "second pair of eyes")
+        wait_for(lambda: camera.units[0].watching == ("op-all", "op-west"), timeout=30,
+                 what="the camera naming both viewers")
+        second.wait_for_selector("#video-tiles .tile-watchers:has-text('Also watching: op-all')", timeout=20_000)
+        first.bring_to_front()
+        first.wait_for_selector("#video-tiles .tile-watchers:has-text('Also watching: op-west')", timeout=20_000)
+        shot(first, "live-view-two-viewers")
+        asked = [a[2]["requested_by"] for a in s.audit("live_view_accepted")]
+        assert asked == ["op-all", "op-west"]  # each put to the camera and accepted by its officer
+        second.bring_to_front()
+        second.locator(f"#video-tiles .tile[data-device-id='{WE1}'] button.close").click()
+        wait_for(lambda: camera.units[0].watching == ("op-all",), timeout=30, what="the camera naming op-all only")
+        second.close()
+    assert not errors, errors
+
+
 # A UTC time as a datetime-local input wants it: the browser's own local time.
 _LOCAL = """(iso) => { const d = new Date(iso); const p = (n) => String(n).padStart(2, "0");
     const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;

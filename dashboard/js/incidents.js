@@ -9,8 +9,9 @@ import { isLowBattery } from "./store.js";
 const REFRESH_MS = 5000;
 
 export class IncidentPanel {
-  constructor({ root, api, store, map, onLocate }) {
+  constructor({ root, api, store, map, onLocate, onLiveView = null }) {
     this.root = root;
+    this.onLiveView = onLiveView; // (unit, incidentId): a live-view request made for this incident
     this.api = api;
     this.store = store;
     this.map = map;
@@ -155,7 +156,9 @@ export class IncidentPanel {
           notRecording ? h("strong", { class: "mark" }, "NOT RECORDING") : u.recording || "—",
           u.online === false ? " (offline)" : ""),
         h("td", {}, fmtAgo(u.received_at || u.ts)),
-        h("td", {}, h("button", { type: "button", class: "small", onclick: () => this.unassign(a.device_id) }, "Unassign"))));
+        h("td", {}, this.onLiveView ? h("button", { type: "button", class: "small",
+          onclick: () => this.onLiveView(a, c.id, `Incident #${c.id}: ${c.title}`) }, "Live view…") : null,
+        h("button", { type: "button", class: "small", onclick: () => this.unassign(a.device_id) }, "Unassign"))));
     }
     // Units from boroughs outside the user's area are only counted by the API.
     const outside = c.units_outside_area ? ` (and ${c.units_outside_area} from outside your area)` : "";

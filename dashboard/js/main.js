@@ -229,7 +229,8 @@ async function setUpMap(ctx) {
   const incidentsOn = role === "firearms_commander" || role === "operator";
   show($("#incident-panel"), incidentsOn);
   if (role === "firearms_commander") $("#side").prepend($("#incident-panel"));
-  ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, onLocate: locate }) : null;
+  ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, onLocate: locate,
+    onLiveView: ctx.video ? (unit, incidentId, prefill) => ctx.video.request(unit, prefill, incidentId) : null }) : null;
   if (ctx.incidents) {
     ctx.incidents.load();
   }

@@ -225,6 +225,9 @@ class Settings(BaseSettings):
     rejected_retention_days: int = Field(default=7, ge=1)
     alerts_retention_days: int = Field(default=90, ge=1)
     viewings_retention_days: int = Field(default=365, ge=1)
+    # Where ended viewing records (and the consents and requests they leave) are exported
+    # before retention drops them; unset, they are kept (never dropped unexported).
+    viewings_archive_dir: Path | None = None
     compress_after_days: int = Field(default=2, ge=1)
 
     @field_validator("trusted_proxies")

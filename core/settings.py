@@ -7,6 +7,7 @@ passes it down, so tests build their own.
 from __future__ import annotations
 
 import ipaddress
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,9 @@ class Settings(BaseSettings):
     live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
     # A viewing ends after this long (max_length): the viewer asks again, with a reason.
     live_view_max_viewing_s: int = Field(default=3600, ge=1, le=86_400)
+    # The force's time zone (IANA): the auditor's screens show times, and read the times typed
+    # into their filters, in it, whatever the browser's locale and zone.
+    force_time_zone: str = "Europe/London"
     # The simulated cameras' WHIP endpoint (the API's base URL) and their secrets (a JSON
     # file {device_id: secret}); unset, simulated cameras decline live-view requests.
     simulator_api_url: str | None = None
@@ -235,6 +239,15 @@ class Settings(BaseSettings):
     def _networks(cls, value: list[str]) -> list[str]:
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("force_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/London)") from None
         return value
 
     def force_areas(self) -> frozenset[str]:

@@ -731,32 +731,33 @@ def test_two_operators_watch_one_unit_and_its_camera_names_both(pg: Database, mo
     assert not errors, errors
 
 
-# A UTC time as a datetime-local input wants it: the browser's own local time.
-_LOCAL = """(iso) => { const d = new Date(iso); const p = (n) => String(n).padStart(2, "0");
-    const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
-    return `${day}T${p(d.getHours())}:${p(d.getMinutes())}:00`; }"""
-
-
 def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Database, mosquitto: MosquittoProcess,
                                                                        browser_page: Any) -> None:
     """"Who watched unit X between 14:00 and 16:00, and why", on one screen: the auditor's
     Viewing record filtered by unit and window lists exactly those sessions (and the refused
     attempt) with viewer and reason; Export CSV downloads the same sessions, and the export
-    is in the audit log."""
+    is in the audit log. Times are the force's (here Tokyo's, not the browser's): shown with
+    seconds and a YYYY-MM-DD date, and typed into the filter in that zone. A viewing links to
+    its audit entries, whose details read as fields."""
+    from services.audit import record
     from tests.helpers.live_view import RECORD_DAY, WE1, seed_viewing_record
     from tests.helpers.live_view import stack as live_view_stack
 
     expected = {"s-before-overlaps", "s-inside", "s-after-overlaps", "s-still-watching", ""}
     page = browser_page
-    with live_view_stack(pg, mosquitto) as s:
+    with live_view_stack(pg, mosquitto, force_time_zone="Asia/Tokyo") as s:
         with pg.connect() as conn:
             seed_viewing_record(conn)
+            for session_id in ("s-inside", "s-after-overlaps"):
+                record(conn, actor="op-west", action="viewing_started", device_id=WE1,
+                       details={"session_id": session_id, "reason": f"reason of {session_id}"})
         sign_in(page, s.base, "audit")
         page.click("#tabs button[data-view=viewings]")
         page.wait_for_selector("#view-viewings:not(.hidden)")
         page.fill("#view-viewings input[name=device_id]", WE1)
-        page.fill("#view-viewings input[name=since]", page.evaluate(_LOCAL, f"{RECORD_DAY}T14:00:00Z"))
-        page.fill("#view-viewings input[name=until]", page.evaluate(_LOCAL, f"{RECORD_DAY}T16:00:00Z"))
+        # 14:00-16:00 UTC is 23:00-01:00 in Tokyo (UTC+9, no summer time).
+        page.fill("#view-viewings input[name=since]", f"{RECORD_DAY}T23:00:00")
+        page.fill("#view-viewings input[name=until]", f"{RECORD_DAY[:-2]}{int(RECORD_DAY[-2:]) + 1:02d}T01:00:00")
         page.click("#view-viewings button[type=submit]")
         page.wait_for_selector(".viewings-status:has-text('5 sessions')")
         rows = page.locator("table.viewings tbody tr")
@@ -766,6 +767,7 @@ def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Datab
         assert inside.locator("td.viewer").inner_text() == "op-west"
         assert inside.locator("td.reason").inner_text().startswith("=HYPERLINK")  # shown as it was typed
         assert "accepted a request" in inside.inner_text() and "30 min 0 s" in inside.inner_text()
+        assert inside.locator("td").nth(0).inner_text().startswith(f"{RECORD_DAY} 23:30:00")
         shot(page, "viewing-record")
         with page.expect_download() as download_info:
             page.click("#view-viewings button.export")
@@ -774,6 +776,14 @@ def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Datab
         page.wait_for_selector(".viewings-export-status:has-text('Exported 5 sessions')")
         (entry,) = s.rows("SELECT actor, details FROM audit_log WHERE action = 'export'")
         assert entry[0] == "audit" and entry[1]["report"] == "viewings.csv" and entry[1]["device_id"] == WE1
+        inside.locator("button.audit-link").click()
+        page.wait_for_selector("#view-audit:not(.hidden) .audit-status:has-text('1 entry')")
+        (shown_entry,) = page.locator("#view-audit tbody tr").all()
+        fields = shown_entry.locator("dl.audit-details")
+        assert dict(zip(fields.locator("dt").all_inner_texts(), fields.locator("dd").all_inner_texts(), strict=True)) \
+            == {"session id": "s-inside", "reason": "reason of s-inside"}
+        assert page.input_value("#view-audit input[name=session_id]") == "s-inside"
+        shot(page, "viewing-audit-entries")
 
 
 def _png(rgb: tuple[int, int, int]) -> bytes:

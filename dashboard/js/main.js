@@ -11,6 +11,7 @@ import { Api } from "./api.js";
 import { AuditView } from "./audit.js";
 import { $, clear, fmtPct, h, show } from "./dom.js";
 import { FleetView } from "./fleet.js";
+import { ForceTime } from "./forcetime.js";
 import { IncidentPanel } from "./incidents.js";
 import { LiveFeed } from "./live.js";
 import { MapView } from "./map.js";
@@ -118,8 +119,12 @@ async function startSession() {
   if (views.includes("fleet")) {
     ctx.fleet = new FleetView({ root: $("#view-fleet"), api, store });
   }
-  if (views.includes("audit")) ctx.audit = new AuditView({ root: $("#view-audit"), api });
-  if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api });
+  const time = new ForceTime(config.time_zone);
+  if (views.includes("audit")) ctx.audit = new AuditView({ root: $("#view-audit"), api, time });
+  // A viewing links to its audit entries where the role has the audit view (auditors).
+  const onAudit = ctx.audit ? (filter) => { ctx.audit.prefill(filter); $("#tabs button[data-view=audit]").click(); }
+    : null;
+  if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api, time, onAudit });
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }

@@ -136,7 +136,7 @@ class VideoUplink:
         finally:
             self._starting.discard(device_id)
 
-    async def _try_publish(self, device_id: str) -> int:
+    async def _try_publish(self, device_id: str) -> None:
         assert self._http is not None
         http, url, secret = self._http, f"{self._api_url}/api/v1/whip/{device_id}", self._secrets[device_id]
         width, height, fps = self._picture
@@ -152,7 +152,7 @@ class VideoUplink:
             pc = await start_publisher(track=track, exchange=exchange)  # closes its connection if refused
         except ExchangeRefused as refused:
             log.info("WHIP for %s refused: %s %s", device_id, refused.status, refused.body[:200])
-            return refused.status
+            return
         stream = _Stream(pc, location=answers[-1].location)
         self._streams[device_id] = stream
 
@@ -164,7 +164,6 @@ class VideoUplink:
                 await pc.close()
 
         self._changes.append((device_id, True))
-        return 201
 
     async def _unpublish(self, device_id: str) -> None:
         stream = self._streams.pop(device_id, None)

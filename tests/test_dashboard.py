@@ -731,6 +731,34 @@ def test_two_operators_watch_one_unit_and_its_camera_names_both(pg: Database, mo
     assert not errors, errors
 
 
+def test_live_view_from_an_incidents_unit_table_names_the_incident(pg: Database, mosquitto: MosquittoProcess,
+                                                                  browser_page: Any) -> None:
+    """Live view from an incident's unit table asks for a reason prefilled with the incident and
+    sends the request naming it (incident_id), so a later request for the same incident may be
+    covered by the consent it gets (rule same_incident)."""
+    from tests.helpers.live_view import WE1
+    from tests.helpers.live_view import stack as live_view_stack
+
+    page = browser_page
+    with live_view_stack(pg, mosquitto) as s:
+        with s.http("op-all") as http:
+            made = http.post("/api/v1/incidents", json={"title": "Armed suspect", "lat": 51.5, "lon": -0.13,
+                                                        "radius_m": 500, "borough": "Westminster"})
+            assert made.status_code == 201, made.text
+            incident_id = made.json()["id"]
+            assert http.post(f"/api/v1/incidents/{incident_id}/units", json={"device_ids": [WE1]}).status_code == 200
+        sign_in(page, s.base, "op-all")
+        row = page.locator(f"#incident-panel tbody tr[data-device-id='{WE1}']")
+        row.wait_for(timeout=15_000)
+        row.locator("button:has-text('Live view')").click()
+        page.wait_for_selector("#reason-dialog[open]")
+        assert page.input_value("#reason-dialog textarea") == f"Incident #{incident_id}: Armed suspect"
+        page.click("#reason-dialog button[value=ok]")
+        page.locator(f"#video-tiles .tile[data-device-id='{WE1}']").wait_for()
+        wait_for(lambda: s.rows("SELECT incident_id, requested_by FROM live_view_requests")
+                 == [(incident_id, "op-all")], timeout=20, what="the request naming the incident")
+
+
 def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Database, mosquitto: MosquittoProcess,
                                                                        browser_page: Any) -> None:
     """"Who watched unit X between 14:00 and 16:00, and why", on one screen: the auditor's

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.logs import REQUEST_ID
 from streaming import HistogramSnapshot, RelayStats
 
-__all__ = ["ApiMetrics", "LiveCollector", "RelayCollector", "RequestContext", "install"]
+__all__ = ["ApiMetrics", "LiveCollector", "LiveViewCollector", "RelayCollector", "RequestContext", "install"]
 
 access_log = logging.getLogger("watchfloor.access")
 
@@ -117,6 +117,24 @@ class RelayCollector(Collector):
                             "relay to its last packet sent", stats.forward_delay)
 
 
+class LiveViewCollector(Collector):
+    """Live view's broker intake in this process: cameras' messages dropped, by why
+    (``over_rate``: a camera over its own rate; ``inbox_full``: the shared inbox was full)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        live_view = getattr(self._app.state, "live_view", None)
+        if live_view is None:
+            return
+        dropped = CounterMetricFamily("watchfloor_live_view_intake_dropped", "Broker messages live view dropped "
+                                      "before handling them", labels=["reason"])
+        dropped.add_metric(["over_rate"], live_view.intake_over_rate)
+        dropped.add_metric(["inbox_full"], live_view.inbox_dropped)
+        yield dropped
+
+
 class ApiMetrics:
     """One API process's registry (its own: tests run several apps in one process)."""
 
@@ -128,6 +146,7 @@ class ApiMetrics:
                                   ["method", "route"], buckets=_DURATION_BUCKETS, registry=self.registry)
         self.registry.register(LiveCollector(app))
         self.registry.register(RelayCollector(app))
+        self.registry.register(LiveViewCollector(app))
         ProcessCollector(registry=self.registry)
 
     def observe(self, *, method: str, route: str, status: int, seconds: float) -> None:

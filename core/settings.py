@@ -7,6 +7,7 @@ passes it down, so tests build their own.
 from __future__ import annotations
 
 import ipaddress
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +199,22 @@ class Settings(BaseSettings):
     # request, is covered by it (the camera is not asked again); false: every request is put
     # to the camera. Anyone else's request always is (docs/live-view.md "Who a consent covers").
     live_view_consent_covers_same_requester: bool = True
+    # A later request naming the incident that the accepted request named is covered by its
+    # consent too (rule same_incident); false: such requests are put to the camera.
+    live_view_consent_covers_same_incident: bool = True
+    # Live view's broker intake (one inbox per API process, shared by every camera): its size,
+    # and each camera's own rate before it (replies and consent events; the excess is dropped
+    # and counted, so one camera flooding cannot crowd out the others' answers).
+    live_view_inbox_max: int = Field(default=10_000, ge=10, le=1_000_000)
+    live_view_intake_per_device_per_s: float = Field(default=2.0, gt=0, le=10_000)
+    live_view_intake_per_device_burst: int = Field(default=20, ge=1, le=100_000)
     # A watch_me event older than this (its ts: a camera's buffer sent late) grants no consent.
     live_view_event_max_age_s: int = Field(default=30, ge=1, le=3600)
     # A viewing ends after this long (max_length): the viewer asks again, with a reason.
     live_view_max_viewing_s: int = Field(default=3600, ge=1, le=86_400)
+    # The force's time zone (IANA): the auditor's screens show times, and read the times typed
+    # into their filters, in it, whatever the browser's locale and zone.
+    force_time_zone: str = "Europe/London"
     # The simulated cameras' WHIP endpoint (the API's base URL) and their secrets (a JSON
     # file {device_id: secret}); unset, simulated cameras decline live-view requests.
     simulator_api_url: str | None = None
@@ -216,6 +229,9 @@ class Settings(BaseSettings):
     rejected_retention_days: int = Field(default=7, ge=1)
     alerts_retention_days: int = Field(default=90, ge=1)
     viewings_retention_days: int = Field(default=365, ge=1)
+    # Where ended viewing records (and the consents and requests they leave) are exported
+    # before retention drops them; unset, they are kept (never dropped unexported).
+    viewings_archive_dir: Path | None = None
     compress_after_days: int = Field(default=2, ge=1)
 
     @field_validator("trusted_proxies")
@@ -223,6 +239,15 @@ class Settings(BaseSettings):
     def _networks(cls, value: list[str]) -> list[str]:
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("force_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/London)") from None
         return value
 
     def force_areas(self) -> frozenset[str]:

@@ -10,9 +10,9 @@ A camera streams only under a consent in force, which always has a basis:
   told, and the consent ends when the recording does. The policy looks at the unit as it is
   now: online, with a reading no older than ``WATCHFLOOR_LIVE_VIEW_POLICY_MAX_READING_AGE_S``.
 
-A consent covers a viewer only by a rule the force has set (:func:`covering_rule`,
-docs/live-view.md "Who a consent covers"); anyone else's request is put to the camera, which
-names them to its officer.
+A consent covers a viewer only by a rule the force has set (:func:`covering_rule`: the same
+requester, the same incident; docs/live-view.md "Who a consent covers"); anyone else's
+request is put to the camera, which names them to its officer.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ __all__ = [
     "CoverRule",
     "Denied",
     "RequestPlan",
+    "IncidentFacts",
     "UnitFacts",
     "clean_reason",
     "covering_rule",
+    "incident_denied",
     "may_watch",
     "plan_request",
     "stop_reason_for_event",
@@ -55,6 +57,7 @@ class CoverRule(StrEnum):
     """Why a consent in force covers someone the camera was not asked about."""
 
     SAME_REQUESTER = "same_requester"  # they made the request the officer accepted
+    SAME_INCIDENT = "same_incident"  # their request names the incident the accepted request named
     OFFICER_ASKED = "officer_asked"  # the officer asked the control room to watch (watch_me)
     POLICY_RECORDING = "policy_recording"  # the force's policy for a recording firearms unit
 
@@ -130,14 +133,46 @@ def plan_request(unit: UnitFacts, *, policy_firearms_recording: bool, max_readin
     return RequestPlan(ask=True, basis=None)
 
 
-def covering_rule(basis: Basis, consent_requester: str | None, username: str, *,
-                  same_requester: bool) -> CoverRule | None:
+@dataclass(frozen=True)
+class IncidentFacts:
+    """What the decisions need to know of an incident a request names
+    (:func:`services.viewings.incident_for_live_view`)."""
+
+    incident_id: int
+    borough: str | None
+    open: bool
+    unit_assigned: bool  # the unit asked for is assigned to it
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "IncidentFacts":
+        return cls(incident_id=int(row["incident_id"]), borough=row["borough"], open=bool(row["open"]),
+                   unit_assigned=bool(row["unit_assigned"]))
+
+
+def incident_denied(who: Principal, incident_id: int, incident: IncidentFacts | None) -> Denied | None:
+    """May a request by ``who`` name this incident? None means yes: they see it (it is in their
+    areas, as ``GET /api/v1/incidents/{id}`` says), it is open, and the unit is assigned to it.
+    An incident they may not see answers 404, as everywhere in the API."""
+    if incident is None or not who.covers(incident.borough):
+        return Denied("not_found", f"no incident {incident_id} in your area")
+    if not incident.open:
+        return Denied("conflict", f"incident {incident_id} is closed")
+    if not incident.unit_assigned:
+        return Denied("conflict", f"the unit is not assigned to incident {incident_id}")
+    return None
+
+
+def covering_rule(basis: Basis, consent_requester: str | None, username: str, *, same_requester: bool,
+                  consent_incident: int | None = None, incident: int | None = None,
+                  same_incident: bool = False) -> CoverRule | None:
     """The rule by which the consent in force (of ``basis``, granted on ``consent_requester``'s
-    request) covers a later request by ``username``; None: put it to the camera.
+    request, which named ``consent_incident``) covers a later request by ``username`` naming
+    ``incident``; None: put it to the camera.
 
     An officer who asked to be watched asked the control room, not one person; a policy
     consent rests on the force's policy, not on a person. A consent the officer gave to one
-    requester covers that requester again (when the force says so), and nobody else.
+    requester covers that requester again, and anyone whose request names the incident that
+    request named (each when the force says so); nobody else.
     """
     if basis is Basis.OFFICER_REQUEST:
         return CoverRule.OFFICER_ASKED
@@ -145,6 +180,8 @@ def covering_rule(basis: Basis, consent_requester: str | None, username: str, *,
         return CoverRule.POLICY_RECORDING
     if same_requester and consent_requester is not None and consent_requester == username:
         return CoverRule.SAME_REQUESTER
+    if same_incident and consent_incident is not None and consent_incident == incident:
+        return CoverRule.SAME_INCIDENT
     return None
 
 

@@ -31,9 +31,11 @@ __all__ = [
     "get_request",
     "grant_consent",
     "grant_event_consent",
+    "incident_for_live_view",
     "link_request",
     "list_requests",
     "open_viewings",
+    "pending_request",
     "refuse_viewing",
     "set_publisher",
     "stale_consents",
@@ -46,7 +48,7 @@ __all__ = [
 Row = dict[str, Any]
 
 _REQUEST = ("r.id AS request_id, r.device_id, d.borough, r.requested_by, r.reason, r.status, r.detail,"
-            " r.created_at, r.expires_at, r.answered_at, r.consent_id, r.covered_rule")
+            " r.created_at, r.expires_at, r.answered_at, r.consent_id, r.covered_rule, r.incident_id")
 _CONSENT = ("id AS consent_id, device_id, basis, request_id, granted_at, publisher_session, publishing_since,"
             " ended_at, end_reason")
 _VIEWING = ("id, session_id, device_id, officer, viewer, role, reason, consent_id, started_at, ended_at, end_reason,"
@@ -83,15 +85,33 @@ def unit_for_live_view(conn: psycopg.Connection, device_id: str) -> Row | None:
                 " WHERE d.device_id = %s GROUP BY d.device_id, l.recording, l.online, l.ts", (device_id,))
 
 
+def incident_for_live_view(conn: psycopg.Connection, incident_id: int, device_id: str) -> Row | None:
+    """What the consent decisions need of an incident a request names: its borough, whether it
+    is open, and whether ``device_id`` is assigned to it."""
+    return _one(conn,
+                "SELECT i.id AS incident_id, i.borough, i.status = 'open' AS open,"
+                " EXISTS (SELECT 1 FROM incident_units u WHERE u.incident_id = i.id AND u.device_id = %s)"
+                "   AS unit_assigned"
+                " FROM incidents i WHERE i.id = %s", (device_id, incident_id))
+
+
 # requests
 
 def create_request(conn: psycopg.Connection, *, request_id: str, device_id: str, requested_by: str, reason: str,
-                   expires_at: datetime) -> Row:
-    conn.execute("INSERT INTO live_view_requests (id, device_id, requested_by, reason, expires_at)"
-                 " VALUES (%s, %s, %s, %s, %s)", (request_id, device_id, requested_by, reason, expires_at))
+                   expires_at: datetime, incident_id: int | None = None) -> Row:
+    conn.execute("INSERT INTO live_view_requests (id, device_id, requested_by, reason, expires_at, incident_id)"
+                 " VALUES (%s, %s, %s, %s, %s, %s)",
+                 (request_id, device_id, requested_by, reason, expires_at, incident_id))
     row = get_request(conn, request_id)
     assert row is not None
     return row
+
+
+def pending_request(conn: psycopg.Connection, device_id: str) -> bool:
+    """Is a request to the camera waiting for its answer (pending, not yet expired)?"""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM live_view_requests WHERE device_id = %s"
+                       " AND status = 'pending' AND expires_at > now())", (device_id,)).fetchone()
+    return bool(row and row[0])
 
 
 def get_request(conn: psycopg.Connection, request_id: str) -> Row | None:

@@ -4,10 +4,11 @@ The fleet loop is synchronous (one thread drives every MQTT connection); WebRTC 
 asyncio, so :class:`VideoUplink` runs its own event loop on a thread of its own. The fleet
 loop calls :meth:`~VideoUplink.start` and :meth:`~VideoUplink.stop` (thread-safe), and reads
 what happened with :meth:`~VideoUplink.changes` (device id, live or not), which is where the
-two threads meet. A start after the camera accepted a request waits for the consent to be
-on record (the camera's reply travels through the broker to the API while it dials): a
-``403`` is tried again a few times. (Its officer's ``watch_me`` has no such race: the API
-tells the camera to dial in once the consent is on record.)
+two threads meet. A start after the camera accepted a request dials in at once: its reply
+may still be on its way through the broker, and the API's WHIP endpoint waits for it to be
+recorded rather than refuse (``services.live_view.LiveView``); a ``403`` is final. (Its
+officer's ``watch_me`` has no such race: the API tells the camera to dial in once the consent
+is on record.)
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ __all__ = ["VideoUplink", "load_secrets"]
 log = logging.getLogger(__name__)
 
 _CHANGES_MAX = 10_000
-_RETRIES = 5
-_RETRY_S = 1.0
 
 
 def load_secrets(path: Path) -> dict[str, str]:
@@ -131,17 +130,13 @@ class VideoUplink:
 
     async def _publish(self, device_id: str) -> None:
         try:
-            for attempt in range(_RETRIES):
-                status = await self._try_publish(device_id)
-                if status != 403:
-                    return
-                await asyncio.sleep(_RETRY_S * (attempt + 1))
+            await self._try_publish(device_id)
         except Exception as error:  # the API may be away: the camera stays off-air
             log.warning("video uplink for %s failed: %s", device_id, error)
         finally:
             self._starting.discard(device_id)
 
-    async def _try_publish(self, device_id: str) -> int:
+    async def _try_publish(self, device_id: str) -> None:
         assert self._http is not None
         http, url, secret = self._http, f"{self._api_url}/api/v1/whip/{device_id}", self._secrets[device_id]
         width, height, fps = self._picture
@@ -157,7 +152,7 @@ class VideoUplink:
             pc = await start_publisher(track=track, exchange=exchange)  # closes its connection if refused
         except ExchangeRefused as refused:
             log.info("WHIP for %s refused: %s %s", device_id, refused.status, refused.body[:200])
-            return refused.status
+            return
         stream = _Stream(pc, location=answers[-1].location)
         self._streams[device_id] = stream
 
@@ -169,7 +164,6 @@ class VideoUplink:
                 await pc.close()
 
         self._changes.append((device_id, True))
-        return 201
 
     async def _unpublish(self, device_id: str) -> None:
         stream = self._streams.pop(device_id, None)

@@ -14,9 +14,11 @@ from services.accounts import Principal, Role
 from services.consent import (
     Basis,
     CoverRule,
+    IncidentFacts,
     UnitFacts,
     clean_reason,
     covering_rule,
+    incident_denied,
     may_watch,
     plan_request,
     stop_reason_for_event,
@@ -108,6 +110,46 @@ def test_a_consent_covers_only_whom_a_rule_of_the_force_says() -> None:
     assert not viewer_covered(given, frozenset({"op-a"}), "op-b")
     assert viewer_covered(Basis.OFFICER_REQUEST, frozenset(), "op-b")
     assert viewer_covered(Basis.POLICY_RECORDING, frozenset(), "op-b")
+
+
+def test_a_consent_covers_a_request_naming_the_incident_its_request_named() -> None:
+    """Rule same_incident: a later request naming the incident that the accepted request named
+    is covered, when the force says so; another incident, none, or a consent whose request
+    named none is put to the camera. The same requester is covered by their own rule first."""
+    given = Basis.ACCEPTED_REQUEST
+
+    def rule(consent_incident: int | None, incident: int | None, *, same_incident: bool = True,
+             username: str = "op-b") -> CoverRule | None:
+        return covering_rule(given, "op-a", username, same_requester=True, consent_incident=consent_incident,
+                             incident=incident, same_incident=same_incident)
+
+    assert rule(7, 7) is CoverRule.SAME_INCIDENT
+    assert rule(7, 7, same_incident=False) is None
+    assert rule(7, 8) is None
+    assert rule(7, None) is None
+    assert rule(None, None) is None
+    assert rule(None, 7) is None
+    assert rule(7, 7, username="op-a") is CoverRule.SAME_REQUESTER
+    # The incident rule never narrows what the officer's own ask or the policy covers.
+    assert covering_rule(Basis.OFFICER_REQUEST, None, "op-b", same_requester=False, consent_incident=7,
+                         incident=8, same_incident=True) is CoverRule.OFFICER_ASKED
+
+
+def test_a_request_may_name_only_an_open_incident_in_the_callers_area_with_the_unit_on_it() -> None:
+    """An incident the caller does not see (another borough, or none such) is 404 like a unit
+    outside their area; a closed incident, or one the unit is not assigned to, is 409."""
+    west = Principal("op-w", Role.OPERATOR, frozenset({"Westminster"}))
+    anywhere = Principal("op-all", Role.OPERATOR, None)
+    incident = IncidentFacts(incident_id=7, borough="Westminster", open=True, unit_assigned=True)
+    assert incident_denied(west, 7, incident) is None
+    assert incident_denied(anywhere, 7, incident) is None
+    for unseen in (None, IncidentFacts(incident_id=7, borough="Camden", open=True, unit_assigned=True)):
+        denied = incident_denied(west, 7, unseen)
+        assert denied is not None and denied.kind == "not_found", unseen
+    for unusable in (IncidentFacts(incident_id=7, borough="Westminster", open=False, unit_assigned=True),
+                     IncidentFacts(incident_id=7, borough="Westminster", open=True, unit_assigned=False)):
+        denied = incident_denied(west, 7, unusable)
+        assert denied is not None and denied.kind == "conflict", unusable
 
 
 def test_consent_ends_with_the_recording_only_when_that_was_its_basis() -> None:

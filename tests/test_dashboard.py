@@ -677,10 +677,86 @@ def test_live_view_tile_asks_a_reason_waits_for_the_camera_and_plays(pg: Databas
         assert [(a[0], a[2]["reason"]) for a in s.audit("viewing_ended")] == [("op-all", "viewer_stopped")]
 
 
-# A UTC time as a datetime-local input wants it: the browser's own local time.
-_LOCAL = """(iso) => { const d = new Date(iso); const p = (n) => String(n).padStart(2, "0");
-    const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
-    return `${day}T${p(d.getHours())}:${p(d.getMinutes())}:00`; }"""
+def _open_live_view(page: Any, callsign: str, device_id: str, reason: str) -> None:
+    """From the unit's panel: Live view, with ``reason``; returns once the tile plays video."""
+    page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+    page.fill("#filter-search", callsign)
+    page.click(f"#search-results button:has-text('{callsign}')")
+    page.wait_for_selector(f"#unit-panel[data-device-id='{device_id}']")
+    page.click("#unit-panel .unit-actions button:has-text('Live view')")
+    page.wait_for_selector("#reason-dialog[open]")
+    page.fill("#reason-dialog textarea", reason)
+    page.click("#reason-dialog button[value=ok]")
+    page.wait_for_selector(f"#video-tiles .tile[data-device-id='{device_id}'][data-status=playing]", timeout=40_000)
+    wait_for(lambda: page.evaluate("() => { const v = document.querySelector('#video-tiles video');"
+                                   " return v.currentTime > 1 && v.videoWidth > 0; }"), timeout=20,
+             what="the video clock advancing")
+
+
+def test_two_operators_watch_one_unit_and_its_camera_names_both(pg: Database, mosquitto: MosquittoProcess,
+                                                                 browser_page: Any) -> None:
+    """Two operators, each in a browser tab of their own, watch the same unit: op-all's request
+    is accepted by the camera, op-west's (not covered by op-all's consent) is put to it and
+    accepted too. The viewer list the simulated camera receives (live_view_status) names both,
+    in the order they joined, and each tile says who else watches; when one closes their tile,
+    the camera's list names the other only."""
+    from tests.helpers.live_view import SIM_UNIT, WE1, simulated_camera
+    from tests.helpers.live_view import stack as live_view_stack
+
+    first = browser_page
+    errors: list[str] = []
+    with live_view_stack(pg, mosquitto, live_view_idle_stop_s=60) as s, \
+            simulated_camera(s, decline_share=0.0) as camera:
+        sign_in(first, s.base, "op-all")
+        _open_live_view(first, SIM_UNIT.callsign, WE1, "officer called for support")
+        wait_for(lambda: camera.units[0].watching == ("op-all",), timeout=30, what="the camera naming op-all")
+        # A tab of its own (the token is kept per tab, in sessionStorage), opened only now: the
+        # tab in front is the one a person (and playwright's clicks) works in.
+        second = first.context.new_page()
+        second.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+        sign_in(second, s.base, "op-west")
+        _open_live_view(second, SIM_UNIT.callsign, WE1, "second pair of eyes")
+        wait_for(lambda: camera.units[0].watching == ("op-all", "op-west"), timeout=30,
+                 what="the camera naming both viewers")
+        second.wait_for_selector("#video-tiles .tile-watchers:has-text('Also watching: op-all')", timeout=20_000)
+        first.bring_to_front()
+        first.wait_for_selector("#video-tiles .tile-watchers:has-text('Also watching: op-west')", timeout=20_000)
+        shot(first, "live-view-two-viewers")
+        asked = [a[2]["requested_by"] for a in s.audit("live_view_accepted")]
+        assert asked == ["op-all", "op-west"]  # each put to the camera and accepted by its officer
+        second.bring_to_front()
+        second.locator(f"#video-tiles .tile[data-device-id='{WE1}'] button.close").click()
+        wait_for(lambda: camera.units[0].watching == ("op-all",), timeout=30, what="the camera naming op-all only")
+        second.close()
+    assert not errors, errors
+
+
+def test_live_view_from_an_incidents_unit_table_names_the_incident(pg: Database, mosquitto: MosquittoProcess,
+                                                                  browser_page: Any) -> None:
+    """Live view from an incident's unit table asks for a reason prefilled with the incident and
+    sends the request naming it (incident_id), so a later request for the same incident may be
+    covered by the consent it gets (rule same_incident)."""
+    from tests.helpers.live_view import WE1
+    from tests.helpers.live_view import stack as live_view_stack
+
+    page = browser_page
+    with live_view_stack(pg, mosquitto) as s:
+        with s.http("op-all") as http:
+            made = http.post("/api/v1/incidents", json={"title": "Armed suspect", "lat": 51.5, "lon": -0.13,
+                                                        "radius_m": 500, "borough": "Westminster"})
+            assert made.status_code == 201, made.text
+            incident_id = made.json()["id"]
+            assert http.post(f"/api/v1/incidents/{incident_id}/units", json={"device_ids": [WE1]}).status_code == 200
+        sign_in(page, s.base, "op-all")
+        row = page.locator(f"#incident-panel tbody tr[data-device-id='{WE1}']")
+        row.wait_for(timeout=15_000)
+        row.locator("button.live-view").click()
+        page.wait_for_selector("#reason-dialog[open]")
+        assert page.input_value("#reason-dialog textarea") == f"Incident #{incident_id}: Armed suspect"
+        page.click("#reason-dialog button[value=ok]")
+        page.locator(f"#video-tiles .tile[data-device-id='{WE1}']").wait_for()
+        wait_for(lambda: s.rows("SELECT incident_id, requested_by FROM live_view_requests")
+                 == [(incident_id, "op-all")], timeout=20, what="the request naming the incident")
 
 
 def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Database, mosquitto: MosquittoProcess,
@@ -688,21 +764,28 @@ def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Datab
     """"Who watched unit X between 14:00 and 16:00, and why", on one screen: the auditor's
     Viewing record filtered by unit and window lists exactly those sessions (and the refused
     attempt) with viewer and reason; Export CSV downloads the same sessions, and the export
-    is in the audit log."""
+    is in the audit log. Times are the force's (here Tokyo's, not the browser's): shown with
+    seconds and a YYYY-MM-DD date, and typed into the filter in that zone. A viewing links to
+    its audit entries, whose details read as fields."""
+    from services.audit import record
     from tests.helpers.live_view import RECORD_DAY, WE1, seed_viewing_record
     from tests.helpers.live_view import stack as live_view_stack
 
     expected = {"s-before-overlaps", "s-inside", "s-after-overlaps", "s-still-watching", ""}
     page = browser_page
-    with live_view_stack(pg, mosquitto) as s:
+    with live_view_stack(pg, mosquitto, force_time_zone="Asia/Tokyo") as s:
         with pg.connect() as conn:
             seed_viewing_record(conn)
+            for session_id in ("s-inside", "s-after-overlaps"):
+                record(conn, actor="op-west", action="viewing_started", device_id=WE1,
+                       details={"session_id": session_id, "reason": f"reason of {session_id}"})
         sign_in(page, s.base, "audit")
         page.click("#tabs button[data-view=viewings]")
         page.wait_for_selector("#view-viewings:not(.hidden)")
         page.fill("#view-viewings input[name=device_id]", WE1)
-        page.fill("#view-viewings input[name=since]", page.evaluate(_LOCAL, f"{RECORD_DAY}T14:00:00Z"))
-        page.fill("#view-viewings input[name=until]", page.evaluate(_LOCAL, f"{RECORD_DAY}T16:00:00Z"))
+        # 14:00-16:00 UTC is 23:00-01:00 in Tokyo (UTC+9, no summer time).
+        page.fill("#view-viewings input[name=since]", f"{RECORD_DAY}T23:00:00")
+        page.fill("#view-viewings input[name=until]", f"{RECORD_DAY[:-2]}{int(RECORD_DAY[-2:]) + 1:02d}T01:00:00")
         page.click("#view-viewings button[type=submit]")
         page.wait_for_selector(".viewings-status:has-text('5 sessions')")
         rows = page.locator("table.viewings tbody tr")
@@ -712,6 +795,7 @@ def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Datab
         assert inside.locator("td.viewer").inner_text() == "op-west"
         assert inside.locator("td.reason").inner_text().startswith("=HYPERLINK")  # shown as it was typed
         assert "accepted a request" in inside.inner_text() and "30 min 0 s" in inside.inner_text()
+        assert inside.locator("td").nth(0).inner_text().startswith(f"{RECORD_DAY} 23:30:00")
         shot(page, "viewing-record")
         with page.expect_download() as download_info:
             page.click("#view-viewings button.export")
@@ -720,6 +804,14 @@ def test_auditor_answers_who_watched_a_unit_in_a_window_and_exports_it(pg: Datab
         page.wait_for_selector(".viewings-export-status:has-text('Exported 5 sessions')")
         (entry,) = s.rows("SELECT actor, details FROM audit_log WHERE action = 'export'")
         assert entry[0] == "audit" and entry[1]["report"] == "viewings.csv" and entry[1]["device_id"] == WE1
+        inside.locator("button.audit-link").click()
+        page.wait_for_selector("#view-audit:not(.hidden) .audit-status:has-text('1 entry')")
+        (shown_entry,) = page.locator("#view-audit tbody tr").all()
+        fields = shown_entry.locator("dl.audit-details")
+        assert dict(zip(fields.locator("dt").all_inner_texts(), fields.locator("dd").all_inner_texts(), strict=True)) \
+            == {"session id": "s-inside", "reason": "reason of s-inside"}
+        assert page.input_value("#view-audit input[name=session_id]") == "s-inside"
+        shot(page, "viewing-audit-entries")
 
 
 def _png(rgb: tuple[int, int, int]) -> bytes:

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 
+from core.commands import ReplyStatus, reply
 from core.contract import Channel, topic_for
 from simulator.video import VideoUplink
 from tests.helpers.db import Database
 from tests.helpers.live_view import WE1, AiortcViewer, Stack, Watched, _live, stack
 from tests.helpers.offers import real_offer
+from tests.helpers.processes import scrape
 from tests.helpers.telemetry import event_payload, publish_all
 from tests.helpers.waiting import run, wait_for
 from watchfloor.mosquitto import MosquittoProcess
@@ -130,3 +132,31 @@ def test_whep_sessions_are_capped_and_count_once_connected(pg: Database, mosquit
 def _counts(wire: Watched) -> list[int]:
     bodies: list[dict[str, Any]] = wire.bodies("/commands")
     return [b["params"]["viewers"] for b in bodies if b["type"] == "live_view_status"]
+
+
+def test_one_camera_flooding_its_events_cannot_crowd_out_another_cameras_answer(
+        pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A Camden camera floods its events topic with watch_me (2,000 messages, into an inbox of
+    20). Its messages past its own rate are dropped before the shared inbox and counted (in
+    /metrics too), the inbox never overflows, and WE1's acceptance, sent after the flood, is
+    recorded."""
+    with stack(pg, mosquitto, live_view_inbox_max=20, live_view_intake_per_device_per_s=1.0,
+               live_view_intake_per_device_burst=5, api_metrics=True) as s:
+        with s.http("op-all") as http:
+            created = http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "officer needs support"})
+            assert created.status_code == 201, created.text
+            request_id = created.json()["request_id"]
+            flood = [(topic_for("lv-ca-1", Channel.EVENTS), event_payload(seq, "watch_me")) for seq in range(2000)]
+            publish_all(s.mqtt_url, flood, client_id="test-flooder")
+            publish_all(s.mqtt_url, [(topic_for(WE1, Channel.COMMAND_REPLIES),
+                                      reply(command_id=request_id, status=ReplyStatus.ACCEPTED))])
+            answered = wait_for(lambda: (r := http.get(f"/api/v1/live-view/requests/{request_id}").json())["status"]
+                                != "pending" and r, timeout=30, what="WE1's answer recorded")
+            assert answered["status"] == "accepted"
+        # Published before the reply, the flood has passed the intake by now; at most the
+        # burst and what the rate refilled while it arrived got through.
+        wait_for(lambda: s.live_view.intake_over_rate >= 1900, timeout=30, what="the flood dropped over its rate")
+        assert s.live_view.inbox_dropped == 0
+        metrics = scrape(f"{s.base}/metrics")
+        assert metrics['watchfloor_live_view_intake_dropped_total{reason="over_rate"}'] >= 1900
+        assert metrics['watchfloor_live_view_intake_dropped_total{reason="inbox_full"}'] == 0

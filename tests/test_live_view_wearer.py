@@ -5,6 +5,7 @@ aiortc viewers over WHEP."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core.commands import ReplyStatus, reply
 from core.contract import Channel, topic_for
 from services.registry import provision_device
 from telemetry.embedded import free_port
@@ -25,6 +27,7 @@ from tests.helpers.live_view import (
     AiortcViewer,
     Stack,
     Watched,
+    _whip,
     camera_against,
     simulated_camera,
     stack,
@@ -60,11 +63,12 @@ def _ready(base: str) -> bool:
 
 
 
-def _ask(base: str, user: str, reason: str) -> dict[str, Any]:
-    """A request, answered (by a rule, the policy or the camera)."""
+def _ask(base: str, user: str, reason: str, incident_id: int | None = None) -> dict[str, Any]:
+    """A request (naming ``incident_id``, if given), answered (by a rule, the policy or the camera)."""
     headers = {"Authorization": f"Bearer {token(base, user)}"}
+    body: dict[str, Any] = {"reason": reason} if incident_id is None else {"reason": reason, "incident_id": incident_id}
     with httpx.Client(base_url=base, headers=headers, timeout=15) as http:
-        created = http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": reason})
+        created = http.post(f"/api/v1/devices/{WE1}/live-view", json=body)
         assert created.status_code == 201, created.text
         request_id = created.json()["request_id"]
         answered = wait_for(lambda: (r := http.get(f"/api/v1/live-view/requests/{request_id}").json())["status"]
@@ -202,6 +206,63 @@ def test_a_consent_covers_its_requester_and_anyone_else_is_put_to_the_camera(s: 
     assert s.rows("SELECT count(*) FROM live_view_consents") == [(1,)]
 
 
+def _incident(s: Stack, borough: str, *, assign: bool) -> int:
+    """An open incident (made by op-all), with WE1 assigned to it if ``assign``."""
+    with s.http("op-all") as http:
+        made = http.post("/api/v1/incidents", json={"title": f"incident in {borough}", "lat": 51.5, "lon": -0.13,
+                                                    "radius_m": 500, "borough": borough})
+        assert made.status_code == 201, made.text
+        incident_id = int(made.json()["id"])
+        if assign:
+            assigned = http.post(f"/api/v1/incidents/{incident_id}/units", json={"device_ids": [WE1]})
+            assert assigned.status_code == 200, assigned.text
+    return incident_id
+
+
+def test_a_consent_covers_a_request_for_the_same_incident_and_nobody_else(s: Stack) -> None:
+    """op-all's request for incident A is accepted by the officer. op-west's request for A is
+    covered by rule same_incident (the camera is not asked; the record and the audit say so) and
+    op-west may watch; afo-cmd's request naming no incident, and op-west's for incident B, go to
+    the camera. A request may name only an incident the caller sees (404) with the unit assigned
+    to it (409)."""
+    on_scene, other = _incident(s, "Westminster", assign=True), _incident(s, "Westminster", assign=True)
+    unassigned, elsewhere = _incident(s, "Westminster", assign=False), _incident(s, "Camden", assign=False)
+    with s.http("op-west") as http:
+        for incident_id, status in ((unassigned, 409), (elsewhere, 404), (10**9, 404)):
+            refused = http.post(f"/api/v1/devices/{WE1}/live-view",
+                                json={"reason": "for the incident", "incident_id": incident_id})
+            assert refused.status_code == status, (incident_id, refused.text)
+    assert s.rows("SELECT count(*) FROM live_view_requests") == [(0,)]  # a refusal records no request
+    wire = Watched(s.mqtt_url, [topic_for(WE1, Channel.COMMANDS)])
+    try:
+        with simulated_camera(s, decline_share=0.0):
+            first = _ask(s.base, "op-all", "armed suspect on scene", on_scene)
+            assert first["status"] == "accepted" and first["covered_rule"] is None
+            assert first["incident_id"] == on_scene
+            covered = _ask(s.base, "op-west", "cordon support", on_scene)
+            assert covered["covered_rule"] == "same_incident" and covered["consent_id"] == first["consent_id"]
+            assert covered["detail"] == (f"covered by consent {first['consent_id']} of request {first['request_id']}"
+                                         " (rule: same incident)")
+            viewer = AiortcViewer(s.base, s.token("op-west"), WE1, "cordon support")
+            try:
+                assert viewer.open() == 201, viewer.error
+            finally:
+                viewer.close()
+            no_incident = _ask(s.base, "afo-cmd", "checking the scene")
+            another = _ask(s.base, "op-west", "a different job", other)
+            asked = [b["id"] for b in wire.bodies("/commands") if b["type"] == "live_view_request"]
+            assert asked == [first["request_id"], no_incident["request_id"], another["request_id"]]
+            assert no_incident["covered_rule"] is None and another["covered_rule"] is None
+    finally:
+        wire.close()
+    accepted = {a[2]["request_id"]: (a[0], a[2].get("covered_rule"), a[2].get("incident_id"))
+                for a in s.audit("live_view_accepted")}
+    assert accepted[covered["request_id"]] == ("policy", "same_incident", on_scene)
+    requested = {a[2]["request_id"]: a[2]["incident_id"] for a in s.audit("live_view_requested")}
+    assert requested == {first["request_id"]: on_scene, covered["request_id"]: on_scene,
+                         no_incident["request_id"]: None, another["request_id"]: other}
+
+
 def test_a_watch_me_from_the_cameras_buffer_or_a_duplicate_grants_no_consent(s: Stack) -> None:
     """A watch_me whose ts is older than the bound (sent late from the camera's buffer) grants
     nothing and is counted; a fresh one grants; once that consent has ended, the same message
@@ -256,3 +317,28 @@ def test_policy_consent_needs_the_unit_online_with_a_recent_reading(s: Stack) ->
     finally:
         wire.close()
     assert s.rows("SELECT basis, request_id FROM live_view_consents") == [("policy_recording", current["request_id"])]
+
+
+def test_a_camera_that_dials_in_before_its_acceptance_is_recorded_is_not_refused(s: Stack) -> None:
+    """The accept-path race: the camera's WHIP POST reaches the API before its "accepted" reply
+    has (here, deliberately, before it is even sent). The POST waits while the request is
+    pending and is answered 201 once the reply is recorded: no 403, no refusal on record. A
+    WHIP POST with no request pending, or after a decline, is refused at once."""
+    assert _whip(s, WE1, s.secrets[WE1]).status_code == 403  # nothing asked: refused, no wait
+    with s.http("op-all") as http:
+        created = http.post(f"/api/v1/devices/{WE1}/live-view", json={"reason": "officer needs support"})
+        assert created.status_code == 201, created.text
+    request_id = created.json()["request_id"]
+    statuses: list[int] = []
+    dialling = threading.Thread(target=lambda: statuses.append(_whip(s, WE1, s.secrets[WE1]).status_code))
+    dialling.start()
+    try:
+        wait_for(lambda: s.live_view.whip_waiting == 1, timeout=30, what="the WHIP POST waiting for the answer")
+        reply_topic = topic_for(WE1, Channel.COMMAND_REPLIES)
+        publish_all(s.mqtt_url, [(reply_topic, reply(command_id=request_id, status=ReplyStatus.ACCEPTED))])
+    finally:
+        dialling.join(60)
+    assert statuses == [201]
+    assert s.rows("SELECT count(*) FROM viewing_sessions WHERE refused IS NOT NULL") == [(0,)]
+    assert s.rows("SELECT basis FROM live_view_consents WHERE request_id = %s", (request_id,)) == [
+        ("accepted_request",)]

@@ -66,6 +66,8 @@ def list_entries(
     actor: Annotated[str | None, Query(max_length=128)] = None,
     device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
     action: Annotated[str | None, Query(max_length=64, description="one of the actions in docs/api.md")] = None,
+    session_id: Annotated[str | None, Query(max_length=128, description="entries about one viewing session (its"
+                                            " details' session_id)")] = None,
     start: datetime | None = None,
     end: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -85,6 +87,9 @@ def list_entries(
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    if session_id is not None:
+        where.append("a.details->>'session_id' = %s")
+        params.append(session_id)
     if who.areas is not None:
         # An auditor of some boroughs sees entries about devices there, and those about no device.
         where.append("(a.device_id IS NULL OR d.borough = ANY(%s))")

@@ -32,7 +32,8 @@ def _router(settings: Settings) -> APIRouter:
              if settings.map_tiles_url else None)
     config: dict[str, object] = {"tiles": tiles, "boroughs_url": "/dashboard/london-boroughs.geojson",
               "boroughs_attribution": BOROUGHS_CREDIT, "tube_url": "/data/london-tube-lines.geojson",
-                                   "tube_attribution": TUBE_CREDIT, "live_rate_hz": settings.live_rate_hz}
+                                   "tube_attribution": TUBE_CREDIT, "live_rate_hz": settings.live_rate_hz,
+                                   "time_zone": settings.force_time_zone}
 
     @router.get("/")
     def index() -> FileResponse:

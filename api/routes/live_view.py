@@ -49,6 +49,10 @@ _MAX_SDP_BYTES = 64 * 1024
 
 class LiveViewRequestIn(BaseModel):
     reason: str = Field(min_length=3, max_length=200, description="why the control room wants to watch")
+    incident_id: int | None = Field(default=None, ge=1, le=2**63 - 1,
+                                    description="the incident the request is for: one you see, with the unit"
+                                                " assigned to it (a later request naming the same incident may"
+                                                " be covered by the consent: rule same_incident)")
 
 
 class LiveViewRequest(BaseModel):
@@ -62,7 +66,8 @@ class LiveViewRequest(BaseModel):
     expires_at: datetime
     answered_at: datetime | None = None
     consent_id: int | None = Field(default=None, description="the consent it was accepted under")
-    covered_rule: Literal["same_requester", "officer_asked", "policy_recording"] | None = Field(
+    incident_id: int | None = Field(default=None, description="the incident the request named")
+    covered_rule: Literal["same_requester", "same_incident", "officer_asked", "policy_recording"] | None = Field(
         default=None, description="accepted by this rule of the force's, the camera not asked; "
                                   "null when the camera (its officer) or the policy accepted it")
 
@@ -118,7 +123,7 @@ def _check(db: Db, who: Principal, device_id: str) -> None:
              summary="Ask a camera to stream live (or, by policy, start at once)")
 async def request_live_view(device_id: DeviceId, body: LiveViewRequestIn, request: Request,
                             who: Caller) -> LiveViewRequest:
-    row = await _service(request).request(who, device_id, body.reason)
+    row = await _service(request).request(who, device_id, body.reason, body.incident_id)
     return LiveViewRequest.model_validate(row)
 
 

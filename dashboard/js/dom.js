@@ -49,12 +49,6 @@ export function fmtTime(ts) {
   return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
-export function fmtDateTime(ts) {
-  if (!ts) return "—";
-  const d = new Date(ts);
-  return `${d.toLocaleDateString()} ${d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
-}
-
 export function fmtAgo(ts, now = Date.now()) {
   if (!ts) return "never";
   const s = Math.max(0, Math.round((now - new Date(ts).getTime()) / 1000));

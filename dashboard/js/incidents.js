@@ -5,7 +5,7 @@
 // callsign, or all armed units within a distance (one request, chosen by the server).
 // Refreshed from the API every few seconds and from the live feed in between.
 
-import { clear, fmtAgo, fmtDateTime, fmtPct, h, show, throttle } from "./dom.js";
+import { clear, fmtAgo, fmtPct, h, show, throttle } from "./dom.js";
 import { isLowBattery } from "./store.js";
 
 const REFRESH_MS = 5000;
@@ -27,8 +27,10 @@ export function distanceBearing(from, to) {
 }
 
 export class IncidentPanel {
-  constructor({ root, api, store, map, onLocate }) {
+  constructor({ root, api, store, map, time, onLocate, onLiveView = null }) {
     this.root = root;
+    this.time = time; // a ForceTime: closed incidents are after-action records, in the force's zone
+    this.onLiveView = onLiveView; // (unit, incidentId): a live-view request made for this incident
     this.api = api;
     this.store = store;
     this.map = map;
@@ -371,13 +373,18 @@ export class IncidentPanel {
 
   // ---- closed incidents
 
+  when(ts) {
+    return this.time.format(ts) || "—";
+  }
+
   async searchClosed(offset) {
     const data = new FormData(this.root.querySelector("form.closed-search"));
     const query = { limit: CLOSED_PAGE, offset };
+    // A day's start in the force's time zone (forcetime.js), whatever the browser's zone.
     const day = (v, plus) => {
-      const d = new Date(`${v}T00:00:00`);
-      d.setDate(d.getDate() + plus);
-      return d.toISOString();
+      const d = new Date(`${v}T00:00:00Z`);
+      d.setUTCDate(d.getUTCDate() + plus);
+      return this.time.toUtc(`${d.toISOString().slice(0, 10)}T00:00:00`);
     };
     if (data.get("from")) query.from = day(data.get("from"), 0);
     if (data.get("to")) query.to = day(data.get("to"), 1); // the whole of the last day
@@ -395,7 +402,7 @@ export class IncidentPanel {
     list.append(...page.items.map((i) => h("li", { class: "closed-item", dataset: { incidentId: i.id } },
       h("button", { type: "button", class: "link", onclick: () => this.choose(i.id) }, `#${i.id} ${i.title}`),
       h("span", { class: "muted" }, ` ${i.reference || "no reference"} · ${OUTCOMES[i.outcome] || "—"} · `
-        + `${fmtDateTime(i.closed_at)} · ${i.borough || "all boroughs"}`))));
+        + `${this.when(i.closed_at)} · ${i.borough || "all boroughs"}`))));
     if (offset === 0 && !page.items.length) list.append(h("li", { class: "muted" }, "No closed incidents found."));
     this.closedOffset = offset + page.items.length;
     show(this.root.querySelector(".more-closed"), page.items.length === CLOSED_PAGE);
@@ -430,7 +437,10 @@ export class IncidentPanel {
         h("td", { class: `rec rec-${u.online === false ? "offline" : u.recording}` },
           alarm ? h("strong", { class: "mark" }, "NOT RECORDING") : u.recording || "—",
           u.online === false ? " (offline)" : ""),
-        h("td", {}, open ? h("button", { type: "button", class: "small unassign", title: "Unassign",
+        h("td", { class: "acts" }, open && this.onLiveView ? h("button", { type: "button", class: "small live-view",
+          title: "Live view, for this incident", "aria-label": `Live view of ${a.callsign || a.device_id}`,
+          onclick: () => this.onLiveView(a, c.id, `Incident #${c.id}: ${c.title}`) }, "Live…") : null,
+          open ? h("button", { type: "button", class: "small unassign", title: "Unassign",
           "aria-label": `Unassign ${a.callsign || a.device_id}`, onclick: () => this.unassign(a.device_id) }, "✕")
           : null)));
     }
@@ -439,7 +449,7 @@ export class IncidentPanel {
     const head = `#${c.id} ${c.title} · ${c.grade.toUpperCase()}${c.reference ? ` · ${c.reference}` : ""}` +
       `${c.commander ? ` · cmdr ${c.commander}` : ""}`;
     this.summary.textContent = (open ? `${head}: ${c.units.length} units assigned${outside}`
-      : `${head}: closed ${fmtDateTime(c.closed_at)} by ${c.closed_by || "—"}, ${OUTCOMES[c.outcome] || "no outcome"}`) +
+      : `${head}: closed ${this.when(c.closed_at)} by ${c.closed_by || "—"}, ${OUTCOMES[c.outcome] || "no outcome"}`) +
       (missing ? ` — ${missing} firearms unit${missing > 1 ? "s" : ""} NOT recording` : "");
     this.summary.classList.toggle("danger", missing > 0);
     this.map.alarms = new Set(open ? c.units.filter((a) => notRecording(a, this.live(a))).map((a) => a.device_id) : []);

@@ -11,6 +11,7 @@ import { Api } from "./api.js";
 import { AuditView } from "./audit.js";
 import { $, clear, fmtAgo, fmtPct, h, show } from "./dom.js";
 import { FleetView } from "./fleet.js";
+import { ForceTime } from "./forcetime.js";
 import { IncidentPanel } from "./incidents.js";
 import { LiveFeed } from "./live.js";
 import { MapView } from "./map.js";
@@ -116,12 +117,17 @@ async function startSession() {
     config.tube_attribution]
     .filter(Boolean).join(" · ");
 
+  const time = new ForceTime(config.time_zone);
+  ctx.time = time;
   if (views.includes("map")) await setUpMap(ctx);
   if (views.includes("fleet")) {
     ctx.fleet = new FleetView({ root: $("#view-fleet"), api, store });
   }
-  if (views.includes("audit")) ctx.audit = new AuditView({ root: $("#view-audit"), api });
-  if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api });
+  if (views.includes("audit")) ctx.audit = new AuditView({ root: $("#view-audit"), api, time });
+  // A viewing links to its audit entries where the role has the audit view (auditors).
+  const onAudit = ctx.audit ? (filter) => { ctx.audit.prefill(filter); $("#tabs button[data-view=audit]").click(); }
+    : null;
+  if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api, time, onAudit });
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
@@ -235,7 +241,9 @@ async function setUpMap(ctx) {
   const incidentsOn = role === "firearms_commander" || role === "operator";
   show($("#incident-panel"), incidentsOn);
   if (role === "firearms_commander") $("#side").prepend($("#incident-panel"));
-  ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, onLocate: locate }) : null;
+  ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, time: ctx.time,
+    onLocate: locate,
+    onLiveView: ctx.video ? (unit, incidentId, prefill) => ctx.video.request(unit, prefill, incidentId) : null }) : null;
   if (ctx.incidents) {
     ctx.incidents.load();
   }

@@ -61,7 +61,9 @@ export class VideoTiles {
     return this.request(unit, `${kindName} alert: ${alert.detail}`);
   }
 
-  async request(unit, prefill = "") {
+  // incidentId: the incident the request is for (from its unit table): a later request for the
+  // same incident may be covered by the consent this one gets (rule same_incident).
+  async request(unit, prefill = "", incidentId = null) {
     const current = this.tiles.get(unit.device_id);
     // A tile that is only saying how it ended makes way for a new one.
     if (current && !current.clearing) return;
@@ -74,7 +76,8 @@ export class VideoTiles {
     if (!reason) return;
     const tile = this.addTile(unit, reason);
     try {
-      const req = await this.api.post(`/api/v1/devices/${encodeURIComponent(unit.device_id)}/live-view`, { reason });
+      const body = incidentId ? { reason, incident_id: incidentId } : { reason };
+      const req = await this.api.post(`/api/v1/devices/${encodeURIComponent(unit.device_id)}/live-view`, body);
       tile.requestId = requestId(req);
       this.onRequest(tile, req);
       if (tile.status === "pending") this.poll(tile);

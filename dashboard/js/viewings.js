@@ -6,18 +6,11 @@
 // "Who watched unit X between 14:00 and 16:00, and why" is one filter and one table.
 
 import { clear, h } from "./dom.js";
+import { ForceTime } from "./forcetime.js";
 
 const LIMIT = 1000;
 const BASIS = { officer_request: "officer asked (watch me)", accepted_request: "officer accepted a request",
                 policy_recording: "policy: firearms unit recording" };
-// Times with seconds and an unambiguous date (YYYY-MM-DD), whatever the browser's locale.
-const WHEN = new Intl.DateTimeFormat("sv-SE", { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
-                                                minute: "2-digit", second: "2-digit", timeZoneName: "short" });
-
-function when(ts) {
-  return ts ? WHEN.format(new Date(ts)) : "";
-}
-
 function duration(start, end) {
   if (!end) return "still watching";
   const s = Math.round((new Date(end) - new Date(start)) / 1000);
@@ -25,9 +18,13 @@ function duration(start, end) {
 }
 
 export class ViewingsView {
-  constructor({ root, api }) {
+  // time: a ForceTime; onAudit({ actor, device_id, session_id, start }): show the viewing's
+  // audit entries (null where the role has no audit view).
+  constructor({ root, api, time, onAudit = null }) {
     this.root = root;
     this.api = api;
+    this.time = time;
+    this.onAudit = onAudit;
     this.form = root.querySelector("form");
     this.table = root.querySelector("tbody");
     this.status = root.querySelector(".viewings-status");
@@ -39,10 +36,10 @@ export class ViewingsView {
     });
   }
 
-  // The form as the API's query (a datetime-local is the browser's local time).
+  // The form as the API's query (a datetime-local is read in the force's time zone).
   query() {
     const data = new FormData(this.form);
-    const iso = (v) => (v ? new Date(String(v)).toISOString() : null);
+    const iso = (v) => this.time.toUtc(v);
     const text = (name) => String(data.get(name) || "").trim();
     return { device_id: text("device_id"), officer: text("officer"), viewer: text("viewer"),
              basis: data.get("basis"), since: iso(data.get("since")), until: iso(data.get("until")) };
@@ -60,6 +57,7 @@ export class ViewingsView {
     }
     this.status.textContent = `${rows.length} session${rows.length === 1 ? "" : "s"}` +
       (rows.length >= LIMIT ? ` (the newest ${LIMIT}; narrow the filter, or export it all)` : "");
+    const when = (ts) => this.time.format(ts);
     for (const v of rows) {
       const ended = v.refused ? `refused: ${v.refused}` : v.end_reason ? v.end_reason.replaceAll("_", " ") : "";
       this.table.append(h("tr", { dataset: { sessionId: v.session_id || "", deviceId: v.device_id } },
@@ -68,7 +66,10 @@ export class ViewingsView {
         h("td", {}, v.callsign ? `${v.callsign} (${v.device_id})` : v.device_id), h("td", {}, v.borough || ""),
         h("td", { class: "officer" }, v.officer || "—"),
         h("td", { class: "viewer" }, v.viewer), h("td", {}, v.role.replaceAll("_", " ")),
-        h("td", { class: "reason" }, v.reason || ""), h("td", {}, BASIS[v.basis] || "—"), h("td", {}, ended)));
+        h("td", { class: "reason" }, v.reason || ""), h("td", {}, BASIS[v.basis] || "—"), h("td", {}, ended),
+        h("td", {}, this.onAudit && v.session_id ? h("button", { type: "button", class: "small link audit-link",
+          onclick: () => this.onAudit({ actor: v.viewer, device_id: v.device_id, session_id: v.session_id,
+                                        start: v.started_at }) }, "Audit entries") : "")));
     }
   }
 

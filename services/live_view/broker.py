@@ -6,11 +6,18 @@ thread crosses to the event loop in one place, a :class:`core.mqtt.LoopHandover`
 when full, a message is dropped and counted in :attr:`LiveViewBroker.dropped`; a request
 whose answer was dropped then expires instead of being answered). Events that carry no
 consent are skipped on paho's thread, before any parsing.
+
+The inbox is shared by every camera, so each camera's messages pass a token bucket of its own
+first (on paho's thread): a camera flooding its events or replies loses its own excess,
+counted in :attr:`LiveViewBroker.over_rate`, and cannot fill the inbox and drop other cameras'
+answers. A camera's real traffic here is a reply per request and a consent event now and
+then, far below the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import orjson
@@ -19,6 +26,7 @@ import paho.mqtt.client as paho
 from core.commands import command
 from core.contract import TOPIC_ROOT, Channel, topic_for
 from core.mqtt import BrokerAddress, BufferedClient, LoopHandover, new_client
+from core.ratelimit import TokenBuckets
 from services.live_view.effects import Announce, SendCommand, announcement
 
 __all__ = ["LIVE_VIEW_TOPIC", "LiveViewBroker"]
@@ -28,22 +36,27 @@ LIVE_VIEW_TOPIC = "watchfloor/v1/live-view"
 _REPLIES = f"{TOPIC_ROOT}/+/{Channel.COMMAND_REPLIES.value}"
 _EVENTS = f"{TOPIC_ROOT}/+/{Channel.EVENTS.value}"
 _CONSENT_EVENTS = (b'"watch_me"', b'"recording_stopped"', b'"docked"')
-_INBOX_MAX = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class LiveViewBroker:
     """One paho client: ``start`` on the event loop, then read :attr:`inbox`; ``close`` at the end."""
 
-    def __init__(self, *, mqtt_url: str, client_id: str, command_expires_s: int) -> None:
+    def __init__(self, *, mqtt_url: str, client_id: str, command_expires_s: int, inbox_max: int,
+                 per_device_per_s: float, per_device_burst: int) -> None:
         self._address = BrokerAddress.parse(mqtt_url)
         self._command_expires_s = command_expires_s
+        self._inbox_max = inbox_max
+        self._per_device = TokenBuckets(rate_per_s=per_device_per_s, burst=per_device_burst)
+        self.over_rate = 0  # cameras' messages dropped over their own rate (written on paho's thread only)
         self._client: BufferedClient = new_client(self._address, client_id=client_id, protocol=paho.MQTTv311)
         self._client.on_connect = self._on_connect  # type: ignore[assignment]
         self._client.on_message = self._on_message  # type: ignore[assignment]
         self._handover: LoopHandover | None = None
 
     def start(self) -> None:
-        self._handover = LoopHandover(asyncio.get_running_loop(), maxsize=_INBOX_MAX, name="live view")
+        self._handover = LoopHandover(asyncio.get_running_loop(), maxsize=self._inbox_max, name="live view")
         self._client.connect_async(self._address.host, self._address.port, keepalive=30)
         self._client.loop_start()
 
@@ -81,5 +94,13 @@ class LiveViewBroker:
         payload = bytes(message.payload)
         if message.topic.endswith("/events") and not any(e in payload for e in _CONSENT_EVENTS):
             return
+        if message.topic != LIVE_VIEW_TOPIC:  # a camera's: watchfloor/v1/{device}/{channel}
+            device_id = message.topic.rsplit("/", 2)[-2]
+            if self._per_device.take(device_id) > 0:
+                self.over_rate += 1
+                if self.over_rate % 1000 == 1:  # a flood would otherwise flood the log too
+                    log.warning("live view: %s is over its message rate; dropped (%d in all)", device_id,
+                                self.over_rate)
+                return
         if self._handover is not None:
             self._handover.put(message.topic, payload)

@@ -16,7 +16,18 @@ import psycopg
 
 from services import audit, viewings
 from services.accounts import Principal
-from services.consent import Basis, CoverRule, Denied, UnitFacts, covering_rule, may_watch, plan_request, viewer_covered
+from services.consent import (
+    Basis,
+    CoverRule,
+    Denied,
+    IncidentFacts,
+    UnitFacts,
+    covering_rule,
+    incident_denied,
+    may_watch,
+    plan_request,
+    viewer_covered,
+)
 from services.live_view.effects import Audit
 from services.live_view.viewers import ViewCheck, check_viewing
 from services.live_view.workflow import (
@@ -82,23 +93,30 @@ class Requested:
 
 def request(conn: psycopg.Connection, *, who: Principal, device_id: str, request_id: str, reason: str,
             expires: datetime, policy_firearms_recording: bool, policy_max_reading_age_s: float,
-            covers_same_requester: bool) -> Requested:
+            covers_same_requester: bool, covers_same_incident: bool, incident_id: int | None = None) -> Requested:
     """Record the request, then: covered by the consent in force (by a rule of the force's),
     granted by policy, or left pending for the camera to answer (also while a consent the
-    officer gave someone else is in force: the stream runs on for those it covers)."""
+    officer gave someone else is in force: the stream runs on for those it covers).
+    ``incident_id``: the incident the request names (the caller must see it, and the unit be
+    assigned to it)."""
     unit = facts(conn, device_id)
     denied = may_watch(who, unit)
+    if denied is None and incident_id is not None:
+        found = viewings.incident_for_live_view(conn, incident_id, device_id)
+        denied = incident_denied(who, incident_id, IncidentFacts.from_row(found) if found is not None else None)
     if denied is not None or unit is None:
         return Requested(denied)
     row = viewings.create_request(conn, request_id=request_id, device_id=device_id, requested_by=who.username,
-                                  reason=reason, expires_at=expires)
+                                  reason=reason, expires_at=expires, incident_id=incident_id)
     audit.record(conn, actor=who.username, action="live_view_requested", device_id=device_id,
-                 details={"request_id": request_id, "reason": reason})
+                 details={"request_id": request_id, "reason": reason, "incident_id": incident_id})
     consent = viewings.active_consent(conn, device_id)
     if consent is not None:
         origin = viewings.get_request(conn, consent["request_id"]) if consent["request_id"] else None
         rule = covering_rule(Basis(consent["basis"]), origin["requested_by"] if origin else None, who.username,
-                             same_requester=covers_same_requester)
+                             same_requester=covers_same_requester,
+                             consent_incident=origin["incident_id"] if origin else None, incident=incident_id,
+                             same_incident=covers_same_incident)
         if rule is None:
             return Requested(None, row, consent)  # put to the camera, which names the requester
         covered = viewings.cover_request(conn, request_id=request_id, device_id=device_id,

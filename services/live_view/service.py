@@ -106,6 +106,9 @@ log = logging.getLogger(__name__)
 _SWEEP_S = 2.0
 _RECORDED_WAIT_S = 10.0
 _STREAM_WAIT_S, _STREAM_POLL_S = 10.0, 0.25  # a WHEP request waits this long for an accepted camera
+_ANSWER_WAIT_S = 10.0  # a camera's WHIP waits this long for its answer to a pending request to be recorded
+# Announcements that a request to a camera was answered (or will not be): they wake its WHIP.
+_ANSWERS = frozenset({"accepted", "declined", "expired", "consent_started"})
 
 T = TypeVar("T")
 
@@ -152,7 +155,10 @@ class LiveView:
         self._pool = pool
         self._hub = hub
         self._broker = LiveViewBroker(mqtt_url=mqtt_url, client_id=client_id,
-                                      command_expires_s=settings.live_view_request_timeout_s)
+                                      command_expires_s=settings.live_view_request_timeout_s,
+                                      inbox_max=settings.live_view_inbox_max,
+                                      per_device_per_s=settings.live_view_intake_per_device_per_s,
+                                      per_device_burst=settings.live_view_intake_per_device_burst)
         self._relay: Relay | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # short ones: a relay event, an idle stop
@@ -171,11 +177,19 @@ class LiveView:
                                              per_process=settings.live_view_max_viewers))
         self.idle_held = 0  # idle timeouts that kept a stream for its officer's open watch_me alert
         self.events_ignored: Counter[str] = Counter()  # watch_me events that granted nothing, by why
+        # device id -> the WHIP POSTs waiting for the answer to a pending request (woken by its announcement)
+        self._answer_waiters: dict[str, set[asyncio.Event]] = {}
+        self.whip_waiting = 0  # WHIP POSTs waiting for an answer now
 
     @property
     def inbox_dropped(self) -> int:
         """Broker messages dropped because the inbox was full (see :mod:`.broker`)."""
         return self._broker.dropped
+
+    @property
+    def intake_over_rate(self) -> int:
+        """Cameras' messages dropped over their own rate, before the inbox (see :mod:`.broker`)."""
+        return self._broker.over_rate
 
     # lifecycle (owned by the app's lifespan)
 
@@ -329,6 +343,9 @@ class LiveView:
         change = orjson.loads(payload)
         device_id = str(change.get("device_id"))
         self._hub.push(payload.decode(), device_id=device_id, roles=VIEWING_ROLES)
+        if change.get("event") in _ANSWERS:
+            for answered in self._answer_waiters.get(device_id, ()):
+                answered.set()
         await self._apply(after_change(change, publishing_here=device_id in self._publishers))
 
     # the camera's side of consent
@@ -370,8 +387,10 @@ class LiveView:
 
     # the control room's request
 
-    async def request(self, who: Principal, device_id: str, reason_raw: str) -> dict[str, Any]:
-        """Ask the camera (or grant at once, by policy); returns the request as recorded."""
+    async def request(self, who: Principal, device_id: str, reason_raw: str,
+                      incident_id: int | None = None) -> dict[str, Any]:
+        """Ask the camera (or grant at once, by policy); returns the request as recorded.
+        ``incident_id``: the incident the request is made for (see :func:`records.request`)."""
         reason = clean_reason(reason_raw)
         if reason is None:
             raise InvalidRequest("reason: 3 to 200 printable characters are required")
@@ -382,7 +401,8 @@ class LiveView:
             conn, who=who, device_id=device_id, request_id=request_id, reason=reason, expires=expires,
             policy_firearms_recording=settings.live_view_policy_firearms_recording,
             policy_max_reading_age_s=settings.live_view_policy_max_reading_age_s,
-            covers_same_requester=settings.live_view_consent_covers_same_requester))
+            covers_same_requester=settings.live_view_consent_covers_same_requester,
+            covers_same_incident=settings.live_view_consent_covers_same_incident, incident_id=incident_id))
         if done.denied is not None:
             raise done.denied.error()
         row, policy = done.row, done.policy
@@ -411,15 +431,8 @@ class LiveView:
     # WHIP: the camera publishes
 
     async def publish(self, device_id: str, secret: str, offer: str) -> Session:
-        def check(conn: psycopg.Connection) -> dict[str, Any] | None | bool:
-            if not verify_device_secret(conn, device_id=device_id, secret=secret):
-                return False
-            return viewings.active_consent(conn, device_id)
-
-        consent = await self._db(check)
-        if consent is False:
-            raise NotAuthenticated("not this device's secret")
-        if not isinstance(consent, dict):
+        consent = await self._consent_for_whip(device_id, secret)
+        if consent is None:
             raise Forbidden(f"no consent in force for {device_id}: live view needs the officer's agreement or policy")
         # Publishing again here (a camera back from a network blip) replaces its old session;
         # the relay keeps the viewers, which see the new one from its next keyframe. A session
@@ -443,6 +456,42 @@ class LiveView:
         self._consent_of[session.id] = updated["consent_id"]
         await self._apply(after_stream_started(device_id, updated))
         return session
+
+    async def _consent_for_whip(self, device_id: str, secret: str) -> dict[str, Any] | None:
+        """The consent a camera's WHIP POST publishes under (None: none in force).
+
+        A camera that accepts a request dials in as it replies, and its reply reaches the
+        database through the broker and an API process: its WHIP may come first. While a
+        request to it is pending, the POST waits (at most ``_ANSWER_WAIT_S``) for the answer to
+        be recorded (any process's announcement of it wakes the wait), so the camera is not
+        refused a consent its officer has just given. Only after its secret is checked: nobody
+        else can make a request wait.
+        """
+        deadline = time.monotonic() + _ANSWER_WAIT_S
+        while True:
+            # Registered before the read, so an answer recorded just after it is not missed.
+            answered = asyncio.Event()
+            waiters = self._answer_waiters.setdefault(device_id, set())
+            waiters.add(answered)
+            try:
+                verified, consent, pending = await self._db(lambda conn: (
+                    verify_device_secret(conn, device_id=device_id, secret=secret),
+                    viewings.active_consent(conn, device_id), viewings.pending_request(conn, device_id)))
+                if not verified:
+                    raise NotAuthenticated("not this device's secret")
+                left = deadline - time.monotonic()
+                if consent is not None or not pending or left <= 0:
+                    return consent
+                self.whip_waiting += 1
+                try:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(answered.wait(), left)
+                finally:
+                    self.whip_waiting -= 1
+            finally:
+                waiters.discard(answered)
+                if not waiters:
+                    self._answer_waiters.pop(device_id, None)
 
     async def unpublish(self, device_id: str, session_id: str, secret: str) -> None:
         """The camera ends its stream (its officer stopped it): WHIP DELETE."""

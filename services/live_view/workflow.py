@@ -93,7 +93,7 @@ def audit_covered(device_id: str, row: Row, consent: Row, rule: str) -> Audit:
     return Audit("policy", "live_view_accepted", device_id,
                  {"request_id": row["request_id"], "requested_by": row["requested_by"], "basis": consent["basis"],
                   "consent_id": consent["consent_id"], "covered_by_request": consent.get("request_id"),
-                  "covered_rule": rule})
+                  "covered_rule": rule, "incident_id": row.get("incident_id")})
 
 
 def after_request_answered(device_id: str, row: Row | None, consent: Row | None) -> list[Effect]:

@@ -23,6 +23,7 @@ from telemetry.migrations import (
     v11_alert_policy,
     v12_alert_escalation,
     v15_incident_command,
+    v16_request_incident,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -42,4 +43,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(11, "alert policy", v11_alert_policy.apply),
     Migration(12, "alert escalation and history", v12_alert_escalation.apply),
     Migration(15, "incident command: grade, reference, commander, polygon, outcome", v15_incident_command.apply),
+    Migration(16, "the incident a live-view request names", v16_request_incident.apply),
 )

@@ -13,6 +13,10 @@ Wire format (docs/mqtt-contract.md, "Internal topics"), orjson of arrays to keep
             docked, live, viewers, lat, lon, accuracy_m, speed_mps, heading_deg], ...],
      "s": [[device_id, online], ...]}
 
+A batch larger than one frame may carry (``FRAME_MAX_BYTES``, under the broker's 64 KiB
+``message_size_limit``, past which Mosquitto drops the publisher's connection) goes out as
+several frames, each whole units: a few at full rate, most batches one.
+
 ``t`` holds each unit's newest report of the batch (by ``ts``, then ``seq``), ``lat`` to
 ``heading_deg`` null without a fix; ``s`` a unit's online status where a status message
 came after its newest report in the batch (a report is proof of life, as in the database).
@@ -30,9 +34,11 @@ import orjson
 from core.contract import Telemetry
 from telemetry.store import Batch
 
-__all__ = ["FRAME_VERSION", "FrameError", "UnitUpdate", "decode_frame", "encode_frame"]
+__all__ = ["FRAME_MAX_BYTES", "FRAME_VERSION", "FrameError", "UnitUpdate", "decode_frame", "encode_frames"]
 
 FRAME_VERSION = 1
+#: A frame's largest payload: under deploy/mosquitto's message_size_limit (65,536), with room to spare.
+FRAME_MAX_BYTES = 60_000
 
 #: (device_id, the unit fields it sets): what api.live.state.FleetState.apply takes.
 UnitUpdate = tuple[str, dict[str, Any]]
@@ -44,9 +50,9 @@ class FrameError(ValueError):
     """A frame this version cannot read (malformed, or of another version)."""
 
 
-def encode_frame(batch: Batch) -> bytes | None:
-    """The frame of a committed ``batch``, or None when it changed no unit's live state
-    (events reach the screens as alerts)."""
+def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[bytes]:
+    """The frames of a committed ``batch``: none when it changed no unit's live state
+    (events reach the screens as alerts), more than one when one would exceed ``max_bytes``."""
     newest: dict[str, tuple[datetime, Telemetry]] = {}
     for device_id, received, t in batch.telemetry:
         kept = newest.get(device_id)
@@ -55,18 +61,41 @@ def encode_frame(batch: Batch) -> bytes | None:
     statuses: dict[str, tuple[datetime, bool]] = {}
     for device_id, received, status in batch.statuses:
         statuses[device_id] = (received, status.online)
-    rows = []
+    reports = []
     for device_id, (received, t) in newest.items():
         gps = t.gps
-        rows.append([device_id, t.ts, received, t.battery.pct, t.battery.charging, t.recording.value,
-                     t.storage_pct, t.docked, t.live, t.viewers,
-                     *((gps.lat, gps.lon, gps.accuracy_m, gps.speed_mps, gps.heading_deg) if gps is not None
-                       else (None, None, None, None, None))])
-    online = [[device_id, up] for device_id, (received, up) in statuses.items()
+        reports.append(orjson.dumps([
+            device_id, t.ts, received, t.battery.pct, t.battery.charging, t.recording.value, t.storage_pct,
+            t.docked, t.live, t.viewers,
+            *((gps.lat, gps.lon, gps.accuracy_m, gps.speed_mps, gps.heading_deg) if gps is not None
+              else (None, None, None, None, None))]))
+    online = [orjson.dumps([device_id, up]) for device_id, (received, up) in statuses.items()
               if device_id not in newest or received >= newest[device_id][0]]
-    if not rows and not online:
-        return None
-    return orjson.dumps({"v": FRAME_VERSION, "t": rows, "s": online})
+    return _pack(reports, online, max_bytes)
+
+
+def _pack(reports: list[bytes], online: list[bytes], max_bytes: int) -> list[bytes]:
+    """Rows (each already encoded) into as few frames of at most ``max_bytes`` as they fill."""
+    head = b'{"v":%d,"t":[' % FRAME_VERSION
+    frames: list[bytes] = []
+    t: list[bytes] = []
+    s: list[bytes] = []
+    size = len(head) + len(b'],"s":[]}')
+
+    def flush() -> None:
+        nonlocal t, s, size
+        if t or s:
+            frames.append(head + b",".join(t) + b'],"s":[' + b",".join(s) + b"]}")
+        t, s, size = [], [], len(head) + len(b'],"s":[]}')
+
+    for rows, into in ((reports, "t"), (online, "s")):
+        for row in rows:
+            if size + len(row) + 1 > max_bytes:
+                flush()
+            (t if into == "t" else s).append(row)
+            size += len(row) + 1
+    flush()
+    return frames
 
 
 def decode_frame(payload: bytes) -> list[UnitUpdate]:

@@ -21,7 +21,7 @@ from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState
 from core.contract import ALERTS_TOPIC, LIVE_UNITS_TOPIC, TOPIC_ROOT, Telemetry
 from services.accounts import Principal, Role
 from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
-from telemetry.live_frame import FrameError, decode_frame, encode_frame
+from telemetry.live_frame import FRAME_MAX_BYTES, FrameError, decode_frame, encode_frames
 from telemetry.store import Batch
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -40,8 +40,7 @@ def frame_of(*messages: tuple[str, bytes], now: datetime = T0) -> bytes:
         else:
             assert isinstance(result, Decoded) and isinstance(result.message, Telemetry), result
             batch.telemetry.append((result.device_id, now, result.message))
-    frame = encode_frame(batch)
-    assert frame is not None
+    [frame] = encode_frames(batch)
     return frame
 
 
@@ -336,11 +335,27 @@ def test_a_frame_holds_each_units_newest_report_of_the_batch_and_a_later_status(
         batch.telemetry.append((device_id, T0 + timedelta(seconds=seq), decoded.message))
     batch.statuses.append(("d1", T0, StatusChange("d1", False)))  # before the newest report arrived
     batch.statuses.append(("d2", T0, StatusChange("d2", False)))
-    frame = encode_frame(batch)
-    assert frame is not None
+    [frame] = encode_frames(batch)
     updates = decode_frame(frame)
     assert [(d, f.get("battery_pct"), f["online"]) for d, f in updates] == [("d1", 3.0, True), ("d2", None, False)]
-    assert encode_frame(Batch()) is None
+    assert encode_frames(Batch()) == []
+
+
+def test_a_large_batch_goes_out_in_frames_the_broker_accepts() -> None:
+    """Mosquitto drops a publisher whose message exceeds message_size_limit (64 KiB): a batch
+    of 5,000 units (ingest_batch_max) becomes several frames under FRAME_MAX_BYTES, each whole
+    units, together every unit once."""
+    _, payload = report("x", ts=T0)
+    decoded = decode(f"{TOPIC_ROOT}/x/telemetry", payload, now=T0, limits=LIMITS)
+    assert isinstance(decoded, Decoded) and isinstance(decoded.message, Telemetry)
+    long_id = "u" * 60
+    batch = Batch(telemetry=[(f"{long_id}{n:04d}", T0, decoded.message) for n in range(5_000)],
+                  statuses=[(f"s{n}", T0, StatusChange(f"s{n}", True)) for n in range(2_000)])
+    frames = encode_frames(batch)
+    assert len(frames) > 1 and all(len(f) <= FRAME_MAX_BYTES for f in frames)
+    updates = [u for f in frames for u in decode_frame(f)]
+    assert sorted(d for d, _ in updates) == sorted([f"{long_id}{n:04d}" for n in range(5_000)]
+                                                   + [f"s{n}" for n in range(2_000)])
 
 
 def test_an_unreadable_frame_is_a_frame_error() -> None:

@@ -142,3 +142,29 @@ def test_a_restarted_api_process_rebuilds_from_the_database(registered: Database
                 assert unit["battery_pct"] == 63.0
             finally:
                 reader.close()
+
+
+def test_an_api_process_that_reconnects_to_the_broker_rebuilds_from_the_database(
+        registered: Database, mosquitto: MosquittoProcess) -> None:
+    """Frames published while an API process's broker session was away are lost with it; on
+    reconnecting it reloads every unit from ``device_latest``. Here the state changes in the
+    database while the broker is down (as a worker's commit the API never heard of), and an
+    open client sees it once the broker is back."""
+    settings = make_settings(live_rate_hz=10.0)
+    with running_worker(database_url=registered.url, mqtt_url=mosquitto.url, settings=settings), \
+            running_api(database_url=registered.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        reader = LiveReader(server.base, token(server.base, "op-all"))
+        try:
+            publish_all(mosquitto.url, [(topic_for("lf-5", Channel.TELEMETRY), telemetry_payload(1, battery=70.0))])
+            wait_for(lambda: _battery(reader, "lf-5") == 70.0, what="the report on screen")
+            hub = server.app.state.hub
+            mosquitto.stop()
+            wait_for(lambda: not hub.connected.is_set(), what="the API to notice the broker gone")
+            with registered.connect() as conn:
+                conn.execute("UPDATE device_latest SET battery_pct = 71, ts = ts + interval '1 second'"
+                             " WHERE device_id = 'lf-5'")
+                conn.commit()
+            mosquitto.start()
+            wait_for(lambda: _battery(reader, "lf-5") == 71.0, timeout=90, what="the state reloaded")
+        finally:
+            reader.close()

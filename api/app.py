@@ -8,7 +8,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 import psycopg
 from fastapi import FastAPI
@@ -143,8 +142,7 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
             connection_class=AuditConnection, configure=configure)
         pool.open(wait=True, timeout=30)
         hub = LiveHub(mqtt_url=mqtt_url, rate_hz=settings.live_rate_hz, alert_backlog=settings.live_alert_backlog,
-                      client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}",
-                      max_future_skew=timedelta(seconds=settings.max_future_skew_s))
+                      client_id=f"watchfloor-api-{uuid.uuid4().hex[:8]}")
         app.state.pool, app.state.hub = pool, hub
         # Subscribe first, then load the snapshot: an update in between is applied twice,
         # never lost.

@@ -71,6 +71,10 @@ class LiveCollector(Collector):
                                   "(each is told to re-read alerts)", value=c.alerts_dropped)
         yield CounterMetricFamily("watchfloor_live_broker_messages", "Messages the live hub received from the "
                                   "broker", value=c.broker_messages)
+        yield CounterMetricFamily("watchfloor_live_unit_updates", "Unit states taken from ingest's live-units "
+                                  "frames", value=c.unit_updates)
+        yield CounterMetricFamily("watchfloor_live_bad_frames", "Live-units frames this version could not read "
+                                  "(dropped; an ingest of another version?)", value=c.bad_frames)
         yield GaugeMetricFamily("watchfloor_live_broker_connected", "1 while the live hub is connected to the "
                                 "broker", value=1 if hub.connected.is_set() else 0)
 

@@ -16,6 +16,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, St
 __all__ = [
     "ALERTS_TOPIC",
     "ALERT_POLICY_TOPIC",
+    "LIVE_UNITS_TOPIC",
     "ACCOUNTS_TOPIC",
     "REGISTRY_TOPIC",
     "SERVICE_PREFIX",
@@ -37,6 +38,10 @@ TOPIC_ROOT = "watchfloor/v1/devices"
 #: Alert changes, published by ingest (and by the API on acknowledge/resolve) for every
 #: API process to push live. Devices may neither publish nor read it (deploy/mosquitto/acl).
 ALERTS_TOPIC = "watchfloor/v1/alerts"
+#: The live picture: after each batch commits, ingest publishes one frame of the units it
+#: stored (telemetry/live_frame.py), which every API process merges instead of decoding the
+#: devices' topics again. Only ingest may write it; the API may only read it.
+LIVE_UNITS_TOPIC = "watchfloor/v1/live/units"
 #: Registry changes made through the API (a device registered, moved or retired), after
 #: commit, so that every API process re-reads the registry for its live feed at once.
 REGISTRY_TOPIC = "watchfloor/v1/registry"

@@ -34,13 +34,14 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 
-from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, TOPIC_ROOT, Event
+from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, LIVE_UNITS_TOPIC, TOPIC_ROOT, Event
 from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
 from core.settings import Settings
 from telemetry.alerts import AlertRules, Geofence
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
 from telemetry.ingest_stats import IngestStats
+from telemetry.live_frame import encode_frames
 from telemetry.rejection_sampler import RejectionSampler
 from telemetry.store import Batch, RejectedMessage
 from telemetry.writer import BatchWriter
@@ -319,6 +320,10 @@ class IngestWorker:
         assert self._session is not None
         self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
         self._publish_alerts(alerts)
+        frames = encode_frames(batch)  # after commit: the live picture is what was stored
+        for frame in frames:
+            self._session.publish(LIVE_UNITS_TOPIC, frame)
+        self.stats.live_frames += len(frames)
         s = self.stats
         s.received += len(items)
         s.batches += 1

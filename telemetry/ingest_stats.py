@@ -22,6 +22,7 @@ class IngestStats:
     statuses: int = 0
     duplicates: int = 0
     alert_changes: int = 0
+    live_frames: int = 0  # frames of stored unit state published for the API processes
     rejected: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     database_errors: int = 0

@@ -78,6 +78,8 @@ class IngestCollector(Collector):
                                   value=s.database_errors)
         yield CounterMetricFamily("watchfloor_ingest_alert_changes", "Alert changes published",
                                   value=s.alert_changes)
+        yield CounterMetricFamily("watchfloor_ingest_live_frames", "Frames of stored unit state published for "
+                                  "the API processes' live feed", value=s.live_frames)
         yield histogram_family("watchfloor_ingest_batch_duration_seconds", "From a batch's first write to its "
                                "acknowledgement (database outages included)", s.batch_time)
         yield histogram_family("watchfloor_ingest_publish_to_commit_seconds", "From a message's own timestamp "

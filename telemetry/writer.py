@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import psycopg
 
+from core.contract import Telemetry
 from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
@@ -137,6 +138,7 @@ class BatchWriter:
     def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> list[dict[str, object]]:
         """Store what can be stored; a message the database refuses becomes a rejection."""
         singles: list[tuple[Batch, str, bytes]] = []
+        stored_telemetry: list[tuple[str, datetime, Telemetry]] = []
         for d, r, t in batch.telemetry:
             singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
                             d, t.model_dump_json().encode()))
@@ -149,6 +151,7 @@ class BatchWriter:
                 try:
                     with conn.transaction():  # a savepoint per message
                         self._write_counted(conn, single)
+                    stored_telemetry += single.telemetry
                 except psycopg.Error as error:
                     rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
@@ -157,6 +160,7 @@ class BatchWriter:
             alerts = evaluate_batch(conn, batch, self._rules, self.policy)
         batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
+        batch.telemetry = stored_telemetry  # the live frame shows only what was stored
         return alerts
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:

@@ -17,31 +17,50 @@ from hypothesis import strategies as st
 from api.live.client import FeedCounters
 from api.live.deltas import Delta, Pending, View, encode_delta, for_view, unit_view
 from api.live.handover import Handover
-from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState, broker_update
-from core.contract import ALERTS_TOPIC, TOPIC_ROOT
+from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState
+from core.contract import ALERTS_TOPIC, LIVE_UNITS_TOPIC, TOPIC_ROOT, Telemetry
 from services.accounts import Principal, Role
-from telemetry.decode import PayloadLimits
+from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
+from telemetry.live_frame import FRAME_MAX_BYTES, FrameError, decode_frame, encode_frames
+from telemetry.store import Batch
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 LIMITS = PayloadLimits(max_payload_bytes=65_536, max_future_skew=timedelta(days=1), max_age=timedelta(days=3650))
 ALL_SEE: View = (True, None)
 
 
-def telemetry(device_id: str, *, ts: datetime, battery: float = 80.0, lat: float | None = 51.5,
-              lon: float = -0.12) -> tuple[str, dict[str, Any]]:
-    """(device_id, fields) as the hub makes them from a real telemetry payload."""
-    body: dict[str, Any] = {"seq": 1, "ts": ts.isoformat(), "battery": {"pct": battery, "charging": False},
+def frame_of(*messages: tuple[str, bytes], now: datetime = T0) -> bytes:
+    """The live-units frame ingest publishes for a batch of these device messages, each
+    decoded as ingest decodes it (the payloads must be good: ingest stores nothing else)."""
+    batch = Batch()
+    for topic, payload in messages:
+        result = decode(topic, payload, now=now, limits=LIMITS)
+        if isinstance(result, StatusChange):
+            batch.statuses.append((result.device_id, now, result))
+        else:
+            assert isinstance(result, Decoded) and isinstance(result.message, Telemetry), result
+            batch.telemetry.append((result.device_id, now, result.message))
+    [frame] = encode_frames(batch)
+    return frame
+
+
+def report(device_id: str, *, ts: datetime, battery: float = 80.0, lat: float | None = 51.5,
+           lon: float = -0.12, seq: int = 1) -> tuple[str, bytes]:
+    body: dict[str, Any] = {"seq": seq, "ts": ts.isoformat(), "battery": {"pct": battery, "charging": False},
                             "gps": None if lat is None else {"lat": lat, "lon": lon, "accuracy_m": 5.0},
                             "recording": "off"}
-    update = broker_update(f"{TOPIC_ROOT}/{device_id}/telemetry", orjson.dumps(body), now=ts, limits=LIMITS)
-    assert update is not None
+    return f"{TOPIC_ROOT}/{device_id}/telemetry", orjson.dumps(body)
+
+
+def telemetry(device_id: str, *, ts: datetime, battery: float = 80.0, lat: float | None = 51.5,
+              lon: float = -0.12) -> tuple[str, dict[str, Any]]:
+    """(device_id, fields) as the hub takes them from ingest's frame of a real report."""
+    [update] = decode_frame(frame_of(report(device_id, ts=ts, battery=battery, lat=lat, lon=lon), now=ts))
     return update
 
 
 def status(device_id: str, online: bool) -> tuple[str, dict[str, Any]]:
-    update = broker_update(f"{TOPIC_ROOT}/{device_id}/status", b"online" if online else b"offline",
-                           now=T0, limits=LIMITS)
-    assert update is not None
+    [update] = decode_frame(frame_of((f"{TOPIC_ROOT}/{device_id}/status", b"online" if online else b"offline")))
     return update
 
 
@@ -265,44 +284,90 @@ def test_a_unit_removed_then_back_in_view_while_lagging_comes_whole_and_not_remo
 # the hand-over from paho's thread
 
 
-def test_the_handover_decodes_merges_and_gives_alerts_their_units_borough() -> None:
-    """What paho's thread hands over: device reports merged into the state (bad payloads
-    and events ignored), alerts kept with the borough of their unit for the tick, every
-    message counted."""
+def test_the_handover_merges_frames_and_gives_alerts_their_units_borough() -> None:
+    """What paho's thread hands over: ingest's frames merged into the state (an unreadable
+    frame counted and dropped), alerts kept with the borough of their unit for the tick,
+    every message counted."""
     counters = FeedCounters()
-    shared = Handover(counters=counters, registry_changed=asyncio.Event(), accounts_changed=asyncio.Event(),
-                      max_future_skew=timedelta(seconds=300))
+    shared = Handover(counters=counters, registry_changed=asyncio.Event(), accounts_changed=asyncio.Event())
     shared.load([row("d1", "Camden")])
     shared.take()
-    body = {"seq": 1, "ts": datetime.now(timezone.utc).isoformat(), "battery": {"pct": 33.0, "charging": False},
-            "gps": None, "recording": "off"}
-    shared.put(f"{TOPIC_ROOT}/d1/telemetry", orjson.dumps(body))
-    shared.put(f"{TOPIC_ROOT}/d1/telemetry", b"{not json")
-    shared.put(f"{TOPIC_ROOT}/d1/events", orjson.dumps({"seq": 2, "ts": body["ts"], "type": "sos"}))
+    shared.put(LIVE_UNITS_TOPIC, frame_of(report("d1", ts=T0, battery=33.0, lat=None)))
+    shared.put(LIVE_UNITS_TOPIC, b"{not json")
+    shared.put(LIVE_UNITS_TOPIC, orjson.dumps({"v": 99, "t": [], "s": []}))
     shared.put(ALERTS_TOPIC, orjson.dumps({"id": 7, "device_id": "d1", "kind": "sos"}))
     changes, alerts = shared.take()
     [(_, unit)] = changes.changed
     assert unit["battery_pct"] == 33.0
     assert alerts == [{"id": 7, "device_id": "d1", "kind": "sos", "borough": "Camden"}]
     assert counters.broker_messages == 4
+    assert (counters.unit_updates, counters.bad_frames) == (1, 2)
     assert shared.borough_of("d1") == "Camden" and shared.borough_of("nope") is None
     assert shared.snapshot((False, frozenset({"Hackney"}))) == []
     assert "lat" not in shared.snapshot((False, None))[0]
 
 
-def test_the_handover_ignores_a_report_from_further_ahead_than_ingest_accepts() -> None:
-    """A camera whose clock runs an hour fast: ingest rejects its report (future skew), so the
-    hub does too; kept by ``ts``, it would otherwise hold the unit's state still for an hour."""
-    shared = Handover(counters=FeedCounters(), registry_changed=asyncio.Event(), accounts_changed=asyncio.Event(),
-                      max_future_skew=timedelta(seconds=300))
-    shared.load([row("d1", "Camden")])
+def test_frames_from_two_workers_out_of_order_never_put_an_older_report_on_screen() -> None:
+    """Two ingest workers store a unit's reports in two batches; the newer batch's frame
+    arrives first. The older one leaves the unit as the newer one set it."""
+    shared = Handover(counters=FeedCounters(), registry_changed=asyncio.Event(), accounts_changed=asyncio.Event())
+    shared.load([row("d1", "Camden"), row("d2", "Camden")])
     shared.take()
-    ahead = datetime.now(timezone.utc) + timedelta(hours=1)
-    body = {"seq": 1, "ts": ahead.isoformat(), "battery": {"pct": 33.0, "charging": False}, "gps": None,
-            "recording": "off"}
-    shared.put(f"{TOPIC_ROOT}/d1/telemetry", orjson.dumps(body))
-    changes, _ = shared.take()
-    assert not changes
+    newer = frame_of(report("d1", ts=T0 + timedelta(seconds=2), battery=50.0, lat=51.6),
+                     report("d2", ts=T0, battery=70.0))
+    older = frame_of(report("d1", ts=T0 + timedelta(seconds=1), battery=60.0, lat=51.4),
+                     report("d2", ts=T0 + timedelta(seconds=1), battery=69.0))
+    shared.put(LIVE_UNITS_TOPIC, newer)
+    shared.put(LIVE_UNITS_TOPIC, older)
+    units = {u["device_id"]: u for u in shared.snapshot(ALL_SEE)}
+    assert (units["d1"]["battery_pct"], units["d1"]["lat"]) == (50.0, 51.6)
+    assert units["d2"]["battery_pct"] == 69.0  # d2's newer report was in the "older" frame
+
+
+def test_a_frame_holds_each_units_newest_report_of_the_batch_and_a_later_status() -> None:
+    """Newest per unit within a batch (by ts, then seq); a status that came after the unit's
+    newest report wins, one that came before it does not (a report is proof of life)."""
+    batch = Batch()
+    for device_id, seq, ts in (("d1", 1, T0), ("d1", 3, T0 + timedelta(seconds=1)), ("d1", 2, T0)):
+        _, payload = report(device_id, ts=ts, seq=seq, battery=float(seq))
+        decoded = decode(f"{TOPIC_ROOT}/{device_id}/telemetry", payload, now=T0, limits=LIMITS)
+        assert isinstance(decoded, Decoded) and isinstance(decoded.message, Telemetry)
+        batch.telemetry.append((device_id, T0 + timedelta(seconds=seq), decoded.message))
+    batch.statuses.append(("d1", T0, StatusChange("d1", False)))  # before the newest report arrived
+    batch.statuses.append(("d2", T0, StatusChange("d2", False)))
+    [frame] = encode_frames(batch)
+    updates = decode_frame(frame)
+    assert [(d, f.get("battery_pct"), f["online"]) for d, f in updates] == [("d1", 3.0, True), ("d2", None, False)]
+    assert encode_frames(Batch()) == []
+
+
+def test_a_large_batch_goes_out_in_frames_the_broker_accepts() -> None:
+    """Mosquitto drops a publisher whose message exceeds message_size_limit (64 KiB): a batch
+    of 5,000 units (ingest_batch_max) becomes several frames under FRAME_MAX_BYTES, each whole
+    units, together every unit once."""
+    _, payload = report("x", ts=T0)
+    decoded = decode(f"{TOPIC_ROOT}/x/telemetry", payload, now=T0, limits=LIMITS)
+    assert isinstance(decoded, Decoded) and isinstance(decoded.message, Telemetry)
+    long_id = "u" * 60
+    batch = Batch(telemetry=[(f"{long_id}{n:04d}", T0, decoded.message) for n in range(5_000)],
+                  statuses=[(f"s{n}", T0, StatusChange(f"s{n}", True)) for n in range(2_000)])
+    frames = encode_frames(batch)
+    assert len(frames) > 1 and all(len(f) <= FRAME_MAX_BYTES for f in frames)
+    updates = [u for f in frames for u in decode_frame(f)]
+    assert sorted(d for d, _ in updates) == sorted([f"{long_id}{n:04d}" for n in range(5_000)]
+                                                   + [f"s{n}" for n in range(2_000)])
+
+
+def test_an_unreadable_frame_is_a_frame_error() -> None:
+    """What the hub counts and drops rather than crash paho's thread."""
+    for payload in (b"", b"[]", b'{"v": 1}', b'{"v": 1, "t": [["d1"]], "s": []}',
+                    b'{"v": 1, "t": [], "s": [["d1"]]}', b'{"v": 2, "t": [], "s": []}',
+                    orjson.dumps({"v": 1, "t": [["d1", "not a time", *[None] * 13]], "s": []})):
+        try:
+            decode_frame(payload)
+        except FrameError:
+            continue
+        raise AssertionError(f"{payload!r} was read")
 
 
 # the property: a client's picture is the truth of its view

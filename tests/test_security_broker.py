@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from core.contract import ACCOUNTS_TOPIC, ALERT_POLICY_TOPIC, REGISTRY_TOPIC, Channel, topic_for
+from core.contract import ACCOUNTS_TOPIC, ALERT_POLICY_TOPIC, LIVE_UNITS_TOPIC, REGISTRY_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services import audit
 from services.accounts import Role, account_announcement, add_user
@@ -273,6 +273,34 @@ def test_device_publishes_its_own_telemetry_only(broker: Broker) -> None:
         cam_a.close()
     finally:
         ingest.close()
+
+
+def test_only_ingest_writes_the_live_picture_and_the_api_reads_no_device_state(broker: Broker) -> None:
+    """The attack: a camera, or a stolen API account, forges a live-units frame to put a unit
+    somewhere on every screen. The broker refuses both; the API's account receives only
+    ingest's frame. It no longer receives the devices' telemetry or status either (the live
+    picture is what ingest stored)."""
+    api = _client(broker, "watchfloor-api")
+    try:
+        assert api.subscribe(LIVE_UNITS_TOPIC) == [1]
+        api.subscribe(f"watchfloor/v1/devices/+/{Channel.TELEMETRY.value}")
+        api.subscribe(f"watchfloor/v1/devices/+/{Channel.STATUS.value}")
+        _denied(broker, "cam-a", LIVE_UNITS_TOPIC, b"forged by a camera")
+        _denied(broker, "watchfloor-api", LIVE_UNITS_TOPIC, b"forged by the API's account")
+        cam_a = _client(broker, "cam-a")
+        try:
+            assert cam_a.publish(topic_for("cam-a", Channel.TELEMETRY), b"a camera's own report") < 128
+            assert cam_a.publish(topic_for("cam-a", Channel.STATUS), b"online") < 128
+        finally:
+            cam_a.close()
+        ingest = _client(broker, "watchfloor-ingest")
+        try:
+            assert ingest.publish(LIVE_UNITS_TOPIC, b"sentinel") < 128
+        finally:
+            ingest.close()
+        assert api.received_until(b"sentinel") == [(LIVE_UNITS_TOPIC, b"sentinel")]
+    finally:
+        api.close()
 
 
 def test_oversized_messages_never_arrive(broker: Broker) -> None:

@@ -28,12 +28,14 @@ QUEUED_FRAMES = 4
 @dataclass
 class FeedCounters:
     """Totals of the live feed since the process started, read by its metrics. Written on
-    the event loop, but for ``broker_messages`` (paho's thread, its only writer)."""
+    the event loop, but for the broker's three (paho's thread, their only writer)."""
 
     connections: int = 0  # clients registered (each got a snapshot)
     units_conflated: int = 0  # intermediate states of a unit merged away for a lagging client
     alerts_dropped: int = 0  # alert changes not sent to a lagging client (told to re-read)
     broker_messages: int = 0
+    unit_updates: int = 0  # unit states taken from ingest's frames (paho's thread)
+    bad_frames: int = 0  # frames this version could not read, dropped (paho's thread)
 
 
 @dataclass(eq=False)

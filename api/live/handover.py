@@ -1,11 +1,13 @@
 """Where paho's thread meets the event loop: :meth:`Handover.put`, and a lock.
 
-The feed takes about 4,400 device messages a second per API process. Rather than a queue
-per message (``core.mqtt.LoopHandover``: a loop callback each, and every intermediate
-position of a unit carried to the loop only to be overwritten), paho's thread merges each
-message into the :class:`~api.live.state.FleetState` under a lock, and the loop's ticker
-takes the changes under the same lock. Every other method here runs on the loop, and each
-holds the lock for as long as it reads or writes the shared state, no longer.
+The feed takes ingest's live-units frames (telemetry/live_frame.py): one per committed batch
+per worker, each a few hundred units at full rate. Rather than a queue per message
+(``core.mqtt.LoopHandover``: a loop callback each, and every intermediate position of a unit
+carried to the loop only to be overwritten), paho's thread decodes each frame (one
+``orjson.loads``) and merges its units into the :class:`~api.live.state.FleetState` under a
+lock, and the loop's ticker takes the changes under the same lock. Every other method here
+runs on the loop, and each holds the lock for as long as it reads or writes the shared
+state, no longer.
 """
 
 from __future__ import annotations
@@ -14,16 +16,15 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
 from api.live.client import FeedCounters
 from api.live.deltas import View, unit_view
-from api.live.state import Changes, FleetState, broker_update
-from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, REGISTRY_TOPIC
-from telemetry.decode import PayloadLimits
+from api.live.state import Changes, FleetState
+from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, LIVE_UNITS_TOPIC, REGISTRY_TOPIC
+from telemetry.live_frame import FrameError, decode_frame
 
 __all__ = ["ALERTS_KEPT", "Handover"]
 
@@ -35,12 +36,7 @@ class Handover:
     """The shared state of the live feed, and the one function paho's thread calls."""
 
     def __init__(self, *, counters: FeedCounters, registry_changed: asyncio.Event,
-                 accounts_changed: asyncio.Event, max_future_skew: timedelta) -> None:
-        # Ingest counts bad input and enforces the payload limit; the hub refuses only what
-        # ingest would not store as the latest state either: a report from further in the
-        # future than ingest accepts would otherwise hold the unit's state (kept by ts) still.
-        self._limits = PayloadLimits(max_payload_bytes=65_536, max_future_skew=max_future_skew,
-                              max_age=timedelta(days=3650))
+                 accounts_changed: asyncio.Event) -> None:
         self._lock = threading.Lock()
         self._state = FleetState()
         self._alerts: deque[dict[str, Any]] = deque(maxlen=ALERTS_KEPT)
@@ -57,9 +53,11 @@ class Handover:
         """paho's thread: take one message in; never blocks for longer than a merge.
 
         Nothing here can fill up in a way that holds paho's thread back:
-        - a device's telemetry or status is decoded here, then merged into its unit under the
-          lock: the latest value per unit and field wins, so the state is bounded by the
-          number of devices however fast they publish or however late the tick runs;
+        - a live-units frame is decoded here, then its units are merged under the lock: the
+          latest value per unit and field wins (an older report never overwrites a newer
+          one), so the state is bounded by the number of devices however fast they publish
+          or however late the tick runs. A frame this version cannot read is counted and
+          dropped (only ingest may publish one: it is a version mismatch, not an attack);
         - an alert is kept under the lock for the next tick, at most ``ALERTS_KEPT`` of
           them: past that the oldest is dropped (a client re-reads alerts over REST);
         - a registry or accounts announcement sets an ``asyncio.Event`` on the loop
@@ -68,13 +66,19 @@ class Handover:
           the loop has closed (the app is stopping), it is dropped.
         """
         self._counters.broker_messages += 1
+        if topic == LIVE_UNITS_TOPIC:
+            try:
+                updates = decode_frame(payload)
+            except FrameError:
+                self._counters.bad_frames += 1
+                return
+            with self._lock:
+                for device_id, fields in updates:
+                    self._state.apply(device_id, fields)
+            self._counters.unit_updates += len(updates)
+            return
         if topic in (REGISTRY_TOPIC, ACCOUNTS_TOPIC):
-            announced = self._registry_changed if topic == REGISTRY_TOPIC else self._accounts_changed
-            if self._loop is not None:
-                try:
-                    self._loop.call_soon_threadsafe(announced.set)
-                except RuntimeError:  # the loop closed under us: the app is stopping
-                    pass
+            self._announce(self._registry_changed if topic == REGISTRY_TOPIC else self._accounts_changed)
             return
         if topic == ALERTS_TOPIC:
             try:
@@ -83,11 +87,19 @@ class Handover:
                 return
             with self._lock:
                 self._alerts.append(alert)
-            return
-        update = broker_update(topic, payload, now=datetime.now(timezone.utc), limits=self._limits)
-        if update is not None:
-            with self._lock:
-                self._state.apply(*update)
+
+    def reconnected(self) -> None:
+        """paho's thread, on a connection after the first: frames published while the
+        session was away are lost, so the registry refresher reloads every unit's state from
+        ``device_latest`` (it keeps what is newer in the state already)."""
+        self._announce(self._registry_changed)
+
+    def _announce(self, event: asyncio.Event) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop closed under us: the app is stopping
+                pass
 
     # the event loop
 

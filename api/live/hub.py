@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -31,8 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class LiveHub:
-    def __init__(self, *, mqtt_url: str, rate_hz: float, alert_backlog: int, client_id: str,
-                 max_future_skew: timedelta) -> None:
+    def __init__(self, *, mqtt_url: str, rate_hz: float, alert_backlog: int, client_id: str) -> None:
         self._interval = 1.0 / rate_hz
         self._alert_backlog = alert_backlog
         self._clients: set[LiveClient] = set()
@@ -43,8 +41,9 @@ class LiveHub:
         self.accounts_changed = asyncio.Event()  # a user was disabled, signed out or changed
         self.counters = FeedCounters()
         self._shared = Handover(counters=self.counters, registry_changed=self.registry_changed,
-                                accounts_changed=self.accounts_changed, max_future_skew=max_future_skew)
-        self._broker = FeedConnection(mqtt_url=mqtt_url, client_id=client_id, deliver=self._shared.put)
+                                accounts_changed=self.accounts_changed)
+        self._broker = FeedConnection(mqtt_url=mqtt_url, client_id=client_id, deliver=self._shared.put,
+                                      reconnected=self._shared.reconnected)
         self.connected = self._broker.connected
 
     # lifecycle (owned by the app's lifespan)

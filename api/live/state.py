@@ -1,11 +1,12 @@
 """Every unit's latest state, and what changed since the last tick: pure, no I/O, no lock.
 
-:class:`FleetState` is fed from two sides: the broker (a unit's telemetry and online status,
-:meth:`FleetState.apply`) and the registry in the database (callsign, officer, borough, role,
-and which devices exist at all, :meth:`FleetState.load`). It notes, per unit, the names of
-the fields whose value changed, and which units left a borough (moved, or retired), until
-:meth:`FleetState.take_changes` hands them to the tick. Many updates of one unit between two
-ticks are one entry with the latest values: this is where the feed conflates.
+:class:`FleetState` is fed from two sides: ingest's live-units frames (a unit's stored
+telemetry and online status, :meth:`FleetState.apply`) and the registry in the database
+(callsign, officer, borough, role, and which devices exist at all, :meth:`FleetState.load`).
+It notes, per unit, the names of the fields whose value changed, and which units left a
+borough (moved, or retired), until :meth:`FleetState.take_changes` hands them to the tick.
+Many updates of one unit between two ticks are one entry with the latest values: this is
+where the feed conflates.
 
 It is not thread-safe: its owner (``api.live.handover.Handover``) holds a lock around it.
 """
@@ -14,14 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from core.contract import Telemetry
-from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
-
-__all__ = ["POSITION_FIELDS", "REGISTRY_FIELDS", "UNIT_FIELDS", "Changes", "FleetState", "Left",
-           "broker_update", "status_fields", "telemetry_fields"]
+__all__ = ["POSITION_FIELDS", "REGISTRY_FIELDS", "UNIT_FIELDS", "Changes", "FleetState", "Left"]
 
 REGISTRY_FIELDS = ("callsign", "officer", "borough", "role")
 #: What a health-only role (a fleet manager) never sees: where a unit is, and who carries it.
@@ -29,22 +25,6 @@ POSITION_FIELDS = ("lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "offi
 UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "received_at", "battery_pct",
                "charging", "gps_fix", "lat", "lon", "accuracy_m", "speed_mps", "heading_deg", "last_fix_at",
                "recording", "storage_pct", "docked", "live", "viewers", "online")
-
-
-def telemetry_fields(t: Telemetry, received: datetime) -> dict[str, Any]:
-    """The unit fields a telemetry report sets (its position only when it has a fix)."""
-    fields = dict(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
-                  recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
-                  viewers=t.viewers, gps_fix=t.gps is not None, online=True)
-    if t.gps is not None:
-        fields.update(lat=t.gps.lat, lon=t.gps.lon, accuracy_m=t.gps.accuracy_m, speed_mps=t.gps.speed_mps,
-                      heading_deg=t.gps.heading_deg, last_fix_at=t.ts)
-    return fields
-
-
-def status_fields(online: bool) -> dict[str, Any]:
-    """The unit fields a status message (the device's birth or last will) sets."""
-    return {"online": online}
 
 
 def _merge(unit: dict[str, Any], fields: dict[str, Any]) -> list[str]:
@@ -102,7 +82,7 @@ class FleetState:
         self._retired: set[str] = set()  # left the registry: what they still send is not shown
 
     def apply(self, device_id: str, fields: dict[str, Any]) -> None:
-        """Merge what the broker said of a unit (:func:`telemetry_fields`, :func:`status_fields`).
+        """Merge what ingest stored of a unit (telemetry.live_frame.decode_frame's fields).
         A retired unit is ignored; one the registry has not named yet starts empty. A report
         older than the unit's state is ignored: reports may arrive out of order (a camera's
         backlog after a reconnect), and the latest state follows ``ts``, as in the database."""
@@ -173,14 +153,3 @@ class FleetState:
         if fields:
             self._changed.setdefault(device_id, set()).update(fields)
 
-
-def broker_update(topic: str, payload: bytes, *, now: datetime,
-                  limits: PayloadLimits) -> tuple[str, dict[str, Any]] | None:
-    """A device message as (device_id, the unit fields it sets), or None for what the feed
-    does not show (events reach clients as alerts; bad input is ingest's to count)."""
-    result = decode(topic, payload, now=now, limits=limits)
-    if isinstance(result, StatusChange):
-        return result.device_id, status_fields(result.online)
-    if isinstance(result, Decoded) and isinstance(result.message, Telemetry):
-        return result.device_id, telemetry_fields(result.message, now)
-    return None

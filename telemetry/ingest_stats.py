@@ -23,6 +23,9 @@ class IngestStats:
     duplicates: int = 0
     alert_changes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    # Dock events by what they did to custody windows (telemetry/custody.py): a stale or
+    # duplicate one is stored like any event but changes no window.
+    custody: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     database_errors: int = 0
     last_batch_s: float = 0.0

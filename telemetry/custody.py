@@ -253,13 +253,13 @@ def assignments(conn: psycopg.Connection, device_id: str, *, start: datetime, en
 
 
 def officer_track(conn: psycopg.Connection, officer: str, *, start: datetime, end: datetime, max_points: int,
-                  boroughs: frozenset[str] | None) -> tuple[list[Row], int]:
+                  boroughs: frozenset[str] | None) -> tuple[list[Row], list[str]]:
     """An officer's GPS track across the cameras they carried in ``[start, end)``, in one query:
     the officer's windows clipped to the span, then, like a single unit's track, the span cut
     into ``max_points`` slices each giving its latest fix from whichever camera the officer
     carried then. Only cameras registered in ``boroughs`` (None: all) count, as for a unit's
-    track. Returns the points (with ``device_id`` and ``callsign``) and how many of the
-    officer's windows in the span were in the area (0: nothing to show this caller)."""
+    track. Returns the points (with ``device_id``, ``officer`` and ``callsign``) and the
+    cameras of the officer's windows in the span and area (none: nothing to show this caller)."""
     step = max((end - start).total_seconds() / max_points, 0.001)
     params: dict[str, Any] = {"officer": officer, "start": start, "end": end, "n": max_points, "step": step,
                               "areas": None if boroughs is None else sorted(boroughs)}
@@ -276,17 +276,18 @@ def officer_track(conn: psycopg.Connection, officer: str, *, start: datetime, en
             " slices AS (SELECT %(start)s + make_interval(secs => i * %(step)s) AS s,"
             "  least(%(start)s + make_interval(secs => (i + 1) * %(step)s), %(end)s) AS e"
             "  FROM generate_series(0, %(n)s - 1) AS g(i))"
-            " SELECT p.*, (SELECT count(*) FROM w) AS windows FROM slices CROSS JOIN LATERAL ("
+            " SELECT NULL AS device_id, NULL AS officer, NULL AS callsign, NULL::timestamptz AS ts,"
+            "  NULL::float8 AS lat, NULL::float8 AS lon, NULL::real AS accuracy_m, NULL::real AS speed_mps,"
+            "  NULL::real AS heading_deg, NULL AS recording, array_agg(DISTINCT w.device_id) AS devices FROM w"
+            " UNION ALL (SELECT p.*, NULL FROM slices CROSS JOIN LATERAL ("
             "  SELECT t.device_id, %(officer)s::text AS officer, w.callsign, t.ts, t.lat, t.lon, t.accuracy_m,"
             "   t.speed_mps, t.heading_deg, t.recording FROM w JOIN telemetry t ON t.device_id = w.device_id"
             "   AND t.ts >= greatest(w.f, slices.s) AND t.ts < least(w.t, slices.e)"
-            "  WHERE t.lat IS NOT NULL ORDER BY t.ts DESC LIMIT 1) p ORDER BY p.ts", params)
-        points = cur.fetchall()
-        if points:
-            windows_in_area = int(points[0]["windows"])
-            for point in points:
-                del point["windows"]
-            return points, windows_in_area
-        cur.execute(f"SELECT count(*) AS n FROM ({windows}) w", params)
-        counted = cur.fetchone()
-    return points, int(counted["n"]) if counted else 0
+            "  WHERE t.lat IS NOT NULL ORDER BY t.ts DESC LIMIT 1) p ORDER BY p.ts)", params)
+        rows = cur.fetchall()
+    # The one row without a time is the windows' cameras; UNION ALL promises no order, so sort.
+    devices = next(r["devices"] for r in rows if r["ts"] is None) or []
+    points = sorted((r for r in rows if r["ts"] is not None), key=lambda r: r["ts"])
+    for point in points:
+        del point["devices"]
+    return points, sorted(devices)

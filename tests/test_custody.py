@@ -259,8 +259,12 @@ def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_a
     assert {p["callsign"] for p in westminster} == {"WE01"} and {p["officer"] for p in westminster} == {"PC Ada"}
     assert camden_only.status_code == 404 and zed.status_code == 404
     assert refused_role.status_code == 403
-    assert stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'officer_track_read'"
-                           " AND details->>'officer' = 'PC Ada'") == 2
+    with stack.db.connect() as conn:  # one entry per unit read: an auditor of Camden sees only ca-9's
+        reads = conn.execute("SELECT actor, device_id, (details->>'rows')::int FROM audit_log"
+                             " WHERE action = 'officer_track_read' AND details->>'officer' = 'PC Ada'"
+                             " ORDER BY seq").fetchall()
+    assert reads == [("op-all", "ca-9", 7), ("op-all", "sw-1", 9), ("op-all", "sw-2", 9),
+                     ("op-west", "sw-1", 9), ("op-west", "sw-2", 9)]
 
 
 def test_admin_assignments_are_audited_and_refused_to_other_roles(stack: Stack) -> None:

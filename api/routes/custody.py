@@ -80,11 +80,13 @@ def officer_track(officer: Officer, db: Db, who: PositionViewer, start: datetime
                   end: datetime | None = None,
                   max_points: Annotated[int, Query(ge=2, le=5000)] = 1000) -> list[OfficerTrackPoint]:
     start, end = _span(start, end, timedelta(hours=12))
-    points, windows = custody.officer_track(db, officer, start=start, end=end, max_points=max_points,
+    points, devices = custody.officer_track(db, officer, start=start, end=end, max_points=max_points,
                                             boroughs=who.areas)
-    if windows == 0:  # an officer seen only on cameras outside the caller's area is as unknown as none
+    if not devices:  # an officer seen only on units outside the caller's area is as unknown as none
         raise NotFound(f"no officer {officer} on a unit in your area between {_utc(start)} and {_utc(end)}")
-    audit.record(db, actor=who.username, action="officer_track_read",
-                 details={"officer": officer, "start": _utc(start), "end": _utc(end), "rows": len(points),
-                          "devices": sorted({p["device_id"] for p in points})})
+    # One entry per unit read, so that an auditor sees the reads of their own area's units only.
+    for device_id in devices:
+        audit.record(db, actor=who.username, action="officer_track_read", device_id=device_id,
+                     details={"officer": officer, "start": _utc(start), "end": _utc(end),
+                              "rows": sum(p["device_id"] == device_id for p in points)})
     return [OfficerTrackPoint.model_validate(p) for p in points]

@@ -127,7 +127,8 @@ def open_assignment(conn: psycopg.Connection, *, device_id: str, officer: str, c
         elsewhere = _window(conn, "officer = %s AND valid_to IS NULL AND device_id <> %s FOR UPDATE",
                             (officer, device_id))
         if elsewhere is not None and elsewhere["valid_from"] < at:
-            _close(conn, elsewhere["id"], at, by)  # handed that camera in
+            # Handed that camera in; named, since it was this camera (or act) that said so.
+            _close(conn, elsewhere["id"], at, f"{by}:{device_id}")
         elif elsewhere is not None:
             if elsewhere["valid_from"] == at:
                 return "stale"  # the officer took another camera at that very moment

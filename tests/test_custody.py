@@ -112,6 +112,8 @@ def test_the_first_dock_after_a_checkout_ends_it_and_an_officer_carries_one_came
             write_batch(conn, Batch(events=[(device_id, event.ts, event)]))
             apply_dock_events(conn, [(device_id, event)])
     assert _windows(conn, "one-1")[-1] == ("PC Cai", "WE03", _at(60), _at(70))
+    assert conn.execute("SELECT closed_by FROM device_assignments WHERE device_id = 'one-1'"
+                        " ORDER BY valid_from DESC LIMIT 1").fetchone() == ("device:one-2",)
     assert _windows(conn, "one-2") == [("PC Cai", "WE03", _at(70), None)]
 
 

@@ -212,9 +212,9 @@ def sync_registry(conn: psycopg.Connection, *, before: dict[str, RegistryOfficer
     changed = _open_fresh(conn, [e for e in entries if e.device_id not in before and e.officer], at)
     for entry in entries:
         old = before.get(entry.device_id)
-        if entry.device_id in changed or (
+        if entry.device_id in changed or (old is None and not entry.officer) or (
                 old is not None and (old.officer, old.callsign) == (entry.officer, entry.callsign)):
-            continue
+            continue  # opened in bulk; new with nobody to carry it; or unchanged
         if entry.officer:
             outcome = open_assignment(conn, device_id=entry.device_id, officer=entry.officer,
                                       callsign=entry.callsign, at=at, by=BY_REGISTRY)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from core.contract import Channel, Event, EventType, topic_for
 from services.registry import DeviceRecord, update_device, upsert_devices
 from telemetry import queries
-from telemetry.custody import apply_dock_events, assignments
+from telemetry.custody import apply_dock_events, assignments, attribution_join
 from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, migrate
 from telemetry.store import Batch, prepare_connection, write_batch
@@ -170,6 +170,34 @@ def test_a_registry_change_of_officer_moves_custody_but_the_same_one_again_does_
         update_device(conn, record=DeviceRecord("rg-1", "WE09", "PC Fox", "Camden", "response"))
     windows = _windows(conn, "rg-1")
     assert [(w[0], w[1], w[3] is None) for w in windows] == [("PC Ada", "WE01", False), ("PC Fox", "WE09", True)]
+
+
+def test_alerts_and_viewings_are_attributed_to_the_officer_of_the_moment(conn: psycopg.Connection) -> None:
+    """The same range join attributes any row with a unit and a time (here alerts, by when they
+    were raised: the building block for replay and export); a viewing keeps the officer
+    carrying the unit as it starts, which is what the join says for that moment, and nobody
+    while the unit is docked."""
+    from services.viewings import start_viewing
+
+    with conn.transaction():
+        upsert_devices(conn, [DeviceRecord("at-1", None, None, "Westminster", "response")])
+    for event in (_undocked(1, 0, "PC Gil", "WE05"), _docked(2, 30), _undocked(3, 40, "PC Hal", "WE06")):
+        with conn.transaction():
+            write_batch(conn, Batch(events=[("at-1", event.ts, event)]))
+            apply_dock_events(conn, [("at-1", event)])
+    for minutes in (10, 35, 50):
+        conn.execute("INSERT INTO alerts (device_id, kind, severity, status, detail, raised_at)"
+                     " VALUES ('at-1', %s, 'high', 'resolved', 'test', %s)", (f"k{minutes}", _at(minutes)))
+    attributed = conn.execute(f"SELECT x.kind, a.officer FROM alerts x"
+                              f"{attribution_join(device='x.device_id', at='x.raised_at')}"
+                              " WHERE x.device_id = 'at-1' ORDER BY x.raised_at").fetchall()
+    assert attributed == [("k10", "PC Gil"), ("k35", None), ("k50", "PC Hal")]
+    with conn.transaction():
+        viewing = start_viewing(conn, session_id="s-at-1", device_id="at-1", viewer="op-all", role="operator",
+                                reason="test", consent_id=None)
+    now_officer = conn.execute(f"SELECT a.officer FROM (SELECT 'at-1'::text AS d, %s::timestamptz AS t) x"
+                               f"{attribution_join(device='x.d', at='x.t')}", (viewing["started_at"],)).fetchone()
+    assert viewing["officer"] == "PC Hal" == (now_officer or [None])[0]
 
 
 @dataclass

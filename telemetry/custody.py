@@ -108,31 +108,37 @@ def open_assignment(conn: psycopg.Connection, *, device_id: str, officer: str, c
     prev = _window(conn, "device_id = %s AND valid_from <= %s ORDER BY valid_from DESC LIMIT 1", (device_id, at))
     following = _window(conn, "device_id = %s AND valid_from > %s ORDER BY valid_from LIMIT 1", (device_id, at))
     ends: list[datetime] = []
+    splits = None  # the window covering ``at``, which ends there
     if prev is not None:
         same = (prev["officer"], prev["callsign"]) == (officer, callsign)
         if prev["valid_from"] == at:
             return "duplicate" if same else "stale"
         # The same officer again splits their window too: a dock between the two may arrive later.
         if prev["valid_to"] is None or prev["valid_to"] > at:
+            splits = prev
             if prev["valid_to"] is not None:
                 ends.append(prev["valid_to"])
-            _close(conn, prev["id"], at, by)
     if following is not None:
         ends.append(following["valid_from"])
     docked = conn.execute("SELECT min(ts) FROM device_events WHERE device_id = %s AND type = %s AND ts > %s",
                           (device_id, EventType.DOCKED.value, at)).fetchone()
     if docked is not None and docked[0] is not None:
         ends.append(docked[0])
+    handed_in = None  # the officer's open window on another camera, which ends at ``at``
     if not ends:
         elsewhere = _window(conn, "officer = %s AND valid_to IS NULL AND device_id <> %s FOR UPDATE",
                             (officer, device_id))
-        if elsewhere is not None and elsewhere["valid_from"] < at:
-            # Handed that camera in; named, since it was this camera (or act) that said so.
-            _close(conn, elsewhere["id"], at, f"{by}:{device_id}")
-        elif elsewhere is not None:
-            if elsewhere["valid_from"] == at:
-                return "stale"  # the officer took another camera at that very moment
+        if elsewhere is not None and elsewhere["valid_from"] == at:
+            return "stale"  # the officer took another camera at that very moment
+        if elsewhere is not None and elsewhere["valid_from"] > at:
             ends.append(elsewhere["valid_from"])  # and took that one later
+        else:
+            handed_in = elsewhere
+    # Decided; only now is anything written, so a refusal above leaves everything as it was.
+    if splits is not None:
+        _close(conn, splits["id"], at, by)
+    if handed_in is not None:  # named, since it was this camera (or act) that said so
+        _close(conn, handed_in["id"], at, f"{by}:{device_id}")
     valid_to = min(ends) if ends else None
     conn.execute("INSERT INTO device_assignments (device_id, officer, callsign, valid_from, valid_to, opened_by,"
                  " closed_by) VALUES (%s, %s, %s, %s, %s, %s, %s)",

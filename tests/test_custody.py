@@ -117,6 +117,22 @@ def test_the_first_dock_after_a_checkout_ends_it_and_an_officer_carries_one_came
     assert _windows(conn, "one-2") == [("PC Cai", "WE03", _at(70), None)]
 
 
+def test_a_refused_checkout_changes_nothing(conn: psycopg.Connection) -> None:
+    """A checkout naming an officer who took another camera at that very moment is refused
+    (``stale``), and the custody it would have ended stays as it was."""
+    with conn.transaction():
+        upsert_devices(conn, [DeviceRecord("st-1", None, None, "Westminster", "response"),
+                              DeviceRecord("st-2", None, None, "Westminster", "response")])
+    for device_id, event in (("st-1", _undocked(1, 0, "PC Jo", "WE08")), ("st-2", _undocked(1, 30, "PC Ivy", "WE09")),
+                             ("st-1", _undocked(2, 30, "PC Ivy", "WE09"))):
+        with conn.transaction():
+            write_batch(conn, Batch(events=[(device_id, event.ts, event)]))
+            outcomes = apply_dock_events(conn, [(device_id, event)])
+    assert outcomes == {"stale": 1}
+    assert _windows(conn, "st-1") == [("PC Jo", "WE08", _at(0), None)]
+    assert _windows(conn, "st-2") == [("PC Ivy", "WE09", _at(30), None)]
+
+
 def test_the_database_refuses_overlapping_windows_and_two_open_for_one_officer(conn: psycopg.Connection) -> None:
     """Whoever writes (a script, a bug): a camera's windows never overlap, and an officer
     never holds two open ones."""

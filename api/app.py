@@ -21,6 +21,7 @@ from api.routes import (
     alerts,
     audit,
     auth,
+    custody,
     dashboard,
     devices,
     docs,
@@ -189,8 +190,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, users, devices, alerts, alert_policy, incidents, live, reports, live_view, audit,
-                   docs):
+    for module in (health, auth, users, devices, custody, alerts, alert_policy, incidents, live, reports, live_view,
+                   audit, docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Alert", "AlertPage", "DeviceIn", "DevicePage", "DeviceEvent", "FleetSummary", "HealthBucket",
+__all__ = ["Alert", "AlertPage", "Assignment", "AssignmentEnd", "AssignmentIn", "DeviceIn", "DevicePage", "DeviceEvent",
+           "FleetSummary", "HealthBucket", "OfficerTrackPoint",
            "NotSeen", "ResolveIn", "TokenIn", "TokenOut", "TrackPoint", "Unit"]
 
 DEVICE_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -72,6 +73,12 @@ class TrackPoint(_Out):
     speed_mps: float | None = None
     heading_deg: float | None = None
     recording: str | None = None
+    officer: str | None = Field(default=None, description="who carried the camera then (null: docked or unknown)")
+    callsign: str | None = None
+
+
+class OfficerTrackPoint(TrackPoint):
+    device_id: str = Field(description="the camera the officer carried at this fix")
 
 
 class DeviceEvent(_Out):
@@ -79,6 +86,33 @@ class DeviceEvent(_Out):
     seq: int
     type: str
     details: dict[str, Any] | None = None
+    officer: str | None = Field(default=None, description="who carried the camera then (a docked event: who docked it)")
+    callsign: str | None = None
+
+
+class Assignment(_Out):
+    """A custody window: who carried the camera from ``valid_from`` until ``valid_to`` (null: still)."""
+
+    id: int
+    device_id: str
+    officer: str
+    callsign: str | None = None
+    valid_from: datetime
+    valid_to: datetime | None = None
+    opened_by: str
+    closed_by: str | None = None
+
+
+class AssignmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    officer: str = Field(min_length=1, max_length=100, pattern=r"\S")
+    callsign: str | None = Field(default=None, min_length=1, max_length=32)
+    at: datetime | None = Field(default=None, description="from when (RFC 3339 with an offset); default now")
+
+
+class AssignmentEnd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: datetime | None = Field(default=None, description="when it ended (RFC 3339 with an offset); default now")
 
 
 class HealthBucket(_Out):

@@ -11,7 +11,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ALERTS_TOPIC",
@@ -25,12 +26,16 @@ __all__ = [
     "TOPIC_ROOT",
     "Battery",
     "Channel",
+    "CALLSIGN_MAX",
+    "Checkout",
+    "OFFICER_MAX",
     "Event",
     "EventType",
     "Gps",
     "RecordingState",
     "Status",
     "Telemetry",
+    "checkout_of",
     "topic_for",
 ]
 
@@ -141,6 +146,52 @@ class Event(_Strict):
     type: EventType
     # Free-form but small: e.g. {"trigger": "holster"} for recording_started.
     details: Annotated[dict[str, Any], Field(max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _checkout_is_well_formed(self) -> Event:
+        """An ``undocked`` event's ``officer`` and ``callsign`` (since 1.2) open a custody
+        window, so they are held to the contract like any field; other details stay free."""
+        if self.type is EventType.UNDOCKED and self.details is not None:
+            checkout_of(self)
+        return self
+
+    def checkout(self) -> Checkout | None:
+        """Who took the camera out of its dock, if this is an ``undocked`` event that says so."""
+        return checkout_of(self) if self.type is EventType.UNDOCKED else None
+
+
+#: Lengths of an officer's name and a callsign wherever they are stored (the registry's too).
+OFFICER_MAX = 100
+CALLSIGN_MAX = 32
+
+
+class Checkout(_Strict):
+    """Who checked a camera out at the dock (release 1.2): the officer who now carries it,
+    and the callsign they work under."""
+
+    officer: str
+    callsign: str | None = None
+
+
+def checkout_of(event: Event) -> Checkout | None:
+    """The checkout an ``undocked`` event's details carry: None if they name no officer (a
+    1.0/1.1 camera, or a dock that does not know who). Raises the pydantic error a decoder
+    maps to ``wrong_type`` or ``out_of_range`` if the fields are malformed."""
+    details = event.details or {}
+    officer, callsign = details.get("officer"), details.get("callsign")
+    if officer is None:
+        if callsign is not None:
+            raise PydanticCustomError("missing", "details.officer: required with details.callsign")
+        return None
+    for name, value, limit in (("officer", officer, OFFICER_MAX), ("callsign", callsign, CALLSIGN_MAX)):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise PydanticCustomError("string_type", "details.{name}: must be a string", {"name": name})
+        if not value.strip() or len(value) > limit:
+            raise PydanticCustomError("too_long", "details.{name}: 1 to {limit} characters, not blank",
+                                      {"name": name, "limit": limit})
+    return Checkout(officer=officer.strip(), callsign=callsign.strip() if callsign else None)
 
 
 Status = Literal["online", "offline"]

@@ -59,6 +59,7 @@ ACTIONS = frozenset({
     "oidc_sign_in",
     "alert_acknowledged", "alerts_acknowledged", "alert_resolved", "alert_policy_changed",
     "device_track_read", "device_events_read", "device_health_read",
+    "device_assignments_read", "officer_track_read", "device_assigned", "device_unassigned",
     "incident_created", "incident_unit_assigned", "incident_unit_unassigned", "incident_closed",
     "export",
     "device_provisioned", "device_registered", "device_retired", "device_reactivated",

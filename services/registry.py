@@ -13,6 +13,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from core.contract import SERVICE_PREFIX
 from services import audit, viewings
+from telemetry.custody import RegistryOfficer, registry_officers, sync_registry
 
 __all__ = ["SERVICE_ACCOUNT_PREFIX", "DeviceRecord", "RegistryEntry", "RetireResult", "change_announcement",
            "create_device", "end_live_view", "lock_device", "provision_device", "reactivate_device", "retire_device",
@@ -47,7 +48,10 @@ def upsert_devices(conn: psycopg.Connection, devices: Iterable[DeviceRecord]) ->
     """Register or update devices in the caller's transaction: for trusted tools (the demo's
     and the simulator's seeding, ``watchfloor devices provision``), which check nothing. A
     retired device stays retired: bringing one back is :func:`reactivate_device`, an act of
-    its own on the record, never a side effect of registering."""
+    its own on the record, never a side effect of registering. A changed officer or callsign
+    moves the camera's custody window (telemetry/custody.py) from now."""
+    devices = list(devices)
+    before = registry_officers(conn, [d.device_id for d in devices])
     rows = [(d.device_id, d.callsign, d.officer, d.borough, d.role) for d in devices]
     conn.cursor().executemany(
         "INSERT INTO devices (device_id, callsign, officer, borough, role) VALUES (%s, %s, %s, %s, %s)"
@@ -56,7 +60,12 @@ def upsert_devices(conn: psycopg.Connection, devices: Iterable[DeviceRecord]) ->
         " auto_registered = false",
         rows,
     )
+    sync_registry(conn, before=before, after=[_officer(d) for d in devices])
     return len(rows)
+
+
+def _officer(record: DeviceRecord) -> RegistryOfficer:
+    return RegistryOfficer(record.device_id, record.officer, record.callsign)
 
 
 def lock_device(conn: psycopg.Connection, *, device_id: str) -> RegistryEntry | None:
@@ -69,22 +78,31 @@ def lock_device(conn: psycopg.Connection, *, device_id: str) -> RegistryEntry | 
 
 def create_device(conn: psycopg.Connection, *, record: DeviceRecord) -> bool:
     """Register a new device. False (and nothing written) if the id is already registered,
-    retired or not: creating never touches an existing device."""
+    retired or not: creating never touches an existing device. Its officer's custody window
+    opens now."""
     cursor = conn.execute(
         "INSERT INTO devices (device_id, callsign, officer, borough, role) VALUES (%s, %s, %s, %s, %s)"
         " ON CONFLICT (device_id) DO NOTHING",
         (record.device_id, record.callsign, record.officer, record.borough, record.role))
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    sync_registry(conn, before={}, after=[_officer(record)])
+    return True
 
 
 def update_device(conn: psycopg.Connection, *, record: DeviceRecord) -> bool:
     """Change a registered device's callsign, officer, borough and role; whether it is retired
-    does not change. False if the id is unknown."""
+    does not change. False if the id is unknown. A changed officer or callsign moves the
+    camera's custody window from now (telemetry/custody.py)."""
+    before = registry_officers(conn, [record.device_id])
     cursor = conn.execute(
         "UPDATE devices SET callsign = %s, officer = %s, borough = %s, role = %s, auto_registered = false"
         " WHERE device_id = %s",
         (record.callsign, record.officer, record.borough, record.role, record.device_id))
-    return cursor.rowcount > 0
+    if cursor.rowcount == 0:
+        return False
+    sync_registry(conn, before=before, after=[_officer(record)])
+    return True
 
 
 @dataclass(frozen=True)

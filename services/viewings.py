@@ -53,8 +53,10 @@ _CONSENT = ("id AS consent_id, device_id, basis, request_id, granted_at, publish
             " ended_at, end_reason")
 _VIEWING = ("id, session_id, device_id, officer, viewer, role, reason, consent_id, started_at, ended_at, end_reason,"
             " refused")
-# The unit's officer now, kept with a viewing as it starts (who was watched).
-_OFFICER_NOW = "(SELECT officer FROM devices WHERE device_id = %(device)s)"
+# The officer carrying the unit now (its custody window, telemetry/custody.py), kept with a
+# viewing as it starts (who was watched): NULL while it is docked or nobody is on record.
+_OFFICER_NOW = ("(SELECT officer FROM device_assignments WHERE device_id = %(device)s AND valid_from <= now()"
+                " AND (valid_to IS NULL OR now() < valid_to))")
 
 
 def _one(conn: psycopg.Connection, sql: str, params: dict[str, Any] | tuple[Any, ...]) -> Row | None:

@@ -53,7 +53,7 @@ class Unit:
     index: int
     device_id: str
     callsign: str
-    officer: str
+    officer: str  # who carries it now
     borough: Borough
     role: str  # response | firearms
     mode: str  # foot | vehicle
@@ -78,6 +78,9 @@ class Unit:
     viewers: int = 0
     watching: tuple[str, ...] = ()  # who the camera shows its officer as watching (names, as told)
     firmware: str = "4.2.1"
+    # The officer of the other shift: at each dock the camera changes hands (a shift change
+    # at the station), so a simulated fleet exercises custody windows (telemetry/custody.py).
+    relief: str = ""
     extra_events: list[tuple[EventType, dict[str, Any] | None]] = field(default_factory=list)
 
     @property
@@ -142,7 +145,10 @@ class Unit:
             if self.dock_s <= 0 and self.battery > 80:
                 self.docked = False
                 self.recording = RecordingState.BUFFERING
-                out.append(self._event(now, EventType.UNDOCKED))
+                if self.relief:
+                    self.officer, self.relief = self.relief, self.officer
+                # Contract 1.2: who checked the camera out opens its custody window.
+                out.append(self._event(now, EventType.UNDOCKED, {"officer": self.officer, "callsign": self.callsign}))
 
         # Recording sessions, with the pre-event buffer saved at the start.
         if self.recording is RecordingState.RECORDING:
@@ -245,6 +251,7 @@ def build_fleet(boroughs: list[Borough], count: int, *, seed: int, profile: Flee
             device_id=f"bwv-{index:05d}",
             callsign=f"{borough.code}{'TRJ' if firearms else ''}{number:03d}",
             officer=f"PC {10000 + index}",
+            relief=f"PC {60000 + index}",
             borough=borough,
             role=role,
             mode=mode,

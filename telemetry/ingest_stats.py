@@ -24,6 +24,9 @@ class IngestStats:
     alert_changes: int = 0
     live_frames: int = 0  # frames of stored unit state published for the API processes
     rejected: Counter[str] = field(default_factory=Counter)
+    # Dock events by what they did to custody windows (telemetry/custody.py): a stale or
+    # duplicate one is stored like any event but changes no window.
+    custody: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     database_errors: int = 0
     last_batch_s: float = 0.0

@@ -65,6 +65,12 @@ class IngestCollector(Collector):
         for reason in Reason:
             rejected.add_metric([reason.value], counts.get(reason.value, 0))
         yield rejected
+        custody = CounterMetricFamily("watchfloor_ingest_dock_events", "Dock events by what they did to custody "
+                                      "windows (opened, closed, duplicate, stale, none, no_officer, unknown_device)",
+                                      labels=["outcome"])
+        for outcome, n in sorted(dict(s.custody).items()):
+            custody.add_metric([outcome], n)
+        yield custody
         not_kept = CounterMetricFamily("watchfloor_ingest_rejections_not_kept", "Rejected messages counted but not "
                                        "kept row by row (past the first per device, reason and minute)",
                                        labels=["reason"])

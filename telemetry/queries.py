@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from telemetry.custody import attribution_join
+
 __all__ = [
     "DeviceFilter",
     "UNIT_COLUMNS",
@@ -116,26 +118,31 @@ def track(conn: psycopg.Connection, device_id: str, *, start: datetime, end: dat
     """GPS fixes between ``start`` and ``end``, simplified in time: the span is cut into
     ``max_points`` equal slices and each gives its latest fix, so a 12-hour track stays
     small and keeps its shape. One index probe per slice (LATERAL ... LIMIT 1) instead of
-    sorting every fix: 4.5 ms rather than 33 ms for 43,200 fixes here."""
+    sorting every fix: 4.5 ms rather than 33 ms for 43,200 fixes here. Each point carries the
+    officer who carried the camera then (``officer``, ``callsign``; NULL while docked)."""
     step = max((end - start).total_seconds() / max_points, 0.001)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT t.ts, t.lat, t.lon, t.accuracy_m, t.speed_mps, t.heading_deg, t.recording"
+            "SELECT t.ts, t.lat, t.lon, t.accuracy_m, t.speed_mps, t.heading_deg, t.recording,"
+            " a.officer, a.callsign"
             " FROM generate_series(0, %(n)s - 1) AS g(i) CROSS JOIN LATERAL ("
             "  SELECT ts, lat, lon, accuracy_m, speed_mps, heading_deg, recording FROM telemetry"
             "  WHERE device_id = %(id)s AND lat IS NOT NULL"
             "  AND ts >= %(start)s + make_interval(secs => g.i * %(step)s)"
             "  AND ts < least(%(start)s + make_interval(secs => (g.i + 1) * %(step)s), %(end)s)"
-            "  ORDER BY ts DESC LIMIT 1) t ORDER BY t.ts",
+            f"  ORDER BY ts DESC LIMIT 1) t{attribution_join(device='%(id)s', at='t.ts')} ORDER BY t.ts",
             {"n": max_points, "id": device_id, "start": start, "end": end, "step": step})
         return cur.fetchall()
 
 
 def device_events(conn: psycopg.Connection, device_id: str, *, start: datetime, end: datetime,
                   limit: int) -> list[Row]:
+    """The unit's events, newest first, each with the officer who carried the camera then."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute("SELECT ts, seq, type, details FROM device_events WHERE device_id = %s"
-                    " AND ts >= %s AND ts < %s ORDER BY ts DESC, seq DESC LIMIT %s",
+        # A docked event belongs to the officer who docked the camera (the window it closes).
+        join = attribution_join(device="e.device_id", at="e.ts", closing="e.type = 'docked'")
+        cur.execute(f"SELECT e.ts, e.seq, e.type, e.details, a.officer, a.callsign FROM device_events e{join}"
+                    " WHERE e.device_id = %s AND e.ts >= %s AND e.ts < %s ORDER BY e.ts DESC, e.seq DESC LIMIT %s",
                     (device_id, start, end, limit))
         return cur.fetchall()
 

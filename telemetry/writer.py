@@ -18,6 +18,7 @@ from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_escalations, sweep_offline
+from telemetry.custody import apply_dock_events
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
 from telemetry.retention import delete_expired, record_retention
@@ -131,6 +132,8 @@ class BatchWriter:
 
     def _write_counted(self, conn: psycopg.Connection, batch: Batch) -> None:
         stored_t, stored_e = write_batch(conn, batch)
+        # After the events are stored: a late undocked finds its docked among them.
+        self.stats.custody.update(apply_dock_events(conn, [(d, e) for d, _, e in batch.events]))
         self.stats.stored_telemetry += stored_t
         self.stats.stored_events += stored_e
         self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e

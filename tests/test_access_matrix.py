@@ -157,6 +157,14 @@ def _policy_rule(world: World, borough: str) -> dict[str, Any]:
     return {"kind": "geofence", "role": "traffic"}
 
 
+def _officer_on_duty(world: World, borough: str) -> dict[str, Any]:
+    """An officer carrying a camera of ``borough`` (from now): their track is that borough's."""
+    device_id = f"m-od-{next(world.counter)}"
+    with world.db.connect() as conn:
+        upsert_devices(conn, [DeviceRecord(device_id, "X", f"PC {device_id}", borough, "response")])
+    return {"device_id": device_id, "officer": f"PC {device_id}"}
+
+
 def _live_view_request(world: World, borough: str) -> dict[str, Any]:
     request_id = f"req-{next(world.counter)}"
     world.sql("INSERT INTO live_view_requests (id, device_id, requested_by, reason, expires_at)"
@@ -173,6 +181,12 @@ CASES: list[Case] = [
     case("GET", "/api/v1/devices/{device_id}/events", SEES_POSITIONS, {200}),
     case("GET", "/api/v1/devices/{device_id}/health", SEES_DEVICES, {200}),
     case("GET", "/api/v1/fleet/summary", SEES_DEVICES, {200}, area_scoped=False),
+    case("GET", "/api/v1/devices/{device_id}/assignments", SEES_POSITIONS, {200}),
+    case("POST", "/api/v1/devices/{device_id}/assignments", {ADMIN}, {201}, prepare=_fresh_device,
+         body=lambda p, b: {"officer": f"PC {p['device_id']}", "callsign": "Y"}),
+    case("POST", "/api/v1/devices/{device_id}/assignments/end", {ADMIN}, {200}, prepare=_officer_on_duty,
+         body=lambda p, b: {}),
+    case("GET", "/api/v1/officers/{officer}/track", SEES_POSITIONS, {200}, prepare=_officer_on_duty),
     case("POST", "/api/v1/devices/{device_id}/retire", {ADMIN}, {200}, prepare=_fresh_device),
     case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
     case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),

@@ -24,7 +24,8 @@ from tests.helpers.waiting import wait_for
 COMMANDS = [["--help"], ["demo", "--help"], ["simulate", "--help"], ["ingest", "--help"], ["api", "--help"],
             ["db", "migrate", "--help"], ["db", "maintain", "--help"], ["users", "add", "--help"],
             ["users", "list", "--help"], ["users", "disable", "--help"], ["users", "remove", "--help"],
-            ["devices", "list", "--help"], ["devices", "provision", "--help"], ["audit", "verify", "--help"]]
+            ["devices", "list", "--help"], ["devices", "provision", "--help"], ["devices", "assign", "--help"],
+            ["devices", "unassign", "--help"], ["audit", "verify", "--help"]]
 
 
 def _watchfloor(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -103,6 +104,33 @@ def test_devices_list(pg: Database) -> None:
     everything = _watchfloor("devices", "list", "--retired", env=env).stdout
     assert re.search(r"BWV-CLI-2\s+WX22\s+Westminster\s+firearms\s+retired", everything)
     assert "BWV-CLI-1" not in _watchfloor("devices", "list", "--borough", "Westminster", env=env).stdout
+
+
+def test_devices_assign_and_unassign(pg: Database) -> None:
+    """An admin at the command line gives a camera to an officer and takes it back: the
+    custody windows, the registry's officer and the audit log (actor ``cli:...``) say so; an
+    unknown device and an end with nothing open are refused."""
+    from services.registry import DeviceRecord, upsert_devices
+
+    with pg.connect() as conn:
+        upsert_devices(conn, [DeviceRecord("BWV-CLI-3", "CX33", "PC Ada", "Camden", "response")])
+    env = {"WATCHFLOOR_DATABASE_URL": pg.url}
+    given = _watchfloor("devices", "assign", "BWV-CLI-3", "--officer", "PC Kim", "--callsign", "CX34", env=env)
+    assert given.returncode == 0, given.stderr
+    assert "carried by PC Kim" in given.stdout
+    ended = _watchfloor("devices", "unassign", "BWV-CLI-3", env=env)
+    assert ended.returncode == 0, ended.stderr
+    assert _watchfloor("devices", "unassign", "BWV-CLI-3", env=env).returncode != 0
+    assert "no device" in _watchfloor("devices", "assign", "NOPE", "--officer", "PC Kim", env=env).stderr
+    with pg.connect() as conn:
+        windows = conn.execute("SELECT officer, callsign, valid_to IS NULL FROM device_assignments"
+                               " WHERE device_id = 'BWV-CLI-3' ORDER BY valid_from").fetchall()
+        acts = conn.execute("SELECT action, actor LIKE 'cli%%' FROM audit_log WHERE device_id = 'BWV-CLI-3'"
+                            " ORDER BY seq").fetchall()
+        officer = conn.execute("SELECT officer FROM devices WHERE device_id = 'BWV-CLI-3'").fetchone()
+    assert windows == [("PC Ada", "CX33", False), ("PC Kim", "CX34", False)]
+    assert acts == [("device_assigned", True), ("device_unassigned", True)]
+    assert officer == ("PC Kim",)  # the last to carry it, until someone checks it out
 
 
 def test_db_migrate_reports_features(pg: Database) -> None:

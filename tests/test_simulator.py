@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from core.contract import Channel, topic_for
+from core.contract import Channel, Event, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from simulator.camera import Watching, wearer_display
 from simulator.fleet import FleetProfile, build_fleet
@@ -63,6 +63,26 @@ def test_every_simulated_message_is_valid_by_the_contract() -> None:
             no_fix += 1
     assert {"recording_started", "recording_stopped", "emergency"} <= set(kinds)
     assert no_fix > 0
+
+
+def test_a_docked_camera_is_checked_out_by_the_other_shift() -> None:
+    """A camera docks to charge; the relief officer checks it out: the undocked event names
+    them and the callsign (contract 1.2), and decodes to that checkout."""
+    profile = FleetProfile()
+    unit = build_fleet(BOROUGHS, 1, seed=5, profile=profile)[0]
+    unit.battery = 5.0
+    first = unit.officer
+    docking = []
+    for i in range(600):
+        now = START + timedelta(minutes=i)
+        for channel, payload in unit.step(now, 60, profile):
+            if channel is Channel.EVENTS and payload["type"] in ("docked", "undocked"):
+                docking.append(payload)
+    assert [e["type"] for e in docking[:2]] == ["docked", "undocked"]
+    assert docking[1]["details"] == {"officer": "PC 60000", "callsign": unit.callsign} and unit.officer == "PC 60000"
+    decoded = decode(topic_for(unit.device_id, Channel.EVENTS), orjson.dumps(docking[1]), now=now, limits=LIMITS)
+    assert isinstance(decoded, Decoded) and isinstance(decoded.message, Event)
+    assert decoded.message.checkout() is not None and unit.relief == first
 
 
 def test_fleet_spread_roles_and_modes() -> None:

@@ -1,4 +1,4 @@
-"""``watchfloor devices provision|retire``, ``watchfloor broker add-user|init-device-accounts`` and
+"""``watchfloor devices provision|retire|assign|unassign``, ``watchfloor broker add-user|init-device-accounts`` and
 ``watchfloor audit verify``: the security administration commands, each audited where it changes something."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -21,7 +21,7 @@ from core.mqtt import publish_all
 from core.settings import Settings
 from services import device_accounts
 from services.accounts import account_announcement
-from services.errors import Unavailable
+from services.errors import ServiceError, Unavailable
 from services.registry import (
     DeviceRecord,
     change_announcement,
@@ -183,6 +183,46 @@ def _given_password(args: argparse.Namespace) -> str | None:
     if not password:
         sys.exit("--password-stdin: standard input's first line is empty")
     return password
+def _at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        sys.exit(f"--at {text!r} is not an RFC 3339 time")
+
+
+def cmd_devices_assign(settings: Settings, args: argparse.Namespace) -> None:
+    """Give a camera to an officer by hand (audited as ``device_assigned``), as the API does."""
+    from services import assignments, audit
+
+    with audit.connect(_database(settings), key=audit_key(settings)) as conn:
+        entry = lock_device(conn, device_id=args.device_id)
+        if entry is None or entry.retired:
+            sys.exit(f"no device {args.device_id}" + (" (it is retired)" if entry is not None else ""))
+        try:
+            start = assignments.assign(conn, device_id=args.device_id, officer=args.officer, callsign=args.callsign,
+                                       at=_at(args.at), actor=cli_actor())
+        except (ServiceError, psycopg.errors.CheckViolation) as error:
+            sys.exit(str(error))
+        conn.commit()
+    _announce(settings, args.device_id, "updated")
+    print(f"device {args.device_id} carried by {args.officer} from {start.isoformat()}")
+
+
+def cmd_devices_unassign(settings: Settings, args: argparse.Namespace) -> None:
+    """End a camera's custody by hand (audited as ``device_unassigned``), as the API does."""
+    from services import assignments, audit
+
+    with audit.connect(_database(settings), key=audit_key(settings)) as conn:
+        if lock_device(conn, device_id=args.device_id) is None:
+            sys.exit(f"no device {args.device_id}")
+        try:
+            end = assignments.end_assignment(conn, device_id=args.device_id, at=_at(args.at), actor=cli_actor())
+        except ServiceError as error:
+            sys.exit(str(error))
+        conn.commit()
+    print(f"device {args.device_id} carried by nobody from {end.isoformat()}")
 
 
 def cmd_broker_add_user(settings: Settings, args: argparse.Namespace) -> None:
@@ -306,6 +346,16 @@ def add_parsers(sub: Any) -> None:
                      help="retire a device: revoke its secret, disable its broker login (disconnected now)",
                      env=announce_env, run=cmd_devices_retire)
     retire.add_argument("device_id")
+    assign = command(devices, "assign", help="give a camera to an officer from a time (default now), ending its "
+                     "current custody (audited)", env=announce_env[:2], run=cmd_devices_assign)
+    assign.add_argument("device_id")
+    assign.add_argument("--officer", required=True)
+    assign.add_argument("--callsign")
+    assign.add_argument("--at", default=None, metavar="RFC3339", help="from when, with an offset (default: now)")
+    unassign = command(devices, "unassign", help="end a camera's custody at a time (default now): nobody carries "
+                       "it from then (audited)", env=db_env, run=cmd_devices_unassign)
+    unassign.add_argument("device_id")
+    unassign.add_argument("--at", default=None, metavar="RFC3339", help="when, with an offset (default: now)")
 
     broker = group(sub, "broker", help="broker accounts")
     add_user = command(broker, "add-user", help="add a service account (e.g. watchfloor-ingest) to the broker",

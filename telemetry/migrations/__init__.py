@@ -22,6 +22,7 @@ from telemetry.migrations import (
     v10_viewing_officer,
     v11_alert_policy,
     v12_alert_escalation,
+    v14_device_assignments,
     v15_incident_command,
     v16_request_incident,
 )
@@ -42,6 +43,7 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
     Migration(11, "alert policy", v11_alert_policy.apply),
     Migration(12, "alert escalation and history", v12_alert_escalation.apply),
+    Migration(14, "who carried which camera: custody windows", v14_device_assignments.apply),
     Migration(15, "incident command: grade, reference, commander, polygon, outcome", v15_incident_command.apply),
     Migration(16, "the incident a live-view request names", v16_request_incident.apply),
 )

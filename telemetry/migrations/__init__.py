@@ -22,6 +22,7 @@ from telemetry.migrations import (
     v10_viewing_officer,
     v11_alert_policy,
     v12_alert_escalation,
+    v13_offline_profile,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -40,4 +41,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(10, "the officer who carried the camera, with each viewing", v10_viewing_officer.apply),
     Migration(11, "alert policy", v11_alert_policy.apply),
     Migration(12, "alert escalation and history", v12_alert_escalation.apply),
+    Migration(13, "offline per profile, on duty, a second escalation level", v13_offline_profile.apply),
 )

@@ -73,11 +73,14 @@ def test_a_timeout_that_cannot_be_is_refused(rule: PolicyRule, reason: str) -> N
 
 
 def test_the_default_gives_firearms_units_a_shorter_timeout(pg: Database) -> None:
-    """Migration 13: a firearms unit is offline after 60 s, any other after the service default."""
+    """Migration 13: a firearms unit is offline after 60 s, any other after the service default;
+    its lost GPS is high only when it is deployed."""
     with pg.connect() as conn:
         policy = load_policy(conn)
     assert policy.after_s("offline", role="firearms", default=120) == 60
     assert policy.after_s("offline", role="response", default=120) == 120
+    assert policy.decide("gps_lost", role="firearms", assigned=False) is Outcome.WARNING
+    assert policy.decide("gps_lost", role="firearms", assigned=True) is Outcome.HIGH
 
 
 # A running worker

@@ -130,8 +130,8 @@ def measure(*, database_url: str, mqtt_url: str, run: NoiseRun, log: Path) -> No
             first = sim.units[0]
 
             def stored() -> bool:
-                publish_all(mqtt_url, [(topic_for(first.device_id, Channel.TELEMETRY), _sentinel(first.lat, first.lon))],
-                            client_id=f"watchfloor-noise-sentinel-{os.getpid()}")
+                report = (topic_for(first.device_id, Channel.TELEMETRY), _sentinel(first.lat, first.lon))
+                publish_all(mqtt_url, [report], client_id=f"watchfloor-noise-sentinel-{os.getpid()}")
                 return _count(conn, "SELECT count(*) FROM device_latest") > 0
 
             _wait(stored, 60, "ingest to store a sentinel report", ingest)

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(default=5_000, ge=1)
     ingest_batch_interval_ms: int = Field(default=20, ge=1, le=10_000)
     require_registration: bool = False
+    # False: this worker stores and raises nothing (no alert rules, no policy, no sweeps): for
+    # replaying an archive into a fresh database, where the past's alerts would be noise, and
+    # for bench/ingest.py, which measures the alert engine's cost against it in one run.
+    ingest_raise_alerts: bool = True
     # Per device, per ingest worker: telemetry and events past this rate are rejected as
     # rate_limited (status messages never are). The burst lets a camera back from a tunnel
     # send its backlog; a faulty or hostile one is held to the rate.

@@ -29,7 +29,7 @@ import psutil
 import psycopg
 from common import ROOT, scratch_stack
 
-from core.mqtt import BrokerAddress, new_client  # noqa: E402
+from core.mqtt import BrokerAddress, new_client, publish_all  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
 
 
@@ -231,6 +231,25 @@ def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Pa
     return procs
 
 
+def _wait_subscribed(url: str, db_url: str, mode: str) -> None:
+    """Until the workers store a report of their own device: they have subscribed, so the
+    load that follows is not published into the void (a fixed sleep was too short on a busy
+    machine, and the lost messages then read as a 120 s catch-up)."""
+    device = f"ready-{mode}"
+    deadline = time.monotonic() + 60
+    for seq in range(1_000_000):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report = orjson.dumps({"seq": seq, "ts": stamp, "battery": {"pct": 90, "charging": False},
+                               "gps": {"lat": 51.5, "lon": -0.12, "accuracy_m": 5.0}, "recording": "off"})
+        publish_all(url, [(f"watchfloor/v1/devices/{device}/telemetry", report)], client_id=f"bench-{device}")
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM device_latest WHERE device_id = %s", (device,)).fetchone():
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit("the ingest workers did not subscribe within 60 s")
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="5000,10000,20000,25000")
@@ -255,7 +274,7 @@ def main() -> None:
         for alerts in modes:
             workers = _start_workers(args.workers, broker.url, db_url, args.protocol, workdir, alerts)
             cpu.watch([psutil.Process(w.pid) for w in workers])
-            time.sleep(3)  # connect and subscribe
+            _wait_subscribed(broker.url, db_url, "on" if alerts else "off")
             label = f"ingest ×{args.workers} alerts {'on' if alerts else 'off'}"
             by_mode[alerts] = []
             try:

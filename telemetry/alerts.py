@@ -364,8 +364,10 @@ def sweep_offline(conn: psycopg.Connection, rules: AlertRules, policy: AlertPoli
             " FROM device_latest l JOIN devices d USING (device_id)"
             " WHERE d.retired_at IS NULL AND l.received_at < now() - make_interval(secs => %(shortest)s)"
             " AND NOT coalesce(l.docked, false) AND l.on_duty IS NOT FALSE"
+            # One alert per silence: not again once an operator resolved it while the unit is still quiet.
             " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.kind = 'offline'"
-            " AND a.status <> 'resolved') ORDER BY l.device_id", {"shortest": shortest})
+            " AND (a.status <> 'resolved' OR a.raised_at >= l.received_at)) ORDER BY l.device_id",
+            {"shortest": shortest})
         due = []
         for row in cur.fetchall():
             unit = QuietUnit(row["device_id"], row["role"], row["received_at"], row["docked"], row["on_duty"])

@@ -104,13 +104,21 @@ def _offline(pg: Database) -> dict[str, dict[str, Any]]:
     return {r[0]: {"severity": r[1], "status": r[2], "after_s": (r[3] - r[4]).total_seconds()} for r in rows}
 
 
+def _offline_count(pg: Database, device_id: str) -> int:
+    with pg.connect() as conn:
+        row = conn.execute("SELECT count(*) FROM alerts WHERE kind = 'offline' AND device_id = %s",
+                           (device_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_offline_within_each_profiles_timeout_never_docked_or_off_duty(pg: Database,
                                                                        mosquitto: MosquittoProcess) -> None:
     """Five units report once and fall silent: a response unit and a firearms unit (its own
     timeout) are raised offline no sooner than their timeout and within it plus 5 s of their
     last report's receipt; so is one whose Last Will arrived at once (a Last Will alone
     raises nothing sooner); a docked one and one whose officer is off duty are never raised,
-    proved by the later timeout of the firearms unit having passed. A new report clears it."""
+    proved by the later timeout of the firearms unit having passed. A new report clears it;
+    one resolved by an operator while its unit is still quiet is not raised again."""
     with pg.connect() as conn:
         upsert_devices(conn, DEVICES)
         set_rule(conn, PolicyRule("offline", "firearms", Outcome.HIGH, after_s=_FIREARMS_S), by="test")
@@ -136,6 +144,13 @@ def test_offline_within_each_profiles_timeout_never_docked_or_off_duty(pg: Datab
         publish_all(mosquitto.url, [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(2))])
         wait_for(lambda: _offline(pg)["cam-r"]["status"] == "resolved", what="cleared by a report")
         assert _offline(pg)["cam-f"]["status"] == "open"
+        # Resolved by an operator while still quiet: one alert per silence, not a new one each sweep,
+        # proved by cam-r's second silence, raised after the resolution.
+        with pg.connect() as conn:
+            conn.execute("UPDATE alerts SET status = 'resolved', resolved_at = now(), resolved_by = 'op',"
+                         " outcome = 'resolved' WHERE device_id = 'cam-f'")
+        wait_for(lambda: _offline_count(pg, "cam-r") == 2, timeout=_DEFAULT_S + 30, what="cam-r's second silence")
+        assert _offline_count(pg, "cam-f") == 1
 
 
 def test_an_admin_sets_a_roles_offline_timeout(pg: Database, mosquitto: MosquittoProcess) -> None:

@@ -223,8 +223,12 @@ def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Pa
     for n in range(count):
         env = dict(os.environ, WATCHFLOOR_MQTT_URL=url, WATCHFLOOR_DATABASE_URL=db_url,
                    WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_RAISE_ALERTS=str(alerts).lower(),
-                   # one session per mode: the "off" workers' queue is not left to the "on" ones
-                   WATCHFLOOR_INGEST_CLIENT_ID=f"watchfloor-bench-ingest-{'on' if alerts else 'off'}-{n}")
+                   # A session and a shared group per mode: the stopped "off" workers' sessions
+                   # outlive them at the broker, and would still take their share of the group's
+                   # messages (queued, never stored) from the "on" workers.
+                   WATCHFLOOR_INGEST_CLIENT_ID=f"watchfloor-bench-ingest-{'on' if alerts else 'off'}-{n}",
+                   WATCHFLOOR_INGEST_SHARE_GROUP=f"bench-ingest-{'on' if alerts else 'off'}",
+                   WATCHFLOOR_MQTT_SESSION_EXPIRY_S="60")
         log = (workdir / f"ingest-{n}.log").open("ab")
         procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], env=env, cwd=ROOT,
                                       stdout=log, stderr=log))

@@ -164,6 +164,18 @@ class Alert(_Out):
     role: str | None = None
 
 
+class AlertHistoryEntry(_Out):
+    at: datetime
+    action: Literal["raised", "escalated", "acknowledged", "resolved"]
+    actor: str = Field(description="a user, or system (ingest: raised, escalated, cleared)")
+    detail: str | None = None
+
+
+class AlertHistory(_Out):
+    alert: Alert
+    history: list[AlertHistoryEntry] = Field(description="oldest first")
+
+
 class AlertPage(_Out):
     items: list[Alert]
     limit: int

@@ -133,6 +133,8 @@ class Telemetry(_Strict):
     recording: RecordingState
     storage_pct: Percent | None = None
     docked: StrictBool | None = None
+    # Since 1.2: whether the camera's officer is on duty (signed on to the camera for a shift).
+    on_duty: StrictBool | None = None
     firmware: Annotated[StrictStr, Field(min_length=1, max_length=32)] | None = None
     live: StrictBool = False
     viewers: Annotated[StrictInt, Field(ge=0, le=1_000)] = 0

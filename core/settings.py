@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(default=5_000, ge=1)
     ingest_batch_interval_ms: int = Field(default=20, ge=1, le=10_000)
     require_registration: bool = False
+    # False: this worker stores and raises nothing (no alert rules, no policy, no sweeps): for
+    # replaying an archive into a fresh database, where the past's alerts would be noise, and
+    # for bench/ingest.py, which measures the alert engine's cost against it in one run.
+    ingest_raise_alerts: bool = True
     # Per device, per ingest worker: telemetry and events past this rate are rejected as
     # rate_limited (status messages never are). The burst lets a camera back from a tunnel
     # send its backlog; a faulty or hostile one is held to the rate.
@@ -83,7 +87,9 @@ class Settings(BaseSettings):
     alert_battery_critical_pct: float = Field(default=10.0, ge=0, le=100)
     alert_storage_warn_pct: float = Field(default=90.0, ge=0, le=100)
     alert_gps_lost_after_s: int = Field(default=120, ge=1)
-    alert_offline_after_s: int = Field(default=120, ge=5)
+    # A quiet unit's offline timeout when the alert policy gives its role none (the policy's
+    # ``after_s`` for offline, per role: docs/operations.md, "Offline per profile").
+    alert_offline_after_s: float = Field(default=120.0, ge=5, le=86_400)
     # Ingest reads the alert policy again when the API announces a change, and at least this
     # often in case an announcement was missed.
     alert_policy_refresh_s: float = Field(default=30.0, ge=1, le=3600)
@@ -92,6 +98,11 @@ class Settings(BaseSettings):
     # not listed never escalates. JSON in the environment: {"emergency": 30, ...}.
     alert_escalate_after_s: dict[str, float] = Field(
         default_factory=lambda: {"emergency": 30.0, "assigned_not_recording": 60.0})
+    # An escalated alert still open this many seconds after its first escalation escalates
+    # again, to level 2: the force's duty inspectors (firearms commanders of every area). A
+    # kind not listed stops at level 1. JSON in the environment.
+    alert_escalate_again_after_s: dict[str, float] = Field(
+        default_factory=lambda: {"emergency": 60.0, "assigned_not_recording": 120.0})
     # Geofence without flapping: a unit enters (leaves) an incident's area once its fixes have
     # put it more than the margin inside (outside) for the dwell time; a fix less accurate
     # than the margin is ignored.

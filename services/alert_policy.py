@@ -24,11 +24,15 @@ def _may_change(who: Principal) -> None:
         raise Forbidden("the alert policy is the whole force's: only an admin of every area may change it")
 
 
-def _shown(rule: PolicyRule | None) -> dict[str, str | None] | None:
+def _shown(rule: PolicyRule | None) -> dict[str, str | float | None] | None:
     if rule is None:
         return None
-    return {"outcome": rule.outcome.value,
-            "assigned_outcome": rule.assigned_outcome.value if rule.assigned_outcome else None}
+    shown: dict[str, str | float | None] = {
+        "outcome": rule.outcome.value,
+        "assigned_outcome": rule.assigned_outcome.value if rule.assigned_outcome else None}
+    if rule.after_s is not None:  # only a timed kind's rule has one
+        shown["after_s"] = rule.after_s
+    return shown
 
 
 def set_policy_rule(conn: psycopg.Connection, *, rule: PolicyRule, who: Principal) -> int:

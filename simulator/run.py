@@ -7,8 +7,10 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -40,14 +42,22 @@ class SimulatorStats:
     published: int = 0
     ticks: int = 0
     late_s: float = 0.0  # how far behind schedule the last report went out
+    # Events sent, by type, and the units that sent each (what a test expects ingest to raise).
+    events: Counter[str] = field(default_factory=Counter)
+    senders: dict[str, set[str]] = field(default_factory=dict)
 
 
 class Simulator:
     def __init__(self, *, mqtt_url: str, devices: int, interval_s: float, seed: int,
                  connections: int | None = None, profile: FleetProfile | None = None,
                  client_prefix: str = "watchfloor-sim", first: int = 0, commands: bool = True,
-                 video: VideoUplink | None = None, camera_policy: CameraPolicy | None = None) -> None:
+                 video: VideoUplink | None = None, camera_policy: CameraPolicy | None = None,
+                 time_scale: float = 1.0) -> None:
         self.profile = profile or FleetProfile()
+        # Simulated seconds per real second: each report advances its unit by interval_s ×
+        # time_scale (battery, recordings, GPS losses, drops), so a test lives ten minutes
+        # of a shift in one. Timestamps stay real: ingest refuses reports from the future.
+        self.time_scale = time_scale
         self.units: list[Unit] = build_fleet(load_boroughs(), devices, seed=seed, profile=self.profile, first=first)
         self._by_id = {u.device_id: u for u in self.units}
         self.interval_s = interval_s
@@ -90,6 +100,13 @@ class Simulator:
     def _send(self, unit: Unit, channel: Channel, payload: bytes, retain: bool = False) -> None:
         self._pool.publish(self._connection(unit), topic_for(unit.device_id, channel), payload, retain=retain)
         self.stats.published += 1
+
+    def _send_all(self, unit: Unit, messages: list[tuple[Channel, dict[str, Any]]]) -> None:
+        for channel, payload in messages:
+            if channel is Channel.EVENTS:
+                self.stats.events[payload["type"]] += 1
+                self.stats.senders.setdefault(payload["type"], set()).add(unit.device_id)
+            self._send(unit, channel, orjson.dumps(payload))
 
     def _go_offline(self, unit: Unit) -> None:
         unit.offline_s = unit.rng.uniform(5, 120)
@@ -152,21 +169,21 @@ class Simulator:
 
     def _tick(self, unit: Unit, now: datetime, reconnecting: set[int]) -> None:
         self.stats.ticks += 1
+        dt = self.interval_s * self.time_scale  # simulated seconds since this unit's last tick
         if unit.offline_s > 0:
-            unit.offline_s -= self.interval_s
-            unit.step(now, self.interval_s, self.profile)  # the world goes on without coverage
+            unit.offline_s -= dt
+            unit.step(now, dt, self.profile)  # the world goes on without coverage
             if unit.offline_s <= 0:
                 self._come_back(unit)
                 if self.dedicated:
                     reconnecting.add(unit.index)
             return
-        if unit.rng.random() < 1.0 - math.exp(-self.profile.drops_per_h * self.interval_s / 3600):
+        if unit.rng.random() < 1.0 - math.exp(-self.profile.drops_per_h * dt / 3600):
             self._go_offline(unit)
             return
         # A watch_me goes out like any event; the camera dials in when the API, with the
         # consent on record, sends it a live_view_request (basis officer_request).
-        for channel, payload in unit.step(now, self.interval_s, self.profile):
-            self._send(unit, channel, orjson.dumps(payload))
+        self._send_all(unit, unit.step(now, dt, self.profile))
 
     def _serve_commands(self) -> None:
         """Answer what the control room sent, as each camera's firmware would."""

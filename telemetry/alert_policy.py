@@ -18,6 +18,7 @@ from enum import StrEnum
 
 __all__ = [
     "ANY_ROLE",
+    "AFTER_S_RANGE",
     "DEVICE_ROLES",
     "EVENT_KINDS",
     "KINDS",
@@ -26,6 +27,7 @@ __all__ = [
     "Outcome",
     "PolicyRule",
     "SEVERITIES",
+    "TIMED_KINDS",
     "check_rule",
 ]
 
@@ -51,6 +53,12 @@ EVENT_KINDS = ("emergency", "recording", "watch_me", "geofence")
 #: record, and the unit's telemetry already is their history, so "activity only" is refused.
 STATE_KINDS = ("battery_critical", "battery_low", "storage_full", "gps_lost", "offline", "assigned_not_recording")
 KINDS = EVENT_KINDS + STATE_KINDS
+#: Kinds whose rule may also say how long the state must last before it is raised
+#: (``after_s``): a unit's profile decides how long its silence is tolerated.
+TIMED_KINDS = ("offline",)
+#: The bounds of ``after_s``: under 5 s a camera between two reports would be offline; a day
+#: is the fleet managers' "not seen", not an alert.
+AFTER_S_RANGE = (5.0, 86_400.0)
 
 #: The registry's device roles (api.models.RoleName says the same; tests/test_alert_policy.py checks).
 DEVICE_ROLES = ("response", "firearms", "neighbourhood", "traffic", "custody", "other")
@@ -66,6 +74,9 @@ class PolicyRule:
     outcome: Outcome
     # For a unit assigned to an open incident; None: the same as ``outcome``.
     assigned_outcome: Outcome | None = None
+    # Only for a kind in TIMED_KINDS: seconds the state must last before it is raised; None:
+    # the service's default (WATCHFLOOR_ALERT_OFFLINE_AFTER_S).
+    after_s: float | None = None
 
 
 def check_rule(rule: PolicyRule) -> str | None:
@@ -79,6 +90,12 @@ def check_rule(rule: PolicyRule) -> str | None:
         if outcome is Outcome.ACTIVITY and rule.kind in STATE_KINDS:
             return (f"{rule.kind} is a state, not a moment: it can be a severity or off, not activity only"
                     " (the unit's telemetry history already shows it)")
+    if rule.after_s is not None:
+        if rule.kind not in TIMED_KINDS:
+            return f"after_s applies only to {', '.join(TIMED_KINDS)}"
+        low, high = AFTER_S_RANGE
+        if not low <= rule.after_s <= high:
+            return f"after_s must be between {low:g} and {high:g} seconds"
     return None
 
 
@@ -106,13 +123,27 @@ class AlertPolicy:
             raise ValueError(f"the policy has no rule for any role of {', '.join(missing)}")
         return cls(rules=table, version=version)
 
+    def _rule(self, kind: str, role: str | None) -> PolicyRule:
+        """The role's own rule if the force made one, else the rule for any role."""
+        return self.rules.get((kind, role or ANY_ROLE)) or self.rules[(kind, ANY_ROLE)]
+
     def decide(self, kind: str, *, role: str | None, assigned: bool) -> Outcome:
-        """What ``kind`` does for a unit in ``role``, assigned to an open incident or not: the
-        role's own rule if the force made one, else the rule for any role."""
-        rule = self.rules.get((kind, role or ANY_ROLE)) or self.rules[(kind, ANY_ROLE)]
+        """What ``kind`` does for a unit in ``role``, assigned to an open incident or not."""
+        rule = self._rule(kind, role)
         if assigned and rule.assigned_outcome is not None:
             return rule.assigned_outcome
         return rule.outcome
+
+    def after_s(self, kind: str, *, role: str | None, default: float) -> float:
+        """How long ``kind``'s state must last for a unit in ``role`` before it is raised: the
+        applying rule's ``after_s``, else ``default``."""
+        after = self._rule(kind, role).after_s
+        return default if after is None else after
+
+    def shortest_after_s(self, kind: str, *, default: float) -> float:
+        """The shortest wait of any rule of ``kind`` (or ``default``): a sweep need not look at
+        units quiet for less."""
+        return min([default, *(r.after_s for r in self.rules.values() if r.kind == kind and r.after_s is not None)])
 
     def sorted_rules(self) -> list[PolicyRule]:
         """Kind by kind in :data:`KINDS` order, the rule for any role first."""

@@ -16,9 +16,9 @@ def load_policy(conn: psycopg.Connection) -> AlertPolicy:
     # The version first: a change committed between the two reads leaves the rules newer than
     # the version said, never older, and its announcement makes the reader read again.
     row = conn.execute("SELECT version FROM alert_policy_version").fetchone()
-    rows = conn.execute("SELECT kind, role, outcome, assigned_outcome FROM alert_policy").fetchall()
-    return AlertPolicy.of((PolicyRule(kind, role, Outcome(outcome), Outcome(assigned) if assigned else None)
-                           for kind, role, outcome, assigned in rows), version=row[0] if row else 0)
+    rows = conn.execute("SELECT kind, role, outcome, assigned_outcome, after_s FROM alert_policy").fetchall()
+    return AlertPolicy.of((PolicyRule(kind, role, Outcome(outcome), Outcome(assigned) if assigned else None, after_s)
+                           for kind, role, outcome, assigned, after_s in rows), version=row[0] if row else 0)
 
 
 def _bump(conn: psycopg.Connection) -> int:
@@ -31,16 +31,17 @@ def _bump(conn: psycopg.Connection) -> int:
 def set_rule(conn: psycopg.Connection, rule: PolicyRule, *, by: str) -> tuple[PolicyRule | None, int]:
     """Write ``rule`` (checked by the caller); returns the rule it replaced, and the new version."""
     version = _bump(conn)
-    before = conn.execute("SELECT outcome, assigned_outcome FROM alert_policy WHERE kind = %s AND role = %s",
+    before = conn.execute("SELECT outcome, assigned_outcome, after_s FROM alert_policy WHERE kind = %s AND role = %s",
                           (rule.kind, rule.role)).fetchone()
     conn.execute(
-        "INSERT INTO alert_policy (kind, role, outcome, assigned_outcome, updated_at, updated_by)"
-        " VALUES (%s, %s, %s, %s, now(), %s) ON CONFLICT (kind, role) DO UPDATE SET outcome = EXCLUDED.outcome,"
-        " assigned_outcome = EXCLUDED.assigned_outcome, updated_at = now(), updated_by = EXCLUDED.updated_by",
+        "INSERT INTO alert_policy (kind, role, outcome, assigned_outcome, after_s, updated_at, updated_by)"
+        " VALUES (%s, %s, %s, %s, %s, now(), %s) ON CONFLICT (kind, role) DO UPDATE SET outcome = EXCLUDED.outcome,"
+        " assigned_outcome = EXCLUDED.assigned_outcome, after_s = EXCLUDED.after_s, updated_at = now(),"
+        " updated_by = EXCLUDED.updated_by",
         (rule.kind, rule.role, rule.outcome.value,
-         rule.assigned_outcome.value if rule.assigned_outcome else None, by))
+         rule.assigned_outcome.value if rule.assigned_outcome else None, rule.after_s, by))
     replaced = None if before is None else PolicyRule(rule.kind, rule.role, Outcome(before[0]),
-                                                      Outcome(before[1]) if before[1] else None)
+                                                      Outcome(before[1]) if before[1] else None, before[2])
     return replaced, version
 
 
@@ -50,7 +51,8 @@ def delete_rule(conn: psycopg.Connection, *, kind: str, role: str) -> tuple[Poli
     if role == ANY_ROLE:
         raise ValueError("the rule for any role cannot be removed")
     version = _bump(conn)
-    row = conn.execute("DELETE FROM alert_policy WHERE kind = %s AND role = %s RETURNING outcome, assigned_outcome",
-                       (kind, role)).fetchone()
-    removed = None if row is None else PolicyRule(kind, role, Outcome(row[0]), Outcome(row[1]) if row[1] else None)
+    row = conn.execute("DELETE FROM alert_policy WHERE kind = %s AND role = %s"
+                       " RETURNING outcome, assigned_outcome, after_s", (kind, role)).fetchone()
+    removed = None if row is None else PolicyRule(kind, role, Outcome(row[0]), Outcome(row[1]) if row[1] else None,
+                                                  row[2])
     return removed, version

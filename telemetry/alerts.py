@@ -12,7 +12,7 @@ it is assigned to an open incident; the SQL here only finds the units and writes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,10 +22,12 @@ from psycopg.rows import dict_row
 
 from core.contract import Event, EventType, Telemetry
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
+from telemetry.escalation import ESCALATED_TO, ESCALATING_SEVERITIES, EscalationRules, escalation_due
 from telemetry.geometry import parse_ring
+from telemetry.offline import QuietUnit, offline_due
 from telemetry.store import Batch
 
-__all__ = ["ESCALATED_TO", "STATE_RULES", "AlertRules", "Geofence", "evaluate_batch", "evaluate_incidents",
+__all__ = ["STATE_RULES", "AlertRules", "Geofence", "evaluate_batch", "evaluate_incidents",
            "sweep_escalations", "sweep_offline"]
 
 _COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
@@ -52,15 +54,14 @@ class AlertRules:
     battery_critical_pct: float = 10.0
     storage_warn_pct: float = 90.0
     gps_lost_after_s: int = 120
-    offline_after_s: int = 120
-    # kind: seconds an open high or critical alert waits for acknowledgement before it escalates
-    escalate_after_s: Mapping[str, float] = field(default_factory=dict)
+    # A unit's offline timeout when the policy's rule for its role gives none (telemetry/offline.py).
+    offline_after_s: float = 120.0
+    escalation: EscalationRules = field(default_factory=EscalationRules)
     geofence: Geofence = field(default_factory=Geofence)
 
     def params(self) -> dict[str, Any]:
         return {"battery_warn": self.battery_warn_pct, "battery_critical": self.battery_critical_pct,
-                "storage_warn": self.storage_warn_pct, "gps_lost_s": self.gps_lost_after_s,
-                "offline_s": self.offline_after_s}
+                "storage_warn": self.storage_warn_pct, "gps_lost_s": self.gps_lost_after_s}
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,14 @@ STATE_RULES: Sequence[_StateRule] = (
                "'no GPS fix since ' || coalesce(to_char(l.last_fix_at AT TIME ZONE 'UTC', 'HH24:MI:SS') || ' UTC',"
                " 'start of shift')",
                lambda t, online, r: t is not None and t.gps is None),
-    _StateRule("offline",
-               "NOT l.online",
-               "l.online AND l.received_at >= now() - make_interval(secs => %(offline_s)s)",
-               "'connection lost (Last Will)'",
-               lambda t, online, r: online is False),
 )
+# Offline is raised by the sweep alone (telemetry/offline.py), and cleared by a report received
+# after it was raised, or by the unit saying it is docked or its officer off duty.
+_CLEAR_OFFLINE = ("UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
+                  " resolved_by = 'system' FROM device_latest l WHERE a.device_id = l.device_id"
+                  " AND a.kind = 'offline' AND a.status <> 'resolved' AND a.device_id = ANY(%(ids)s)"
+                  " AND ((l.online AND l.received_at >= a.raised_at) OR l.docked OR l.on_duty IS FALSE)"
+                  f" {_RETURNING_A}")
 
 # What the policy needs to know of a unit (SQL over ``d``, devices): its role, and whether it
 # is assigned to an open incident.
@@ -158,6 +161,8 @@ def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: 
     changes: list[dict[str, Any]] = []
     base = rules.params()
     with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_CLEAR_OFFLINE, {"ids": device_ids})
+        changes += cur.fetchall()
         for rule in STATE_RULES:
             cur.execute(
                 f"UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
@@ -376,46 +381,69 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
 
 
 def sweep_offline(conn: psycopg.Connection, rules: AlertRules, policy: AlertPolicy) -> list[dict[str, Any]]:
-    """Devices that went quiet raise no message of their own: look for them (periodically)."""
-    params = {**rules.params()}
+    """Devices that went quiet raise no message of their own: look for them (periodically).
+    The SQL finds the units quiet for at least the shortest timeout of any profile; whether
+    each is offline is :func:`telemetry.offline.offline_due`'s decision, with its own."""
+    shortest = policy.shortest_after_s("offline", default=rules.offline_after_s)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            f"SELECT l.device_id, {_PROFILE}, 'no telemetry for ' || %(offline_s)s::text || ' s' AS detail"
+            f"SELECT l.device_id, {_PROFILE}, l.received_at, l.docked, l.on_duty, now() AS now"
             " FROM device_latest l JOIN devices d USING (device_id)"
-            " WHERE d.retired_at IS NULL AND l.received_at < now() - make_interval(secs => %(offline_s)s)"
+            " WHERE d.retired_at IS NULL AND l.received_at < now() - make_interval(secs => %(shortest)s)"
+            " AND NOT coalesce(l.docked, false) AND l.on_duty IS NOT FALSE"
+            # One alert per silence: not again once an operator resolved it while the unit is still quiet.
             " AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.kind = 'offline'"
-            " AND a.status <> 'resolved')", params)
-        return _raise(cur, "offline", cur.fetchall(), policy)
-
-
-#: Who an escalated alert goes to: the role that supervises a control room's operators
-#: (docs/security.md, "Supervisors").
-ESCALATED_TO = "firearms_commander"
+            " AND (a.status <> 'resolved' OR a.raised_at >= l.received_at)) ORDER BY l.device_id",
+            {"shortest": shortest})
+        due = []
+        for row in cur.fetchall():
+            unit = QuietUnit(row["device_id"], row["role"], row["received_at"], row["docked"], row["on_duty"])
+            if offline_due(unit, now=row["now"], policy=policy, default_after_s=rules.offline_after_s):
+                quiet_s = int((row["now"] - row["received_at"]).total_seconds())
+                due.append({**row, "detail": f"no report for {quiet_s} s"})
+        return _raise(cur, "offline", due, policy)
 
 
 def sweep_escalations(conn: psycopg.Connection, rules: AlertRules) -> list[dict[str, Any]]:
     """Escalate the high and critical alerts still open (not acknowledged) past their kind's
-    deadline, and record it on each alert's history. The UPDATE's ``escalated_at IS NULL``
-    is re-checked under the row lock, so of several workers sweeping at once exactly one
-    escalates an alert (the others' UPDATE finds it already escalated and returns nothing).
-    Returns the alerts escalated, each with ``escalated_to``."""
-    if not rules.escalate_after_s:
+    deadline, to the level :func:`telemetry.escalation.escalation_due` says, and record it on
+    each alert's history. The UPDATE re-checks the level it read under the row lock, so of
+    several workers sweeping at once exactly one escalates an alert to each level (the
+    others' UPDATE finds the level already raised and returns nothing). Returns the alerts
+    escalated, each with ``escalated_to``."""
+    esc = rules.escalation
+    if not esc.first_after_s:
         return []
-    kinds = sorted(rules.escalate_after_s)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "UPDATE alerts a SET escalated_at = now(), escalation_level = a.escalation_level + 1"
-            " FROM unnest(%(kinds)s::text[], %(after)s::float8[]) AS k(kind, after_s)"
-            " WHERE a.kind = k.kind AND a.status = 'open' AND a.escalated_at IS NULL"
-            " AND a.severity IN ('high', 'critical') AND a.raised_at <= now() - make_interval(secs => k.after_s)"
-            f" {_RETURNING_A}",
-            {"kinds": kinds, "after": [float(rules.escalate_after_s[k]) for k in kinds]})
-        escalated = cur.fetchall()
+            "SELECT id, kind, severity, status, escalation_level, raised_at, escalated_at, now() AS now FROM alerts"
+            " WHERE status = 'open' AND kind = ANY(%(kinds)s) AND severity = ANY(%(severities)s)"
+            f" AND escalation_level < {max(ESCALATED_TO):d}",  # a literal: the partial index's (migration 13)
+            {"kinds": esc.kinds, "severities": sorted(ESCALATING_SEVERITIES)})
+        due: dict[int, int] = {}
+        for a in cur.fetchall():
+            level = escalation_due(kind=a["kind"], severity=a["severity"], status=a["status"],
+                                   level=a["escalation_level"], raised_at=a["raised_at"],
+                                   escalated_at=a["escalated_at"], now=a["now"], rules=esc)
+            if level is not None:
+                due[a["id"]] = level
+        if not due:
+            return []
+        ids = sorted(due)
+        cur.execute(
+            "UPDATE alerts a SET escalated_at = now(), escalation_level = e.level"
+            " FROM unnest(%(ids)s::bigint[], %(levels)s::smallint[]) AS e(id, level)"
+            " WHERE a.id = e.id AND a.status = 'open' AND a.escalation_level = e.level - 1"
+            f" {_RETURNING_A}", {"ids": ids, "levels": [due[i] for i in ids]})
+        escalated = sorted(cur.fetchall(), key=lambda a: a["id"])
         if escalated:
             cur.execute(
                 "INSERT INTO alert_history (alert_id, at, action, actor, detail)"
-                " SELECT id, at, 'escalated', 'system', 'not acknowledged in time: escalated to ' || %(to)s"
-                " FROM unnest(%(ids)s::bigint[], %(ats)s::timestamptz[]) AS e(id, at)",
+                " SELECT id, at, 'escalated', 'system', 'not acknowledged in time: escalated to level '"
+                " || level::text || ', ' || target"
+                " FROM unnest(%(ids)s::bigint[], %(ats)s::timestamptz[], %(levels)s::int[], %(targets)s::text[])"
+                " AS e(id, at, level, target)",
                 {"ids": [a["id"] for a in escalated], "ats": [a["escalated_at"] for a in escalated],
-                 "to": ESCALATED_TO})
-    return [{**a, "escalated_to": ESCALATED_TO} for a in escalated]
+                 "levels": [a["escalation_level"] for a in escalated],
+                 "targets": [ESCALATED_TO[a["escalation_level"]] for a in escalated]})
+    return [{**a, "escalated_to": ESCALATED_TO[a["escalation_level"]]} for a in escalated]

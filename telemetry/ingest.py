@@ -40,6 +40,7 @@ from core.ratelimit import TokenBuckets
 from core.settings import Settings
 from telemetry.alerts import AlertRules, Geofence
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
+from telemetry.escalation import EscalationRules
 from telemetry.ingest_stats import IngestStats
 from telemetry.live_frame import encode_frames
 from telemetry.rejection_sampler import RejectionSampler
@@ -52,7 +53,9 @@ log = logging.getLogger(__name__)
 
 _MAINTENANCE_EVERY_S = 3600.0
 _SUMMARIES_EVERY_S = 5.0  # how often the decoder looks for rejection windows that have closed
-_OFFLINE_SWEEP_EVERY_S = 5.0
+# Offline is raised within its timeout plus this (and a batch's time): the 5 s the contract
+# promises (docs/operations.md, "Offline per profile"), with room to spare.
+_OFFLINE_SWEEP_EVERY_S = 2.0
 _REGISTRY_REFRESH_S = 5.0
 
 
@@ -98,7 +101,8 @@ class IngestWorker:
             storage_warn_pct=settings.alert_storage_warn_pct,
             gps_lost_after_s=settings.alert_gps_lost_after_s,
             offline_after_s=settings.alert_offline_after_s,
-            escalate_after_s=dict(settings.alert_escalate_after_s),
+            escalation=EscalationRules(first_after_s=dict(settings.alert_escalate_after_s),
+                                       again_after_s=dict(settings.alert_escalate_again_after_s)),
             geofence=Geofence(margin_m=settings.alert_geofence_margin_m, dwell_s=settings.alert_geofence_dwell_s),
         )
         self._limits = PayloadLimits(

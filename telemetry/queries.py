@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from telemetry.custody import attribution_join
 
 __all__ = [
+    "get_alert_with_history",
     "DeviceFilter",
     "UNIT_COLUMNS",
     "acknowledge_alert",
@@ -258,6 +259,23 @@ def acknowledge_alerts(conn: psycopg.Connection, *, by: str, boroughs: frozenset
                         " SELECT id, now(), 'acknowledged', %s, 'acknowledged in bulk' FROM unnest(%s::bigint[]) AS id",
                         (by, [a["id"] for a in acknowledged]))
     return sorted(acknowledged, key=lambda a: a["id"])
+
+
+def get_alert_with_history(conn: psycopg.Connection, alert_id: int, *, boroughs: frozenset[str] | None,
+                           kinds: frozenset[str] | None) -> tuple[Row | None, list[Row]]:
+    """(alert, its alert_history rows oldest first), or (None, []) if it is not of a unit in
+    ``boroughs`` (None: all) or of one of ``kinds`` (None: any): not there, for the caller."""
+    params: dict[str, Any] = {"id": alert_id}
+    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, borough=None)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+                    f" WHERE a.id = %(id)s AND {' AND '.join(clauses)}", params)
+        alert = cur.fetchone()
+        if alert is None:
+            return None, []
+        cur.execute("SELECT at, action, actor, detail FROM alert_history WHERE alert_id = %s ORDER BY at, id",
+                    (alert_id,))
+        return alert, cur.fetchall()
 
 
 def resolve_alert(conn: psycopg.Connection, alert_id: int, *, by: str, outcome: str, note: str | None,

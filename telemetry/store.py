@@ -51,7 +51,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS stage_events
 
 _TELEMETRY_COLUMNS = (
     "device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, lat, lon,"
-    " accuracy_m, speed_mps, heading_deg, recording, storage_pct, docked, firmware, live, viewers"
+    " accuracy_m, speed_mps, heading_deg, recording, storage_pct, docked, firmware, live, viewers, on_duty"
 )
 
 # DISTINCT ON picks each device's newest report (and newest fix) of the batch; the WHERE keeps an older
@@ -67,10 +67,10 @@ WITH newest AS (
 INSERT INTO device_latest AS d (
     device_id, ts, seq, received_at, battery_pct, charging, battery_temp_c, gps_fix,
     lat, lon, accuracy_m, speed_mps, heading_deg, last_fix_at, recording, storage_pct,
-    docked, firmware, live, viewers, online, status_at)
+    docked, firmware, live, viewers, on_duty, online, status_at)
 SELECT n.device_id, n.ts, n.seq, n.received_at, n.battery_pct, n.charging, n.battery_temp_c,
     n.lat IS NOT NULL, f.lat, f.lon, f.accuracy_m, n.speed_mps, n.heading_deg, f.ts,
-    n.recording, n.storage_pct, n.docked, n.firmware, n.live, n.viewers, true, n.ts
+    n.recording, n.storage_pct, n.docked, n.firmware, n.live, n.viewers, n.on_duty, true, n.ts
 FROM newest n LEFT JOIN fix f USING (device_id)
 ORDER BY n.device_id
 ON CONFLICT (device_id) DO UPDATE SET
@@ -83,7 +83,8 @@ ON CONFLICT (device_id) DO UPDATE SET
     last_fix_at = COALESCE(EXCLUDED.last_fix_at, d.last_fix_at),
     speed_mps = EXCLUDED.speed_mps, heading_deg = EXCLUDED.heading_deg,
     recording = EXCLUDED.recording, storage_pct = COALESCE(EXCLUDED.storage_pct, d.storage_pct),
-    docked = COALESCE(EXCLUDED.docked, d.docked), firmware = COALESCE(EXCLUDED.firmware, d.firmware),
+    docked = COALESCE(EXCLUDED.docked, d.docked), on_duty = COALESCE(EXCLUDED.on_duty, d.on_duty),
+    firmware = COALESCE(EXCLUDED.firmware, d.firmware),
     live = EXCLUDED.live, viewers = EXCLUDED.viewers,
     -- A report is proof of life, unless the status changed after the report was made
     -- (the broker does not keep order between a device's status and telemetry topics).
@@ -111,7 +112,7 @@ def _telemetry_row(device_id: str, received_at: datetime, t: Telemetry) -> tuple
         device_id, t.ts, t.seq, received_at, t.battery.pct, t.battery.charging, t.battery.temp_c,
         gps.lat if gps else None, gps.lon if gps else None, gps.accuracy_m if gps else None,
         gps.speed_mps if gps else None, gps.heading_deg if gps else None,
-        t.recording.value, t.storage_pct, t.docked, t.firmware, t.live, t.viewers,
+        t.recording.value, t.storage_pct, t.docked, t.firmware, t.live, t.viewers, t.on_duty,
     )
 
 

@@ -86,6 +86,8 @@ class BatchWriter:
     def sweep(self) -> list[dict[str, object]]:
         """Raise offline alerts and escalate unacknowledged ones (none when the database is
         away: the next sweep does it)."""
+        if not self._settings.ingest_raise_alerts:
+            return []
         try:
             conn = self._connection()
             with conn.transaction():
@@ -115,7 +117,7 @@ class BatchWriter:
                 try:
                     with conn.transaction():
                         self._write_counted(conn, batch)
-                        return evaluate_batch(conn, batch, self._rules, self.policy)
+                        return self._evaluate(conn, batch)
                 except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
                     log.error("batch refused by the database (%s); storing message by message", error)
                     return self._write_isolated(conn, batch)
@@ -129,6 +131,11 @@ class BatchWriter:
                 if self._stopping.wait(delay):
                     raise SystemExit("stopped during a database outage; the broker keeps the batch")
                 delay = min(delay * 2, 5.0)
+
+    def _evaluate(self, conn: psycopg.Connection, batch: Batch) -> list[dict[str, object]]:
+        if not self._settings.ingest_raise_alerts:
+            return []
+        return evaluate_batch(conn, batch, self._rules, self.policy)
 
     def _write_counted(self, conn: psycopg.Connection, batch: Batch) -> None:
         stored_t, stored_e = write_batch(conn, batch)
@@ -160,7 +167,7 @@ class BatchWriter:
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
             write_batch(conn, Batch(statuses=batch.statuses, rejected=refused,
                                     new_devices=batch.new_devices))
-            alerts = evaluate_batch(conn, batch, self._rules, self.policy)
+            alerts = self._evaluate(conn, batch)
         batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
         batch.telemetry = stored_telemetry  # the live frame shows only what was stored

@@ -133,6 +133,13 @@ def _fresh_alert(world: World, borough: str) -> dict[str, Any]:
     return {"alert_id": world.alert(borough)}
 
 
+def _health_alert(world: World, borough: str) -> dict[str, Any]:
+    """An alert of a kind a fleet manager sees too (an emergency is absent for them: 404)."""
+    return {"alert_id": int(world.sql("INSERT INTO alerts (device_id, kind, severity, detail) VALUES"
+                                      " (%s, 'battery_low', 'warning', 'matrix') RETURNING id",
+                                      (world.device(borough),)))}
+
+
 def _fresh_incident(world: World, borough: str) -> dict[str, Any]:
     incident, device = world.incident_with_unit(borough)
     return {"incident_id": incident, "device_id": device}
@@ -190,6 +197,7 @@ CASES: list[Case] = [
     case("POST", "/api/v1/devices/{device_id}/retire", {ADMIN}, {200}, prepare=_fresh_device),
     case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
     case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),
+    case("GET", "/api/v1/alerts/{alert_id}/history", HANDLES | {FLEET}, {200}, prepare=_health_alert),
     case("POST", "/api/v1/alerts/{alert_id}/acknowledge", HANDLES, {200}, prepare=_fresh_alert),
     # Area-scoped inside: another area's ids are ignored, not refused (test_areas.py).
     case("POST", "/api/v1/alerts/acknowledge", HANDLES, {200}, area_scoped=False, prepare=_fresh_alert,

@@ -155,7 +155,7 @@ def test_an_admins_change_is_applied_by_a_running_worker(pg: Database, mosquitto
         assert response.status_code == 200, response.text
         version = response.json()["version"]
         assert {"kind": "recording", "role": "response", "outcome": "high",
-                "assigned_outcome": None} in response.json()["rules"]
+                "assigned_outcome": None, "after_s": None} in response.json()["rules"]
         wait_for(lambda: worker.alert_policy_version == version, what="the worker to apply the change")
         publish_all(mosquitto.url, [(topic_for("cam-r", Channel.EVENTS), event_payload(1, "recording_started"))])
         wait_for(lambda: _alerts(pg, "cam-r") == [("recording", "high", "open", None)], what="a high alert")

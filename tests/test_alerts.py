@@ -16,6 +16,8 @@ from core.contract import ALERTS_TOPIC, Channel, Telemetry, topic_for
 from core.mqtt import BrokerAddress, new_client
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
+from telemetry.alert_policy import Outcome, PolicyRule
+from telemetry.alert_policy_store import set_rule
 from telemetry.alerts import AlertRules, Geofence
 from telemetry.ingest_stats import IngestStats
 from telemetry.store import Batch
@@ -165,16 +167,24 @@ def test_an_assigned_firearms_unit_recording_is_high(pg: Database, mosquitto: Mo
     assert _alerts(pg) == [("cam-f", "recording", "high", "open", None)]
 
 
-def test_offline_by_last_will_and_by_silence(pg: Database, mosquitto: MosquittoProcess) -> None:
-    """A Last Will raises offline at once; a device that just goes quiet is found by the
-    sweep after the configured time; a report clears it."""
+def test_offline_by_silence_and_a_last_will_after_the_timeout(pg: Database, mosquitto: MosquittoProcess) -> None:
+    """A device that goes quiet is found by the sweep after its timeout; a Last Will raises
+    nothing sooner (a tunnel is not an alert), but its unit, quiet as long, is raised too; a
+    report clears it (tests/test_alert_offline.py measures the bound)."""
     _register(pg)
+    with pg.connect() as conn:  # the firearms unit's own timeout (60 s by default) down to the default's
+        set_rule(conn, PolicyRule("offline", "firearms", Outcome.HIGH, after_s=5), by="test")
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url,
                         settings=make_settings(alert_offline_after_s=5)) as worker:
         publish_all(mosquitto.url, [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(1)),
                                     (topic_for("cam-f", Channel.TELEMETRY), telemetry_payload(1))])
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.STATUS), b"offline")])
-        wait_for(lambda: ("cam-f", "offline", "high", "open", None) in _alerts(pg), what="Last Will alert")
+        wait_for(lambda: ("cam-f", "offline", "high", "open", None) in _alerts(pg), timeout=20,
+                 what="Last Will alert")
+        with pg.connect() as conn:
+            quiet = conn.execute("SELECT a.raised_at - l.received_at FROM alerts a JOIN device_latest l"
+                                 " USING (device_id) WHERE a.device_id = 'cam-f'").fetchone()
+        assert quiet is not None and quiet[0].total_seconds() >= 5, "raised before the timeout"
         wait_for(lambda: ("cam-r", "offline", "warning", "open", None) in _alerts(pg), timeout=20,
                  what="silence alert")
         publish_all(mosquitto.url, [(topic_for("cam-r", Channel.TELEMETRY), telemetry_payload(2))])
@@ -195,7 +205,7 @@ def test_two_workers_raise_one_alert(pg: Database, mosquitto: MosquittoProcess) 
 
 
 _ESCALATE_AFTER_S = 2.0
-_SWEEP_EVERY_S = 5.0  # telemetry.ingest's sweep period
+_SWEEP_EVERY_S = 5.0  # more than telemetry.ingest's sweep period (2 s)
 _SLACK_S = 2.0
 
 

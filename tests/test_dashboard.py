@@ -458,9 +458,22 @@ def test_admin_sets_the_alert_policy(stack: Stack, browser_page: Any) -> None:
     assert page.locator("form.policy-form select[name=outcome] option[value=activity]").count() == 0
     page.locator("table.policy tbody tr[data-kind=geofence][data-role=traffic] button:text-is('Remove')").click()
     page.wait_for_selector("table.policy tbody tr[data-kind=geofence][data-role=traffic]", state="detached")
+    # An offline rule's timeout is set in its row, and kept when only its outcome changes.
+    firearms = page.locator("table.policy tbody tr[data-kind=offline][data-role=firearms]")
+    assert firearms.locator("input[name=after_s]").input_value() == "60"
+    firearms.locator("input[name=after_s]").fill("90")
+    firearms.locator("input[name=after_s]").dispatch_event("change")
+    page.wait_for_selector(".policy-status:has-text('Saved: Offline for firearms is high, after 90 s')")
+    firearms.locator("select[name=outcome]").select_option("critical")
+    page.wait_for_selector(".policy-status:has-text('Saved: Offline for firearms is critical, after 90 s')")
+    assert stack.db.scalar("SELECT after_s FROM alert_policy WHERE kind = 'offline' AND role = 'firearms'") == 90
+    assert page.locator("tr[data-kind=battery_low][data-role='*'] input[name=after_s]").count() == 0
     changes = stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'alert_policy_changed'"
-                              " AND actor = 'admin'")
+                              " AND actor = 'admin' AND details->>'kind' <> 'offline'")
     assert changes == 3  # watch_me set, geofence for traffic set and removed
+    last = stack.db.scalar("SELECT details->'after' FROM audit_log WHERE action = 'alert_policy_changed'"
+                           " AND details->>'kind' = 'offline' ORDER BY seq DESC LIMIT 1")
+    assert last == {"outcome": "critical", "assigned_outcome": None, "after_s": 90}
 
 
 def test_sign_out_revocation_and_a_stale_token_return_to_sign_in(stack: Stack, browser_page: Any) -> None:

@@ -11,12 +11,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from api.auth import require
 from api.deps import Db
 from api.errors import ErrorBody
-from api.models import Alert, AlertPage, BulkAcknowledged, BulkAcknowledgeIn, ResolveIn
+from api.models import Alert, AlertHistory, AlertHistoryEntry, AlertPage, BulkAcknowledged, BulkAcknowledgeIn, ResolveIn
 from core.contract import ALERTS_TOPIC
 from services import audit
 from services.accounts import HANDLES_ALERTS, Principal, Role
 from services.errors import Conflict, Forbidden, NotFound
 from telemetry import queries
+from telemetry.alert_timeline import timeline
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
@@ -44,6 +45,18 @@ def list_alerts(db: Db, who: AlertViewer,
     rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=kinds, borough=borough,
                                limit=limit, offset=offset)
     return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
+
+
+@router.get("/{alert_id}/history", response_model=AlertHistory, responses={404: {"model": ErrorBody}},
+            summary="What happened to an alert: raised, escalated, acknowledged, resolved; by whom, when")
+def alert_history(alert_id: AlertId, db: Db, who: AlertViewer) -> AlertHistory:
+    # Another area's alert, or a kind the role does not see, is absent (404), as in the list.
+    alert, history = queries.get_alert_with_history(db, alert_id, boroughs=who.areas, kinds=who.alert_kinds())
+    if alert is None:
+        raise NotFound(f"no alert {alert_id} in your area")
+    return AlertHistory(alert=Alert.model_validate(alert),
+                        history=[AlertHistoryEntry.model_validate(e, from_attributes=True)
+                                 for e in timeline(alert, history)])
 
 
 @router.post("/acknowledge", response_model=BulkAcknowledged, summary="Acknowledge a selection or a filter at once")

@@ -2,7 +2,9 @@
 // the roles with a rule of their own, and what it does for a unit assigned to an open
 // incident. Every change is saved at once (PUT /api/v1/alert-policy/{kind}/{role}), audited,
 // and applied by every ingest worker before its next batch; only an admin of every area may
-// change it (the API says so otherwise, shown in the status line).
+// change it (the API says so otherwise, shown in the status line). An offline rule also says
+// how long a unit of its role may be quiet ("after", seconds; empty: the service's default),
+// kept when only its outcome changes.
 
 import { clear, h } from "./dom.js";
 
@@ -55,7 +57,8 @@ export class PolicyView {
     clear(this.table).append(...policy.rules.map((rule) => {
       let outcome = rule.outcome;
       let assigned = rule.assigned_outcome;
-      const put = () => this.save(rule.kind, rule.role, outcome, assigned);
+      let after = rule.after_s;
+      const put = () => this.save(rule.kind, rule.role, outcome, assigned, after);
       return h("tr", { dataset: { kind: rule.kind, role: rule.role } },
         h("td", {}, KIND_NAMES[rule.kind] || rule.kind),
         h("td", {}, rule.role === "*" ? "any role" : rule.role),
@@ -63,6 +66,10 @@ export class PolicyView {
           name: "outcome", onchange: (e) => { outcome = e.target.value; put(); } })),
         h("td", {}, this.outcomeSelect(rule.kind, rule.assigned_outcome, {
           name: "assigned_outcome", same: true, onchange: (e) => { assigned = e.target.value || null; put(); } })),
+        h("td", {}, policy.timed_kinds.includes(rule.kind) ? h("input", {
+          name: "after_s", type: "number", min: 5, max: 86400, step: 1, class: "after", "aria-label": "after (seconds)",
+          value: rule.after_s ?? "", placeholder: `${policy.offline_after_s}`,
+          onchange: (e) => { after = e.target.value === "" ? null : Number(e.target.value); put(); } }) : ""),
         h("td", {}, rule.role === "*" ? "" : h("button", { type: "button", class: "small", onclick: () => this.remove(rule) },
           "Remove")));
     }));
@@ -87,13 +94,14 @@ export class PolicyView {
     }
   }
 
-  async save(kind, role, outcome, assigned) {
+  async save(kind, role, outcome, assigned, after = null) {
     const who = role === "*" ? "any role" : role;
     try {
       this.show(await this.api.put(`/api/v1/alert-policy/${encodeURIComponent(kind)}/${encodeURIComponent(role)}`,
-        { outcome, assigned_outcome: assigned }));
+        { outcome, assigned_outcome: assigned, after_s: after }));
+      const wait = after === null ? "" : `, after ${after} s`;
       this.status.textContent = `Saved: ${KIND_NAMES[kind] || kind} for ${who} is ${OUTCOME_NAMES[outcome] || outcome}`
-        + ` (policy ${this.policy.version}).`;
+        + `${wait} (policy ${this.policy.version}).`;
     } catch (error) {
       this.status.textContent = `Not saved: ${error.message}`;
       if (this.policy) this.show(this.policy); // the selects back to what is in force

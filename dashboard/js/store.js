@@ -107,8 +107,8 @@ export class UnitStore {
       if (a.status === "resolved") {
         this.alerts.delete(a.id);
       } else {
-        // An escalation re-announces an alert already shown (docs/api.md, "Escalation").
-        const escalated = a.escalated_at && !(this.alerts.get(a.id) || {}).escalated_at;
+        // An escalation, to either level, re-announces an alert already shown (docs/api.md, "Escalation").
+        const escalated = (a.escalation_level || 0) > ((this.alerts.get(a.id) || {}).escalation_level || 0);
         if (fresh && (!this.alerts.has(a.id) || escalated) && a.status === "open") {
           merged.fresh = true;
           added.push(merged);

@@ -1,0 +1,121 @@
+"""The decision over TimescaleDB's storage jobs (telemetry/storage_jobs.py): which are failing,
+overdue or paused, and which Watchfloor runs itself; and their metrics. Pure: no database
+(the Timescale path itself is tested in tests/test_schema.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from telemetry.metrics import storage_families
+from telemetry.storage_jobs import GRACE, JobState, JobStatus, StorageHealth, has_policies, judge
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
+HOUR = timedelta(hours=1)
+
+
+def _job(**changes: object) -> JobState:
+    base = JobState(job_id=1000, proc_name="policy_compression", target="telemetry", scheduled=True,
+                    schedule_interval=12 * HOUR, created_at=NOW - timedelta(days=10),
+                    last_success=NOW - 2 * HOUR, last_run_status="Success", total_failures=0, last_error=None)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_job_whose_last_run_succeeded_recently_is_left_to_the_scheduler() -> None:
+    """A recent success: ok, not run by Watchfloor."""
+    [verdict] = judge([_job()], now=NOW, grace=GRACE)
+    assert verdict.status is JobStatus.OK and not verdict.run
+
+
+def test_a_job_the_scheduler_failed_is_run_and_says_why() -> None:
+    """The scheduler's last run failed (the "cannot drop portal" case): failing, run it, and
+    the error is in the reason."""
+    job = _job(last_run_status="Failed", last_success=None, total_failures=7,
+               last_error='cannot drop portal "" while it is being set up')
+    [verdict] = judge([job], now=NOW, grace=GRACE)
+    assert verdict.status is JobStatus.FAILING and verdict.run
+    assert "cannot drop portal" in verdict.reason
+
+
+def test_a_job_with_no_success_for_two_intervals_is_overdue_even_without_a_failure() -> None:
+    """A stopped scheduler fails nothing: a job silent for more than two intervals plus the
+    grace is overdue and run; one just inside that is not."""
+    late = _job(last_success=NOW - 24 * HOUR - GRACE - timedelta(seconds=1))
+    inside = _job(last_success=NOW - 24 * HOUR)
+    never = _job(last_success=None, last_run_status=None, created_at=NOW - timedelta(days=2))
+    young = _job(last_success=None, last_run_status=None, created_at=NOW - HOUR)
+    verdicts = judge([late, inside, never, young], now=NOW, grace=GRACE)
+    assert [v.status for v in verdicts] == [JobStatus.OVERDUE, JobStatus.OK, JobStatus.OVERDUE, JobStatus.OK]
+    assert [v.run for v in verdicts] == [True, False, True, False]
+    assert "never" in verdicts[2].reason
+
+
+def test_a_paused_job_is_reported_and_never_run() -> None:
+    """A job switched off on purpose is someone's decision: reported, not run, not failing."""
+    [verdict] = judge([_job(scheduled=False, last_run_status="Failed", last_success=None)], now=NOW, grace=GRACE)
+    assert verdict.status is JobStatus.PAUSED and not verdict.run
+    assert StorageHealth(checked_at=NOW, verdicts=(verdict,)).failing == ()
+
+
+def test_storage_is_failing_only_where_watchfloors_own_run_failed_too() -> None:
+    """A failing job that Watchfloor ran successfully is looked after; one whose run failed
+    too is what the alert and the ``failing`` metric report."""
+    rescued, lost = judge([_job(job_id=1, last_run_status="Failed"), _job(job_id=2, last_run_status="Failed")],
+                          now=NOW, grace=GRACE)
+    health = StorageHealth(checked_at=NOW, verdicts=(
+        replace(rescued, ran_ok=True, last_success=NOW),
+        replace(lost, ran_ok=False, run_error="permission denied"),
+    ))
+    assert [v.job.job_id for v in health.failing] == [2]
+
+
+def test_only_databases_with_timescale_policies_have_jobs_to_check() -> None:
+    """Plain PostgreSQL (and an Apache-only TimescaleDB) keeps its own retention: nothing to check."""
+    assert not has_policies(frozenset({"native_partitioning"}))
+    assert not has_policies(frozenset({"timescaledb"}))
+    assert has_policies(frozenset({"timescaledb", "compression", "retention_policy", "continuous_aggregate"}))
+
+
+class _Health(Collector):
+    def __init__(self, health: StorageHealth) -> None:
+        self._health = health
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return storage_families(self._health)
+
+
+def _scrape(health: StorageHealth) -> dict[tuple[str, str], float]:
+    """Each sample as exposed, by name and its job id ('' without one)."""
+    registry = CollectorRegistry()
+    registry.register(_Health(health))
+    text = generate_latest(registry).decode()
+    return {(sample.name, sample.labels.get("job_id", "")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_metrics_give_each_jobs_last_success_and_whether_storage_is_failing() -> None:
+    """Per job: the last success as a Unix time, the scheduler's failures, and failing 1 only
+    where Watchfloor's own run failed too."""
+    rescued, lost = judge([_job(job_id=1000, total_failures=3, last_run_status="Failed"),
+                           _job(job_id=1001, proc_name="policy_retention", last_run_status="Failed")],
+                          now=NOW, grace=GRACE)
+    samples = _scrape(StorageHealth(checked_at=NOW, verdicts=(replace(rescued, ran_ok=True, last_success=NOW),
+                                                               replace(lost, ran_ok=False, last_success=None))))
+    assert samples[("watchfloor_storage_job_last_success_timestamp_seconds", "1000")] == NOW.timestamp()
+    assert samples[("watchfloor_storage_job_last_success_timestamp_seconds", "1001")] == 0
+    assert samples[("watchfloor_storage_job_failing", "1000")] == 0
+    assert samples[("watchfloor_storage_job_failing", "1001")] == 1
+    assert samples[("watchfloor_storage_job_scheduler_failing", "1000")] == 1
+    assert samples[("watchfloor_storage_job_scheduler_failures_total", "1000")] == 3
+    assert samples[("watchfloor_storage_jobs_last_check_timestamp_seconds", "")] == NOW.timestamp()
+
+
+def test_metrics_say_never_checked_on_plain_postgresql() -> None:
+    """No jobs: no per-job series, and the last check is 0."""
+    samples = _scrape(StorageHealth(checked_at=None))
+    assert samples[("watchfloor_storage_jobs_last_check_timestamp_seconds", "")] == 0
+    assert not any(name == "watchfloor_storage_job_failing" for name, _ in samples)

@@ -130,8 +130,12 @@ def judge(jobs: Iterable[JobState], *, now: datetime, grace: timedelta) -> list[
 _JOBS = """
 SELECT j.job_id, j.proc_name,
        coalesce(c.view_name, j.hypertable_name, ''),
-       j.scheduled, j.schedule_interval, coalesce(j.initial_start, s.next_start, now()),
-       s.last_successful_finish, s.last_run_status, coalesce(s.total_failures, 0),
+       j.scheduled, j.schedule_interval,
+       -- TimescaleDB says "never" with -infinity, which Python's datetime cannot hold.
+       coalesce(CASE WHEN isfinite(j.initial_start) THEN j.initial_start END,
+                CASE WHEN isfinite(s.next_start) THEN s.next_start END, now()),
+       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+       s.last_run_status, coalesce(s.total_failures, 0),
        (SELECT h.err_message FROM timescaledb_information.job_history h
          WHERE h.job_id = j.job_id AND NOT h.succeeded ORDER BY h.id DESC LIMIT 1)
 FROM timescaledb_information.jobs j

@@ -13,7 +13,7 @@ import pytest
 
 from telemetry.schema import MAINTENANCE_LOCK_KEY, ensure_partitions, features, migrate, run_maintenance
 from telemetry.storage_jobs import GRACE, check_and_run
-from tests.helpers.db import Database
+from tests.helpers.db import Database, runtime_role
 
 
 def test_migrate_is_idempotent_and_records_its_features(any_db: Database) -> None:
@@ -146,3 +146,15 @@ def test_db_maintain_reports_each_storage_job_on_timescale(timescale_db: Databas
     lines = [line for line in done.stdout.splitlines() if line.startswith("storage job ")]
     assert len(lines) == 5, done.stdout
     assert any("policy_refresh_continuous_aggregate on device_health_hourly" in line for line in lines)
+
+
+def test_timescale_jobs_checked_by_the_runtime_role_are_reported_failing_when_it_may_not_run_them(
+        timescale_db: Database) -> None:
+    """The runtime role (which ingest uses) can read the jobs but run_job needs their owner:
+    every job it had to run is reported failing, with the refusal, not silently skipped."""
+    with runtime_role(timescale_db) as url, psycopg.connect(url, autocommit=True) as conn:
+        health = check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: datetime.now(timezone.utc)
+                               + timedelta(days=10), grace=GRACE)
+    assert health is not None and len(health.verdicts) == 5
+    assert len(health.failing) == 5
+    assert all(v.ran_ok is False and "permission" in (v.run_error or "") for v in health.verdicts)

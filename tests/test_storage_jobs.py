@@ -1,18 +1,23 @@
 """The decision over TimescaleDB's storage jobs (telemetry/storage_jobs.py): which are failing,
-overdue or paused, and which Watchfloor runs itself; and their metrics. Pure: no database
-(the Timescale path itself is tested in tests/test_schema.py)."""
+overdue or paused, and which Watchfloor runs itself; and their metrics. Pure, but for the
+last test (an ingest worker on TimescaleDB); the jobs' effects are tested in tests/test_schema.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from telemetry.metrics import storage_families
+from telemetry.metrics import ingest_registry, storage_families
 from telemetry.storage_jobs import GRACE, JobState, JobStatus, StorageHealth, has_policies, judge
+from tests.helpers.db import Database, _database
+from tests.helpers.telemetry import make_settings, running_worker
+from watchfloor.mosquitto import MosquittoProcess
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
@@ -119,3 +124,31 @@ def test_metrics_say_never_checked_on_plain_postgresql() -> None:
     samples = _scrape(StorageHealth(checked_at=None))
     assert samples[("watchfloor_storage_jobs_last_check_timestamp_seconds", "")] == 0
     assert not any(name == "watchfloor_storage_job_failing" for name, _ in samples)
+
+
+@pytest.fixture
+def timescale_db(request: pytest.FixtureRequest) -> Iterator[Database]:
+    yield from _database(request, "timescale")
+
+
+def test_ingest_checks_the_storage_jobs_at_start_and_exports_them(timescale_db: Database,
+                                                                  mosquitto: MosquittoProcess) -> None:
+    """On TimescaleDB an ingest worker checks every policy job when it starts; each is either
+    left to a working scheduler or run by the worker (where the scheduler fails, as on
+    PostgreSQL 15.20 with TimescaleDB 2.28.3), none is left failing, and /metrics says so."""
+    settings = make_settings()
+    with running_worker(database_url=timescale_db.url, mqtt_url=mosquitto.url, settings=settings) as worker:
+        health = worker.storage_health
+        registry = ingest_registry(worker, client_id=settings.ingest_client_id)
+        text = generate_latest(registry).decode()
+    assert health.checked_at is not None and health.error is None
+    assert len(health.verdicts) == 5
+    assert all(not v.run or v.ran_ok is True for v in health.verdicts), health.verdicts
+    assert health.failing == ()
+    samples = {(s.name, s.labels.get("job_id", "")): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    for verdict in health.verdicts:
+        key = str(verdict.job.job_id)
+        assert samples[("watchfloor_storage_job_failing", key)] == 0
+        if verdict.ran_ok:
+            assert samples[("watchfloor_storage_job_last_success_timestamp_seconds", key)] > 0

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from telemetry.decode import Reason
 from telemetry.ingest import IngestWorker
 from telemetry.latency import LatencyHistogram
-from telemetry.storage_jobs import StorageHealth
+from telemetry.storage_jobs import JobStatus, StorageHealth
 
 __all__ = ["LAG_BUCKETS_S", "IngestCollector", "MetricsServer", "histogram_family", "ingest_registry",
            "storage_families"]
@@ -111,11 +111,12 @@ def storage_families(health: StorageHealth) -> Iterator[Metric]:
     success = GaugeMetricFamily("watchfloor_storage_job_last_success_timestamp_seconds", "Unix time of the "
                                 "job's last success, the scheduler's or Watchfloor's own run_job (0: never)",
                                 labels=labels)
-    failing = GaugeMetricFamily("watchfloor_storage_job_failing", "1 while the job is failing or overdue and "
-                                "Watchfloor's own run of it failed too: storage is not being looked after",
+    failing = GaugeMetricFamily("watchfloor_storage_job_failing", "1 while the job has had no success, the "
+                                "scheduler's or Watchfloor's, for two intervals and an hour: storage not looked after",
                                 labels=labels)
     scheduler = GaugeMetricFamily("watchfloor_storage_job_scheduler_failing", "1 while TimescaleDB's scheduler "
-                                  "fails the job or runs it late (Watchfloor then runs it itself)", labels=labels)
+                                  "fails the job or runs it late (Watchfloor runs it itself where it may)",
+                                  labels=labels)
     failures = CounterMetricFamily("watchfloor_storage_job_scheduler_failures", "Failed runs of the job in "
                                    "TimescaleDB's scheduler (its job_stats.total_failures)", labels=labels)
     still_failing = {v.job.job_id for v in health.failing}
@@ -124,7 +125,7 @@ def storage_families(health: StorageHealth) -> Iterator[Metric]:
         key = [str(job.job_id), job.proc_name, job.target]
         success.add_metric(key, verdict.last_success.timestamp() if verdict.last_success else 0)
         failing.add_metric(key, 1 if job.job_id in still_failing else 0)
-        scheduler.add_metric(key, 1 if verdict.run else 0)
+        scheduler.add_metric(key, 1 if verdict.status in (JobStatus.FAILING, JobStatus.OVERDUE) else 0)
         failures.add_metric(key, job.total_failures)
     yield from (success, failing, scheduler, failures)
     yield GaugeMetricFamily("watchfloor_storage_jobs_last_check_timestamp_seconds", "Unix time of the last "

@@ -45,10 +45,11 @@ POLICY_PROCS = ("policy_compression", "policy_retention", "policy_refresh_contin
 
 class JobStatus(StrEnum):
     OK = "ok"
-    #: The scheduler's last run of it failed.
+    #: The scheduler's last run of it failed (Watchfloor runs it once per schedule interval).
     FAILING = "failing"
-    #: No success for longer than two schedule intervals plus the grace (a scheduler that
-    #: is stopped, or never started it, fails no run but runs nothing either).
+    #: No success, the scheduler's or Watchfloor's, for two schedule intervals plus the
+    #: grace: storage is not being looked after (a stopped scheduler fails no run but runs
+    #: nothing either; a job never run counts from its first scheduled start).
     OVERDUE = "overdue"
     #: Switched off on purpose (``alter_job(scheduled => false)``): reported, never run.
     PAUSED = "paused"
@@ -56,8 +57,8 @@ class JobStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class JobState:
-    """One job as TimescaleDB reports it (``timescaledb_information.jobs``, ``job_stats``
-    and the last failure in ``job_history``)."""
+    """One job as TimescaleDB reports it (``timescaledb_information.jobs``, ``job_stats``,
+    the last failure in ``job_history``), with Watchfloor's own last success of it."""
 
     job_id: int
     proc_name: str
@@ -65,23 +66,24 @@ class JobState:
     scheduled: bool
     schedule_interval: timedelta
     created_at: datetime  # its first scheduled start: "never succeeded" is overdue only after it
-    last_success: datetime | None
-    last_run_status: str | None  # 'Success' | 'Failed' | None (never ran)
+    last_success: datetime | None  # the scheduler's or Watchfloor's run_job, whichever is later
+    last_run_status: str | None  # the scheduler's: 'Success' | 'Failed' | None (never ran)
     total_failures: int
     last_error: str | None
+    may_run: bool = True  # whether this connection's role may run_job it (the job's owner)
 
 
 @dataclass(frozen=True, slots=True)
 class JobVerdict:
     job: JobState
     status: JobStatus
-    #: Whether Watchfloor should run it now with ``run_job``.
+    #: Whether to run it now with ``run_job``.
     run: bool
     reason: str
     #: Set once Watchfloor ran it: None if it did not, else whether it succeeded.
     ran_ok: bool | None = None
     run_error: str | None = None
-    #: The last success known to Watchfloor: the scheduler's or our own run's.
+    #: The last success after this check (our run included).
     last_success: datetime | None = None
 
 
@@ -96,32 +98,37 @@ class StorageHealth:
 
     @property
     def failing(self) -> tuple[JobVerdict, ...]:
-        """The jobs still without a recent success after this check (the fallback included)."""
-        return tuple(v for v in self.verdicts if v.status is not JobStatus.OK and v.ran_ok is not True
-                     and v.status is not JobStatus.PAUSED)
+        """The jobs that storage is not looked after by: overdue, and not run successfully by
+        this check. What the alert and ``watchfloor_storage_job_failing`` report."""
+        return tuple(v for v in self.verdicts if v.status is JobStatus.OVERDUE and v.ran_ok is not True)
 
 
 def judge(jobs: Iterable[JobState], *, now: datetime, grace: timedelta) -> list[JobVerdict]:
-    """A verdict per job: failing (its last scheduled run failed), overdue (no success for
-    two intervals plus ``grace``), paused, or ok; run the failing and the overdue."""
+    """A verdict per job, and whether to run it: an overdue job now, a job the scheduler
+    fails once its interval has passed since the last success (what the scheduler would have
+    done), never a paused one, nor one this role may not run (it says so)."""
     verdicts = []
     for job in jobs:
         base = JobVerdict(job, JobStatus.OK, run=False, reason="last run succeeded", last_success=job.last_success)
         if not job.scheduled:
             verdicts.append(replace(base, status=JobStatus.PAUSED, reason="not scheduled (paused on purpose)"))
             continue
-        since = job.last_success or job.created_at
-        late = now - since > 2 * job.schedule_interval + grace
-        if job.last_run_status == "Failed":
+        age = now - (job.last_success or job.created_at)
+        due = job.last_success is None or now - job.last_success >= job.schedule_interval
+        when = job.last_success.isoformat() if job.last_success else "never"
+        if age > 2 * job.schedule_interval + grace:
+            verdict = replace(base, status=JobStatus.OVERDUE, run=True,
+                              reason=f"no success since {when}, every {job.schedule_interval}")
+        elif job.last_run_status == "Failed":
             error = f": {job.last_error}" if job.last_error else ""
-            verdicts.append(replace(base, status=JobStatus.FAILING, run=True,
-                                    reason=f"the scheduler's last run failed{error}"))
-        elif late:
-            when = job.last_success.isoformat() if job.last_success else "never"
-            verdicts.append(replace(base, status=JobStatus.OVERDUE, run=True,
-                                    reason=f"no success since {when}, every {job.schedule_interval}"))
+            verdict = replace(base, status=JobStatus.FAILING, run=due,
+                              reason=f"the scheduler's last run failed{error}; last success {when}")
         else:
-            verdicts.append(base)
+            verdict = base
+        if verdict.run and not job.may_run:
+            verdict = replace(verdict, run=False, reason=verdict.reason + "; this role may not run it (run_job "
+                              "needs the job's owner: run `watchfloor db maintain` as the owner)")
+        verdicts.append(verdict)
     return verdicts
 
 
@@ -134,12 +141,16 @@ SELECT j.job_id, j.proc_name,
        -- TimescaleDB says "never" with -infinity, which Python's datetime cannot hold.
        coalesce(CASE WHEN isfinite(j.initial_start) THEN j.initial_start END,
                 CASE WHEN isfinite(s.next_start) THEN s.next_start END, now()),
-       CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+       greatest(CASE WHEN isfinite(s.last_successful_finish) THEN s.last_successful_finish END,
+                r.last_success_at),
        s.last_run_status, coalesce(s.total_failures, 0),
+       -- Visible to the job's owner only; another role reads no error message.
        (SELECT h.err_message FROM timescaledb_information.job_history h
-         WHERE h.job_id = j.job_id AND NOT h.succeeded ORDER BY h.id DESC LIMIT 1)
+         WHERE h.job_id = j.job_id AND NOT h.succeeded ORDER BY h.id DESC LIMIT 1),
+       pg_has_role(current_user, j.owner, 'MEMBER')
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+LEFT JOIN storage_job_runs r ON r.job_id = j.job_id
 -- A refresh job names the aggregate's materialization hypertable; show the aggregate's name.
 LEFT JOIN timescaledb_information.continuous_aggregates c
        ON c.materialization_hypertable_schema = j.hypertable_schema
@@ -157,32 +168,41 @@ def read_jobs(conn: psycopg.Connection) -> list[JobState]:
     """Every Watchfloor policy job in this database, with its last run and last error."""
     states = []
     for row in conn.execute(_JOBS, (list(POLICY_PROCS),)).fetchall():
-        job_id, proc, target, scheduled, interval, created, success, status, failures, error = row
+        job_id, proc, target, scheduled, interval, created, success, status, failures, error, may_run = row
         states.append(JobState(job_id=job_id, proc_name=proc, target=target, scheduled=scheduled,
                                schedule_interval=interval, created_at=created, last_success=success,
                                last_run_status=status, total_failures=failures,
-                               last_error=(error or None) and error[:300]))
+                               last_error=(error or None) and error[:300], may_run=may_run))
     return states
 
 
-def run_job(conn: psycopg.Connection, job_id: int) -> str | None:
-    """``CALL run_job(job_id)``; None on success, else the error. The policies commit as they
-    go, so the call must not be inside a transaction: the connection is in autocommit here."""
+def run_job(conn: psycopg.Connection, job_id: int, *, now: datetime) -> str | None:
+    """``CALL run_job(job_id)`` and its outcome recorded in ``storage_job_runs``; None on
+    success, else the error. The policies commit as they go, so the call must not be inside
+    a transaction: the connection is in autocommit here."""
     try:
         conn.execute("CALL run_job(%s)", (job_id,))
-    except psycopg.Error as error:
-        return str(error).strip()[:300]
-    return None
+        error = None
+    except psycopg.Error as failed:
+        error = str(failed).strip()[:300]
+    conn.execute(
+        "INSERT INTO storage_job_runs AS r (job_id, last_run_at, last_success_at, last_error, last_error_at)"
+        " VALUES (%(job)s, %(now)s, CASE WHEN %(error)s::text IS NULL THEN %(now)s END, %(error)s,"
+        "         CASE WHEN %(error)s::text IS NOT NULL THEN %(now)s END)"
+        " ON CONFLICT (job_id) DO UPDATE SET last_run_at = excluded.last_run_at,"
+        " last_success_at = coalesce(excluded.last_success_at, r.last_success_at),"
+        " last_error = coalesce(excluded.last_error, r.last_error),"
+        " last_error_at = coalesce(excluded.last_error_at, r.last_error_at)",
+        {"job": job_id, "now": now, "error": error})
+    return error
 
 
 def check_and_run(conn: psycopg.Connection, *, lock_key: int, clock: Callable[[], datetime],
-                  grace: timedelta, known: StorageHealth | None = None) -> StorageHealth | None:
-    """Read the jobs, judge them, and run the failing and overdue ones, holding the
-    maintenance lock ``lock_key`` (a session lock: ``run_job`` cannot run in a transaction,
-    and a session lock and the transaction lock that retention takes exclude each other).
-    Returns None if another process holds the lock (it is doing this). ``known``: the last
-    check in this process, whose own successful runs count as last successes (``run_job``
-    does not update TimescaleDB's job statistics)."""
+                  grace: timedelta) -> StorageHealth | None:
+    """Read the jobs, judge them, and run those to run, holding the maintenance lock
+    ``lock_key`` (a session lock: ``run_job`` cannot run in a transaction, and a session lock
+    and the transaction lock that retention takes exclude each other). Returns None if
+    another process holds the lock (it is doing this)."""
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         conn.commit()
     autocommit = conn.autocommit
@@ -193,11 +213,10 @@ def check_and_run(conn: psycopg.Connection, *, lock_key: int, clock: Callable[[]
             return None
         try:
             now = clock()
-            jobs = [_with_own_success(job, known) for job in read_jobs(conn)]
             verdicts = []
-            for verdict in judge(jobs, now=now, grace=grace):
+            for verdict in judge(read_jobs(conn), now=now, grace=grace):
                 if verdict.run:
-                    error = run_job(conn, verdict.job.job_id)
+                    error = run_job(conn, verdict.job.job_id, now=clock())
                     verdict = replace(verdict, ran_ok=error is None, run_error=error,
                                       last_success=clock() if error is None else verdict.last_success)
                 verdicts.append(verdict)
@@ -206,13 +225,3 @@ def check_and_run(conn: psycopg.Connection, *, lock_key: int, clock: Callable[[]
             conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
     finally:
         conn.autocommit = autocommit
-
-
-def _with_own_success(job: JobState, known: StorageHealth | None) -> JobState:
-    """``job`` with our own last successful run of it as its last success, if later. A job
-    whose scheduled runs still fail stays failing, and is run again at the next check."""
-    for verdict in known.verdicts if known is not None else ():
-        if verdict.job.job_id == job.job_id and verdict.last_success is not None:
-            if job.last_success is None or verdict.last_success > job.last_success:
-                return replace(job, last_success=verdict.last_success)
-    return job

@@ -204,7 +204,7 @@ class BatchWriter:
     def _check_storage_jobs(self) -> None:
         try:
             health = check_and_run(self._connection(), lock_key=MAINTENANCE_LOCK_KEY, clock=self._clock,
-                                   grace=GRACE, known=self.storage)
+                                   grace=GRACE)
         except psycopg.Error as error:  # reported on /metrics; retention and ingest go on
             log.error("storage jobs: cannot check them: %s", error)
             self.storage = replace(self.storage, checked_at=self._clock(), error=str(error).strip()[:300])
@@ -212,6 +212,9 @@ class BatchWriter:
         if health is None:
             return  # another process holds the maintenance lock and is checking them
         self.storage = health
+        for verdict in health.failing:
+            log.error("storage job %d (%s on %s) is not looked after: %s", verdict.job.job_id,
+                      verdict.job.proc_name, verdict.job.target, verdict.reason)
         for verdict in health.verdicts:
             if verdict.ran_ok is not None:
                 log.log(logging.INFO if verdict.ran_ok else logging.ERROR,

@@ -106,6 +106,12 @@ def test_timescale_policies_run_by_watchfloor_take_effect(timescale_db: Database
                             ("policy_refresh_continuous_aggregate", "device_health_hourly")}, ran
         assert all(ok is True for _, ok, _ in ran.values()), ran
         assert health.failing == ()
+        # run_job leaves TimescaleDB's statistics as they were: the outcome is ours to keep,
+        # and the next check reads it back and finds nothing due.
+        recorded = conn.execute("SELECT count(*) FROM storage_job_runs WHERE last_success_at IS NOT NULL"
+                                " AND last_error IS NULL").fetchone()
+        again = check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: datetime.now(timezone.utc),
+                              grace=GRACE)
         chunks = conn.execute(
             "SELECT range_start, range_end, is_compressed FROM timescaledb_information.chunks"
             " WHERE hypertable_name = 'telemetry' ORDER BY range_start").fetchall()
@@ -119,6 +125,8 @@ def test_timescale_policies_run_by_watchfloor_take_effect(timescale_db: Database
     assert [compressed for start, _, compressed in chunks if start < now - timedelta(days=3)] == [True], chunks
     assert [compressed for start, _, compressed in chunks if start > now - timedelta(days=2)] == [False], chunks
     assert materialized == (1, 1)  # the hour two hours ago; the 5-day-old report is outside the window
+    assert recorded == (5,)
+    assert again is not None and not any(v.run for v in again.verdicts) and again.failing == ()
 
 
 def test_timescale_jobs_are_left_alone_while_another_process_holds_the_maintenance_lock(
@@ -148,13 +156,18 @@ def test_db_maintain_reports_each_storage_job_on_timescale(timescale_db: Databas
     assert any("policy_refresh_continuous_aggregate on device_health_hourly" in line for line in lines)
 
 
-def test_timescale_jobs_checked_by_the_runtime_role_are_reported_failing_when_it_may_not_run_them(
-        timescale_db: Database) -> None:
+def test_timescale_jobs_are_run_by_the_owner_and_only_judged_by_the_runtime_role(timescale_db: Database) -> None:
     """The runtime role (which ingest uses) can read the jobs but run_job needs their owner:
-    every job it had to run is reported failing, with the refusal, not silently skipped."""
+    it leaves them alone and says so; an overdue job is then reported failing. Once
+    `db maintain`'s owner has run them, the runtime role reads that success and finds
+    storage looked after, though the scheduler's own statistics still say failed."""
+    later = datetime.now(timezone.utc) + timedelta(days=10)
     with runtime_role(timescale_db) as url, psycopg.connect(url, autocommit=True) as conn:
-        health = check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: datetime.now(timezone.utc)
-                               + timedelta(days=10), grace=GRACE)
-    assert health is not None and len(health.verdicts) == 5
-    assert len(health.failing) == 5
-    assert all(v.ran_ok is False and "permission" in (v.run_error or "") for v in health.verdicts)
+        barred = check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: later, grace=GRACE)
+        with timescale_db.connect() as owner:
+            run = check_and_run(owner, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: later, grace=GRACE)
+        after = check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: later, grace=GRACE)
+    assert barred is not None and len(barred.verdicts) == 5 and len(barred.failing) == 5
+    assert all(v.ran_ok is None and "owner" in v.reason for v in barred.verdicts)
+    assert run is not None and all(v.ran_ok is True for v in run.verdicts)
+    assert after is not None and after.failing == () and not any(v.run for v in after.verdicts)

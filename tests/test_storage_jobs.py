@@ -37,13 +37,23 @@ def test_a_job_whose_last_run_succeeded_recently_is_left_to_the_scheduler() -> N
 
 
 def test_a_job_the_scheduler_failed_is_run_and_says_why() -> None:
-    """The scheduler's last run failed (the "cannot drop portal" case): failing, run it, and
-    the error is in the reason."""
-    job = _job(last_run_status="Failed", last_success=None, total_failures=7,
+    """The scheduler's last run failed (the "cannot drop portal" case) and it never
+    succeeded: failing, run it, and the error is in the reason."""
+    job = _job(last_run_status="Failed", last_success=None, total_failures=7, created_at=NOW - HOUR,
                last_error='cannot drop portal "" while it is being set up')
     [verdict] = judge([job], now=NOW, grace=GRACE)
     assert verdict.status is JobStatus.FAILING and verdict.run
     assert "cannot drop portal" in verdict.reason
+
+
+def test_a_job_the_scheduler_fails_is_run_once_per_its_interval() -> None:
+    """Where the scheduler fails, Watchfloor does what it would have done: run the job again
+    once its interval has passed since the last success (ours included), not at every check."""
+    fresh = _job(last_run_status="Failed", last_success=NOW - 30 * timedelta(minutes=1))
+    due = _job(last_run_status="Failed", last_success=NOW - 12 * HOUR)
+    verdicts = judge([fresh, due], now=NOW, grace=GRACE)
+    assert [v.status for v in verdicts] == [JobStatus.FAILING, JobStatus.FAILING]
+    assert [v.run for v in verdicts] == [False, True]
 
 
 def test_a_job_with_no_success_for_two_intervals_is_overdue_even_without_a_failure() -> None:
@@ -59,23 +69,37 @@ def test_a_job_with_no_success_for_two_intervals_is_overdue_even_without_a_failu
     assert "never" in verdicts[2].reason
 
 
+def test_a_job_this_role_may_not_run_is_not_attempted_and_says_who_may() -> None:
+    """The runtime role is not the jobs' owner: it judges them but leaves run_job to
+    `watchfloor db maintain` as the owner, and the reason says so."""
+    [verdict] = judge([_job(last_run_status="Failed", last_success=None, created_at=NOW - HOUR, may_run=False)],
+                      now=NOW, grace=GRACE)
+    assert verdict.status is JobStatus.FAILING and not verdict.run
+    assert "owner" in verdict.reason
+
+
 def test_a_paused_job_is_reported_and_never_run() -> None:
     """A job switched off on purpose is someone's decision: reported, not run, not failing."""
-    [verdict] = judge([_job(scheduled=False, last_run_status="Failed", last_success=None)], now=NOW, grace=GRACE)
+    [verdict] = judge([_job(scheduled=False, last_run_status="Failed", last_success=None,
+                            created_at=NOW - timedelta(days=30))], now=NOW, grace=GRACE)
     assert verdict.status is JobStatus.PAUSED and not verdict.run
     assert StorageHealth(checked_at=NOW, verdicts=(verdict,)).failing == ()
 
 
-def test_storage_is_failing_only_where_watchfloors_own_run_failed_too() -> None:
-    """A failing job that Watchfloor ran successfully is looked after; one whose run failed
-    too is what the alert and the ``failing`` metric report."""
-    rescued, lost = judge([_job(job_id=1, last_run_status="Failed"), _job(job_id=2, last_run_status="Failed")],
-                          now=NOW, grace=GRACE)
+def test_storage_is_failing_where_a_job_is_overdue_and_this_check_did_not_run_it() -> None:
+    """Overdue and run successfully now: looked after. Overdue and the run failed (or was not
+    allowed): failing. A job the scheduler fails but that succeeded recently: not failing."""
+    old = NOW - timedelta(days=3)
+    rescued, lost, barred, covered = judge(
+        [_job(job_id=1, last_success=old), _job(job_id=2, last_success=old),
+         _job(job_id=3, last_success=old, may_run=False),
+         _job(job_id=4, last_run_status="Failed", last_success=NOW - HOUR)], now=NOW, grace=GRACE)
     health = StorageHealth(checked_at=NOW, verdicts=(
         replace(rescued, ran_ok=True, last_success=NOW),
         replace(lost, ran_ok=False, run_error="permission denied"),
+        barred, covered,
     ))
-    assert [v.job.job_id for v in health.failing] == [2]
+    assert [v.job.job_id for v in health.failing] == [2, 3]
 
 
 def test_only_databases_with_timescale_policies_have_jobs_to_check() -> None:
@@ -103,11 +127,12 @@ def _scrape(health: StorageHealth) -> dict[tuple[str, str], float]:
 
 
 def test_metrics_give_each_jobs_last_success_and_whether_storage_is_failing() -> None:
-    """Per job: the last success as a Unix time, the scheduler's failures, and failing 1 only
-    where Watchfloor's own run failed too."""
-    rescued, lost = judge([_job(job_id=1000, total_failures=3, last_run_status="Failed"),
-                           _job(job_id=1001, proc_name="policy_retention", last_run_status="Failed")],
-                          now=NOW, grace=GRACE)
+    """Per job: the last success as a Unix time, the scheduler's failures, scheduler_failing
+    where we cover for it, and failing 1 only where storage is not looked after."""
+    old = NOW - timedelta(days=3)
+    rescued, lost = judge([_job(job_id=1000, total_failures=3, last_run_status="Failed", last_success=old),
+                           _job(job_id=1001, proc_name="policy_retention", last_success=None,
+                                last_run_status="Failed")], now=NOW, grace=GRACE)
     samples = _scrape(StorageHealth(checked_at=NOW, verdicts=(replace(rescued, ran_ok=True, last_success=NOW),
                                                                replace(lost, ran_ok=False, last_success=None))))
     assert samples[("watchfloor_storage_job_last_success_timestamp_seconds", "1000")] == NOW.timestamp()

@@ -93,8 +93,9 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
             "; ran it: ok" if verdict.ran_ok else f"; ran it: FAILED: {verdict.run_error}")
         print(f"storage job {job.job_id} {job.proc_name} on {job.target}: {verdict.status}"
               f" ({verdict.reason}){ran}")
-    if health.failing:
-        sys.exit(f"storage jobs failing: {', '.join(str(v.job.job_id) for v in health.failing)}")
+    failed = [v for v in health.verdicts if v in health.failing or v.ran_ok is False]
+    if failed:
+        sys.exit(f"storage jobs failing: {', '.join(str(v.job.job_id) for v in failed)}")
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from telemetry.migrations import (
     v12_alert_escalation,
     v15_incident_command,
     v16_request_incident,
+    v17_storage_job_runs,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -44,4 +45,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(12, "alert escalation and history", v12_alert_escalation.apply),
     Migration(15, "incident command: grade, reference, commander, polygon, outcome", v15_incident_command.apply),
     Migration(16, "the incident a live-view request names", v16_request_incident.apply),
+    Migration(17, "watchfloor's own runs of the storage jobs", v17_storage_job_runs.apply),
 )

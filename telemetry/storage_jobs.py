@@ -5,8 +5,10 @@ Why: TimescaleDB runs these policies from its own scheduler, and a server where 
 scheduler fails leaves telemetry uncompressed and never dropped while the disk fills (on
 PostgreSQL 15.20 with TimescaleDB 2.28.3 every such job fails in the scheduler with
 "cannot drop portal", yet succeeds with ``CALL run_job(id)``). So ``watchfloor db
-maintain`` and ingest's hourly maintenance read each job's state, decide here, and run the
-failing or overdue ones themselves under the maintenance lock.
+maintain`` and ingest's hourly maintenance read each job's state, decide here, run the
+failing or overdue ones themselves under the maintenance lock where their role may (the
+jobs' owner), and record the outcome in ``storage_job_runs`` (``run_job`` leaves
+TimescaleDB's own statistics as they were).
 
 :func:`judge` is pure: job states in, a verdict per job out. :func:`read_jobs`,
 :func:`run_job` and :func:`check_and_run` are the thin adapter. On plain PostgreSQL (and on
@@ -35,11 +37,11 @@ __all__ = [
     "run_job",
 ]
 
-#: The policy procedures that Watchfloor's migrations schedule; other jobs on the server
-#: (a DBA's own, TimescaleDB's telemetry job) are not ours to judge or run.
 #: How late a job may be beyond two of its intervals: one period of ingest's hourly check.
 GRACE = timedelta(hours=1)
 
+#: The policy procedures that Watchfloor's migrations schedule; other jobs on the server
+#: (a DBA's own, TimescaleDB's telemetry job) are not ours to judge or run.
 POLICY_PROCS = ("policy_compression", "policy_retention", "policy_refresh_continuous_aggregate")
 
 

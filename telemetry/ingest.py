@@ -44,6 +44,7 @@ from telemetry.escalation import EscalationRules
 from telemetry.ingest_stats import IngestStats
 from telemetry.live_frame import encode_frames
 from telemetry.rejection_sampler import RejectionSampler
+from telemetry.storage_jobs import StorageHealth
 from telemetry.store import Batch, RejectedMessage
 from telemetry.writer import BatchWriter
 
@@ -144,6 +145,11 @@ class IngestWorker:
     def alert_policy_version(self) -> int:
         """The version of the alert policy this worker applies."""
         return self._writer.policy.version
+
+    @property
+    def storage_health(self) -> StorageHealth:
+        """The last check of TimescaleDB's storage jobs (never checked on plain PostgreSQL)."""
+        return self._writer.storage
 
     @property
     def protocol_name(self) -> str:

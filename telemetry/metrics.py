@@ -20,8 +20,10 @@ from prometheus_client.registry import Collector
 from telemetry.decode import Reason
 from telemetry.ingest import IngestWorker
 from telemetry.latency import LatencyHistogram
+from telemetry.storage_jobs import JobStatus, StorageHealth
 
-__all__ = ["LAG_BUCKETS_S", "IngestCollector", "MetricsServer", "histogram_family", "ingest_registry"]
+__all__ = ["LAG_BUCKETS_S", "IngestCollector", "MetricsServer", "histogram_family", "ingest_registry",
+           "storage_families"]
 
 #: Bucket edges in seconds: fine where the targets are (p99 < 0.5 s), coarse for outages.
 LAG_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
@@ -105,6 +107,38 @@ class IngestCollector(Collector):
                                 value=1 if w.broker_connected else 0)
         yield CounterMetricFamily("watchfloor_ingest_broker_connections", "Connections to the broker: the first, "
                                   "then one per reconnection", value=w.broker_connections)
+        yield from storage_families(w.storage_health)
+
+
+def storage_families(health: StorageHealth) -> Iterator[Metric]:
+    """TimescaleDB's storage jobs as the last check saw them (none on plain PostgreSQL): one
+    series per job, labelled by its id, procedure and target (a handful, never a device)."""
+    labels = ["job_id", "proc", "target"]
+    success = GaugeMetricFamily("watchfloor_storage_job_last_success_timestamp_seconds", "Unix time of the "
+                                "job's last success, the scheduler's or Watchfloor's own run_job (0: never)",
+                                labels=labels)
+    failing = GaugeMetricFamily("watchfloor_storage_job_failing", "1 while the job has had no success, the "
+                                "scheduler's or Watchfloor's, for two intervals and an hour: storage not looked after",
+                                labels=labels)
+    scheduler = GaugeMetricFamily("watchfloor_storage_job_scheduler_failing", "1 while TimescaleDB's scheduler "
+                                  "fails the job or runs it late (Watchfloor runs it itself where it may)",
+                                  labels=labels)
+    failures = CounterMetricFamily("watchfloor_storage_job_scheduler_failures", "Failed runs of the job in "
+                                   "TimescaleDB's scheduler (its job_stats.total_failures)", labels=labels)
+    still_failing = {v.job.job_id for v in health.failing}
+    for verdict in health.verdicts:
+        job = verdict.job
+        key = [str(job.job_id), job.proc_name, job.target]
+        success.add_metric(key, verdict.last_success.timestamp() if verdict.last_success else 0)
+        failing.add_metric(key, 1 if job.job_id in still_failing else 0)
+        scheduler.add_metric(key, 1 if verdict.status in (JobStatus.FAILING, JobStatus.OVERDUE) else 0)
+        failures.add_metric(key, job.total_failures)
+    yield from (success, failing, scheduler, failures)
+    yield GaugeMetricFamily("watchfloor_storage_jobs_last_check_timestamp_seconds", "Unix time of the last "
+                            "check of the storage jobs (0: never, as on plain PostgreSQL)",
+                            value=health.checked_at.timestamp() if health.checked_at else 0)
+    yield GaugeMetricFamily("watchfloor_storage_jobs_check_error", "1 if the last check could not read the "
+                            "jobs (see the log)", value=1 if health.error else 0)
 
 
 def ingest_registry(worker: IngestWorker, *, client_id: str) -> CollectorRegistry:

@@ -28,6 +28,7 @@ import psycopg
 from telemetry.migrations import MIGRATIONS, TIME_PARTITIONED, Retention
 
 __all__ = [
+    "MAINTENANCE_LOCK_KEY",
     "MIGRATIONS",
     "ensure_partitions",
     "features",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 _LOCK_KEY = 0x57415443  # "WATC": serialises migrations and maintenance across processes
+#: Held by whoever runs maintenance (retention here, the storage jobs in telemetry.storage_jobs).
+MAINTENANCE_LOCK_KEY = _LOCK_KEY + 1
 
 
 def _detect(conn: psycopg.Connection, timescaledb: str) -> frozenset[str]:
@@ -129,13 +132,14 @@ def run_maintenance(
 ) -> int:
     """Keep partitions ahead of time and apply retention. Returns partitions dropped.
 
-    With TimescaleDB's policies the server does this itself; on plain PostgreSQL (or an
+    With TimescaleDB's policies the server's jobs do this (and :mod:`telemetry.storage_jobs`
+    checks them and runs them where the scheduler fails); on plain PostgreSQL (or an
     Apache-only TimescaleDB) it is our job, and ingest calls this hourly.
     """
     today = _day(now)
     dropped = 0
     with conn.transaction():
-        got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_LOCK_KEY + 1,)).fetchone()
+        got = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (MAINTENANCE_LOCK_KEY,)).fetchone()
         if not got or not got[0]:
             return 0  # another process is doing it
         for table in TIME_PARTITIONED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
 import psycopg
@@ -22,7 +23,8 @@ from telemetry.custody import apply_dock_events
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
 from telemetry.retention import delete_expired, record_retention
-from telemetry.schema import ensure_partitions, features, run_maintenance
+from telemetry.schema import MAINTENANCE_LOCK_KEY, ensure_partitions, features, run_maintenance
+from telemetry.storage_jobs import GRACE, StorageHealth, check_and_run, has_policies
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
 
 __all__ = ["BatchWriter", "connect"]
@@ -53,6 +55,8 @@ class BatchWriter:
         self._ready_days: set[date] = set()
         self.feats: frozenset[str] = frozenset()
         self._policy: AlertPolicy | None = None
+        #: The last check of TimescaleDB's storage jobs (read by the metrics on scrape).
+        self.storage = StorageHealth(checked_at=None)
 
     def open(self) -> None:
         """Connect, and read the storage features that migration 1 chose and the alert policy."""
@@ -193,7 +197,8 @@ class BatchWriter:
         return self._conn
 
     def maintain(self) -> None:
-        """Partitions ahead and retention (raises ``psycopg.Error``; the caller retries later)."""
+        """Partitions ahead, retention, and TimescaleDB's storage jobs checked (and run where
+        the scheduler fails). Raises ``psycopg.Error``; the caller retries later."""
         dropped = run_maintenance(self._connection(), feats=self.feats,
                                   keep=timedelta(days=self._settings.retention_days), now=self._clock())
         if dropped:
@@ -203,3 +208,26 @@ class BatchWriter:
                                  now=self._clock())
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} from {t}" for t, n in deleted.items() if n))
+        if has_policies(self.feats):
+            self._check_storage_jobs()
+
+    def _check_storage_jobs(self) -> None:
+        try:
+            health = check_and_run(self._connection(), lock_key=MAINTENANCE_LOCK_KEY, clock=self._clock,
+                                   grace=GRACE)
+        except psycopg.Error as error:  # reported on /metrics; retention and ingest go on
+            log.error("storage jobs: cannot check them: %s", error)
+            self.storage = replace(self.storage, checked_at=self._clock(), error=str(error).strip()[:300])
+            return
+        if health is None:
+            return  # another process holds the maintenance lock and is checking them
+        self.storage = health
+        for verdict in health.failing:
+            log.error("storage job %d (%s on %s) is not looked after: %s", verdict.job.job_id,
+                      verdict.job.proc_name, verdict.job.target, verdict.reason)
+        for verdict in health.verdicts:
+            if verdict.ran_ok is not None:
+                log.log(logging.INFO if verdict.ran_ok else logging.ERROR,
+                        "storage job %d (%s on %s) %s: ran it ourselves, %s", verdict.job.job_id,
+                        verdict.job.proc_name, verdict.job.target, verdict.reason,
+                        "succeeded" if verdict.ran_ok else f"failed: {verdict.run_error}")

@@ -117,15 +117,20 @@ def test_compose_api_and_ingest_connect_as_the_runtime_role() -> None:
         assert has_key == (svc["command"][0] == "api"), name
 
 
-def test_k8s_migrations_alone_get_the_owner() -> None:
-    """The migrate Job alone gets the owner's URL and runs `db migrate`; the API and ingest get
-    the runtime role's; the API mounts the audit key (issue #13)."""
+def test_k8s_migrations_and_maintenance_alone_get_the_owner() -> None:
+    """The migrate Job and the hourly maintain CronJob (run_job needs the jobs' owner) alone
+    get the owner's URL, and run `db migrate` and `db maintain`; the API and ingest get the
+    runtime role's; the API mounts the audit key (issue #13)."""
     docs = [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in _load(path)]
     job = next(d for d in docs if d.get("kind") == "Job")
+    cron = next(d for d in docs if d.get("kind") == "CronJob")
+    (maintain,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedule"].split()[1:] == ["*"] * 4
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    _parser().parse_args(container["args"])
-    assert container["args"] == ["db", "migrate"]
-    assert {"name": "watchfloor-db-owner"} in [ref.get("secretRef") for ref in container["envFrom"]]
+    for owner, args in ((container, ["db", "migrate"]), (maintain, ["db", "maintain"])):
+        _parser().parse_args(owner["args"])
+        assert owner["args"] == args
+        assert {"name": "watchfloor-db-owner"} in [ref.get("secretRef") for ref in owner["envFrom"]]
     secrets = {d["metadata"]["name"]: d for d in _load(DEPLOY / "k8s" / "secrets.example.yaml")}
     assert set(secrets["watchfloor-db-owner"]["stringData"]) == {"WATCHFLOOR_MIGRATE_DATABASE_URL"}
     config = next(d for d in _load(DEPLOY / "k8s" / "configmap.yaml") if d["kind"] == "ConfigMap")["data"]

@@ -21,7 +21,8 @@ from simulator.fleet import FleetProfile
 from simulator.run import Simulator
 from telemetry.ingest import IngestWorker
 from telemetry.retention import delete_expired, record_retention
-from telemetry.schema import features, migrate, run_maintenance
+from telemetry.schema import MAINTENANCE_LOCK_KEY, features, migrate, run_maintenance
+from telemetry.storage_jobs import GRACE, check_and_run, has_policies
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import audit_key, cli_actor, database_url
 from watchfloor.camera_video import provision_to_file, uplink_from_files
@@ -76,8 +77,25 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
         dropped = run_maintenance(conn, feats=features(conn), keep=timedelta(days=settings.retention_days),
                                   now=datetime.now(timezone.utc))
         deleted = delete_expired(conn, retention=record_retention(settings), now=datetime.now(timezone.utc))
+        feats = features(conn)
+        health = (check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: datetime.now(timezone.utc),
+                                grace=GRACE) if has_policies(feats) else None)
     print(f"partitions dropped: {dropped}")
     print("rows deleted:", ", ".join(f"{table} {count}" for table, count in deleted.items()))
+    if not has_policies(feats):
+        return
+    if health is None:
+        print("storage jobs: not checked (another process holds the maintenance lock)")
+        return
+    for verdict in health.verdicts:
+        job = verdict.job
+        ran = "" if verdict.ran_ok is None else (
+            "; ran it: ok" if verdict.ran_ok else f"; ran it: FAILED: {verdict.run_error}")
+        print(f"storage job {job.job_id} {job.proc_name} on {job.target}: {verdict.status}"
+              f" ({verdict.reason}){ran}")
+    failed = [v for v in health.verdicts if v in health.failing or v.ran_ok is False]
+    if failed:
+        sys.exit(f"storage jobs failing: {', '.join(str(v.job.job_id) for v in failed)}")
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> None:
@@ -238,7 +256,8 @@ def _parser() -> argparse.ArgumentParser:
                                "WATCHFLOOR_DATABASE_RUNTIME_ROLE"), run=cmd_db_migrate)
     migrate_cmd.add_argument("--runtime-role", default=None, metavar="NAME",
                              help="the role the API and ingest connect as (an existing role that owns nothing)")
-    command(db, "maintain", help="create partitions ahead and apply retention",
+    command(db, "maintain", help="create partitions ahead, apply retention, check TimescaleDB's storage jobs"
+            " (and run those its scheduler fails)",
             env=(*_DB_ENV, "WATCHFLOOR_REJECTED_RETENTION_DAYS", "WATCHFLOOR_ALERTS_RETENTION_DAYS",
                  "WATCHFLOOR_VIEWINGS_RETENTION_DAYS"), run=cmd_db_maintain)
     return parser

@@ -26,6 +26,7 @@ from telemetry.migrations import (
     v14_device_assignments,
     v15_incident_command,
     v16_request_incident,
+    v17_storage_job_runs,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -48,4 +49,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(14, "who carried which camera: custody windows", v14_device_assignments.apply),
     Migration(15, "incident command: grade, reference, commander, polygon, outcome", v15_incident_command.apply),
     Migration(16, "the incident a live-view request names", v16_request_incident.apply),
+    Migration(17, "watchfloor's own runs of the storage jobs", v17_storage_job_runs.apply),
 )

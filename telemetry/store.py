@@ -16,7 +16,7 @@ from datetime import datetime
 import orjson
 import psycopg
 
-from core.contract import Event, Telemetry
+from core.reports import EventReport, TelemetryReport
 from telemetry.decode import Rejection, StatusChange
 
 __all__ = ["Batch", "RejectedMessage", "prepare_connection", "write_batch"]
@@ -34,8 +34,8 @@ class RejectedMessage:
 class Batch:
     """What one transaction stores, already decoded."""
 
-    telemetry: list[tuple[str, datetime, Telemetry]] = field(default_factory=list)
-    events: list[tuple[str, datetime, Event]] = field(default_factory=list)
+    telemetry: list[tuple[str, datetime, TelemetryReport]] = field(default_factory=list)
+    events: list[tuple[str, datetime, EventReport]] = field(default_factory=list)
     statuses: list[tuple[str, datetime, StatusChange]] = field(default_factory=list)
     rejected: list[RejectedMessage] = field(default_factory=list)  # the rows to keep (telemetry/rejection_sampler.py)
     new_devices: set[str] = field(default_factory=set)
@@ -105,7 +105,7 @@ def prepare_connection(conn: psycopg.Connection) -> None:
         conn.execute(_STAGES)
 
 
-def _telemetry_row(device_id: str, received_at: datetime, t: Telemetry) -> tuple[object, ...]:
+def _telemetry_row(device_id: str, received_at: datetime, t: TelemetryReport) -> tuple[object, ...]:
     gps = t.gps
     return (
         device_id, t.ts, t.seq, received_at, t.battery.pct, t.battery.charging, t.battery.temp_c,

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 
+import msgspec
 import psycopg
 
 from core.settings import Settings
@@ -139,10 +140,10 @@ class BatchWriter:
         singles: list[tuple[Batch, str, bytes]] = []
         for d, r, t in batch.telemetry:
             singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
-                            d, t.model_dump_json().encode()))
+                            d, msgspec.json.encode(t)))
         for d, r, e in batch.events:
             singles.append((Batch(events=[(d, r, e)], new_devices={d} & batch.new_devices),
-                            d, e.model_dump_json().encode()))
+                            d, msgspec.json.encode(e)))
         refused: list[RejectedMessage] = list(batch.rejected)
         with conn.transaction():
             for single, device_id, payload in singles:

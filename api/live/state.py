@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from core.contract import Telemetry
+from core.reports import TelemetryReport
 from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
 
 __all__ = ["POSITION_FIELDS", "REGISTRY_FIELDS", "UNIT_FIELDS", "Changes", "FleetState", "Left",
@@ -31,7 +31,7 @@ UNIT_FIELDS = ("device_id", "callsign", "officer", "borough", "role", "ts", "rec
                "recording", "storage_pct", "docked", "live", "viewers", "online")
 
 
-def telemetry_fields(t: Telemetry, received: datetime) -> dict[str, Any]:
+def telemetry_fields(t: TelemetryReport, received: datetime) -> dict[str, Any]:
     """The unit fields a telemetry report sets (its position only when it has a fix)."""
     fields = dict(ts=t.ts, received_at=received, battery_pct=t.battery.pct, charging=t.battery.charging,
                   recording=t.recording.value, storage_pct=t.storage_pct, docked=t.docked, live=t.live,
@@ -181,6 +181,6 @@ def broker_update(topic: str, payload: bytes, *, now: datetime,
     result = decode(topic, payload, now=now, limits=limits)
     if isinstance(result, StatusChange):
         return result.device_id, status_fields(result.online)
-    if isinstance(result, Decoded) and isinstance(result.message, Telemetry):
+    if isinstance(result, Decoded) and isinstance(result.message, TelemetryReport):
         return result.device_id, telemetry_fields(result.message, now)
     return None

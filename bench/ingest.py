@@ -1,20 +1,37 @@
-"""bench/ingest: sustained ingest throughput and publish-to-commit latency, beside a
-baseline measured in the same run (the broker delivering to a bare subscriber).
+"""bench/ingest: what one stored message costs, as messages per core-second of ingest CPU,
+beside a bare subscriber and beside main's ingest, measured in the same run.
 
-    .venv/bin/python bench/ingest.py [--rates 5000,10000,20000,25000] [--seconds 10] [--alerts both]
+    .venv/bin/python bench/ingest.py [--rates 10000] [--seconds 10] [--workers 1,2] [--protocols 5,3.1.1]
+        [--alerts-off]
 
-Needs the machine's PostgreSQL (``--database``) and a ``mosquitto`` binary: a Mosquitto is
-started from deploy/mosquitto/mosquitto.conf on a spare port. The load comes from a
-separate process (bench/loadgen.py) spread over 22,000 device ids. Prints a table.
+For each configuration (one worker or two in a ``$share`` group; MQTT 5 or 3.1.1) and each
+offered rate it measures, one after the other on the same broker and database:
 
-``--alerts both`` (the default) runs ingest twice in the same run, with the alert engine (the
-rules and the force's alert policy) on and off (``WATCHFLOOR_INGEST_RAISE_ALERTS=false``:
-store only), and prints their ratio per rate: issue #15 asks for "on" within 5% of "off".
+* the **bare subscriber**: main's paho subscriber that does no work (the project's read
+  buffer, MQTT 3.1.1, QoS 1 acknowledged by paho), its messages per core-second;
+* **main's ingest**: the same workers run from the baseline commit below, unpacked with
+  ``git archive`` into a scratch folder (``--baseline-commit``; ``--no-baseline`` skips it);
+* **this tree's ingest**;
+* with ``--alerts-off``, this tree's ingest again with the alert engine off
+  (``WATCHFLOOR_INGEST_RAISE_ALERTS=false``: store only), and the ratio of "on" to it: issue
+  #15 asks for the alert rules and the force's policy to cost at most 5%.
+
+A party's messages per core-second is what it stored (or received) divided by the CPU
+seconds its processes used from the start of the load until the last message was stored
+(so a party that falls behind pays for its catch-up). The ratio to the bare subscriber is
+the figure issue #17 sets a target for (at least 0.67); the absolute figures vary threefold
+from one day to the next on a shared machine. Baseline (main before the lean ingest):
+6be523f9048d72f0a9c12012d70829986e21d41a.
+
+Needs the machine's PostgreSQL (``--database``), ``git``, and a ``mosquitto`` binary: a
+Mosquitto is started from deploy/mosquitto/mosquitto.conf on a spare port. The load comes
+from a separate process (bench/loadgen.py) spread over 22,000 device ids.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -29,8 +46,11 @@ import psutil
 import psycopg
 from common import ROOT, scratch_stack
 
-from core.mqtt import BrokerAddress, new_client, publish_all  # noqa: E402
+from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
+
+#: main before the lean ingest (issue #17), whose ingest runs beside this tree's.
+BASELINE_COMMIT = "6be523f9048d72f0a9c12012d70829986e21d41a"
 
 
 @dataclass
@@ -44,6 +64,13 @@ class Row:
     cpu_self: float
     cpu_broker: float
     cpu_db: float
+    count: int  # messages stored (or received), load and catch-up
+    cpu_s: float  # CPU seconds of the measured processes over the same span
+
+    @property
+    def per_core_s(self) -> float:
+        """Messages per core-second of the measured processes' CPU."""
+        return self.count / self.cpu_s if self.cpu_s > 0 else float("nan")
 
 
 Snapshot = tuple[float, float, float, float]  # wall clock, then CPU seconds of each party
@@ -126,11 +153,12 @@ def bare_subscriber(url: str, rate: int, seconds: float, cpu: CpuMeter) -> Row:
     while received[0] < sent and time.monotonic() - t_end < 60:
         time.sleep(0.05)
     catch_up = time.monotonic() - t_end
+    done = cpu.snapshot()
     client.disconnect()
     client.loop_stop()
     me, broker, db = CpuMeter.percent(start, end)
     return Row("bare subscriber", rate, at_end / seconds, latency.quantile(0.5), latency.quantile(0.99),
-               catch_up, me, broker, db)
+               catch_up, me, broker, db, received[0], done[1] - start[1])
 
 
 def _epoch(rfc3339: str) -> float:
@@ -210,112 +238,174 @@ def ingest(url: str, db_url: str, rate: int, seconds: float, cpu: CpuMeter, labe
         while _stored(db_url) - before < sent and time.monotonic() - t_end < 120:
             time.sleep(0.2)
         catch_up = time.monotonic() - t_end
+        done = cpu.snapshot()
     me, broker, db = CpuMeter.percent(start, end)
     return Row(label, rate, at_end / seconds, probe.latency.quantile(0.5), probe.latency.quantile(0.99),
-               catch_up, me, broker, db)
+               catch_up, me, broker, db, _stored(db_url) - before, done[1] - start[1])
 
 
-def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Path,
-                   alerts: bool) -> list[subprocess.Popen[bytes]]:
-    import os
-
+def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Path, *, tree: Path,
+                   tag: str, alerts: bool = True) -> list[subprocess.Popen[bytes]]:
+    """``count`` ingest processes run from ``tree``, in a ``$share`` group of their own (a
+    stopped group's sessions must not take a share of the next one's messages)."""
     procs = []
     for n in range(count):
-        env = dict(os.environ, WATCHFLOOR_MQTT_URL=url, WATCHFLOOR_DATABASE_URL=db_url,
-                   WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_RAISE_ALERTS=str(alerts).lower(),
-                   # A session and a shared group per mode: the stopped "off" workers' sessions
-                   # outlive them at the broker, and would still take their share of the group's
-                   # messages (queued, never stored) from the "on" workers.
-                   WATCHFLOOR_INGEST_CLIENT_ID=f"watchfloor-bench-ingest-{'on' if alerts else 'off'}-{n}",
-                   WATCHFLOOR_INGEST_SHARE_GROUP=f"bench-ingest-{'on' if alerts else 'off'}",
-                   WATCHFLOOR_MQTT_SESSION_EXPIRY_S="60")
-        log = (workdir / f"ingest-{n}.log").open("ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], env=env, cwd=ROOT,
+        env = dict(os.environ, WATCHFLOOR_MQTT_URL=url, WATCHFLOOR_DATABASE_URL=db_url, PYTHONPATH=str(tree),
+                   WATCHFLOOR_MQTT_PROTOCOL=protocol, WATCHFLOOR_INGEST_CLIENT_ID=_client_id(tag, n),
+                   WATCHFLOOR_INGEST_SHARE_GROUP=f"bench-{tag}",
+                   # Off: store only, no alert rules or policy (the baseline commit ignores it).
+                   WATCHFLOOR_INGEST_RAISE_ALERTS=str(alerts).lower())
+        log = (workdir / f"ingest-{tag}-{n}.log").open("ab")
+        procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", "ingest"], env=env, cwd=tree,
                                       stdout=log, stderr=log))
     return procs
 
 
-def _wait_subscribed(url: str, db_url: str, mode: str) -> None:
-    """Until the workers store a report of their own device: they have subscribed, so the
-    load that follows is not published into the void (a fixed sleep was too short on a busy
-    machine, and the lost messages then read as a 120 s catch-up)."""
-    device = f"ready-{mode}"
-    deadline = time.monotonic() + 60
-    for seq in range(1_000_000):
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        report = orjson.dumps({"seq": seq, "ts": stamp, "battery": {"pct": 90, "charging": False},
-                               "gps": {"lat": 51.5, "lon": -0.12, "accuracy_m": 5.0}, "recording": "off"})
-        publish_all(url, [(f"watchfloor/v1/devices/{device}/telemetry", report)], client_id=f"bench-{device}")
+def _wait_until_storing(url: str, db_url: str, tag: str, timeout: float = 120.0) -> None:
+    """Until the workers store a report: started, subscribed (a ``$share`` group drops what
+    arrives before its first subscriber) and done with their start-up work, which must not
+    count as the load's CPU."""
+    from datetime import datetime, timezone
+
+    address = BrokerAddress.parse(url)
+    client = new_client(address, client_id=f"ready-{tag}", protocol=paho.MQTTv311)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    device = f"bench-ready-{tag}"
+    deadline = time.monotonic() + timeout
+    try:
         with psycopg.connect(db_url, autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM device_latest WHERE device_id = %s", (device,)).fetchone():
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit("the ingest workers did not subscribe within 60 s")
-        time.sleep(0.5)
+            seq = 0
+            while time.monotonic() < deadline:
+                seq += 1
+                now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+                client.publish(f"watchfloor/v1/devices/{device}/telemetry", orjson.dumps({
+                    "seq": seq, "ts": now, "battery": {"pct": 50, "charging": False}, "gps": None,
+                    "recording": "off"}), qos=1)
+                if conn.execute("SELECT 1 FROM device_latest WHERE device_id = %s", (device,)).fetchone():
+                    return
+                time.sleep(0.5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    raise SystemExit(f"ingest workers {tag} stored nothing within {timeout:.0f}s")
+
+
+def _client_id(tag: str, n: int) -> str:
+    return f"watchfloor-bench-{tag}-{n}"
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]], url: str, tag: str) -> None:
+    """Stop them, then end their persistent sessions, which the broker would otherwise keep
+    queueing the load for."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.wait(20)
+    address = BrokerAddress.parse(url)
+    for n in range(len(workers)):
+        client = new_client(address, client_id=_client_id(tag, n), protocol=paho.MQTTv311, clean=True)
+        client.connect(address.host, address.port)
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+
+
+def _baseline_tree(commit: str, into: Path) -> Path:
+    """The baseline commit's files (``git archive``), to run its ingest beside this tree's."""
+    into.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    # Its ingest must import its own code, not this tree's (installed in editable mode).
+    probe = subprocess.run([sys.executable, "-c", "import telemetry.decode as d; print(d.__file__)"],
+                           cwd=into, env=dict(os.environ, PYTHONPATH=str(into)), capture_output=True, text=True,
+                           check=True).stdout.strip()
+    if not Path(probe).is_relative_to(into):
+        raise SystemExit(f"the baseline tree imports {probe}, not its own code")
+    return into
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="5000,10000,20000,25000")
+    parser.add_argument("--rates", default="10000")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--protocol", default="auto", choices=["auto", "5", "3.1.1"])
+    parser.add_argument("--protocols", default="5,3.1.1", help="comma-separated: 5, 3.1.1")
     parser.add_argument("--timescaledb", default="off", choices=["auto", "off", "require"])
-    parser.add_argument("--workers", type=int, default=1, help="ingest processes in one $share group")
-    parser.add_argument("--alerts", default="both", choices=["both", "on", "off"],
-                        help="ingest with the alert engine on, off (store only), or both in turn")
+    parser.add_argument("--workers", default="1,2", help="ingest processes in one $share group, comma-separated")
+    parser.add_argument("--baseline-commit", default=BASELINE_COMMIT)
+    parser.add_argument("--no-baseline", action="store_true", help="skip main's ingest")
+    parser.add_argument("--alerts-off", action="store_true",
+                        help="also this tree's ingest with the alert engine off (store only), for the ratio on/off")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
-    modes = {"both": [False, True], "on": [True], "off": [False]}[args.alerts]
+    configs = [(int(w), p) for w in args.workers.split(",") for p in args.protocols.split(",")]
 
-    rows: list[Row] = []
-    by_mode: dict[bool, list[Row]] = {}
+    summary: list[tuple[str, int, Row, Row | None, Row, Row | None]] = []
     with scratch_stack(args.database, prefix="wf-bench", timescaledb=args.timescaledb) as (broker, db_url):
         workdir = broker.workdir.parent
+        # (name, tree, alert engine on): "store only" is this tree with the alert engine off,
+        # for issue #15's "ingest with the policy engine on within 5% of without".
+        trees = [("lean", ROOT, True)]
+        if args.alerts_off:
+            trees.append(("store only", ROOT, False))
+        if not args.no_baseline:
+            trees.insert(0, ("main", _baseline_tree(args.baseline_commit, workdir / "baseline"), True))
         cpu = CpuMeter(broker.pid or 0, db_url)
-        # Baselines first, before ingest subscribes, so that nothing else shares the broker.
-        baselines = [bare_subscriber(broker.url, rate, args.seconds, cpu) for rate in rates]
-        for alerts in modes:
-            workers = _start_workers(args.workers, broker.url, db_url, args.protocol, workdir, alerts)
-            cpu.watch([psutil.Process(w.pid) for w in workers])
-            _wait_subscribed(broker.url, db_url, "on" if alerts else "off")
-            label = f"ingest ×{args.workers} alerts {'on' if alerts else 'off'}"
-            by_mode[alerts] = []
-            try:
-                for rate, baseline in zip(rates, baselines):
-                    row = ingest(broker.url, db_url, rate, args.seconds, cpu, label)
-                    by_mode[alerts].append(row)
-                    rows += [baseline, row]
-                    print(_format(rows[-2:], header=len(rows) == 2), flush=True)
-            finally:
-                for w in workers:
-                    w.terminate()
-                    w.wait(20)
+        header = True
+        for workers, protocol in configs:
+            config = f"×{workers} MQTT {protocol}"
+            for rate in rates:
+                cpu.watch([psutil.Process()])
+                bare = bare_subscriber(broker.url, rate, args.seconds, cpu)
+                measured: dict[str, Row] = {}
+                for name, tree, alerts in trees:
+                    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+                    procs = _start_workers(workers, broker.url, db_url, protocol, workdir, tree=tree, tag=tag,
+                                           alerts=alerts)
+                    try:
+                        _wait_until_storing(broker.url, db_url, tag)
+                        cpu.watch([psutil.Process(p.pid) for p in procs])
+                        measured[name] = ingest(broker.url, db_url, rate, args.seconds, cpu,
+                                                f"{name} ingest {config}")
+                    finally:
+                        _stop_workers(procs, broker.url, tag)
+                rows = [bare, *measured.values()]
+                print(_format(rows, header=header), flush=True)
+                header = False
+                summary.append((config, rate, bare, measured.get("main"), measured["lean"], measured.get("store only")))
 
     print()
-    print(f"ratio of ingest to bare subscriber, per offered rate (MQTT {args.protocol}):")
-    for alerts, measured in by_mode.items():
-        for bare, ing in zip(baselines, measured):
-            print(f"  alerts {'on ' if alerts else 'off'} {bare.offered:>7.0f}/s: "
-                  f"{ing.delivered_per_s / bare.delivered_per_s:.0%}")
-    if len(by_mode) == 2:
-        print("ratio of ingest with the alert engine on to off (goal: at least 95%):")
-        for off, on in zip(by_mode[False], by_mode[True]):
-            print(f"  {off.offered:>7.0f}/s: {on.delivered_per_s / off.delivered_per_s:.1%}"
-                  f" (p99 {on.p99_ms or 0:.0f} ms on, {off.p99_ms or 0:.0f} ms off)")
+    print("messages per core-second (stored by ingest, received by the bare subscriber), and ingest's ratio")
+    print("to the bare subscriber; target: lean at least 0.67")
+    print(f"| configuration | offered/s | bare | main ({args.baseline_commit[:7]}) | main ratio | lean | lean ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for config, rate, bare, main_row, lean, _ in summary:
+        main_cells = (f"{main_row.per_core_s:,.0f} | {main_row.per_core_s / bare.per_core_s:.2f}"
+                      if main_row is not None else "- | -")
+        print(f"| {config} | {rate} | {bare.per_core_s:,.0f} | {main_cells} | {lean.per_core_s:,.0f}"
+              f" | {lean.per_core_s / bare.per_core_s:.2f} |")
+    if args.alerts_off:
+        print()
+        print("the alert engine's cost: messages per core-second with it on, to store only (goal: at least 0.95)")
+        for config, rate, _, _, lean, store_only in summary:
+            assert store_only is not None
+            print(f"  {config} {rate}/s: {lean.per_core_s / store_only.per_core_s:.2f}")
 
 
 def _format(rows: list[Row], header: bool) -> str:
     lines = []
     if header:
-        lines.append(f"| {'what':<22} | offered/s | stored or delivered/s | p50 ms | p99 ms | catch-up s "
-                     "| CPU measured % | CPU broker % | CPU db % |")
-        lines.append("|" + "|".join(["---"] * 9) + "|")
+        lines.append(f"| {'what':<28} | offered/s | stored or delivered/s | p50 ms | p99 ms | catch-up s "
+                     "| CPU measured % | CPU broker % | CPU db % | msg per core-s |")
+        lines.append("|" + "|".join(["---"] * 10) + "|")
     for r in rows:
         p50 = f"{r.p50_ms:.0f}" if r.p50_ms is not None else "-"
         p99 = f"{r.p99_ms:.0f}" if r.p99_ms is not None else "-"
-        lines.append(f"| {r.what:<22} | {r.offered:>9.0f} | {r.delivered_per_s:>21.0f} | {p50:>6} | {p99:>6} "
-                     f"| {r.catch_up_s:>10.1f} | {r.cpu_self:>10.0f} | {r.cpu_broker:>12.0f} | {r.cpu_db:>8.0f} |")
+        lines.append(f"| {r.what:<28} | {r.offered:>9.0f} | {r.delivered_per_s:>21.0f} | {p50:>6} | {p99:>6} "
+                     f"| {r.catch_up_s:>10.1f} | {r.cpu_self:>14.0f} | {r.cpu_broker:>12.0f} | {r.cpu_db:>8.0f} "
+                     f"| {r.per_core_s:>14,.0f} |")
     return "\n".join(lines)
 
 

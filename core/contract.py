@@ -8,6 +8,7 @@ integers or floats (JSON does not distinguish ``12`` from ``12.0`` reliably acro
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -154,12 +155,12 @@ class Event(_Strict):
         """An ``undocked`` event's ``officer`` and ``callsign`` (since 1.2) open a custody
         window, so they are held to the contract like any field; other details stay free."""
         if self.type is EventType.UNDOCKED and self.details is not None:
-            checkout_of(self)
+            checkout_of(self.details)
         return self
 
     def checkout(self) -> Checkout | None:
         """Who took the camera out of its dock, if this is an ``undocked`` event that says so."""
-        return checkout_of(self) if self.type is EventType.UNDOCKED else None
+        return checkout_of(self.details) if self.type is EventType.UNDOCKED else None
 
 
 #: Lengths of an officer's name and a callsign wherever they are stored (the registry's too).
@@ -175,11 +176,11 @@ class Checkout(_Strict):
     callsign: str | None = None
 
 
-def checkout_of(event: Event) -> Checkout | None:
+def checkout_of(details: Mapping[str, Any] | None) -> Checkout | None:
     """The checkout an ``undocked`` event's details carry: None if they name no officer (a
     1.0/1.1 camera, or a dock that does not know who). Raises the pydantic error a decoder
     maps to ``wrong_type`` or ``out_of_range`` if the fields are malformed."""
-    details = event.details or {}
+    details = details or {}
     officer, callsign = details.get("officer"), details.get("callsign")
     if officer is None:
         if callsign is not None:

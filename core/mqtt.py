@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,10 +27,12 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from core.paho_internals import BufferedClient, deliver_publishes
 
 __all__ = ["BrokerAddress", "BufferedClient", "Inbound", "LoopHandover", "MqttSession", "detect_protocol",
            "new_client", "publish_all"]
@@ -105,63 +106,6 @@ class LoopHandover:
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("%s: queue full, dropped a message on %s", self._name, topic)
-
-
-class BufferedClient(paho.Client):
-    """paho's client with a read buffer and batched acknowledgements.
-
-    Measured in bench/ingest: stock paho reads each PUBLISH with three or four ``recv()``
-    calls and handles one packet per ``select()``, and every ``ack()`` is a packet of its
-    own with a wake-up write. At 15,000 msg/s that was half of the ingest process's CPU.
-    Here one ``recv()`` of 64 KiB feeds many packets, every wake-up drains the buffer, and
-    :meth:`ack_many` queues the PUBACKs of a committed batch as one write. This relies on
-    paho's private ``_sock_recv``, ``_handle_on_message`` and ``_packet_queue``
-    (paho-mqtt 2.1–2.2, pinned in pyproject.toml).
-    """
-
-    _READ_SIZE = 65_536
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._read_buffer = b""
-        self._read_at = 0
-
-    def _buffered(self) -> bool:
-        return self._read_at < len(self._read_buffer)
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if not self._buffered():
-            data = super()._sock_recv(self._READ_SIZE)  # BlockingIOError when nothing came
-            if not data:
-                return data  # connection closed
-            self._read_buffer, self._read_at = data, 0
-        chunk = self._read_buffer[self._read_at:self._read_at + bufsize]
-        self._read_at += len(chunk)
-        return chunk
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
-        # No per-topic callbacks are used here, so skip paho's topic matcher (about 5% of
-        # ingest's CPU) and call on_message directly, as paho does when none match.
-        on_message = self.on_message
-        if on_message is not None:
-            with self._in_callback_mutex:
-                on_message(self, self._userdata, message)
-
-    def reconnect(self) -> MQTTErrorCode:
-        self._read_buffer, self._read_at = b"", 0  # bytes of the old connection are void
-        return super().reconnect()
-
-    def ack_many(self, mids: list[int]) -> None:
-        """PUBACK every mid (QoS 1) in one queued write, in order."""
-        if mids:
-            packet = b"".join([struct.pack("!BBH", paho.PUBACK, 2, mid) for mid in mids])
-            self._packet_queue(paho.PUBACK, packet, 0, 0)
 
 
 ClientT = TypeVar("ClientT", bound=BufferedClient)
@@ -266,7 +210,7 @@ class MqttSession:
         # paho types its callback setters as a union that mypy reduces to Never.
         self._client.on_connect = self._on_connect  # type: ignore[assignment]
         self._client.on_disconnect = self._on_disconnect  # type: ignore[assignment]
-        self._client.on_message = self._on_message  # type: ignore[assignment]
+        deliver_publishes(self._client, self._on_publish)
         self._client.on_subscribe = self._on_subscribe  # type: ignore[assignment]
 
     @property
@@ -343,6 +287,5 @@ class MqttSession:
     def _on_subscribe(self, client: paho.Client, u: object, mid: int, reasons: object, p: object) -> None:
         self.subscribed.set()
 
-    def _on_message(self, client: paho.Client, u: object, message: paho.MQTTMessage) -> None:
-        self._deliver(Inbound(self._generation, message.mid, message.qos, message.topic,
-                              bytes(message.payload), time.time()))
+    def _on_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        self._deliver(Inbound(self._generation, mid, qos, topic, payload, time.time()))

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import selectors
-import socket
 import time
 from collections import deque
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 
-from core.mqtt import BrokerAddress, BufferedClient, new_client
+from core.mqtt import BrokerAddress, new_client
+from core.paho_internals import CorkedClient
 
 __all__ = ["ClientPool"]
 
@@ -28,59 +28,6 @@ log = logging.getLogger(__name__)
 _MAX_BACKLOG_BYTES = 1024 * 1024
 
 
-class _CorkedClient(BufferedClient):
-    """Collects outgoing packets and sends them with one ``send()`` per pump.
-
-    Driven without a network thread, paho writes every publish with a ``send()`` of its
-    own: for a fleet that was a quarter of the simulator's CPU. paho still frames, numbers
-    and tracks every packet; only the syscall is batched.
-    """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self._unsent = bytearray()
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        self._unsent += buf
-        return len(buf)
-
-    @property
-    def backlog(self) -> int:
-        return len(self._unsent)
-
-    def flush(self) -> bool:
-        """Send what the socket takes now; True when nothing is left."""
-        sock = self._sock
-        if not self._unsent or sock is None:
-            return True
-        try:
-            sent = sock.send(self._unsent)
-        except BlockingIOError:
-            return False
-        except OSError:
-            self._unsent.clear()  # the connection is gone; paho notices on its next read
-            return True
-        del self._unsent[:sent]
-        return not self._unsent
-
-    def reconnect(self) -> MQTTErrorCode:
-        self._unsent.clear()
-        return super().reconnect()
-
-    def _sock_close(self) -> None:
-        # paho closes the socket right after "sending" DISCONNECT; send it for real first,
-        # or the broker sees a lost connection and publishes the Last Will.
-        sock = self._sock
-        if isinstance(sock, socket.socket) and self._unsent:
-            try:
-                sock.settimeout(1.0)
-                sock.sendall(self._unsent)
-            except OSError:
-                pass
-            self._unsent.clear()
-        super()._sock_close()
-
-
 class ClientPool:
     def __init__(self, address: BrokerAddress, *, prefix: str, count: int,
                  wills: list[str | None], keepalive_s: int = 30,
@@ -88,7 +35,7 @@ class ClientPool:
         self._address = address
         self._keepalive_s = keepalive_s
         self._selector = selectors.DefaultSelector()
-        self._clients: list[_CorkedClient] = []
+        self._clients: list[CorkedClient] = []
         self._dirty: set[int] = set()  # connections with bytes still to send
         self.dropped = 0
         self._up: list[bool] = [False] * count
@@ -98,7 +45,7 @@ class ClientPool:
         # this the oldest are dropped, as a camera's own inbox would overflow.
         self.inbox: deque[tuple[str, bytes]] = deque(maxlen=10_000)
         for index in range(count):
-            client = new_client(address, client_id=f"{prefix}-{index}", protocol=paho.MQTTv311, cls=_CorkedClient)
+            client = new_client(address, client_id=f"{prefix}-{index}", protocol=paho.MQTTv311, cls=CorkedClient)
             # A pooled connection carries hundreds of devices: let QoS 1 flow, but bound
             # what waits for a PUBACK (the rest is dropped and counted, never hoarded).
             client.max_inflight_messages_set(1_000)

@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from core.contract import Event, EventType, Telemetry
+from core.contract import EventType
+from core.reports import EventReport, TelemetryReport
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.escalation import ESCALATED_TO, ESCALATING_SEVERITIES, EscalationRules, escalation_due
 from telemetry.geometry import parse_ring
@@ -77,7 +78,7 @@ class _StateRule:
     raise_when: str
     clear_when: str
     detail: str  # SQL expression
-    candidate: Callable[[Telemetry | None, bool | None, AlertRules], bool]
+    candidate: Callable[[TelemetryReport | None, bool | None, AlertRules], bool]
 
 
 STATE_RULES: Sequence[_StateRule] = (
@@ -156,7 +157,7 @@ def _raise(cur: psycopg.Cursor[dict[str, Any]], kind: str, found: list[dict[str,
     return cur.fetchall()
 
 
-def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: dict[str, Telemetry],
+def _apply_state_rules(conn: psycopg.Connection, device_ids: list[str], newest: dict[str, TelemetryReport],
                        online: dict[str, bool], rules: AlertRules, policy: AlertPolicy) -> list[dict[str, Any]]:
     changes: list[dict[str, Any]] = []
     base = rules.params()
@@ -196,7 +197,7 @@ _EVENT_CLEARS: dict[EventType, str] = {
 }
 
 
-def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: Event,
+def _apply_event(cur: psycopg.Cursor[dict[str, Any]], device_id: str, event: EventReport,
                  policy: AlertPolicy) -> list[dict[str, Any]]:
     if event.type in _EVENT_ALERTS:
         kind, detail = _EVENT_ALERTS[event.type]
@@ -223,7 +224,7 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
     with conn.cursor(row_factory=dict_row) as cur:
         for device_id, _, event in sorted(batch.events, key=lambda e: (e[2].ts, e[2].seq)):
             changes += _apply_event(cur, device_id, event, policy)
-    newest: dict[str, Telemetry] = {}
+    newest: dict[str, TelemetryReport] = {}
     for device_id, _, report in batch.telemetry:
         seen = newest.get(device_id)
         if seen is None or (report.ts, report.seq) > (seen.ts, seen.seq):

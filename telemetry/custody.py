@@ -32,7 +32,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
-from core.contract import Event, EventType
+from core.contract import EventType
+from core.reports import EventReport
 
 __all__ = [
     "ASSIGNMENT_COLUMNS",
@@ -166,7 +167,7 @@ def close_assignment(conn: psycopg.Connection, *, device_id: str, at: datetime, 
     return "closed"
 
 
-def apply_dock_events(conn: psycopg.Connection, events: Iterable[tuple[str, Event]]) -> Counter[str]:
+def apply_dock_events(conn: psycopg.Connection, events: Iterable[tuple[str, EventReport]]) -> Counter[str]:
     """Open and close windows from a batch's ``undocked`` and ``docked`` events (stored
     already in ``device_events``, in this transaction). Devices are taken in id order, so
     two workers lock them in the same order. Returns the outcomes counted (``opened``,

@@ -34,9 +34,10 @@ import orjson
 import paho.mqtt.client as paho
 import psycopg
 
-from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, LIVE_UNITS_TOPIC, TOPIC_ROOT, Event
+from core.contract import ALERT_POLICY_TOPIC, ALERTS_TOPIC, CHANNELS, LIVE_UNITS_TOPIC, TOPIC_ROOT
 from core.mqtt import BrokerAddress, Inbound, MqttSession, detect_protocol
 from core.ratelimit import TokenBuckets
+from core.reports import EventReport
 from core.settings import Settings
 from telemetry.alerts import AlertRules, Geofence
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
@@ -297,7 +298,7 @@ class IngestWorker:
                 batch.rejected += self.sampler.admit(RejectedMessage(result, item.topic, item.payload[:keep], received))
             elif isinstance(result, StatusChange):
                 batch.statuses.append((result.device_id, received, result))
-            elif isinstance(result.message, Event):
+            elif isinstance(result.message, EventReport):
                 batch.events.append((result.device_id, received, result.message))
             else:
                 batch.telemetry.append((result.device_id, received, result.message))

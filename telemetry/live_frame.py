@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from core.contract import Telemetry
+from core.reports import TelemetryReport
 from telemetry.store import Batch
 
 __all__ = ["FRAME_MAX_BYTES", "FRAME_VERSION", "FrameError", "UnitUpdate", "decode_frame", "encode_frames"]
@@ -53,7 +53,7 @@ class FrameError(ValueError):
 def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[bytes]:
     """The frames of a committed ``batch``: none when it changed no unit's live state
     (events reach the screens as alerts), more than one when one would exceed ``max_bytes``."""
-    newest: dict[str, tuple[datetime, Telemetry]] = {}
+    newest: dict[str, tuple[datetime, TelemetryReport]] = {}
     for device_id, received, t in batch.telemetry:
         kept = newest.get(device_id)
         if kept is None or (t.ts, t.seq) > (kept[1].ts, kept[1].seq):

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
+import msgspec
 import psycopg
 
-from core.contract import Telemetry
+from core.reports import TelemetryReport
 from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
@@ -152,13 +153,13 @@ class BatchWriter:
     def _write_isolated(self, conn: psycopg.Connection, batch: Batch) -> list[dict[str, object]]:
         """Store what can be stored; a message the database refuses becomes a rejection."""
         singles: list[tuple[Batch, str, bytes]] = []
-        stored_telemetry: list[tuple[str, datetime, Telemetry]] = []
+        stored_telemetry: list[tuple[str, datetime, TelemetryReport]] = []
         for d, r, t in batch.telemetry:
             singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
-                            d, t.model_dump_json().encode()))
+                            d, msgspec.json.encode(t)))
         for d, r, e in batch.events:
             singles.append((Batch(events=[(d, r, e)], new_devices={d} & batch.new_devices),
-                            d, e.model_dump_json().encode()))
+                            d, msgspec.json.encode(e)))
         refused: list[RejectedMessage] = list(batch.rejected)
         with conn.transaction():
             for single, device_id, payload in singles:

@@ -9,11 +9,13 @@ import random
 import threading
 from datetime import datetime, timedelta, timezone
 
+import msgspec
 import orjson
 import paho.mqtt.client as paho
 
-from core.contract import ALERTS_TOPIC, Channel, Telemetry, topic_for
+from core.contract import ALERTS_TOPIC, Channel, topic_for
 from core.mqtt import BrokerAddress, new_client
+from core.reports import TelemetryReport
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
 from telemetry.alert_policy import Outcome, PolicyRule
@@ -283,7 +285,8 @@ def test_geofence_jitter_on_the_boundary_enters_once_and_leaves_once(pg: Databas
                 report = orjson.loads(telemetry_payload(seq, ts=ts, lat=51.5 + north / 111320.0,
                                                         lon=-0.12 + east / (111320.0 * math.cos(math.radians(51.5)))))
                 report["gps"]["accuracy_m"] = accuracy
-                batch = Batch(telemetry=[(device_id, ts, Telemetry.model_validate_json(orjson.dumps(report)))])
+                decoded = msgspec.json.decode(orjson.dumps(report), type=TelemetryReport)
+                batch = Batch(telemetry=[(device_id, ts, decoded)])
                 crossings += [(phase, str(a["status"])) for a in writer.write(batch)
                               if a["kind"] == "geofence" and a["device_id"] == device_id]
         finally:

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.contract import Channel, Event, Telemetry, topic_for
+from core.contract import Channel, topic_for
+from core.reports import EventReport, TelemetryReport
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode, parse_topic
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -37,7 +38,7 @@ def test_good_sample_decodes(path: Path) -> None:
     else:
         assert isinstance(result, Decoded)
         assert result.device_id == "bwv-00001"
-        expected = Telemetry if _channel(path) is Channel.TELEMETRY else Event
+        expected = TelemetryReport if _channel(path) is Channel.TELEMETRY else EventReport
         assert isinstance(result.message, expected)
         assert result.message.ts.utcoffset() is not None
 
@@ -119,7 +120,7 @@ def test_structured_garbage_is_rejected_or_valid(body: dict[str, object]) -> Non
     payload = orjson.dumps(body)
     result = decode(topic_for("bwv-1", Channel.TELEMETRY), payload, now=NOW, limits=LIMITS)
     if isinstance(result, Decoded):
-        assert isinstance(result.message, Telemetry)
+        assert isinstance(result.message, TelemetryReport)
         assert 0 <= result.message.battery.pct <= 100
     else:
         assert isinstance(result, Rejection)

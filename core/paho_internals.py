@@ -1,0 +1,234 @@
+"""Every place where Watchfloor reaches into paho-mqtt's internals, and why. Pinned to
+paho-mqtt 2.1–2.2 (pyproject.toml); :func:`check_paho` verifies, when the first client is
+made, that each internal below still exists with the shape used here, and raises
+:class:`PahoChanged` otherwise, so that an upgrade fails loudly at start-up instead of
+killing the network thread on its first message or acknowledgement.
+
+Measured in bench/ingest, and why each is here:
+
+* **A read buffer** (``Client._sock_recv(bufsize)``, overridden). Stock paho reads each
+  PUBLISH with three or four ``recv()`` calls; here one ``recv()`` of 64 KiB feeds many
+  packets, and ``loop_read`` drains the buffer on every wake-up (it reads ``_sock``).
+* **No topic matcher** (``Client._handle_on_message(message)``, overridden, holding
+  ``_in_callback_mutex`` and passing ``_userdata`` as paho does). No per-topic callbacks are
+  used, so paho's matcher (about 5% of ingest's CPU) is skipped.
+* **PUBLISH straight to a callback** (``Client._handle_publish()``, overridden, reading
+  ``_in_packet["command"]``/``["packet"]``, ``_protocol`` and ``_manual_ack``). For QoS 0
+  and 1, with :func:`deliver_publishes` set, the packet is split into (mid, qos, topic,
+  payload) here: no ``PublishPacket``, no ``MQTTMessage`` and, over MQTT 5, no
+  ``Properties`` object built, filled and thrown away per message (the properties are
+  skipped by their length: ingest uses none). QoS 2, or a client without the callback,
+  takes paho's own path.
+* **One ``send()`` per pump in the simulator** (:class:`CorkedClient`: ``Client._sock_send(buf)``
+  and ``Client._sock_close()``, overridden, and ``_sock``). Driven without a network
+  thread, paho writes every publish with a ``send()`` of its own: a quarter of the
+  simulator's CPU.
+* **Acknowledgements of a batch in one write** (``Client._packet_queue(command, packet,
+  mid, qos, info=None)``): the PUBACKs of a committed batch are queued as one packet.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import socket
+import struct
+from collections.abc import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+__all__ = ["BufferedClient", "CorkedClient", "PahoChanged", "RawPublish", "check_paho", "deliver_publishes"]
+
+#: (mid, qos, topic, payload) of one PUBLISH, on paho's network thread.
+RawPublish = Callable[[int, int, str, bytes], None]
+
+# Each private method this module overrides or calls, with the parameters it relies on.
+_METHODS: dict[str, tuple[str, ...]] = {
+    "_sock_recv": ("self", "bufsize"),
+    "_handle_on_message": ("self", "message"),
+    "_handle_publish": ("self",),
+    "_packet_queue": ("self", "command", "packet", "mid", "qos", "info"),
+    "_sock_send": ("self", "buf"),
+    "_sock_close": ("self",),
+}
+# Each private attribute read, on a fresh client.
+_ATTRIBUTES = ("_sock", "_in_callback_mutex", "_userdata", "_in_packet", "_protocol", "_manual_ack")
+_IN_PACKET_KEYS = ("command", "packet")
+
+
+_VERSION = getattr(paho, "__version__", "?")
+
+
+class PahoChanged(RuntimeError):
+    """The paho-mqtt in use no longer has the internals this module relies on."""
+
+
+@functools.cache
+def check_paho() -> None:
+    """Raise :class:`PahoChanged` unless every internal used here is as expected (once)."""
+    for name, parameters in _METHODS.items():
+        method = getattr(paho.Client, name, None)
+        if not callable(method):
+            raise PahoChanged(f"paho.mqtt.client.Client has no {name}() (paho-mqtt {_VERSION})")
+        found = tuple(inspect.signature(method).parameters)
+        if found != parameters:
+            raise PahoChanged(f"paho.mqtt.client.Client.{name} takes {found}, expected {parameters}"
+                              f" (paho-mqtt {_VERSION})")
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    for attribute in _ATTRIBUTES:
+        if not hasattr(client, attribute):
+            raise PahoChanged(f"paho.mqtt.client.Client has no {attribute} (paho-mqtt {_VERSION})")
+    in_packet = getattr(client, "_in_packet")
+    if not isinstance(in_packet, dict) or any(key not in in_packet for key in _IN_PACKET_KEYS):
+        raise PahoChanged(f"paho.mqtt.client.Client._in_packet has no {_IN_PACKET_KEYS}"
+                          f" (paho-mqtt {_VERSION})")
+
+
+def _skip_varint(packet: bytearray, at: int) -> int:
+    """The position after an MQTT 5 variable byte integer (a properties length) and what it counts."""
+    length, multiplier = 0, 1
+    for n in range(4):
+        byte = packet[at + n]
+        length += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            return at + n + 1 + length
+        multiplier *= 128
+    raise ValueError("malformed properties length")
+
+
+class BufferedClient(paho.Client):
+    """paho's client with a read buffer, batched acknowledgements and, when asked, PUBLISH
+    handed over as (mid, qos, topic, payload) (the module's docstring says why each)."""
+
+    _READ_SIZE = 65_536
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        check_paho()
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._read_buffer = b""
+        self._read_at = 0
+        self._raw_publish: RawPublish | None = None
+
+    def _buffered(self) -> bool:
+        return self._read_at < len(self._read_buffer)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self._buffered():
+            data = super()._sock_recv(self._READ_SIZE)  # BlockingIOError when nothing came
+            if not data:
+                return data  # connection closed
+            self._read_buffer, self._read_at = data, 0
+        chunk = self._read_buffer[self._read_at:self._read_at + bufsize]
+        self._read_at += len(chunk)
+        return chunk
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is not None:
+            with self._in_callback_mutex:
+                on_message(self, self._userdata, message)
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        deliver = self._raw_publish
+        command = self._in_packet["command"]
+        qos = (command & 0x06) >> 1
+        if deliver is None or qos > 1:
+            return super()._handle_publish()
+        packet: bytearray = self._in_packet["packet"]
+        try:
+            (topic_length,) = struct.unpack_from("!H", packet, 0)
+            at = 2 + topic_length
+            topic = packet[2:at].decode("utf-8", "replace")  # the decoder refuses what is not a device topic
+            mid = 0
+            if qos:
+                (mid,) = struct.unpack_from("!H", packet, at)
+                at += 2
+            if self._protocol == paho.MQTTv5:
+                at = _skip_varint(packet, at)
+            if at > len(packet) or (not topic_length and self._protocol != paho.MQTTv5):
+                raise ValueError("PUBLISH shorter than its header says")
+        except (struct.error, IndexError, ValueError):
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL  # as paho answers a malformed packet
+        with self._in_callback_mutex:
+            deliver(mid, qos, topic, bytes(packet[at:]))
+        if qos == 1 and not self._manual_ack:
+            return self._send_puback(mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._read_buffer, self._read_at = b"", 0  # bytes of the old connection are void
+        return super().reconnect()
+
+    def ack_many(self, mids: list[int]) -> None:
+        """PUBACK every mid (QoS 1) in one queued write, in order."""
+        if mids:
+            packet = b"".join([struct.pack("!BBH", paho.PUBACK, 2, mid) for mid in mids])
+            self._packet_queue(paho.PUBACK, packet, 0, 0)
+
+
+class CorkedClient(BufferedClient):
+    """Collects outgoing packets and sends them with one ``send()`` per pump (the simulator's).
+
+    Driven without a network thread, paho writes every publish with a ``send()`` of its
+    own: for a fleet that was a quarter of the simulator's CPU. paho still frames, numbers
+    and tracks every packet; only the syscall is batched.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._unsent = bytearray()
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        self._unsent += buf
+        return len(buf)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._unsent)
+
+    def flush(self) -> bool:
+        """Send what the socket takes now; True when nothing is left."""
+        sock = self._sock
+        if not self._unsent or sock is None:
+            return True
+        try:
+            sent = sock.send(self._unsent)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._unsent.clear()  # the connection is gone; paho notices on its next read
+            return True
+        del self._unsent[:sent]
+        return not self._unsent
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._unsent.clear()
+        return super().reconnect()
+
+    def _sock_close(self) -> None:
+        # paho closes the socket right after "sending" DISCONNECT; send it for real first,
+        # or the broker sees a lost connection and publishes the Last Will.
+        sock = self._sock
+        if isinstance(sock, socket.socket) and self._unsent:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(self._unsent)
+            except OSError:
+                pass
+            self._unsent.clear()
+        super()._sock_close()
+
+
+def deliver_publishes(client: BufferedClient, callback: RawPublish | None) -> None:
+    """Hand every QoS 0 or 1 PUBLISH to ``callback`` as (mid, qos, topic, payload) instead of
+    building an ``MQTTMessage`` for ``on_message`` (None: back to ``on_message``). The callback
+    runs on paho's network thread with the client's callback lock held: it must only hand
+    the message over."""
+    client._raw_publish = callback

@@ -35,6 +35,7 @@ def test_the_installed_paho_passes_the_check(fresh_check: None) -> None:
     check_paho()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # paho's __del__ misses it too
 @pytest.mark.parametrize("name", sorted(paho_internals._METHODS))
 def test_a_missing_private_method_fails_the_check(name: str, fresh_check: None,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from core.contract import Channel, Event, topic_for
+from core.contract import Channel, topic_for
+from core.reports import EventReport
 from services.registry import DeviceRecord, upsert_devices
 from simulator.camera import Watching, wearer_display
 from simulator.fleet import FleetProfile, build_fleet
@@ -81,7 +82,7 @@ def test_a_docked_camera_is_checked_out_by_the_other_shift() -> None:
     assert [e["type"] for e in docking[:2]] == ["docked", "undocked"]
     assert docking[1]["details"] == {"officer": "PC 60000", "callsign": unit.callsign} and unit.officer == "PC 60000"
     decoded = decode(topic_for(unit.device_id, Channel.EVENTS), orjson.dumps(docking[1]), now=now, limits=LIMITS)
-    assert isinstance(decoded, Decoded) and isinstance(decoded.message, Event)
+    assert isinstance(decoded, Decoded) and isinstance(decoded.message, EventReport)
     assert decoded.message.checkout() is not None and unit.relief == first
 
 

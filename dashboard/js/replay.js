@@ -1,0 +1,224 @@
+// Replay: every unit in an incident's area (or a borough and window) moving on the map with a
+// time slider, played at 1x, 10x or 60x, and the timeline beside it (alerts, events, viewing
+// sessions, each with the officer who carried the camera then); clicking an entry jumps there.
+// The plan (units, timeline) comes first, then the frames a page at a time: the first page is
+// drawn as soon as it arrives, the rest load behind it (docs/api.md, "Replay and disclosure").
+
+import { clear, h, show } from "./dom.js";
+
+// Slices a window is cut into (at least 1 s each), and slices per request (the API's limit is 600).
+const SLICES = 1200;
+const PAGE = 300;
+const TICK_MS = 100;
+
+export class ReplayView {
+  constructor({ root, api, map, time }) {
+    this.root = root;
+    this.api = api;
+    this.map = map;
+    this.time = time;
+    this.plan = null;
+    this.loadId = 0; // a newer replay makes the pages of an older one land nowhere
+    this.frames = []; // per slice: [[unit, t_ms, lat, lon, recording, officer]]
+    this.units = []; // [device_id, callsign, borough, role]
+    this.officers = [];
+    this.states = [];
+    this.step = 1000;
+    this.span = 0;
+    this.at = 0;
+    this.speed = 1;
+    this.timer = null;
+    this.status = root.querySelector(".replay-status");
+    this.slider = root.querySelector("input[name=replay-time]");
+    this.clock = root.querySelector(".replay-clock");
+    this.list = root.querySelector(".replay-timeline");
+    this.playButton = root.querySelector("button.replay-play");
+    this.slider.addEventListener("input", () => this.seek(Number(this.slider.value)));
+    this.playButton.addEventListener("click", () => (this.timer ? this.pause() : this.play()));
+    for (const b of root.querySelectorAll("button.speed")) {
+      b.addEventListener("click", () => this.setSpeed(Number(b.dataset.speed)));
+    }
+    root.querySelector("button.close").addEventListener("click", () => this.close());
+    const form = root.querySelector("form.replay-area");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      this.openArea({ borough: data.get("borough") || null, start: this.time.toUtc(data.get("start")),
+        end: this.time.toUtc(data.get("end")) });
+    });
+  }
+
+  setBoroughs(names) {
+    this.root.querySelector("form.replay-area select[name=borough]").append(...names.map((n) => h("option", { value: n }, n)));
+  }
+
+  showForm() {
+    show(this.root, true);
+    const form = this.root.querySelector("form.replay-area");
+    if (!form.start.value) {
+      const now = Date.now();
+      form.start.value = this.time.toLocal(now - 3600 * 1000).slice(0, 16);
+      form.end.value = this.time.toLocal(now).slice(0, 16);
+    }
+    form.closest("details").open = true;
+  }
+
+  openIncident(id) {
+    return this.open(`/api/v1/incidents/${id}/replay`, {}, `Incident #${id}`);
+  }
+
+  openArea({ borough, start, end }) {
+    return this.open("/api/v1/replay", { borough, start, end }, borough || "your boroughs");
+  }
+
+  async open(path, query, title) {
+    this.pause();
+    const id = ++this.loadId;
+    show(this.root, true);
+    this.root.querySelector("h2").textContent = `Replay: ${title}`;
+    this.status.textContent = "Loading…";
+    clear(this.list);
+    let plan;
+    try {
+      plan = await this.api.get(path, query);
+    } catch (error) {
+      this.status.textContent = error.message;
+      return;
+    }
+    if (id !== this.loadId) return;
+    this.plan = plan;
+    const start = Date.parse(plan.start);
+    this.span = Date.parse(plan.end) - start;
+    this.step = Math.max(1000, Math.ceil(this.span / SLICES / 1000) * 1000);
+    this.frames = Array.from({ length: Math.ceil(this.span / this.step) }, () => []);
+    this.units = [];
+    this.unitIndex = new Map();
+    this.officers = [];
+    this.slider.max = String(this.span);
+    this.slider.step = String(this.step);
+    this.drawTimeline();
+    this.seek(0);
+    this.status.textContent = `${plan.units.length} units · ${this.time.format(plan.start)} to ${this.time.format(plan.end)}`;
+    // The first page first (drawn at once), then the rest in order.
+    for (let from = 0; from < this.frames.length && id === this.loadId; from += PAGE) {
+      const to = Math.min(this.frames.length, from + PAGE);
+      const area = plan.bbox ? { bbox: plan.bbox } : { borough: plan.borough };
+      try {
+        const page = await this.pageOf(start, from, to, area);
+        if (id !== this.loadId) return;
+        this.merge(page, from);
+      } catch (error) {
+        this.status.textContent = error.message;
+        return;
+      }
+      if (from === 0) this.seek(this.at);
+    }
+  }
+
+  pageOf(start, from, to, area) {
+    const query = { start: new Date(start + from * this.step).toISOString(),
+      end: new Date(Math.min(start + to * this.step, start + this.span)).toISOString(), step_s: this.step / 1000 };
+    if (area.borough) query.borough = area.borough;
+    const url = new URL("/api/v1/replay/frames", location.origin);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    for (const v of area.bbox || []) url.searchParams.append("bbox", v);
+    return this.api.get(url.pathname + url.search);
+  }
+
+  // A page's points into the window's slices, its unit and officer indexes made the window's.
+  merge(page, from) {
+    const units = page.units.map((u) => {
+      if (!this.unitIndex.has(u[0])) {
+        this.unitIndex.set(u[0], this.units.length);
+        this.units.push(u);
+      }
+      return this.unitIndex.get(u[0]);
+    });
+    const officers = page.officers.map((o) => this.officers.push(o) - 1);
+    const offset = from * this.step;
+    for (const [k, unit, tMs, lat, lon, , rec, officer] of page.points) {
+      this.frames[from + k].push([units[unit], offset + tMs, lat, lon, page.recording_states[rec],
+        officer < 0 ? -1 : officers[officer]]);
+    }
+  }
+
+  // Each unit's latest point at or before ``at`` (ms into the window), a few minutes back at most.
+  seek(at) {
+    this.at = Math.max(0, Math.min(at, this.span));
+    this.slider.value = String(this.at);
+    const last = Math.min(this.frames.length - 1, Math.floor(this.at / this.step));
+    const seen = new Map();
+    for (let k = last; k >= 0 && k > last - 300 / (this.step / 1000); k--) {
+      for (const p of this.frames[k]) {
+        if (p[1] <= this.at && !seen.has(p[0])) seen.set(p[0], p);
+      }
+    }
+    this.map.replay = [...seen.values()].map(([unit, , lat, lon, recording, officer]) => {
+      const [deviceId, callsign] = this.units[unit];
+      const who = officer >= 0 ? this.officers[officer] : null;
+      return { device_id: deviceId, lat, lon, recording,
+        label: `${(who && who[1]) || callsign || deviceId}${who ? ` · ${who[0]}` : ""}` };
+    });
+    this.map.invalidate();
+    if (this.plan) this.clock.textContent = this.time.format(Date.parse(this.plan.start) + this.at);
+  }
+
+  setSpeed(speed) {
+    this.speed = speed;
+    for (const b of this.root.querySelectorAll("button.speed")) {
+      b.setAttribute("aria-pressed", String(Number(b.dataset.speed) === speed));
+    }
+  }
+
+  play() {
+    if (!this.plan) return;
+    if (this.at >= this.span) this.seek(0);
+    this.playButton.textContent = "Pause";
+    let before = performance.now();
+    this.timer = setInterval(() => {
+      const now = performance.now();
+      this.seek(this.at + (now - before) * this.speed);
+      before = now;
+      if (this.at >= this.span) this.pause();
+    }, TICK_MS);
+  }
+
+  pause() {
+    clearInterval(this.timer);
+    this.timer = null;
+    this.playButton.textContent = "Play";
+  }
+
+  drawTimeline() {
+    const cols = this.plan.timeline_columns;
+    const start = Date.parse(this.plan.start);
+    clear(this.list).append(...this.plan.timeline.map((row) => {
+      const e = Object.fromEntries(cols.map((c, i) => [c, row[i]]));
+      const who = e.officer ? ` · ${e.callsign || ""} ${e.officer}` : "";
+      const text = e.kind === "viewing" ? `viewed by ${e.what}` : e.what.replaceAll("_", " ");
+      return h("li", { class: `replay-entry kind-${e.kind}` },
+        h("button", { type: "button", class: "link", onclick: () => this.jump(Date.parse(e.at) - start, e.device_id) },
+          `${this.time.format(e.at).slice(11, 19)} ${e.device_id}: ${text}`),
+        h("span", { class: "muted" }, who));
+    }));
+    if (!this.plan.timeline.length) this.list.append(h("li", { class: "muted" }, "Nothing on the timeline."));
+    if (this.plan.timeline_truncated) this.list.append(h("li", { class: "muted" }, "Only the first entries are shown."));
+  }
+
+  // To an entry's moment, with its unit in the middle of the map once it has a position.
+  jump(at, deviceId) {
+    this.pause();
+    this.seek(at);
+    const unit = (this.map.replay || []).find((u) => u.device_id === deviceId);
+    if (unit) this.map.centreOn(unit.lat, unit.lon);
+  }
+
+  close() {
+    this.pause();
+    this.loadId++;
+    this.plan = null;
+    this.map.replay = null;
+    this.map.invalidate();
+    show(this.root, false);
+  }
+}

@@ -1,7 +1,7 @@
 """Replay in a real browser (Debian's Chromium, headless, driven by playwright) against real
 parts: Mosquitto, ingest, PostgreSQL and the API. A firearms commander finds a closed
 incident, replays it: moving the time slider moves the units on the map, clicking a timeline
-entry jumps to its moment, and playing at 60x advances the clock."""
+entry jumps to its moment, and playing at 60x advances the clock; a box and window replays too."""
 
 from __future__ import annotations
 
@@ -136,5 +136,14 @@ def test_replay_a_closed_incident_slider_moves_units_and_the_timeline_jumps(stac
     wait_for(lambda: page.evaluate("window.__watchfloor.replay.at") > at + 5000, timeout=30, what="playing at 60x")
     page.click("#replay-panel button.replay-play")  # pause
     assert page.evaluate("window.__watchfloor.replay.timer") is None
+
+    # Any box and window (its first page asked for beside the plan): the same units, drawn.
+    page.evaluate("([bbox, start, end]) => window.__watchfloor.replay.openArea({ bbox, start, end })",
+                  [[LAT - 0.01, LON - 0.01, LAT + 0.01, LON + 0.01], _at(-30).isoformat(), _at(270).isoformat()])
+    page.wait_for_selector("#replay-panel .replay-status:has-text('2 units')", timeout=20_000)
+    wait_for(lambda: page.evaluate("window.__watchfloor.replay.firstFrameAt") is not None, timeout=20,
+             what="the area's first frame drawn")
+    _slide(page, 60_000)  # 30 s into the data
+    assert _rp1(page) is not None and page.locator("#replay-panel h2").inner_text() == "Replay: the box"
     with httpx.Client(base_url=stack.base) as anonymous:  # the plan is not public
         assert anonymous.get(f"/api/v1/incidents/{stack.incident_id}/replay").status_code == 401

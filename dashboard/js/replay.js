@@ -9,7 +9,23 @@ import { clear, h, show } from "./dom.js";
 // Slices a window is cut into (at least 1 s each), and slices per request (the API's limit is 600).
 const SLICES = 1200;
 const PAGE = 300;
+// The first page is small, so the first frame is drawn after one quick query.
+const FIRST_PAGE = 20;
 const TICK_MS = 100;
+
+function stepFor(span) {
+  return Math.max(1000, Math.ceil(span / SLICES / 1000) * 1000);
+}
+
+// A path with its query; a list (a bbox) as the parameter repeated.
+function withQuery(path, query) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(query)) {
+    if (v === null || v === undefined || v === "") continue;
+    for (const item of Array.isArray(v) ? v : [v]) url.searchParams.append(k, item);
+  }
+  return url.pathname + url.search;
+}
 
 export class ReplayView {
   constructor({ root, api, map, time }) {
@@ -28,6 +44,7 @@ export class ReplayView {
     this.at = 0;
     this.speed = 1;
     this.timer = null;
+    this.firstFrameAt = null;
     this.status = root.querySelector(".replay-status");
     this.slider = root.querySelector("input[name=replay-time]");
     this.clock = root.querySelector(".replay-clock");
@@ -67,20 +84,28 @@ export class ReplayView {
     return this.open(`/api/v1/incidents/${id}/replay`, {}, `Incident #${id}`);
   }
 
-  openArea({ borough, start, end }) {
-    return this.open("/api/v1/replay", { borough, start, end }, borough || "your boroughs");
+  // An area known beforehand (a borough or a box, and a window): its first page of frames is
+  // asked for at once, beside the plan, rather than after it.
+  openArea({ borough = null, bbox = null, start, end }) {
+    const area = bbox ? { bbox } : { borough };
+    return this.open("/api/v1/replay", { borough, bbox, start, end }, borough || (bbox ? "the box" : "your boroughs"),
+      { area, start: Date.parse(start), end: Date.parse(end) });
   }
 
-  async open(path, query, title) {
+  async open(path, query, title, known = null) {
     this.pause();
     const id = ++this.loadId;
+    this.firstFrameAt = null; // performance.now() when the first frame was drawn (bench/replay.py)
+    this.plan = null;
     show(this.root, true);
     this.root.querySelector("h2").textContent = `Replay: ${title}`;
     this.status.textContent = "Loading…";
     clear(this.list);
+    const early = known ? this.pageOf(known.start, 0, FIRST_PAGE, known.area, stepFor(known.end - known.start)) : null;
+    early?.catch(() => null); // its failure is the plan's to report, or the page's when awaited
     let plan;
     try {
-      plan = await this.api.get(path, query);
+      plan = await this.api.get(withQuery(path, query));
     } catch (error) {
       this.status.textContent = error.message;
       return;
@@ -89,7 +114,7 @@ export class ReplayView {
     this.plan = plan;
     const start = Date.parse(plan.start);
     this.span = Date.parse(plan.end) - start;
-    this.step = Math.max(1000, Math.ceil(this.span / SLICES / 1000) * 1000);
+    this.step = stepFor(this.span);
     this.frames = Array.from({ length: Math.ceil(this.span / this.step) }, () => []);
     this.units = [];
     this.unitIndex = new Map();
@@ -99,30 +124,36 @@ export class ReplayView {
     this.drawTimeline();
     this.seek(0);
     this.status.textContent = `${plan.units.length} units · ${this.time.format(plan.start)} to ${this.time.format(plan.end)}`;
-    // The first page first (drawn at once), then the rest in order.
-    for (let from = 0; from < this.frames.length && id === this.loadId; from += PAGE) {
-      const to = Math.min(this.frames.length, from + PAGE);
-      const area = plan.bbox ? { bbox: plan.bbox } : { borough: plan.borough };
+    // A small first page (drawn at once), then the rest in order.
+    const area = plan.bbox ? { bbox: plan.bbox } : { borough: plan.borough };
+    for (let from = 0, to = FIRST_PAGE; from < this.frames.length && id === this.loadId; from = to, to += PAGE) {
+      to = Math.min(this.frames.length, to);
       try {
-        const page = await this.pageOf(start, from, to, area);
+        const page = await (from === 0 && early ? early : this.pageOf(start, from, to, area, this.step));
         if (id !== this.loadId) return;
         this.merge(page, from);
       } catch (error) {
         this.status.textContent = error.message;
         return;
       }
-      if (from === 0) this.seek(this.at);
+      if (from === 0) {
+        this.seek(this.at);
+        // After the map's own frame callback (queued by seek): the first frame is on screen.
+        requestAnimationFrame(() => { if (id === this.loadId) this.firstFrameAt = performance.now(); });
+      }
     }
   }
 
-  pageOf(start, from, to, area) {
-    const query = { start: new Date(start + from * this.step).toISOString(),
-      end: new Date(Math.min(start + to * this.step, start + this.span)).toISOString(), step_s: this.step / 1000 };
-    if (area.borough) query.borough = area.borough;
-    const url = new URL("/api/v1/replay/frames", location.origin);
-    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-    for (const v of area.bbox || []) url.searchParams.append("bbox", v);
-    return this.api.get(url.pathname + url.search);
+  pageOf(start, from, to, area, step) {
+    return this.api.get(withQuery("/api/v1/replay/frames", {
+      start: new Date(start + from * step).toISOString(),
+      end: new Date(Math.min(start + to * step, start + this.spanOr(start, to, step))).toISOString(),
+      step_s: step / 1000, borough: area.borough, bbox: area.bbox }));
+  }
+
+  // The window's length once the plan has it; before, the page's own end.
+  spanOr(start, to, step) {
+    return this.plan ? this.span : to * step;
   }
 
   // A page's points into the window's slices, its unit and officer indexes made the window's.

@@ -1,8 +1,9 @@
 // Replay: every unit in an incident's area (or a borough and window) moving on the map with a
 // time slider, played at 1x, 10x or 60x, and the timeline beside it (alerts, events, viewing
 // sessions, each with the officer who carried the camera then); clicking an entry jumps there.
-// The plan (units, timeline) comes first, then the frames a page at a time: the first page is
-// drawn as soon as it arrives, the rest load behind it (docs/api.md, "Replay and disclosure").
+// The frames come a page at a time, one request for every unit: a small first page drawn as soon
+// as it arrives (for an area and window given, without waiting for the plan: units and
+// timeline), the rest loaded behind it (docs/api.md, "Replay and disclosure").
 
 import { clear, h, show } from "./dom.js";
 
@@ -39,6 +40,7 @@ export class ReplayView {
     this.units = []; // [device_id, callsign, borough, role]
     this.officers = [];
     this.states = [];
+    this.start = 0; // the window's start, ms since the epoch
     this.step = 1000;
     this.span = 0;
     this.at = 0;
@@ -101,19 +103,56 @@ export class ReplayView {
     this.root.querySelector("h2").textContent = `Replay: ${title}`;
     this.status.textContent = "Loading…";
     clear(this.list);
-    const early = known ? this.pageOf(known.start, 0, FIRST_PAGE, known.area, stepFor(known.end - known.start)) : null;
-    early?.catch(() => null); // its failure is the plan's to report, or the page's when awaited
+    const planned = this.api.get(withQuery(path, query));
+    planned.catch(() => null); // reported where it is awaited
+    let from = 0;
+    if (known) {
+      // The first frame from the first page, without waiting for the plan (units, timeline).
+      this.window(known.start, known.end);
+      try {
+        const page = await this.pageOf(0, FIRST_PAGE, known.area);
+        if (id !== this.loadId) return;
+        this.merge(page, 0);
+      } catch (error) {
+        this.status.textContent = error.message;
+        return;
+      }
+      this.drawFirst(id);
+      from = FIRST_PAGE;
+    }
     let plan;
     try {
-      plan = await this.api.get(withQuery(path, query));
+      plan = await planned;
     } catch (error) {
       this.status.textContent = error.message;
       return;
     }
     if (id !== this.loadId) return;
     this.plan = plan;
-    const start = Date.parse(plan.start);
-    this.span = Date.parse(plan.end) - start;
+    if (!known) this.window(Date.parse(plan.start), Date.parse(plan.end));
+    this.drawTimeline();
+    this.status.textContent = `${plan.units.length} units · ${this.time.format(plan.start)} to ${this.time.format(plan.end)}`;
+    // A small first page (drawn at once), then the rest in order.
+    const area = plan.bbox ? { bbox: plan.bbox } : { borough: plan.borough };
+    for (let to = from + (from ? PAGE : FIRST_PAGE); from < this.frames.length && id === this.loadId;
+      from = to, to += PAGE) {
+      to = Math.min(this.frames.length, to);
+      try {
+        const page = await this.pageOf(from, to, area);
+        if (id !== this.loadId) return;
+        this.merge(page, from);
+      } catch (error) {
+        this.status.textContent = error.message;
+        return;
+      }
+      if (from === 0) this.drawFirst(id);
+    }
+  }
+
+  // The window [start, end) (ms since the epoch), its slices empty.
+  window(start, end) {
+    this.start = start;
+    this.span = end - start;
     this.step = stepFor(this.span);
     this.frames = Array.from({ length: Math.ceil(this.span / this.step) }, () => []);
     this.units = [];
@@ -121,39 +160,20 @@ export class ReplayView {
     this.officers = [];
     this.slider.max = String(this.span);
     this.slider.step = String(this.step);
-    this.drawTimeline();
     this.seek(0);
-    this.status.textContent = `${plan.units.length} units · ${this.time.format(plan.start)} to ${this.time.format(plan.end)}`;
-    // A small first page (drawn at once), then the rest in order.
-    const area = plan.bbox ? { bbox: plan.bbox } : { borough: plan.borough };
-    for (let from = 0, to = FIRST_PAGE; from < this.frames.length && id === this.loadId; from = to, to += PAGE) {
-      to = Math.min(this.frames.length, to);
-      try {
-        const page = await (from === 0 && early ? early : this.pageOf(start, from, to, area, this.step));
-        if (id !== this.loadId) return;
-        this.merge(page, from);
-      } catch (error) {
-        this.status.textContent = error.message;
-        return;
-      }
-      if (from === 0) {
-        this.seek(this.at);
-        // After the map's own frame callback (queued by seek): the first frame is on screen.
-        requestAnimationFrame(() => { if (id === this.loadId) this.firstFrameAt = performance.now(); });
-      }
-    }
   }
 
-  pageOf(start, from, to, area, step) {
+  drawFirst(id) {
+    this.seek(this.at);
+    // After the map's own frame callback (queued by seek): the first frame is on screen.
+    requestAnimationFrame(() => { if (id === this.loadId) this.firstFrameAt = performance.now(); });
+  }
+
+  pageOf(from, to, area) {
     return this.api.get(withQuery("/api/v1/replay/frames", {
-      start: new Date(start + from * step).toISOString(),
-      end: new Date(Math.min(start + to * step, start + this.spanOr(start, to, step))).toISOString(),
-      step_s: step / 1000, borough: area.borough, bbox: area.bbox }));
-  }
-
-  // The window's length once the plan has it; before, the page's own end.
-  spanOr(start, to, step) {
-    return this.plan ? this.span : to * step;
+      start: new Date(this.start + from * this.step).toISOString(),
+      end: new Date(this.start + Math.min(to * this.step, this.span)).toISOString(),
+      step_s: this.step / 1000, borough: area.borough, bbox: area.bbox }));
   }
 
   // A page's points into the window's slices, its unit and officer indexes made the window's.
@@ -191,7 +211,7 @@ export class ReplayView {
         label: `${(who && who[1]) || callsign || deviceId}${who ? ` · ${who[0]}` : ""}` };
     });
     this.map.invalidate();
-    if (this.plan) this.clock.textContent = this.time.format(Date.parse(this.plan.start) + this.at);
+    this.clock.textContent = this.time.format(this.start + this.at);
   }
 
   setSpeed(speed) {
@@ -202,7 +222,7 @@ export class ReplayView {
   }
 
   play() {
-    if (!this.plan) return;
+    if (!this.span) return;
     if (this.at >= this.span) this.seek(0);
     this.playButton.textContent = "Pause";
     let before = performance.now();
@@ -222,7 +242,7 @@ export class ReplayView {
 
   drawTimeline() {
     const cols = this.plan.timeline_columns;
-    const start = Date.parse(this.plan.start);
+    const start = this.start;
     clear(this.list).append(...this.plan.timeline.map((row) => {
       const e = Object.fromEntries(cols.map((c, i) => [c, row[i]]));
       const who = e.officer ? ` · ${e.callsign || ""} ${e.officer}` : "";

@@ -72,7 +72,7 @@ def frames(conn: psycopg.Connection, area: Area, *, start: datetime, end: dateti
         # time_bucket from the window's start (its origin), and last() per bucket: TimescaleDB
         # aggregates each chunk by hash instead of sorting the window's fixes.
         latest = ("SELECT t.device_id, (extract(epoch FROM time_bucket(make_interval(secs => %(step)s), t.ts,"
-                  " %(start)s::timestamptz) - %(start)s::timestamptz) / %(step)s)::int AS k, max(t.ts) AS ts,"
+                  " origin => %(start)s::timestamptz) - %(start)s::timestamptz) / %(step)s)::int AS k, max(t.ts) AS ts,"
                   " last(t.lat, t.ts) AS lat, last(t.lon, t.ts) AS lon, last(t.heading_deg, t.ts) AS heading_deg,"
                   " last(t.recording, t.ts) AS recording, min(d.role) AS role, min(d.borough) AS borough,"
                   f" min(d.callsign) AS callsign{_IN_AREA} GROUP BY t.device_id, 2")

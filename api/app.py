@@ -29,6 +29,7 @@ from api.routes import (
     incidents,
     live,
     live_view,
+    replay,
     reports,
     users,
 )
@@ -190,8 +191,8 @@ def create_app(*, settings: Settings, database_url: str, mqtt_url: str, signing_
     errors.install(app)
     hardening.install(app, settings=settings)  # body limit, security headers, rate limiters
     observability.install(app, metrics_route=settings.api_metrics)  # request ids, access lines, /metrics
-    for module in (health, auth, users, devices, custody, alerts, alert_policy, incidents, live, reports, live_view,
-                   audit, docs):
+    for module in (health, auth, users, devices, custody, alerts, alert_policy, incidents, replay, live, reports,
+                   live_view, audit, docs):
         app.include_router(module.router)
     dashboard.install(app, settings=settings)  # the control-room page at /
     return app

@@ -61,6 +61,7 @@ ACTIONS = frozenset({
     "device_track_read", "device_events_read", "device_health_read",
     "device_assignments_read", "officer_track_read", "device_assigned", "device_unassigned",
     "incident_created", "incident_unit_assigned", "incident_unit_unassigned", "incident_closed",
+    "replay_read",
     "export",
     "device_provisioned", "device_registered", "device_retired", "device_reactivated",
     "user_changed",

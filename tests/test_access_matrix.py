@@ -101,6 +101,7 @@ class Case:
     denied: frozenset[int] = frozenset({403})  # the answer to a role that may not
     # About the whole force (the alert policy): a caller of some boroughs only gets 403.
     whole_force: bool = False
+    query: Callable[[str], dict[str, str]] | None = None  # the query string, given the borough
 
 
 def case(method: str, path: str, roles: set[Role], ok: set[int], **kw: Any) -> Case:
@@ -108,6 +109,7 @@ def case(method: str, path: str, roles: set[Role], ok: set[int], **kw: Any) -> C
 
 
 SEES_DEVICES, SEES_POSITIONS, HANDLES = {OP, AFO, FLEET, ADMIN}, {OP, AFO, ADMIN}, {OP, AFO}
+REPLAYS = {OP, AFO, AUDITOR, ADMIN}
 
 
 def _device_body(params: dict[str, Any], borough: str) -> dict[str, Any]:
@@ -216,6 +218,10 @@ CASES: list[Case] = [
     case("POST", "/api/v1/incidents/{incident_id}/close", {AFO, ADMIN}, {200}, prepare=_fresh_incident,
          body=lambda p, b: {"outcome": "resolved"}),
     case("GET", "/api/v1/incidents/closed", HANDLES, {200}, area_scoped=False),
+    case("GET", "/api/v1/incidents/{incident_id}/replay", REPLAYS, {200}, prepare=_fresh_incident),
+    case("GET", "/api/v1/incidents/{incident_id}/export.zip", {AUDITOR, ADMIN}, {200}, prepare=_fresh_incident),
+    case("GET", "/api/v1/replay", REPLAYS, {200}, query=lambda b: {"borough": b}),
+    case("GET", "/api/v1/replay/frames", REPLAYS, {200}, query=lambda b: {"borough": b}),
     case("GET", "/api/v1/fleet/export.csv", {FLEET, ADMIN}, {200}, area_scoped=False),
     case("POST", "/api/v1/devices/{device_id}/live-view", HANDLES, {201}, prepare=_fresh_device,
          body=lambda p, b: {"reason": "matrix test"}),
@@ -274,6 +280,8 @@ def _call(world: World, c: Case, user: str | None, borough: str) -> httpx.Respon
         headers["content-type"] = "application/sdp"
     elif c.body is not None:
         kwargs["json"] = c.body(params, borough)
+    if c.query is not None:
+        kwargs["params"] = c.query(borough)
     return httpx.request(c.method, world.base + path, timeout=30, **kwargs)
 
 

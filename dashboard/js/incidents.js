@@ -27,7 +27,7 @@ export function distanceBearing(from, to) {
 }
 
 export class IncidentPanel {
-  constructor({ root, api, store, map, time, onLocate, onLiveView = null }) {
+  constructor({ root, api, store, map, time, onLocate, onLiveView = null, onReplay = null }) {
     this.root = root;
     this.time = time; // a ForceTime: closed incidents are after-action records, in the force's zone
     this.onLiveView = onLiveView; // (unit, incidentId): a live-view request made for this incident
@@ -35,6 +35,7 @@ export class IncidentPanel {
     this.store = store;
     this.map = map;
     this.onLocate = onLocate;
+    this.onReplay = onReplay; // (incidentId): the incident replayed, open or closed (replay.js)
     this.select = root.querySelector("select[name=incident]");
     this.table = root.querySelector("tbody");
     this.summary = root.querySelector(".incident-summary");
@@ -54,6 +55,7 @@ export class IncidentPanel {
     this.on("form.close-form", "submit", (f) => this.close(String(new FormData(f).get("outcome"))));
     this.on("form.closed-search", "submit", () => this.searchClosed(0));
     root.querySelector(".more-closed").addEventListener("click", () => this.searchClosed(this.closedOffset));
+    root.querySelector("button.replay").addEventListener("click", () => this.current && this.onReplay(this.current.id));
     root.querySelector("button.pick").addEventListener("click", () => this.togglePicking());
     root.querySelector("button.assign-picked").addEventListener("click", () => this.assignPicked());
     root.querySelector("button.draw").addEventListener("click", () => this.startWhere());
@@ -418,6 +420,7 @@ export class IncidentPanel {
     const open = c.status === "open";
     show(this.root.querySelector(".assign-tools"), open);
     show(this.root.querySelector("details.close-incident"), open);
+    show(this.root.querySelector("button.replay"), this.onReplay !== null);
     let missing = 0;
     for (const a of c.units) {
       const u = this.live(a);

@@ -13,6 +13,7 @@ import { $, clear, fmtAgo, fmtPct, h, show } from "./dom.js";
 import { FleetView } from "./fleet.js";
 import { ForceTime } from "./forcetime.js";
 import { IncidentPanel } from "./incidents.js";
+import { ReplayView } from "./replay.js";
 import { LiveFeed } from "./live.js";
 import { MapView } from "./map.js";
 import { PolicyView } from "./policy.js";
@@ -35,6 +36,8 @@ const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log",
 const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]);
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
+// Replay shows where officers were (docs/api.md); auditors have no map and use the API.
+const REPLAYS = new Set(["operator", "firearms_commander", "admin"]);
 const ADMIN_REFRESH_MS = 30000;
 const FEED_DOWN = new Set(["disconnected", "reconnecting", "refused"]);
 const NOTICE_KEY = "watchfloor.notice";
@@ -179,6 +182,7 @@ async function setUpMap(ctx) {
   ctx.boroughNames = map.loadBoroughs(config.boroughs_url).then((names) => {
     $("#filter-borough").append(...names.map((n) => h("option", { value: n }, n)));
     if (ctx.incidents) ctx.incidents.setBoroughs(names);
+    if (ctx.replay) ctx.replay.setBoroughs(names);
     return names;
   });
 
@@ -238,11 +242,15 @@ async function setUpMap(ctx) {
   ctx.locate = locate;
   const reasonDialog = $("#reason-dialog");
   ctx.video = WATCHES_VIDEO.has(role) ? new VideoTiles({ root: $("#video-tiles"), api, store, reasonDialog, mapArea: $("#map") }) : null;
+  ctx.replay = REPLAYS.has(role) ? new ReplayView({ root: $("#replay-panel"), api, map, time: ctx.time }) : null;
+  probe.replay = ctx.replay;
+  show($("#replay-open"), ctx.replay !== null);
+  if (ctx.replay) $("#replay-open").addEventListener("click", () => ctx.replay.showForm());
   const incidentsOn = role === "firearms_commander" || role === "operator";
   show($("#incident-panel"), incidentsOn);
   if (role === "firearms_commander") $("#side").prepend($("#incident-panel"));
   ctx.incidents = incidentsOn ? new IncidentPanel({ root: $("#incident-panel"), api, store, map, time: ctx.time,
-    onLocate: locate,
+    onLocate: locate, onReplay: ctx.replay ? (id) => ctx.replay.openIncident(id) : null,
     onLiveView: ctx.video ? (unit, incidentId, prefill) => ctx.video.request(unit, prefill, incidentId) : null }) : null;
   if (ctx.incidents) {
     ctx.incidents.load();

@@ -72,6 +72,10 @@ export class MapView {
     // unit: {onPoint(lat, lon), onUnit(unit), onFinish()}; a double click calls onFinish.
     this.mode = null;
     this.track = null; // {points: [{mx, my, ts, recording}], at: index or null}
+    // A replay's units at its current time (replay.js): [{device_id, lat, lon, recording, label}],
+    // drawn over the live picture with a label; replayDrawn lists those the last frame drew.
+    this.replay = null;
+    this.replayDrawn = [];
     this.interactingUntil = 0;
     this.frameRequested = false;
     this.timer = null;
@@ -689,6 +693,7 @@ export class MapView {
         ctx.fillRect(x - 4, y - 4, 8, 8);
       }
     }
+    this.drawReplay(ctx);
     if (this.track && this.track.points.length) {
       const pts = this.track.points;
       const upto = this.track.at === null ? pts.length - 1 : this.track.at;
@@ -713,6 +718,29 @@ export class MapView {
       ctx.lineWidth = 3;
       ctx.stroke();
     }
+  }
+
+  drawReplay(ctx) {
+    const drawn = [];
+    if (this.replay) {
+      ctx.font = `bold ${this.large ? 14 : 11}px system-ui, sans-serif`;
+      ctx.textAlign = "left";
+      for (const u of this.replay) {
+        const [x, y] = this.toScreen(...mercator(u.lat, u.lon));
+        if (x < -20 || y < -20 || x > this.width + 20 || y > this.height + 20) continue;
+        ctx.beginPath();
+        ctx.arc(x, y, this.large ? 9 : 7, 0, 2 * Math.PI);
+        ctx.fillStyle = STATE_COLOURS[u.recording] || STATE_COLOURS.off;
+        ctx.fill();
+        ctx.strokeStyle = "#ffffff";
+        ctx.lineWidth = 2;
+        ctx.stroke();
+        ctx.fillStyle = "#ffffff";
+        ctx.fillText(u.label, x + 10, y + 4);
+        drawn.push(u.device_id);
+      }
+    }
+    this.replayDrawn = drawn;
   }
 }
 

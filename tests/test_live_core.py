@@ -18,7 +18,8 @@ from api.live.client import FeedCounters
 from api.live.deltas import Delta, Pending, View, encode_delta, for_view, unit_view
 from api.live.handover import Handover
 from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState
-from core.contract import ALERTS_TOPIC, LIVE_UNITS_TOPIC, TOPIC_ROOT, Telemetry
+from core.contract import ALERTS_TOPIC, LIVE_UNITS_TOPIC, TOPIC_ROOT
+from core.reports import TelemetryReport
 from services.accounts import Principal, Role
 from telemetry.decode import Decoded, PayloadLimits, StatusChange, decode
 from telemetry.live_frame import FRAME_MAX_BYTES, FrameError, decode_frame, encode_frames
@@ -38,7 +39,7 @@ def frame_of(*messages: tuple[str, bytes], now: datetime = T0) -> bytes:
         if isinstance(result, StatusChange):
             batch.statuses.append((result.device_id, now, result))
         else:
-            assert isinstance(result, Decoded) and isinstance(result.message, Telemetry), result
+            assert isinstance(result, Decoded) and isinstance(result.message, TelemetryReport), result
             batch.telemetry.append((result.device_id, now, result.message))
     [frame] = encode_frames(batch)
     return frame
@@ -331,7 +332,7 @@ def test_a_frame_holds_each_units_newest_report_of_the_batch_and_a_later_status(
     for device_id, seq, ts in (("d1", 1, T0), ("d1", 3, T0 + timedelta(seconds=1)), ("d1", 2, T0)):
         _, payload = report(device_id, ts=ts, seq=seq, battery=float(seq))
         decoded = decode(f"{TOPIC_ROOT}/{device_id}/telemetry", payload, now=T0, limits=LIMITS)
-        assert isinstance(decoded, Decoded) and isinstance(decoded.message, Telemetry)
+        assert isinstance(decoded, Decoded) and isinstance(decoded.message, TelemetryReport)
         batch.telemetry.append((device_id, T0 + timedelta(seconds=seq), decoded.message))
     batch.statuses.append(("d1", T0, StatusChange("d1", False)))  # before the newest report arrived
     batch.statuses.append(("d2", T0, StatusChange("d2", False)))
@@ -347,7 +348,7 @@ def test_a_large_batch_goes_out_in_frames_the_broker_accepts() -> None:
     units, together every unit once."""
     _, payload = report("x", ts=T0)
     decoded = decode(f"{TOPIC_ROOT}/x/telemetry", payload, now=T0, limits=LIMITS)
-    assert isinstance(decoded, Decoded) and isinstance(decoded.message, Telemetry)
+    assert isinstance(decoded, Decoded) and isinstance(decoded.message, TelemetryReport)
     long_id = "u" * 60
     batch = Batch(telemetry=[(f"{long_id}{n:04d}", T0, decoded.message) for n in range(5_000)],
                   statuses=[(f"s{n}", T0, StatusChange(f"s{n}", True)) for n in range(2_000)])

@@ -345,11 +345,11 @@ def main() -> None:
     summary: list[tuple[str, int, Row, Row | None, Row, Row | None]] = []
     with scratch_stack(args.database, prefix="wf-bench", timescaledb=args.timescaledb) as (broker, db_url):
         workdir = broker.workdir.parent
-        # (name, tree, alert engine on): "store only" is this tree with the alert engine off,
+        # (name, tree, alert engine on): "store-only" is this tree with the alert engine off,
         # for issue #15's "ingest with the policy engine on within 5% of without".
         trees = [("lean", ROOT, True)]
         if args.alerts_off:
-            trees.append(("store only", ROOT, False))
+            trees.append(("store-only", ROOT, False))
         if not args.no_baseline:
             trees.insert(0, ("main", _baseline_tree(args.baseline_commit, workdir / "baseline"), True))
         cpu = CpuMeter(broker.pid or 0, db_url)
@@ -374,7 +374,7 @@ def main() -> None:
                 rows = [bare, *measured.values()]
                 print(_format(rows, header=header), flush=True)
                 header = False
-                summary.append((config, rate, bare, measured.get("main"), measured["lean"], measured.get("store only")))
+                summary.append((config, rate, bare, measured.get("main"), measured["lean"], measured.get("store-only")))
 
     print()
     print("messages per core-second (stored by ingest, received by the bare subscriber), and ingest's ratio")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["ROOT", "scratch_stack", "seed_fleet", "stop_processes"]
+__all__ = ["ROOT", "scratch_stack", "seed_fleet", "stop_processes", "wait_ready"]
 
 
 @contextmanager
@@ -66,3 +68,16 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_ready(base: str, *, timeout: float = 60.0) -> None:
+    """Until the API at ``base`` answers ``/readyz`` (its database and broker connected)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"the API at {base} was not ready within {timeout:.0f} s")

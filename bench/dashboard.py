@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
-from common import ROOT, scratch_stack, seed_fleet, stop_processes
+from common import ROOT, scratch_stack, seed_fleet, stop_processes, wait_ready
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from api.routes import dashboard  # noqa: E402
@@ -55,16 +55,6 @@ ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the map at full scale (git
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-
-def _wait_ready(base: str) -> None:
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the API did not become ready")
 
 
 def _load_times(page: Any, base: str, devices: int, loads: int) -> list[dict[str, float]]:
@@ -148,7 +138,7 @@ def _pipeline(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
             start("ingest")
             start("api", "--port", str(port))
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(base)
+            wait_ready(base)
             start("simulate", "--devices", str(args.devices), "--interval", str(args.interval))
             time.sleep(args.interval + 5)  # every camera connected and reporting
             session = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}).json()

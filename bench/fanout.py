@@ -45,7 +45,7 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 import websockets
-from common import ROOT, scratch_stack, stop_processes
+from common import ROOT, scratch_stack, stop_processes, wait_ready
 
 from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from services.accounts import Role, add_user  # noqa: E402
@@ -356,13 +356,7 @@ def main() -> None:
             procs.append(ingest)
             api = start("api", "--port", str(port))
             base = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
+            wait_ready(base)
             # The generator runs until stopped with the rest (a day is longer than any run).
             procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "loadgen.py"), broker.url,
                                            str(args.offered), "86400", str(args.devices), "fanout-load"],

@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from common import scratch_stack, seed_fleet, stop_processes
+from common import scratch_stack, seed_fleet, stop_processes, wait_ready
 
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.schema import ensure_partitions  # noqa: E402
@@ -90,16 +90,6 @@ def _seed(db_url: str, *, units: int, minutes: int, hz: float, end: datetime) ->
         conn.commit()
     return int(row[0]) if row else 0
 
-
-def _wait_ready(base: str) -> None:
-    for _ in range(600):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("the API did not become ready")
 
 
 def _timed(http: httpx.Client, path: str, params: Any) -> tuple[float, Any]:
@@ -192,7 +182,7 @@ def _path(args: argparse.Namespace, path: str) -> dict[str, Any] | str:
         procs.append(subprocess.Popen([sys.executable, "-m", "watchfloor", "api", "--port", str(port)], env=env,
                                       stdout=log, stderr=log))
         base = f"http://127.0.0.1:{port}"
-        _wait_ready(base)
+        wait_ready(base)
         session = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD}).json()
         http = _http_runs(base, session["access_token"], start=start, end=end, runs=args.runs)
         session.update(username="bench", expires_at=(time.time() + 3600) * 1000)

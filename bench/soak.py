@@ -32,7 +32,7 @@ import orjson
 import psutil
 import psycopg
 import websockets
-from common import ROOT, scratch_stack, stop_processes
+from common import ROOT, scratch_stack, stop_processes, wait_ready
 from ingest import Probe
 
 from services.accounts import Role, add_user  # noqa: E402
@@ -166,14 +166,7 @@ def main() -> None:
         loadgen: subprocess.Popen[bytes] | None = None
         rows: list[Row] = []
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            wait_ready(base)
             bearer = httpx.post(f"{base}/api/v1/auth/token", json={"username": "soak-op", "password": PASSWORD},
                                 timeout=10).json()["access_token"]
             time.sleep(2)  # ingest subscribed

@@ -15,11 +15,10 @@ from fastapi import FastAPI
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import queries
-from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, features
-from tests.helpers.api import LiveReader, StalledClient, add_test_users, client, running_api, token
+from tests.helpers.api import ApiWithIngest, LiveReader, StalledClient, add_test_users, client, running_api, token
 from tests.helpers.db import Database
-from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.telemetry import event_payload, make_settings, running_worker, telemetry_payload
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
@@ -29,17 +28,8 @@ DEVICES = [DeviceRecord("we-1", "WE001", "PC Ada", "Westminster", "response"),
 
 
 @dataclass
-class Api:
-    base: str
-    mqtt_url: str
-    db: Database
-    worker: IngestWorker
+class Api(ApiWithIngest):
     app: FastAPI
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        before = self.worker.stats.received
-        publish_all(self.mqtt_url, messages)
-        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -21,13 +20,11 @@ from core.contract import Channel, Event, EventType, topic_for
 from services.registry import DeviceRecord, update_device, upsert_devices
 from telemetry import queries
 from telemetry.custody import apply_dock_events, assignments, attribution_join
-from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, migrate
 from telemetry.store import Batch, prepare_connection, write_batch
-from tests.helpers.api import add_test_users, client, running_api
+from tests.helpers.api import ApiWithIngest, add_test_users, client, running_api
 from tests.helpers.db import Database
-from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
-from tests.helpers.waiting import wait_for
+from tests.helpers.telemetry import event_payload, make_settings, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
 
 T0 = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(microsecond=0)
@@ -216,21 +213,8 @@ def test_alerts_and_viewings_are_attributed_to_the_officer_of_the_moment(conn: p
     assert viewing["officer"] == "PC Hal" == (now_officer or [None])[0]
 
 
-@dataclass
-class Stack:
-    base: str
-    mqtt_url: str
-    db: Database
-    worker: IngestWorker
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        before = self.worker.stats.received
-        publish_all(self.mqtt_url, messages)
-        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
-
-
 @pytest.fixture
-def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
+def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[ApiWithIngest]:
     with pg.connect() as conn:
         add_test_users(conn)
         upsert_devices(conn, [DeviceRecord("sw-1", None, None, "Westminster", "response"),
@@ -239,7 +223,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
     settings = make_settings()
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker, \
             running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
-        yield Stack(server.base, mosquitto.url, pg, worker)
+        yield ApiWithIngest(server.base, mosquitto.url, pg, worker)
 
 
 def _fixes(device_id: str, first_seq: int, minutes: range) -> list[tuple[str, bytes]]:
@@ -252,7 +236,7 @@ def _event(device_id: str, seq: int, kind: str, minutes: float, **details: Any) 
     return topic_for(device_id, Channel.EVENTS), event_payload(seq, kind, ts=_at(minutes), **details)
 
 
-def test_a_camera_swapped_at_the_dock_attributes_each_half_of_a_track(stack: Stack) -> None:
+def test_a_camera_swapped_at_the_dock_attributes_each_half_of_a_track(stack: ApiWithIngest) -> None:
     """Ada checks the camera out, patrols, docks it; Ben checks it out and patrols. Through the
     broker and ingest, with the dock events sent twice and the pair's halves out of order, the
     unit's track and events name Ada for the first half and Ben for the second."""
@@ -278,7 +262,7 @@ def test_a_camera_swapped_at_the_dock_attributes_each_half_of_a_track(stack: Sta
     assert [p["officer"] for p in points] == ["PC Ada"] * 18 + ["PC Ben"] * 19
 
 
-def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_area(stack: Stack) -> None:
+def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_area(stack: ApiWithIngest) -> None:
     """Ada carries sw-1, swaps it at the dock for sw-2, and later carries ca-9 in Camden: her
     track is one line across the two Westminster cameras (and the Camden one for a user of
     every area); a Westminster-only operator gets no Camden point, and nothing at all for an
@@ -313,7 +297,7 @@ def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_a
                      ("op-west", "sw-1", 9), ("op-west", "sw-2", 9)]
 
 
-def test_admin_assignments_are_audited_and_refused_to_other_roles(stack: Stack) -> None:
+def test_admin_assignments_are_audited_and_refused_to_other_roles(stack: ApiWithIngest) -> None:
     """An admin gives a camera to an officer and takes it back, each on the audit log; an
     operator or a fleet manager may not; an earlier start than the camera's latest window is a
     conflict; the unit's custody history lists both windows."""

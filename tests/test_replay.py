@@ -12,7 +12,6 @@ import hashlib
 import io
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -23,13 +22,11 @@ from api.routes.live_view import EXPORT_COLUMNS
 from core.contract import Channel, Telemetry, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import replay
-from telemetry.ingest import IngestWorker
 from telemetry.schema import ensure_partitions, features
 from telemetry.store import Batch, prepare_connection, write_batch
-from tests.helpers.api import add_test_users, client, running_api
+from tests.helpers.api import ApiWithIngest, add_test_users, client, running_api
 from tests.helpers.db import Database, _database
-from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
-from tests.helpers.waiting import wait_for
+from tests.helpers.telemetry import event_payload, make_settings, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
 
 # Recent enough to fall in an incident opened now (its replay starts 10 minutes before).
@@ -40,19 +37,6 @@ SWAP_S = 120  # sw-1 docks at 115 s (Ada) and leaves at 120 s (Ben)
 
 def _at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
-
-
-@dataclass
-class Stack:
-    base: str
-    mqtt_url: str
-    db: Database
-    worker: IngestWorker
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        before = self.worker.stats.received
-        publish_all(self.mqtt_url, messages)
-        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
 
 
 def _fixes(device_id: str, first_seq: int, seconds: range, *, lat: float = LAT) -> list[tuple[str, bytes]]:
@@ -66,7 +50,7 @@ def _event(device_id: str, seq: int, kind: str, seconds: float, **details: Any) 
 
 
 @pytest.fixture
-def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
+def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[ApiWithIngest]:
     """sw-1 (Westminster) is carried by Ada, docked, and taken by Ben; ca-9 (Camden) patrols
     the same street; far-1 (Westminster) is 5 km away. An alert and a viewing of sw-1 whose
     free text would be a spreadsheet formula."""
@@ -78,7 +62,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
     settings = make_settings()
     with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as worker, \
             running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
-        stack = Stack(server.base, mosquitto.url, pg, worker)
+        stack = ApiWithIngest(server.base, mosquitto.url, pg, worker)
         stack.publish([_event("sw-1", 1, "undocked", 0, officer="PC Ada", callsign="WE01"),
                        _event("sw-1", 2, "recording_started", 5),
                        _event("sw-1", 40, "docked", SWAP_S - 5),
@@ -96,7 +80,7 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[Stack]:
         yield stack
 
 
-def _incident(stack: Stack) -> int:
+def _incident(stack: ApiWithIngest) -> int:
     with client(stack.base, "afo-cmd") as afo:
         made = afo.post("/api/v1/incidents", json={"title": "replay", "lat": LAT, "lon": LON, "radius_m": 500,
                                                    "borough": "Westminster", "grade": "immediate",
@@ -115,7 +99,7 @@ def _frames(http: Any, plan: dict[str, Any], step_s: float) -> dict[str, Any]:
     return frames
 
 
-def test_an_incident_replays_every_unit_there_attributed_across_a_dock_swap(stack: Stack) -> None:
+def test_an_incident_replays_every_unit_there_attributed_across_a_dock_swap(stack: ApiWithIngest) -> None:
     """The incident's replay lists the units in its area (not far-1), the frames give each
     unit one point per 30 s slice, named for Ada before the swap and Ben after, and the
     timeline's events and viewing are attributed the same way; a Westminster operator sees no
@@ -165,7 +149,7 @@ def _csv_rows(archive: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(archive.read(name).decode())))
 
 
-def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(stack: Stack) -> None:
+def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(stack: ApiWithIngest) -> None:
     """An auditor exports the incident: the manifest's hashes are the files', its audit head is
     the export's own entry (the latest, naming the same hashes), the tracks split sw-1 at the
     swap into Ada's line and Ben's, the custody windows and the alert's and viewing's officers

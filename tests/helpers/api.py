@@ -25,9 +25,29 @@ from api.app import WS_DEFLATE, WS_IMPL, create_app
 from core.settings import Settings
 from services.accounts import Role, add_user
 from telemetry.embedded import free_port
+from telemetry.ingest import IngestWorker
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
 from tests.helpers.environment import require_executable
+from tests.helpers.telemetry import publish_all
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
+
+
+@dataclass
+class ApiWithIngest:
+    """An API server (``base``) and an in-process ingest worker on one broker and database."""
+
+    base: str
+    mqtt_url: str
+    db: Database
+    worker: IngestWorker
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """Publish ``messages`` and wait until ingest has received them all."""
+        before = self.worker.stats.received
+        publish_all(self.mqtt_url, messages)
+        wait_for(lambda: self.worker.stats.received >= before + len(messages), what="ingest")
+
 
 SECRET = "test-secret-" + "x" * 40
 #: What a `watchfloor api` process needs besides SECRET: it keys the audit chain (services/audit.py).

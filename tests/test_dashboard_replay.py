@@ -25,8 +25,16 @@ from watchfloor.mosquitto import MosquittoProcess
 __all__ = ["browser_page"]  # the fixture, shared with test_dashboard.py
 
 LAT, LON = 51.5, -0.13
-# Within the replay of an incident opened now (it starts 10 minutes before).
-T0 = (datetime.now(timezone.utc) - timedelta(minutes=6)).replace(microsecond=0)
+# Recent enough to fall in an incident opened now (its replay starts 10 minutes before):
+# six minutes before each test starts (_recent_t0), not before the module was imported, which
+# in a whole suite is longer ago than that.
+T0 = datetime.now(timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def _recent_t0() -> None:
+    global T0
+    T0 = (datetime.now(timezone.utc) - timedelta(minutes=6)).replace(microsecond=0)
 
 
 def _at(seconds: float) -> datetime:

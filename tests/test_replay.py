@@ -29,8 +29,16 @@ from tests.helpers.db import Database, _database
 from tests.helpers.telemetry import event_payload, make_settings, running_worker, telemetry_payload
 from watchfloor.mosquitto import MosquittoProcess
 
-# Recent enough to fall in an incident opened now (its replay starts 10 minutes before).
-T0 = (datetime.now(timezone.utc) - timedelta(minutes=6)).replace(microsecond=0)
+# Recent enough to fall in an incident opened now (its replay starts 10 minutes before):
+# six minutes before each test starts (_recent_t0), not before the module was imported, which
+# in a whole suite is longer ago than that.
+T0 = datetime.now(timezone.utc)
+
+
+@pytest.fixture(autouse=True)
+def _recent_t0() -> None:
+    global T0
+    T0 = (datetime.now(timezone.utc) - timedelta(minutes=6)).replace(microsecond=0)
 LAT, LON = 51.5, -0.13
 SWAP_S = 120  # sw-1 docks at 115 s (Ada) and leaves at 120 s (Ben)
 

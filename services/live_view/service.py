@@ -105,7 +105,10 @@ log = logging.getLogger(__name__)
 
 _SWEEP_S = 2.0
 _RECORDED_WAIT_S = 10.0
-_STREAM_WAIT_S, _STREAM_POLL_S = 10.0, 0.25  # a WHEP request waits this long for an accepted camera
+# A WHEP request waits this long for an accepted camera to dial in (WHIP, ICE, DTLS): seconds
+# on a quiet network, but more than 10 on a loaded API process, where a shorter wait refused
+# viewers with 409 "not live" for a stream that came up moments later.
+_STREAM_WAIT_S, _STREAM_POLL_S = 30.0, 0.25
 _ANSWER_WAIT_S = 10.0  # a camera's WHIP waits this long for its answer to a pending request to be recorded
 # Announcements that a request to a camera was answered (or will not be): they wake its WHIP.
 _ANSWERS = frozenset({"accepted", "declined", "expired", "consent_started"})

@@ -3,6 +3,7 @@ Mosquitto from the shipped configuration, both removed afterwards."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -26,7 +28,8 @@ from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["ROOT", "scratch_stack", "seed_fleet", "stop_processes", "wait_ready"]
+__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "require_chromium", "scratch_stack", "seed_fleet",
+           "signed_in_page", "stop_processes", "wait_ready"]
 
 
 @contextmanager
@@ -81,3 +84,28 @@ def wait_ready(base: str, *, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise SystemExit(f"the API at {base} was not ready within {timeout:.0f} s")
+
+
+# The benchmarks that drive the dashboard: their API's secrets, and Debian's Chromium (never a
+# browser download), headless, in a fresh profile each run.
+SECRET = "bench-secret-" + "x" * 40
+PASSWORD = "bench password, long enough"
+CHROMIUM = "/usr/bin/chromium"
+_CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium")
+
+
+def signed_in_page(playwright: Any, profile: str, session: dict[str, Any]) -> tuple[Any, Any]:
+    """(context, page) of Chromium at 1600x900 in ``profile``, signed in with ``session``
+    before the page's scripts run, as after a reload: a load is timed from navigation, not
+    from someone typing a password."""
+    context = playwright.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=_CHROMIUM_ARGS,
+                                                            viewport={"width": 1600, "height": 900})
+    saved = json.dumps(json.dumps(session))
+    context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
+    return context, context.new_page()

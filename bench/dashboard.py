@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -33,13 +32,22 @@ import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import uvicorn
-from common import ROOT, scratch_stack, seed_fleet, stop_processes, wait_ready
+from common import (
+    PASSWORD,
+    ROOT,
+    SECRET,
+    require_chromium,
+    scratch_stack,
+    seed_fleet,
+    signed_in_page,
+    stop_processes,
+    wait_ready,
+)
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from api.routes import dashboard  # noqa: E402
@@ -48,12 +56,7 @@ from simulator.fleet import FleetProfile, build_fleet  # noqa: E402
 from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 
-SECRET = "bench-secret-" + "x" * 40
-PASSWORD = "bench password, long enough"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the map at full scale (gitignored)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 
@@ -90,13 +93,7 @@ def _measure(base: str, session: dict[str, Any], *, devices: int, seconds: float
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-bench-chromium-") as profile:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS,
-                                                       viewport={"width": 1600, "height": 900})
-        # Signed in before the page's scripts run, as after a reload: the load is timed
-        # from navigation, not from someone typing a password.
-        saved = json.dumps(json.dumps(session))
-        context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
-        page = context.new_page()
+        context, page = signed_in_page(p, profile, session)
         page.on("console", lambda m: print(f"page: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: print(f"page error: {e}"))
         times = _load_times(page, base, devices, 1)
@@ -239,8 +236,7 @@ def main() -> None:
     parser.add_argument("--loads", type=int, default=3, help="page loads timed")
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium")
+    require_chromium()
     load_before = os.getloadavg()[0]
     loads, frames = (_replay if args.source == "replay" else _pipeline)(args)
     load_after = os.getloadavg()[0]

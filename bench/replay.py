@@ -23,7 +23,6 @@ For each path and each of `--runs` runs it times, each from the start of its req
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -36,16 +35,20 @@ from typing import Any
 
 import httpx
 import psycopg
-from common import scratch_stack, seed_fleet, stop_processes, wait_ready
+from common import (
+    PASSWORD,
+    SECRET,
+    require_chromium,
+    scratch_stack,
+    seed_fleet,
+    signed_in_page,
+    stop_processes,
+    wait_ready,
+)
 
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.schema import ensure_partitions  # noqa: E402
 
-SECRET = "bench-secret-" + "x" * 40
-PASSWORD = "bench password, long enough"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LAT, LON = 51.50, -0.13
 BOX = [LAT - 0.02, LON - 0.035, LAT + 0.02, LON + 0.035]  # about 4.4 km x 4.9 km
 TRACK_UNIT = "bench-track-1"  # outside the box: not one of the replayed units
@@ -130,11 +133,7 @@ def _browser_runs(base: str, session: dict[str, Any], *, start: datetime, end: d
 
     results = []
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="wf-bench-chromium-") as profile:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=ARGS,
-                                                       viewport={"width": 1600, "height": 900})
-        saved = json.dumps(json.dumps(session))
-        context.add_init_script(f"sessionStorage.setItem('watchfloor.session', {saved})")
-        page = context.new_page()
+        context, page = signed_in_page(p, profile, session)
         page.on("pageerror", lambda e: print(f"page error: {e}"))
         page.goto(base + "/")
         deadline = time.monotonic() + 60
@@ -202,8 +201,7 @@ def main() -> None:
     parser.add_argument("--paths", default="plain,timescale", help="storage paths, comma-separated")
     parser.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-    if not Path(CHROMIUM).exists():
-        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium")
+    require_chromium()
     load_before = os.getloadavg()[0]
     results = {path: _path(args, path) for path in args.paths.split(",")}
     print()

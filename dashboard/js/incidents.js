@@ -451,7 +451,7 @@ export class IncidentPanel {
     const outside = c.units_outside_area ? ` (and ${c.units_outside_area} from outside your area)` : "";
     const head = `#${c.id} ${c.title} · ${c.grade.toUpperCase()}${c.reference ? ` · ${c.reference}` : ""}` +
       `${c.commander ? ` · cmdr ${c.commander}` : ""}`;
-    this.summary.textContent = (open ? `${head}: ${c.units.length} units assigned${outside}`
+    this.summary.textContent = (open ? `${head}: ${c.units.length} unit${c.units.length === 1 ? "" : "s"} assigned${outside}`
       : `${head}: closed ${this.when(c.closed_at)} by ${c.closed_by || "—"}, ${OUTCOMES[c.outcome] || "no outcome"}`) +
       (missing ? ` — ${missing} firearms unit${missing > 1 ? "s" : ""} NOT recording` : "");
     this.summary.classList.toggle("danger", missing > 0);

@@ -112,7 +112,7 @@ def main() -> None:
     intake = predict_cores(API_INTAKE, per_s=rate, bare_per_core_s=b)
     per_client = predict_cores(API_PER_CLIENT, per_s=rate, bare_per_core_s=b)
     assert ingest is not None and broker is not None
-    workers = math.ceil(ingest / (WORKER_CEILING * PLAN_AT))
+    workers = max(2, math.ceil(ingest / (WORKER_CEILING * PLAN_AT)))  # two: one restarts, half the fleet flows
     brokers = math.ceil(broker / (MOSQUITTO_CEILING * PLAN_AT))
     per_broker = MOSQUITTO_CEILING * PLAN_AT * b / (BROKER.per_bare or 1) / args.hz
     print(f"\n| part | cores at {rate:,.0f}/s | planned ({PLAN_AT:.0%} of each process's ceiling) |")

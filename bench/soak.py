@@ -57,6 +57,7 @@ class LiveClients:
         self.latency = LatencyHistogram()
         self.frames = 0
         self.snapshots = 0
+        self.unit_updates = 0  # units in deltas, every client together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -81,6 +82,7 @@ class LiveClients:
                 if frame["type"] == "snapshot":
                     self.snapshots += 1
                 elif frame["type"] == "delta":
+                    self.unit_updates += len(frame["units"])
                     for unit in frame["units"][:20]:
                         if unit.get("ts"):
                             self.latency.record(now - _epoch(unit["ts"]))

@@ -168,17 +168,25 @@ class LiveReader:
         """The unit as a client holds it: its snapshot entry with every delta merged in (a
         delta carries only the fields that changed), None once a delta removed it; a new
         snapshot starts again."""
-        unit: dict[str, Any] | None = None
+        return self.units().get(device_id)
+
+    def units(self) -> dict[str, dict[str, Any]]:
+        """Every unit as the client holds it (``latest_unit`` of each), in one pass."""
+        held: dict[str, dict[str, Any]] = {}
         with self._lock:
             for frame in self.frames:
                 if frame["type"] == "snapshot":
-                    unit = None
-                if device_id in frame.get("removed", []):
-                    unit = None
+                    held = {}
+                for device_id in frame.get("removed", []):
+                    held.pop(device_id, None)
                 for u in frame.get("units", []):
-                    if u["device_id"] == device_id:
-                        unit = dict(u) if unit is None else {**unit, **u}
-        return unit
+                    held[u["device_id"]] = {**held.get(u["device_id"], {}), **u}
+        return held
+
+    def unit_frames(self) -> list[dict[str, Any]]:
+        """The snapshots and deltas received so far, in order (a copy)."""
+        with self._lock:
+            return [f for f in self.frames if f["type"] in ("snapshot", "delta")]
 
     def close(self) -> None:
         self._stop.set()

@@ -10,7 +10,7 @@ check. The HTTP side (reading the bearer header, the per-route role check) is :m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from core.settings import MIN_SECRET_BYTES
 from services.errors import NotAuthenticated
 from services.oidc import OidcSignIn, OidcVerifier
+from telemetry.system_alerts import SYSTEM_ALERT_KINDS
 
 __all__ = [
     "ALL_AREAS",
@@ -33,6 +34,7 @@ __all__ = [
     "TokenIssuer",
     "User",
     "PasswordRecord",
+    "SEES_SYSTEM_ALERTS",
     "account_announcement",
     "add_user",
     "authenticate",
@@ -72,6 +74,9 @@ ON_LIVE_FEED = frozenset({Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MAN
 HANDLES_ALERTS = frozenset({Role.OPERATOR, Role.FIREARMS_COMMANDER})
 #: The alerts a fleet manager sees: device health, nothing operational.
 HEALTH_ALERT_KINDS = frozenset({"battery_low", "battery_critical", "storage_full", "offline"})
+#: Roles that see system alerts (about Watchfloor itself, no unit: telemetry/system_alerts.py),
+#: whatever their areas: the storage they are about is the whole force's.
+SEES_SYSTEM_ALERTS = frozenset({Role.FLEET_MANAGER, Role.ADMIN})
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,31 @@ class Principal:
         return self.areas is None or (borough is not None and borough in self.areas)
 
     def alert_kinds(self) -> frozenset[str] | None:
-        """Alert kinds this role may see (None: all)."""
-        return HEALTH_ALERT_KINDS if self.role is Role.FLEET_MANAGER else None
+        """Kinds of a unit's alerts this role may see (None: all). An admin sees none of a
+        unit's, only system alerts."""
+        if self.role is Role.FLEET_MANAGER:
+            return HEALTH_ALERT_KINDS
+        return frozenset() if self.role is Role.ADMIN else None
+
+    @property
+    def sees_system_alerts(self) -> bool:
+        return self.role in SEES_SYSTEM_ALERTS
+
+    def sees_kind(self, kind: str) -> bool:
+        """Whether this role sees any alert of ``kind`` (a unit's or a system one)."""
+        if kind in SYSTEM_ALERT_KINDS:
+            return self.sees_system_alerts
+        kinds = self.alert_kinds()
+        return kinds is None or kind in kinds
+
+    def sees_alert(self, alert: Mapping[str, Any]) -> bool:
+        """Whether this caller may see ``alert`` (a row or a feed message: ``device_id``,
+        ``borough``, ``kind``): a system alert (no device) by role alone, a unit's by area and
+        kind. The SQL of :mod:`telemetry.queries` makes the same decision."""
+        if alert.get("device_id") is None:
+            return self.sees_system_alerts
+        kinds = self.alert_kinds()
+        return self.covers(alert.get("borough")) and (kinds is None or alert.get("kind") in kinds)
 
 
 def _areas(raw: Iterable[str]) -> frozenset[str] | None:

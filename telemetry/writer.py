@@ -27,6 +27,7 @@ from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import MAINTENANCE_LOCK_KEY, ensure_partitions, features, run_maintenance
 from telemetry.storage_jobs import GRACE, StorageHealth, check_and_run, has_policies
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
+from telemetry.system_alerts import apply_storage_job_alerts
 
 __all__ = ["BatchWriter", "connect"]
 
@@ -197,9 +198,10 @@ class BatchWriter:
             self._conn = connect(self._database_url)
         return self._conn
 
-    def maintain(self) -> None:
+    def maintain(self) -> list[dict[str, object]]:
         """Partitions ahead, retention, and TimescaleDB's storage jobs checked (and run where
-        the scheduler fails). Raises ``psycopg.Error``; the caller retries later."""
+        the scheduler fails, and alerted on where they fail). Returns the system alerts it
+        changed. Raises ``psycopg.Error``; the caller retries later."""
         dropped = run_maintenance(self._connection(), feats=self.feats,
                                   keep=timedelta(days=self._settings.retention_days), now=self._clock())
         if dropped:
@@ -210,18 +212,19 @@ class BatchWriter:
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} from {t}" for t, n in deleted.items() if n))
         if has_policies(self.feats):
-            self._check_storage_jobs()
+            return self._check_storage_jobs()
+        return []
 
-    def _check_storage_jobs(self) -> None:
+    def _check_storage_jobs(self) -> list[dict[str, object]]:
         try:
             health = check_and_run(self._connection(), lock_key=MAINTENANCE_LOCK_KEY, clock=self._clock,
                                    grace=GRACE)
         except psycopg.Error as error:  # reported on /metrics; retention and ingest go on
             log.error("storage jobs: cannot check them: %s", error)
             self.storage = replace(self.storage, checked_at=self._clock(), error=str(error).strip()[:300])
-            return
+            return []
         if health is None:
-            return  # another process holds the maintenance lock and is checking them
+            return []  # another process holds the maintenance lock and is checking them
         self.storage = health
         for verdict in health.failing:
             log.error("storage job %d (%s on %s) is not looked after: %s", verdict.job.job_id,
@@ -232,3 +235,8 @@ class BatchWriter:
                         "storage job %d (%s on %s) %s: ran it ourselves, %s", verdict.job.job_id,
                         verdict.job.proc_name, verdict.job.target, verdict.reason,
                         "succeeded" if verdict.ran_ok else f"failed: {verdict.run_error}")
+        if not self._settings.ingest_raise_alerts:
+            return []
+        conn = self._connection()
+        with conn.transaction():
+            return apply_storage_job_alerts(conn, health)

@@ -142,6 +142,13 @@ def _health_alert(world: World, borough: str) -> dict[str, Any]:
                                       (world.device(borough),)))}
 
 
+def _system_alert(world: World, borough: str) -> dict[str, Any]:
+    """A system alert (telemetry/system_alerts.py): no device, a subject of its own."""
+    return {"alert_id": int(world.sql("INSERT INTO alerts (subject, kind, severity, detail) VALUES"
+                                      " (%s, 'storage_job_failing', 'warning', 'matrix') RETURNING id",
+                                      (f"storage_job:{next(world.counter)}",)))}
+
+
 def _fresh_incident(world: World, borough: str) -> dict[str, Any]:
     incident, device = world.incident_with_unit(borough)
     return {"incident_id": incident, "device_id": device}
@@ -198,8 +205,13 @@ CASES: list[Case] = [
     case("GET", "/api/v1/officers/{officer}/track", SEES_POSITIONS, {200}, prepare=_officer_on_duty),
     case("POST", "/api/v1/devices/{device_id}/retire", {ADMIN}, {200}, prepare=_fresh_device),
     case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
-    case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),
-    case("GET", "/api/v1/alerts/{alert_id}/history", HANDLES | {FLEET}, {200}, prepare=_health_alert),
+    case("GET", "/api/v1/alerts", HANDLES | {FLEET, ADMIN}, {200}, area_scoped=False),
+    # An admin sees system alerts only: a unit's is absent for them (404), as for an auditor it is refused.
+    case("GET", "/api/v1/alerts/{alert_id}/history", HANDLES | {FLEET}, {200}, prepare=_health_alert,
+         denied=frozenset({403, 404})),
+    # A system alert (no unit, no area): fleet managers and admins; absent (404) for operators.
+    case("GET", "/api/v1/alerts/{alert_id}/history", {FLEET, ADMIN}, {200}, area_scoped=False,
+         prepare=_system_alert, denied=frozenset({403, 404})),
     case("POST", "/api/v1/alerts/{alert_id}/acknowledge", HANDLES, {200}, prepare=_fresh_alert),
     # Area-scoped inside: another area's ids are ignored, not refused (test_areas.py).
     case("POST", "/api/v1/alerts/acknowledge", HANDLES, {200}, area_scoped=False, prepare=_fresh_alert,

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
-from core.contract import Channel, topic_for
+from core.contract import ALERTS_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services.accounts import Principal, Role, TokenIssuer, add_user
 from services.registry import DeviceRecord, upsert_devices
@@ -351,6 +352,38 @@ def test_fleet_manager_sees_health_and_exports_csv(stack: Stack, browser_page: A
     assert len(rows) == FLEET + 1 and "lat" not in rows[0] and "officer" not in rows[0]
     page.wait_for_selector(".export-status:has-text('Exported 41 devices')")
     assert stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export' AND actor = 'fleet'") == 1
+
+
+def _system_alert(stack: Stack, job_id: int) -> dict[str, Any]:
+    """A storage job's system alert as the maintenance check raises it (telemetry/system_alerts.py)."""
+    with stack.db.connect() as conn:
+        row = conn.execute(
+            "INSERT INTO alerts (subject, kind, severity, detail) VALUES (%s, 'storage_job_failing', 'warning', %s)"
+            " RETURNING id, device_id, subject, kind, severity, status, detail, raised_at",
+            (f"storage_job:{job_id}", f"storage job {job_id} (policy_retention on telemetry) is not looked after"),
+        ).fetchone()
+    assert row is not None
+    return dict(zip(("id", "device_id", "subject", "kind", "severity", "status", "detail", "raised_at"), row))
+
+
+def test_fleet_managers_and_admins_see_system_alerts_in_fleet_health(stack: Stack, browser_page: Any) -> None:
+    """A failing storage job's alert (no unit) shows at the top of fleet health for a fleet
+    manager of one borough, a new one as it arrives on the live feed, and for an admin."""
+    page = browser_page
+    _system_alert(stack, 1001)
+    sign_in(page, stack.base, "fleet-west")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1001')")
+    second = _system_alert(stack, 1002)
+    publish_all(stack.mqtt_url, [(ALERTS_TOPIC, orjson.dumps(second))], client_id="dashboard-test-publisher")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1002')")
+    assert "Storage job failing" in page.inner_text("#view-fleet .system-alerts-panel")
+    shot(page, "system-alerts")
+    page.click("#sign-out")
+    page.wait_for_selector("#signin:not(.hidden)")
+    sign_in(page, stack.base, "admin")
+    page.click("#tabs button[data-view=fleet]")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1002')")
+    assert page.locator("#view-fleet .system-alert").count() == 2
 
 
 def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, browser_page: Any) -> None:

@@ -145,15 +145,13 @@ class LiveHub:
                 client.offer(frame, delta)
 
     def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """One ``alerts`` frame per tick, encoded once per (area, visible kinds)."""
-        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None], tuple[str, int]] = {}
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds, system alerts)."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None, bool], tuple[str, int]] = {}
         for client in self._clients:
             who = client.who
-            key = (who.areas, who.alert_kinds())
+            key = (who.areas, who.alert_kinds(), who.sees_system_alerts)
             if key not in frames:
-                areas, kinds = key
-                visible = [a for a in alerts if (areas is None or a["borough"] in areas)
-                           and (kinds is None or a.get("kind") in kinds)]
+                visible = [a for a in alerts if who.sees_alert(a)]
                 frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
             frame, count = frames[key]
             if count:

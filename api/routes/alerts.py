@@ -22,7 +22,9 @@ from telemetry.alert_timeline import timeline
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 
-AlertViewer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER))]
+# An admin sees the system alerts only (Principal.alert_kinds, sees_system_alerts).
+AlertViewer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER,
+                                                   Role.ADMIN))]
 AlertHandler = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
@@ -38,12 +40,10 @@ def list_alerts(db: Db, who: AlertViewer,
                 borough: Annotated[str | None, Query(max_length=64)] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0) -> AlertPage:
-    allowed = who.alert_kinds()
-    if kind is not None and allowed is not None and kind not in allowed:
+    if kind is not None and not who.sees_kind(kind):
         raise Forbidden(f"role {who.role.value} does not see {kind} alerts")
-    kinds = frozenset({kind}) if kind is not None else allowed
-    rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=kinds, borough=borough,
-                               limit=limit, offset=offset)
+    rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
+                               system=who.sees_system_alerts, borough=borough, limit=limit, offset=offset, kind=kind)
     return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
 
 
@@ -51,7 +51,8 @@ def list_alerts(db: Db, who: AlertViewer,
             summary="What happened to an alert: raised, escalated, acknowledged, resolved; by whom, when")
 def alert_history(alert_id: AlertId, db: Db, who: AlertViewer) -> AlertHistory:
     # Another area's alert, or a kind the role does not see, is absent (404), as in the list.
-    alert, history = queries.get_alert_with_history(db, alert_id, boroughs=who.areas, kinds=who.alert_kinds())
+    alert, history = queries.get_alert_with_history(db, alert_id, boroughs=who.areas, kinds=who.alert_kinds(),
+                                                    system=who.sees_system_alerts)
     if alert is None:
         raise NotFound(f"no alert {alert_id} in your area")
     return AlertHistory(alert=Alert.model_validate(alert),

@@ -52,6 +52,7 @@ def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]
         rows = []
         for status in ("open", "acknowledged"):
             rows += queries.list_alerts(conn, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
+                                        system=who.sees_system_alerts,
                                         borough=None, limit=1000, offset=0)
         return rows
 

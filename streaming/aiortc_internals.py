@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pylibsrtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.clock import current_ntp_time
@@ -433,7 +434,10 @@ class RtpWriter:
             datagram = packet.serialize(self._extensions)
         try:
             await self._sender.transport._send_rtp(datagram)
-        except ConnectionError:
+        except (ConnectionError, pylibsrtp.Error):
+            # Gone, or SRTP refuses the packet (aiortc's own retransmission of a packet
+            # already protected, without RTX): the viewer asks for a keyframe in the end.
+            # Raised here, it would end the transport's receive loop.
             pass
 
 

@@ -31,7 +31,9 @@ class ViewerOutlet:
     cannot keep up holds back no other viewer and costs only its own queue.
 
     ``on_sent(seconds)`` gets, for each frame sent, the time from the relay having it whole
-    to its last packet handed to the socket.
+    to its last packet handed to the socket. ``on_failed()`` is called (on the loop) if
+    sending the queue raised anything but ``ConnectionError``, which the peer connection
+    reports itself.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class ViewerOutlet:
         self._sequence = random.randrange(1 << 15)
         self._origin = random.randrange(1 << 32)
         self._drain: asyncio.Task[None] | None = None
+        self.on_failed: Callable[[], None] | None = None
 
     def offer(self, frame: PacketisedFrame) -> bool:
         """Send ``frame`` now or queue it; False if it was dropped (see :class:`ViewerQueue`)."""
@@ -84,5 +87,7 @@ class ViewerOutlet:
         except Exception:
             logger.exception("sending to a viewer failed")
             self.queue.close()
+            if self.on_failed is not None:
+                self.on_failed()
         finally:
             self._drain = None

@@ -39,6 +39,7 @@ from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from .aiortc_internals import (
+    AiortcChanged,
     RtpWriter,
     TappedFrame,
     check_aiortc,
@@ -184,9 +185,18 @@ class Relay:
         transceiver = pc.addTransceiver("video", direction="sendonly")
         transceiver.setCodecPreferences(_capabilities((codec,)))
         transceiver.sender.replaceTrack(IdleTrack())
-        outlet = ViewerOutlet(RtpWriter(transceiver), ViewerQueue(capacity=self._queue_frames),
-                              on_sent=self._forward_delay.record)
+        try:
+            writer = RtpWriter(transceiver)
+        except AiortcChanged:
+            await pc.close()
+            raise
+        outlet = ViewerOutlet(writer, ViewerQueue(capacity=self._queue_frames), on_sent=self._forward_delay.record)
         viewer = Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc, outlet=outlet, codec=codec)
+
+        def failed() -> None:
+            self._begin_close(viewer, "send_failed")
+
+        outlet.on_failed = failed
         on_keyframe_request(transceiver.sender, lambda: self._viewer_wants_keyframe(viewer))
         answer = await self._answer(viewer, transceiver, sdp, before_answer=None)
         if self._closed or self._streams.get(stream_id) is not stream or stream.publisher.codec != codec:
@@ -325,15 +335,22 @@ class Relay:
         timestamp = stream.rebase(publisher, frame.timestamp)
         if not any(viewer.connected for viewer in stream.viewers.values()):
             return  # a publisher nobody watches costs this much and no more
+        received_at = asyncio.get_running_loop().time()
         packetised = PacketisedFrame(payloads=self._packetise(stream, codec, frame.data, timestamp),
-                                     timestamp=timestamp, keyframe=keyframe,
-                                     received_at=asyncio.get_running_loop().time())
+                                     timestamp=timestamp, keyframe=keyframe, received_at=received_at)
+        failed: list[Viewer] = []
         for viewer in stream.viewers.values():
             if not viewer.connected:
                 continue
             queue = viewer.outlet.queue
             was_waiting = queue.waiting_for_keyframe
-            if viewer.outlet.offer(packetised):
+            try:
+                sent = viewer.outlet.offer(packetised)
+            except Exception:  # one viewer's broken transport must not cost the others this frame
+                logger.exception("sending to viewer %s failed", viewer.id)
+                failed.append(viewer)
+                continue
+            if sent:
                 counters.frames_forwarded += 1
                 counters.bytes_forwarded += size
                 continue
@@ -341,6 +358,8 @@ class Relay:
             if not was_waiting:
                 counters.queue_overflows += 1
             self._request_keyframe(stream)
+        for viewer in failed:
+            self._begin_close(viewer, "send_failed")
 
     @staticmethod
     def _packetise(stream: Stream, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> tuple[bytes, ...]:

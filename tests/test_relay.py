@@ -527,6 +527,39 @@ def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
     run(scenario())
 
 
+def test_a_viewer_whose_sending_fails_is_ended_alone() -> None:
+    """Writing to one viewer raising (a transport in a state nobody foresaw) ends that
+    viewer with reason send_failed; the other viewer of the stream loses no frame."""
+
+    async def scenario() -> None:
+        events: list[RelayEvent] = []
+        relay = Relay(host_addresses=LOOPBACK, on_event=events.append)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        steady: list[EncodedFrame] = []
+        broken: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewers = [await tap_viewer(relay, "cam-1", steady), await tap_viewer(relay, "cam-1", broken, ids)]
+        await until(lambda: len(steady) >= 10 and len(broken) >= 10, what="both viewers receiving")
+
+        def fail(*args: object) -> None:
+            raise RuntimeError("a transport nobody foresaw")
+
+        relay._peers[ids[0]].outlet._writer.write = fail  # type: ignore[attr-defined]
+        await until(lambda: any(e.reason == "send_failed" for e in events), what="the broken viewer ended")
+        before = len(steady)
+        await until(lambda: len(steady) >= before + 20, what="the other viewer carrying on")
+        positions = index_in(camera.sent, steady)
+        assert positions == list(range(positions[0], positions[0] + len(steady))), "a frame was lost"
+        assert relay.viewer_count("cam-1") == 1
+        for v in viewers:
+            await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
 def test_a_packet_lost_for_good_stalls_viewers_only_briefly() -> None:
     """A camera packet lost together with every retransmission of it holds the relay's
     stream only until the relay gives up on that frame (0.3 s), instead of the seconds

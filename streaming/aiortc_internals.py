@@ -144,11 +144,13 @@ class MarkerJitterBuffer(JitterBuffer):
     ``after_loss``. Also remembers the stream's SSRC, to address picture-loss reports.
     """
 
-    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY, *, give_up_s: float = GAP_GIVE_UP_S) -> None:
+    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY, *, give_up_s: float = GAP_GIVE_UP_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(capacity=capacity, is_video=True)
         self._synced = False
         self._lost = False
         self._give_up_s = give_up_s
+        self._clock = clock  # a test's own clock: the give-up is a rule on time, tested without waiting
         self._blocked_since: float | None = None
         self.ssrc: int | None = None
 
@@ -158,7 +160,7 @@ class MarkerJitterBuffer(JitterBuffer):
         if frame is not None or self._origin is None:
             self._blocked_since = None
             return pli_flag, frame
-        now = time.monotonic()
+        now = self._clock()
         if self._blocked_since is None:
             if self._has_gap_before(packet.sequence_number):
                 self._blocked_since = now

@@ -145,15 +145,16 @@ class LiveHub:
                 client.offer(frame, delta)
 
     def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """One ``alerts`` frame per tick, encoded once per (area, visible kinds)."""
-        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None], tuple[str, int]] = {}
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds, sees officers):
+        the officer an alert names is for the roles that see positions, as on the units."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None, bool], tuple[str, int]] = {}
         for client in self._clients:
             who = client.who
-            key = (who.areas, who.alert_kinds())
+            key = (who.areas, who.alert_kinds(), who.sees_positions)
             if key not in frames:
-                areas, kinds = key
-                visible = [a for a in alerts if (areas is None or a["borough"] in areas)
-                           and (kinds is None or a.get("kind") in kinds)]
+                areas, kinds, sees = key
+                visible = [a if sees else {k: v for k, v in a.items() if k != "officer"} for a in alerts
+                           if (areas is None or a["borough"] in areas) and (kinds is None or a.get("kind") in kinds)]
                 frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
             frame, count = frames[key]
             if count:

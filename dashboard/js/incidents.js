@@ -12,7 +12,7 @@ const REFRESH_MS = 5000;
 const CLOSED_PAGE = 20;
 const EARTH_DEG_M = 111320; // metres per degree of latitude, as the server's geofence
 const POINTS = ["N", "NE", "E", "SE", "S", "SW", "W", "NW"];
-const OUTCOMES = { resolved: "Resolved", arrest: "Arrest", stood_down: "Stood down", no_trace: "No trace",
+export const OUTCOMES = { resolved: "Resolved", arrest: "Arrest", stood_down: "Stood down", no_trace: "No trace",
   handed_over: "Handed over" };
 
 // "1.2 km NE" from the incident's centre to the unit (equirectangular, as the server measures).

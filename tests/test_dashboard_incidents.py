@@ -12,6 +12,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -188,3 +189,41 @@ def test_an_auditor_finds_incidents_open_and_closed_and_exports_one(stack: Stack
     exports = stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export' AND actor = 'audit'"
                               " AND details ? 'sha256'")
     assert exports == 2
+
+
+def _outline_box(name: str) -> tuple[float, float, float, float]:
+    """A borough's (south, west, north, east) from the outlines the dashboard is served."""
+    geo = orjson.loads(resources.files("simulator").joinpath("london-boroughs.geojson").read_bytes())
+    [feature] = [f for f in geo["features"] if f["properties"]["name"] == name]
+    rings = feature["geometry"]["coordinates"]
+    points = [p for polygon in (rings if feature["geometry"]["type"] == "MultiPolygon" else [rings])
+              for ring in polygon for p in ring]
+    return (min(p[1] for p in points), min(p[0] for p in points), max(p[1] for p in points),
+            max(p[0] for p in points))
+
+
+def test_a_new_incident_is_centred_on_a_place_searched_by_name(stack: Stack, browser_page: Any) -> None:
+    """"at a callsign or borough" takes part of a borough's name, offline: a name that starts
+    with the text wins over one that only contains it ("ham": Hammersmith and Fulham, not
+    Newham); the incident is created at that borough's centre, in that borough."""
+    page = browser_page
+    sign_in(page, stack.base, "afo-cmd")
+    page.wait_for_selector("#incident-panel:not(.hidden)")
+    form = "#incident-panel form.new-incident"
+    page.wait_for_selector(f"{form} select[name=borough] option[value='Westminster']", state="attached")
+    page.click("#incident-panel details.new-incident-box summary")
+    page.fill(f"{form} input[name=title]", "Found by name")
+    page.fill(f"{form} input[name=reference]", "CAD 9/PLACE")
+    for typed, where in (("ham", "Hammersmith and Fulham"), ("WESTMIN", "Westminster")):
+        page.fill(f"{form} input[name=at_unit]", typed)
+        page.dispatch_event(f"{form} input[name=at_unit]", "change")
+        page.wait_for_selector(f"#incident-panel .where-info:has-text('Centre: {where} (the borough')")
+        page.select_option(f"{form} select[name=borough]", "")  # as a user who gave none
+    page.dispatch_event(f"{form} input[name=at_unit]", "change")  # Westminster again, borough filled
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("#incident-panel .incident-summary:has-text('CAD 9/PLACE')", timeout=15_000)
+    with stack.db.connect() as conn:
+        row = conn.execute("SELECT lat, lon, borough FROM incidents WHERE reference = 'CAD 9/PLACE'").fetchone()
+    assert row is not None
+    south, west, north, east = _outline_box("Westminster")
+    assert south < row[0] < north and west < row[1] < east and row[2] == "Westminster"

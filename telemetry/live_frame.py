@@ -84,25 +84,26 @@ def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[byt
 def _pack(reports: list[bytes], online: list[bytes], carried: list[bytes], max_bytes: int) -> list[bytes]:
     """Rows (each already encoded) into as few frames of at most ``max_bytes`` as they fill."""
     head = b'{"v":%d,"t":[' % FRAME_VERSION
-    frames: list[bytes] = []
-    t: list[bytes] = []
-    s: list[bytes] = []
-    o: list[bytes] = []
     empty = len(head) + len(b'],"s":[],"o":[]}')
+    frames: list[bytes] = []
+    rows: dict[str, list[bytes]] = {"t": [], "s": [], "o": []}
     size = empty
 
     def flush() -> None:
-        nonlocal t, s, o, size
+        nonlocal size
+        t, s, o = rows["t"], rows["s"], rows["o"]
         if t or s or o:
             tail = b'],"o":[' + b",".join(o) + b"]}" if o else b"]}"
             frames.append(head + b",".join(t) + b'],"s":[' + b",".join(s) + tail)
-        t, s, o, size = [], [], [], empty
+        for kept in rows.values():
+            kept.clear()
+        size = empty
 
-    for rows, into in ((reports, "t"), (online, "s"), (carried, "o")):
-        for row in rows:
+    for key, encoded in (("t", reports), ("s", online), ("o", carried)):
+        for row in encoded:
             if size + len(row) + 1 > max_bytes:
                 flush()
-            {"t": t, "s": s, "o": o}[into].append(row)
+            rows[key].append(row)
             size += len(row) + 1
     flush()
     return frames

@@ -164,6 +164,8 @@ class Alert(_Out):
     borough: str | None = None
     callsign: str | None = None
     role: str | None = None
+    officer: str | None = Field(default=None, description="who carried the camera when the alert was raised (custody"
+                                " windows); null for nobody on record, and for roles that do not see officers")
 
 
 class AlertHistoryEntry(_Out):

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from core.contract import EventType
 from core.reports import EventReport, TelemetryReport
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
+from telemetry.custody import officer_at
 from telemetry.escalation import ESCALATED_TO, ESCALATING_SEVERITIES, EscalationRules, escalation_due
 from telemetry.geometry import parse_ring
 from telemetry.offline import QuietUnit, offline_due
@@ -33,8 +34,11 @@ __all__ = ["STATE_RULES", "AlertRules", "Geofence", "evaluate_batch", "evaluate_
 
 _COLUMNS = ("id", "device_id", "kind", "severity", "status", "detail", "raised_at", "acknowledged_at",
             "acknowledged_by", "resolved_at", "resolved_by", "outcome", "note", "escalated_at", "escalation_level")
-_RETURNING = "RETURNING " + ", ".join(_COLUMNS)
-_RETURNING_A = "RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS)
+# With the officer who carried the camera when the alert was raised, as the REST list has it.
+_RETURNING = ("RETURNING " + ", ".join(_COLUMNS) + ", "
+              + officer_at(device="alerts.device_id", at="alerts.raised_at") + " AS officer")
+_RETURNING_A = ("RETURNING " + ", ".join(f"a.{c}" for c in _COLUMNS) + ", "
+                + officer_at(device="a.device_id", at="a.raised_at") + " AS officer")
 
 
 @dataclass(frozen=True)

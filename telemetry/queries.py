@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from telemetry.custody import attribution_join
+from telemetry.custody import attribution_join, officer_at
 
 __all__ = [
     "get_alert_with_history",
@@ -182,9 +182,11 @@ def fleet_summary(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, 
             "charging": counts.get("charging", 0), "not_seen": not_seen_rows}
 
 
+# ``officer``: who carried the camera when the alert was raised (custody), not who has it now.
 _ALERT_COLUMNS = ("a.id, a.device_id, a.subject, a.kind, a.severity, a.status, a.detail, a.raised_at,"
                   " a.acknowledged_at, a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note,"
-                  " a.escalated_at, a.escalation_level, d.borough, d.callsign, d.role")
+                  " a.escalated_at, a.escalation_level, d.borough, d.callsign, d.role,"
+                  f" {officer_at(device='a.device_id', at='a.raised_at')} AS officer")
 
 
 def _alert_filter(params: dict[str, Any], *, boroughs: frozenset[str] | None, kinds: frozenset[str] | None,

@@ -15,12 +15,13 @@ from datetime import date, datetime, timedelta, timezone
 import msgspec
 import psycopg
 
+from core.contract import EventType
 from core.reports import TelemetryReport
 from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_escalations, sweep_offline
-from telemetry.custody import apply_dock_events
+from telemetry.custody import apply_dock_events, registry_officers
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
 from telemetry.retention import delete_expired, record_retention
@@ -147,6 +148,9 @@ class BatchWriter:
         stored_t, stored_e = write_batch(conn, batch)
         # After the events are stored: a late undocked finds its docked among them.
         self.stats.custody.update(apply_dock_events(conn, [(d, e) for d, _, e in batch.events]))
+        undocked = sorted({d for d, _, e in batch.events if e.type is EventType.UNDOCKED})
+        batch.carried = [(o.device_id, o.officer, o.callsign)
+                         for o in registry_officers(conn, undocked).values()] if undocked else []
         self.stats.stored_telemetry += stored_t
         self.stats.stored_events += stored_e
         self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e
@@ -155,6 +159,7 @@ class BatchWriter:
         """Store what can be stored; a message the database refuses becomes a rejection."""
         singles: list[tuple[Batch, str, bytes]] = []
         stored_telemetry: list[tuple[str, datetime, TelemetryReport]] = []
+        carried: list[tuple[str, str | None, str | None]] = []
         for d, r, t in batch.telemetry:
             singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
                             d, msgspec.json.encode(t)))
@@ -168,6 +173,7 @@ class BatchWriter:
                     with conn.transaction():  # a savepoint per message
                         self._write_counted(conn, single)
                     stored_telemetry += single.telemetry
+                    carried += single.carried
                 except psycopg.Error as error:
                     rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
@@ -176,7 +182,7 @@ class BatchWriter:
             alerts = self._evaluate(conn, batch)
         batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
-        batch.telemetry = stored_telemetry  # the live frame shows only what was stored
+        batch.telemetry, batch.carried = stored_telemetry, carried  # the live frame shows only what was stored
         return alerts
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:

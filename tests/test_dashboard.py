@@ -239,6 +239,7 @@ def test_live_alert_is_highlighted_then_acknowledged_and_resolved(stack: Stack, 
     assert "new" in (item.get_attribute("class") or "")
     page.wait_for_selector("#emergency-banner:not(.hidden):has-text('WESOS1')")
     page.wait_for_selector("#alert-count.flash")
+    assert item.locator(".officer").inner_text() == "PC Sos"  # who carried the camera as it was raised
     shot(page, "alert-new")
 
     item.locator("button.ack").click()

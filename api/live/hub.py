@@ -145,13 +145,16 @@ class LiveHub:
                 client.offer(frame, delta)
 
     def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """One ``alerts`` frame per tick, encoded once per (area, visible kinds, system alerts)."""
-        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None, bool], tuple[str, int]] = {}
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds, system alerts,
+        sees officers): the officer an alert names is for the roles that see positions, as on
+        the units."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None, bool, bool], tuple[str, int]] = {}
         for client in self._clients:
             who = client.who
-            key = (who.areas, who.alert_kinds(), who.sees_system_alerts)
+            key = (who.areas, who.alert_kinds(), who.sees_system_alerts, who.sees_positions)
             if key not in frames:
-                visible = [a for a in alerts if who.sees_alert(a)]
+                visible = [a if who.sees_positions else {k: v for k, v in a.items() if k != "officer"}
+                           for a in alerts if who.sees_alert(a)]
                 frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
             frame, count = frames[key]
             if count:

@@ -33,6 +33,12 @@ def _publish(request: Request, alert: dict[str, Any]) -> None:
     request.app.state.hub.publish(ALERTS_TOPIC, orjson.dumps(alert))
 
 
+def _shown(alert: dict[str, Any], who: Principal) -> Alert:
+    """The alert as ``who`` may read it: who carried the camera is for the roles that see
+    officers (a fleet manager sees the unit's health, not the person)."""
+    return Alert.model_validate(alert if who.sees_positions else {**alert, "officer": None})
+
+
 @router.get("", response_model=AlertPage, summary="Alerts in your area, newest first")
 def list_alerts(db: Db, who: AlertViewer,
                 status: Literal["open", "acknowledged", "resolved"] | None = None,
@@ -44,7 +50,7 @@ def list_alerts(db: Db, who: AlertViewer,
         raise Forbidden(f"role {who.role.value} does not see {kind} alerts")
     rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
                                system=who.sees_system_alerts, borough=borough, limit=limit, offset=offset, kind=kind)
-    return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
+    return AlertPage(items=[_shown(r, who) for r in rows], limit=limit, offset=offset)
 
 
 @router.get("/{alert_id}/history", response_model=AlertHistory, responses={404: {"model": ErrorBody}},
@@ -55,7 +61,7 @@ def alert_history(alert_id: AlertId, db: Db, who: AlertViewer) -> AlertHistory:
                                                     system=who.sees_system_alerts)
     if alert is None:
         raise NotFound(f"no alert {alert_id} in your area")
-    return AlertHistory(alert=Alert.model_validate(alert),
+    return AlertHistory(alert=_shown(alert, who),
                         history=[AlertHistoryEntry.model_validate(e, from_attributes=True)
                                  for e in timeline(alert, history)])
 
@@ -75,7 +81,7 @@ def acknowledge_many(body: BulkAcknowledgeIn, request: Request, db: Db, who: Ale
     db.commit()
     for alert in alerts:
         _publish(request, alert)
-    return BulkAcknowledged(count=len(alerts), items=[Alert.model_validate(a) for a in alerts])
+    return BulkAcknowledged(count=len(alerts), items=[_shown(a, who) for a in alerts])
 
 
 @router.post("/{alert_id}/acknowledge", response_model=Alert,
@@ -90,7 +96,7 @@ def acknowledge(alert_id: AlertId, request: Request, db: Db, who: AlertHandler) 
                  details={"alert_id": alert_id, "kind": alert["kind"]})
     db.commit()  # published only once it is true in the database
     _publish(request, alert)
-    return Alert.model_validate(alert)
+    return _shown(alert, who)
 
 
 @router.post("/{alert_id}/resolve", response_model=Alert,
@@ -106,4 +112,4 @@ def resolve(alert_id: AlertId, body: ResolveIn, request: Request, db: Db, who: A
                  details={"alert_id": alert_id, "kind": alert["kind"], "outcome": body.outcome, "note": body.note})
     db.commit()
     _publish(request, alert)
-    return Alert.model_validate(alert)
+    return _shown(alert, who)

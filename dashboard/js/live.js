@@ -23,7 +23,7 @@ async function readMessage(data) {
 }
 
 // A snapshot's columns ({count, columns: {field: values, or {values, codes}}}) as unit objects.
-export function snapshotUnits({ count, columns }) {
+function snapshotUnits({ count, columns }) {
   const names = Object.keys(columns);
   const values = names.map((name) => {
     const column = columns[name];

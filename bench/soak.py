@@ -35,6 +35,7 @@ import websockets
 from common import ROOT, scratch_stack, stop_processes, wait_ready
 from ingest import Probe
 
+from api.live.snapshot import read_message  # noqa: E402
 from services.accounts import Role, add_user  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
@@ -76,7 +77,7 @@ class LiveClients:
                     raw = await asyncio.wait_for(ws.recv(), 0.5)
                 except asyncio.TimeoutError:
                     continue
-                frame = orjson.loads(raw)
+                frame = read_message(raw)
                 now = time.time()
                 self.frames += 1
                 if frame["type"] == "snapshot":

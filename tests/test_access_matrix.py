@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import websockets
 
+from api.live.snapshot import read_message
 from services import audit
 from services.accounts import Role, add_user
 from services.registry import DeviceRecord, provision_device, upsert_devices
@@ -415,7 +416,7 @@ def _live(world: World, user: str) -> tuple[str, Any]:
         async with websockets.connect(world.base.replace("http", "ws") + "/api/v1/live") as ws:
             await ws.send(orjson.dumps({"type": "auth", "token": world.tokens[user]}).decode())
             try:
-                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                frame = read_message(await asyncio.wait_for(ws.recv(), 10))
                 return "frame", frame
             except websockets.ConnectionClosed as closed:
                 return "closed", closed.rcvd.code if closed.rcvd else None

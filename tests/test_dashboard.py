@@ -907,6 +907,47 @@ def _share_of_colour(png: bytes, rgb: tuple[int, int, int], tolerance: int = 6) 
     return matches / (width * height)
 
 
+def test_the_map_draws_the_units_of_a_snapshot(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
+    """Units that ingest stored before the API started reach the page in its snapshot alone
+    (one deflated message of columns, docs/api.md "Live feed"): every one is drawn, each with
+    its stored position, battery, recording state and registry fields, and no delta
+    carried any of them."""
+    boroughs = ["Westminster", "Camden", "Hackney", "Lambeth", "Southwark"]
+    devices = [DeviceRecord(f"snap-{n}", f"SN{n:03}", f"PC Snap {n}", boroughs[n % len(boroughs)],
+                            "firearms" if n % 4 == 0 else "response") for n in range(24)]
+    stored = {d.device_id: {"lat": 51.42 + (n % 6) * 0.03, "lon": -0.3 + (n // 6) * 0.08, "battery_pct": 50.0 + n,
+                            "recording": "recording" if n % 3 == 0 else "buffering", "callsign": d.callsign,
+                            "borough": d.borough, "role": d.role} for n, d in enumerate(devices)}
+    with pg.connect() as conn:
+        add_test_users(conn)
+        upsert_devices(conn, devices)
+    settings = make_settings(live_rate_hz=4.0)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings):
+        publish_all(mosquitto.url, [(topic_for(d, Channel.TELEMETRY),
+                                     telemetry_payload(1, lat=u["lat"], lon=u["lon"], battery=u["battery_pct"],
+                                                       recording=u["recording"])) for d, u in stored.items()])
+
+        def latest() -> int:
+            with pg.connect() as conn:
+                return int(conn.execute("SELECT count(*) FROM device_latest WHERE device_id LIKE 'snap-%'"
+                                        " AND lat IS NOT NULL").fetchone()[0])
+
+        wait_for(lambda: latest() == len(devices), what="every unit's report stored")
+    with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        page = browser_page
+        sign_in(page, server.base, "op-all")
+        page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+        wait_visible(page, lambda n: n == len(devices), "every unit of the snapshot")
+        wait_for(lambda: int(page.get_attribute("#unit-count", "data-drawn") or 0) == len(devices),
+                 what="a marker for each")
+        held = page.evaluate("(fields) => Object.fromEntries([...window.__watchfloor.map.store.units.values()]"
+                             ".map((u) => [u.device_id, Object.fromEntries(fields.map((f) => [f, u[f]]))]))",
+                             list(stored["snap-0"]))
+        assert held == stored
+        assert page.evaluate("window.__watchfloor.perf.deltaUnits") == 0
+        shot(page, "snapshot")
+
+
 def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
     """With WATCHFLOOR_MAP_TILES_URL set, the map fetches {z}/{x}/{y} tiles from that server
     and draws them under the outlines, within the page's and the server's CSP."""

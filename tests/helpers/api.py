@@ -22,6 +22,7 @@ import websockets
 from fastapi import FastAPI
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
+from api.live.snapshot import read_message
 from core.settings import Settings
 from services.accounts import Role, add_user
 from telemetry.embedded import free_port
@@ -135,7 +136,7 @@ class LiveReader:
     def __init__(self, base: str, bearer: str | None) -> None:
         self.url = base.replace("http://", "ws://") + "/api/v1/live"
         self.bearer = bearer
-        self.frames: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []  # as a client reads them (api.live.snapshot.read_message)
         self.received_at: list[float] = []
         self.closed: tuple[int, str] | None = None
         self._stop = threading.Event()
@@ -155,7 +156,7 @@ class LiveReader:
                     except asyncio.TimeoutError:
                         continue
                     with self._lock:
-                        self.frames.append(orjson.loads(raw))
+                        self.frames.append(read_message(raw))
                         self.received_at.append(time.time())
         except websockets.ConnectionClosed as closed:
             self.closed = (closed.rcvd.code if closed.rcvd else 1006, closed.rcvd.reason if closed.rcvd else "")

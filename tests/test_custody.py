@@ -300,6 +300,17 @@ def test_an_alert_names_the_officer_who_carried_the_camera_when_it_was_raised(st
     assert listed["emergency"] == "PC Ada" and listed["battery_critical"] == listed["battery_low"] == "PC Ben"
     assert acknowledged["officer"] == "PC Ada"  # still Ada's, though Ben has the camera now
     assert fleet_listed and {a["officer"] for a in fleet_listed} == {None}
+    # A feed opened now gets the open alerts in its snapshot: the same rule there.
+    late_fleet, late_operator = (LiveReader(stack.base, token(stack.base, name)) for name in ("fleet", "op-all"))
+    try:
+        wait_for(lambda: late_fleet.of_type("snapshot") and late_operator.of_type("snapshot"), what="both snapshots")
+        fleet_snapshot = late_fleet.of_type("snapshot")[0]["alerts"]
+        operator_snapshot = late_operator.of_type("snapshot")[0]["alerts"]
+    finally:
+        late_fleet.close()
+        late_operator.close()
+    assert fleet_snapshot and all(a.get("officer") is None for a in fleet_snapshot)
+    assert {a["kind"]: a["officer"] for a in operator_snapshot}["emergency"] == "PC Ada"
 
 
 def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_area(stack: ApiWithIngest) -> None:

@@ -288,17 +288,19 @@ def revoke_tokens(conn: psycopg.Connection, *, username: str) -> bool:
     return cursor.rowcount > 0
 
 
-def token_versions(conn: psycopg.Connection) -> dict[str, int | None]:
-    """Every local user's token version; None for a disabled user (no token of theirs is valid)."""
-    rows = conn.execute("SELECT username, CASE WHEN disabled_at IS NULL THEN token_version END FROM users")
-    return {str(r[0]): r[1] for r in rows.fetchall()}
+def token_versions(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:
+    """Every local user's token version and whether they are enabled. Every change to a user
+    (sign-out, disabling, a new role or areas, enabling again) bumps the version, so of two
+    readings of a user the one with the higher version is the newer."""
+    rows = conn.execute("SELECT username, token_version, disabled_at IS NULL FROM users")
+    return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows.fetchall()}
 
 
-def token_version(conn: psycopg.Connection, *, username: str) -> int | None:
-    """One user's token version; None if they are disabled or do not exist."""
-    row = conn.execute("SELECT token_version FROM users WHERE username = %s AND disabled_at IS NULL",
+def token_version(conn: psycopg.Connection, *, username: str) -> tuple[int, bool] | None:
+    """One user's token version and whether they are enabled; None if they do not exist."""
+    row = conn.execute("SELECT token_version, disabled_at IS NULL FROM users WHERE username = %s",
                        (username,)).fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), bool(row[1]))
 
 
 def account_announcement(username: str, change: str) -> bytes:

@@ -409,7 +409,10 @@ def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None
                 " ORDER BY i.id, d.device_id",
                 ([e["device_id"] for e in entered], [e["incident_id"] for e in entered]))
             changes += _raise(cur, "geofence", cur.fetchall(), policy)
-        # Assigned firearms units must be recording.
+        # Assigned firearms units must be recording. Raised on what a report says: a unit that
+        # has not reported yet (none, or only a connection status) is left to its first report,
+        # which on a camera just switched on comes within seconds, rather than paging the
+        # firearms commanders with a state nobody knows (docs/api.md, "Alerts").
         assigned = ("SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
                     " WHERE u.device_id = l.device_id AND i.status = 'open'")
         cur.execute(
@@ -420,9 +423,9 @@ def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None
         changes += cur.fetchall()
         cur.execute(
             f"SELECT l.device_id, {_PROFILE},"
-            " 'assigned firearms unit is ' || coalesce(l.recording, 'unknown') || ', not recording' AS detail"
+            " 'assigned firearms unit is ' || l.recording || ', not recording' AS detail"
             " FROM device_latest l JOIN devices d USING (device_id)"
-            f" WHERE {scope} AND d.role = 'firearms' AND coalesce(l.recording, 'off') <> 'recording'"
+            f" WHERE {scope} AND d.role = 'firearms' AND l.recording IS NOT NULL AND l.recording <> 'recording'"
             f" AND EXISTS ({assigned}) AND NOT EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id"
             " AND a.kind = 'assigned_not_recording' AND a.status <> 'resolved')", params)
         changes += _raise(cur, "assigned_not_recording", cur.fetchall(), policy)

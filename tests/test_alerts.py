@@ -19,8 +19,9 @@ from core.reports import TelemetryReport
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
 from telemetry.alert_policy import Outcome, PolicyRule
-from telemetry.alert_policy_store import set_rule
-from telemetry.alerts import STATE_RULES, AlertRules, Geofence, may_raise
+from telemetry.alert_policy_store import load_policy, set_rule
+from telemetry.alerts import STATE_RULES, AlertRules, Geofence, evaluate_incidents, may_raise
+from telemetry.decode import StatusChange
 from telemetry.ingest_stats import IngestStats
 from telemetry.store import Batch
 from telemetry.writer import BatchWriter
@@ -167,6 +168,39 @@ def test_an_assigned_firearms_unit_recording_is_high(pg: Database, mosquitto: Mo
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started"))])
         wait_for(lambda: worker.stats.stored_events == 1, what="event")
     assert _alerts(pg) == [("cam-f", "recording", "high", "open", None)]
+
+
+def test_a_unit_assigned_before_its_first_report_is_raised_by_that_report(pg: Database) -> None:
+    """A firearms unit assigned while it has sent only its connection status (no report, so no
+    recording state) raises nothing, neither on assignment nor on the status; its first report
+    raises the alert if it is not recording, naming the state it reported; recording clears it."""
+    _register(pg)
+    writer = BatchWriter(settings=make_settings(), database_url=pg.url, rules=AlertRules(), stats=IngestStats(),
+                         stopping=threading.Event(), clock=lambda: datetime.now(timezone.utc))
+    writer.open()
+
+    def report(seq: int, recording: str) -> Batch:
+        decoded = msgspec.json.decode(telemetry_payload(seq, recording=recording), type=TelemetryReport)
+        return Batch(telemetry=[("cam-f", datetime.now(timezone.utc), decoded)])
+
+    try:
+        now = datetime.now(timezone.utc)
+        assert writer.write(Batch(statuses=[("cam-f", now, StatusChange("cam-f", True))])) == []
+        with pg.connect() as conn:
+            incident = incidents.create(conn, incidents.NewIncident(title="armed suspect", lat=51.5, lon=-0.14,
+                                                                    radius_m=300, borough="Westminster"), by="afo-cmd")
+            incidents.assign(conn, incident["id"], ["cam-f"], by="afo-cmd")
+            assert evaluate_incidents(conn, ["cam-f"], load_policy(conn), Geofence()) == []  # as the API does
+        assert writer.write(Batch(statuses=[("cam-f", now, StatusChange("cam-f", True))])) == []
+        assert _alerts(pg) == []
+
+        raised = [a for a in writer.write(report(1, "buffering")) if a["kind"] == "assigned_not_recording"]
+        assert [(a["status"], a["severity"], a["detail"]) for a in raised] == [
+            ("open", "high", "assigned firearms unit is buffering, not recording")]
+        cleared = [a for a in writer.write(report(2, "recording")) if a["kind"] == "assigned_not_recording"]
+        assert [(a["id"], a["status"]) for a in cleared] == [(raised[0]["id"], "resolved")]
+    finally:
+        writer.close()
 
 
 def test_the_screen_lets_through_every_report_a_state_rule_may_raise() -> None:

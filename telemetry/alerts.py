@@ -24,7 +24,7 @@ from core.contract import EventType
 from core.reports import EventReport, TelemetryReport
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.escalation import ESCALATED_TO, ESCALATING_SEVERITIES, EscalationRules, escalation_due
-from telemetry.geometry import parse_ring
+from telemetry.geometry import circle_depth_m, parse_ring
 from telemetry.offline import QuietUnit, offline_due
 from telemetry.store import Batch
 
@@ -292,23 +292,40 @@ _IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SEL
 
 
 def _polygon_depths(cur: psycopg.Cursor[dict[str, Any]], scope: str,
-                    params: dict[str, Any]) -> dict[str, list[Any]]:
+                    params: dict[str, Any]) -> dict[str, str]:
     """Each unit in scope's signed depth (metres, positive inside) in each open polygon
-    incident, computed in Python (telemetry/geometry.py) and handed back to the SQL as arrays;
-    a circle's depth stays in SQL. Nothing is read when no open incident is a polygon."""
+    incident, computed in Python (telemetry/geometry.py) and handed back to the SQL as arrays
+    (exact within the margin of the polygon's bounding circle, an upper bound under minus
+    the margin beyond it); a circle's depth stays in SQL. Nothing is read when no open
+    incident is a polygon. The arrays go as comma-joined texts, as the device ids do
+    (:func:`_id_text`): two statements read them, and a list is adapted item by item."""
     cur.execute("SELECT id, polygon FROM incidents WHERE status = 'open' AND polygon IS NOT NULL")
     polygons = [(r["id"], parse_ring(r["polygon"])) for r in cur.fetchall()]
-    out: dict[str, list[Any]] = {"p_incident": [], "p_device": [], "p_depth": []}
+    incident_ids: list[int] = []
+    device_ids: list[str] = []
+    depths: list[float] = []
     if not polygons:
-        return out
+        return {"p_incident": "", "p_device": "", "p_depth": ""}
     cur.execute(f"SELECT l.device_id, l.lat, l.lon FROM device_latest l WHERE {scope} AND l.lat IS NOT NULL"
                 " AND l.lon IS NOT NULL", params)
+    margin = params["margin"]
     for unit in cur.fetchall():
         for incident_id, polygon in polygons:
-            out["p_incident"].append(incident_id)
-            out["p_device"].append(unit["device_id"])
-            out["p_depth"].append(polygon.depth_m(unit["lat"], unit["lon"]))
-    return out
+            # The SQL only compares a depth with the margin, either way. A unit further than
+            # the margin beyond the polygon's bounding circle is clearly outside whatever its
+            # exact depth, so the circle's depth (never below the polygon's) stands for it:
+            # most of a fleet is far from any incident, and the exact depth of every unit of
+            # every batch cost ingest more than the rest of its work while one was open.
+            depth = circle_depth_m(polygon.centre_lat, polygon.centre_lon, polygon.bounding_radius_m,
+                                   unit["lat"], unit["lon"])
+            if depth >= -margin:
+                depth = polygon.depth_m(unit["lat"], unit["lon"])
+            incident_ids.append(incident_id)
+            device_ids.append(unit["device_id"])
+            depths.append(depth)
+    # repr() is a float's exact text, which PostgreSQL reads back to the same float8.
+    return {"p_incident": ",".join(map(str, incident_ids)), "p_device": _id_text(device_ids),
+            "p_depth": ",".join(map(repr, depths))}
 
 
 def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
@@ -344,7 +361,8 @@ def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None
                  f" ({accurate} AND {depth} < -%(margin)s) AS outside,"
                  f" {_IN_INCIDENT_AREA} AS in_area, ({accurate}) AS accurate"
                  f" FROM device_latest l JOIN devices d USING (device_id) JOIN incidents i ON i.status = 'open'"
-                 " LEFT JOIN unnest(%(p_incident)s::bigint[], %(p_device)s::text[], %(p_depth)s::float8[])"
+                 " LEFT JOIN unnest(string_to_array(%(p_incident)s, ',')::bigint[], string_to_array(%(p_device)s, ','),"
+                 "  string_to_array(%(p_depth)s, ',')::float8[])"
                  "  AS pd(incident_id, device_id, depth) ON pd.incident_id = i.id AND pd.device_id = l.device_id"
                  f" WHERE {scope}")
         # Left at once: moved to another borough, or the incident closed.

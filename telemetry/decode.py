@@ -171,7 +171,7 @@ def decode(
     if decoder is None:  # commands and replies flow towards devices; ingest does not store them
         return Rejection(Reason.BAD_TOPIC, f"ingest does not take {channel.value}", device_id)
 
-    if b"\\u0000" in payload:  # PostgreSQL text and jsonb cannot hold NUL
+    if b"\\" in payload and b"\\u0000" in payload:  # PostgreSQL text and jsonb cannot hold NUL (memchr first)
         return Rejection(Reason.WRONG_TYPE, "NUL characters are not allowed in strings", device_id)
     message: TelemetryReport | EventReport
     try:

@@ -2,7 +2,9 @@
 
 Two stages on two threads, so that decoding the next batch overlaps the database's work
 on the current one: the *decoder* collects and validates; the *writer* owns the database
-connection, commits, then acknowledges. Between them sits a hand-off of one batch.
+connection, commits, then acknowledges. Between them sits a hand-off of one batch. paho's
+thread hands over the messages of each read of the socket together, into an
+:class:`telemetry.inbox.Inbox` bounded in messages.
 
 A message is acknowledged to the broker only after the transaction that stores it (or
 stores its rejection) has committed. If the process dies, or the database is away, the

@@ -161,10 +161,13 @@ def write_batch(conn: psycopg.Connection, batch: Batch) -> tuple[int, int]:
     """
     stored_telemetry = stored_events = 0
     if batch.new_devices:
-        conn.cursor().executemany(
-            "INSERT INTO devices (device_id, auto_registered) VALUES (%s, true)"
+        # One statement for the batch (a first sight of the whole fleet is thousands of new
+        # devices), in device_id order so that two workers lock the rows in the same order.
+        conn.execute(
+            "INSERT INTO devices (device_id, auto_registered)"
+            " SELECT device_id, true FROM unnest(%s::text[]) WITH ORDINALITY AS n (device_id, at) ORDER BY at"
             " ON CONFLICT DO NOTHING",
-            [(d,) for d in sorted(batch.new_devices)],
+            (sorted(batch.new_devices),),
         )
     if batch.telemetry:
         _copy(conn, "stage_telemetry", _TELEMETRY_COLUMNS,

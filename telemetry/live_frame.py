@@ -61,7 +61,7 @@ def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[byt
     statuses: dict[str, tuple[datetime, bool]] = {}
     for device_id, received, status in batch.statuses:
         statuses[device_id] = (received, status.online)
-    reports = []
+    reports: list[tuple[object, ...]] = []
     for device_id, (received, t) in newest.items():
         gps = t.gps
         battery = t.battery

@@ -140,7 +140,7 @@ def _telemetry_row(device_id: str, received_at: datetime, t: TelemetryReport) ->
         device_id, t.ts, t.seq, received_at, t.battery.pct, t.battery.charging, t.battery.temp_c,
         gps.lat if gps else None, gps.lon if gps else None, gps.accuracy_m if gps else None,
         gps.speed_mps if gps else None, gps.heading_deg if gps else None,
-        str(t.recording), t.storage_pct, t.docked, t.firmware, t.live, t.viewers, t.on_duty,  # str(): cheaper than .value
+        str(t.recording), t.storage_pct, t.docked, t.firmware, t.live, t.viewers, t.on_duty,  # str(): not .value
     )
 
 

@@ -146,11 +146,17 @@ class BufferedClient(paho.Client):
         self._read_buffer = b""
         self._read_at = 0
         self._raw_publish: RawPublish | None = None
+        # While paho reads one packet for _deliver_buffered: whether it has begun one (None: not so limited).
+        self._one_packet: bool | None = None
 
     def _buffered(self) -> bool:
         return self._read_at < len(self._read_buffer)
 
     def _sock_recv(self, bufsize: int) -> bytes:
+        if self._one_packet is not None and self._in_packet["command"] == 0:
+            if self._one_packet:  # paho is done with the packet it was let read: the rest is ours
+                raise BlockingIOError()
+            self._one_packet = True
         if not self._buffered():
             data = super()._sock_recv(self._READ_SIZE)  # BlockingIOError when nothing came
             if not data:
@@ -161,30 +167,42 @@ class BufferedClient(paho.Client):
         return chunk
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        if self._raw_publish is not None and self._sock is not None and self._in_packet["command"] == 0:
-            if not self._buffered():
-                try:
-                    data = super()._sock_recv(self._READ_SIZE)
-                except BlockingIOError:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing came, as paho answers
-                except OSError:
-                    data = b""
-                if not data:  # paho's own read meets the closed or broken connection again
-                    return super().loop_read(max_packets)
-                self._read_buffer, self._read_at = data, 0
-                with self._msgtime_mutex:
-                    self._last_bytes_received = paho.time_func()
-            self._deliver_buffered()
-            if not self._buffered():
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-        rc = super().loop_read(max_packets)
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
-            if self._raw_publish is not None and self._in_packet["command"] == 0:
+        if self._raw_publish is None:
+            rc = super().loop_read(max_packets)
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._buffered():
+                rc = super().loop_read(max_packets)
+            return rc
+        while self._sock is not None:
+            if self._in_packet["command"] == 0:  # between packets: ours to split
+                if not self._buffered():
+                    try:
+                        data = super()._sock_recv(self._READ_SIZE)
+                    except BlockingIOError:
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS  # nothing came, as paho answers
+                    except OSError:
+                        data = b""
+                    if not data:  # paho's own read meets the closed or broken connection again
+                        return super().loop_read(max_packets)
+                    self._read_buffer, self._read_at = data, 0
+                    with self._msgtime_mutex:
+                        self._last_bytes_received = paho.time_func()
                 self._deliver_buffered()
                 if not self._buffered():
-                    break
-            rc = super().loop_read(max_packets)
-        return rc
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+            rc = self._read_one_packet(max_packets)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not self._buffered():
+                return rc
+        return MQTTErrorCode.MQTT_ERR_NO_CONN
+
+    def _read_one_packet(self, max_packets: int) -> MQTTErrorCode:
+        """paho's own read of the packet at the head of the buffer (or of the rest of one it
+        began), and no further: paho's loop_read reads one packet more per message in flight,
+        and those should be split here."""
+        self._one_packet = self._in_packet["command"] != 0  # True: paho is within one already
+        try:
+            return super().loop_read(max_packets)
+        finally:
+            self._one_packet = None
 
     def _deliver_buffered(self) -> None:
         """Split every whole QoS 0 or 1 PUBLISH at the head of the read buffer and hand them

@@ -171,3 +171,31 @@ def test_a_malformed_publish_in_the_read_buffer_is_refused_as_paho_refuses_it() 
         ours.close()
         theirs.close()
     assert got == ["t/good"]
+
+
+def test_after_a_packet_cut_by_the_read_the_rest_is_still_split_together() -> None:
+    """paho's own read, which takes the PUBLISH cut by the end of a read, stops after it even
+    with messages of ours in flight (paho would read one packet more per message in flight):
+    the packets after it reach the callback in one call."""
+    client = new_client(BrokerAddress.parse("mqtt://127.0.0.1:1"), client_id="t", protocol=paho.MQTTv311)
+    client.manual_ack_set(True)
+    calls: list[list[str]] = []
+    paho_internals.deliver_publishes(client, lambda mids, topics, payloads: calls.append(list(topics)))
+    packets = [_publish_packet(f"t/{n}".encode(), b"x" * 50, n + 1, v5=False) for n in range(10)]
+    stream = b"".join(packets)
+    cut = len(b"".join(packets[:3])) + 20  # inside the fourth
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        client._sock = ours
+        for n in range(5):  # QoS 1 messages of ours that the (absent) broker has not acknowledged
+            client.publish(f"out/{n}", b"", qos=1)
+        assert len(client._out_messages) == 5
+        theirs.sendall(stream[:cut])
+        assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+        theirs.sendall(stream[cut:])
+        assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+    finally:
+        ours.close()
+        theirs.close()
+    assert calls == [["t/0", "t/1", "t/2"], ["t/3"], [f"t/{n}" for n in range(4, 10)]]

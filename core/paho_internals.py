@@ -26,7 +26,8 @@ Measured in bench/ingest, and why each is here:
   PUBLISH path. With the callback set, every whole QoS 0 or 1 PUBLISH at the head of the
   buffer is split here and the run is handed over in one call, one lock; anything else
   (another packet type, a PUBLISH cut by the end of the read, a malformed one) is left to
-  paho's own read, which then answers it as before.
+  paho's own read, which then answers it as before; ``_sock_recv`` lets that read take one
+  packet only (paho's ``loop_read`` would take one more per message in flight).
 * **One ``send()`` per pump in the simulator** (:class:`CorkedClient`: ``Client._sock_send(buf)``
   and ``Client._sock_close()``, overridden, and ``_sock``). Driven without a network
   thread, paho writes every publish with a ``send()`` of its own: a quarter of the

@@ -145,7 +145,9 @@ class FleetSummary(_Out):
 
 class Alert(_Out):
     id: int
-    device_id: str
+    device_id: str | None = Field(description="the unit; none for a system alert (about Watchfloor itself)")
+    subject: str | None = Field(default=None, description="what a system alert is about, e.g. storage_job:1000;"
+                                " none for a unit's alert")
     kind: str
     severity: str
     status: str
@@ -162,6 +164,8 @@ class Alert(_Out):
     borough: str | None = None
     callsign: str | None = None
     role: str | None = None
+    officer: str | None = Field(default=None, description="who carried the camera when the alert was raised (custody"
+                                " windows); null for nobody on record, and for roles that do not see officers")
 
 
 class AlertHistoryEntry(_Out):

@@ -50,6 +50,7 @@ from common import (
 )
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
+from api.live.snapshot import deflate_units, snapshot_message  # noqa: E402
 from api.routes import dashboard  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from simulator.fleet import FleetProfile, build_fleet  # noqa: E402
@@ -150,9 +151,10 @@ def _rfc3339(ts: datetime) -> str:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def _replay_frames(devices: int, interval: float, seconds: float) -> tuple[str, list[str]]:
-    """The snapshot, and `seconds` worth of delta frames as the API would send them: each
-    quarter second, the latest state of the units the simulator's model stepped in it."""
+def _replay_frames(devices: int, interval: float, seconds: float) -> tuple[bytes, list[str]]:
+    """The snapshot (format 2, api/live/snapshot.py), and `seconds` worth of delta frames as
+    the API would send them: each quarter second, the latest state of the units the
+    simulator's model stepped in it."""
     units = build_fleet(load_boroughs(), devices, seed=1, profile=FleetProfile())
     profile = FleetProfile()
     now = datetime.now(timezone.utc)
@@ -184,7 +186,7 @@ def _replay_frames(devices: int, interval: float, seconds: float) -> tuple[str, 
             if report is not None:
                 changed.append(state(u, report, at))
         frames.append(orjson.dumps({"type": "delta", "units": changed}).decode())
-    return orjson.dumps({"type": "snapshot", "alerts": [], "units": snapshot}).decode(), frames
+    return snapshot_message(alerts=[], units=deflate_units(snapshot)), frames
 
 
 def _replay(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, dict[str, Any]]]:
@@ -196,7 +198,7 @@ def _replay(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str,
     async def live(websocket: WebSocket) -> None:
         await websocket.accept()
         await websocket.receive_text()  # the auth message (any token will do here)
-        await websocket.send_text(snapshot)
+        await websocket.send_bytes(snapshot)
         tick = 0
         try:
             while True:

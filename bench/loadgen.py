@@ -1,6 +1,7 @@
 """A load generator for the benchmarks: offers a fixed rate of telemetry at QoS 1.
 
-Runs as its own process (``python bench/loadgen.py URL RATE SECONDS``) so that the load
+Runs as its own process (``python bench/loadgen.py URL RATE SECONDS [DEVICES [CLIENT_ID
+[FIRST]]]``: devices ``load-FIRST`` onwards, so several generators can split a fleet) so that the load
 does not share the interpreter with what is measured. It speaks MQTT 3.1.1 over a raw
 socket with pre-built packets: paho would cost more CPU per message than the ingest it
 is meant to load. Each payload carries ``ts`` = the time it was sent, so the receiver can
@@ -58,14 +59,14 @@ def _drain(sock: socket.socket, acked: list[int]) -> None:
         pending = pending[whole:]
 
 
-def run(url: str, rate: float, seconds: float, devices: int, client_id: str) -> int:
+def run(url: str, rate: float, seconds: float, devices: int, client_id: str, first: int = 0) -> int:
     host, port = url.removeprefix("mqtt://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(_connect_packet(client_id))
     acked = [0]
     threading.Thread(target=_drain, args=(sock, acked), daemon=True).start()
-    topics = [f"watchfloor/v1/devices/load-{d:05d}/telemetry".encode() for d in range(devices)]
+    topics = [f"watchfloor/v1/devices/load-{d:05d}/telemetry".encode() for d in range(first, first + devices)]
     seqs = [0] * devices
     tick = 0.01
     sent = 0
@@ -105,4 +106,5 @@ def run(url: str, rate: float, seconds: float, devices: int, client_id: str) -> 
 if __name__ == "__main__":
     url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
     devices = int(sys.argv[4]) if len(sys.argv) > 4 else 22_000
-    run(url, rate, seconds, devices, client_id=sys.argv[5] if len(sys.argv) > 5 else "bench-loadgen")
+    run(url, rate, seconds, devices, client_id=sys.argv[5] if len(sys.argv) > 5 else "bench-loadgen",
+        first=int(sys.argv[6]) if len(sys.argv) > 6 else 0)

@@ -1,14 +1,20 @@
-"""bench/relay: the live-view relay's CPU and added latency per number of viewers,
-beside aiortc's MediaRelay (decode once, encode per viewer) measured in the same run.
+"""bench/relay: the live-view relay's CPU per extra viewer and the time a frame spends
+inside it, beside the relay of a pinned earlier commit (today's main, which packetised
+each frame again in every viewer's sender) and aiortc's MediaRelay (decode once, encode
+per viewer), all measured in the same run.
 
-    .venv/bin/python bench/relay.py [--viewers 1,2,4,8,16] [--seconds 8] [--modes forward,mediarelay]
+    .venv/bin/python bench/relay.py [--viewers 1,2,4,8,16] [--seconds 8] [--modes relay,baseline,mediarelay]
+    .venv/bin/python bench/relay.py --quick     # a smoke run: 1 and 4 viewers, 2 s windows
 
 Separate processes, all on 127.0.0.1, talking WHIP/WHEP-style HTTP (POST an SDP offer,
 201 with the answer):
 
-* the **relay** (``serve``): ``streaming.Relay`` (mode ``forward``) or a MediaRelay server
-  as in aiortc's examples (mode ``mediarelay``). Its CPU is what the table reports, in %
-  of one core (psutil, user + system, all its threads).
+* the **relay** (``serve``): ``streaming.Relay`` of this checkout (mode ``relay``), the
+  same of ``--baseline`` (mode ``baseline``: that commit's ``streaming/``, ``core/`` and
+  ``telemetry/`` extracted with ``git archive`` into a temporary directory and run by
+  this script), or a MediaRelay server as in aiortc's examples (mode ``mediarelay``).
+  Its CPU is what the table reports, in % of one core (psutil, user + system, all its
+  threads).
 * the **camera** (``camera``): publishes a 640x480 30 fps synthetic picture (aiortc's VP8
   encoder) and runs the **probe** viewer, which decodes and reads the frame number drawn
   into each picture: latency is the time from the camera handing frame n to its encoder
@@ -17,7 +23,11 @@ Separate processes, all on 127.0.0.1, talking WHIP/WHEP-style HTTP (POST an SDP 
 * the **audience** (``audience``): the other N-1 viewers, which take encoded frames
   without decoding them and count frames per second.
 
-Prints a table. The machine is shared: compare rows of one run.
+Prints a table, then per relay: CPU per extra viewer (the slope between the fewest and
+most viewers that all still got ~30 fps), the relay's own p50/p99 (whole in the
+publisher's jitter buffer → last packet to the viewer's socket) at the fewest and most
+viewers, and the ratios of this checkout's cost per extra viewer to the baseline's and
+to MediaRelay's. The machine is shared: compare rows of one run.
 
 One file on purpose, though over 400 lines: each role above is a subcommand of this one
 script, so that the processes it starts run exactly the code that the table describes.
@@ -32,6 +42,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +54,9 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The code a ``serve`` process runs: this checkout, or the baseline's extracted tree.
+CODE = Path(os.environ.get("RELAY_BENCH_CODE") or ROOT)
+sys.path.insert(0, str(CODE))
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.contrib.media import MediaRelay  # noqa: E402
@@ -60,6 +73,8 @@ from telemetry.embedded import free_port  # noqa: E402
 LOOPBACK = ("127.0.0.1",)
 STREAM = "bench-cam"
 PER_PROCESS = 4  # audience viewers per process
+# Today's main before the relay packetised once (issue 17 section 3): rerun against it.
+BASELINE_COMMIT = "67b096a"
 
 
 # -- the relay process -----------------------------------------------------------------------
@@ -92,7 +107,7 @@ async def serve_http(port: int, handle: Handler) -> asyncio.AbstractServer:
     return await asyncio.start_server(on_client, "127.0.0.1", port)
 
 
-async def serve_forward(port: int) -> None:
+async def serve_relay(port: int) -> None:
     relay = Relay(host_addresses=LOOPBACK)
 
     async def handle(method: str, path: str, body: str) -> tuple[int, dict[str, str], str]:
@@ -286,9 +301,10 @@ async def command_loop(command: Callable[[list[str]], Awaitable[dict[str, Any]]]
 
 
 class Child:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, code: Path = ROOT) -> None:
+        env = dict(os.environ, PYTHONPATH=str(code), RELAY_BENCH_CODE=str(code))
         self.proc = subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                     text=True, cwd=ROOT, env=env)
         self.ps = psutil.Process(self.proc.pid)
 
     def ask(self, line: str) -> dict[str, Any]:
@@ -386,10 +402,14 @@ def measure(what: str, n: int, seconds: float, relay: Child | None, cam: Child, 
     return row
 
 
-def run_mode(mode: str, counts: list[int], seconds: float, warmup: float) -> list[Row]:
+def run_mode(mode: str, counts: list[int], seconds: float, warmup: float, baseline: Path | None) -> list[Row]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    relay = Child("serve", mode, str(port))
+    if mode == "baseline":
+        assert baseline is not None
+        relay = Child("serve", "relay", str(port), code=baseline)
+    else:
+        relay = Child("serve", mode, str(port))
     cam = Child("camera", url)
     crowds: list[Child] = []
     rows = []
@@ -449,56 +469,91 @@ def format_rows(rows: list[Row], header: bool = False) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in ("serve", "camera", "audience"):
-        role, args = sys.argv[1], sys.argv[2:]
+        role, role_args = sys.argv[1], sys.argv[2:]
         if role == "serve":
-            asyncio.run(serve_forward(int(args[1])) if args[0] == "forward" else serve_mediarelay(int(args[1])))
+            port = int(role_args[1])
+            asyncio.run(serve_relay(port) if role_args[0] == "relay" else serve_mediarelay(port))
         elif role == "camera":
-            asyncio.run(camera(args[0]))
+            asyncio.run(camera(role_args[0]))
         else:
-            asyncio.run(audience(args[0]))
+            asyncio.run(audience(role_args[0]))
         return
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", default="1,2,4,8,16")
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per row")
     parser.add_argument("--warmup", type=float, default=2.0, help="settling time after each change")
-    parser.add_argument("--modes", default="forward,mediarelay")
+    parser.add_argument("--modes", default="relay,baseline,mediarelay")
+    parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the commit whose relay mode baseline runs")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (1 and 4 viewers, 2 s windows, 1 s warm-up): proves the bench works, "
+                             "measures nothing worth keeping")
     args = parser.parse_args()
+    if args.quick:
+        args.viewers, args.seconds, args.warmup = "1,4", 2.0, 1.0
     counts = [int(n) for n in args.viewers.split(",")]
+    modes = args.modes.split(",")
 
-    print(format_rows([], header=True), flush=True)
-    direct = run_direct(args.seconds, args.warmup)
-    print(format_rows([direct]), flush=True)
-    results: dict[str, list[Row]] = {}
-    for mode in args.modes.split(","):
-        results[mode] = run_mode(mode, counts, args.seconds, args.warmup)
+    with tempfile.TemporaryDirectory(prefix="relay-baseline-") as tmp:
+        baseline = extract_baseline(args.baseline, Path(tmp)) if "baseline" in modes else None
+        print(format_rows([], header=True), flush=True)
+        direct = run_direct(args.seconds, args.warmup)
+        print(format_rows([direct]), flush=True)
+        results: dict[str, list[Row]] = {}
+        for mode in modes:
+            results[mode] = run_mode(mode, counts, args.seconds, args.warmup, baseline)
 
     print()
     print(format_rows([direct] + [r for rows in results.values() for r in rows], header=True))
     print()
+    slopes = {}
     for mode, rows in results.items():
-        print(summary(mode, rows, direct))
+        label = f"baseline ({args.baseline})" if mode == "baseline" else mode
+        text, slopes[mode] = summary(label, rows, direct)
+        print(text)
+    mine = slopes.get("relay")
+    for other in ("baseline", "mediarelay"):
+        theirs = slopes.get(other)
+        if mine is not None and theirs:
+            print(f"relay / {other}: {mine / theirs:.2f} of its CPU per extra viewer")
 
 
-def summary(mode: str, rows: list[Row], direct: Row) -> str:
+def extract_baseline(commit: str, into: Path) -> Path:
+    """The relay's code at ``commit`` (and what it imports), as files in ``into``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "streaming", "core", "telemetry"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def summary(mode: str, rows: list[Row], direct: Row) -> tuple[str, float | None]:
     """CPU per extra viewer over the rows where every viewer still got about 30 fps (beyond
-    that the relay, or the machine, is saturated and the slope means nothing), and the p50
-    the relay added over the direct path at each viewer count."""
+    that the relay, or the machine, is saturated and the slope means nothing), the relay's
+    own p50/p99 at the fewest and the most viewers, and the p50 the relay added over the
+    direct path at each viewer count. Also returns the slope."""
     kept_up = [r for r in rows if r.viewers >= 1 and r.relay_cpu is not None
                and (r.min_fps is None or r.min_fps >= 27)]
     text = f"{mode}: "
+    slope = None
     if len(kept_up) >= 2:
         lo, hi = kept_up[0], kept_up[-1]
         assert lo.relay_cpu is not None and hi.relay_cpu is not None
-        text += (f"{(hi.relay_cpu - lo.relay_cpu) / (hi.viewers - lo.viewers):.2f}% of a core per extra viewer "
-                 f"({lo.viewers}→{hi.viewers} viewers, all at ~30 fps)")
+        slope = (hi.relay_cpu - lo.relay_cpu) / (hi.viewers - lo.viewers)
+        text += f"{slope:.2f}% of a core per extra viewer ({lo.viewers}→{hi.viewers} viewers, all at ~30 fps)"
+    else:
+        text += "too few rows at ~30 fps for a CPU per extra viewer"
+    watched = [r for r in rows if r.viewers >= 1]
+    inside = [f"{r.viewers}: {r.inside_p50_ms:.2f} / {r.inside_p99_ms:.2f}" for r in (watched[:1] + watched[-1:])
+              if r.inside_p50_ms is not None and r.inside_p99_ms is not None]
+    if inside:
+        text += f"; inside the relay p50 / p99 ms (by viewers): {', '.join(dict.fromkeys(inside))}"
     saturated = [r.viewers for r in rows if r.min_fps is not None and r.min_fps < 27]
     if saturated:
         text += f"; viewers below 27 fps from {min(saturated)} viewers"
     if direct.p50_ms is not None:
         added = ", ".join(f"{r.viewers}: {r.p50_ms - direct.p50_ms:+.1f}" for r in rows if r.p50_ms is not None)
         text += f"; p50 added over direct (ms, by viewers): {added}"
-    return text
+    return text, slope
 
 
 if __name__ == "__main__":

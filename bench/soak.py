@@ -35,6 +35,7 @@ import websockets
 from common import ROOT, scratch_stack, stop_processes, wait_ready
 from ingest import Probe
 
+from api.live.snapshot import read_message  # noqa: E402
 from services.accounts import Role, add_user  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
@@ -57,6 +58,7 @@ class LiveClients:
         self.latency = LatencyHistogram()
         self.frames = 0
         self.snapshots = 0
+        self.unit_updates = 0  # units in deltas, every client together
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -75,12 +77,13 @@ class LiveClients:
                     raw = await asyncio.wait_for(ws.recv(), 0.5)
                 except asyncio.TimeoutError:
                     continue
-                frame = orjson.loads(raw)
+                frame = read_message(raw)
                 now = time.time()
                 self.frames += 1
                 if frame["type"] == "snapshot":
                     self.snapshots += 1
                 elif frame["type"] == "delta":
+                    self.unit_updates += len(frame["units"])
                     for unit in frame["units"][:20]:
                         if unit.get("ts"):
                             self.latency.record(now - _epoch(unit["ts"]))

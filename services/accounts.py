@@ -10,7 +10,7 @@ check. The HTTP side (reading the bearer header, the per-route role check) is :m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerifyMismatchError
 from core.settings import MIN_SECRET_BYTES
 from services.errors import NotAuthenticated
 from services.oidc import OidcSignIn, OidcVerifier
+from telemetry.system_alerts import SYSTEM_ALERT_KINDS
 
 __all__ = [
     "ALL_AREAS",
@@ -33,6 +34,7 @@ __all__ = [
     "TokenIssuer",
     "User",
     "PasswordRecord",
+    "SEES_SYSTEM_ALERTS",
     "account_announcement",
     "add_user",
     "authenticate",
@@ -72,6 +74,9 @@ ON_LIVE_FEED = frozenset({Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MAN
 HANDLES_ALERTS = frozenset({Role.OPERATOR, Role.FIREARMS_COMMANDER})
 #: The alerts a fleet manager sees: device health, nothing operational.
 HEALTH_ALERT_KINDS = frozenset({"battery_low", "battery_critical", "storage_full", "offline"})
+#: Roles that see system alerts (about Watchfloor itself, no unit: telemetry/system_alerts.py),
+#: whatever their areas: the storage they are about is the whole force's.
+SEES_SYSTEM_ALERTS = frozenset({Role.FLEET_MANAGER, Role.ADMIN})
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,31 @@ class Principal:
         return self.areas is None or (borough is not None and borough in self.areas)
 
     def alert_kinds(self) -> frozenset[str] | None:
-        """Alert kinds this role may see (None: all)."""
-        return HEALTH_ALERT_KINDS if self.role is Role.FLEET_MANAGER else None
+        """Kinds of a unit's alerts this role may see (None: all). An admin sees none of a
+        unit's, only system alerts."""
+        if self.role is Role.FLEET_MANAGER:
+            return HEALTH_ALERT_KINDS
+        return frozenset() if self.role is Role.ADMIN else None
+
+    @property
+    def sees_system_alerts(self) -> bool:
+        return self.role in SEES_SYSTEM_ALERTS
+
+    def sees_kind(self, kind: str) -> bool:
+        """Whether this role sees any alert of ``kind`` (a unit's or a system one)."""
+        if kind in SYSTEM_ALERT_KINDS:
+            return self.sees_system_alerts
+        kinds = self.alert_kinds()
+        return kinds is None or kind in kinds
+
+    def sees_alert(self, alert: Mapping[str, Any]) -> bool:
+        """Whether this caller may see ``alert`` (a row or a feed message: ``device_id``,
+        ``borough``, ``kind``): a system alert (no device) by role alone, a unit's by area and
+        kind. The SQL of :mod:`telemetry.queries` makes the same decision."""
+        if alert.get("device_id") is None:
+            return self.sees_system_alerts
+        kinds = self.alert_kinds()
+        return self.covers(alert.get("borough")) and (kinds is None or alert.get("kind") in kinds)
 
 
 def _areas(raw: Iterable[str]) -> frozenset[str] | None:
@@ -260,17 +288,19 @@ def revoke_tokens(conn: psycopg.Connection, *, username: str) -> bool:
     return cursor.rowcount > 0
 
 
-def token_versions(conn: psycopg.Connection) -> dict[str, int | None]:
-    """Every local user's token version; None for a disabled user (no token of theirs is valid)."""
-    rows = conn.execute("SELECT username, CASE WHEN disabled_at IS NULL THEN token_version END FROM users")
-    return {str(r[0]): r[1] for r in rows.fetchall()}
+def token_versions(conn: psycopg.Connection) -> dict[str, tuple[int, bool]]:
+    """Every local user's token version and whether they are enabled. Every change to a user
+    (sign-out, disabling, a new role or areas, enabling again) bumps the version, so of two
+    readings of a user the one with the higher version is the newer."""
+    rows = conn.execute("SELECT username, token_version, disabled_at IS NULL FROM users")
+    return {str(r[0]): (int(r[1]), bool(r[2])) for r in rows.fetchall()}
 
 
-def token_version(conn: psycopg.Connection, *, username: str) -> int | None:
-    """One user's token version; None if they are disabled or do not exist."""
-    row = conn.execute("SELECT token_version FROM users WHERE username = %s AND disabled_at IS NULL",
+def token_version(conn: psycopg.Connection, *, username: str) -> tuple[int, bool] | None:
+    """One user's token version and whether they are enabled; None if they do not exist."""
+    row = conn.execute("SELECT token_version, disabled_at IS NULL FROM users WHERE username = %s",
                        (username,)).fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), bool(row[1]))
 
 
 def account_announcement(username: str, change: str) -> bytes:

@@ -32,6 +32,10 @@ __all__ = ["TokenVersions"]
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
+#: A user the database does not have (deleted, or never was): remembered, so that their still
+#: validly signed token costs one read, not one per request; any real version is higher.
+_GONE = (-1, False)
+
 
 class TokenVersions:
     """The in-memory token versions of one API process. Thread-safe: requests check from
@@ -40,26 +44,49 @@ class TokenVersions:
     def __init__(self, *, connect: Connect) -> None:
         self._connect = connect
         self._lock = threading.Lock()
-        self._versions: dict[str, int | None] = {}  # None: disabled, or no such user
+        self._versions: dict[str, tuple[int, bool]] = {}  # (version, enabled) per user
 
     def load(self) -> None:
-        """Re-read every user's version (blocking: call from a thread)."""
+        """Re-read every user's version (blocking: call from a thread).
+
+        A user read on their own while this load was reading (:meth:`refresh`, or a token
+        newer than the cache) may be newer than the load's reading: of the two, the higher
+        version is kept, so a load that read just before a sign-out never brings a revoked
+        token back. A user the load does not list is gone (or new: read again on demand)."""
         with self._connect() as conn:
             versions = token_versions(conn)
         with self._lock:
+            for username, entry in versions.items():
+                cached = self._versions.get(username)
+                if cached is not None and cached[0] > entry[0]:
+                    versions[username] = cached
             self._versions = versions
 
+    def refresh(self, conn: psycopg.Connection, *, username: str) -> None:
+        """Re-read one user now: called by the request that changed them, after its commit,
+        so this process ends their tokens at once, not at the announcement's re-load."""
+        self._remember(username, token_version(conn, username=username))
+
+    def _remember(self, username: str, entry: tuple[int, bool] | None) -> None:
+        entry = entry or _GONE
+        with self._lock:
+            cached = self._versions.get(username)
+            if cached is None or entry[0] >= cached[0] or entry is _GONE:
+                self._versions[username] = entry
+
     def _current(self, username: str, version: int) -> int | None:
+        """The user's valid token version; None if they are disabled or gone."""
         with self._lock:
-            known = username in self._versions
-            current = self._versions.get(username)
-        if known and (current is None or version <= current):
-            return current
-        with self._connect() as conn:  # the cache is behind this token: ask once, remember
-            current = token_version(conn, username=username)
-        with self._lock:
-            self._versions[username] = current
-        return current
+            cached = self._versions.get(username)
+        if cached is None or version > cached[0]:  # the cache is behind this token: ask once, remember
+            with self._connect() as conn:
+                entry = token_version(conn, username=username)
+            self._remember(username, entry)
+            with self._lock:
+                cached = self._versions.get(username)
+        if cached is None or not cached[1]:
+            return None
+        return cached[0]
 
     def check(self, who: Principal) -> None:
         """:class:`NotAuthenticated` unless ``who``'s token is still valid (blocking when the

@@ -17,6 +17,21 @@ falling back to decoding every frame.
 * **Keyframe requests out of a sender** (:func:`on_keyframe_request`). A sender fed with
   encoded packets has no encoder to force a keyframe from, so a viewer's PLI or FIR is
   handed to a callback instead (the relay forwards it to the publisher).
+* **RTP written past a sender** (:class:`RtpWriter`). The relay cuts each frame into RTP
+  payloads once for all viewers; per viewer it only writes the header (its SSRC,
+  sequence numbers, timestamp offset, payload type, and the sender's negotiated header
+  extensions, serialized by aiortc from ``RTCRtpSender.__rtp_header_extensions_map``)
+  and hands the packets to the viewer's SRTP session (``RTCDtlsTransport._tx_srtp``)
+  and nominated ICE pair (``Connection._nominated``: its protocol's UDP transport and
+  remote address) in one synchronous loop, where aiortc's sender runs a task per viewer
+  and a chain of coroutines per packet. The sender stays in charge of RTCP: its sender
+  reports read the counters the writer keeps up to date (``__packet_count``,
+  ``__octet_count``, ``__rtp_timestamp``, ``__ntp_timestamp``), NACKs reach the writer's
+  own history through ``_retransmit`` (sent as RTX on ``_rtx_ssrc`` when negotiated), and
+  the SSRC is the sender's own ``_ssrc``, as signalled in the SDP. A pair that is not
+  plain UDP (TURN) is written through ``RTCDtlsTransport._send_rtp``, which may wait.
+* **The whole inventory at start-up** (:func:`check_aiortc`): every class-level name
+  above is looked up when the relay is made, so a changed aiortc stops it there.
 * **Picture loss sent by a receiver** (:func:`send_picture_loss`), to ask a publisher
   for a keyframe.
 * **The codec a transceiver negotiated** (:func:`negotiated_codec`): aiortc keeps it in
@@ -30,21 +45,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+import pylibsrtp
+from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.clock import current_ntp_time
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import uint16_add
+
+from .rtp_headers import sequence_number
 
 __all__ = [
     "AiortcChanged",
     "MarkerJitterBuffer",
+    "RtpWriter",
     "TappedFrame",
+    "check_aiortc",
     "negotiated_codec",
     "on_keyframe_request",
     "restrict_host_candidates",
@@ -59,6 +82,21 @@ logger = logging.getLogger(__name__)
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"
 _DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"
+# ... and the sender, its header extensions and what its RTCP sender reports count.
+_EXTENSIONS_MAP = "_RTCRtpSender__rtp_header_extensions_map"
+_NTP_TIMESTAMP = "_RTCRtpSender__ntp_timestamp"
+_RTP_TIMESTAMP = "_RTCRtpSender__rtp_timestamp"
+_PACKET_COUNT = "_RTCRtpSender__packet_count"
+_OCTET_COUNT = "_RTCRtpSender__octet_count"
+_SENDER_STATE = (_EXTENSIONS_MAP, _NTP_TIMESTAMP, _RTP_TIMESTAMP, _PACKET_COUNT, _OCTET_COUNT, "_ssrc", "_rtx_ssrc")
+# Methods and attributes looked up on classes, at start-up (instances get them later).
+_CLASS_INVENTORY: tuple[tuple[type, str], ...] = (
+    (RTCRtpSender, "_send_keyframe"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_handle_rtcp_packet"),
+    (RTCRtpSender, "transport"), (RTCDtlsTransport, "_send_rtp"), (RTCDtlsTransport, "state"),
+    (RTCDtlsTransport, "transport"), (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpTransceiver, "mid"),
+    (HeaderExtensionsMap, "set"), (RtpPacket, "serialize"), (RtpPacket, "parse"), (CandidatePair, "remote_addr"),
+    (StunProtocol, "connection_made"), (Connection, "get_component_candidates"),
+)
 
 # A video frame at 1.5 Mbps is at most a few dozen packets; 256 packets is about 2 s of
 # video at 1 Mbps. aiortc uses 512; a smaller buffer gives up sooner on a packet that
@@ -106,11 +144,13 @@ class MarkerJitterBuffer(JitterBuffer):
     ``after_loss``. Also remembers the stream's SSRC, to address picture-loss reports.
     """
 
-    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY, *, give_up_s: float = GAP_GIVE_UP_S) -> None:
+    def __init__(self, capacity: int = VIDEO_JITTER_CAPACITY, *, give_up_s: float = GAP_GIVE_UP_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(capacity=capacity, is_video=True)
         self._synced = False
         self._lost = False
         self._give_up_s = give_up_s
+        self._clock = clock  # a test's own clock: the give-up is a rule on time, tested without waiting
         self._blocked_since: float | None = None
         self.ssrc: int | None = None
 
@@ -120,7 +160,7 @@ class MarkerJitterBuffer(JitterBuffer):
         if frame is not None or self._origin is None:
             self._blocked_since = None
             return pli_flag, frame
-        now = time.monotonic()
+        now = self._clock()
         if self._blocked_since is None:
             if self._has_gap_before(packet.sequence_number):
                 self._blocked_since = now
@@ -257,6 +297,159 @@ def tap_encoded_frames(receiver: RTCRtpReceiver,
 
     setattr(receiver, _DECODER_QUEUE, _FrameTap(forward))
     return buffer
+
+
+def check_aiortc() -> None:
+    """Raise :class:`AiortcChanged` unless every class-level internal the hooks use is
+    there (instance attributes are checked when a hook is applied)."""
+    for cls, name in _CLASS_INVENTORY:
+        if not hasattr(cls, name):
+            raise AiortcChanged(f"{cls.__module__}.{cls.__name__} has no {name}")
+    if RTP_HISTORY_SIZE < 1:
+        raise AiortcChanged("aiortc.rtp.RTP_HISTORY_SIZE is not a positive size")
+
+
+class RtpWriter:
+    """Sends one viewer's RTP packets itself, through its sender's transport (see the
+    module docstring). Make it before the connection is up; the sender then never
+    packetises (give it a track that never yields).
+
+    :meth:`header` serializes an RTP header for a frame with the sender's SSRC, payload
+    type and header extensions; the caller builds the packets (:mod:`streaming.rtp_headers`)
+    and either :meth:`write`s them at once, when :meth:`ready` says the path takes them
+    without waiting, or awaits :meth:`write_waiting`.
+    """
+
+    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        sender = transceiver.sender
+        for name in _SENDER_STATE:
+            if not hasattr(sender, name):
+                raise AiortcChanged(f"RTCRtpSender has no {name}")
+        if not isinstance(getattr(sender, _EXTENSIONS_MAP), HeaderExtensionsMap):
+            raise AiortcChanged("RTCRtpSender's header extensions map is not a HeaderExtensionsMap")
+        if not callable(getattr(sender, "_retransmit", None)):
+            raise AiortcChanged("RTCRtpSender has no _retransmit()")
+        if not hasattr(sender.transport, "_tx_srtp"):
+            raise AiortcChanged("RTCDtlsTransport has no _tx_srtp")
+        self._transceiver = transceiver
+        self._sender = sender
+        self._extensions: HeaderExtensionsMap = getattr(sender, _EXTENSIONS_MAP)
+        self.ssrc: int = sender._ssrc
+        self._payload_type: int | None = None
+        self._rtx_payload_type: int | None = None
+        self._rtx_sequence = random.randrange(1 << 15)
+        self._mid: str | None = None
+        self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
+        self._path: tuple[Callable[[bytes], bytes], Callable[[bytes, tuple[str, int]], None], tuple[str, int]] | None
+        self._path = None
+        setattr(sender, "_retransmit", self._retransmit)
+
+    def header(self, timestamp: int) -> bytes:
+        """A serialized RTP header (with extensions, sequence number 0, marker clear) for a
+        frame at ``timestamp``, sent now. Only after :meth:`ready` returned True once."""
+        assert self._payload_type is not None
+        packet = RtpPacket(payload_type=self._payload_type, timestamp=timestamp, ssrc=self.ssrc)
+        packet.extensions.mid = self._mid
+        packet.extensions.abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
+        return packet.serialize(self._extensions)
+
+    def ready(self) -> bool:
+        """Whether :meth:`write` can send now: DTLS is up, the nominated pair is plain UDP
+        and its socket has nothing waiting to go out (asyncio buffers what the kernel
+        refused: a viewer whose network cannot keep up)."""
+        self._path = None
+        dtls = self._sender.transport
+        if dtls.state != "connected":
+            return False
+        pair = _nominated_pair(dtls)
+        if pair is None or type(pair.protocol) is not StunProtocol:
+            return False
+        udp = pair.protocol.transport
+        # asyncio's selector datagram transport counts what it buffered (typeshed omits it).
+        if udp.is_closing() or udp.get_write_buffer_size():  # type: ignore[attr-defined]
+            return False
+        if self._payload_type is None:
+            self._bind()
+        self._path = (dtls._tx_srtp.protect, udp.sendto, pair.remote_addr)
+        return True
+
+    def write(self, datagrams: list[bytes], timestamp: int, octets: int) -> None:
+        """Protect and send ``datagrams`` (one frame's packets, ``octets`` of payload at
+        ``timestamp``), right after :meth:`ready` returned True."""
+        assert self._path is not None
+        protect, sendto, address = self._path
+        history = self._history
+        for datagram in datagrams:
+            history[sequence_number(datagram) % RTP_HISTORY_SIZE] = datagram
+            sendto(protect(datagram), address)
+        self._count(len(datagrams), timestamp, octets)
+
+    async def write_waiting(self, packets: Callable[[], tuple[list[bytes], int, int]]) -> None:
+        """Send one frame's packets, made by ``packets()`` (datagrams, timestamp, payload
+        octets) once the path takes them, so their header says when they really left: at
+        once if the path is ready or becomes ready (polled every 5 ms while the socket is
+        backed up), through aiortc's own awaitable path if it is not plain UDP (TURN).
+        Raises ``ConnectionError`` once the transport has ended."""
+        while not self.ready():
+            dtls = self._sender.transport
+            if dtls.state in ("closed", "failed"):
+                raise ConnectionError("the viewer's transport has ended")
+            pair = _nominated_pair(dtls) if dtls.state == "connected" else None
+            if pair is not None and type(pair.protocol) is not StunProtocol:
+                if self._payload_type is None:
+                    self._bind()
+                datagrams, timestamp, octets = packets()
+                for datagram in datagrams:
+                    self._history[sequence_number(datagram) % RTP_HISTORY_SIZE] = datagram
+                    await dtls._send_rtp(datagram)
+                self._count(len(datagrams), timestamp, octets)
+                return
+            await asyncio.sleep(0.005)
+        self.write(*packets())
+
+    def _bind(self) -> None:
+        """What negotiation decided: the payload types, the MID."""
+        codecs = self._transceiver._codecs
+        if not codecs:
+            raise AiortcChanged("RTCRtpTransceiver has no negotiated codec once connected")
+        self._payload_type = codecs[0].payloadType
+        self._rtx_payload_type = next((c.payloadType for c in codecs if c.mimeType.lower() == "video/rtx"
+                                       and c.parameters.get("apt") == self._payload_type), None)
+        self._mid = self._transceiver.mid
+
+    def _count(self, packets: int, timestamp: int, octets: int) -> None:
+        sender = self._sender
+        setattr(sender, _NTP_TIMESTAMP, current_ntp_time())
+        setattr(sender, _RTP_TIMESTAMP, timestamp)
+        setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + packets)
+        setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + octets)
+
+    async def _retransmit(self, sequence: int) -> None:
+        """A packet the viewer reported lost (NACK), again: as RTX if negotiated."""
+        datagram = self._history[sequence % RTP_HISTORY_SIZE]
+        if datagram is None or sequence_number(datagram) != sequence:
+            return
+        if self._rtx_payload_type is not None:
+            packet = wrap_rtx(RtpPacket.parse(datagram, self._extensions), payload_type=self._rtx_payload_type,
+                              sequence_number=self._rtx_sequence, ssrc=self._sender._rtx_ssrc)
+            self._rtx_sequence = uint16_add(self._rtx_sequence, 1)
+            datagram = packet.serialize(self._extensions)
+        try:
+            await self._sender.transport._send_rtp(datagram)
+        except (ConnectionError, pylibsrtp.Error):
+            # Gone, or SRTP refuses the packet (aiortc's own retransmission of a packet
+            # already protected, without RTX): the viewer asks for a keyframe in the end.
+            # Raised here, it would end the transport's receive loop.
+            pass
+
+
+def _nominated_pair(dtls: RTCDtlsTransport) -> CandidatePair | None:
+    connection = dtls.transport.iceGatherer._connection
+    nominated = getattr(connection, "_nominated", None)
+    if nominated is None:
+        raise AiortcChanged("aioice Connection has no _nominated")
+    pair: CandidatePair | None = nominated.get(1)
+    return pair
 
 
 def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:

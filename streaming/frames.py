@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["EncodedFrame", "is_keyframe", "starts_frame"]
+__all__ = ["EncodedFrame", "PacketisedFrame", "is_keyframe", "starts_frame"]
 
 _VP8_START_CODE = b"\x9d\x01\x2a"
 
@@ -14,12 +14,25 @@ class EncodedFrame:
     """One complete encoded picture, as it came out of the publisher's jitter buffer.
 
     ``timestamp`` is in RTP clock ticks (90 kHz), counted from the stream's first frame;
-    ``data`` is the codec's bitstream (VP8 frame, or H264 Annex B with start codes);
-    ``received_at`` is when the relay had it whole (event loop clock), to measure how
-    long forwarding took.
+    ``data`` is the codec's bitstream (VP8 frame, or H264 Annex B with start codes).
     """
 
     data: bytes
+    timestamp: int
+    keyframe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PacketisedFrame:
+    """One complete encoded picture cut into RTP payloads, once, for every viewer.
+
+    ``payloads`` are the codec's RTP payloads in order (the last one ends the picture);
+    ``timestamp`` is in RTP clock ticks (90 kHz), before each viewer's own offset;
+    ``received_at`` is when the relay had the picture whole (event loop clock), to
+    measure how long forwarding took.
+    """
+
+    payloads: tuple[bytes, ...]
     timestamp: int
     keyframe: bool
     received_at: float = 0.0

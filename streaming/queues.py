@@ -1,39 +1,33 @@
-"""The bounded queue between the publisher's fan-out and one viewer's sender, and the
-throttle on keyframe requests to the publisher. Both decide without I/O."""
+"""The bounded queue of frames one viewer cannot take yet, and the throttle on keyframe
+requests to the publisher. Both decide without I/O."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 
-from .frames import EncodedFrame
+from .frames import PacketisedFrame
 
-__all__ = ["KeyframeThrottle", "QueueClosed", "ViewerQueue"]
-
-
-class QueueClosed(Exception):
-    """The queue was closed: its viewer is ending."""
+__all__ = ["KeyframeThrottle", "ViewerQueue"]
 
 
 class ViewerQueue:
-    """Encoded frames waiting for one viewer's sender, at most ``capacity`` of them.
+    """Frames waiting for one viewer whose transport cannot take them now, at most
+    ``capacity`` of them.
 
-    When the queue is full, the frame that does not fit is dropped, and so is every
-    frame after it until the next keyframe: a decoder handed a delta frame whose
-    reference it never saw would show a corrupt picture until then. Frames already
-    queued are never overwritten. A new queue starts in the same state (waiting for a
-    keyframe), since a viewer that joins mid-stream cannot decode delta frames either.
-
-    ``offer`` runs on the event loop, called by the publisher's fan-out; ``get`` is
-    awaited by the viewer's sender. One consumer only.
+    A viewer that keeps up never queues: :meth:`pass_through` lets a frame go straight to
+    it when nothing is waiting. When the queue is full, the frame that does not fit is
+    dropped, and so is every frame after it until the next keyframe: a decoder handed a
+    delta frame whose reference it never saw would show a corrupt picture until then.
+    Frames already queued are never overwritten. A new queue starts in the same state
+    (waiting for a keyframe), since a viewer that joins mid-stream cannot decode delta
+    frames either. Everything runs on the event loop; one consumer only.
     """
 
     def __init__(self, *, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self._capacity = capacity
-        self._frames: deque[EncodedFrame] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._frames: deque[PacketisedFrame] = deque()
         self._closed = False
         self.waiting_for_keyframe = True
         self.dropped = 0
@@ -41,7 +35,16 @@ class ViewerQueue:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def offer(self, frame: EncodedFrame) -> bool:
+    def pass_through(self, frame: PacketisedFrame) -> bool:
+        """Whether ``frame`` may go to the viewer now, bypassing the queue: nothing is
+        queued and the frame does not follow a gap. False leaves everything as it was
+        (then :meth:`offer` it)."""
+        if self._closed or self._frames or (self.waiting_for_keyframe and not frame.keyframe):
+            return False
+        self.waiting_for_keyframe = False
+        return True
+
+    def offer(self, frame: PacketisedFrame) -> bool:
         """Queue ``frame``; False if it was dropped (full, closed, or waiting for a keyframe)."""
         if self._closed:
             return False
@@ -54,32 +57,20 @@ class ViewerQueue:
             return False
         self.waiting_for_keyframe = False
         self._frames.append(frame)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
         return True
 
     def resync(self) -> None:
         """Drop until the next keyframe from now on (the publisher's stream had a gap)."""
         self.waiting_for_keyframe = True
 
-    async def get(self) -> EncodedFrame:
-        """The oldest frame; waits for one. Raises :class:`QueueClosed` once closed."""
-        while not self._frames:
-            if self._closed:
-                raise QueueClosed
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._frames.popleft()
+    def pop(self) -> PacketisedFrame | None:
+        """The oldest frame, or None if none is queued."""
+        return self._frames.popleft() if self._frames else None
 
     def close(self) -> None:
-        """Drop what is queued and wake the consumer, which then gets :class:`QueueClosed`."""
+        """Drop what is queued; every later offer is refused."""
         self._closed = True
         self._frames.clear()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 class KeyframeThrottle:

@@ -1,9 +1,12 @@
 """The relay: one publisher per stream, its encoded frames forwarded to every viewer.
 
 Nothing is decoded or re-encoded. The publisher's receiver hands each complete frame
-(released on the RTP marker bit) to the stream's fan-out, which puts it on every
-viewer's bounded queue; each viewer's sender packetises it again with its own sequence
-numbers, SSRC and retransmission history. Keyframes are asked of the publisher when a
+(released on the RTP marker bit) to the stream's fan-out, which cuts it into RTP
+payloads once and, in the same call, writes each viewer's packets: the shared payloads
+behind that viewer's own header (SSRC, sequence numbers, timestamp offset, payload
+type), through its own SRTP session (:class:`ViewerOutlet`). A viewer whose transport
+cannot take a frame at once gets it queued (bounded, dropping to the next keyframe)
+and holds back no one else. Keyframes are asked of the publisher when a
 viewer connects, when a viewer's queue overflows, and when a viewer reports picture
 loss, at most one outstanding request per stream (:class:`KeyframeThrottle`).
 
@@ -17,11 +20,13 @@ Everything runs on the caller's asyncio loop. The values the caller sees are in
 from __future__ import annotations
 
 import asyncio
+import fractions
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
+import av
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -30,10 +35,14 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 
 from .aiortc_internals import (
+    AiortcChanged,
+    RtpWriter,
     TappedFrame,
+    check_aiortc,
     negotiated_codec,
     on_keyframe_request,
     restrict_host_candidates,
@@ -41,13 +50,14 @@ from .aiortc_internals import (
     tap_encoded_frames,
 )
 from .errors import InvalidOffer, NoSuchStream
-from .frames import EncodedFrame, is_keyframe, starts_frame
+from .frames import PacketisedFrame, is_keyframe, starts_frame
 from .metrics import DelayHistogram
 from .offer import OfferLimits, check_offer
+from .outlets import ViewerOutlet
 from .queues import KeyframeThrottle, ViewerQueue
 from .sessions import IceServerConfig, RelayEvent, RelayStats, Session
 from .streams import Counters, Peer, Publisher, Stream, Viewer
-from .tracks import ForwardedTrack
+from .tracks import IdleTrack
 
 __all__ = ["IceServerConfig", "Relay", "RelayEvent", "RelayStats", "Session"]
 
@@ -55,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 # Codecs the relay forwards, in the order it prefers them from a publisher.
 FORWARDED_CODECS = ("video/VP8", "video/H264")
+RTP_VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 
 
 class Relay:
@@ -68,6 +79,8 @@ class Relay:
     not connected ``setup_timeout_s`` after its answer is closed. Offers are held to
     ``offer_limits`` (:mod:`streaming.offer`) before aiortc parses them. ``on_event`` is
     called on the loop for every :class:`RelayEvent`; its exceptions are logged and ignored.
+    Raises :class:`~streaming.aiortc_internals.AiortcChanged` if aiortc lacks an internal
+    the relay uses.
     """
 
     def __init__(
@@ -82,6 +95,7 @@ class Relay:
     ) -> None:
         if viewer_queue_frames < 1:
             raise ValueError("viewer_queue_frames must be at least 1")
+        check_aiortc()
         self._ice_servers = tuple(ice_servers)
         self._queue_frames = viewer_queue_frames
         self._on_event = on_event
@@ -149,7 +163,7 @@ class Relay:
                 if viewer.codec.lower() != publisher.codec.lower():
                     self._begin_close(viewer, "codec_changed")
                 else:
-                    viewer.queue.resync()
+                    viewer.outlet.queue.resync()
             self._begin_close(previous, "replaced")
         self._emit("publisher_started", publisher, "")
         return Session(id=publisher.id, stream_id=stream_id, kind="publisher", answer_sdp=answer)
@@ -168,12 +182,21 @@ class Relay:
         sdp = check_offer(offer_sdp, role="view", limits=self._offer_limits)
         codec = stream.publisher.codec
         pc = self._new_peer_connection()
-        viewer = Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc,
-                         queue=ViewerQueue(capacity=self._queue_frames), codec=codec)
         transceiver = pc.addTransceiver("video", direction="sendonly")
         transceiver.setCodecPreferences(_capabilities((codec,)))
-        track = ForwardedTrack(viewer.queue, on_sent=self._forward_delay.record)
-        transceiver.sender.replaceTrack(track)
+        transceiver.sender.replaceTrack(IdleTrack())
+        try:
+            writer = RtpWriter(transceiver)
+        except AiortcChanged:
+            await pc.close()
+            raise
+        outlet = ViewerOutlet(writer, ViewerQueue(capacity=self._queue_frames), on_sent=self._forward_delay.record)
+        viewer = Viewer(id=uuid.uuid4().hex, stream_id=stream_id, pc=pc, outlet=outlet, codec=codec)
+
+        def failed() -> None:
+            self._begin_close(viewer, "send_failed")
+
+        outlet.on_failed = failed
         on_keyframe_request(transceiver.sender, lambda: self._viewer_wants_keyframe(viewer))
         answer = await self._answer(viewer, transceiver, sdp, before_answer=None)
         if self._closed or self._streams.get(stream_id) is not stream or stream.publisher.codec != codec:
@@ -299,7 +322,7 @@ class Relay:
             # keyframe cannot be decoded by anyone.
             counters.incomplete_frames += 1
             for viewer in stream.viewers.values():
-                viewer.queue.resync()
+                viewer.outlet.queue.resync()
             self._request_keyframe(stream)
             if not complete:
                 return
@@ -310,16 +333,24 @@ class Relay:
         if keyframe:
             stream.keyframes.keyframe_seen()
         timestamp = stream.rebase(publisher, frame.timestamp)
-        if not stream.viewers:
+        if not any(viewer.connected for viewer in stream.viewers.values()):
             return  # a publisher nobody watches costs this much and no more
-        encoded = EncodedFrame(data=frame.data, timestamp=timestamp, keyframe=keyframe,
-                               received_at=asyncio.get_running_loop().time())
+        received_at = asyncio.get_running_loop().time()
+        packetised = PacketisedFrame(payloads=self._packetise(stream, codec, frame.data, timestamp),
+                                     timestamp=timestamp, keyframe=keyframe, received_at=received_at)
+        failed: list[Viewer] = []
         for viewer in stream.viewers.values():
             if not viewer.connected:
                 continue
-            queue = viewer.queue
+            queue = viewer.outlet.queue
             was_waiting = queue.waiting_for_keyframe
-            if queue.offer(encoded):
+            try:
+                sent = viewer.outlet.offer(packetised)
+            except Exception:  # one viewer's broken transport must not cost the others this frame
+                logger.exception("sending to viewer %s failed", viewer.id)
+                failed.append(viewer)
+                continue
+            if sent:
                 counters.frames_forwarded += 1
                 counters.bytes_forwarded += size
                 continue
@@ -327,6 +358,19 @@ class Relay:
             if not was_waiting:
                 counters.queue_overflows += 1
             self._request_keyframe(stream)
+        for viewer in failed:
+            self._begin_close(viewer, "send_failed")
+
+    @staticmethod
+    def _packetise(stream: Stream, codec: RTCRtpCodecParameters, data: bytes, timestamp: int) -> tuple[bytes, ...]:
+        """The frame's RTP payloads, as aiortc's sender would cut them, once for all viewers."""
+        if stream.packer is None or stream.packer_codec != codec.mimeType:
+            stream.packer, stream.packer_codec = get_encoder(codec), codec.mimeType
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = RTP_VIDEO_TIME_BASE
+        payloads, _ = stream.packer.pack(packet)
+        return tuple(payloads)
 
     def _viewer_wants_keyframe(self, viewer: Viewer) -> None:
         stream = self._streams.get(viewer.stream_id)
@@ -365,7 +409,7 @@ class Relay:
         stream = self._streams.get(peer.stream_id)
         ended_viewers: list[Viewer] = []
         if isinstance(peer, Viewer):
-            peer.queue.close()
+            peer.outlet.close()
             if stream is not None:
                 stream.viewers.pop(peer.id, None)
         elif stream is not None and stream.publisher is peer:
@@ -388,7 +432,7 @@ class Relay:
 
     async def _discard(self, peer: Peer) -> None:
         if isinstance(peer, Viewer):
-            peer.queue.close()
+            peer.outlet.close()
         await peer.pc.close()
 
     def _emit(self, kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"],

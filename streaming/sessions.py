@@ -42,7 +42,7 @@ class RelayEvent:
     ``connection_closed``, ``setup_timeout`` (never connected), ``replaced`` (another
     publisher took the stream), ``publisher_ended`` (a viewer whose publisher went
     away), ``codec_changed`` (the new publisher's codec differs from the one this viewer
-    negotiated), or ``relay_closed``."""
+    negotiated), ``send_failed`` (writing to the viewer raised; logged), or ``relay_closed``."""
 
     kind: Literal["publisher_ended", "viewer_ended", "viewer_joined", "publisher_started"]
     stream_id: str

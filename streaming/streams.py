@@ -1,6 +1,6 @@
 """The relay's own state: its peers (a publisher or a viewer each), its streams (a
-publisher and its viewers, with the keyframe throttle and the timestamps that carry on
-across a change of publisher), and its counters. Used by :mod:`streaming.relay` only;
+publisher and its viewers, with the keyframe throttle, the packetiser, and the timestamps
+that carry on across a change of publisher), and its counters. Used by :mod:`streaming.relay` only;
 the decisions that need no I/O (:meth:`Stream.rebase`) are here, with the state they use.
 """
 
@@ -10,9 +10,11 @@ import asyncio
 from dataclasses import dataclass, field
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.codecs.base import Encoder
 
 from .aiortc_internals import MarkerJitterBuffer
-from .queues import KeyframeThrottle, ViewerQueue
+from .outlets import ViewerOutlet
+from .queues import KeyframeThrottle
 
 __all__ = ["Counters", "Peer", "Publisher", "Stream", "Viewer"]
 
@@ -48,9 +50,9 @@ class Publisher(Peer):
     codec: str = ""  # mime type, e.g. video/VP8
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Viewer(Peer):
-    queue: ViewerQueue = field(default_factory=lambda: ViewerQueue(capacity=1))
+    outlet: ViewerOutlet
     codec: str = ""
     connected: bool = False
 
@@ -61,6 +63,10 @@ class Stream:
     publisher: Publisher
     viewers: dict[str, Viewer] = field(default_factory=dict)
     keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    # Cuts frames into RTP payloads, once for every viewer; kept across a change of
+    # publisher with the same codec, so that VP8 picture ids carry on.
+    packer: Encoder | None = None
+    packer_codec: str = ""
     # Timestamps continue across a change of publisher (each one's start at 0).
     epoch: Publisher | None = None
     offset: int = 0

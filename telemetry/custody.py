@@ -43,6 +43,7 @@ __all__ = [
     "assignments",
     "attribution_join",
     "close_assignment",
+    "officer_at",
     "officer_track",
     "open_assignment",
     "registry_officers",
@@ -75,6 +76,14 @@ def attribution_join(*, device: str, at: str, alias: str = "a", closing: str | N
         ends = f"{alias}.valid_from < {at} AND ({alias}.valid_to IS NULL OR {at} <= {alias}.valid_to)"
         covers = f"CASE WHEN {closing} THEN {ends} ELSE {covers} END"
     return f" LEFT JOIN device_assignments {alias} ON {alias}.device_id = {device} AND {covers}"
+
+
+def officer_at(*, device: str, at: str) -> str:
+    """A scalar subquery: the officer who carried the device ``device`` at the time ``at``
+    (both SQL expressions), NULL for nobody. For a RETURNING list or an UPDATE's result,
+    where :func:`attribution_join` has no FROM to join to; one index probe per row."""
+    return (f"(SELECT o.officer FROM device_assignments o WHERE o.device_id = {device} AND o.valid_from <= {at}"
+            f" AND (o.valid_to IS NULL OR {at} < o.valid_to) LIMIT 1)")
 
 
 def _lock(conn: psycopg.Connection, device_id: str) -> bool:

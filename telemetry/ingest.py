@@ -179,7 +179,7 @@ class IngestWorker:
         settings = self._settings
         self._writer.open()
         self._load_registry()
-        self._writer.maintain()
+        started_alerts = self._writer.maintain()
         protocol = self._choose_protocol()
         self._session = MqttSession(
             self._address,
@@ -194,6 +194,7 @@ class IngestWorker:
         writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
         writer.start()
         self._session.start()
+        self._publish_alerts(started_alerts)  # queued by paho until the session is up
         if not self._session.wait_connected(30):
             log.warning("broker not reachable yet; paho keeps trying")
         if ready is not None:
@@ -234,7 +235,7 @@ class IngestWorker:
             if time.monotonic() >= next_maintenance:
                 next_maintenance = time.monotonic() + _MAINTENANCE_EVERY_S
                 try:
-                    self._writer.maintain()
+                    self._publish_alerts(self._writer.maintain())
                 except psycopg.Error as error:  # retried in an hour; ingest goes on
                     log.warning("maintenance failed: %s", error)
             try:

@@ -11,7 +11,8 @@ Wire format (docs/mqtt-contract.md, "Internal topics"), orjson of arrays to keep
     {"v": 1,
      "t": [[device_id, ts, received_at, battery_pct, charging, recording, storage_pct,
             docked, live, viewers, lat, lon, accuracy_m, speed_mps, heading_deg], ...],
-     "s": [[device_id, online], ...]}
+     "s": [[device_id, online], ...],
+     "o": [[device_id, officer, callsign], ...]}
 
 A batch larger than one frame may carry (``FRAME_MAX_BYTES``, under the broker's 64 KiB
 ``message_size_limit``, past which Mosquitto drops the publisher's connection) goes out as
@@ -20,8 +21,12 @@ several frames, each whole units: a few at full rate, most batches one.
 ``t`` holds each unit's newest report of the batch (by ``ts``, then ``seq``), ``lat`` to
 ``heading_deg`` null without a fix; ``s`` a unit's online status where a status message
 came after its newest report in the batch (a report is proof of life, as in the database).
+``o`` the officer and callsign the registry holds for a unit after an ``undocked`` event of
+the batch (a camera taken by another officer reaches the screens with the batch, not at the
+API's next registry reload); absent when none, and ignored by a reader that predates it.
 Times are ISO 8601. The receiver compares ``ts`` per unit, so frames of several workers may
-arrive in any order.
+arrive in any order (``o`` has no time: two workers' custody changes of one camera within a
+moment may show in either order until the API's registry reload, which reads the database).
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ class FrameError(ValueError):
 
 
 def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[bytes]:
-    """The frames of a committed ``batch``: none when it changed no unit's live state
-    (events reach the screens as alerts), more than one when one would exceed ``max_bytes``."""
+    """The frames of a committed ``batch``: none when it changed no unit's live state or
+    officer (other events reach the screens as alerts), more than one when one would exceed
+    ``max_bytes``."""
     newest: dict[str, tuple[datetime, TelemetryReport]] = {}
     for device_id, received, t in batch.telemetry:
         kept = newest.get(device_id)
@@ -74,52 +80,71 @@ def encode_frames(batch: Batch, *, max_bytes: int = FRAME_MAX_BYTES) -> list[byt
                             gps.lat, gps.lon, gps.accuracy_m, gps.speed_mps, gps.heading_deg))
     online = [(device_id, up) for device_id, (received, up) in statuses.items()
               if device_id not in newest or received >= newest[device_id][0]]
-    if not reports and not online:
+    carried = [(device_id, officer, callsign) for device_id, officer, callsign in batch.carried]
+    if not reports and not online and not carried:
         return []
     # Most batches fit one frame: encoded in one call, the same bytes as _pack() would join.
-    whole = orjson.dumps({"v": FRAME_VERSION, "t": reports, "s": online})
-    if len(whole) <= max_bytes:
+    # _pack() counts a comma per row and room for "o" always: one frame there iff this holds.
+    frame: dict[str, object] = {"v": FRAME_VERSION, "t": reports, "s": online}
+    if carried:
+        frame["o"] = carried
+    whole = orjson.dumps(frame)
+    if len(whole) + bool(reports) + bool(online) + (1 if carried else 7) <= max_bytes:
         return [whole]
-    return _pack([orjson.dumps(row) for row in reports], [orjson.dumps(row) for row in online], max_bytes)
+    return _pack([orjson.dumps(row) for row in reports], [orjson.dumps(row) for row in online],
+                 [orjson.dumps(row) for row in carried], max_bytes)
 
 
-def _pack(reports: list[bytes], online: list[bytes], max_bytes: int) -> list[bytes]:
+def _pack(reports: list[bytes], online: list[bytes], carried: list[bytes], max_bytes: int) -> list[bytes]:
     """Rows (each already encoded) into as few frames of at most ``max_bytes`` as they fill."""
     head = b'{"v":%d,"t":[' % FRAME_VERSION
+    empty = len(head) + len(b'],"s":[],"o":[]}')
     frames: list[bytes] = []
-    t: list[bytes] = []
-    s: list[bytes] = []
-    size = len(head) + len(b'],"s":[]}')
+    rows: dict[str, list[bytes]] = {"t": [], "s": [], "o": []}
+    size = empty
 
     def flush() -> None:
-        nonlocal t, s, size
-        if t or s:
-            frames.append(head + b",".join(t) + b'],"s":[' + b",".join(s) + b"]}")
-        t, s, size = [], [], len(head) + len(b'],"s":[]}')
+        nonlocal size
+        t, s, o = rows["t"], rows["s"], rows["o"]
+        if t or s or o:
+            tail = b'],"o":[' + b",".join(o) + b"]}" if o else b"]}"
+            frames.append(head + b",".join(t) + b'],"s":[' + b",".join(s) + tail)
+        for kept in rows.values():
+            kept.clear()
+        size = empty
 
-    for rows, into in ((reports, "t"), (online, "s")):
-        for row in rows:
+    for key, encoded in (("t", reports), ("s", online), ("o", carried)):
+        for row in encoded:
             if size + len(row) + 1 > max_bytes:
                 flush()
-            (t if into == "t" else s).append(row)
+            rows[key].append(row)
             size += len(row) + 1
     flush()
     return frames
 
 
 def decode_frame(payload: bytes) -> list[UnitUpdate]:
-    """The unit updates of a frame, reports first, then statuses (FrameError if unreadable)."""
+    """The unit updates of a frame, reports first, then statuses, then officers (FrameError
+    if unreadable)."""
     try:
         frame = orjson.loads(payload)
         if not isinstance(frame, dict) or frame.get("v") != FRAME_VERSION:
             raise FrameError(f"not a version {FRAME_VERSION} frame")
         updates = [_report(row) for row in frame["t"]]
         updates += [(str(device_id), {"online": bool(up)}) for device_id, up in frame["s"]]
+        updates += [(str(device_id), {"officer": _text(officer), "callsign": _text(callsign)})
+                    for device_id, officer, callsign in frame.get("o", [])]
     except FrameError:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise FrameError(f"malformed frame: {error}") from error
     return updates
+
+
+def _text(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise FrameError("an officer or callsign that is not text")
+    return value
 
 
 def _report(row: list[Any]) -> UnitUpdate:

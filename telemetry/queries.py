@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from telemetry.custody import attribution_join
+from telemetry.custody import attribution_join, officer_at
 
 __all__ = [
     "get_alert_with_history",
@@ -182,23 +182,29 @@ def fleet_summary(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, 
             "charging": counts.get("charging", 0), "not_seen": not_seen_rows}
 
 
-_ALERT_COLUMNS = ("a.id, a.device_id, a.kind, a.severity, a.status, a.detail, a.raised_at, a.acknowledged_at,"
-                  " a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note, a.escalated_at,"
-                  " a.escalation_level, d.borough, d.callsign, d.role")
+# ``officer``: who carried the camera when the alert was raised (custody), not who has it now.
+_ALERT_COLUMNS = ("a.id, a.device_id, a.subject, a.kind, a.severity, a.status, a.detail, a.raised_at,"
+                  " a.acknowledged_at, a.acknowledged_by, a.resolved_at, a.resolved_by, a.outcome, a.note,"
+                  " a.escalated_at, a.escalation_level, d.borough, d.callsign, d.role,"
+                  f" {officer_at(device='a.device_id', at='a.raised_at')} AS officer")
 
 
 def _alert_filter(params: dict[str, Any], *, boroughs: frozenset[str] | None, kinds: frozenset[str] | None,
-                  borough: str | None, **equal: str | None) -> list[str]:
-    """The WHERE clauses (over ``alerts a JOIN devices d``) for alerts of units in ``boroughs``
-    (None: all) matching each criterion given: ``kinds`` (any of), ``borough``, and each of
-    ``equal`` (an alerts column and its value; None: any). Their values go into ``params``."""
-    clauses = [_area(boroughs, params)]
+                  system: bool, borough: str | None, **equal: str | None) -> list[str]:
+    """The WHERE clauses (over ``alerts a LEFT JOIN devices d``) for alerts of units in
+    ``boroughs`` (None: all) of ``kinds`` (None: any) in ``borough`` (None: any), and, where
+    ``system``, the system alerts (no unit; no borough, so none when ``borough`` is given);
+    each also matching each of ``equal`` (an alerts column and its value; None: any). Their
+    values go into ``params``. The same decision as ``Principal.sees_alert``."""
+    unit = ["a.device_id IS NOT NULL", _area(boroughs, params)]
     if kinds is not None:
-        clauses.append("a.kind = ANY(%(kinds)s)")
+        unit.append("a.kind = ANY(%(kinds)s)")
         params["kinds"] = sorted(kinds)
     if borough is not None:
-        clauses.append("d.borough = %(borough)s")
+        unit.append("d.borough = %(borough)s")
         params["borough"] = borough
+    scope = " AND ".join(unit)
+    clauses = [f"(({scope}) OR a.device_id IS NULL)" if system and borough is None else scope]
     for column, value in equal.items():
         if value is not None:
             clauses.append(f"a.{column} = %({column})s")
@@ -207,11 +213,15 @@ def _alert_filter(params: dict[str, Any], *, boroughs: frozenset[str] | None, ki
 
 
 def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, status: str | None,
-                kinds: frozenset[str] | None, borough: str | None, limit: int, offset: int) -> list[Row]:
+                kinds: frozenset[str] | None, system: bool, borough: str | None, limit: int,
+                offset: int, kind: str | None = None) -> list[Row]:
+    """Alerts of units in ``boroughs`` of ``kinds``, and the system alerts where ``system``;
+    of the one ``kind`` where given; newest first."""
     params: dict[str, Any] = {"limit": limit, "offset": offset}
-    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, borough=borough, status=status)
+    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, system=system, borough=borough,
+                            status=status, kind=kind)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a LEFT JOIN devices d ON d.device_id = a.device_id"
                     f" WHERE {' AND '.join(clauses)} ORDER BY a.raised_at DESC, a.id DESC"
                     " LIMIT %(limit)s OFFSET %(offset)s", params)
         return cur.fetchall()
@@ -219,7 +229,8 @@ def list_alerts(conn: psycopg.Connection, *, boroughs: frozenset[str] | None, st
 
 def _get_alert(cur: psycopg.Cursor[Row], alert_id: int, boroughs: frozenset[str] | None) -> Row | None:
     params: dict[str, Any] = {"id": alert_id}
-    cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+    # A unit's alert only (the inner join): a system alert is resolved by the system, never by hand.
+    cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d ON d.device_id = a.device_id"
                 f" WHERE a.id = %(id)s AND {_area(boroughs, params)} FOR UPDATE OF a", params)
     return cur.fetchone()
 
@@ -245,7 +256,8 @@ def acknowledge_alerts(conn: psycopg.Connection, *, by: str, boroughs: frozenset
     another area's alert matches nothing there. Returns the alerts acknowledged."""
     params: dict[str, Any] = {"by": by}
     clauses = ["a.status = 'open'",
-               *_alert_filter(params, boroughs=boroughs, kinds=kinds, borough=borough, kind=kind, severity=severity)]
+               *_alert_filter(params, boroughs=boroughs, kinds=kinds, system=False, borough=borough, kind=kind,
+                              severity=severity)]
     if ids is not None:
         clauses.append("a.id = ANY(%(ids)s)")
         params["ids"] = ids
@@ -262,13 +274,14 @@ def acknowledge_alerts(conn: psycopg.Connection, *, by: str, boroughs: frozenset
 
 
 def get_alert_with_history(conn: psycopg.Connection, alert_id: int, *, boroughs: frozenset[str] | None,
-                           kinds: frozenset[str] | None) -> tuple[Row | None, list[Row]]:
-    """(alert, its alert_history rows oldest first), or (None, []) if it is not of a unit in
-    ``boroughs`` (None: all) or of one of ``kinds`` (None: any): not there, for the caller."""
+                           kinds: frozenset[str] | None, system: bool) -> tuple[Row | None, list[Row]]:
+    """(alert, its alert_history rows oldest first), or (None, []) if it is neither of a unit
+    in ``boroughs`` (None: all) of one of ``kinds`` (None: any) nor, where ``system``, a system
+    alert: not there, for the caller."""
     params: dict[str, Any] = {"id": alert_id}
-    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, borough=None)
+    clauses = _alert_filter(params, boroughs=boroughs, kinds=kinds, system=system, borough=None)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a JOIN devices d USING (device_id)"
+        cur.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts a LEFT JOIN devices d ON d.device_id = a.device_id"
                     f" WHERE a.id = %(id)s AND {' AND '.join(clauses)}", params)
         alert = cur.fetchone()
         if alert is None:

@@ -40,6 +40,9 @@ class Batch:
     rejected: list[RejectedMessage] = field(default_factory=list)  # the rows to keep (telemetry/rejection_sampler.py)
     new_devices: set[str] = field(default_factory=set)
     counted_rejections: Counter[str] = field(default_factory=Counter)  # every message rejected, by reason
+    # Set by the writer once stored: (device_id, officer, callsign) as the registry holds them
+    # after the batch's undocked events, for the live frame (a camera taken by another officer).
+    carried: list[tuple[str, str | None, str | None]] = field(default_factory=list)
 
 
 _STAGES = """

@@ -15,18 +15,20 @@ from datetime import date, datetime, timedelta, timezone
 import msgspec
 import psycopg
 
+from core.contract import EventType
 from core.reports import TelemetryReport
 from core.settings import Settings
 from telemetry.alert_policy import AlertPolicy
 from telemetry.alert_policy_store import load_policy
 from telemetry.alerts import AlertRules, evaluate_batch, sweep_escalations, sweep_offline
-from telemetry.custody import apply_dock_events
+from telemetry.custody import apply_dock_events, registry_officers
 from telemetry.decode import Reason, Rejection
 from telemetry.ingest_stats import IngestStats
 from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import MAINTENANCE_LOCK_KEY, ensure_partitions, features, run_maintenance
 from telemetry.storage_jobs import GRACE, StorageHealth, check_and_run, has_policies
 from telemetry.store import Batch, RejectedMessage, prepare_connection, write_batch
+from telemetry.system_alerts import apply_storage_job_alerts
 
 __all__ = ["BatchWriter", "connect"]
 
@@ -146,6 +148,9 @@ class BatchWriter:
         stored_t, stored_e = write_batch(conn, batch)
         # After the events are stored: a late undocked finds its docked among them.
         self.stats.custody.update(apply_dock_events(conn, [(d, e) for d, _, e in batch.events]))
+        undocked = sorted({d for d, _, e in batch.events if e.type is EventType.UNDOCKED})
+        batch.carried = [(o.device_id, o.officer, o.callsign)
+                         for o in registry_officers(conn, undocked).values()] if undocked else []
         self.stats.stored_telemetry += stored_t
         self.stats.stored_events += stored_e
         self.stats.duplicates += len(batch.telemetry) + len(batch.events) - stored_t - stored_e
@@ -154,6 +159,7 @@ class BatchWriter:
         """Store what can be stored; a message the database refuses becomes a rejection."""
         singles: list[tuple[Batch, str, bytes]] = []
         stored_telemetry: list[tuple[str, datetime, TelemetryReport]] = []
+        carried: list[tuple[str, str | None, str | None]] = []
         for d, r, t in batch.telemetry:
             singles.append((Batch(telemetry=[(d, r, t)], new_devices={d} & batch.new_devices),
                             d, msgspec.json.encode(t)))
@@ -167,6 +173,7 @@ class BatchWriter:
                     with conn.transaction():  # a savepoint per message
                         self._write_counted(conn, single)
                     stored_telemetry += single.telemetry
+                    carried += single.carried
                 except psycopg.Error as error:
                     rejection = Rejection(Reason.REFUSED_BY_DATABASE, f"database refused: {error}"[:500], device_id)
                     refused.append(RejectedMessage(rejection, device_id, payload, datetime.now(timezone.utc)))
@@ -175,7 +182,7 @@ class BatchWriter:
             alerts = self._evaluate(conn, batch)
         batch.counted_rejections[Reason.REFUSED_BY_DATABASE.value] += len(refused) - len(batch.rejected)
         batch.rejected = refused
-        batch.telemetry = stored_telemetry  # the live frame shows only what was stored
+        batch.telemetry, batch.carried = stored_telemetry, carried  # the live frame shows only what was stored
         return alerts
 
     def _ensure_partitions(self, conn: psycopg.Connection, batch: Batch) -> None:
@@ -197,9 +204,10 @@ class BatchWriter:
             self._conn = connect(self._database_url)
         return self._conn
 
-    def maintain(self) -> None:
+    def maintain(self) -> list[dict[str, object]]:
         """Partitions ahead, retention, and TimescaleDB's storage jobs checked (and run where
-        the scheduler fails). Raises ``psycopg.Error``; the caller retries later."""
+        the scheduler fails, and alerted on where they fail). Returns the system alerts it
+        changed. Raises ``psycopg.Error``; the caller retries later."""
         dropped = run_maintenance(self._connection(), feats=self.feats,
                                   keep=timedelta(days=self._settings.retention_days), now=self._clock())
         if dropped:
@@ -210,18 +218,19 @@ class BatchWriter:
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} from {t}" for t, n in deleted.items() if n))
         if has_policies(self.feats):
-            self._check_storage_jobs()
+            return self._check_storage_jobs()
+        return []
 
-    def _check_storage_jobs(self) -> None:
+    def _check_storage_jobs(self) -> list[dict[str, object]]:
         try:
             health = check_and_run(self._connection(), lock_key=MAINTENANCE_LOCK_KEY, clock=self._clock,
                                    grace=GRACE)
         except psycopg.Error as error:  # reported on /metrics; retention and ingest go on
             log.error("storage jobs: cannot check them: %s", error)
             self.storage = replace(self.storage, checked_at=self._clock(), error=str(error).strip()[:300])
-            return
+            return []
         if health is None:
-            return  # another process holds the maintenance lock and is checking them
+            return []  # another process holds the maintenance lock and is checking them
         self.storage = health
         for verdict in health.failing:
             log.error("storage job %d (%s on %s) is not looked after: %s", verdict.job.job_id,
@@ -232,3 +241,8 @@ class BatchWriter:
                         "storage job %d (%s on %s) %s: ran it ourselves, %s", verdict.job.job_id,
                         verdict.job.proc_name, verdict.job.target, verdict.reason,
                         "succeeded" if verdict.ran_ok else f"failed: {verdict.run_error}")
+        if not self._settings.ingest_raise_alerts:
+            return []
+        conn = self._connection()
+        with conn.transaction():
+            return apply_storage_job_alerts(conn, health)

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import websockets
 
+from api.live.snapshot import read_message
 from services import audit
 from services.accounts import Role, add_user
 from services.registry import DeviceRecord, provision_device, upsert_devices
@@ -142,6 +143,13 @@ def _health_alert(world: World, borough: str) -> dict[str, Any]:
                                       (world.device(borough),)))}
 
 
+def _system_alert(world: World, borough: str) -> dict[str, Any]:
+    """A system alert (telemetry/system_alerts.py): no device, a subject of its own."""
+    return {"alert_id": int(world.sql("INSERT INTO alerts (subject, kind, severity, detail) VALUES"
+                                      " (%s, 'storage_job_failing', 'warning', 'matrix') RETURNING id",
+                                      (f"storage_job:{next(world.counter)}",)))}
+
+
 def _fresh_incident(world: World, borough: str) -> dict[str, Any]:
     incident, device = world.incident_with_unit(borough)
     return {"incident_id": incident, "device_id": device}
@@ -198,15 +206,20 @@ CASES: list[Case] = [
     case("GET", "/api/v1/officers/{officer}/track", SEES_POSITIONS, {200}, prepare=_officer_on_duty),
     case("POST", "/api/v1/devices/{device_id}/retire", {ADMIN}, {200}, prepare=_fresh_device),
     case("POST", "/api/v1/devices/{device_id}/reactivate", {ADMIN}, {200}, prepare=_retired_device),
-    case("GET", "/api/v1/alerts", HANDLES | {FLEET}, {200}, area_scoped=False),
-    case("GET", "/api/v1/alerts/{alert_id}/history", HANDLES | {FLEET}, {200}, prepare=_health_alert),
+    case("GET", "/api/v1/alerts", HANDLES | {FLEET, ADMIN}, {200}, area_scoped=False),
+    # An admin sees system alerts only: a unit's is absent for them (404), as for an auditor it is refused.
+    case("GET", "/api/v1/alerts/{alert_id}/history", HANDLES | {FLEET}, {200}, prepare=_health_alert,
+         denied=frozenset({403, 404})),
+    # A system alert (no unit, no area): fleet managers and admins; absent (404) for operators.
+    case("GET", "/api/v1/alerts/{alert_id}/history", {FLEET, ADMIN}, {200}, area_scoped=False,
+         prepare=_system_alert, denied=frozenset({403, 404})),
     case("POST", "/api/v1/alerts/{alert_id}/acknowledge", HANDLES, {200}, prepare=_fresh_alert),
     # Area-scoped inside: another area's ids are ignored, not refused (test_areas.py).
     case("POST", "/api/v1/alerts/acknowledge", HANDLES, {200}, area_scoped=False, prepare=_fresh_alert,
          body=lambda p, b: {"ids": [p["alert_id"]]}),
     case("POST", "/api/v1/alerts/{alert_id}/resolve", HANDLES, {200}, prepare=_fresh_alert,
          body=lambda p, b: {"outcome": "false_alarm", "note": "matrix"}),
-    case("GET", "/api/v1/incidents", HANDLES, {200}, area_scoped=False),
+    case("GET", "/api/v1/incidents", HANDLES | {AUDITOR, ADMIN}, {200}, area_scoped=False),
     case("POST", "/api/v1/incidents", HANDLES, {201}, area_scoped=False,
          body=lambda p, b: {"title": "matrix", "lat": 51.5, "lon": -0.13, "radius_m": 100, "borough": IN_AREA}),
     case("GET", "/api/v1/incidents/{incident_id}", HANDLES, {200}, prepare=_fresh_incident),
@@ -217,7 +230,7 @@ CASES: list[Case] = [
          body=lambda p, b: {"within_km": 1}),
     case("POST", "/api/v1/incidents/{incident_id}/close", {AFO, ADMIN}, {200}, prepare=_fresh_incident,
          body=lambda p, b: {"outcome": "resolved"}),
-    case("GET", "/api/v1/incidents/closed", HANDLES, {200}, area_scoped=False),
+    case("GET", "/api/v1/incidents/closed", HANDLES | {AUDITOR, ADMIN}, {200}, area_scoped=False),
     case("GET", "/api/v1/incidents/{incident_id}/replay", REPLAYS, {200}, prepare=_fresh_incident),
     case("GET", "/api/v1/incidents/{incident_id}/export.zip", {AUDITOR, ADMIN}, {200}, prepare=_fresh_incident),
     case("GET", "/api/v1/replay", REPLAYS, {200}, query=lambda b: {"borough": b}),
@@ -403,7 +416,7 @@ def _live(world: World, user: str) -> tuple[str, Any]:
         async with websockets.connect(world.base.replace("http", "ws") + "/api/v1/live") as ws:
             await ws.send(orjson.dumps({"type": "auth", "token": world.tokens[user]}).decode())
             try:
-                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                frame = read_message(await asyncio.wait_for(ws.recv(), 10))
                 return "frame", frame
             except websockets.ConnectionClosed as closed:
                 return "closed", closed.rcvd.code if closed.rcvd else None

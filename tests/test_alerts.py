@@ -19,8 +19,9 @@ from core.reports import TelemetryReport
 from services.registry import DeviceRecord, upsert_devices
 from telemetry import incidents, queries
 from telemetry.alert_policy import Outcome, PolicyRule
-from telemetry.alert_policy_store import set_rule
-from telemetry.alerts import AlertRules, Geofence
+from telemetry.alert_policy_store import load_policy, set_rule
+from telemetry.alerts import STATE_RULES, AlertRules, Geofence, evaluate_incidents, may_raise
+from telemetry.decode import StatusChange
 from telemetry.ingest_stats import IngestStats
 from telemetry.store import Batch
 from telemetry.writer import BatchWriter
@@ -167,6 +168,57 @@ def test_an_assigned_firearms_unit_recording_is_high(pg: Database, mosquitto: Mo
         publish_all(mosquitto.url, [(topic_for("cam-f", Channel.EVENTS), event_payload(1, "recording_started"))])
         wait_for(lambda: worker.stats.stored_events == 1, what="event")
     assert _alerts(pg) == [("cam-f", "recording", "high", "open", None)]
+
+
+def test_a_unit_assigned_before_its_first_report_is_raised_by_that_report(pg: Database) -> None:
+    """A firearms unit assigned while it has sent only its connection status (no report, so no
+    recording state) raises nothing, neither on assignment nor on the status; its first report
+    raises the alert if it is not recording, naming the state it reported; recording clears it."""
+    _register(pg)
+    writer = BatchWriter(settings=make_settings(), database_url=pg.url, rules=AlertRules(), stats=IngestStats(),
+                         stopping=threading.Event(), clock=lambda: datetime.now(timezone.utc))
+    writer.open()
+
+    def report(seq: int, recording: str) -> Batch:
+        decoded = msgspec.json.decode(telemetry_payload(seq, recording=recording), type=TelemetryReport)
+        return Batch(telemetry=[("cam-f", datetime.now(timezone.utc), decoded)])
+
+    try:
+        now = datetime.now(timezone.utc)
+        assert writer.write(Batch(statuses=[("cam-f", now, StatusChange("cam-f", True))])) == []
+        with pg.connect() as conn:
+            incident = incidents.create(conn, incidents.NewIncident(title="armed suspect", lat=51.5, lon=-0.14,
+                                                                    radius_m=300, borough="Westminster"), by="afo-cmd")
+            incidents.assign(conn, incident["id"], ["cam-f"], by="afo-cmd")
+            assert evaluate_incidents(conn, ["cam-f"], load_policy(conn), Geofence()) == []  # as the API does
+        assert writer.write(Batch(statuses=[("cam-f", now, StatusChange("cam-f", True))])) == []
+        assert _alerts(pg) == []
+
+        raised = [a for a in writer.write(report(1, "buffering")) if a["kind"] == "assigned_not_recording"]
+        assert [(a["status"], a["severity"], a["detail"]) for a in raised] == [
+            ("open", "high", "assigned firearms unit is buffering, not recording")]
+        cleared = [a for a in writer.write(report(2, "recording")) if a["kind"] == "assigned_not_recording"]
+        assert [(a["id"], a["status"]) for a in cleared] == [(raised[0]["id"], "resolved")]
+    finally:
+        writer.close()
+
+
+def test_the_screen_lets_through_every_report_a_state_rule_may_raise() -> None:
+    """The one-pass screen of a batch's reports (telemetry/alerts.py, ``may_raise``) keeps
+    every report that any state rule's own candidate test accepts, at and around each
+    threshold, for default and for unusual thresholds."""
+    rules_set = [AlertRules(), AlertRules(battery_warn_pct=5.0, battery_critical_pct=15.0, storage_warn_pct=0.0)]
+    for rules in rules_set:
+        reports = []
+        for battery, storage, lat in itertools.product((0.0, 4.9, 5.0, 9.9, 10.0, 15.0, 19.9, 20.0, 100.0),
+                                                       (None, 0.0, 89.9, 90.0, 100.0), (51.5, None)):
+            extra = {} if storage is None else {"storage_pct": storage}
+            decoded = msgspec.json.decode(telemetry_payload(1, battery=battery, lat=lat, **extra), type=TelemetryReport)
+            reports.append(("cam", datetime.now(timezone.utc), decoded))
+        screened = [t for _, t in may_raise(reports, rules)]
+        for _, _, t in reports:
+            if any(rule.candidate(t, rules) for rule in STATE_RULES):
+                assert t in screened, (t, rules)
 
 
 def test_offline_by_silence_and_a_last_will_after_the_timeout(pg: Database, mosquitto: MosquittoProcess) -> None:

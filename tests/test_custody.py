@@ -22,9 +22,10 @@ from telemetry import queries
 from telemetry.custody import apply_dock_events, assignments, attribution_join
 from telemetry.schema import ensure_partitions, migrate
 from telemetry.store import Batch, prepare_connection, write_batch
-from tests.helpers.api import ApiWithIngest, add_test_users, client, running_api
+from tests.helpers.api import ApiWithIngest, LiveReader, add_test_users, client, running_api, token
 from tests.helpers.db import Database
 from tests.helpers.telemetry import event_payload, make_settings, running_worker, telemetry_payload
+from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
 T0 = (datetime.now(timezone.utc) - timedelta(hours=3)).replace(microsecond=0)
@@ -260,6 +261,56 @@ def test_a_camera_swapped_at_the_dock_attributes_each_half_of_a_track(stack: Api
         points = http.get("/api/v1/devices/sw-1/track", params={"start": _at(-1).isoformat(),
                                                                  "end": _at(41).isoformat()}).json()
     assert [p["officer"] for p in points] == ["PC Ada"] * 18 + ["PC Ben"] * 19
+
+
+def _live_alerts(reader: LiveReader) -> list[dict[str, Any]]:
+    return [a for f in reader.of_type("alerts") for a in f["alerts"]]
+
+
+def test_an_alert_names_the_officer_who_carried_the_camera_when_it_was_raised(stack: ApiWithIngest) -> None:
+    """Ada presses the emergency button, docks the camera; Ben takes it and its battery runs
+    low. Each alert names the officer of its moment, on the live feed and over REST; a fleet
+    manager (who sees health, not people) sees the battery alerts without an officer."""
+    every = LiveReader(stack.base, token(stack.base, "op-all"))
+    fleet_feed = LiveReader(stack.base, token(stack.base, "fleet"))
+    try:
+        wait_for(lambda: every.of_type("snapshot") and fleet_feed.of_type("snapshot"), what="both snapshots")
+        stack.publish([_event("sw-1", 1, "undocked", 0, officer="PC Ada", callsign="WE01"),
+                       _event("sw-1", 2, "emergency", 5, trigger="button"),
+                       _event("sw-1", 3, "docked", 19.5),
+                       _event("sw-1", 4, "undocked", 20, officer="PC Ben", callsign="WE07")])
+        stack.publish([(topic_for("sw-1", Channel.TELEMETRY), telemetry_payload(5, battery=8.0))])
+        wait_for(lambda: {"emergency", "battery_critical"} <= {a["kind"] for a in _live_alerts(every)},
+                 what="the alerts on the operator's feed")
+        wait_for(lambda: "battery_critical" in {a["kind"] for a in _live_alerts(fleet_feed)},
+                 what="the battery alert on the fleet manager's feed")
+        live = {a["kind"]: a.get("officer") for a in _live_alerts(every) if a["status"] == "open"}
+        fleet_live = _live_alerts(fleet_feed)
+    finally:
+        every.close()
+        fleet_feed.close()
+    assert live["emergency"] == "PC Ada" and live["battery_critical"] == "PC Ben"
+    assert fleet_live and all("officer" not in a for a in fleet_live)
+    with client(stack.base, "op-all") as operator, client(stack.base, "fleet") as fleet:
+        listed = {a["kind"]: a["officer"] for a in operator.get("/api/v1/alerts").json()["items"]}
+        fleet_listed = fleet.get("/api/v1/alerts").json()["items"]
+        emergency_id = next(a["id"] for a in operator.get("/api/v1/alerts").json()["items"]
+                            if a["kind"] == "emergency")
+        acknowledged = operator.post(f"/api/v1/alerts/{emergency_id}/acknowledge").json()
+    assert listed["emergency"] == "PC Ada" and listed["battery_critical"] == listed["battery_low"] == "PC Ben"
+    assert acknowledged["officer"] == "PC Ada"  # still Ada's, though Ben has the camera now
+    assert fleet_listed and {a["officer"] for a in fleet_listed} == {None}
+    # A feed opened now gets the open alerts in its snapshot: the same rule there.
+    late_fleet, late_operator = (LiveReader(stack.base, token(stack.base, name)) for name in ("fleet", "op-all"))
+    try:
+        wait_for(lambda: late_fleet.of_type("snapshot") and late_operator.of_type("snapshot"), what="both snapshots")
+        fleet_snapshot = late_fleet.of_type("snapshot")[0]["alerts"]
+        operator_snapshot = late_operator.of_type("snapshot")[0]["alerts"]
+    finally:
+        late_fleet.close()
+        late_operator.close()
+    assert fleet_snapshot and all(a.get("officer") is None for a in fleet_snapshot)
+    assert {a["kind"]: a["officer"] for a in operator_snapshot}["emergency"] == "PC Ada"
 
 
 def test_the_officers_track_follows_them_across_two_cameras_and_refuses_out_of_area(stack: ApiWithIngest) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
-from core.contract import Channel, topic_for
+from core.contract import ALERTS_TOPIC, Channel, topic_for
 from core.settings import Settings
 from services.accounts import Principal, Role, TokenIssuer, add_user
 from services.registry import DeviceRecord, upsert_devices
@@ -238,6 +239,7 @@ def test_live_alert_is_highlighted_then_acknowledged_and_resolved(stack: Stack, 
     assert "new" in (item.get_attribute("class") or "")
     page.wait_for_selector("#emergency-banner:not(.hidden):has-text('WESOS1')")
     page.wait_for_selector("#alert-count.flash")
+    assert item.locator(".officer").inner_text() == "PC Sos"  # who carried the camera as it was raised
     shot(page, "alert-new")
 
     item.locator("button.ack").click()
@@ -351,6 +353,38 @@ def test_fleet_manager_sees_health_and_exports_csv(stack: Stack, browser_page: A
     assert len(rows) == FLEET + 1 and "lat" not in rows[0] and "officer" not in rows[0]
     page.wait_for_selector(".export-status:has-text('Exported 41 devices')")
     assert stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export' AND actor = 'fleet'") == 1
+
+
+def _system_alert(stack: Stack, job_id: int) -> dict[str, Any]:
+    """A storage job's system alert as the maintenance check raises it (telemetry/system_alerts.py)."""
+    with stack.db.connect() as conn:
+        row = conn.execute(
+            "INSERT INTO alerts (subject, kind, severity, detail) VALUES (%s, 'storage_job_failing', 'warning', %s)"
+            " RETURNING id, device_id, subject, kind, severity, status, detail, raised_at",
+            (f"storage_job:{job_id}", f"storage job {job_id} (policy_retention on telemetry) is not looked after"),
+        ).fetchone()
+    assert row is not None
+    return dict(zip(("id", "device_id", "subject", "kind", "severity", "status", "detail", "raised_at"), row))
+
+
+def test_fleet_managers_and_admins_see_system_alerts_in_fleet_health(stack: Stack, browser_page: Any) -> None:
+    """A failing storage job's alert (no unit) shows at the top of fleet health for a fleet
+    manager of one borough, a new one as it arrives on the live feed, and for an admin."""
+    page = browser_page
+    _system_alert(stack, 1001)
+    sign_in(page, stack.base, "fleet-west")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1001')")
+    second = _system_alert(stack, 1002)
+    publish_all(stack.mqtt_url, [(ALERTS_TOPIC, orjson.dumps(second))], client_id="dashboard-test-publisher")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1002')")
+    assert "Storage job failing" in page.inner_text("#view-fleet .system-alerts-panel")
+    shot(page, "system-alerts")
+    page.click("#sign-out")
+    page.wait_for_selector("#signin:not(.hidden)")
+    sign_in(page, stack.base, "admin")
+    page.click("#tabs button[data-view=fleet]")
+    page.wait_for_selector("#view-fleet .system-alert:has-text('storage job 1002')")
+    assert page.locator("#view-fleet .system-alert").count() == 2
 
 
 def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, browser_page: Any) -> None:
@@ -871,6 +905,47 @@ def _share_of_colour(png: bytes, rgb: tuple[int, int, int], tolerance: int = 6) 
                        if all(abs(line[x + k] - rgb[k]) <= tolerance for k in range(3)))
         previous = line
     return matches / (width * height)
+
+
+def test_the_map_draws_the_units_of_a_snapshot(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:
+    """Units that ingest stored before the API started reach the page in its snapshot alone
+    (one deflated message of columns, docs/api.md "Live feed"): every one is drawn, each with
+    its stored position, battery, recording state and registry fields, and no delta
+    carried any of them."""
+    boroughs = ["Westminster", "Camden", "Hackney", "Lambeth", "Southwark"]
+    devices = [DeviceRecord(f"snap-{n}", f"SN{n:03}", f"PC Snap {n}", boroughs[n % len(boroughs)],
+                            "firearms" if n % 4 == 0 else "response") for n in range(24)]
+    stored = {d.device_id: {"lat": 51.42 + (n % 6) * 0.03, "lon": -0.3 + (n // 6) * 0.08, "battery_pct": 50.0 + n,
+                            "recording": "recording" if n % 3 == 0 else "buffering", "callsign": d.callsign,
+                            "borough": d.borough, "role": d.role} for n, d in enumerate(devices)}
+    with pg.connect() as conn:
+        add_test_users(conn)
+        upsert_devices(conn, devices)
+    settings = make_settings(live_rate_hz=4.0)
+    with running_worker(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings):
+        publish_all(mosquitto.url, [(topic_for(d, Channel.TELEMETRY),
+                                     telemetry_payload(1, lat=u["lat"], lon=u["lon"], battery=u["battery_pct"],
+                                                       recording=u["recording"])) for d, u in stored.items()])
+
+        def latest() -> int:
+            with pg.connect() as conn:
+                return int(conn.execute("SELECT count(*) FROM device_latest WHERE device_id LIKE 'snap-%'"
+                                        " AND lat IS NOT NULL").fetchone()[0])
+
+        wait_for(lambda: latest() == len(devices), what="every unit's report stored")
+    with running_api(database_url=pg.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        page = browser_page
+        sign_in(page, server.base, "op-all")
+        page.wait_for_selector("#conn-state[data-state=live]", timeout=15_000)
+        wait_visible(page, lambda n: n == len(devices), "every unit of the snapshot")
+        wait_for(lambda: int(page.get_attribute("#unit-count", "data-drawn") or 0) == len(devices),
+                 what="a marker for each")
+        held = page.evaluate("(fields) => Object.fromEntries([...window.__watchfloor.map.store.units.values()]"
+                             ".map((u) => [u.device_id, Object.fromEntries(fields.map((f) => [f, u[f]]))]))",
+                             list(stored["snap-0"]))
+        assert held == stored
+        assert page.evaluate("window.__watchfloor.perf.deltaUnits") == 0
+        shot(page, "snapshot")
 
 
 def test_map_draws_a_configured_tile_server(pg: Database, mosquitto: MosquittoProcess, browser_page: Any) -> None:

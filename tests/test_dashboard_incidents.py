@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
+import orjson
 import pytest
 
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.geometry import METRES_PER_DEGREE
 from telemetry.ingest import IngestWorker
-from tests.helpers.api import add_test_users, running_api
+from tests.helpers.api import add_test_users, client, running_api
 from tests.helpers.db import Database
 from tests.helpers.telemetry import make_settings, publish_all, running_worker, telemetry_payload
 from tests.helpers.waiting import wait_for
@@ -152,3 +155,75 @@ def test_incident_command_polygon_armed_within_not_recording_close_and_find(stac
     assert "Arrest" in found.first.inner_text()
 
 
+
+
+def test_an_auditor_finds_incidents_open_and_closed_and_exports_one(stack: Stack, browser_page: Any) -> None:
+    """An auditor (who has no map) opens the Incidents view: the open incident is listed, a
+    closed one is found by its reference, and "Export" on each downloads its disclosure
+    archive (a zip whose manifest names its files), each export on the audit log."""
+    with client(stack.base, "afo-cmd") as afo:
+        made = [afo.post("/api/v1/incidents", json={"title": title, "lat": LAT, "lon": LON, "radius_m": 500,
+                                                    "borough": "Westminster", "reference": reference}).json()["id"]
+                for title, reference in (("still going", "CAD 1/open"), ("over", "CAD 2/done"))]
+        assert afo.post(f"/api/v1/incidents/{made[1]}/close", json={"outcome": "no_trace"}).status_code == 200
+    page = browser_page
+    sign_in(page, stack.base, "audit")
+    page.click("#tabs button[data-view=incidents]")
+    open_row = page.locator(f"#view-incidents tbody.open-incidents tr[data-incident-id='{made[0]}']")
+    open_row.wait_for(timeout=15_000)
+    page.fill("#view-incidents input[name=reference]", "2/DONE")
+    page.click("#view-incidents form button[type=submit]")
+    closed_rows = page.locator("#view-incidents tbody.closed-incidents tr")
+    wait_for(lambda: closed_rows.count() == 1 and closed_rows.first.get_attribute("data-incident-id") == str(made[1]),
+             what="the closed incident found by its reference")
+    assert "No trace" in closed_rows.first.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "dashboard-incident-record.png"))
+    for row, incident_id in ((closed_rows.first, made[1]), (open_row, made[0])):
+        with page.expect_download() as download_info:
+            row.locator("button.export").click()
+        archive = zipfile.ZipFile(download_info.value.path())
+        assert download_info.value.suggested_filename.startswith(f"incident-{incident_id}-")
+        manifest = orjson.loads(archive.read("manifest.json"))
+        assert set(manifest["files"]) == set(archive.namelist()) - {"manifest.json"}
+        page.wait_for_selector(f".incident-export-status:has-text('Exported #{incident_id}')")
+    exports = stack.db.scalar("SELECT count(*) FROM audit_log WHERE action = 'export' AND actor = 'audit'"
+                              " AND details ? 'sha256'")
+    assert exports == 2
+
+
+def _outline_box(name: str) -> tuple[float, float, float, float]:
+    """A borough's (south, west, north, east) from the outlines the dashboard is served."""
+    geo = orjson.loads(resources.files("simulator").joinpath("london-boroughs.geojson").read_bytes())
+    [feature] = [f for f in geo["features"] if f["properties"]["name"] == name]
+    rings = feature["geometry"]["coordinates"]
+    points = [p for polygon in (rings if feature["geometry"]["type"] == "MultiPolygon" else [rings])
+              for ring in polygon for p in ring]
+    return (min(p[1] for p in points), min(p[0] for p in points), max(p[1] for p in points),
+            max(p[0] for p in points))
+
+
+def test_a_new_incident_is_centred_on_a_place_searched_by_name(stack: Stack, browser_page: Any) -> None:
+    """"at a callsign or borough" takes part of a borough's name, offline: a name that starts
+    with the text wins over one that only contains it ("ham": Hammersmith and Fulham, not
+    Newham); the incident is created at that borough's centre, in that borough."""
+    page = browser_page
+    sign_in(page, stack.base, "afo-cmd")
+    page.wait_for_selector("#incident-panel:not(.hidden)")
+    form = "#incident-panel form.new-incident"
+    page.wait_for_selector(f"{form} select[name=borough] option[value='Westminster']", state="attached")
+    page.click("#incident-panel details.new-incident-box summary")
+    page.fill(f"{form} input[name=title]", "Found by name")
+    page.fill(f"{form} input[name=reference]", "CAD 9/PLACE")
+    for typed, where in (("ham", "Hammersmith and Fulham"), ("WESTMIN", "Westminster")):
+        page.fill(f"{form} input[name=at_unit]", typed)
+        page.dispatch_event(f"{form} input[name=at_unit]", "change")
+        page.wait_for_selector(f"#incident-panel .where-info:has-text('Centre: {where} (the borough')")
+        page.select_option(f"{form} select[name=borough]", "")  # as a user who gave none
+    page.dispatch_event(f"{form} input[name=at_unit]", "change")  # Westminster again, borough filled
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("#incident-panel .incident-summary:has-text('CAD 9/PLACE')", timeout=15_000)
+    with stack.db.connect() as conn:
+        row = conn.execute("SELECT lat, lon, borough FROM incidents WHERE reference = 'CAD 9/PLACE'").fetchone()
+    assert row is not None
+    south, west, north, east = _outline_box("Westminster")
+    assert south < row[0] < north and west < row[1] < east and row[2] == "Westminster"

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import websockets
 
+from api.live.snapshot import read_message
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.embedded import free_port
@@ -360,7 +361,7 @@ class ReconnectingClient:
                     delay = 0.2
                     while not self._stop.is_set():
                         try:
-                            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                            frame = read_message(await asyncio.wait_for(ws.recv(), 0.2))
                         except asyncio.TimeoutError:
                             continue
                         with self._lock:

@@ -229,8 +229,9 @@ def test_a_polygon_geofence_follows_its_edges(world: tuple[Database, str]) -> No
 
 def test_the_demo_opens_with_one_incident_in_progress(pg: Database) -> None:
     """The demo's incident: an immediate polygon incident, commanded by the demo's firearms
-    commander, with firearms units of its borough assigned, audited; a second start of the
-    demo on the same database opens no second one."""
+    commander, with four firearms units assigned (the nearest by where they start, whichever
+    borough: a small fleet has one or two in a borough), audited; a second start of the demo
+    on the same database opens no second one."""
     from simulator.run import Simulator
     from watchfloor.demo_incident import open_demo_incident
     from watchfloor.running import register_fleet
@@ -239,9 +240,11 @@ def test_the_demo_opens_with_one_incident_in_progress(pg: Database) -> None:
     register_fleet(pg.url, sim)
     first = open_demo_incident(pg.url, sim, audit_key=None)
     assert first is not None and open_demo_incident(pg.url, sim, audit_key=None) == first
-    rows = _rows(pg, "SELECT i.grade, i.commander, jsonb_array_length(i.polygon), d.role, d.borough = i.borough"
+    rows = _rows(pg, "SELECT i.grade, i.commander, jsonb_array_length(i.polygon), d.role"
                      " FROM incidents i JOIN incident_units u ON u.incident_id = i.id JOIN devices d USING (device_id)"
                      " WHERE i.status = 'open'")
-    assert rows and all(r == ("immediate", "firearms", 5, "firearms", True) for r in rows), rows
+    assert len(rows) == 4 and all(r == ("immediate", "firearms", 5, "firearms") for r in rows), rows
+    armed = [u for u in sim.units if u.role == "firearms"]
+    assert len(armed) > 4 and len({u.borough.name for u in armed}) > 1  # the fleet it chose from
     assert _rows(pg, "SELECT count(*) FROM incidents") == [(1,)]
     assert _rows(pg, "SELECT count(*) FROM audit_log WHERE action = 'incident_unit_assigned'") == [(len(rows),)]

@@ -19,6 +19,7 @@ import orjson
 import pytest
 import websockets
 
+from api.live.snapshot import read_message
 from services.registry import DeviceRecord, upsert_devices
 from tests.helpers.api import PASSWORD, add_test_users, client, running_api, token
 from tests.helpers.db import MACHINE_PG, Database, _with_database, require_machine_pg
@@ -197,7 +198,7 @@ async def _open_feeds(base: str, bearers: list[str | None]) -> list[Any]:
         ws = await websockets.connect(url, max_size=None, open_timeout=10)
         if bearer is not None:
             await ws.send(orjson.dumps({"type": "auth", "token": bearer}).decode())
-            assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "snapshot"
+            assert read_message(await asyncio.wait_for(ws.recv(), 10))["type"] == "snapshot"
         sockets.append(ws)
     return sockets
 

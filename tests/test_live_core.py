@@ -359,10 +359,24 @@ def test_a_large_batch_goes_out_in_frames_the_broker_accepts() -> None:
                                                    + [f"s{n}" for n in range(2_000)])
 
 
+def test_a_frame_carries_the_officer_a_batch_s_undocking_gave_a_camera() -> None:
+    """A batch whose only change is a camera taken by another officer is still a frame, which
+    sets that unit's officer and callsign (a reader that predates ``o`` reads the same frame
+    without it); many of them split like reports, each whole."""
+    [frame] = encode_frames(Batch(carried=[("d1", "PC Ben", "WE07"), ("d2", None, None)]))
+    assert decode_frame(frame) == [("d1", {"officer": "PC Ben", "callsign": "WE07"}),
+                                   ("d2", {"officer": None, "callsign": None})]
+    assert orjson.loads(frame)["t"] == [] and orjson.loads(frame)["s"] == []
+    frames = encode_frames(Batch(carried=[(f"d{n}", "P" * 200, "C") for n in range(1_000)]))
+    assert len(frames) > 1 and all(len(f) <= FRAME_MAX_BYTES for f in frames)
+    assert sorted(d for f in frames for d, _ in decode_frame(f)) == sorted(f"d{n}" for n in range(1_000))
+
+
 def test_an_unreadable_frame_is_a_frame_error() -> None:
     """What the hub counts and drops rather than crash paho's thread."""
     for payload in (b"", b"[]", b'{"v": 1}', b'{"v": 1, "t": [["d1"]], "s": []}',
                     b'{"v": 1, "t": [], "s": [["d1"]]}', b'{"v": 2, "t": [], "s": []}',
+                    b'{"v": 1, "t": [], "s": [], "o": [["d1", 7, null]]}', b'{"v": 1, "t": [], "s": [], "o": [["d1"]]}',
                     orjson.dumps({"v": 1, "t": [["d1", "not a time", *[None] * 13]], "s": []})):
         try:
             decode_frame(payload)

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+import api.app
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
 from telemetry.ingest import IngestWorker
 from tests.helpers.api import LiveReader, add_test_users, running_api, token
 from tests.helpers.db import Database
-from tests.helpers.telemetry import make_settings, publish_all, running_worker, telemetry_payload
+from tests.helpers.telemetry import event_payload, make_settings, publish_all, running_worker, telemetry_payload
 from tests.helpers.waiting import wait_for
 from watchfloor.mosquitto import MosquittoProcess
 
@@ -166,5 +167,27 @@ def test_an_api_process_that_reconnects_to_the_broker_rebuilds_from_the_database
                 conn.commit()
             mosquitto.start()
             wait_for(lambda: _battery(reader, "lf-5") == 71.0, timeout=90, what="the state reloaded")
+        finally:
+            reader.close()
+
+
+def test_a_camera_undocked_by_another_officer_shows_them_without_a_registry_reload(
+        registered: Database, mosquitto: MosquittoProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A camera taken from the dock by another officer: ingest's frame of that batch carries the
+    registry's new officer, so an open client sees them. The API's periodic registry reload is
+    set beyond the test's reach, so nothing but the frame can bring the new name."""
+    monkeypatch.setattr(api.app, "_REGISTRY_REFRESH_S", 24 * 3600.0)
+    settings = make_settings(live_rate_hz=10.0)
+    with running_worker(database_url=registered.url, mqtt_url=mosquitto.url, settings=settings), \
+            running_api(database_url=registered.url, mqtt_url=mosquitto.url, settings=settings) as server:
+        reader = LiveReader(server.base, token(server.base, "op-all"))
+        try:
+            wait_for(lambda: (reader.latest_unit("lf-6") or {}).get("officer") == "PC 6", what="the snapshot")
+            publish_all(mosquitto.url, [
+                (topic_for("lf-6", Channel.EVENTS), event_payload(1, "docked")),
+                (topic_for("lf-6", Channel.EVENTS), event_payload(2, "undocked", officer="PC Ben", callsign="WE07"))])
+            wait_for(lambda: (reader.latest_unit("lf-6") or {}).get("officer") == "PC Ben", timeout=60,
+                     what="the new officer on screen")
+            assert (reader.latest_unit("lf-6") or {}).get("callsign") == "WE07"
         finally:
             reader.close()

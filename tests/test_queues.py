@@ -3,98 +3,98 @@ no peer connection, and the throttle is given the time."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from streaming.frames import EncodedFrame
-from streaming.queues import KeyframeThrottle, QueueClosed, ViewerQueue
+from streaming.frames import PacketisedFrame
+from streaming.queues import KeyframeThrottle, ViewerQueue
+from streaming.rtp_headers import rtp_datagrams, sequence_number
 
 
-def frame(n: int, *, key: bool = False) -> EncodedFrame:
-    return EncodedFrame(data=bytes([n % 256]) * 20, timestamp=n * 3000, keyframe=key)
+def frame(n: int, *, key: bool = False) -> PacketisedFrame:
+    return PacketisedFrame(payloads=(bytes([n % 256]) * 20,), timestamp=n * 3000, keyframe=key)
+
+
+def timestamps(q: ViewerQueue) -> list[int]:
+    out = []
+    while (f := q.pop()) is not None:
+        out.append(f.timestamp)
+    return out
 
 
 def test_viewer_queue_drops_to_the_next_keyframe() -> None:
     """The per-viewer queue never overwrites: when full, the frame that does not fit and
     every frame after it are dropped until a keyframe, which starts the queue again. A
     new queue waits for a keyframe too."""
-
-    async def scenario() -> None:
-        q = ViewerQueue(capacity=3)
-        assert not q.offer(frame(0))  # a delta frame before any keyframe is useless
-        assert q.offer(frame(1, key=True)) and q.offer(frame(2)) and q.offer(frame(3))
-        assert not q.offer(frame(4))  # full
-        assert not q.offer(frame(5))  # still dropping although there is room soon
-        assert [(await q.get()).timestamp for _ in range(3)] == [3000, 6000, 9000]
-        assert not q.offer(frame(6))  # room now, but 4 and 5 are missing: wait for a keyframe
-        assert q.offer(frame(7, key=True)) and q.offer(frame(8))
-        assert [(await q.get()).timestamp for _ in range(2)] == [21000, 24000]
-        assert q.dropped == 4
-        q.close()
-        assert not q.offer(frame(9, key=True))
-
-    asyncio.run(scenario())
+    q = ViewerQueue(capacity=3)
+    assert not q.offer(frame(0))  # a delta frame before any keyframe is useless
+    assert q.offer(frame(1, key=True)) and q.offer(frame(2)) and q.offer(frame(3))
+    assert not q.offer(frame(4))  # full
+    assert not q.offer(frame(5))  # still dropping although there is room soon
+    assert timestamps(q) == [3000, 6000, 9000]
+    assert not q.offer(frame(6))  # room now, but 4 and 5 are missing: wait for a keyframe
+    assert q.offer(frame(7, key=True)) and q.offer(frame(8))
+    assert timestamps(q) == [21000, 24000]
+    assert q.dropped == 4
+    q.close()
+    assert not q.offer(frame(9, key=True))
 
 
 def test_a_full_queue_keeps_what_it_holds_and_takes_the_next_keyframe_once_there_is_room() -> None:
     """A keyframe arriving while the queue is still full is dropped as well (nothing queued
     is overwritten); the first keyframe that fits restarts it."""
-
-    async def scenario() -> None:
-        q = ViewerQueue(capacity=1)
-        assert q.offer(frame(1, key=True))
-        assert not q.offer(frame(2, key=True))  # full, keyframe or not
-        assert len(q) == 1 and (await q.get()).timestamp == 3000
-        assert not q.offer(frame(3))
-        assert q.offer(frame(4, key=True))
-        assert q.dropped == 2
-
-    asyncio.run(scenario())
+    q = ViewerQueue(capacity=1)
+    assert q.offer(frame(1, key=True))
+    assert not q.offer(frame(2, key=True))  # full, keyframe or not
+    assert len(q) == 1 and timestamps(q) == [3000]
+    assert not q.offer(frame(3))
+    assert q.offer(frame(4, key=True))
+    assert q.dropped == 2
 
 
 def test_resync_drops_until_a_keyframe_and_keeps_what_is_queued() -> None:
     """After a gap in the publisher's stream, delta frames are dropped until a keyframe;
     frames queued before the gap still reach the viewer."""
-
-    async def scenario() -> None:
-        q = ViewerQueue(capacity=5)
-        assert q.offer(frame(1, key=True)) and q.offer(frame(2))
-        q.resync()
-        assert not q.offer(frame(3))
-        assert q.offer(frame(4, key=True))
-        assert [(await q.get()).timestamp for _ in range(3)] == [3000, 6000, 12000]
-
-    asyncio.run(scenario())
+    q = ViewerQueue(capacity=5)
+    assert q.offer(frame(1, key=True)) and q.offer(frame(2))
+    q.resync()
+    assert not q.offer(frame(3))
+    assert q.offer(frame(4, key=True))
+    assert timestamps(q) == [3000, 6000, 12000]
 
 
-def test_get_waits_for_a_frame_and_close_wakes_it() -> None:
-    """A waiting consumer gets the next frame offered; closing wakes a waiting consumer
-    with QueueClosed, drops what is queued, and every later get raises too."""
+def test_pass_through_only_when_nothing_waits_and_no_gap() -> None:
+    """A frame bypasses the queue only when nothing is queued (order is kept) and it does
+    not follow a gap; refusing changes nothing, so the frame can then be offered."""
+    q = ViewerQueue(capacity=2)
+    assert not q.pass_through(frame(1))  # a new viewer needs a keyframe first
+    assert q.waiting_for_keyframe and q.dropped == 0
+    assert q.pass_through(frame(2, key=True)) and q.pass_through(frame(3))
+    assert q.offer(frame(4))
+    assert not q.pass_through(frame(5))  # 4 is still queued: 5 must wait behind it
+    assert q.offer(frame(5)) and timestamps(q) == [12000, 15000]
+    q.resync()
+    assert not q.pass_through(frame(6)) and q.pass_through(frame(7, key=True))
+    q.close()
+    assert not q.pass_through(frame(8, key=True))
 
-    async def scenario() -> None:
-        q = ViewerQueue(capacity=2)
-        waiting = asyncio.create_task(q.get())
-        await asyncio.sleep(0)  # one turn of the loop: the task is now parked in get()
-        assert not waiting.done()
-        assert q.offer(frame(1, key=True))
-        assert (await waiting).timestamp == 3000
 
-        parked = asyncio.create_task(q.get())
-        await asyncio.sleep(0)
-        assert not parked.done()
-        q.close()
-        with pytest.raises(QueueClosed):
-            await parked
+def test_close_drops_what_is_queued() -> None:
+    q = ViewerQueue(capacity=2)
+    assert q.offer(frame(1, key=True))
+    q.close()
+    assert len(q) == 0 and q.pop() is None and not q.offer(frame(2, key=True))
 
-        full = ViewerQueue(capacity=2)
-        assert full.offer(frame(1, key=True))
-        full.close()
-        assert len(full) == 0
-        with pytest.raises(QueueClosed):
-            await full.get()
 
-    asyncio.run(scenario())
+def test_rtp_datagrams_share_payloads_and_number_packets_per_viewer() -> None:
+    """Each packet is the viewer's header with its own sequence number (wrapping at
+    2**16), the marker bit on the last packet only, and the shared payload after it."""
+    extension = b"\xbe\xde\x00\x01\x10xyz"
+    header = bytes([0x90, 96, 0, 0]) + (123456).to_bytes(4, "big") + (0xDEADBEEF).to_bytes(4, "big") + extension
+    packets = rtp_datagrams(header, [b"one", b"two", b"three"], 65534)
+    assert [sequence_number(p) for p in packets] == [65534, 65535, 0]
+    assert [p[1] for p in packets] == [96, 96, 0x80 | 96]
+    assert [p[len(header) :] for p in packets] == [b"one", b"two", b"three"]
+    assert all(p[:1] == header[:1] and p[4 : len(header)] == header[4:] for p in packets)
 
 
 def test_a_queue_holds_at_least_one_frame() -> None:

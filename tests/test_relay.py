@@ -168,6 +168,98 @@ def test_two_viewers_receive_exactly_what_the_camera_sent() -> None:
     run(scenario())
 
 
+def record_rtp(viewer: ViewerPeer) -> list[tuple[int, int, int, int]]:
+    """(SSRC, sequence number, payload type, timestamp) of every RTP packet this viewer's
+    receiver is handed from now on (RTX included, before it is unwrapped)."""
+    packets: list[tuple[int, int, int, int]] = []
+    handle = viewer.receiver._handle_rtp_packet
+
+    async def record(packet: Any, arrival_time_ms: int) -> None:
+        packets.append((packet.ssrc, packet.sequence_number, packet.payload_type, packet.timestamp))
+        await handle(packet, arrival_time_ms)
+
+    viewer.receiver._handle_rtp_packet = record  # type: ignore[method-assign]
+    return packets
+
+
+def test_each_viewer_gets_decodable_frames_with_its_own_ssrc_and_unbroken_numbering() -> None:
+    """The relay cuts each frame into packets once, and writes each viewer its own header:
+    two decoding viewers each read consecutive frame numbers, and the media packets each
+    one gets carry the SSRC its sender announced (not the camera's, not the other
+    viewer's), sequence numbers that run on without a gap (modulo 2**16), and the
+    camera's frame spacing (3000 ticks at 30 fps) from that viewer's own offset."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        ids: list[str] = []
+        viewers = [await start_viewer(exchange=exchange_with(lambda o: relay.view("cam-1", o), ids),
+                                      host_addresses=LOOPBACK) for _ in range(2)]
+        recorded = [record_rtp(v) for v in viewers]
+        for viewer in viewers:
+            assert viewer.track is not None
+            numbers = [read_frame_number(await viewer.track.recv()) for _ in range(30)]  # type: ignore[arg-type]
+            first = numbers[0]
+            assert first is not None and numbers == list(range(first, first + 30))
+        camera_ssrc = pub.getSenders()[0]._ssrc
+        announced = [relay._peers[i].pc.getSenders()[0]._ssrc for i in ids]
+        assert len(set(announced)) == 2 and camera_ssrc not in announced
+        for packets, ssrc in zip(recorded, announced):
+            media = [p for p in packets if p[0] == ssrc]
+            assert len(media) > 30
+            assert {p[2] for p in media} == {media[0][2]}  # one payload type
+            assert all((b[1] - a[1]) % 65536 == 1 for a, b in zip(media, media[1:])), "a gap in sequence numbers"
+            stamps = [t for i, (_, _, _, t) in enumerate(media) if i == 0 or t != media[i - 1][3]]
+            assert all((b - a) % 2**32 == 3000 for a, b in zip(stamps, stamps[1:]))
+        for v in viewers:
+            await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
+    """The relay keeps each viewer's recent packets: one it never delivered (lost between
+    relay and viewer) is asked for again (NACK) and resent, so the viewer still gets
+    every frame, byte for byte, without waiting for a keyframe."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        frames: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewer = await tap_viewer(relay, "cam-1", frames, ids)
+        await until(lambda: len(frames) >= 10, what="frames before the loss")
+        keyframes_before = camera.keyframes_sent
+
+        dtls = relay._peers[ids[0]].pc.getSenders()[0].transport
+        udp = dtls.transport.iceGatherer._connection._nominated[1].protocol.transport
+        sendto = udp.sendto
+        dropped: list[bytes] = []
+
+        def lose_one(data: bytes, address: Any = None) -> None:
+            if not dropped and len(data) > 200:  # a media packet, once (RTCP is small)
+                dropped.append(data)
+                return
+            sendto(data, address)
+
+        udp.sendto = lose_one  # type: ignore[method-assign,assignment]
+        await until(lambda: dropped, what="a packet lost")
+        lost_at = len(frames)
+        await until(lambda: len(frames) >= lost_at + 30, what="frames after the loss")
+        positions = index_in(camera.sent, frames)
+        assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
+        assert camera.keyframes_sent == keyframes_before  # repaired by retransmission, not a new keyframe
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
 def test_answer_is_complete_and_uses_no_public_stun() -> None:
     """The answer comes back with its ICE candidates in it (gathering done first), only
     host candidates on the configured address, and no STUN server behind them."""
@@ -216,10 +308,10 @@ def test_decoding_viewer_sees_the_pictures_in_order() -> None:
     run(scenario())
 
 
-def test_joining_viewer_gets_a_keyframe_promptly() -> None:
+def test_joining_viewer_gets_a_keyframe_the_relay_asks_for() -> None:
     """A viewer joining a running stream (whose camera sends keyframes only on request)
-    makes the relay ask the camera for one: its first frame is a keyframe, within two
-    seconds of connecting. A viewer's own picture-loss report reaches the camera too."""
+    makes the relay ask the camera for one: its first frame is a keyframe (without the
+    request it would never come). A viewer's own picture-loss report reaches the camera too."""
 
     async def scenario() -> None:
         relay = Relay(host_addresses=LOOPBACK)
@@ -230,11 +322,7 @@ def test_joining_viewer_gets_a_keyframe_promptly() -> None:
         frames: list[EncodedFrame] = []
         viewer = await tap_viewer(relay, "cam-1", frames)
         await until(lambda: viewer.pc.connectionState == "connected", what="viewer connected")
-        connected_at = time.monotonic()
-        # Two seconds leave room for a box shared with other test suites (it takes tens of
-        # milliseconds when quiet); without the request it would take forever.
-        await until(lambda: frames, timeout=2.0, what="first frame")
-        assert time.monotonic() - connected_at < 2.0
+        await until(lambda: frames, timeout=30, what="first frame")
         assert frames[0].keyframe
         assert camera.keyframes_sent >= 2
         assert relay.stats().keyframe_requests >= 1
@@ -409,19 +497,13 @@ def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
         viewers = [await tap_viewer(relay, "cam-1", steady), await tap_viewer(relay, "cam-1", lagging, ids)]
         await until(lambda: len(lagging) >= 10 and len(steady) >= 10, what="both viewers receiving")
 
-        # Stall the relay's sending to the second viewer (its DTLS transport) for a second.
-        transport = relay._peers[ids[0]].pc.getSenders()[0].transport
-        send = transport._send_rtp
-        stalled = asyncio.Event()
-
-        async def slow_send(data: bytes) -> None:
-            if not stalled.is_set():
-                await asyncio.sleep(0.25)
-            await send(data)
-
-        transport._send_rtp = slow_send  # type: ignore[method-assign]
+        # Stall the relay's socket to the second viewer for a second, as a network that
+        # cannot keep up does: asyncio reports data waiting to go out on it.
+        dtls = relay._peers[ids[0]].pc.getSenders()[0].transport
+        udp = dtls.transport.iceGatherer._connection._nominated[1].protocol.transport
+        udp.get_write_buffer_size = lambda: 65536  # type: ignore[attr-defined]
         await asyncio.sleep(1.0)
-        stalled.set()
+        del udp.get_write_buffer_size  # type: ignore[attr-defined]
         before = len(lagging)
         await until(lambda: len(lagging) > before + 20, what="the lagging viewer recovering")
 
@@ -441,11 +523,44 @@ def test_lagging_viewer_drops_to_the_next_keyframe_and_recovers() -> None:
     run(scenario())
 
 
-def test_a_packet_lost_for_good_stalls_viewers_only_briefly() -> None:
-    """A camera packet lost together with every retransmission of it holds the relay's
-    stream only until the relay gives up on that frame (0.3 s), instead of the seconds
-    aiortc's receiver would wait for a full jitter buffer: the viewer never waits more
-    than about a second, every frame it gets is byte-identical to one the camera sent,
+def test_a_viewer_whose_sending_fails_is_ended_alone() -> None:
+    """Writing to one viewer raising (a transport in a state nobody foresaw) ends that
+    viewer with reason send_failed; the other viewer of the stream loses no frame."""
+
+    async def scenario() -> None:
+        events: list[RelayEvent] = []
+        relay = Relay(host_addresses=LOOPBACK, on_event=events.append)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        steady: list[EncodedFrame] = []
+        broken: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewers = [await tap_viewer(relay, "cam-1", steady), await tap_viewer(relay, "cam-1", broken, ids)]
+        await until(lambda: len(steady) >= 10 and len(broken) >= 10, what="both viewers receiving")
+
+        def fail(*args: object) -> None:
+            raise RuntimeError("a transport nobody foresaw")
+
+        relay._peers[ids[0]].outlet._writer.write = fail  # type: ignore[attr-defined]
+        await until(lambda: any(e.reason == "send_failed" for e in events), what="the broken viewer ended")
+        before = len(steady)
+        await until(lambda: len(steady) >= before + 20, what="the other viewer carrying on")
+        positions = index_in(camera.sent, steady)
+        assert positions == list(range(positions[0], positions[0] + len(steady))), "a frame was lost"
+        assert relay.viewer_count("cam-1") == 1
+        for v in viewers:
+            await v.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_frame_lost_for_good_is_given_up_and_the_stream_goes_on() -> None:
+    """A camera packet lost together with every retransmission of it: the relay gives up on
+    that frame (after GAP_GIVE_UP_S, tested on its own clock in test_jitter_give_up.py,
+    instead of the seconds aiortc's receiver would wait for a full jitter buffer) and the
+    stream goes on. Every frame the viewer gets is byte-identical to one the camera sent,
     and after any frame it missed it goes on from a keyframe (never a broken delta)."""
 
     async def scenario() -> None:
@@ -473,25 +588,11 @@ def test_a_packet_lost_for_good_stalls_viewers_only_briefly() -> None:
                     return
             await send(data)
 
-        # How long this process was held up while it ran (a loaded machine's scheduling, not
-        # the relay): the stall allowed is a second beyond the worst such hold-up, measured
-        # in the same run.
-        held_up: list[float] = [0.0]
-
-        async def probe() -> None:
-            while True:
-                before = time.monotonic()
-                await asyncio.sleep(0.01)
-                held_up.append(time.monotonic() - before - 0.01)
-
-        prober = asyncio.ensure_future(probe())
         transport._send_rtp = lossy  # type: ignore[method-assign]
         lost_at = time.monotonic()
-        await until(lambda: sum(t > lost_at for t, _ in arrivals) >= 20, timeout=8, what="frames after the loss")
-        prober.cancel()
-        times = [t for t, _ in arrivals if t > lost_at - 0.1]
-        longest = max(b - a for a, b in zip(times, times[1:]))
-        assert longest < 1.2 + max(held_up), f"the viewer waited {longest:.2f} s (process held up {max(held_up):.2f} s)"
+        await until(lambda: sum(t > lost_at for t, _ in arrivals) >= 20, timeout=30, what="frames after the loss")
+        assert dropped, "a packet was lost"
+        assert relay.stats().incomplete_frames >= 1, "the relay gave up on the damaged frame"
         frames = [f for _, f in arrivals]
         positions = index_in(camera.sent, frames)
         assert all(frames[i].keyframe for i in range(1, len(frames)) if positions[i] != positions[i - 1] + 1)

@@ -25,6 +25,7 @@ import pytest
 import websockets
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from api.live.snapshot import read_message
 from services import audit
 from services.registry import DeviceRecord, provision_device, upsert_devices, verify_device_secret
 from telemetry.embedded import free_port
@@ -457,7 +458,7 @@ def test_oidc_es256_from_a_jwks_file_and_on_the_live_feed(db: Database, module_m
         async def snapshot() -> dict[str, Any]:
             async with websockets.connect(server.base.replace("http", "ws") + "/api/v1/live") as ws:
                 await ws.send(orjson.dumps({"type": "auth", "token": feed_bearer}).decode())
-                return dict(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+                return read_message(await asyncio.wait_for(ws.recv(), 10))
 
         frame = asyncio.run(snapshot())
         assert frame["type"] == "snapshot" and [u["device_id"] for u in frame["units"]] == ["we-1"]
@@ -535,7 +536,11 @@ def test_chromium_opens_the_live_websocket_under_the_csp(stack: Stack) -> None:
             frame_type = page.evaluate("""(token) => new Promise((resolve, reject) => {
                 const ws = new WebSocket(location.origin.replace('http', 'ws') + '/api/v1/live');
                 ws.onopen = () => ws.send(JSON.stringify({type: 'auth', token}));
-                ws.onmessage = (event) => { resolve(JSON.parse(event.data).type); ws.close(); };
+                ws.onmessage = async (event) => {  // the snapshot: deflated JSON (docs/api.md)
+                    const json = event.data.stream().pipeThrough(new DecompressionStream('deflate-raw'));
+                    resolve((await new Response(json).json()).type);
+                    ws.close();
+                };
                 ws.onerror = () => reject(new Error('websocket refused'));
                 setTimeout(() => reject(new Error('timeout')), 10000);
             })""", bearer)

@@ -23,6 +23,7 @@ from telemetry.ingest import IngestWorker
 from telemetry.retention import delete_expired, record_retention
 from telemetry.schema import MAINTENANCE_LOCK_KEY, features, migrate, run_maintenance
 from telemetry.storage_jobs import GRACE, check_and_run, has_policies
+from telemetry.system_alerts import apply_storage_job_alerts
 from watchfloor.admin_commands import add_parsers as add_admin_parsers
 from watchfloor.admin_commands import audit_key, cli_actor, database_url
 from watchfloor.camera_video import provision_to_file, uplink_from_files
@@ -80,6 +81,12 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
         feats = features(conn)
         health = (check_and_run(conn, lock_key=MAINTENANCE_LOCK_KEY, clock=lambda: datetime.now(timezone.utc),
                                 grace=GRACE) if has_policies(feats) else None)
+        alerted: list[dict[str, object]] = []
+        if health is not None:
+            # Not on the live feed (no broker here): the control room reads it over REST and
+            # at its next snapshot.
+            with conn.transaction():
+                alerted = apply_storage_job_alerts(conn, health)
     print(f"partitions dropped: {dropped}")
     print("rows deleted:", ", ".join(f"{table} {count}" for table, count in deleted.items()))
     if not has_policies(feats):
@@ -87,6 +94,8 @@ def cmd_db_maintain(settings: Settings, args: argparse.Namespace) -> None:
     if health is None:
         print("storage jobs: not checked (another process holds the maintenance lock)")
         return
+    for alert in alerted:
+        print(f"system alert {alert['id']} {alert['kind']} {alert['subject']}: {alert['status']}")
     for verdict in health.verdicts:
         job = verdict.job
         ran = "" if verdict.ran_ok is None else (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from services import audit
+from simulator.fleet import Unit
 from simulator.run import Simulator
 from telemetry import incidents
 from telemetry.geometry import METRES_PER_DEGREE, parse_ring
@@ -17,15 +18,32 @@ _HALF_SIDE_M = 700.0  # a square cordon about 1.4 km across
 _UNITS = 4
 
 
+def _metres(a: Unit, b: Unit) -> float:
+    """Equirectangular, as the server's geofence measures."""
+    return math.hypot((a.lat - b.lat) * METRES_PER_DEGREE,
+                      (a.lon - b.lon) * METRES_PER_DEGREE * math.cos(math.radians(a.lat)))
+
+
+def _team(armed: list[Unit], size: int) -> list[Unit]:
+    """The incident's first unit and its ``size - 1`` nearest armed neighbours, by where the
+    simulator starts them (most have no fix yet when the incident opens): the armed unit whose
+    team is the tightest. A borough alone holds one or two firearms units of a small fleet, so
+    the team is the nearest, whichever borough they patrol, as a real deployment would be."""
+    def nearest(first: Unit) -> list[Unit]:
+        return sorted(armed, key=lambda u: (u is not first, _metres(first, u)))[:size]
+
+    return min((nearest(first) for first in armed), key=lambda team: _metres(team[0], team[-1]))
+
+
 def open_demo_incident(database_url: str, sim: Simulator, *, audit_key: bytes | None) -> int | None:
-    """Open the demo's incident, once per database: a square around the first firearms unit's
-    start, in its borough, with that borough's first few firearms units assigned. Returns its
-    id, or None when the fleet has no firearms unit."""
+    """Open the demo's incident, once per database: a square around a firearms unit's start,
+    in its borough, with it and the nearest few firearms units assigned (:func:`_team`).
+    Returns its id, or None when the fleet has no firearms unit."""
     armed = [u for u in sim.units if u.role == "firearms"]
     if not armed:
         return None
-    first = armed[0]
-    team = [u.device_id for u in armed if u.borough is first.borough][:_UNITS]
+    first, *others = _team(armed, _UNITS)
+    team = [first.device_id, *(u.device_id for u in others)]
     dlat = _HALF_SIDE_M / METRES_PER_DEGREE
     dlon = dlat / math.cos(math.radians(first.lat))
     corners = [[first.lon - dlon, first.lat - dlat], [first.lon + dlon, first.lat - dlat],

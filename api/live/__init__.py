@@ -6,6 +6,8 @@ One module per part, pure ones first:
   which fields changed since the last tick (pure);
 - ``deltas``: what a client of a given role and area receives each tick, and how a lagging
   client's deltas conflate (pure);
+- ``snapshot``: a view's units as columns, deflated once per view, and each client's
+  snapshot message around them (pure);
 - ``client``: one websocket client's bounded queues and its sender;
 - ``handover``: the lock, and the one function paho's thread calls;
 - ``broker``: the paho adapter;

@@ -113,7 +113,9 @@ class Handover:
         ``borough`` now (who may see it)."""
         with self._lock:
             changes = self._state.take_changes()
-            alerts = [{**a, "borough": self._state.borough_of(str(a.get("device_id")))} for a in self._alerts]
+            # A system alert has no unit, so no borough (who sees it: Principal.sees_alert).
+            alerts = [{**a, "borough": None if a.get("device_id") is None
+                       else self._state.borough_of(str(a["device_id"]))} for a in self._alerts]
             self._alerts.clear()
         return changes, alerts
 

@@ -22,6 +22,7 @@ from api.live.broker import FeedConnection
 from api.live.client import FeedCounters, LiveClient
 from api.live.deltas import Delta, View, encode_delta, for_view
 from api.live.handover import Handover
+from api.live.snapshot import deflate_units
 from services.accounts import Principal, Role
 
 __all__ = ["LiveHub"]
@@ -35,7 +36,7 @@ class LiveHub:
         self._alert_backlog = alert_backlog
         self._clients: set[LiveClient] = set()
         self._ticks = 0
-        self._snapshots: dict[View, tuple[int, str]] = {}
+        self._snapshots: dict[View, tuple[int, bytes]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self.registry_changed = asyncio.Event()  # another (or this) API process changed the registry
         self.accounts_changed = asyncio.Event()  # a user was disabled, signed out or changed
@@ -70,8 +71,9 @@ class LiveHub:
 
     # clients
 
-    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, str]:
-        """Add a client; return it and its snapshot's units, encoded (a JSON array).
+    def register(self, who: Principal, websocket: WebSocket) -> tuple[LiveClient, bytes]:
+        """Add a client; return it and its snapshot's units, encoded and deflated (the
+        piece of :func:`api.live.snapshot.snapshot_message` shared by the view).
 
         Every change after the snapshot reaches the client as a delta: a change made while
         the snapshot is copied is also noted for the next tick, sent to every registered
@@ -86,7 +88,7 @@ class LiveHub:
         self._clients.add(client)  # before the copy: a tick cannot run in between (same loop)
         if cached is not None and cached[0] == self._ticks:
             return client, cached[1]
-        encoded = orjson.dumps(self._shared.snapshot(view)).decode()
+        encoded = deflate_units(self._shared.snapshot(view))
         self._snapshots[view] = (self._ticks, encoded)
         return client, encoded
 
@@ -145,15 +147,16 @@ class LiveHub:
                 client.offer(frame, delta)
 
     def _fan_out_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """One ``alerts`` frame per tick, encoded once per (area, visible kinds)."""
-        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None], tuple[str, int]] = {}
+        """One ``alerts`` frame per tick, encoded once per (area, visible kinds, system alerts,
+        sees officers): the officer an alert names is for the roles that see positions, as on
+        the units."""
+        frames: dict[tuple[frozenset[str] | None, frozenset[str] | None, bool, bool], tuple[str, int]] = {}
         for client in self._clients:
             who = client.who
-            key = (who.areas, who.alert_kinds())
+            key = (who.areas, who.alert_kinds(), who.sees_system_alerts, who.sees_positions)
             if key not in frames:
-                areas, kinds = key
-                visible = [a for a in alerts if (areas is None or a["borough"] in areas)
-                           and (kinds is None or a.get("kind") in kinds)]
+                visible = [a if who.sees_positions else {k: v for k, v in a.items() if k != "officer"}
+                           for a in alerts if who.sees_alert(a)]
                 frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
             frame, count = frames[key]
             if count:

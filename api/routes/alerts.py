@@ -22,13 +22,21 @@ from telemetry.alert_timeline import timeline
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"],
                    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 
-AlertViewer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER))]
+# An admin sees the system alerts only (Principal.alert_kinds, sees_system_alerts).
+AlertViewer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.FIREARMS_COMMANDER, Role.FLEET_MANAGER,
+                                                   Role.ADMIN))]
 AlertHandler = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 def _publish(request: Request, alert: dict[str, Any]) -> None:
     request.app.state.hub.publish(ALERTS_TOPIC, orjson.dumps(alert))
+
+
+def _shown(alert: dict[str, Any], who: Principal) -> Alert:
+    """The alert as ``who`` may read it: who carried the camera is for the roles that see
+    officers (a fleet manager sees the unit's health, not the person)."""
+    return Alert.model_validate(alert if who.sees_positions else {**alert, "officer": None})
 
 
 @router.get("", response_model=AlertPage, summary="Alerts in your area, newest first")
@@ -38,23 +46,22 @@ def list_alerts(db: Db, who: AlertViewer,
                 borough: Annotated[str | None, Query(max_length=64)] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
                 offset: Annotated[int, Query(ge=0)] = 0) -> AlertPage:
-    allowed = who.alert_kinds()
-    if kind is not None and allowed is not None and kind not in allowed:
+    if kind is not None and not who.sees_kind(kind):
         raise Forbidden(f"role {who.role.value} does not see {kind} alerts")
-    kinds = frozenset({kind}) if kind is not None else allowed
-    rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=kinds, borough=borough,
-                               limit=limit, offset=offset)
-    return AlertPage(items=[Alert.model_validate(r) for r in rows], limit=limit, offset=offset)
+    rows = queries.list_alerts(db, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
+                               system=who.sees_system_alerts, borough=borough, limit=limit, offset=offset, kind=kind)
+    return AlertPage(items=[_shown(r, who) for r in rows], limit=limit, offset=offset)
 
 
 @router.get("/{alert_id}/history", response_model=AlertHistory, responses={404: {"model": ErrorBody}},
             summary="What happened to an alert: raised, escalated, acknowledged, resolved; by whom, when")
 def alert_history(alert_id: AlertId, db: Db, who: AlertViewer) -> AlertHistory:
     # Another area's alert, or a kind the role does not see, is absent (404), as in the list.
-    alert, history = queries.get_alert_with_history(db, alert_id, boroughs=who.areas, kinds=who.alert_kinds())
+    alert, history = queries.get_alert_with_history(db, alert_id, boroughs=who.areas, kinds=who.alert_kinds(),
+                                                    system=who.sees_system_alerts)
     if alert is None:
         raise NotFound(f"no alert {alert_id} in your area")
-    return AlertHistory(alert=Alert.model_validate(alert),
+    return AlertHistory(alert=_shown(alert, who),
                         history=[AlertHistoryEntry.model_validate(e, from_attributes=True)
                                  for e in timeline(alert, history)])
 
@@ -74,7 +81,7 @@ def acknowledge_many(body: BulkAcknowledgeIn, request: Request, db: Db, who: Ale
     db.commit()
     for alert in alerts:
         _publish(request, alert)
-    return BulkAcknowledged(count=len(alerts), items=[Alert.model_validate(a) for a in alerts])
+    return BulkAcknowledged(count=len(alerts), items=[_shown(a, who) for a in alerts])
 
 
 @router.post("/{alert_id}/acknowledge", response_model=Alert,
@@ -89,7 +96,7 @@ def acknowledge(alert_id: AlertId, request: Request, db: Db, who: AlertHandler) 
                  details={"alert_id": alert_id, "kind": alert["kind"]})
     db.commit()  # published only once it is true in the database
     _publish(request, alert)
-    return Alert.model_validate(alert)
+    return _shown(alert, who)
 
 
 @router.post("/{alert_id}/resolve", response_model=Alert,
@@ -105,4 +112,4 @@ def resolve(alert_id: AlertId, body: ResolveIn, request: Request, db: Db, who: A
                  details={"alert_id": alert_id, "kind": alert["kind"], "outcome": body.outcome, "note": body.note})
     db.commit()
     _publish(request, alert)
-    return Alert.model_validate(alert)
+    return _shown(alert, who)

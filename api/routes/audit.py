@@ -91,16 +91,29 @@ def list_entries(
         where.append("a.details->>'session_id' = %s")
         params.append(session_id)
     if who.areas is not None:
-        # An auditor of some boroughs sees entries about devices there, and those about no device.
-        where.append("(a.device_id IS NULL OR d.borough = ANY(%s))")
-        params.append(sorted(who.areas))
+        # An auditor of some boroughs sees entries about devices there, and those about no device
+        # but those naming units by borough (a replay's, `boroughs`) only when one is theirs.
+        where.append("(d.borough = ANY(%s) OR (a.device_id IS NULL AND (NOT a.details ? 'boroughs'"
+                     " OR a.details->'boroughs' ?| %s::text[])))")
+        params.extend([sorted(who.areas), sorted(who.areas)])
     with db.cursor(row_factory=dict_row) as cursor:
         cursor.execute(
             "SELECT a.seq, a.at, a.actor, a.action, a.device_id, a.details, encode(a.hash, 'hex') AS hash"
             " FROM audit_log a LEFT JOIN devices d ON d.device_id = a.device_id"
             f" WHERE {' AND '.join(where)} ORDER BY a.seq DESC LIMIT %s OFFSET %s", (*params, limit, offset))
         rows = cursor.fetchall()
-    return AuditPage(items=[AuditEntry.model_validate(r) for r in rows], limit=limit, offset=offset)
+    return AuditPage(items=[AuditEntry.model_validate(_within(r, who.areas)) for r in rows], limit=limit,
+                     offset=offset)
+
+
+def _within(row: dict[str, Any], areas: frozenset[str] | None) -> dict[str, Any]:
+    """The entry as this auditor may read it: of the units it names by borough, only those of
+    their boroughs (the hash is of the whole entry, which /verify checks)."""
+    details = row["details"]
+    if areas is None or not isinstance(details, dict) or not isinstance(details.get("boroughs"), dict):
+        return row
+    return {**row, "details": {**details, "boroughs": {b: ids for b, ids in details["boroughs"].items()
+                                                        if b in areas}}}
 
 
 @router.get("/verify", response_model=AuditCheck, summary="Check the whole hash chain")

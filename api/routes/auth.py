@@ -77,6 +77,7 @@ def sign_out(db: Db, who: Caller, request: Request) -> Response:
     revoked = revoke_tokens(db, username=who.username)
     audit.record(db, actor=who.username, action="sign_out", details={"tokens_revoked": revoked})
     db.commit()  # then announce: the other processes re-read what was committed
+    request.app.state.sessions.refresh(db, username=who.username)  # this one at once
     if revoked:
         request.app.state.hub.publish(ACCOUNTS_TOPIC, account_announcement(who.username, "signed_out"))
     return Response(status_code=204)

@@ -35,6 +35,9 @@ Commander = Annotated[Principal, Depends(require(*HANDLES_ALERTS))]
 # Ending an incident ends what it authorised (a firearms commander's live view of its units):
 # the firearms commander's call, or an admin's when one was left open.
 Closer = Annotated[Principal, Depends(require(Role.FIREARMS_COMMANDER, Role.ADMIN))]
+# The lists, for those who run incidents, and for auditors and admins, who find one in them
+# to export for disclosure (api/routes/replay.py): the list names no unit and no position.
+Lister = Annotated[Principal, Depends(require(*HANDLES_ALERTS, Role.AUDITOR, Role.ADMIN))]
 IncidentId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 # How urgent, in the words of police call grading: immediate (grade 1, blue lights), priority
 # (grade 2), standard (attended when a unit is free), scheduled (by appointment). Migration 15
@@ -219,12 +222,12 @@ def create(body: IncidentIn, request: Request, db: Db, who: Commander, areas: Fo
 
 
 @router.get("", response_model=list[Incident], summary="Open incidents in your area")
-def list_open(db: Db, who: Commander) -> list[Incident]:
+def list_open(db: Db, who: Lister) -> list[Incident]:
     return [Incident(**r) for r in incidents.list_open(db, boroughs=who.areas, limit=500)]
 
 
 @router.get("/closed", response_model=ClosedPage, summary="Closed incidents in your area, newest first")
-def list_closed(db: Db, who: Commander, areas: ForceAreas,
+def list_closed(db: Db, who: Lister, areas: ForceAreas,
                 closed_from: Annotated[AwareDatetime | None, Query(alias="from")] = None,
                 closed_to: Annotated[AwareDatetime | None, Query(alias="to")] = None,
                 borough: Annotated[str | None, Query(max_length=64)] = None,

@@ -1,11 +1,12 @@
 """The live feed: ``/api/v1/live``.
 
-Protocol (JSON text frames):
+Protocol (JSON text frames, but the snapshot):
 
 1. the client sends ``{"type": "auth", "token": "<bearer token>"}`` within 5 seconds (a
    browser cannot set headers on a websocket, and a token in the URL ends up in logs);
-2. the server sends ``{"type": "snapshot", "units": [...], "alerts": [...]}``: every unit
-   the caller may see, and the open alerts;
+2. the server sends the snapshot, the one binary message: ``{"type": "snapshot", "format": 2,
+   "alerts": [...], "units": {...}}`` deflated, every unit the caller may see as columns and
+   the open alerts (:mod:`api.live.snapshot`);
 3. then ``{"type": "delta", "units": [...]}`` (only units that changed, at most
    ``live_rate_hz`` a second) and ``{"type": "alerts", "alerts": [...]}`` with the alert
    changes of the same tick.
@@ -33,6 +34,7 @@ from starlette.websockets import WebSocketState
 
 from api.feed_slots import FeedSlots, Refused
 from api.live import LiveClient, LiveHub
+from api.live.snapshot import snapshot_message
 from api.sign_ins import OidcSignIns
 from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
 from services.errors import NotAuthenticated, ServiceError
@@ -52,8 +54,12 @@ def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]
         rows = []
         for status in ("open", "acknowledged"):
             rows += queries.list_alerts(conn, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
+                                        system=who.sees_system_alerts,
                                         borough=None, limit=1000, offset=0)
+    if who.sees_positions:
         return rows
+    # Who carried the camera is for the roles that see people, as on the feed's later alerts.
+    return [{k: v for k, v in row.items() if k != "officer"} for row in rows]
 
 
 @router.websocket("/api/v1/live")
@@ -98,8 +104,7 @@ async def live(websocket: WebSocket) -> None:
     sender: asyncio.Task[None] | None = None
     try:
         alerts = await run_in_threadpool(_open_alerts, websocket.app.state.pool, who)
-        alerts_json = orjson.dumps(alerts).decode()
-        await websocket.send_text(f'{{"type":"snapshot","alerts":{alerts_json},"units":{units}}}')
+        await websocket.send_bytes(snapshot_message(alerts=alerts, units=units))
         sender = asyncio.create_task(client.send_loop())
         receiver = asyncio.create_task(_drain(websocket))
         watcher = asyncio.create_task(_until_token_ends(client))

@@ -115,18 +115,21 @@ def _utc(at: datetime) -> str:
 
 
 def _audit(db: Db, who: Principal, what: str, area: replay.Area, start: datetime, end: datetime,
-           units: list[str] | None, **extra: object) -> None:
-    """A replay is on the record like a unit's track: one entry per unit it lists, so that an
-    auditor of the unit's borough sees it (and one of another borough does not). A page of
-    frames is one entry about no unit, with its window and box but no unit or borough named
-    (an entry about no unit is every auditor's to read): the plan read before it names them."""
-    details = {"read": what, "start": _utc(start), "end": _utc(end), **extra}
-    if units is None:
-        audit.record(db, actor=who.username, action="replay_read",
-                     details={**details, "bbox": list(area.bbox) if area.bbox else None})
-        return
-    for device_id in units:
-        audit.record(db, actor=who.username, action="replay_read", device_id=device_id, details=details)
+           units: list[list[str | None]] | None, **extra: object) -> None:
+    """A replay is on the record like a unit's track, as one entry per request (a plan of 500
+    units is one row on the chain, not 500 written before the first frame). A plan's entry
+    names its units by borough (``boroughs``: borough -> device ids), so that an auditor of a
+    borough finds it and reads only the units of theirs (api/routes/audit.py). A page of
+    frames names no unit, only its window and box (an entry about no unit is every auditor's
+    to read): the plan read before it names them."""
+    details = {"read": what, "start": _utc(start), "end": _utc(end),
+               "bbox": list(area.bbox) if area.bbox else None, **extra}
+    if units is not None:
+        by_borough: dict[str, list[str]] = {}
+        for device_id, _callsign, borough, _role in units:
+            by_borough.setdefault(borough or "", []).append(str(device_id))
+        details["boroughs"] = by_borough
+    audit.record(db, actor=who.username, action="replay_read", details=details)
 
 
 TIMELINE_COLUMNS = ["at", "kind", "device_id", "what", "detail", "ref", "officer", "callsign"]
@@ -155,7 +158,7 @@ def area_replay(db: Db, who: Replayer, areas: ForceAreas, start: AwareDatetime |
     start, end = _window(start, end)
     area = _area(who, areas, borough, bbox)
     plan = _plan(db, area, start, end, borough=borough, incident_id=None, assigned=[])
-    _audit(db, who, "area", area, start, end, [str(u[0]) for u in plan.units])
+    _audit(db, who, "area", area, start, end, plan.units, borough=borough)
     return plan
 
 
@@ -176,7 +179,7 @@ def incident_replay(incident_id: IncidentId, db: Db, who: Replayer) -> ReplayPla
     row, area, start, end = _incident(db, incident_id, who)
     assigned = [u["device_id"] for u in incidents.units(db, incident_id)]
     plan = _plan(db, area, start, end, borough=None, incident_id=incident_id, assigned=assigned)
-    _audit(db, who, "incident", area, start, end, [str(u[0]) for u in plan.units], incident_id=incident_id)
+    _audit(db, who, "incident", area, start, end, plan.units, incident_id=incident_id)
     return plan
 
 

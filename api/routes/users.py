@@ -47,6 +47,7 @@ def disable(username: Username, db: Db, who: Admin, request: Request) -> UserOut
     audit.record(db, actor=who.username, action="user_changed",
                  details={"username": username, "change": "disabled", "role": user.role.value})
     db.commit()  # then announce: the other processes re-read what was committed
+    request.app.state.sessions.refresh(db, username=username)  # this one at once
     request.app.state.hub.publish(ACCOUNTS_TOPIC, account_announcement(username, "disabled"))
     disabled = get_user(db, username=username)
     assert disabled is not None  # locked above, and disabling keeps the row

@@ -294,6 +294,9 @@ export class AlertsPanel {
         `Escalated to supervisor${a.escalation_level > 1 ? ` (level ${a.escalation_level})` : ""}`) : null,
       h("strong", {}, KIND_NAMES[a.kind] || a.kind),
       h("button", { class: "link", type: "button", onclick: () => this.locate(a) }, a.callsign || a.device_id),
+      // Who carried the camera when it was raised (custody), which may not be who has it now.
+      a.officer ? h("span", { class: "officer", title: "carrying the camera when the alert was raised" }, a.officer)
+        : null,
       h("span", { class: "muted" }, a.borough || "")),
     h("div", { class: "alert-detail" }, a.detail, " · ", fmtAgo(a.raised_at),
       a.status === "acknowledged" ? ` · acknowledged by ${a.acknowledged_by}` : ""),

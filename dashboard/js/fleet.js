@@ -1,6 +1,8 @@
 // Fleet health for fleet managers: counts, the battery distribution and the state of the
 // fleet as charts, devices silent for more than a day, storage warnings, a per-borough
 // table, and the CSV export (made by the server: area-filtered, bounded and audited).
+// Above them, the open system alerts (no unit: a storage job failing), for fleet managers and
+// admins: read over REST with the summary, and again as soon as a new one arrives live.
 
 import { clear, fmtAgo, fmtPct, h, throttle } from "./dom.js";
 import { LOW_BATTERY_PCT, isLowBattery } from "./store.js";
@@ -8,6 +10,7 @@ import { STATE_COLOURS } from "./map.js";
 
 const SUMMARY_REFRESH_MS = 30000;
 const STORAGE_WARN_PCT = 90;
+const SYSTEM_KIND_NAMES = { storage_job_failing: "Storage job failing" };
 
 export class FleetView {
   constructor({ root, api, store }) {
@@ -25,7 +28,12 @@ export class FleetView {
     this.exportStatus = root.querySelector(".export-status");
     this.render = throttle(() => this.draw(), 1000);
     this.summary = null;
+    this.systemPanel = root.querySelector(".system-alerts-panel");
+    this.systemList = root.querySelector(".system-alerts");
     store.subscribe(() => this.render());
+    store.subscribeAlerts((added) => {
+      if (added.some((a) => a.device_id === null)) this.loadSystemAlerts();
+    });
     this.exportButton.addEventListener("click", () => this.exportCsv());
     this.timer = null;
   }
@@ -49,6 +57,23 @@ export class FleetView {
       this.summary = { error: error.message };
     }
     this.drawNotSeen();
+    this.loadSystemAlerts();
+  }
+
+  async loadSystemAlerts() {
+    const found = [];
+    try {
+      for (const kind of Object.keys(SYSTEM_KIND_NAMES)) {
+        found.push(...(await this.api.get("/api/v1/alerts", { kind, status: "open", limit: 100 })).items);
+      }
+    } catch (error) {
+      return;  // shown as they were; the next refresh tries again
+    }
+    clear(this.systemList).append(...found.map((a) =>
+      h("li", { class: "system-alert", dataset: { alertId: a.id, kind: a.kind } },
+        h("strong", {}, SYSTEM_KIND_NAMES[a.kind] || a.kind), " ", a.detail,
+        h("span", { class: "muted" }, ` · raised ${fmtAgo(a.raised_at)}`))));
+    this.systemPanel.classList.toggle("hidden", !found.length);
   }
 
   async exportCsv() {

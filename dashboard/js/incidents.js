@@ -3,6 +3,9 @@
 // battery and recording state, and a mark on the map that cannot be missed on any assigned
 // firearms unit that is not recording. Units are assigned by selection on the map, by
 // callsign, or all armed units within a distance (one request, chosen by the server).
+// A new incident is centred on a clicked point, a unit (by callsign) or a place by name: a
+// borough, from the outlines the map has already loaded (no geocoder: the dashboard works
+// offline, and the Underground data names lines, not stations).
 // Refreshed from the API every few seconds and from the live feed in between.
 
 import { clear, fmtAgo, fmtPct, h, show, throttle } from "./dom.js";
@@ -12,8 +15,18 @@ const REFRESH_MS = 5000;
 const CLOSED_PAGE = 20;
 const EARTH_DEG_M = 111320; // metres per degree of latitude, as the server's geofence
 const POINTS = ["N", "NE", "E", "SE", "S", "SW", "W", "NW"];
-const OUTCOMES = { resolved: "Resolved", arrest: "Arrest", stood_down: "Stood down", no_trace: "No trace",
+export const OUTCOMES = { resolved: "Resolved", arrest: "Arrest", stood_down: "Stood down", no_trace: "No trace",
   handed_over: "Handed over" };
+
+// A place by name as typed, any case: the one of that name, else the first (alphabetically)
+// whose name starts with it, else the first that contains it; null for none.
+export function findPlace(places, text) {
+  const want = text.trim().toLowerCase();
+  if (!want) return null;
+  const first = (test) => places.filter((p) => test(p.name.toLowerCase()))
+    .sort((a, b) => a.name.localeCompare(b.name))[0];
+  return first((n) => n === want) || first((n) => n.startsWith(want)) || first((n) => n.includes(want)) || null;
+}
 
 // "1.2 km NE" from the incident's centre to the unit (equirectangular, as the server measures).
 export function distanceBearing(from, to) {
@@ -45,6 +58,7 @@ export class IncidentPanel {
     this.incidents = [];
     this.current = null;
     this.where = null; // the new incident's centre: {lat, lon, label} or null for the map's centre
+    this.places = []; // [{name, lat, lon}]: where a new incident can be centred by name
     this.drawing = null; // a polygon being drawn: [[lon, lat], ...]
     this.closedOffset = 0;
     this.draw = throttle(() => this.drawUnits(), 500);
@@ -60,7 +74,7 @@ export class IncidentPanel {
     root.querySelector("button.assign-picked").addEventListener("click", () => this.assignPicked());
     root.querySelector("button.draw").addEventListener("click", () => this.startWhere());
     root.querySelector("button.finish").addEventListener("click", () => this.finishPolygon());
-    this.form.elements.at_unit.addEventListener("change", () => this.atUnit(this.form.elements.at_unit.value));
+    this.form.elements.at_unit.addEventListener("change", () => this.atNamed(this.form.elements.at_unit.value));
     for (const radio of this.form.querySelectorAll("input[name=shape]")) {
       radio.addEventListener("change", () => this.shapeChanged());
     }
@@ -83,11 +97,15 @@ export class IncidentPanel {
     for (const select of this.root.querySelectorAll("select[name=borough]")) {
       select.append(...names.map((n) => h("option", { value: n }, n)));
     }
+    this.places = this.map.places(); // the outlines are loaded by now
+    this.fillCallsigns();
   }
 
+  // The suggestions of "at a callsign or place": the units, then the places.
   fillCallsigns() {
     const names = [...this.store.units.values()].map((u) => u.callsign || u.device_id).sort();
-    clear(this.callsigns).append(...names.slice(0, 5000).map((n) => h("option", { value: n })));
+    clear(this.callsigns).append(...[...names.slice(0, 5000), ...this.places.map((p) => p.name)]
+      .map((n) => h("option", { value: n })));
   }
 
   // A unit by callsign or device id, as typed (any case).
@@ -314,13 +332,22 @@ export class IncidentPanel {
     this.whereInfo.textContent = `Centre: ${where.label}.`;
   }
 
-  atUnit(text) {
+  // A unit with a fix by its callsign or id, else a place by (part of) its name.
+  atNamed(text) {
     const unit = this.findUnit(text);
-    if (!unit || typeof unit.lat !== "number") {
-      this.whereInfo.textContent = `No unit with a fix called ${text}.`;
+    if (unit && typeof unit.lat === "number") {
+      this.setWhere({ lat: unit.lat, lon: unit.lon, label: `at ${unit.callsign || unit.device_id}` });
       return;
     }
-    this.setWhere({ lat: unit.lat, lon: unit.lon, label: `at ${unit.callsign || unit.device_id}` });
+    const place = findPlace(this.places, text);
+    if (!place) {
+      this.whereInfo.textContent = `No unit with a fix, and no place, called ${text}.`;
+      return;
+    }
+    const borough = this.form.elements.borough;
+    if (!borough.value) borough.value = place.name; // a borough's own name, if the user gave none
+    this.map.centreOn(place.lat, place.lon, 13); // a name typed: show where it is
+    this.setWhere({ lat: place.lat, lon: place.lon, label: `${place.name} (the borough's centre)` });
   }
 
   finishPolygon() {

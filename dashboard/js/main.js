@@ -2,9 +2,9 @@
 //   operator            live map, alerts, unit panel, live video
 //   firearms_commander  the same, with the incident panel first
 //   fleet_manager       fleet health (no positions, no video)
-//   auditor             the audit log, the viewing record
+//   auditor             the audit log, the viewing record, the incident record (export for disclosure)
 //   admin               map (from REST, admins are not on the live feed), fleet health, registry, users,
-//                       the viewing record, the alert policy
+//                       the viewing record, the incident record, the alert policy
 
 import { AlertsPanel, ResolveDialog } from "./alerts.js";
 import { Api } from "./api.js";
@@ -13,6 +13,7 @@ import { $, clear, fmtAgo, fmtPct, h, show } from "./dom.js";
 import { FleetView } from "./fleet.js";
 import { ForceTime } from "./forcetime.js";
 import { IncidentPanel } from "./incidents.js";
+import { IncidentRecordView } from "./incidentrecord.js";
 import { ReplayView } from "./replay.js";
 import { LiveFeed } from "./live.js";
 import { MapView } from "./map.js";
@@ -28,11 +29,11 @@ const ROLE_VIEWS = {
   operator: ["map"],
   firearms_commander: ["map"],
   fleet_manager: ["fleet"],
-  auditor: ["audit", "viewings"],
-  admin: ["map", "fleet", "registry", "users", "viewings", "policy"],
+  auditor: ["audit", "viewings", "incidents"],
+  admin: ["map", "fleet", "registry", "users", "viewings", "incidents", "policy"],
 };
 const VIEW_NAMES = { map: "Live map", fleet: "Fleet health", audit: "Audit log", viewings: "Viewing record",
-                     registry: "Registry", users: "Users", policy: "Alert policy" };
+                     incidents: "Incidents", registry: "Registry", users: "Users", policy: "Alert policy" };
 const ON_LIVE_FEED = new Set(["operator", "firearms_commander", "fleet_manager"]);
 const WATCHES_VIDEO = new Set(["operator", "firearms_commander"]);
 const HANDLES_ALERTS = new Set(["operator", "firearms_commander"]);
@@ -131,15 +132,19 @@ async function startSession() {
   const onAudit = ctx.audit ? (filter) => { ctx.audit.prefill(filter); $("#tabs button[data-view=audit]").click(); }
     : null;
   if (views.includes("viewings")) ctx.viewings = new ViewingsView({ root: $("#view-viewings"), api, time, onAudit });
+  if (views.includes("incidents")) ctx.record = new IncidentRecordView({ root: $("#view-incidents"), api, time });
   if (views.includes("registry")) {
     ctx.registry = new RegistryView({ root: $("#view-registry"), api, onChanged: () => loadFromRest(ctx) });
   }
   if (views.includes("users")) ctx.users = new UsersView({ root: $("#view-users"), api });
   if (views.includes("policy")) ctx.policy = new PolicyView({ root: $("#view-policy"), api });
-  if (ctx.fleet) {
+  if (ctx.fleet || ctx.record) {
     const names = ctx.boroughNames || fetch(config.boroughs_url).then((r) => r.json())
       .then((geo) => geo.features.map((f) => f.properties.name).sort());
-    names.then((list) => ctx.fleet.setBoroughs(list));
+    names.then((list) => {
+      if (ctx.fleet) ctx.fleet.setBoroughs(list);
+      if (ctx.record) ctx.record.setBoroughs(list);
+    });
   }
   setUpTabs(ctx);
 
@@ -161,6 +166,7 @@ function setUpTabs(ctx) {
     if (name === "fleet") ctx.fleet.start();
     if (name === "audit") ctx.audit.load();
     if (name === "viewings") ctx.viewings.load();
+    if (name === "incidents") ctx.record.load();
     if (name === "registry") ctx.registry.load();
     if (name === "users") ctx.users.load();
     if (name === "policy") ctx.policy.load();

@@ -7,6 +7,11 @@
 
 import { LOW_BATTERY_PCT, mercator } from "./store.js";
 
+// Web Mercator's world (0..1 each way) back to a latitude and longitude.
+function fromMercator(mx, my) {
+  return [(Math.atan(Math.sinh(Math.PI * (1 - 2 * my))) * 180) / Math.PI, mx * 360 - 180];
+}
+
 export const STATE_COLOURS = { recording: "#ff453a", buffering: "#30d158", off: "#a1a7ad", offline: "#6b7178" };
 const EMERGENCY = "#ff2bd6";
 const LIVE = "#3fc8ff";
@@ -273,8 +278,16 @@ export class MapView {
 
   // The latitude and longitude under a point of the canvas.
   latLonAt(x, y) {
-    const [mx, my] = this.toWorld(x, y);
-    return [(Math.atan(Math.sinh(Math.PI * (1 - 2 * my))) * 180) / Math.PI, mx * 360 - 180];
+    return fromMercator(...this.toWorld(x, y));
+  }
+
+  // The places a new incident can be centred on by name, offline: each borough, at the centre
+  // of its outline's box (where its name is drawn). Empty until loadBoroughs has run.
+  places() {
+    return this.boroughs.map((b) => {
+      const [lat, lon] = fromMercator(b.cx, b.cy);
+      return { name: b.name, lat, lon };
+    });
   }
 
   setMode(mode) {

@@ -204,6 +204,12 @@ export class ReplayView {
         if (p[1] <= this.at && !seen.has(p[0])) seen.set(p[0], p);
       }
     }
+    // A slice holds each unit's latest fix in it, so at a slice's start (the window's first
+    // frame above all) a unit's only fix can lie a moment ahead: it is drawn at that first
+    // known position rather than left off the map until the clock passes it.
+    for (const p of this.frames[last] || []) {
+      if (!seen.has(p[0])) seen.set(p[0], p);
+    }
     this.map.replay = [...seen.values()].map(([unit, , lat, lon, recording, officer]) => {
       const [deviceId, callsign] = this.units[unit];
       const who = officer >= 0 ? this.officers[officer] : null;

@@ -27,6 +27,7 @@ from telemetry.migrations import (
     v15_incident_command,
     v16_request_incident,
     v17_storage_job_runs,
+    v18_system_alerts,
 )
 from telemetry.migrations.base import TIME_PARTITIONED, Migration, Retention
 
@@ -50,4 +51,5 @@ MIGRATIONS: Sequence[Migration] = (
     Migration(15, "incident command: grade, reference, commander, polygon, outcome", v15_incident_command.apply),
     Migration(16, "the incident a live-view request names", v16_request_incident.apply),
     Migration(17, "watchfloor's own runs of the storage jobs", v17_storage_job_runs.apply),
+    Migration(18, "system alerts: an alert with no device, about a subject", v18_system_alerts.apply),
 )

@@ -22,6 +22,7 @@ import websockets
 from fastapi import FastAPI
 
 from api.app import WS_DEFLATE, WS_IMPL, create_app
+from api.live.snapshot import read_message
 from core.settings import Settings
 from services.accounts import Role, add_user
 from telemetry.embedded import free_port
@@ -135,7 +136,7 @@ class LiveReader:
     def __init__(self, base: str, bearer: str | None) -> None:
         self.url = base.replace("http://", "ws://") + "/api/v1/live"
         self.bearer = bearer
-        self.frames: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []  # as a client reads them (api.live.snapshot.read_message)
         self.received_at: list[float] = []
         self.closed: tuple[int, str] | None = None
         self._stop = threading.Event()
@@ -155,7 +156,7 @@ class LiveReader:
                     except asyncio.TimeoutError:
                         continue
                     with self._lock:
-                        self.frames.append(orjson.loads(raw))
+                        self.frames.append(read_message(raw))
                         self.received_at.append(time.time())
         except websockets.ConnectionClosed as closed:
             self.closed = (closed.rcvd.code if closed.rcvd else 1006, closed.rcvd.reason if closed.rcvd else "")
@@ -168,17 +169,25 @@ class LiveReader:
         """The unit as a client holds it: its snapshot entry with every delta merged in (a
         delta carries only the fields that changed), None once a delta removed it; a new
         snapshot starts again."""
-        unit: dict[str, Any] | None = None
+        return self.units().get(device_id)
+
+    def units(self) -> dict[str, dict[str, Any]]:
+        """Every unit as the client holds it (``latest_unit`` of each), in one pass."""
+        held: dict[str, dict[str, Any]] = {}
         with self._lock:
             for frame in self.frames:
                 if frame["type"] == "snapshot":
-                    unit = None
-                if device_id in frame.get("removed", []):
-                    unit = None
+                    held = {}
+                for device_id in frame.get("removed", []):
+                    held.pop(device_id, None)
                 for u in frame.get("units", []):
-                    if u["device_id"] == device_id:
-                        unit = dict(u) if unit is None else {**unit, **u}
-        return unit
+                    held[u["device_id"]] = {**held.get(u["device_id"], {}), **u}
+        return held
+
+    def unit_frames(self) -> list[dict[str, Any]]:
+        """The snapshots and deltas received so far, in order (a copy)."""
+        with self._lock:
+            return [f for f in self.frames if f["type"] in ("snapshot", "delta")]
 
     def close(self) -> None:
         self._stop.set()

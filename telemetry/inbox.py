@@ -8,6 +8,7 @@ per batch (when it is full, or when the first message comes) instead of polling.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -15,6 +16,8 @@ from collections import deque
 from core.mqtt import Inbound
 
 __all__ = ["Inbox"]
+
+_NOBODY_WAITS = sys.maxsize
 
 
 class Inbox:
@@ -35,7 +38,7 @@ class Inbox:
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._filled = threading.Condition(self._lock)
-        self._wanted = 1  # the decoder is woken when this many messages are held
+        self._wanted = _NOBODY_WAITS  # the decoder, waiting, is woken when this many messages are held
 
     def __len__(self) -> int:
         return self._count
@@ -64,6 +67,7 @@ class Inbox:
             while not self._count:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    self._wanted = _NOBODY_WAITS
                     return []
                 self._filled.wait(remaining)
             deadline = time.monotonic() + fill_within
@@ -73,7 +77,7 @@ class Inbox:
                 if remaining <= 0:
                     break
                 self._filled.wait(remaining)
-            self._wanted = 1
+            self._wanted = _NOBODY_WAITS  # no notify per read while the decoder is busy
             taken: list[Inbound] = []
             n = 0
             while self._reads and n < limit:

@@ -1,9 +1,10 @@
 """The paho-mqtt adapter: connection, persistent session, and acknowledgement after commit.
 
 paho runs its network loop on its own thread and calls ``on_message`` there with the
-client's lock held. :meth:`MqttSession.start` hands each message to a callback that must
-only enqueue it; acknowledgements are queued back with :meth:`MqttSession.ack`, which paho
-writes from its network thread. Never publish-and-wait inside a callback: it deadlocks.
+client's lock held. :meth:`MqttSession.start` hands the messages of each read of the
+socket, together, to a callback that must only enqueue them; acknowledgements are queued
+back with :meth:`MqttSession.ack`, which paho writes from its network thread. Never
+publish-and-wait inside a callback: it deadlocks.
 
 :class:`LoopHandover` is the one generic way across from paho's thread to an asyncio event
 loop: ``put(topic, payload)`` on paho's thread schedules, with ``loop.call_soon_threadsafe``,
@@ -66,14 +67,24 @@ class BrokerAddress:
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """A message as it left paho's thread: enough to decode it and to acknowledge it."""
+    """Messages as they left paho's thread together (one read of the socket): enough to
+    decode them and to acknowledge them. Three lists of one length, in the order received:
+    one object per read rather than one per message."""
 
-    generation: int  # which connection delivered it; a packet id is only valid on that one
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
+    generation: int  # which connection delivered them; a packet id is only valid on that one
     received_at: float  # time.time()
+    mids: list[int]  # 0 for QoS 0 (nothing to acknowledge)
+    topics: list[str]
+    payloads: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.topics)
+
+    def split(self, n: int) -> tuple["Inbound", "Inbound"]:
+        """The first ``n`` messages, and the rest."""
+        head = Inbound(self.generation, self.received_at, self.mids[:n], self.topics[:n], self.payloads[:n])
+        rest = Inbound(self.generation, self.received_at, self.mids[n:], self.topics[n:], self.payloads[n:])
+        return head, rest
 
 
 class LoopHandover:
@@ -253,14 +264,15 @@ class MqttSession:
         """QoS 1, queued: paho sends it (and retries it) from its own thread."""
         self._client.publish(topic, payload, qos=1)
 
-    def ack(self, items: Iterable[tuple[int, int]]) -> int:
-        """Acknowledge (generation, mid) pairs; ones from an older connection are skipped.
+    def ack(self, received: Iterable[Inbound]) -> int:
+        """Acknowledge the QoS 1 messages of ``received``; those an older connection delivered
+        are skipped.
 
         A skipped one is redelivered by the broker on the new connection and acknowledged
         then (its row is already stored, so the insert does nothing).
         """
         current = self._generation
-        mids = [mid for generation, mid in items if generation == current and mid]
+        mids = [mid for inbound in received if inbound.generation == current for mid in inbound.mids if mid]
         self._client.ack_many(mids)
         return len(mids)
 
@@ -287,5 +299,5 @@ class MqttSession:
     def _on_subscribe(self, client: paho.Client, u: object, mid: int, reasons: object, p: object) -> None:
         self.subscribed.set()
 
-    def _on_publish(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
-        self._deliver(Inbound(self._generation, mid, qos, topic, payload, time.time()))
+    def _on_publish(self, mids: list[int], topics: list[str], payloads: list[bytes]) -> None:
+        self._deliver(Inbound(self._generation, time.time(), mids, topics, payloads))

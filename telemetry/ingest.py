@@ -2,7 +2,9 @@
 
 Two stages on two threads, so that decoding the next batch overlaps the database's work
 on the current one: the *decoder* collects and validates; the *writer* owns the database
-connection, commits, then acknowledges. Between them sits a hand-off of one batch.
+connection, commits, then acknowledges. Between them sits a hand-off of one batch. paho's
+thread hands over the messages of each read of the socket together, into an
+:class:`telemetry.inbox.Inbox` bounded in messages.
 
 A message is acknowledged to the broker only after the transaction that stores it (or
 stores its rejection) has committed. If the process dies, or the database is away, the
@@ -42,6 +44,7 @@ from core.settings import Settings
 from telemetry.alerts import AlertRules, Geofence
 from telemetry.decode import Decoded, PayloadLimits, Reason, Rejection, StatusChange, decode
 from telemetry.escalation import EscalationRules
+from telemetry.inbox import Inbox
 from telemetry.ingest_stats import IngestStats
 from telemetry.live_frame import encode_frames
 from telemetry.rejection_sampler import RejectionSampler
@@ -114,7 +117,7 @@ class IngestWorker:
         )
         # Bounded: when full, paho's network thread waits in put(), so it stops reading
         # the socket and the broker holds the backlog (push back on the producer).
-        self._inbox: queue.Queue[Inbound] = queue.Queue(maxsize=settings.ingest_queue_max)
+        self._inbox = Inbox(settings.ingest_queue_max)
         self._stopping = threading.Event()
         self.stats = IngestStats()
         self._writer = BatchWriter(settings=settings, database_url=database_url, rules=rules, stats=self.stats,
@@ -134,10 +137,10 @@ class IngestWorker:
         self._session: MqttSession | None = None
         self._registry_conn: psycopg.Connection | None = None  # the decoder's
 
-    # paho's thread hands over here: the one place where a message crosses into our thread.
-    def _enqueue(self, message: Inbound) -> None:
-        self.stats.delivered += 1
-        _put_until_stopped(self._inbox, message, self._stopping)
+    # paho's thread hands over here: the one place where messages cross into our thread.
+    def _enqueue(self, inbound: Inbound) -> None:
+        self.stats.delivered += len(inbound)
+        self._inbox.put(inbound, self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -158,7 +161,7 @@ class IngestWorker:
 
     @property
     def queue_depth(self) -> int:
-        return self._inbox.qsize()
+        return len(self._inbox)
 
     @property
     def queue_capacity(self) -> int:
@@ -260,49 +263,47 @@ class IngestWorker:
 
     def _collect(self) -> list[Inbound]:
         """Up to ``ingest_batch_max`` messages, waiting at most one batch interval."""
-        interval = self._settings.ingest_batch_interval_ms / 1000
-        try:
-            first = self._inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        items = [first]
-        deadline = time.monotonic() + interval
-        limit = self._settings.ingest_batch_max
-        while len(items) < limit:
-            try:
-                items.append(self._inbox.get_nowait())
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                time.sleep(min(remaining, 0.002))
-        return items
+        return self._inbox.take(self._settings.ingest_batch_max, first_within=0.2,
+                                fill_within=self._settings.ingest_batch_interval_ms / 1000)
 
-    def _decode(self, items: list[Inbound]) -> Batch:
+    def _decode(self, received: list[Inbound]) -> Batch:
         now = self._clock()
+        rate_now = time.monotonic()  # one reading for the batch's rate checks
         batch = Batch()
         keep = self._settings.rejected_payload_keep_bytes
-        for item in items:
-            if item.topic == ALERT_POLICY_TOPIC:  # no device's message: acknowledged with the batch
-                self._policy_announced.set()
-                continue
-            received = datetime.fromtimestamp(item.received_at, timezone.utc)
-            result = decode(item.topic, item.payload, now=now, limits=self._limits)
-            if isinstance(result, (Decoded, StatusChange)):
-                refused = self._admit(result.device_id, batch)
-                if refused is not None:
+        limits, take = self._limits, self._device_rate.take
+        telemetry, events = batch.telemetry, batch.events
+        for inbound in received:
+            at = datetime.fromtimestamp(inbound.received_at, timezone.utc)
+            for topic, payload in zip(inbound.topics, inbound.payloads):
+                if topic == ALERT_POLICY_TOPIC:  # no device's message: acknowledged with the batch
+                    self._policy_announced.set()
+                    continue
+                result = decode(topic, payload, now=now, limits=limits)
+                if type(result) is Decoded:  # the common case first, in as few steps as it takes
+                    device_id = result.device_id
+                    if device_id not in self._known:  # not a local: _admit may read the registry again
+                        refused = self._admit(device_id, batch)
+                        if refused is not None:
+                            result = refused
+                    if type(result) is Decoded:
+                        if take(device_id, now=rate_now) == 0.0:
+                            message = result.message
+                            if isinstance(message, EventReport):
+                                events.append((device_id, at, message))
+                            else:
+                                telemetry.append((device_id, at, message))
+                            continue
+                        result = Rejection(Reason.RATE_LIMITED, "over the device's message rate", device_id)
+                elif isinstance(result, StatusChange):
+                    refused = self._admit(result.device_id, batch)
+                    if refused is None:
+                        batch.statuses.append((result.device_id, at, result))
+                        continue
                     result = refused
-            if isinstance(result, Decoded) and self._device_rate.take(result.device_id) > 0.0:
-                result = Rejection(Reason.RATE_LIMITED, "over the device's message rate", result.device_id)
-            if isinstance(result, Rejection):
+                assert isinstance(result, Rejection)
                 batch.counted_rejections[result.reason.value] += 1
-                batch.rejected += self.sampler.admit(RejectedMessage(result, item.topic, item.payload[:keep], received))
-            elif isinstance(result, StatusChange):
-                batch.statuses.append((result.device_id, received, result))
-            elif isinstance(result.message, EventReport):
-                batch.events.append((result.device_id, received, result.message))
-            else:
-                batch.telemetry.append((result.device_id, received, result.message))
+                batch.rejected += self.sampler.admit(RejectedMessage(result, topic, payload[:keep], at))
         if time.monotonic() - self._sampled_at >= _SUMMARIES_EVERY_S:
             self._sampled_at = time.monotonic()
             batch.rejected += self.sampler.due(now)
@@ -330,14 +331,14 @@ class IngestWorker:
         started = time.monotonic()
         alerts = self._writer.write(batch)
         assert self._session is not None
-        self._session.ack((i.generation, i.mid) for i in items if i.qos > 0)
+        self._session.ack(items)
         self._publish_alerts(alerts)
         frames = encode_frames(batch)  # after commit: the live picture is what was stored
         for frame in frames:
             self._session.publish(LIVE_UNITS_TOPIC, frame)
         self.stats.live_frames += len(frames)
         s = self.stats
-        s.received += len(items)
+        s.received += sum(len(i) for i in items)
         s.batches += 1
         s.rejected.update(batch.counted_rejections)  # summary rows are not counted twice
         s.statuses += len(batch.statuses)

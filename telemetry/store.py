@@ -143,7 +143,7 @@ def _telemetry_row(device_id: str, received_at: datetime, t: TelemetryReport) ->
         device_id, t.ts, t.seq, received_at, t.battery.pct, t.battery.charging, t.battery.temp_c,
         gps.lat if gps else None, gps.lon if gps else None, gps.accuracy_m if gps else None,
         gps.speed_mps if gps else None, gps.heading_deg if gps else None,
-        t.recording.value, t.storage_pct, t.docked, t.firmware, t.live, t.viewers, t.on_duty,
+        str(t.recording), t.storage_pct, t.docked, t.firmware, t.live, t.viewers, t.on_duty,  # str(): not .value
     )
 
 
@@ -164,10 +164,13 @@ def write_batch(conn: psycopg.Connection, batch: Batch) -> tuple[int, int]:
     """
     stored_telemetry = stored_events = 0
     if batch.new_devices:
-        conn.cursor().executemany(
-            "INSERT INTO devices (device_id, auto_registered) VALUES (%s, true)"
+        # One statement for the batch (a first sight of the whole fleet is thousands of new
+        # devices), in device_id order so that two workers lock the rows in the same order.
+        conn.execute(
+            "INSERT INTO devices (device_id, auto_registered)"
+            " SELECT device_id, true FROM unnest(%s::text[]) WITH ORDINALITY AS n (device_id, at) ORDER BY at"
             " ON CONFLICT DO NOTHING",
-            [(d,) for d in sorted(batch.new_devices)],
+            (sorted(batch.new_devices),),
         )
     if batch.telemetry:
         _copy(conn, "stage_telemetry", _TELEMETRY_COLUMNS,

@@ -258,7 +258,7 @@ def _bare_subscriber(url: str, seconds: float, results: Any) -> None:
     results.put(("baseline", latency.quantile(0.5), latency.quantile(0.99), latency.count))
 
 
-def _seed(db_url: str, *, devices: int, password: str) -> None:
+def seed_load_fleet(db_url: str, *, devices: int, password: str) -> None:
     """Register the load generator's device ids across the boroughs, and an operator
     ``bench`` who sees every borough."""
     boroughs = [b.name for b in load_boroughs()]
@@ -290,7 +290,7 @@ def _ms(value: float | None) -> str:
     return "none recorded" if value is None else f"{value:.0f}"
 
 
-def _cpu_seconds(watched: dict[str, psutil.Process | None]) -> dict[str, float]:
+def cpu_seconds(watched: dict[str, psutil.Process | None]) -> dict[str, float]:
     """CPU seconds so far of each process (None: every PostgreSQL process, summed; the
     ingest's and API's connections are long-lived), and of the whole machine."""
     def seconds(proc: psutil.Process) -> float:
@@ -348,7 +348,7 @@ def main() -> None:
     with scratch_stack(args.database, prefix="wf-fanout") as (broker, db_url):
         workdir = broker.workdir.parent
         try:
-            _seed(db_url, devices=args.devices, password=PASSWORD)
+            seed_load_fleet(db_url, devices=args.devices, password=PASSWORD)
             port, ingest_port = free_port(), free_port()
             ingest_metrics = f"http://127.0.0.1:{ingest_port}/metrics"
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
@@ -384,9 +384,9 @@ def main() -> None:
 
             # The API's intake alone: no client, so its CPU is taking frames in (and ticking).
             only_api = {"API": api_proc}
-            updates0, cpu0, t0 = _unit_updates(base), _cpu_seconds(only_api), time.monotonic()
+            updates0, cpu0, t0 = _unit_updates(base), cpu_seconds(only_api), time.monotonic()
             time.sleep(args.intake_seconds)
-            updates1, cpu1, t1 = _unit_updates(base), _cpu_seconds(only_api), time.monotonic()
+            updates1, cpu1, t1 = _unit_updates(base), cpu_seconds(only_api), time.monotonic()
             intake_rate = (updates1 - updates0) / (t1 - t0)
             intake_cpu = 100 * (cpu1["API"] - cpu0["API"]) / (t1 - t0)
 
@@ -423,9 +423,9 @@ def main() -> None:
                            "probes (this process)": psutil.Process()}
                 updates0 = await asyncio.to_thread(_unit_updates, base)
                 stored0 = await asyncio.to_thread(_stored, ingest_metrics)
-                cpu0, t0 = _cpu_seconds(watched), time.monotonic()
+                cpu0, t0 = cpu_seconds(watched), time.monotonic()
                 await asyncio.sleep(args.seconds)
-                cpu1, t1 = _cpu_seconds(watched), time.monotonic()
+                cpu1, t1 = cpu_seconds(watched), time.monotonic()
                 updates1 = await asyncio.to_thread(_unit_updates, base)
                 stored1 = await asyncio.to_thread(_stored, ingest_metrics)
                 stop.set()

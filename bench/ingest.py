@@ -244,7 +244,7 @@ def ingest(url: str, db_url: str, rate: int, seconds: float, cpu: CpuMeter, labe
                catch_up, me, broker, db, _stored(db_url) - before, done[1] - start[1])
 
 
-def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Path, *, tree: Path,
+def start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Path, *, tree: Path,
                    tag: str, alerts: bool = True) -> list[subprocess.Popen[bytes]]:
     """``count`` ingest processes run from ``tree``, in a ``$share`` group of their own (a
     stopped group's sessions must not take a share of the next one's messages)."""
@@ -261,7 +261,7 @@ def _start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Pa
     return procs
 
 
-def _wait_until_storing(url: str, db_url: str, tag: str, timeout: float = 120.0) -> None:
+def wait_until_storing(url: str, db_url: str, tag: str, timeout: float = 120.0) -> None:
     """Until the workers store a report: started, subscribed (a ``$share`` group drops what
     arrives before its first subscriber) and done with their start-up work, which must not
     count as the load's CPU."""
@@ -295,7 +295,7 @@ def _client_id(tag: str, n: int) -> str:
     return f"watchfloor-bench-{tag}-{n}"
 
 
-def _stop_workers(workers: list[subprocess.Popen[bytes]], url: str, tag: str) -> None:
+def stop_workers(workers: list[subprocess.Popen[bytes]], url: str, tag: str) -> None:
     """Stop them, then end their persistent sessions, which the broker would otherwise keep
     queueing the load for."""
     for w in workers:
@@ -362,15 +362,15 @@ def main() -> None:
                 measured: dict[str, Row] = {}
                 for name, tree, alerts in trees:
                     tag = f"{name}-{uuid.uuid4().hex[:6]}"
-                    procs = _start_workers(workers, broker.url, db_url, protocol, workdir, tree=tree, tag=tag,
+                    procs = start_workers(workers, broker.url, db_url, protocol, workdir, tree=tree, tag=tag,
                                            alerts=alerts)
                     try:
-                        _wait_until_storing(broker.url, db_url, tag)
+                        wait_until_storing(broker.url, db_url, tag)
                         cpu.watch([psutil.Process(p.pid) for p in procs])
                         measured[name] = ingest(broker.url, db_url, rate, args.seconds, cpu,
                                                 f"{name} ingest {config}")
                     finally:
-                        _stop_workers(procs, broker.url, tag)
+                        stop_workers(procs, broker.url, tag)
                 rows = [bare, *measured.values()]
                 print(_format(rows, header=header), flush=True)
                 header = False

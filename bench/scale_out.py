@@ -37,8 +37,8 @@ import httpx
 import psutil
 import psycopg
 from common import ROOT, scratch_stack, stop_processes, wait_ready
-from fanout import _cpu_seconds, _seed
-from ingest import CpuMeter, _start_workers, _stop_workers, _wait_until_storing, bare_subscriber
+from fanout import cpu_seconds, seed_load_fleet
+from ingest import CpuMeter, bare_subscriber, start_workers, stop_workers, wait_until_storing
 from sizing_model import API_INTAKE, BROKER, DATABASE, INGEST, Cost, predict_cores
 from soak import LiveClients
 
@@ -59,7 +59,7 @@ def _stored(db_url: str) -> int:
 
 
 def _by_kind(seconds: dict[str, float]) -> dict[str, float]:
-    """CPU seconds per kind of process, from ``_cpu_seconds``'s "kind-n" names."""
+    """CPU seconds per kind of process, from ``cpu_seconds``'s "kind-n" names."""
     out = dict.fromkeys(KINDS, 0.0)
     for name, value in seconds.items():
         kind = name.split("-")[0]
@@ -87,14 +87,14 @@ def main() -> None:
         workdir = broker.workdir.parent
         tag = f"scaleout-{uuid.uuid4().hex[:6]}"
         try:
-            _seed(db_url, devices=args.devices, password=PASSWORD)
+            seed_load_fleet(db_url, devices=args.devices, password=PASSWORD)
             calibration = bare_subscriber(broker.url, args.rate, min(args.seconds, 10.0),
                                           CpuMeter(broker.pid or 0, db_url))
             bare = calibration.per_core_s
             print(f"calibration: the bare subscriber received {calibration.count:,} at {args.rate:,}/s offered, "
                   f"{bare:,.0f} messages per core-second ({1e6 / bare:.1f} µs of CPU each)", flush=True)
 
-            workers = _start_workers(args.workers, broker.url, db_url, args.protocol, workdir, tree=ROOT, tag=tag)
+            workers = start_workers(args.workers, broker.url, db_url, args.protocol, workdir, tree=ROOT, tag=tag)
             env = dict(os.environ, WATCHFLOOR_DATABASE_URL=db_url, WATCHFLOOR_MQTT_URL=broker.url,
                        WATCHFLOOR_AUTH_SECRET=SECRET, WATCHFLOOR_AUDIT_KEY=SECRET, WATCHFLOOR_TIMESCALEDB="off",
                        WATCHFLOOR_LIVE_MAX_FEEDS_PER_USER=str(args.apis * args.clients))
@@ -105,7 +105,7 @@ def main() -> None:
             bases = [f"http://127.0.0.1:{port}" for port in ports]
             for base in bases:
                 wait_ready(base)
-            _wait_until_storing(broker.url, db_url, tag)
+            wait_until_storing(broker.url, db_url, tag)
             bearer = httpx.post(f"{bases[0]}/api/v1/auth/token", json={"username": "bench", "password": PASSWORD},
                                 timeout=30).json()["access_token"]
             clients = [LiveClients(base, bearer, args.clients).start() for base in bases]
@@ -119,7 +119,7 @@ def main() -> None:
                 **{f"ingest-{n}": psutil.Process(w.pid) for n, w in enumerate(workers)},
                 **{f"API-{n}": psutil.Process(p.pid) for n, p in enumerate(procs)},
                 "broker": psutil.Process(broker.pid), "PostgreSQL": None}
-            before, stored0, updates0 = _cpu_seconds(watched), _stored(db_url), sum(c.unit_updates for c in clients)
+            before, stored0, updates0 = cpu_seconds(watched), _stored(db_url), sum(c.unit_updates for c in clients)
             began = time.monotonic()
             half = args.devices // 2
             generators = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "loadgen.py"), broker.url,
@@ -131,14 +131,14 @@ def main() -> None:
             while _stored(db_url) - stored0 < sent and time.monotonic() - began < load_s + 120:
                 time.sleep(0.2)
             window = time.monotonic() - began
-            after, stored = _cpu_seconds(watched), _stored(db_url) - stored0
+            after, stored = cpu_seconds(watched), _stored(db_url) - stored0
             updates = sum(c.unit_updates for c in clients) - updates0
         finally:
             for c in clients:
                 c.stop()
             stop_processes(procs)
             if workers:
-                _stop_workers(workers, broker.url, tag)
+                stop_workers(workers, broker.url, tag)
 
     used = _by_kind({name: after[name] - before[name] for name in watched})
     machine = after["machine (all processes)"] - before["machine (all processes)"]

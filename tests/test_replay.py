@@ -188,9 +188,11 @@ def _csv_rows(archive: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
 
 def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(stack: ApiWithIngest) -> None:
     """An auditor exports the incident: the manifest's hashes are the files', its audit head is
-    the export's own entry (the latest, naming the same hashes), the tracks split sw-1 at the
-    swap into Ada's line and Ben's, the custody windows and the alert's and viewing's officers
-    are there, free text that would be a formula is quoted, and an operator may not export."""
+    the export's own entry (the latest and only one, naming the same hashes and the units by
+    borough), the tracks split sw-1 at the swap into Ada's line and Ben's, the custody windows
+    and the alert's and viewing's officers are there, free text that would be a formula is
+    quoted, and an operator may not export. An auditor of Westminster reads only sw-1 in the
+    export's entry; one of Hackney (no unit there, not the incident's borough) does not find it."""
     incident_id = _incident(stack)
     with client(stack.base, "audit") as auditor, client(stack.base, "op-all") as operator:
         assert operator.get(f"/api/v1/incidents/{incident_id}/export.zip").status_code == 403
@@ -210,10 +212,11 @@ def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(
     assert manifest["audit_head"] == {"seq": head[0], "hash": head[1]}
     assert head[2:4] == ("export", "audit") and head[4]["incident_id"] == incident_id
     with stack.db.connect() as conn:
-        disclosed = conn.execute("SELECT device_id FROM audit_log WHERE action = 'export' AND seq < %s"
-                                 " AND (details->>'incident_id')::bigint = %s ORDER BY seq",
-                                 (head[0], incident_id)).fetchall()
-    assert disclosed == [("ca-9",), ("sw-1",)]
+        written = conn.execute("SELECT count(*) FROM audit_log WHERE action = 'export'").fetchone()
+        add_user(conn, username="audit-west", password=PASSWORD, role=Role.AUDITOR, areas=["Westminster"])
+        add_user(conn, username="audit-hackney", password=PASSWORD, role=Role.AUDITOR, areas=["Hackney"])
+    assert written == (1,)  # one entry for the export, not one per unit disclosed
+    assert head[4]["boroughs"] == {"Camden": ["ca-9"], "Westminster": ["sw-1"]}
     assert head[4]["sha256"] == {n: f["sha256"] for n, f in manifest["files"].items()}
     tracks = orjson.loads(archive.read("tracks.geojson"))["features"]
     sw1 = [(f["properties"]["officer"], f["properties"]["times"][0], f["properties"]["times"][-1])
@@ -235,6 +238,15 @@ def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(
     events = _csv_rows(archive, "events.csv")
     assert [(e["type"], e["officer"]) for e in events if e["device_id"] == "sw-1"] == [
         ("undocked", "PC Ada"), ("recording_started", "PC Ada"), ("docked", "PC Ada"), ("undocked", "PC Ben")]
+    seen = {}
+    for reader in ("audit", "audit-west", "audit-hackney"):
+        with client(stack.base, reader) as http:
+            page = http.get("/api/v1/audit", params={"action": "export"})
+            assert page.status_code == 200, page.text
+            seen[reader] = [(e["seq"], e["details"]["boroughs"]) for e in page.json()["items"]]
+    assert seen["audit"] == [(head[0], {"Camden": ["ca-9"], "Westminster": ["sw-1"]})]
+    assert seen["audit-west"] == [(head[0], {"Westminster": ["sw-1"]})]
+    assert seen["audit-hackney"] == []
 
 
 @pytest.fixture(params=["plain", "timescale"])

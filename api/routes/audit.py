@@ -92,7 +92,7 @@ def list_entries(
         params.append(session_id)
     if who.areas is not None:
         # An auditor of some boroughs sees entries about devices there, and those about no device
-        # but those naming units by borough (a replay's, `boroughs`) only when one is theirs.
+        # but those naming units by borough (a replay's or an incident export's, `boroughs`) only when one is theirs.
         where.append("(d.borough = ANY(%s) OR (a.device_id IS NULL AND (NOT a.details ? 'boroughs'"
                      " OR a.details->'boroughs' ?| %s::text[])))")
         params.extend([sorted(who.areas), sorted(who.areas)])

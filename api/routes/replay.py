@@ -9,6 +9,7 @@ read is on the audit log (a replay is a look at history)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -125,11 +126,17 @@ def _audit(db: Db, who: Principal, what: str, area: replay.Area, start: datetime
     details = {"read": what, "start": _utc(start), "end": _utc(end),
                "bbox": list(area.bbox) if area.bbox else None, **extra}
     if units is not None:
-        by_borough: dict[str, list[str]] = {}
-        for device_id, _callsign, borough, _role in units:
-            by_borough.setdefault(borough or "", []).append(str(device_id))
-        details["boroughs"] = by_borough
+        details["boroughs"] = _by_borough((device_id, borough) for device_id, _callsign, borough, _role in units)
     audit.record(db, actor=who.username, action="replay_read", details=details)
+
+
+def _by_borough(units: Iterable[tuple[object, str | None]], also: str | None = None) -> dict[str, list[str]]:
+    """Device ids by borough, as an audit entry's ``boroughs`` (``also``: a borough named even
+    with no unit there, so its auditors still find the entry)."""
+    by_borough: dict[str, list[str]] = {also: []} if also else {}
+    for device_id, borough in units:
+        by_borough.setdefault(borough or "", []).append(str(device_id))
+    return by_borough
 
 
 TIMELINE_COLUMNS = ["at", "kind", "device_id", "what", "detail", "ref", "officer", "callsign"]
@@ -240,13 +247,16 @@ def export(incident_id: IncidentId, db: Db, who: Discloser) -> Response:
                      viewings=[v for v in watched if v["device_id"] in set(ids)],
                      exported_by=who.username, exported_at=datetime.now(timezone.utc))
     files = content.files()
-    window = {"report": "incident.zip", "incident_id": incident_id, "start": _utc(start), "end": _utc(end)}
-    for device_id in ids:  # each unit disclosed, for its borough's auditors
-        audit.record(db, actor=who.username, action="export", device_id=device_id, details=window)
-    # The last entry names every file's hash; the manifest then carries the chain's head, which
-    # is this very entry: whoever holds the archive can find it in the log and see it unchanged.
+    # One entry per export, like a replay's: its units by borough, so that an auditor of a
+    # borough finds it (also that of the incident's borough, when no unit was there) and reads
+    # only their units in it (api/routes/audit.py); and every file's hash. The manifest then
+    # carries the chain's head, which is this very entry: whoever holds the archive can find it
+    # in the log and see it unchanged.
+    by_borough = _by_borough(((u["device_id"], u["borough"]) for u in units), also=row["borough"])
     audit.record(db, actor=who.username, action="export",
-                 details={**window, "units": len(ids), "fixes": len(fixes), "sha256": content.digests(files)})
+                 details={"report": "incident.zip", "incident_id": incident_id, "start": _utc(start),
+                          "end": _utc(end), "boroughs": by_borough, "units": len(ids), "fixes": len(fixes),
+                          "sha256": content.digests(files)})
     head = audit.checkpoint(db, key=None)
     archive = build_archive(content, files, head_seq=head.seq, head_hash=head.hash)
     db.commit()  # the record is in before the archive leaves

@@ -89,9 +89,9 @@ def stack(pg: Database, mosquitto: MosquittoProcess) -> Iterator[ApiWithIngest]:
         yield stack
 
 
-def _incident(stack: ApiWithIngest) -> int:
+def _incident(stack: ApiWithIngest, lat: float = LAT) -> int:
     with client(stack.base, "afo-cmd") as afo:
-        made = afo.post("/api/v1/incidents", json={"title": "replay", "lat": LAT, "lon": LON, "radius_m": 500,
+        made = afo.post("/api/v1/incidents", json={"title": "replay", "lat": lat, "lon": LON, "radius_m": 500,
                                                    "borough": "Westminster", "grade": "immediate",
                                                    "reference": "CAD 1234"})
         assert made.status_code == 201, made.text
@@ -247,6 +247,25 @@ def test_the_export_is_a_zip_whose_manifest_hashes_its_files_and_the_audit_head(
     assert seen["audit"] == [(head[0], {"Camden": ["ca-9"], "Westminster": ["sw-1"]})]
     assert seen["audit-west"] == [(head[0], {"Westminster": ["sw-1"]})]
     assert seen["audit-hackney"] == []
+
+
+def test_an_export_of_no_units_is_found_by_the_incidents_borough_auditors(stack: ApiWithIngest) -> None:
+    """An incident where no unit was: its export's entry still names the incident's borough
+    (with no unit), so an auditor of Westminster finds it and one of Hackney does not."""
+    incident_id = _incident(stack, lat=LAT + 1)
+    with stack.db.connect() as conn:
+        add_user(conn, username="audit-west", password=PASSWORD, role=Role.AUDITOR, areas=["Westminster"])
+        add_user(conn, username="audit-hackney", password=PASSWORD, role=Role.AUDITOR, areas=["Hackney"])
+    with client(stack.base, "audit") as auditor:
+        assert auditor.get(f"/api/v1/incidents/{incident_id}/export.zip").status_code == 200
+    seen = {}
+    for reader in ("audit-west", "audit-hackney"):
+        with client(stack.base, reader) as http:
+            page = http.get("/api/v1/audit", params={"action": "export"})
+            assert page.status_code == 200, page.text
+            seen[reader] = [(e["details"]["incident_id"], e["details"]["boroughs"], e["details"]["units"])
+                            for e in page.json()["items"]]
+    assert seen == {"audit-west": [(incident_id, {"Westminster": []}, 0)], "audit-hackney": []}
 
 
 @pytest.fixture(params=["plain", "timescale"])

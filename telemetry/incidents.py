@@ -108,13 +108,15 @@ def get(conn: psycopg.Connection, incident_id: int, *, boroughs: frozenset[str] 
 
 def units(conn: psycopg.Connection, incident_id: int) -> list[Row]:
     """Assigned units with position, battery and recording state; ``not_recording`` marks an
-    assigned firearms unit that is not recording."""
+    assigned firearms unit whose report says it is not recording, ``no_report`` one that has
+    reported no recording state at all (as the alert, which waits for that report, docs/api.md)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT d.device_id, d.callsign, d.officer, d.borough, d.role, l.ts, l.lat, l.lon, l.accuracy_m,"
             " l.last_fix_at, l.gps_fix, l.battery_pct, l.charging, l.recording, coalesce(l.online, false) AS online,"
             " u.assigned_at, u.assigned_by,"
-            " (d.role = 'firearms' AND coalesce(l.recording, 'off') <> 'recording') AS not_recording,"
+            " (d.role = 'firearms' AND l.recording IS NOT NULL AND l.recording <> 'recording') AS not_recording,"
+            " (d.role = 'firearms' AND l.recording IS NULL) AS no_report,"
             " EXISTS (SELECT 1 FROM incident_presence p WHERE p.incident_id = u.incident_id"
             "         AND p.device_id = u.device_id) AS inside_area"
             " FROM incident_units u JOIN devices d USING (device_id) LEFT JOIN device_latest l USING (device_id)"

@@ -389,13 +389,17 @@ def test_fleet_managers_and_admins_see_system_alerts_in_fleet_health(stack: Stac
 
 def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, browser_page: Any) -> None:
     """A firearms commander's incident panel lists the assigned units with position, battery
-    and recording state, and marks an assigned firearms unit that is not recording."""
+    and recording state, and marks an assigned firearms unit that is not recording; one that
+    has never reported is "no report since assignment", not marked as not recording."""
     afo = next(u for u in stack.sim.units if u.role == "firearms")
     stack.sim.stop()  # the unit's recording state must hold still for the check
+    with stack.db.connect() as conn:
+        upsert_devices(conn, [DeviceRecord("nr-afo", "WENR1", None, "Westminster", "firearms")])
     with client(stack.base, "afo-cmd") as cmd:
         incident = cmd.post("/api/v1/incidents", json={"title": "Armed suspect", "lat": 51.5, "lon": -0.12,
                                                        "radius_m": 500, "borough": "Westminster"}).json()
-        assert cmd.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": [afo.device_id]}).is_success
+        assigned = cmd.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": [afo.device_id, "nr-afo"]})
+        assert assigned.is_success, assigned.text
     stack.publish([(topic_for(afo.device_id, Channel.TELEMETRY),
                     telemetry_payload(10_000, lat=51.5003, lon=-0.1199, recording="buffering"))])
     page = browser_page
@@ -407,6 +411,9 @@ def test_firearms_commander_sees_an_assigned_unit_not_recording(stack: Stack, br
     text = row.inner_text()
     assert "inside" in text
     assert afo.callsign in text and "%" in text, text  # the unit, its battery
+    silent = page.locator("#incident-panel tr[data-device-id='nr-afo']")
+    assert "no report since assignment" in silent.inner_text()
+    assert "not-recording" not in (silent.get_attribute("class") or "")
     shot(page, "firearms-incident")
 
 

@@ -43,6 +43,8 @@ UNITS = [("ic-afo-near", "Westminster", "firearms", 500.0), ("ic-afo-edge", "Wes
          ("ic-afo-far", "Westminster", "firearms", 2600.0), ("ic-resp-near", "Westminster", "response", 300.0),
          ("ic-afo-camden", "Camden", "firearms", 400.0), ("ic-afo-retired", "Westminster", "firearms", 200.0)]
 
+SILENT = ["ic-afo-silent", "ic-afo-status-only"]
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Database, str]]:
@@ -54,6 +56,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Database, 
         for device, _, _, east in UNITS:
             conn.execute("INSERT INTO device_latest (device_id, ts, lat, lon, gps_fix, accuracy_m, recording, online)"
                          " VALUES (%s, now(), %s, %s, true, 5, 'off', true)", (device, LAT, _east(east)))
+        # Firearms units with no recording state: one never heard from, one with only its connection status.
+        upsert_devices(conn, [DeviceRecord(d, d.upper(), None, "Westminster", "firearms") for d in SILENT])
+        conn.execute("INSERT INTO device_latest (device_id, online) VALUES (%s, true)", (SILENT[1],))
 
     settings = make_settings(rate_limit_user_per_s=10_000.0, rate_limit_user_burst=100_000)
     with api_on_machine(tmp_path_factory, settings=settings, seed=seed) as (db, server):
@@ -137,6 +142,21 @@ def test_armed_units_within_n_km_are_exactly_the_firearms_units_of_the_area_with
     audited = _rows(db, "SELECT device_id, details->>'within_km' FROM audit_log WHERE action = 'incident_unit_assigned'"
                         " AND (details->>'incident_id')::bigint = %s ORDER BY device_id", (incident["id"],))
     assert audited == [("ic-afo-edge", "2.0"), ("ic-afo-near", "2.0")]
+
+
+def test_an_assigned_firearms_unit_with_no_report_is_shown_as_no_report_not_as_not_recording(
+        world: tuple[Database, str]) -> None:
+    """As the assigned-not-recording alert, which waits for a report: a firearms unit that has
+    reported no recording state (none at all, or only its connection status) is "no report",
+    not "not recording"; one whose report says off is "not recording"."""
+    _, base = world
+    incident = _polygon_incident(base)
+    with client(base, "ic-afo-west") as afo:
+        detail = afo.post(f"/api/v1/incidents/{incident['id']}/units", json={"device_ids": [*SILENT, "ic-afo-near"]})
+        assert detail.status_code == 200, detail.text
+        units = {u["device_id"]: (u["recording"], u["not_recording"], u["no_report"]) for u in detail.json()["units"]}
+    assert units == {"ic-afo-silent": (None, False, True), "ic-afo-status-only": (None, False, True),
+                     "ic-afo-near": ("off", True, False)}
 
 
 def test_an_out_of_area_commander_cannot_see_assign_to_or_close_an_incident(world: tuple[Database, str]) -> None:

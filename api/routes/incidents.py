@@ -109,7 +109,9 @@ class AssignedUnit(BaseModel):
     recording: str | None
     online: bool
     inside_area: bool
-    not_recording: bool = Field(description="an assigned firearms unit that is not recording")
+    not_recording: bool = Field(description="an assigned firearms unit whose report says it is not recording")
+    no_report: bool = Field(description="an assigned firearms unit that has reported no recording state yet:"
+                                        " not known to be recording, nor known not to be")
     assigned_at: datetime
     assigned_by: str
 

@@ -1,7 +1,8 @@
 // The firearms commander's view of an incident: its area on the map (a circle or a drawn
 // polygon), each assigned unit's distance and bearing from it, time since its last fix,
 // battery and recording state, and a mark on the map that cannot be missed on any assigned
-// firearms unit that is not recording. Units are assigned by selection on the map, by
+// firearms unit whose report says it is not recording (one with no report yet is shown as such
+// in the table, not as not recording). Units are assigned by selection on the map, by
 // callsign, or all armed units within a distance (one request, chosen by the server).
 // A new incident is centred on a clicked point, a unit (by callsign) or a place by name: a
 // borough, from the outlines the map has already loaded (no geocoder: the dashboard works
@@ -449,11 +450,14 @@ export class IncidentPanel {
     show(this.root.querySelector("details.close-incident"), open);
     show(this.root.querySelector("button.replay"), this.onReplay !== null);
     let missing = 0;
+    let unknown = 0;
     for (const a of c.units) {
       const u = this.live(a);
       const firearms = a.role === "firearms";
       const alarm = open && notRecording(a, u);
+      const silent = open && noReport(a, u);
       if (alarm) missing++;
+      if (silent) unknown++;
       const fixed = typeof u.lat === "number";
       const lastFix = u.last_fix_at || (u.gps_fix ? u.ts : null);
       this.table.append(h("tr", { class: alarm ? "not-recording" : "", dataset: { deviceId: a.device_id } },
@@ -465,7 +469,8 @@ export class IncidentPanel {
         h("td", { class: lastFix ? "" : "warn" }, lastFix ? fmtAgo(lastFix).replace(" ago", "") : "never"),
         h("td", { class: isLowBattery(u) ? "warn" : "" }, fmtPct(u.battery_pct), u.charging ? " ⚡" : ""),
         h("td", { class: `rec rec-${u.online === false ? "offline" : u.recording}` },
-          alarm ? h("strong", { class: "mark" }, "NOT RECORDING") : u.recording || "—",
+          alarm ? h("strong", { class: "mark" }, "NOT RECORDING")
+            : silent ? h("span", { class: "warn no-report" }, "no report since assignment") : u.recording || "—",
           u.online === false ? " (offline)" : ""),
         h("td", { class: "acts" }, open && this.onLiveView ? h("button", { type: "button", class: "small live-view",
           title: "Live view, for this incident", "aria-label": `Live view of ${a.callsign || a.device_id}`,
@@ -480,15 +485,22 @@ export class IncidentPanel {
       `${c.commander ? ` · cmdr ${c.commander}` : ""}`;
     this.summary.textContent = (open ? `${head}: ${c.units.length} unit${c.units.length === 1 ? "" : "s"} assigned${outside}`
       : `${head}: closed ${this.when(c.closed_at)} by ${c.closed_by || "—"}, ${OUTCOMES[c.outcome] || "no outcome"}`) +
-      (missing ? ` — ${missing} firearms unit${missing > 1 ? "s" : ""} NOT recording` : "");
+      (missing ? ` — ${missing} firearms unit${missing > 1 ? "s" : ""} NOT recording` : "") +
+      (unknown ? ` — ${unknown} with no report since assignment` : "");
     this.summary.classList.toggle("danger", missing > 0);
     this.map.alarms = new Set(open ? c.units.filter((a) => notRecording(a, this.live(a))).map((a) => a.device_id) : []);
     this.map.invalidate({ units: true });
   }
 }
 
+// On what a report says, as the server's alert: a firearms unit with no recording state yet
+// is "no report", not known to be off.
 function notRecording(assigned, live) {
-  return assigned.role === "firearms" && live.recording !== "recording";
+  return assigned.role === "firearms" && live.recording != null && live.recording !== "recording";
+}
+
+function noReport(assigned, live) {
+  return assigned.role === "firearms" && live.recording == null;
 }
 
 function pick(live) {

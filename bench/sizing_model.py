@@ -33,32 +33,39 @@ class Cost:
 
 
 #: One stored report, all ingest workers together (decode, checks, alert rules, COPY, frame).
-#: bench/ingest.py --rates 10000 --seconds 10 --workers 1 --protocols 5 --alerts-off, 2026-12-06,
-#: main 3b1ce91: 19,646 stored per core-second beside the bare subscriber's 36,364 (ratio 0.54).
-INGEST = Cost("ingest, per stored report", 36_364 / 19_646,
-              "bench/ingest.py, 2026-12-06 (3b1ce91), one worker, MQTT 5, alerts on: ratio 0.54")
+#: bench/ingest.py --rates 10000 --seconds 10 --workers 1 --protocols 5,3.1.1 --alerts-off,
+#: 2026-12-06 evening, main 54e4c1f: 30,395 stored per core-second beside the bare subscriber's
+#: 37,175 (ratio 0.82); 0.67 with two workers.
+INGEST = Cost("ingest, per stored report", 37_175 / 30_395,
+              "bench/ingest.py, 2026-12-06 (54e4c1f), one worker, MQTT 5, alerts on: ratio 0.82")
 #: Mosquitto taking a report in and delivering it once (to the ingest group), with PUBACKs.
-#: bench/ingest.py, 2026-12-01, two workers MQTT 3.1.1 at 25,000/s: broker 22% of a core
-#: beside the bare subscriber's 31% in the same run. Plain TCP on loopback, one publisher.
-BROKER = Cost("broker, per report in and out", 22 / 31,
-              "bench/ingest.py, 2026-12-01, ×2 MQTT 3.1.1 at 25,000/s: broker 22% vs bare 31%; "
+#: Same run: broker 20% of a core beside the bare subscriber's 26% (bench/scale_out.py, three
+#: workers, the same evening: 0.74). Plain TCP on loopback, one publisher.
+BROKER = Cost("broker, per report in and out", 20 / 26,
+              "bench/ingest.py, 2026-12-06 (54e4c1f), ×1 MQTT 5 at 10,000/s: broker 20% vs bare 26%; "
               "plain TCP, one publishing connection (TLS and 22,000 connections not measured)")
-#: PostgreSQL's own CPU per stored report (COPY, insert, latest-state upsert), same run as BROKER.
-DATABASE = Cost("PostgreSQL, per stored report", 38 / 31,
-                "bench/ingest.py, 2026-12-01, ×2 MQTT 3.1.1 at 25,000/s: server 38% vs bare 31% "
-                "(before the binary COPY; the whole server's processes)")
-#: One API process taking ingest's live-units frames, per unit update, with no client.
-API_INTAKE = Cost("API intake, per unit update, per process", None,
-                  "not measured on the frames path: bench/fanout.py prints it ('intake alone'); "
-                  "issue #17's target is 1% of a core per 1,000 updates/s")
+#: PostgreSQL's own CPU per stored report (binary COPY, insert, latest-state upsert), same run.
+#: Three workers' smaller batches cost more: 1.50 in bench/scale_out.py the same evening.
+DATABASE = Cost("PostgreSQL, per stored report", 33 / 26,
+                "bench/ingest.py, 2026-12-06 (54e4c1f), ×1 MQTT 5 at 10,000/s: server 33% vs bare 26% "
+                "(the whole server's processes)")
+#: One API process taking ingest's live-units frames, per unit update (with one client).
+#: bench/scale_out.py --devices 22000 --rate 10000 --seconds 30, 2026-12-06: 1.59% of a core per
+#: 1,000 updates/s per API process beside the calibration's 2.49% per 1,000 messages/s.
+API_INTAKE = Cost("API intake, per unit update, per process", 1.59 / 2.49,
+                  "bench/scale_out.py, 2026-12-06 (54e4c1f), 2 API processes with 1 client each; "
+                  "bench/fanout.py the same evening: 1.18% per 1,000 updates/s with no client")
 #: One more live-feed client of a whole-fleet view, per unit update sent to it.
-API_PER_CLIENT = Cost("API fan-out, per unit update, per client", None,
-                      "not measured on the frames path: bench/fanout.py prints 'with N clients' "
-                      "beside 'intake alone'")
+#: bench/fanout.py, 2026-12-06: 3.32% with 200 clients less 1.18% alone, over 200 clients, beside
+#: the bare subscriber's 2.69% per 1,000 messages/s of bench/ingest.py minutes before (not the
+#: same run: fanout.py has no calibration of its own).
+API_PER_CLIENT = Cost("API fan-out, per unit update, per client", (3.32 - 1.18) / 200 / 2.69,
+                      "bench/fanout.py, 2026-12-06 (54e4c1f), 200 clients at live_rate_hz 10; "
+                      "calibration from bench/ingest.py minutes before")
 
 #: The bare subscriber's messages per core-second of the run that gave INGEST (2026-12-06), for
 #: the worked example in the docs; on 2026-12-01 it was about 80,000 (the threefold swing).
-REFERENCE_BARE = 36_364
+REFERENCE_BARE = 37_175
 #: Bytes a delta spends per unit update (only changed fields), bench/fanout.py 2026-12-02.
 DELTA_BYTES_PER_UPDATE = 230
 #: Telemetry on disk per report, table, indexes and TOAST, bench/disk_per_day.sql, 2026-12-06

@@ -32,8 +32,8 @@ __all__ = ["TokenVersions"]
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection]]
 
-#: A user the database does not have (deleted, or never was): remembered, so that their still
-#: validly signed token costs one read, not one per request; any real version is higher.
+#: A user the database does not have (deleted, or never was): remembered until the next load, so
+#: that a still validly signed token of theirs costs one read, not one per request.
 _GONE = (-1, False)
 
 
@@ -71,14 +71,16 @@ class TokenVersions:
         entry = entry or _GONE
         with self._lock:
             cached = self._versions.get(username)
-            if cached is None or entry[0] >= cached[0] or entry is _GONE:
+            if cached is None or entry[0] >= cached[0] or entry == _GONE:
                 self._versions[username] = entry
 
     def _current(self, username: str, version: int) -> int | None:
         """The user's valid token version; None if they are disabled or gone."""
         with self._lock:
             cached = self._versions.get(username)
-        if cached is None or version > cached[0]:  # the cache is behind this token: ask once, remember
+        # The cache is behind this token (a user new or changed since the last load): ask once,
+        # remember. A user known to be gone waits for the next load instead of a read per request.
+        if cached is None or (version > cached[0] and cached != _GONE):
             with self._connect() as conn:
                 entry = token_version(conn, username=username)
             self._remember(username, entry)

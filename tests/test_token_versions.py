@@ -26,9 +26,11 @@ def _user(db: Database, name: str) -> Principal:
     return Principal(name, Role.OPERATOR, None, token_version=entry[0])
 
 
-def _sessions(db: Database) -> TokenVersions:
+def _sessions(db: Database, reads: list[int] | None = None) -> TokenVersions:
     @contextmanager
     def connect() -> Iterator[psycopg.Connection]:
+        if reads is not None:
+            reads.append(1)
         with db.connect() as conn:
             yield conn
 
@@ -100,3 +102,18 @@ def test_disabled_and_removed_users_tokens_are_refused(pg: Database) -> None:
     for who in (ada, ben):
         with pytest.raises(NotAuthenticated):
             sessions.check(who)
+
+
+def test_a_removed_users_token_costs_one_read_not_one_per_request(pg: Database) -> None:
+    """A still validly signed token of a user who is gone is refused from memory after one
+    read of the database, until the next load."""
+    who = _user(pg, "tv-eve")
+    with pg.connect() as conn:
+        assert remove_user(conn, username=who.username)
+    reads: list[int] = []
+    sessions = _sessions(pg, reads)
+    before = len(reads)
+    for _ in range(5):
+        with pytest.raises(NotAuthenticated):
+            sessions.check(who)
+    assert len(reads) - before == 1

@@ -119,20 +119,28 @@ def _split_publish(packet: bytes, start: int, end: int, qos: int, v5: bool) -> t
         mid = packet[at] << 8 | packet[at + 1]
         at += 2
     if v5:  # the properties' length, a variable byte integer, then the properties
-        length, shift = 0, 0
-        while True:
-            if at >= end or shift > 21:
-                return None
-            byte = packet[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        read = _variable_int(packet, at, end)
+        if read is None:
+            return None
+        length, at = read
         at += length
         if at > end:
             return None
     return mid, topic, packet[at:end]
+
+
+def _variable_int(buffer: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at ``buffer[at]`` (at most four bytes) and where it ends;
+    None if it runs past ``end`` or past four bytes (cut by the end of a read, or malformed)."""
+    value, shift = 0, 0
+    while at < end and shift <= 21:
+        byte = buffer[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+    return None
 
 
 class BufferedClient(paho.Client):
@@ -221,16 +229,10 @@ class BufferedClient(paho.Client):
             qos = (command & 0x06) >> 1
             if command & 0xF0 != _PUBLISH or qos > 1:
                 break
-            length, shift, start = 0, 0, at + 1
-            while start < size and shift <= 21:
-                byte = buffer[start]
-                start += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            else:
+            read = _variable_int(buffer, at + 1, size)
+            if read is None:
                 break  # the length is cut by the end of the read, or malformed: paho's read
+            length, start = read
             end = start + length
             if end > size:
                 break  # the rest of it has not come yet

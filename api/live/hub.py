@@ -22,7 +22,7 @@ from api.live.broker import FeedConnection
 from api.live.client import FeedCounters, LiveClient
 from api.live.deltas import Delta, View, encode_delta, for_view
 from api.live.handover import Handover
-from api.live.snapshot import deflate_units
+from api.live.snapshot import deflate_units, feed_alert
 from services.accounts import Principal, Role
 
 __all__ = ["LiveHub"]
@@ -155,8 +155,7 @@ class LiveHub:
             who = client.who
             key = (who.areas, who.alert_kinds(), who.sees_system_alerts, who.sees_positions)
             if key not in frames:
-                visible = [a if who.sees_positions else {k: v for k, v in a.items() if k != "officer"}
-                           for a in alerts if who.sees_alert(a)]
+                visible = [feed_alert(a, who) for a in alerts if who.sees_alert(a)]
                 frames[key] = (orjson.dumps({"type": "alerts", "alerts": visible}).decode(), len(visible))
             frame, count = frames[key]
             if count:

@@ -30,7 +30,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["FORMAT", "decode_units", "deflate_units", "read_message", "snapshot_message"]
+from services.accounts import Principal
+
+__all__ = ["FORMAT", "decode_units", "deflate_units", "feed_alert", "read_message", "snapshot_message"]
 
 FORMAT = 2
 #: Few distinct values among thousands of units: each sent once, and per unit its index.
@@ -94,3 +96,9 @@ def read_message(raw: str | bytes) -> dict[str, Any]:
             raise ValueError(f"a snapshot of format {message.get('format')}, not {FORMAT}")
         message["units"] = decode_units(message["units"])
     return message
+
+
+def feed_alert(alert: dict[str, Any], who: Principal) -> dict[str, Any]:
+    """An alert as the feed sends it to ``who``, in the snapshot and after it: who carried the
+    camera is for the roles that see people (a fleet manager sees the unit's health)."""
+    return alert if who.sees_positions else {k: v for k, v in alert.items() if k != "officer"}

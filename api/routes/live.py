@@ -34,7 +34,7 @@ from starlette.websockets import WebSocketState
 
 from api.feed_slots import FeedSlots, Refused
 from api.live import LiveClient, LiveHub
-from api.live.snapshot import snapshot_message
+from api.live.snapshot import feed_alert, snapshot_message
 from api.sign_ins import OidcSignIns
 from services.accounts import ON_LIVE_FEED, Principal, TokenIssuer
 from services.errors import NotAuthenticated, ServiceError
@@ -56,10 +56,7 @@ def _open_alerts(pool: ConnectionPool, who: Principal) -> list[dict[str, object]
             rows += queries.list_alerts(conn, boroughs=who.areas, status=status, kinds=who.alert_kinds(),
                                         system=who.sees_system_alerts,
                                         borough=None, limit=1000, offset=0)
-    if who.sees_positions:
-        return rows
-    # Who carried the camera is for the roles that see people, as on the feed's later alerts.
-    return [{k: v for k, v in row.items() if k != "officer"} for row in rows]
+    return [feed_alert(row, who) for row in rows]
 
 
 @router.websocket("/api/v1/live")

@@ -4,6 +4,7 @@ on embedded parts with no configuration at all."""
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import re
@@ -210,6 +211,38 @@ def test_demo_stopped_while_it_provisions_exits_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert "demo finished" in out
     assert "provisioning the demo fleet's secrets failed" not in out, out
+
+
+def test_the_demo_holds_its_port_from_the_start(tmp_path: Path) -> None:
+    """The API's port is bound before the simulated cameras connect: their ephemeral ports once
+    took it while the demo set up, and the demo then failed to start (in CI, at 1,200 cameras).
+    Here the test itself tries to take the port at that moment."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
+    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "20", "--port", str(port)],
+                            env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # printed before the fleet, ingest or API start
+            lines.append(line)
+            if line.startswith("Watchfloor demo"):
+                break
+        with socket.socket() as thief, pytest.raises(OSError) as taken:
+            thief.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(lines) + rest
 
 
 def test_demo_on_a_port_in_use_says_so_and_exits(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import threading
 import time
 from typing import Any
@@ -27,6 +28,29 @@ __all__ = ["cmd_demo"]
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
+    api_socket = _reserve_api_port(settings.api_host, args.port)
+    try:
+        _run_demo(settings, args, api_socket)
+    finally:
+        api_socket.close()
+
+
+def _reserve_api_port(host: str, port: int) -> socket.socket:
+    """The API's port, bound before anything else starts: the simulated cameras' connections
+    take ephemeral ports, and one of them took the API's while the demo was setting up (in CI,
+    at 1,200 cameras). A port the kernel holds as bound is never handed out to a connection."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise SystemExit(f"the API could not start on {host}:{port} ({error.strerror}; port in use? try --port)")
+    return sock
+
+
+def _run_demo(settings: Settings, args: argparse.Namespace, api_socket: socket.socket) -> None:
     broker: EmbeddedBroker | None = None
     if settings.mqtt_url:
         mqtt_url = settings.mqtt_url
@@ -63,7 +87,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> None:
         if incident is not None:
             print(f"  incident: #{incident} in progress, firearms units assigned (sign in as firearms)")
         try:
-            server, api_thread = _start_demo_api(settings, db_url, mqtt_url, args.port, key)
+            server, api_thread = _start_demo_api(settings, db_url, mqtt_url, api_socket, key)
             if not args.access_log:  # a line per request would bury the status lines
                 logging.getLogger("watchfloor.access").setLevel(logging.WARNING)
         except SystemExit:  # stop what already runs, or its threads keep the process alive
@@ -118,7 +142,7 @@ def _demo_audit_key(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int,
+def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, api_socket: socket.socket,
                     audit_key: bytes) -> tuple[Any, threading.Thread]:
     """The API on a thread, with a signing secret made for this run and a user per role."""
     import secrets
@@ -144,14 +168,15 @@ def _start_demo_api(settings: Settings, db_url: str, mqtt_url: str, port: int,
                          audit_key=audit_key)
     except ValueError as error:  # a broker with accounts and no device-accounts URL
         raise SystemExit(str(error))
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=port, log_level="warning",
+    host, port = api_socket.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                            ws=WS_IMPL, ws_per_message_deflate=WS_DEFLATE, ws_max_size=WS_MAX_BYTES,
                                            proxy_headers=False))  # api/client_address.py reads them
-    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [api_socket]}, name="api", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if not server.started:
-        raise SystemExit(f"the API could not start on {settings.api_host}:{port} (port in use? try --port)")
+        raise SystemExit(f"the API could not start on {host}:{port}")
     return server, thread

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -44,9 +45,34 @@ next_connection_delay_ms = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on, for a server started next. Taken below the kernel's
+    ephemeral range where it can: a port from that range (what binding port 0 gives) can be
+    handed to any outgoing connection before the server binds it, and at a thousand simulated
+    cameras connecting, one was (a failed CI run)."""
+    lowest_ephemeral = _lowest_ephemeral_port()
+    for _ in range(50):
+        port = random.randrange(_LOWEST_CHOSEN_PORT, lowest_ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a range this crowded: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+#: Above the ports of well-known services (PostgreSQL's 5432, Mosquitto's 1883 and 8883).
+_LOWEST_CHOSEN_PORT = 10_000
+
+
+def _lowest_ephemeral_port() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # Linux's default
+    return max(low, _LOWEST_CHOSEN_PORT + 1_000)
 
 
 def _clear_dead_handles(pgdata: Path) -> None:

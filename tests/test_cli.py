@@ -281,3 +281,15 @@ def test_broker_passwords_come_from_stdin_never_the_command_line(tmp_path: Path)
     empty = _watchfloor("broker", "add-user", "x", "--mosquitto-passwd", str(passwd), "--password-stdin", stdin="\n")
     assert empty.returncode != 0 and "empty" in empty.stderr
     assert "--password " not in _watchfloor("broker", "add-user", "--help").stdout
+
+
+def test_a_free_port_is_one_no_outgoing_connection_can_take() -> None:
+    """Servers started by the demo, the tests and the benches get a port below the kernel's
+    ephemeral range, which the kernel never hands to an outgoing connection: a simulated
+    fleet connecting in the meantime cannot take it (as it once took the demo's API port)."""
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert all(port < low for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

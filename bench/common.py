@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "require_chromium", "scratch_stack", "seed_fleet",
-           "signed_in_page", "stop_processes", "wait_ready"]
+__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "WalMark", "WalUsed", "require_chromium", "scratch_stack",
+           "seed_fleet", "signed_in_page", "stop_processes", "wait_ready", "wal_mark", "wal_since"]
 
 
 @contextmanager
@@ -60,6 +61,49 @@ def seed_fleet(db_url: str, *, devices: int, password: str) -> list[Unit]:
                               for u in units])
         add_user(conn, username="bench", password=password, role=Role.OPERATOR, areas=["*"])
     return units
+
+
+@dataclass(frozen=True)
+class WalMark:
+    """Where the server's write-ahead log stood, and how many checkpoints had begun by then."""
+
+    lsn: str
+    checkpoints: int
+
+
+@dataclass(frozen=True)
+class WalUsed:
+    """WAL the server wrote over a window, and the checkpoints that began in it: after a
+    checkpoint begins, the first change to each page logs the whole 8 kB page
+    (``full_page_writes``), so a window with one costs more per report than one without."""
+
+    bytes: int
+    checkpoints: int
+
+    def per(self, count: int) -> float:
+        return self.bytes / count if count else float("nan")
+
+
+# The checkpointer counts a checkpoint as it begins (and reports it while writing), so the
+# difference says whether one began inside a window.
+_CHECKPOINTS = "(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
+
+
+def wal_mark(db_url: str) -> WalMark:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(f"SELECT pg_current_wal_lsn()::text, {_CHECKPOINTS}").fetchone()
+    assert row is not None
+    return WalMark(row[0], row[1])
+
+
+def wal_since(db_url: str, mark: WalMark) -> WalUsed:
+    """The WAL written since ``mark`` by the whole server, whatever the database: anything
+    else running on it counts too."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::bigint, {_CHECKPOINTS}",
+                           (mark.lsn,)).fetchone()
+    assert row is not None
+    return WalUsed(row[0], row[1] - mark.checkpoints)
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:

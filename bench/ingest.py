@@ -23,6 +23,10 @@ the figure issue #17 sets a target for (at least 0.67); the absolute figures var
 from one day to the next on a shared machine. Baseline (main before the lean ingest):
 6be523f9048d72f0a9c12012d70829986e21d41a.
 
+Each ingest row also has the WAL the whole server wrote over the same span
+(``pg_current_wal_lsn()`` before and after) per report stored, and the checkpoints that began
+in it: a window with one pays a full-page image for each page first touched after it.
+
 Needs the machine's PostgreSQL (``--database``), ``git``, and a ``mosquitto`` binary: a
 Mosquitto is started from deploy/mosquitto/mosquitto.conf on a spare port. The load comes
 from a separate process (bench/loadgen.py) spread over 22,000 device ids.
@@ -44,7 +48,7 @@ import orjson
 import paho.mqtt.client as paho
 import psutil
 import psycopg
-from common import ROOT, scratch_stack
+from common import ROOT, WalUsed, scratch_stack, wal_mark, wal_since
 
 from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from telemetry.latency import LatencyHistogram  # noqa: E402
@@ -66,6 +70,7 @@ class Row:
     cpu_db: float
     count: int  # messages stored (or received), load and catch-up
     cpu_s: float  # CPU seconds of the measured processes over the same span
+    wal: WalUsed | None = None  # the server's WAL over the same span (ingest only)
 
     @property
     def per_core_s(self) -> float:
@@ -121,8 +126,8 @@ def _loadgen(url: str, rate: int, seconds: float, client_id: str) -> subprocess.
                              "22000", client_id], stdout=subprocess.PIPE)
 
 
-def _sent(proc: subprocess.Popen[bytes]) -> int:
-    out, _ = proc.communicate(timeout=120)
+def _sent(proc: subprocess.Popen[bytes], seconds: float) -> int:
+    out, _ = proc.communicate(timeout=seconds + 120)
     return int(out.split()[1])
 
 
@@ -146,7 +151,7 @@ def bare_subscriber(url: str, rate: int, seconds: float, cpu: CpuMeter) -> Row:
     time.sleep(0.5)
     start = cpu.snapshot()
     gen = _loadgen(url, rate, seconds, "bench-bare")
-    sent = _sent(gen)
+    sent = _sent(gen, seconds)
     at_end = received[0]
     end = cpu.snapshot()
     t_end = time.monotonic()
@@ -228,10 +233,11 @@ def _stored(db_url: str) -> int:
 
 def ingest(url: str, db_url: str, rate: int, seconds: float, cpu: CpuMeter, label: str) -> Row:
     before = _stored(db_url)
+    wal = wal_mark(db_url)
     start = cpu.snapshot()
     with Probe(url, db_url) as probe:
         gen = _loadgen(url, rate, seconds, "bench-ingest")
-        sent = _sent(gen)
+        sent = _sent(gen, seconds)
         end = cpu.snapshot()
         at_end = _stored(db_url) - before
         t_end = time.monotonic()
@@ -239,9 +245,10 @@ def ingest(url: str, db_url: str, rate: int, seconds: float, cpu: CpuMeter, labe
             time.sleep(0.2)
         catch_up = time.monotonic() - t_end
         done = cpu.snapshot()
+        wal_used = wal_since(db_url, wal)
     me, broker, db = CpuMeter.percent(start, end)
     return Row(label, rate, at_end / seconds, probe.latency.quantile(0.5), probe.latency.quantile(0.99),
-               catch_up, me, broker, db, _stored(db_url) - before, done[1] - start[1])
+               catch_up, me, broker, db, _stored(db_url) - before, done[1] - start[1], wal_used)
 
 
 def start_workers(count: int, url: str, db_url: str, protocol: str, workdir: Path, *, tree: Path,
@@ -398,14 +405,16 @@ def _format(rows: list[Row], header: bool) -> str:
     lines = []
     if header:
         lines.append(f"| {'what':<28} | offered/s | stored or delivered/s | p50 ms | p99 ms | catch-up s "
-                     "| CPU measured % | CPU broker % | CPU db % | msg per core-s |")
-        lines.append("|" + "|".join(["---"] * 10) + "|")
+                     "| CPU measured % | CPU broker % | CPU db % | msg per core-s | WAL bytes per report "
+                     "| checkpoints begun |")
+        lines.append("|" + "|".join(["---"] * 12) + "|")
     for r in rows:
         p50 = f"{r.p50_ms:.0f}" if r.p50_ms is not None else "-"
         p99 = f"{r.p99_ms:.0f}" if r.p99_ms is not None else "-"
+        wal = f"{r.wal.per(r.count):>20,.0f} | {r.wal.checkpoints:>17}" if r.wal else f"{'-':>20} | {'-':>17}"
         lines.append(f"| {r.what:<28} | {r.offered:>9.0f} | {r.delivered_per_s:>21.0f} | {p50:>6} | {p99:>6} "
                      f"| {r.catch_up_s:>10.1f} | {r.cpu_self:>14.0f} | {r.cpu_broker:>12.0f} | {r.cpu_db:>8.0f} "
-                     f"| {r.per_core_s:>14,.0f} |")
+                     f"| {r.per_core_s:>14,.0f} | {wal} |")
     return "\n".join(lines)
 
 

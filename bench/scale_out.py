@@ -21,7 +21,8 @@ second stored, the same cost as a multiple of the bare subscriber's (the unit th
 model keeps its constants in), the model's prediction for this run and measured/model, then
 the sums. A kind the model has no measured input for says so instead of a prediction. A run
 whose generators did not send their schedule, or whose ingest did not store everything within
-120 s after the load, is NOT VALID and says so. Run it alone on the machine.
+120 s after the load, is NOT VALID and says so. It also prints the WAL the server wrote over
+the window per report stored (see bench/ingest.py). Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import uuid
 import httpx
 import psutil
 import psycopg
-from common import ROOT, scratch_stack, stop_processes, wait_ready
+from common import ROOT, scratch_stack, stop_processes, wait_ready, wal_mark, wal_since
 from fanout import cpu_seconds, seed_load_fleet
 from ingest import CpuMeter, bare_subscriber, start_workers, stop_workers, wait_until_storing
 from sizing_model import API_INTAKE, BROKER, DATABASE, INGEST, Cost, predict_cores
@@ -120,6 +121,7 @@ def main() -> None:
                 **{f"API-{n}": psutil.Process(p.pid) for n, p in enumerate(procs)},
                 "broker": psutil.Process(broker.pid), "PostgreSQL": None}
             before, stored0, updates0 = cpu_seconds(watched), _stored(db_url), sum(c.unit_updates for c in clients)
+            wal0 = wal_mark(db_url)
             began = time.monotonic()
             half = args.devices // 2
             generators = [subprocess.Popen([sys.executable, str(ROOT / "bench" / "loadgen.py"), broker.url,
@@ -132,6 +134,7 @@ def main() -> None:
                 time.sleep(0.2)
             window = time.monotonic() - began
             after, stored = cpu_seconds(watched), _stored(db_url) - stored0
+            wal = wal_since(db_url, wal0)
             updates = sum(c.unit_updates for c in clients) - updates0
         finally:
             for c in clients:
@@ -150,6 +153,8 @@ def main() -> None:
           f"({stored / window:,.0f}/s; catch-up {window - load_s:.1f} s); the clients got "
           f"{updates / max(stored * args.apis * args.clients, 1):.0%} of the updates stored (each client's "
           "share; the hub conflates a unit's updates within a tick)")
+    print(f"WAL: {wal.per(stored):,.0f} bytes per report stored ({wal.bytes / 1e6:,.1f} MB over the window, the "
+          f"whole server's; {wal.checkpoints} checkpoint(s) began in it)")
     if sent < ACHIEVED_MIN * offered or stored < ACHIEVED_MIN * sent:
         print("NOT VALID: the generators fell behind their schedule, or ingest did not store what was sent; "
               "the costs below include a backlog")

@@ -3,7 +3,7 @@
 Runs as its own process (``python bench/loadgen.py URL RATE SECONDS [DEVICES [CLIENT_ID
 [FIRST]]]``: devices ``load-FIRST`` onwards, so several generators can split a fleet) so that the load
 does not share the interpreter with what is measured. It speaks MQTT 3.1.1 over a raw
-socket with pre-built packets: paho would cost more CPU per message than the ingest it
+socket with pre-built packets (bench/mqtt_packets.py): paho would cost more CPU per message than the ingest it
 is meant to load. Each payload carries ``ts`` = the time it was sent, so the receiver can
 measure publish-to-X latency on the same clock.
 """
@@ -11,36 +11,28 @@ measure publish-to-X latency on the same clock.
 from __future__ import annotations
 
 import socket
-import struct
 import sys
 import threading
 import time
 from datetime import datetime, timezone
 
 import orjson
+from mqtt_packets import connect_packet, publish_packet
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+def telemetry_payload(seq: int, device_index: int, now: str) -> bytes:
+    """A camera's telemetry report as the contract has it, sent at ``now`` (RFC 3339)."""
+    return orjson.dumps({
+        "seq": seq, "ts": now,
+        "battery": {"pct": 77.5, "charging": False, "temp_c": 29.0},
+        "gps": {"lat": 51.5 + device_index * 1e-5, "lon": -0.12, "accuracy_m": 6.0,
+                "speed_mps": 1.3, "heading_deg": 90.0},
+        "recording": "buffering", "storage_pct": 30.0, "docked": False, "firmware": "4.2.1",
+    })
 
 
-def _string(s: bytes) -> bytes:
-    return struct.pack("!H", len(s)) + s
-
-
-def _connect_packet(client_id: str) -> bytes:
-    body = _string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _string(client_id.encode())
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
-def _publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
-    body = _string(topic) + struct.pack("!H", packet_id) + payload
-    return b"\x32" + _remaining_length(len(body)) + body
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _drain(sock: socket.socket, acked: list[int]) -> None:
@@ -63,7 +55,7 @@ def run(url: str, rate: float, seconds: float, devices: int, client_id: str, fir
     host, port = url.removeprefix("mqtt://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(_connect_packet(client_id))
+    sock.sendall(connect_packet(client_id))
     acked = [0]
     threading.Thread(target=_drain, args=(sock, acked), daemon=True).start()
     topics = [f"watchfloor/v1/devices/load-{d:05d}/telemetry".encode() for d in range(first, first + devices)]
@@ -78,20 +70,14 @@ def run(url: str, rate: float, seconds: float, devices: int, client_id: str, fir
             break
         due = int(rate * min(elapsed + tick, seconds)) - sent
         if due > 0:
-            now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+            now = utc_now()
             chunks = []
             for _ in range(due):
                 d = sent % devices
                 seqs[d] += 1
                 packet_id = packet_id % 65535 + 1
-                payload = orjson.dumps({
-                    "seq": seqs[d], "ts": now,
-                    "battery": {"pct": 77.5, "charging": False, "temp_c": 29.0},
-                    "gps": {"lat": 51.5 + d * 1e-5, "lon": -0.12, "accuracy_m": 6.0,
-                            "speed_mps": 1.3, "heading_deg": 90.0},
-                    "recording": "buffering", "storage_pct": 30.0, "docked": False, "firmware": "4.2.1",
-                })
-                chunks.append(_publish_packet(topics[d], payload, packet_id))
+                payload = telemetry_payload(seqs[d], d, now)
+                chunks.append(publish_packet(topics[d], payload, packet_id))
                 sent += 1
             sock.sendall(b"".join(chunks))
         time.sleep(max(0.0, started + elapsed + tick - time.monotonic()))

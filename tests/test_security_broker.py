@@ -38,17 +38,12 @@ from tests.helpers.environment import missing, require_executable
 from tests.helpers.telemetry import make_settings, running_worker, telemetry_payload
 from tests.helpers.waiting import wait_for
 from watchfloor import broker_credentials
-from watchfloor.mosquitto import MosquittoProcess
+from watchfloor.mosquitto import MosquittoProcess, cameras_listener, dynsec_plugin, throwaway_ca
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _mosquitto_installed() -> None:
     require_executable("mosquitto")
-
-
-# Where Debian (and Ubuntu) put the plugin; the eclipse-mosquitto image's path is the shipped one.
-_DYNSEC_PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
-                   "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
 
 
 def _watchfloor(*args: str, db: Database, mqtt_url: str | None = None,
@@ -80,24 +75,8 @@ class Broker:
         return f"mqtt://{username}:{quote(self.secrets[username], safe='')}@127.0.0.1:{self.process.port}"
 
 
-def _throwaway_ca(where: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1, made now with openssl (never kept)."""
-    require_executable("openssl")
-    ca_key, ca, key, csr, cert = (where / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
-    ext = where / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run = [["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=test CA"],
-           ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-           ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-            "-days", "1", "-extfile", ext]]
-    for command in run:
-        subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=60)
-    return ca, cert, key
-
-
 def _dynsec_plugin() -> str:
-    found = next((p for p in _DYNSEC_PLUGINS if Path(p).exists()), None)
+    found = dynsec_plugin()
     if found is None:
         missing("Mosquitto's dynamic-security plugin is not installed")
     return found
@@ -126,16 +105,10 @@ def broker(db: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     for service in ("watchfloor-ingest", "watchfloor-api"):
         secrets[service] = _watchfloor("broker", "add-user", service, "--mosquitto-passwd", str(services_passwd),
                                        db=pg).stdout.strip()
-    ca, cert, key = _throwaway_ca(tmp_path)
+    require_executable("openssl")
+    ca, cert, key = throwaway_ca(tmp_path)
     tls_port = free_port()
-    # The shipped cameras' listener (conf.d/tls.conf) with the throwaway files in place of
-    # /mosquitto/certs, this machine's plugin and the test's file in place of the image's.
-    tls = [line.replace("8883 0.0.0.0", f"{tls_port} 127.0.0.1").replace("/mosquitto/certs/ca.crt", str(ca))
-           .replace("/mosquitto/certs/server.crt", str(cert)).replace("/mosquitto/certs/server.key", str(key))
-           .replace("/usr/lib/mosquitto_dynamic_security.so", plugin)
-           .replace("/mosquitto/data/device-accounts.json", str(accounts))
-           for line in (Path(__file__).parents[1] / "deploy/mosquitto/conf.d/tls.conf").read_text().splitlines()
-           if line.strip() and not line.startswith("#")]
+    tls = cameras_listener(tls_port, ca=ca, cert=cert, key=key, plugin=plugin, accounts=accounts)
     process = MosquittoProcess(tmp_path / "mosquitto", password_file=services_passwd, extra=tls)
     process.start()
     admin_url = f"mqtts://{ADMIN_USERNAME}:{quote(secrets[ADMIN_USERNAME], safe='')}@127.0.0.1:{tls_port}"

@@ -24,10 +24,14 @@ from pathlib import Path
 
 from telemetry.embedded import free_port
 
-__all__ = ["SHIPPED_ACL", "SHIPPED_CONF", "MosquittoProcess"]
+__all__ = ["SHIPPED_ACL", "SHIPPED_CONF", "MosquittoProcess", "cameras_listener", "dynsec_plugin", "throwaway_ca"]
 
 SHIPPED_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
 SHIPPED_ACL = SHIPPED_CONF.with_name("acl")
+SHIPPED_TLS = SHIPPED_CONF.with_name("conf.d") / "tls.conf"
+# Where Debian (and Ubuntu) put the plugin; the eclipse-mosquitto image's path is the shipped one.
+_DYNSEC_PLUGINS = ("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+                   "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so")
 _REPLACED = ("listener", "persistence_location", "password_file", "acl_file", "allow_anonymous", "log_dest",
              "include_dir")
 
@@ -88,3 +92,35 @@ class MosquittoProcess:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
+
+
+def dynsec_plugin() -> str | None:
+    """This machine's dynamic-security plugin, or None where it is not installed."""
+    return next((p for p in _DYNSEC_PLUGINS if Path(p).exists()), None)
+
+
+def throwaway_ca(where: Path) -> tuple[Path, Path, Path]:
+    """(CA, server certificate, server key) for 127.0.0.1, made now with openssl in ``where``
+    (never kept: tests and benchmarks only)."""
+    ca_key, ca, key, csr, cert = (where / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt"))
+    ext = where / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = [["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=test CA"],
+           ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+           ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+            "-days", "1", "-extfile", ext]]
+    for command in run:
+        subprocess.run([str(c) for c in command], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
+
+
+def cameras_listener(port: int, *, ca: Path, cert: Path, key: Path, plugin: str, accounts: Path) -> list[str]:
+    """The shipped cameras' listener (conf.d/tls.conf) on 127.0.0.1:``port``, with these files in
+    place of /mosquitto/certs, this machine's plugin and ``accounts`` in place of the image's:
+    lines for :class:`MosquittoProcess`'s ``extra``."""
+    return [line.replace("8883 0.0.0.0", f"{port} 127.0.0.1").replace("/mosquitto/certs/ca.crt", str(ca))
+            .replace("/mosquitto/certs/server.crt", str(cert)).replace("/mosquitto/certs/server.key", str(key))
+            .replace("/usr/lib/mosquitto_dynamic_security.so", plugin)
+            .replace("/mosquitto/data/device-accounts.json", str(accounts))
+            for line in SHIPPED_TLS.read_text().splitlines() if line.strip() and not line.startswith("#")]

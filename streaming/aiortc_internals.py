@@ -20,16 +20,22 @@ falling back to decoding every frame.
 * **RTP written past a sender** (:class:`RtpWriter`). The relay cuts each frame into RTP
   payloads once for all viewers; per viewer it only writes the header (its SSRC,
   sequence numbers, timestamp offset, payload type, and the sender's negotiated header
-  extensions, serialized by aiortc from ``RTCRtpSender.__rtp_header_extensions_map``)
-  and hands the packets to the viewer's SRTP session (``RTCDtlsTransport._tx_srtp``)
+  extensions: serialized by aiortc from ``RTCRtpSender.__rtp_header_extensions_map`` once,
+  when the connection is up, into a template whose per-packet fields are written in
+  place) and hands the packets to the viewer's SRTP session (``RTCDtlsTransport._tx_srtp``)
   and nominated ICE pair (``Connection._nominated``: its protocol's UDP transport and
-  remote address) in one synchronous loop, where aiortc's sender runs a task per viewer
-  and a chain of coroutines per packet. The sender stays in charge of RTCP: its sender
-  reports read the counters the writer keeps up to date (``__packet_count``,
-  ``__octet_count``, ``__rtp_timestamp``, ``__ntp_timestamp``), NACKs reach the writer's
-  own history through ``_retransmit`` (sent as RTX on ``_rtx_ssrc`` when negotiated), and
-  the SSRC is the sender's own ``_ssrc``, as signalled in the SDP. A pair that is not
-  plain UDP (TURN) is written through ``RTCDtlsTransport._send_rtp``, which may wait.
+  remote address; the path is found once and kept while the pair stays nominated) in one
+  synchronous loop, where aiortc's sender runs a task per viewer and a chain of
+  coroutines per packet. Under asyncio's selector loop the packets go straight to the
+  transport's socket (``_SelectorDatagramTransport._sock``), as the transport's own
+  ``sendto`` would when it has nothing buffered; an ``OSError`` hands the packet and the
+  rest of the frame back to that ``sendto``, which buffers or reports as usual. The
+  sender stays in charge of RTCP: its sender reports read the counters the writer keeps
+  up to date (``__packet_count``, ``__octet_count``, ``__rtp_timestamp``,
+  ``__ntp_timestamp``), NACKs reach the writer's own history through ``_retransmit``
+  (sent as RTX on ``_rtx_ssrc`` when negotiated), and the SSRC is the sender's own
+  ``_ssrc``, as signalled in the SDP. A pair that is not plain UDP (TURN) is written
+  through ``RTCDtlsTransport._send_rtp``, which may wait.
 * **The whole inventory at start-up** (:func:`check_aiortc`): every class-level name
   above is looked up when the relay is made, so a changed aiortc stops it there.
 * **Picture loss sent by a receiver** (:func:`send_picture_loss`), to ask a publisher
@@ -46,21 +52,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import threading
 import time
+from asyncio import selector_events
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pylibsrtp
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
-from aiortc.clock import current_ntp_time
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import uint16_add
 
-from .rtp_headers import sequence_number
+from .rtp_headers import HeaderTemplate, abs_send_time_offset, ntp_time, sequence_number
 
 __all__ = [
     "AiortcChanged",
@@ -97,6 +105,9 @@ _CLASS_INVENTORY: tuple[tuple[type, str], ...] = (
     (HeaderExtensionsMap, "set"), (RtpPacket, "serialize"), (RtpPacket, "parse"), (CandidatePair, "remote_addr"),
     (StunProtocol, "connection_made"), (Connection, "get_component_candidates"),
 )
+# asyncio's datagram transport under the selector event loop (the default on Linux), whose
+# socket the writer sends on directly; ``_sock`` is declared on the class.
+_SELECTOR_DATAGRAM_TRANSPORT: type | None = getattr(selector_events, "_SelectorDatagramTransport", None)
 
 # A video frame at 1.5 Mbps is at most a few dozen packets; 256 packets is about 2 s of
 # video at 1 Mbps. aiortc uses 512; a smaller buffer gives up sooner on a packet that
@@ -307,6 +318,8 @@ def check_aiortc() -> None:
             raise AiortcChanged(f"{cls.__module__}.{cls.__name__} has no {name}")
     if RTP_HISTORY_SIZE < 1:
         raise AiortcChanged("aiortc.rtp.RTP_HISTORY_SIZE is not a positive size")
+    if _SELECTOR_DATAGRAM_TRANSPORT is None or not hasattr(_SELECTOR_DATAGRAM_TRANSPORT, "_sock"):
+        raise AiortcChanged("asyncio.selector_events has no _SelectorDatagramTransport with a _sock")
 
 
 class RtpWriter:
@@ -314,10 +327,11 @@ class RtpWriter:
     module docstring). Make it before the connection is up; the sender then never
     packetises (give it a track that never yields).
 
-    :meth:`header` serializes an RTP header for a frame with the sender's SSRC, payload
-    type and header extensions; the caller builds the packets (:mod:`streaming.rtp_headers`)
-    and either :meth:`write`s them at once, when :meth:`ready` says the path takes them
-    without waiting, or awaits :meth:`write_waiting`.
+    The caller :meth:`write`s a frame's payloads at once when :meth:`ready` says the path
+    takes them without waiting, or awaits :meth:`write_waiting`. The writer puts each
+    payload behind the viewer's header (a :class:`~streaming.rtp_headers.HeaderTemplate`
+    made once from aiortc's serializer, with the sender's SSRC, payload type and header
+    extensions) and sends it through the path :meth:`ready` found, kept while it holds.
     """
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
@@ -335,91 +349,124 @@ class RtpWriter:
         self._sender = sender
         self._extensions: HeaderExtensionsMap = getattr(sender, _EXTENSIONS_MAP)
         self.ssrc: int = sender._ssrc
-        self._payload_type: int | None = None
+        self._template: HeaderTemplate | None = None
         self._rtx_payload_type: int | None = None
         self._rtx_sequence = random.randrange(1 << 15)
-        self._mid: str | None = None
         self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
-        self._path: tuple[Callable[[bytes], bytes], Callable[[bytes, tuple[str, int]], None], tuple[str, int]] | None
-        self._path = None
+        self._path: _UdpPath | None = None
         setattr(sender, "_retransmit", self._retransmit)
-
-    def header(self, timestamp: int) -> bytes:
-        """A serialized RTP header (with extensions, sequence number 0, marker clear) for a
-        frame at ``timestamp``, sent now. Only after :meth:`ready` returned True once."""
-        assert self._payload_type is not None
-        packet = RtpPacket(payload_type=self._payload_type, timestamp=timestamp, ssrc=self.ssrc)
-        packet.extensions.mid = self._mid
-        packet.extensions.abs_send_time = (current_ntp_time() >> 14) & 0x00FFFFFF
-        return packet.serialize(self._extensions)
 
     def ready(self) -> bool:
         """Whether :meth:`write` can send now: DTLS is up, the nominated pair is plain UDP
         and its socket has nothing waiting to go out (asyncio buffers what the kernel
         refused: a viewer whose network cannot keep up)."""
-        self._path = None
-        dtls = self._sender.transport
-        if dtls.state != "connected":
-            return False
-        pair = _nominated_pair(dtls)
-        if pair is None or type(pair.protocol) is not StunProtocol:
-            return False
-        udp = pair.protocol.transport
+        path = self._path
+        # A path found once is kept until its DTLS transport's state changes (see
+        # _find_path) and while its pair is still nominated (aioice clears the
+        # nominations when the connection closes).
+        if path is None or path.nominated.get(1) is not path.pair or path.dtls is not self._sender.transport:
+            path = self._path = self._find_path()
+            if path is None:
+                return False
+        udp = path.udp
         # asyncio's selector datagram transport counts what it buffered (typeshed omits it).
-        if udp.is_closing() or udp.get_write_buffer_size():  # type: ignore[attr-defined]
-            return False
-        if self._payload_type is None:
-            self._bind()
-        self._path = (dtls._tx_srtp.protect, udp.sendto, pair.remote_addr)
-        return True
+        return not (udp.is_closing() or udp.get_write_buffer_size())  # type: ignore[attr-defined]
 
-    def write(self, datagrams: list[bytes], timestamp: int, octets: int) -> None:
-        """Protect and send ``datagrams`` (one frame's packets, ``octets`` of payload at
-        ``timestamp``), right after :meth:`ready` returned True."""
-        assert self._path is not None
-        protect, sendto, address = self._path
+    def write(self, payloads: Sequence[bytes], *, first_sequence: int, timestamp: int) -> None:
+        """Protect and send one frame's packets (``payloads`` behind this viewer's header,
+        numbered from ``first_sequence``, at ``timestamp``), right after :meth:`ready`
+        returned True."""
+        path, template = self._path, self._template
+        assert path is not None and template is not None
+        now = ntp_time(time.time_ns())
+        datagrams = template.datagrams(payloads, first_sequence=first_sequence, timestamp=timestamp,
+                                       abs_send_time=now >> 14)
+        protect, send, sendto, address = path.protect, path.send, path.udp.sendto, path.address
         history = self._history
-        for datagram in datagrams:
-            history[sequence_number(datagram) % RTP_HISTORY_SIZE] = datagram
-            sendto(protect(datagram), address)
-        self._count(len(datagrams), timestamp, octets)
+        for i, datagram in enumerate(datagrams):
+            history[((first_sequence + i) & 0xFFFF) % RTP_HISTORY_SIZE] = datagram
+            data = protect(datagram)
+            if send is not None:
+                try:
+                    send(data, address)
+                    continue
+                except OSError:
+                    # What asyncio's own sendto does with it: try again, buffer what the
+                    # kernel refused, or report the error to the protocol. The rest of
+                    # the frame follows the same way, behind anything it buffered.
+                    send = None
+            sendto(data, address)
+        self._count(len(datagrams), timestamp, sum(map(len, payloads)), now)
 
-    async def write_waiting(self, packets: Callable[[], tuple[list[bytes], int, int]]) -> None:
-        """Send one frame's packets, made by ``packets()`` (datagrams, timestamp, payload
-        octets) once the path takes them, so their header says when they really left: at
-        once if the path is ready or becomes ready (polled every 5 ms while the socket is
-        backed up), through aiortc's own awaitable path if it is not plain UDP (TURN).
-        Raises ``ConnectionError`` once the transport has ended."""
+    async def write_waiting(self, payloads: Sequence[bytes], *, first_sequence: int, timestamp: int) -> None:
+        """Send one frame's packets (as :meth:`write`) once the path takes them, so their
+        header says when they really left: at once if the path is ready or becomes ready
+        (polled every 5 ms while the socket is backed up), through aiortc's own awaitable
+        path if it is not plain UDP (TURN). Raises ``ConnectionError`` once the transport
+        has ended."""
         while not self.ready():
             dtls = self._sender.transport
             if dtls.state in ("closed", "failed"):
                 raise ConnectionError("the viewer's transport has ended")
             pair = _nominated_pair(dtls) if dtls.state == "connected" else None
             if pair is not None and type(pair.protocol) is not StunProtocol:
-                if self._payload_type is None:
+                if self._template is None:
                     self._bind()
-                datagrams, timestamp, octets = packets()
+                assert self._template is not None
+                now = ntp_time(time.time_ns())
+                datagrams = self._template.datagrams(payloads, first_sequence=first_sequence, timestamp=timestamp,
+                                                     abs_send_time=now >> 14)
                 for datagram in datagrams:
                     self._history[sequence_number(datagram) % RTP_HISTORY_SIZE] = datagram
                     await dtls._send_rtp(datagram)
-                self._count(len(datagrams), timestamp, octets)
+                self._count(len(datagrams), timestamp, sum(map(len, payloads)), now)
                 return
             await asyncio.sleep(0.005)
-        self.write(*packets())
+        self.write(payloads, first_sequence=first_sequence, timestamp=timestamp)
+
+    def _find_path(self) -> _UdpPath | None:
+        """The plain UDP path to the viewer, once DTLS is up; None before, or for TURN."""
+        dtls = self._sender.transport
+        if dtls.state != "connected":
+            return None
+        nominated = _nominations(dtls)
+        pair = nominated.get(1)
+        if pair is None or type(pair.protocol) is not StunProtocol:
+            return None
+        udp = pair.protocol.transport
+        if self._template is None:
+            self._bind()
+        dtls.once("statechange", self._forget_path)  # no longer connected: look again
+        return _UdpPath(dtls=dtls, nominated=nominated, pair=pair, udp=udp, protect=dtls._tx_srtp.protect,
+                        send=_socket_sendto(udp), address=pair.remote_addr)
+
+    def _forget_path(self) -> None:
+        self._path = None
 
     def _bind(self) -> None:
-        """What negotiation decided: the payload types, the MID."""
+        """What negotiation decided: the payload types, the MID, and so the header."""
         codecs = self._transceiver._codecs
         if not codecs:
             raise AiortcChanged("RTCRtpTransceiver has no negotiated codec once connected")
-        self._payload_type = codecs[0].payloadType
+        payload_type = codecs[0].payloadType
+        if payload_type is None:
+            raise AiortcChanged("RTCRtpTransceiver's negotiated codec has no payload type")
         self._rtx_payload_type = next((c.payloadType for c in codecs if c.mimeType.lower() == "video/rtx"
-                                       and c.parameters.get("apt") == self._payload_type), None)
-        self._mid = self._transceiver.mid
+                                       and c.parameters.get("apt") == payload_type), None)
+        packet = RtpPacket(payload_type=payload_type, ssrc=self.ssrc)
+        packet.extensions.mid = self._transceiver.mid
+        packet.extensions.abs_send_time = 0
+        zeroed = packet.serialize(self._extensions)
+        packet.extensions.abs_send_time = 0xFFFFFF
+        try:
+            at = abs_send_time_offset(zeroed, packet.serialize(self._extensions))
+            self._template = HeaderTemplate(zeroed, abs_send_time_at=at)
+        except ValueError as exc:
+            raise AiortcChanged(f"RtpPacket.serialize wrote an unexpected header: {exc}") from exc
 
-    def _count(self, packets: int, timestamp: int, octets: int) -> None:
+    def _count(self, packets: int, timestamp: int, octets: int, ntp_time: int) -> None:
         sender = self._sender
-        setattr(sender, _NTP_TIMESTAMP, current_ntp_time())
+        setattr(sender, _NTP_TIMESTAMP, ntp_time)
         setattr(sender, _RTP_TIMESTAMP, timestamp)
         setattr(sender, _PACKET_COUNT, getattr(sender, _PACKET_COUNT) + packets)
         setattr(sender, _OCTET_COUNT, getattr(sender, _OCTET_COUNT) + octets)
@@ -443,13 +490,42 @@ class RtpWriter:
             pass
 
 
-def _nominated_pair(dtls: RTCDtlsTransport) -> CandidatePair | None:
+@dataclass(frozen=True, slots=True)
+class _UdpPath:
+    """Where :meth:`RtpWriter.write` sends: the viewer's SRTP session and nominated pair."""
+
+    dtls: RTCDtlsTransport
+    nominated: dict[int, CandidatePair]  # aioice's own dict: a pair no longer in it is gone
+    pair: CandidatePair
+    udp: asyncio.DatagramTransport
+    protect: Callable[[bytes], bytes]
+    send: Callable[[bytes, tuple[str, int]], object] | None  # the socket's own sendto, if safe
+    address: tuple[str, int]
+
+
+def _socket_sendto(udp: asyncio.DatagramTransport) -> Callable[[bytes, tuple[str, int]], object] | None:
+    """The socket's own sendto under asyncio's selector datagram transport, which does the
+    same first (when nothing is buffered, as :meth:`RtpWriter.ready` made sure) after checks
+    that cost as much as the call; None for any other transport (another event loop) or
+    a connected socket (asyncio would send without the address)."""
+    if type(udp) is not _SELECTOR_DATAGRAM_TRANSPORT or udp.get_extra_info("peername") is not None:
+        return None
+    sock = getattr(udp, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        raise AiortcChanged("asyncio's datagram transport has no _sock socket")
+    return sock.sendto
+
+
+def _nominations(dtls: RTCDtlsTransport) -> dict[int, CandidatePair]:
     connection = dtls.transport.iceGatherer._connection
     nominated = getattr(connection, "_nominated", None)
-    if nominated is None:
+    if not isinstance(nominated, dict):
         raise AiortcChanged("aioice Connection has no _nominated")
-    pair: CandidatePair | None = nominated.get(1)
-    return pair
+    return nominated
+
+
+def _nominated_pair(dtls: RTCDtlsTransport) -> CandidatePair | None:
+    return _nominations(dtls).get(1)
 
 
 def negotiated_codec(transceiver: RTCRtpTransceiver) -> RTCRtpCodecParameters | None:

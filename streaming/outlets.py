@@ -4,7 +4,6 @@ queue for the frames its transport cannot take yet."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from collections.abc import Callable
@@ -12,7 +11,6 @@ from collections.abc import Callable
 from .aiortc_internals import RtpWriter
 from .frames import PacketisedFrame
 from .queues import ViewerQueue
-from .rtp_headers import rtp_datagrams
 
 __all__ = ["ViewerOutlet"]
 
@@ -50,7 +48,8 @@ class ViewerOutlet:
     def offer(self, frame: PacketisedFrame) -> bool:
         """Send ``frame`` now or queue it; False if it was dropped (see :class:`ViewerQueue`)."""
         if self._drain is None and self._writer.ready() and self.queue.pass_through(frame):
-            self._writer.write(*self._packets(frame))
+            self._writer.write(frame.payloads, first_sequence=self._next_sequence(frame),
+                               timestamp=self._timestamp(frame))
             self._sent(frame)
             return True
         if not self.queue.offer(frame):
@@ -64,11 +63,14 @@ class ViewerOutlet:
         if self._drain is not None:
             self._drain.cancel()
 
-    def _packets(self, frame: PacketisedFrame) -> tuple[list[bytes], int, int]:
-        timestamp = (self._origin + frame.timestamp) & 0xFFFFFFFF
-        datagrams = rtp_datagrams(self._writer.header(timestamp), frame.payloads, self._sequence)
-        self._sequence = (self._sequence + len(datagrams)) & 0xFFFF
-        return datagrams, timestamp, sum(map(len, frame.payloads))
+    def _next_sequence(self, frame: PacketisedFrame) -> int:
+        """The sequence number of ``frame``'s first packet; the frame takes the next ones."""
+        first = self._sequence
+        self._sequence = (first + len(frame.payloads)) & 0xFFFF
+        return first
+
+    def _timestamp(self, frame: PacketisedFrame) -> int:
+        return (self._origin + frame.timestamp) & 0xFFFFFFFF
 
     def _sent(self, frame: PacketisedFrame) -> None:
         if self._on_sent is not None:
@@ -77,10 +79,11 @@ class ViewerOutlet:
     async def _send_queued(self) -> None:
         try:
             while (frame := self.queue.pop()) is not None:
+                first, timestamp = self._next_sequence(frame), self._timestamp(frame)
                 if self._writer.ready():
-                    self._writer.write(*self._packets(frame))
+                    self._writer.write(frame.payloads, first_sequence=first, timestamp=timestamp)
                 else:
-                    await self._writer.write_waiting(functools.partial(self._packets, frame))
+                    await self._writer.write_waiting(frame.payloads, first_sequence=first, timestamp=timestamp)
                 self._sent(frame)
         except ConnectionError:
             self.queue.close()  # the viewer's connection ended: the relay closes it

@@ -7,7 +7,6 @@ import pytest
 
 from streaming.frames import PacketisedFrame
 from streaming.queues import KeyframeThrottle, ViewerQueue
-from streaming.rtp_headers import rtp_datagrams, sequence_number
 
 
 def frame(n: int, *, key: bool = False) -> PacketisedFrame:
@@ -83,18 +82,6 @@ def test_close_drops_what_is_queued() -> None:
     assert q.offer(frame(1, key=True))
     q.close()
     assert len(q) == 0 and q.pop() is None and not q.offer(frame(2, key=True))
-
-
-def test_rtp_datagrams_share_payloads_and_number_packets_per_viewer() -> None:
-    """Each packet is the viewer's header with its own sequence number (wrapping at
-    2**16), the marker bit on the last packet only, and the shared payload after it."""
-    extension = b"\xbe\xde\x00\x01\x10xyz"
-    header = bytes([0x90, 96, 0, 0]) + (123456).to_bytes(4, "big") + (0xDEADBEEF).to_bytes(4, "big") + extension
-    packets = rtp_datagrams(header, [b"one", b"two", b"three"], 65534)
-    assert [sequence_number(p) for p in packets] == [65534, 65535, 0]
-    assert [p[1] for p in packets] == [96, 96, 0x80 | 96]
-    assert [p[len(header) :] for p in packets] == [b"one", b"two", b"three"]
-    assert all(p[:1] == header[:1] and p[4 : len(header)] == header[4:] for p in packets)
 
 
 def test_a_queue_holds_at_least_one_frame() -> None:

@@ -6,6 +6,7 @@ number drawn into the picture)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fractions
 import gc
 import re
@@ -235,24 +236,75 @@ def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
         await until(lambda: len(frames) >= 10, what="frames before the loss")
         keyframes_before = camera.keyframes_sent
 
-        dtls = relay._peers[ids[0]].pc.getSenders()[0].transport
-        udp = dtls.transport.iceGatherer._connection._nominated[1].protocol.transport
-        sendto = udp.sendto
+        # Lost on the way: the viewer's socket never hands it on (the relay writes to its
+        # own socket directly, so the loss is made at the receiving end).
+        dtls = viewer.pc.getReceivers()[0].transport
+        protocol = dtls.transport.iceGatherer._connection._nominated[1].protocol
+        received = protocol.datagram_received
         dropped: list[bytes] = []
 
-        def lose_one(data: bytes, address: Any = None) -> None:
+        def lose_one(data: bytes, address: Any) -> None:
             if not dropped and len(data) > 200:  # a media packet, once (RTCP is small)
                 dropped.append(data)
                 return
-            sendto(data, address)
+            received(data, address)
 
-        udp.sendto = lose_one  # type: ignore[method-assign,assignment]
+        protocol.datagram_received = lose_one  # type: ignore[method-assign]
         await until(lambda: dropped, what="a packet lost")
         lost_at = len(frames)
         await until(lambda: len(frames) >= lost_at + 30, what="frames after the loss")
         positions = index_in(camera.sent, frames)
         assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
         assert camera.keyframes_sent == keyframes_before  # repaired by retransmission, not a new keyframe
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_packet_the_socket_refuses_goes_out_through_asyncio() -> None:
+    """The relay writes to a viewer's socket directly; a packet the kernel refuses there
+    (BlockingIOError: its buffer is full) is handed, with the rest of its frame, to
+    asyncio's transport, which sends what it can and buffers the rest, as it would have
+    itself: the viewer gets every frame, in order, with no keyframe asked for."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        frames: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewer = await tap_viewer(relay, "cam-1", frames, ids)
+        await until(lambda: len(frames) >= 10, what="frames before the refusal")
+        keyframes_before = camera.keyframes_sent
+
+        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        path = writer._path
+        assert path is not None and path.send is not None, "the direct path is in use"
+        send, sendto = path.send, path.udp.sendto
+        refused: list[bytes] = []
+        through_asyncio: list[bytes] = []
+
+        def refuse_once(data: bytes, address: Any) -> None:
+            if not refused and len(data) > 200:  # a media packet (RTCP does not come here)
+                refused.append(data)
+                raise BlockingIOError
+            send(data, address)
+
+        def record(data: bytes, address: Any = None) -> None:
+            through_asyncio.append(data)
+            sendto(data, address)
+
+        writer._path = dataclasses.replace(path, send=refuse_once)
+        path.udp.sendto = record
+        await until(lambda: refused, what="a packet refused")
+        refused_at = len(frames)
+        await until(lambda: len(frames) >= refused_at + 30, what="frames after the refusal")
+        assert through_asyncio[:1] == refused
+        positions = index_in(camera.sent, frames)
+        assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
+        assert camera.keyframes_sent == keyframes_before
         await viewer.pc.close()
         await pub.close()
         await relay.aclose()

@@ -153,10 +153,14 @@ def _report(row: list[Any]) -> UnitUpdate:
     (device_id, ts, received, battery_pct, charging, recording, storage_pct, docked, live, viewers,
      lat, lon, accuracy_m, speed_mps, heading_deg) = row
     at = datetime.fromisoformat(ts)
-    fields = {"ts": at, "received_at": datetime.fromisoformat(received), "battery_pct": battery_pct,
-              "charging": charging, "recording": recording, "storage_pct": storage_pct, "docked": docked,
-              "live": live, "viewers": viewers, "gps_fix": lat is not None, "online": True}
-    if lat is not None:  # without a fix the unit keeps its last known position
-        fields.update(lat=lat, lon=lon, accuracy_m=accuracy_m, speed_mps=speed_mps, heading_deg=heading_deg,
-                      last_fix_at=at)
-    return str(device_id), fields
+    # One dict literal per case: this runs for every unit update the API takes in.
+    if lat is None:  # without a fix the unit keeps its last known position
+        return str(device_id), {
+            "ts": at, "received_at": datetime.fromisoformat(received), "battery_pct": battery_pct,
+            "charging": charging, "recording": recording, "storage_pct": storage_pct, "docked": docked,
+            "live": live, "viewers": viewers, "gps_fix": False, "online": True}
+    return str(device_id), {
+        "ts": at, "received_at": datetime.fromisoformat(received), "battery_pct": battery_pct,
+        "charging": charging, "recording": recording, "storage_pct": storage_pct, "docked": docked,
+        "live": live, "viewers": viewers, "gps_fix": True, "online": True, "lat": lat, "lon": lon,
+        "accuracy_m": accuracy_m, "speed_mps": speed_mps, "heading_deg": heading_deg, "last_fix_at": at}

@@ -107,14 +107,14 @@ class FleetState:
             registered.add(device_id)
             self._retired.discard(device_id)
             unit = self._units.get(device_id)
-            stored = {k: row.get(k) for k in UNIT_FIELDS}
             if unit is None:  # new to clients connected before it was registered: all of it
-                self._units[device_id] = stored
+                self._units[device_id] = {k: row.get(k) for k in UNIT_FIELDS}
                 self._note(device_id, list(UNIT_FIELDS))
                 continue
             newer = unit["ts"] is None or (row["ts"] is not None and row["ts"] > unit["ts"])
             borough = unit["borough"]
-            changed = _merge(unit, stored if newer else {k: stored[k] for k in REGISTRY_FIELDS})
+            # Every unit, every reload: most have newer state from the frames already.
+            changed = _merge(unit, {k: row.get(k) for k in (UNIT_FIELDS if newer else REGISTRY_FIELDS)})
             if "borough" in changed:  # clients of its new area have never seen it: all of it
                 self._left.setdefault(device_id, set()).update((borough, unit["borough"]))
                 changed = list(UNIT_FIELDS)
@@ -131,8 +131,8 @@ class FleetState:
         """The changes since the last call (copies), and forget them."""
         dirty, self._changed = self._changed, {}
         units = self._units
-        changed = [(units[d]["borough"], {"device_id": d, **{k: units[d][k] for k in fields}})
-                   for d, fields in dirty.items()]
+        changed = [(unit["borough"], {"device_id": d, **{k: unit[k] for k in fields}})
+                   for d, fields in dirty.items() for unit in (units[d],)]
         left = []
         for d, was in self._left.items():
             unit = units.get(d)

@@ -10,7 +10,9 @@ committed batch -> the API. First, before the load generator starts, the API idl
 (connected, no frames arriving) over the same window as the next; then, with no client,
 the API's intake alone: its CPU per 1,000 unit updates a second as measured (the issue's
 target, #17), and with the idle CPU taken off (what the updates themselves cost; the rest,
-ticks, the registry reload every 30 s and uvicorn, is fixed). Then ``--clients`` websocket
+ticks, the registry reload every 30 s and uvicorn, is fixed), beside the run's calibration:
+a subscriber that only counts the devices' stream, whose CPU per message is ``B`` of the
+sizing (docs/operations.md), so that the intake is also printed as ``k_intake``. Then ``--clients`` websocket
 clients on loopback. Most only count frames and bytes (as a browser tab would receive
 them); a few probes parse every frame and measure publish-to-client latency from each
 unit's ``ts``. Measurement starts only once every client is connected and past its
@@ -38,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -262,6 +265,28 @@ def _bare_subscriber(url: str, seconds: float, results: Any) -> None:
     results.put(("baseline", latency.quantile(0.5), latency.quantile(0.99), latency.count))
 
 
+def _calibration(url: str, seconds: float, results: Any) -> None:
+    """The run's calibration, in a process of its own beside the intake window: a subscriber
+    that only counts the devices' stream (QoS 1, as bench/ingest.py's bare subscriber), and
+    its CPU per message, ``B`` in docs/operations.md's sizing."""
+    address = BrokerAddress.parse(url)
+    received = [0]
+    subscribed = threading.Event()
+    client = new_client(address, client_id=f"calibration-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
+    client.on_message = lambda c, u, m: received.__setitem__(0, received[0] + 1)
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(address.host, address.port)
+    client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
+    client.loop_start()
+    subscribed.wait(30)
+    count0, cpu0 = received[0], time.process_time()
+    time.sleep(seconds)
+    count1, cpu1 = received[0], time.process_time()
+    client.disconnect()
+    client.loop_stop()
+    results.put(("calibration", cpu1 - cpu0, count1 - count0))
+
+
 def seed_load_fleet(db_url: str, *, devices: int, password: str) -> None:
     """Register the load generator's device ids across the boroughs, and an operator
     ``bench`` who sees every borough."""
@@ -401,12 +426,16 @@ def main() -> None:
             url = base.replace("http://", "ws://") + "/api/v1/live"
 
             # The API's intake alone: no client, so its CPU is taking frames in (and ticking).
+            spawn = multiprocessing.get_context("spawn")
+            results = spawn.Queue()
+            calibration = spawn.Process(target=_calibration, args=(broker.url, args.intake_seconds, results))
+            calibration.start()
             intake_cpu, intake_rate = _cpu_percent(api_proc, base, args.intake_seconds)
+            _, bare_cpu_s, bare_count = results.get(timeout=120)
+            calibration.join(30)
 
             # The bulk of the clients read in another process, so that the probes' clock is not
             # held up by the reading of everyone else's frames.
-            spawn = multiprocessing.get_context("spawn")
-            results = spawn.Queue()
             bare = spawn.Process(target=_bare_subscriber, args=(broker.url, args.seconds, results))
             connected, counting, stop_bulk = spawn.Event(), spawn.Event(), spawn.Event()
             bulk = spawn.Process(target=_bulk_clients, args=(url, token, args.clients - PROBES, connected, counting,
@@ -504,6 +533,11 @@ def main() -> None:
     print(f"| API CPU per 1,000 unit updates/s, intake alone, as measured (#17's target) | "
           f"{per_thousand:.2f}% of one core |")
     print(f"| API CPU per 1,000 unit updates/s, intake alone, idle CPU subtracted | {net:.2f}% of one core |")
+    bare_us = 1e6 * bare_cpu_s / bare_count if bare_count else float("nan")
+    print(f"| calibration: a bare subscriber's CPU per message (B), beside the intake window | {bare_us:.1f} µs "
+          f"({1e6 / bare_us:,.0f} per core-second) |")
+    print(f"| intake per unit update in B, as measured / idle subtracted (k_intake) | "
+          f"{per_thousand * 10 / bare_us:.2f} / {net * 10 / bare_us:.2f} |")
     with_clients = cpu["API"] / (fed_rate / 1000) if fed_rate else float("nan")
     print(f"| API CPU per 1,000 unit updates/s, with {args.clients} clients | {with_clients:.2f}% of one core |")
     for name, percent in cpu.items():

@@ -18,9 +18,9 @@ import argparse
 import math
 from dataclasses import dataclass
 
-__all__ = ["API_INTAKE", "API_PER_CLIENT", "BROKER", "BYTES_COMPRESSED", "BYTES_UNCOMPRESSED", "Cost", "DATABASE",
-           "DELTA_BYTES_PER_UPDATE", "INGEST", "MOSQUITTO_CEILING", "PLAN_AT", "REFERENCE_BARE", "WORKER_CEILING",
-           "predict_cores"]
+__all__ = ["API_INTAKE", "API_PER_CLIENT", "BROKER", "BROKER_CAMERAS", "BYTES_COMPRESSED", "BYTES_UNCOMPRESSED",
+           "Cost", "DATABASE", "DELTA_BYTES_PER_UPDATE", "INGEST", "MOSQUITTO_CEILING", "PLAN_AT", "REFERENCE_BARE",
+           "WORKER_CEILING", "predict_cores"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,14 @@ INGEST = Cost("ingest, per stored report", 37_175 / 30_395,
 #: workers, the same evening: 0.74). Plain TCP on loopback, one publisher.
 BROKER = Cost("broker, per report in and out", 20 / 26,
               "bench/ingest.py, 2026-12-06 (54e4c1f), ×1 MQTT 5 at 10,000/s: broker 20% vs bare 26%; "
-              "plain TCP, one publishing connection (TLS and 22,000 connections not measured)")
+              "plain TCP, one publishing connection (the cameras' TLS listener: BROKER_CAMERAS)")
+#: The same on the cameras' own listener, as a real fleet connects: TLS, a dynamic-security
+#: login and one connection per camera. bench/broker_fleet.py --cameras 19000 --rate 10000,
+#: 2026-12-06 late evening (main 8adee48): 37.1 µs per message beside the bare subscriber's
+#: 29.3 µs in the same window (1.93 times the plain leg's cost in the same run).
+BROKER_CAMERAS = Cost("broker, per report over the cameras' TLS listener", 37.1 / 29.3,
+                      "bench/broker_fleet.py, 2026-12-06 (8adee48), 19,000 TLS connections with dynsec "
+                      "logins at 10,000/s: 37.1 µs vs bare 29.3 µs")
 #: PostgreSQL's own CPU per stored report (binary COPY, insert, latest-state upsert), same run.
 #: Three workers' smaller batches cost more: 1.50 in bench/scale_out.py the same evening.
 DATABASE = Cost("PostgreSQL, per stored report", 33 / 26,
@@ -54,14 +61,14 @@ DATABASE = Cost("PostgreSQL, per stored report", 33 / 26,
 #: 1,000 updates/s per API process beside the calibration's 2.49% per 1,000 messages/s.
 API_INTAKE = Cost("API intake, per unit update, per process", 1.59 / 2.49,
                   "bench/scale_out.py, 2026-12-06 (54e4c1f), 2 API processes with 1 client each; "
-                  "bench/fanout.py the same evening: 1.18% per 1,000 updates/s with no client")
+                  "bench/fanout.py late that evening, no client, own calibration: 0.53-0.56")
 #: One more live-feed client of a whole-fleet view, per unit update sent to it.
-#: bench/fanout.py, 2026-12-06: 3.32% with 200 clients less 1.18% alone, over 200 clients, beside
-#: the bare subscriber's 2.69% per 1,000 messages/s of bench/ingest.py minutes before (not the
-#: same run: fanout.py has no calibration of its own).
-API_PER_CLIENT = Cost("API fan-out, per unit update, per client", (3.32 - 1.18) / 200 / 2.69,
-                      "bench/fanout.py, 2026-12-06 (54e4c1f), 200 clients at live_rate_hz 10; "
-                      "calibration from bench/ingest.py minutes before")
+#: bench/fanout.py, 2026-12-06 late evening (main 8adee48): 3.57% per 1,000 updates/s with 200
+#: clients less 1.33% alone, over 200 clients, beside the run's own calibration, a bare
+#: subscriber at 23.7 µs per message (2.37% per 1,000 messages/s).
+API_PER_CLIENT = Cost("API fan-out, per unit update, per client", (3.57 - 1.33) / 200 / 2.37,
+                      "bench/fanout.py, 2026-12-06 (8adee48), 200 clients at live_rate_hz 10, "
+                      "with its own calibration")
 
 #: The bare subscriber's messages per core-second of the run that gave INGEST (2026-12-06), for
 #: the worked example in the docs; on 2026-12-01 it was about 80,000 (the threefold swing).
@@ -109,24 +116,24 @@ def main() -> None:
           f"{b:,.0f} messages per core-second ({1e6 / b:.1f} µs each)\n")
     print("| input | × bare | source |")
     print("|---|---|---|")
-    for cost in (INGEST, BROKER, DATABASE, API_INTAKE, API_PER_CLIENT):
-        ratio = "not measured" if cost.per_bare is None else f"{cost.per_bare:.2f}"
+    for cost in (INGEST, BROKER, BROKER_CAMERAS, DATABASE, API_INTAKE, API_PER_CLIENT):
+        ratio = "not measured" if cost.per_bare is None else f"{cost.per_bare:.3g}"
         print(f"| {cost.what} | {ratio} | {cost.source} |")
 
     ingest = predict_cores(INGEST, per_s=rate, bare_per_core_s=b)
-    broker = predict_cores(BROKER, per_s=rate, bare_per_core_s=b)
+    broker = predict_cores(BROKER_CAMERAS, per_s=rate, bare_per_core_s=b)  # as cameras connect: TLS
     database = predict_cores(DATABASE, per_s=rate, bare_per_core_s=b)
     intake = predict_cores(API_INTAKE, per_s=rate, bare_per_core_s=b)
     per_client = predict_cores(API_PER_CLIENT, per_s=rate, bare_per_core_s=b)
     assert ingest is not None and broker is not None
     workers = max(2, math.ceil(ingest / (WORKER_CEILING * PLAN_AT)))  # two: one restarts, half the fleet flows
     brokers = math.ceil(broker / (MOSQUITTO_CEILING * PLAN_AT))
-    per_broker = MOSQUITTO_CEILING * PLAN_AT * b / (BROKER.per_bare or 1) / args.hz
+    per_broker = MOSQUITTO_CEILING * PLAN_AT * b / (BROKER_CAMERAS.per_bare or 1) / args.hz
     print(f"\n| part | cores at {rate:,.0f}/s | planned ({PLAN_AT:.0%} of each process's ceiling) |")
     print("|---|---|---|")
     print(f"| ingest | {_cores(ingest)} | {workers} workers of {WORKER_CEILING:g} core each at most |")
-    print(f"| broker (one Mosquitto thread) | {_cores(broker)} | {brokers} broker(s); one takes about "
-          f"{per_broker:,.0f} cameras at {args.hz:g} Hz |")
+    print(f"| broker (one Mosquitto thread), cameras over TLS | {_cores(broker)} | {brokers} broker(s); one takes "
+          f"about {per_broker:,.0f} cameras at {args.hz:g} Hz |")
     print(f"| PostgreSQL | {_cores(database)} | {rate:,.0f} rows/s copied and {rate:,.0f} latest-state upserts/s |")
     print(f"| API intake, each process | {_cores(intake)} | paid once per API process |")
     screens = "not measured" if per_client is None else f"{per_client * args.screens:.2f}"

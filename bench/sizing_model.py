@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 __all__ = ["API_INTAKE", "API_PER_CLIENT", "BROKER", "BROKER_CAMERAS", "BYTES_COMPRESSED", "BYTES_UNCOMPRESSED",
            "Cost", "DATABASE", "DELTA_BYTES_PER_UPDATE", "INGEST", "MOSQUITTO_CEILING", "PLAN_AT", "REFERENCE_BARE",
-           "WORKER_CEILING", "predict_cores"]
+           "WAL_BYTES", "WORKER_CEILING", "predict_cores"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,9 @@ DELTA_BYTES_PER_UPDATE = 230
 #: (TimescaleDB 2.28.3: uncompressed, and compressed segment by device_id).
 BYTES_UNCOMPRESSED = 216
 BYTES_COMPRESSED = 31
+#: WAL the server writes per stored report (bench/ingest.py, two workers at 10,000/s for 240 s,
+#: 2026-12-06 late evening: 680 bytes, two checkpoints in the window).
+WAL_BYTES = 680
 #: One ingest worker is bound by its interpreter lock at 80-90% of a core (performance.md).
 WORKER_CEILING = 0.85
 #: Mosquitto is single-threaded: one core is all one broker process gets.
@@ -142,7 +145,8 @@ def main() -> None:
           f"{rate * DELTA_BYTES_PER_UPDATE * args.screens * 8 / 1e9:.1f} Gbit/s for all |")
     day = rate * 86_400
     print(f"\ndisk per day: {day * BYTES_UNCOMPRESSED / 1e9:,.0f} GB uncompressed, "
-          f"{day * BYTES_COMPRESSED / 1e9:,.0f} GB compressed ({day / 1e9:.2f} billion reports)")
+          f"{day * BYTES_COMPRESSED / 1e9:,.0f} GB compressed ({day / 1e9:.2f} billion reports); "
+          f"WAL {day * WAL_BYTES / 1e12:.1f} TB a day, {rate * WAL_BYTES / 1e6:.0f} MB/s")
 
 
 if __name__ == "__main__":

@@ -42,18 +42,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import psutil
-from common import ROOT
+from common import ROOT, CountingSubscriber
 from fleet_cameras import device_id, secret_for
 
-from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from services.device_accounts import initial_config, mosquitto_password  # noqa: E402
 from telemetry.embedded import free_port  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess, cameras_listener, dynsec_plugin, throwaway_ca  # noqa: E402
@@ -94,36 +91,6 @@ def broker_usage(pid: int) -> tuple[float, int]:
 def own_cpu() -> float:
     times = psutil.Process().cpu_times()
     return float(times.user + times.system)
-
-
-class Counter:
-    """The bare subscriber: a paho client on the services' listener that only counts the
-    cameras' telemetry (QoS 1, auto-ack), as bench/ingest.py's does."""
-
-    def __init__(self, url: str) -> None:
-        address = BrokerAddress.parse(url)
-        self.count = 0
-        subscribed = threading.Event()
-        self.client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
-        self.client.on_message = lambda c, u, m: self._one()
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect(address.host, address.port)
-        self.client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
-        self.client.loop_start()
-        if not subscribed.wait(10):
-            raise SystemExit("the bare subscriber got no SUBACK within 10 s")
-
-    def _one(self) -> None:
-        self.count += 1
-
-    def reach(self, target: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count < target and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 class Generators:
@@ -190,7 +157,7 @@ def write_accounts(path: Path, cameras: int, seed: str) -> None:
     path.write_text(json.dumps(initial_config(admin_password=uuid.uuid4().hex, cameras=logins)))
 
 
-def per_message_leg(name: str, broker_pid: int, counter: Counter, send: Any) -> dict[str, Any] | None:
+def per_message_leg(name: str, broker_pid: int, counter: CountingSubscriber, send: Any) -> dict[str, Any] | None:
     """Run ``send()`` (which returns (offered, sent, acked)) and wait until the subscriber has
     everything sent: the broker's and the subscriber's CPU over that window. None (and says
     why) where the leg is not valid."""
@@ -229,7 +196,7 @@ def main() -> None:
     seed = uuid.uuid4().hex
     broker: MosquittoProcess | None = None
     generators: Generators | None = None
-    counter: Counter | None = None
+    counter: CountingSubscriber | None = None
     try:
         ca, cert, key = throwaway_ca(workdir)
         accounts = workdir / "device-accounts.json"
@@ -238,7 +205,7 @@ def main() -> None:
         broker = MosquittoProcess(workdir / "mosquitto", extra=cameras_listener(
             tls_port, ca=ca, cert=cert, key=key, plugin=plugin, accounts=accounts)).start()
         pid = broker.pid or 0
-        counter = Counter(broker.url)
+        counter = CountingSubscriber(broker.url)
         generators = Generators(tls_port, ca, args.cameras, args.generators, seed, args.keepalive, args.concurrency)
         print(f"{args.cameras:,} cameras over {len(generators.procs)} generators, TLS 1.2+ with dynamic-security "
               f"logins; keep-alive {args.keepalive} s")

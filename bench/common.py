@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as paho
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.mqtt import BrokerAddress, new_client  # noqa: E402
 from services.accounts import Role, add_user  # noqa: E402
 from services.registry import DeviceRecord, upsert_devices  # noqa: E402
 from simulator.fleet import FleetProfile, Unit, build_fleet  # noqa: E402
@@ -29,8 +32,8 @@ from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "WalMark", "WalUsed", "require_chromium", "scratch_stack",
-           "seed_fleet", "signed_in_page", "stop_processes", "wait_ready", "wal_mark", "wal_since"]
+__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "CountingSubscriber", "WalMark", "WalUsed", "require_chromium",
+           "scratch_stack", "seed_fleet", "signed_in_page", "stop_processes", "wait_ready", "wal_mark", "wal_since"]
 
 
 @contextmanager
@@ -104,6 +107,37 @@ def wal_since(db_url: str, mark: WalMark) -> WalUsed:
                            (mark.lsn,)).fetchone()
     assert row is not None
     return WalUsed(row[0], row[1] - mark.checkpoints)
+
+
+class CountingSubscriber:
+    """The bare subscriber: a paho client that only counts the devices' telemetry (QoS 1,
+    auto-ack), as bench/ingest.py's does; the benches' calibration (its CPU per message is
+    ``B`` of docs/operations.md's sizing). Connected and subscribed (SUBACK) when made."""
+
+    def __init__(self, url: str) -> None:
+        address = BrokerAddress.parse(url)
+        self.count = 0
+        subscribed = threading.Event()
+        self.client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
+        self.client.on_message = lambda c, u, m: self._one()
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect(address.host, address.port)
+        self.client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
+        self.client.loop_start()
+        if not subscribed.wait(10):
+            raise SystemExit("the bare subscriber got no SUBACK within 10 s")
+
+    def _one(self) -> None:
+        self.count += 1
+
+    def reach(self, target: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:

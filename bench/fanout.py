@@ -40,7 +40,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import zlib
@@ -53,7 +52,7 @@ import paho.mqtt.client as paho
 import psutil
 import psycopg
 import websockets
-from common import ROOT, scratch_stack, stop_processes, wait_ready
+from common import ROOT, CountingSubscriber, scratch_stack, stop_processes, wait_ready
 
 from api.live.snapshot import read_message  # noqa: E402
 from core.mqtt import BrokerAddress, new_client  # noqa: E402
@@ -267,23 +266,12 @@ def _bare_subscriber(url: str, seconds: float, results: Any) -> None:
 
 def _calibration(url: str, seconds: float, results: Any) -> None:
     """The run's calibration, in a process of its own beside the intake window: a subscriber
-    that only counts the devices' stream (QoS 1, as bench/ingest.py's bare subscriber), and
-    its CPU per message, ``B`` in docs/operations.md's sizing."""
-    address = BrokerAddress.parse(url)
-    received = [0]
-    subscribed = threading.Event()
-    client = new_client(address, client_id=f"calibration-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
-    client.on_message = lambda c, u, m: received.__setitem__(0, received[0] + 1)
-    client.on_subscribe = lambda *a: subscribed.set()
-    client.connect(address.host, address.port)
-    client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
-    client.loop_start()
-    subscribed.wait(30)
-    count0, cpu0 = received[0], time.process_time()
+    that only counts the devices' stream, and its CPU per message."""
+    counter = CountingSubscriber(url)
+    count0, cpu0 = counter.count, time.process_time()
     time.sleep(seconds)
-    count1, cpu1 = received[0], time.process_time()
-    client.disconnect()
-    client.loop_stop()
+    count1, cpu1 = counter.count, time.process_time()
+    counter.stop()
     results.put(("calibration", cpu1 - cpu0, count1 - count0))
 
 

@@ -161,20 +161,25 @@ def test_only_the_demo_runs_without_a_database_url(args: list[str], tmp_path: Pa
     assert not (tmp_path / "pg").exists()
 
 
-def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_demo(tmp_path: Path, *args: str, until: str = "Ctrl-C") -> tuple[subprocess.Popen[str], list[str]]:
     """``watchfloor demo`` with no configuration but a data directory, and its output up to the
-    line that says it is up ("Ctrl-C stops everything")."""
+    line holding ``until`` (by default the one that says it is up, "Ctrl-C stops everything")."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
     proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", *args],
                             env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, _read_until(proc, until)
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str) -> list[str]:
+    """``proc``'s output lines up to and with the first holding ``marker`` (all of it if none does)."""
     assert proc.stdout is not None
     lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
-        if "Ctrl-C" in line:
+        if marker in line:
             break
-    return proc, lines
+    return lines
 
 
 def test_demo_runs_on_embedded_parts(tmp_path: Path) -> None:
@@ -218,24 +223,13 @@ def test_the_demo_holds_its_port_from_the_start(tmp_path: Path) -> None:
     took it while the demo set up, and the demo then failed to start (in CI, at 1,200 cameras).
     Here the test itself tries to take the port at that moment."""
     port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WATCHFLOOR_")}
-    proc = subprocess.Popen([sys.executable, "-m", "watchfloor", "demo", "--devices", "20", "--port", str(port)],
-                            env={**clean, "WATCHFLOOR_DATA_DIR": str(tmp_path / "data")},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines: list[str] = []
+    # "Watchfloor demo" is printed before the fleet, ingest or the API start.
+    proc, lines = _start_demo(tmp_path, "--devices", "20", "--port", str(port), until="Watchfloor demo")
     try:
-        for line in proc.stdout:  # printed before the fleet, ingest or API start
-            lines.append(line)
-            if line.startswith("Watchfloor demo"):
-                break
         with socket.socket() as thief, pytest.raises(OSError) as taken:
             thief.bind(("127.0.0.1", port))
         assert taken.value.errno == errno.EADDRINUSE
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
+        lines += _read_until(proc, "Ctrl-C")
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=120)
     finally:

@@ -125,10 +125,11 @@ class FleetState:
         ``whole``: rows as :meth:`load` takes them of the :meth:`unregistered` devices, which
         come whole; one without its row is left out, to be taken in at the next load."""
         rows = {row["device_id"]: row for row in whole}
-        units = self._units
+        units, known = self._units, self._registered
         registered = set()
-        for device_id, *fields in registry:
-            unit = units.get(device_id) if device_id in self._registered else None
+        # Every device every 30 s: each field by name, no dict or list built for a unit as it was.
+        for device_id, callsign, officer, borough, role in registry:
+            unit = units.get(device_id) if device_id in known else None
             if unit is None:
                 row = rows.get(device_id)
                 if row is not None:
@@ -138,8 +139,10 @@ class FleetState:
             registered.add(device_id)
             # Compared with the unit, not with the last registry read: a frame's officer
             # (custody) may have overtaken another, and the database has the last word.
-            if [unit[k] for k in REGISTRY_FIELDS] != fields:
-                self._merge_registry(unit, dict(zip(REGISTRY_FIELDS, fields)))
+            if (unit["callsign"] != callsign or unit["officer"] != officer or unit["borough"] != borough
+                    or unit["role"] != role):
+                self._merge_registry(unit, {"callsign": callsign, "officer": officer, "borough": borough,
+                                            "role": role})
         self._retire_all_but(registered)
 
     def _load_unit(self, row: dict[str, Any]) -> None:

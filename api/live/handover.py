@@ -63,7 +63,7 @@ class Handover:
           them: past that the oldest is dropped (a client re-reads alerts over REST);
         - a registry or accounts announcement sets an ``asyncio.Event`` on the loop
           (``call_soon_threadsafe``): announcements before the loop's reader wakes coalesce
-          into one reload, which reads everything anyway. Before :meth:`attach`, or once
+          into one refresh, which reads the whole registry anyway. Before :meth:`attach`, or once
           the loop has closed (the app is stopping), it is dropped.
         """
         self._counters.broker_messages += 1

@@ -416,6 +416,22 @@ def test_the_handover_merges_frames_and_gives_alerts_their_units_borough() -> No
     assert "lat" not in shared.snapshot((False, None))[0]
 
 
+def test_a_broker_reconnect_asks_the_next_refresh_for_every_units_stored_state() -> None:
+    """Frames are lost with a broker session: after a reconnect (and only then) the refresher
+    is woken and told, once, to read every unit's state, not the registry alone."""
+    woken = asyncio.Event()
+    shared = Handover(counters=FeedCounters(), registry_changed=woken, accounts_changed=asyncio.Event())
+    loop = asyncio.new_event_loop()
+    try:
+        shared.attach(loop)
+        assert not shared.take_missed()
+        shared.reconnected()
+        loop.run_until_complete(asyncio.wait_for(woken.wait(), 5))
+        assert shared.take_missed() and not shared.take_missed()
+    finally:
+        loop.close()
+
+
 def test_frames_from_two_workers_out_of_order_never_put_an_older_report_on_screen() -> None:
     """Two ingest workers store a unit's reports in two batches; the newer batch's frame
     arrives first. The older one leaves the unit as the newer one set it."""

@@ -83,9 +83,22 @@ _ACCOUNTS_REFRESH_S = 30.0
 
 
 async def _load_units(pool: ConnectionPool, hub: LiveHub) -> None:
+    """Every unit, with its stored state: at start-up, and after frames were lost."""
     def load() -> None:
         with pool.connection() as conn:
             hub.load(queries.units_snapshot(conn))
+
+    await run_in_threadpool(load)
+
+
+async def _load_registry(pool: ConnectionPool, hub: LiveHub) -> None:
+    """The registry alone, and the stored state of the devices new to the feed only: the
+    frames keep every other unit's state (a full load is about twice the CPU, for nothing)."""
+    def load() -> None:
+        with pool.connection() as conn:
+            registry = queries.registry_snapshot(conn)
+            new = hub.unregistered(registry)
+            hub.load_registry(registry, queries.units_snapshot(conn, device_ids=new) if new else [])
 
     await run_in_threadpool(load)
 
@@ -94,14 +107,19 @@ async def _refresh_registry(pool: ConnectionPool, hub: LiveHub, viewing: LiveVie
     """Devices registered, moved to another borough or retired after start-up reach the
     feed: at once when an API process announces the change on the broker, and every 30 s
     in any case (for changes made from the command line, or missed while disconnected).
-    Live view reconciles at once too (a retired or re-provisioned camera's stream closes)."""
+    Each reads the registry alone, but after a broker reconnect (frames were lost with the
+    session) every unit's stored state too. Live view reconciles at once too (a retired or
+    re-provisioned camera's stream closes)."""
+    whole = False
     while True:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(hub.registry_changed.wait(), _REGISTRY_REFRESH_S)
         hub.registry_changed.clear()  # changes announced during the load bring another one
         viewing.registry_changed()
+        whole = hub.take_missed() or whole  # kept until a load succeeds
         try:
-            await _load_units(pool, hub)
+            await (_load_units if whole else _load_registry)(pool, hub)
+            whole = False
         except Exception as error:  # the database may be away; the feed goes on
             log.warning("registry refresh failed: %s", error)
 

@@ -23,10 +23,10 @@ several frames, each whole units: a few at full rate, most batches one.
 came after its newest report in the batch (a report is proof of life, as in the database).
 ``o`` the officer and callsign the registry holds for a unit after an ``undocked`` event of
 the batch (a camera taken by another officer reaches the screens with the batch, not at the
-API's next registry reload); absent when none, and ignored by a reader that predates it.
+API's next registry refresh); absent when none, and ignored by a reader that predates it.
 Times are ISO 8601. The receiver compares ``ts`` per unit, so frames of several workers may
 arrive in any order (``o`` has no time: two workers' custody changes of one camera within a
-moment may show in either order until the API's registry reload, which reads the database).
+moment may show in either order until the API's registry refresh, which reads the database).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ __all__ = [
     "get_device",
     "list_alerts",
     "list_devices",
+    "registry_snapshot",
     "resolve_alert",
     "track",
     "units_snapshot",
@@ -106,11 +107,26 @@ def get_device(conn: psycopg.Connection, device_id: str, *, boroughs: frozenset[
         return cur.fetchone()
 
 
-def units_snapshot(conn: psycopg.Connection) -> list[Row]:
-    """Every registered, unretired device with its latest state: the live hub's start."""
+def units_snapshot(conn: psycopg.Connection, *, device_ids: list[str] | None = None) -> list[Row]:
+    """Every registered, unretired device (of ``device_ids`` where given) with its latest
+    state: the live hub's start, and its catching up after a broker reconnect."""
+    params: dict[str, Any] = {}
+    only = ""
+    if device_ids is not None:
+        only = " AND d.device_id = ANY(%(ids)s)"
+        params["ids"] = device_ids
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {UNIT_COLUMNS} FROM devices d LEFT JOIN device_latest l USING (device_id)"
-                    " WHERE d.retired_at IS NULL")
+                    f" WHERE d.retired_at IS NULL{only}", params)
+        return cur.fetchall()
+
+
+def registry_snapshot(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Every registered, unretired device as ``(device_id, callsign, officer, borough,
+    role)``, without its state: the live hub's periodic refresh. Plain tuples, not dicts:
+    it reads the whole fleet every 30 s in every API process."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT device_id, callsign, officer, borough, role FROM devices WHERE retired_at IS NULL")
         return cur.fetchall()
 
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from api.live.client import FeedCounters
 from api.live.deltas import Delta, Pending, View, encode_delta, for_view, unit_view
 from api.live.handover import Handover
-from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState
+from api.live.state import POSITION_FIELDS, UNIT_FIELDS, FleetState, RegistryRow
 from core.contract import ALERTS_TOPIC, LIVE_UNITS_TOPIC, TOPIC_ROOT
 from core.reports import TelemetryReport
 from services.accounts import Principal, Role
@@ -69,6 +69,20 @@ def row(device_id: str, borough: str, **state: Any) -> dict[str, Any]:
     """A registry row as ``queries.units_snapshot`` gives it (no state unless given)."""
     return {"device_id": device_id, "callsign": f"cs-{device_id}", "officer": f"PC {device_id}",
             "borough": borough, "role": "response", "ts": None, **state}
+
+
+def registry(device_id: str, borough: str, *, officer: str | None = None) -> RegistryRow:
+    """A registry row as ``queries.registry_snapshot`` gives it (the same names as ``row``'s)."""
+    return (device_id, f"cs-{device_id}", officer or f"PC {device_id}", borough, "response")
+
+
+def load_registry(state: FleetState, rows: list[RegistryRow], **stored: dict[str, Any]) -> list[str]:
+    """The registry-only refresh as the API runs it: ``rows``, and the whole rows (``row``, with
+    the state in ``stored`` of that device where given) of the devices it lacks; returns those."""
+    new = state.unregistered(rows)
+    by_id = {r[0]: r for r in rows}
+    state.load_registry(rows, [row(d, by_id[d][3], officer=by_id[d][2], **stored.get(d, {})) for d in new])
+    return new
 
 
 def units_of(state: FleetState) -> dict[str, dict[str, Any]]:
@@ -184,6 +198,100 @@ def test_only_changed_fields_are_noted_and_many_updates_make_one_change() -> Non
     assert "battery_pct" not in unit and "callsign" not in unit
     assert set(unit) == {"device_id", "ts", "received_at", "lat", "last_fix_at"}
     assert not state.take_changes()
+
+
+# the registry alone (the periodic and announced refresh)
+
+
+def test_a_registry_refresh_that_changes_nothing_notes_nothing() -> None:
+    """The refresh reads every device every 30 s: a unit whose registry fields are as they
+    were is left as it is, and no client is sent anything, whatever its state."""
+    state = FleetState()
+    state.load([row("d1", "Camden"), row("d2", "Hackney")])
+    state.apply(*telemetry("d1", ts=T0, battery=55.0))
+    state.take_changes()
+    before = units_of(state)
+    assert load_registry(state, [registry("d1", "Camden"), registry("d2", "Hackney")]) == []
+    assert not state.take_changes()
+    assert units_of(state) == before
+
+
+def test_a_registry_refresh_notes_an_officer_change_alone() -> None:
+    """A new officer or callsign in the registry is the one change noted, and the state the
+    frames brought stays."""
+    state = FleetState()
+    state.load([row("d1", "Camden")])
+    state.apply(*telemetry("d1", ts=T0, battery=55.0))
+    state.take_changes()
+    load_registry(state, [registry("d1", "Camden", officer="PC Ben")])
+    [(borough, unit)] = state.take_changes().changed
+    assert (borough, unit) == ("Camden", {"device_id": "d1", "officer": "PC Ben"})
+    assert units_of(state)["d1"]["battery_pct"] == 55.0
+
+
+def test_a_registry_refresh_restores_the_registrys_officer_over_a_frames() -> None:
+    """Two workers' frames may bring a camera's custody changes in either order: the refresh
+    compares with the unit as shown, not with the registry it read last, so the database's
+    officer wins even when the registry has not changed since."""
+    state = FleetState()
+    state.load([row("d1", "Camden")])
+    state.apply("d1", {"officer": "PC Old", "callsign": "cs-d1"})
+    state.take_changes()
+    load_registry(state, [registry("d1", "Camden")])
+    assert units_of(state)["d1"]["officer"] == "PC d1"
+
+
+def test_a_registry_refresh_moves_a_unit_whole_and_notes_the_borough_left() -> None:
+    """As the full load: a unit moved is noted whole, with its state, and as having left."""
+    state = FleetState()
+    state.load([row("d1", "Camden")])
+    state.apply(*telemetry("d1", ts=T0, battery=55.0))
+    state.take_changes()
+    load_registry(state, [registry("d1", "Hackney")])
+    changes = state.take_changes()
+    [(borough, unit)] = changes.changed
+    assert borough == "Hackney" and set(unit) == set(UNIT_FIELDS) and unit["battery_pct"] == 55.0
+    [left] = changes.left
+    assert (left.device_id, left.was, left.now, left.retired) == ("d1", frozenset({"Camden", "Hackney"}),
+                                                                   "Hackney", False)
+
+
+def test_a_registry_refresh_retires_a_missing_unit_and_a_new_one_comes_with_its_stored_state() -> None:
+    """A device missing from the registry is retired (dropped, its frames ignored); a device
+    new to the state, or registered again, is read whole from the database and comes whole
+    with its stored state, or with what the frames brought when that is newer."""
+    state = FleetState()
+    state.load([row("d1", "Camden"), row("d2", "Camden")])
+    state.take_changes()
+    assert load_registry(state, [registry("d2", "Camden")]) == []
+    state.apply(*telemetry("d1", ts=T0))
+    assert set(units_of(state)) == {"d2"}
+    changes = state.take_changes()
+    assert changes.changed == []
+    [left] = changes.left
+    assert (left.device_id, left.was, left.retired) == ("d1", frozenset({"Camden"}), True)
+
+    state.apply(*telemetry("d3", ts=T0 + timedelta(seconds=10), battery=30.0))  # before the refresh saw it
+    new = load_registry(state, [registry("d1", "Hackney"), registry("d2", "Camden"), registry("d3", "Camden")],
+                        d1={"ts": T0, "battery_pct": 12.0}, d3={"ts": T0, "battery_pct": 99.0})
+    assert sorted(new) == ["d1", "d3"]
+    changed = dict((u["device_id"], u) for _, u in state.take_changes().changed)
+    assert set(changed) == {"d1", "d3"} and set(changed["d1"]) == set(UNIT_FIELDS)
+    units = units_of(state)
+    assert (units["d1"]["borough"], units["d1"]["battery_pct"]) == ("Hackney", 12.0)
+    assert (units["d3"]["borough"], units["d3"]["battery_pct"]) == ("Camden", 30.0)
+    assert load_registry(state, [registry("d1", "Hackney"), registry("d2", "Camden"), registry("d3", "Camden")]) == []
+
+
+def test_a_new_device_without_its_stored_state_waits_for_the_next_refresh() -> None:
+    """A device the registry names but whose whole row was not read (retired in between) is
+    not taken in, and is asked for again by the next refresh."""
+    state = FleetState()
+    state.load([row("d1", "Camden")])
+    state.take_changes()
+    state.load_registry([registry("d1", "Camden"), registry("d2", "Camden")], [])
+    assert set(units_of(state)) == {"d1"} and not state.take_changes()
+    assert state.unregistered([registry("d1", "Camden"), registry("d2", "Camden")]) == ["d2"]
 
 
 # per-view deltas
@@ -308,6 +416,22 @@ def test_the_handover_merges_frames_and_gives_alerts_their_units_borough() -> No
     assert "lat" not in shared.snapshot((False, None))[0]
 
 
+def test_a_broker_reconnect_asks_the_next_refresh_for_every_units_stored_state() -> None:
+    """Frames are lost with a broker session: after a reconnect (and only then) the refresher
+    is woken and told, once, to read every unit's state, not the registry alone."""
+    woken = asyncio.Event()
+    shared = Handover(counters=FeedCounters(), registry_changed=woken, accounts_changed=asyncio.Event())
+    loop = asyncio.new_event_loop()
+    try:
+        shared.attach(loop)
+        assert not shared.take_missed()
+        shared.reconnected()
+        loop.run_until_complete(asyncio.wait_for(woken.wait(), 5))
+        assert shared.take_missed() and not shared.take_missed()
+    finally:
+        loop.close()
+
+
 def test_frames_from_two_workers_out_of_order_never_put_an_older_report_on_screen() -> None:
     """Two ingest workers store a unit's reports in two batches; the newer batch's frame
     arrives first. The older one leaves the unit as the newer one set it."""
@@ -398,6 +522,9 @@ _op = st.one_of(
               st.booleans()),
     st.tuples(st.just("status"), st.sampled_from(DEVICES), st.booleans()),
     st.tuples(st.just("registry"), st.dictionaries(st.sampled_from(DEVICES), st.sampled_from(BOROUGHS))),
+    st.tuples(st.just("registry_only"), st.dictionaries(st.sampled_from(DEVICES),
+                                                        st.tuples(st.sampled_from(BOROUGHS),
+                                                                  st.sampled_from(["PC a", "PC b"])))),
     st.tuples(st.just("tick")),
 )
 
@@ -437,6 +564,8 @@ def test_every_delta_applied_to_the_snapshot_gives_the_views_units_at_their_late
             state.apply(*status(op[1], op[2]))
         elif kind == "registry":
             state.load([row(d, b) for d, b in op[1].items()])
+        elif kind == "registry_only":
+            load_registry(state, [registry(d, b, officer=o) for d, (b, o) in op[1].items()])
         else:
             changes = state.take_changes()
             return [for_view(changes, view) for view in VIEWS]

@@ -2,7 +2,8 @@
 ingest workers and the API: what ingest rejects or rate-limits never reaches a websocket
 client while a good message beside it does; two workers' frames both reach clients; an older
 report stored after a newer one leaves the screen as it was; a restarted API process rebuilds
-from ``device_latest``. The pure frame and the hub's merge: test_live_core.py."""
+from ``device_latest``, and after a broker reconnect; the registry-only refresh reads what the
+full read does. The pure frame and the hub's merge: test_live_core.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 
 import api.app
+from api.live.state import REGISTRY_FIELDS
 from core.contract import Channel, topic_for
 from services.registry import DeviceRecord, upsert_devices
+from telemetry import queries
 from telemetry.ingest import IngestWorker
 from tests.helpers.api import LiveReader, add_test_users, running_api, token
 from tests.helpers.db import Database
@@ -191,3 +194,18 @@ def test_a_camera_undocked_by_another_officer_shows_them_without_a_registry_relo
             assert (reader.latest_unit("lf-6") or {}).get("callsign") == "WE07"
         finally:
             reader.close()
+
+
+def test_the_registry_read_alone_agrees_with_the_full_read(registered: Database) -> None:
+    """The API's periodic refresh reads the registry alone (``registry_snapshot``), and the full
+    rows (``units_snapshot``) only of the devices new to it: the same devices and registry
+    fields, in ``REGISTRY_FIELDS``' order, retired devices in neither."""
+    with registered.connect() as conn:
+        conn.execute("UPDATE devices SET retired_at = now() WHERE device_id = 'lf-7'")
+        conn.execute("UPDATE devices SET borough = NULL WHERE device_id = 'lf-1'")
+        whole = queries.units_snapshot(conn)
+        alone = queries.registry_snapshot(conn)
+        some = queries.units_snapshot(conn, device_ids=["lf-2", "lf-7", "nope"])
+    assert sorted(alone) == sorted((r["device_id"], *(r[k] for k in REGISTRY_FIELDS)) for r in whole)
+    assert {r[0] for r in alone} == {f"lf-{n}" for n in range(7)}
+    assert [r["device_id"] for r in some] == ["lf-2"]

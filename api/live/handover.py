@@ -22,7 +22,7 @@ import orjson
 
 from api.live.client import FeedCounters
 from api.live.deltas import View, unit_view
-from api.live.state import Changes, FleetState
+from api.live.state import Changes, FleetState, RegistryRow
 from core.contract import ACCOUNTS_TOPIC, ALERTS_TOPIC, LIVE_UNITS_TOPIC, REGISTRY_TOPIC
 from telemetry.live_frame import FrameError, decode_frame
 
@@ -44,6 +44,7 @@ class Handover:
         self._registry_changed = registry_changed
         self._accounts_changed = accounts_changed
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._missed = False  # frames were lost with a broker session since the last take_missed
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop to tell of registry and account announcements (before the broker starts)."""
@@ -62,7 +63,7 @@ class Handover:
           them: past that the oldest is dropped (a client re-reads alerts over REST);
         - a registry or accounts announcement sets an ``asyncio.Event`` on the loop
           (``call_soon_threadsafe``): announcements before the loop's reader wakes coalesce
-          into one reload, which reads everything anyway. Before :meth:`attach`, or once
+          into one refresh, which reads the whole registry anyway. Before :meth:`attach`, or once
           the loop has closed (the app is stopping), it is dropped.
         """
         self._counters.broker_messages += 1
@@ -90,8 +91,10 @@ class Handover:
 
     def reconnected(self) -> None:
         """paho's thread, on a connection after the first: frames published while the
-        session was away are lost, so the registry refresher reloads every unit's state from
-        ``device_latest`` (it keeps what is newer in the state already)."""
+        session was away are lost, so the registry refresher's next load reads every unit's
+        state from ``device_latest`` too (it keeps what is newer in the state already)."""
+        with self._lock:
+            self._missed = True
         self._announce(self._registry_changed)
 
     def _announce(self, event: asyncio.Event) -> None:
@@ -104,9 +107,25 @@ class Handover:
     # the event loop
 
     def load(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Merge the registry (see :meth:`FleetState.load`)."""
+        """Merge the registry with the units' stored state (see :meth:`FleetState.load`)."""
         with self._lock:
             self._state.load(rows)
+
+    def unregistered(self, registry: Iterable[RegistryRow]) -> list[str]:
+        """See :meth:`FleetState.unregistered`."""
+        with self._lock:
+            return self._state.unregistered(registry)
+
+    def load_registry(self, registry: Iterable[RegistryRow], whole: Iterable[dict[str, Any]]) -> None:
+        """Merge the registry alone (see :meth:`FleetState.load_registry`)."""
+        with self._lock:
+            self._state.load_registry(registry, whole)
+
+    def take_missed(self) -> bool:
+        """Whether frames were lost with a broker session since the last call."""
+        with self._lock:
+            missed, self._missed = self._missed, False
+        return missed
 
     def take(self) -> tuple[Changes, list[dict[str, Any]]]:
         """The unit changes and the alerts since the last call, each alert with its unit's

@@ -23,6 +23,7 @@ from api.live.client import FeedCounters, LiveClient
 from api.live.deltas import Delta, View, encode_delta, for_view
 from api.live.handover import Handover
 from api.live.snapshot import deflate_units, feed_alert
+from api.live.state import RegistryRow
 from services.accounts import Principal, Role
 
 __all__ = ["LiveHub"]
@@ -50,8 +51,21 @@ class LiveHub:
     # lifecycle (owned by the app's lifespan)
 
     def load(self, units: Iterable[dict[str, Any]]) -> None:
-        """Merge the registry's devices from the database (see ``FleetState.load``)."""
+        """Merge the registry's devices with their stored state (see ``FleetState.load``)."""
         self._shared.load(units)
+
+    def unregistered(self, registry: Iterable[RegistryRow]) -> list[str]:
+        """The devices of ``registry`` whose stored state :meth:`load_registry` needs."""
+        return self._shared.unregistered(registry)
+
+    def load_registry(self, registry: Iterable[RegistryRow], whole: Iterable[dict[str, Any]]) -> None:
+        """Merge the registry alone (see ``FleetState.load_registry``)."""
+        self._shared.load_registry(registry, whole)
+
+    def take_missed(self) -> bool:
+        """Whether frames were lost with the broker session since the last call: the next
+        load must read every unit's stored state, not the registry alone."""
+        return self._shared.take_missed()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

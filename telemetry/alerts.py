@@ -273,8 +273,10 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
     with conn.cursor(row_factory=dict_row) as cur:
         for device_id, _, event in sorted(batch.events, key=lambda e: (e[2].ts, e[2].seq)):
             changes += _apply_event(cur, device_id, event, policy)
-    device_ids = sorted({device_id for device_id, _, _ in batch.telemetry}
-                        | {device_id for device_id, _, _ in batch.statuses})
+    # In no order: the statements only ask whether a unit is among them, and sorting a batch's
+    # ids cost more than the rest of the Python the rules spend on a batch that changes nothing.
+    device_ids = list({device_id for device_id, _, _ in batch.telemetry}
+                      | {device_id for device_id, _, _ in batch.statuses})
     if device_ids:
         state_changes, incidents_open = _apply_state_rules(conn, device_ids, batch.telemetry, rules, policy)
         changes += state_changes

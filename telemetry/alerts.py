@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -25,7 +26,7 @@ from core.reports import EventReport, TelemetryReport
 from telemetry.alert_policy import SEVERITIES, AlertPolicy, Outcome
 from telemetry.custody import officer_at
 from telemetry.escalation import ESCALATED_TO, ESCALATING_SEVERITIES, EscalationRules, escalation_due
-from telemetry.geometry import circle_depth_m, parse_ring
+from telemetry.geometry import Polygon, circle_depth_m, parse_ring
 from telemetry.offline import QuietUnit, offline_due
 from telemetry.store import Batch
 
@@ -273,8 +274,10 @@ def evaluate_batch(conn: psycopg.Connection, batch: Batch, rules: AlertRules,
     with conn.cursor(row_factory=dict_row) as cur:
         for device_id, _, event in sorted(batch.events, key=lambda e: (e[2].ts, e[2].seq)):
             changes += _apply_event(cur, device_id, event, policy)
-    device_ids = sorted({device_id for device_id, _, _ in batch.telemetry}
-                        | {device_id for device_id, _, _ in batch.statuses})
+    # In no order: the statements only ask whether a unit is among them, and sorting a batch's
+    # ids cost more than the rest of the Python the rules spend on a batch that changes nothing.
+    device_ids = list({device_id for device_id, _, _ in batch.telemetry}
+                      | {device_id for device_id, _, _ in batch.statuses})
     if device_ids:
         state_changes, incidents_open = _apply_state_rules(conn, device_ids, batch.telemetry, rules, policy)
         changes += state_changes
@@ -295,6 +298,13 @@ _IN_INCIDENT_AREA = ("(i.borough IS NULL OR d.borough = i.borough OR EXISTS (SEL
                      " WHERE u.incident_id = i.id AND u.device_id = d.device_id))")
 
 
+@lru_cache(maxsize=64)
+def _parsed(ring: tuple[tuple[float, ...], ...]) -> Polygon:
+    """An open incident's ring, parsed once: its checks (every pair of edges) cost more than
+    the depths of a batch's units near it, and its ring does not change while it is open."""
+    return parse_ring(ring)
+
+
 def _polygon_depths(cur: psycopg.Cursor[dict[str, Any]], scope: str,
                     params: dict[str, Any]) -> dict[str, str]:
     """Each unit in scope's signed depth (metres, positive inside) in each open polygon
@@ -304,7 +314,7 @@ def _polygon_depths(cur: psycopg.Cursor[dict[str, Any]], scope: str,
     incident is a polygon. The arrays go as comma-joined texts, as the device ids do
     (:func:`_id_text`): two statements read them, and a list is adapted item by item."""
     cur.execute("SELECT id, polygon FROM incidents WHERE status = 'open' AND polygon IS NOT NULL")
-    polygons = [(r["id"], parse_ring(r["polygon"])) for r in cur.fetchall()]
+    polygons = [(r["id"], _parsed(tuple(map(tuple, r["polygon"])))) for r in cur.fetchall()]
     incident_ids: list[int] = []
     device_ids: list[str] = []
     depths: list[float] = []
@@ -344,14 +354,67 @@ def evaluate_incidents(conn: psycopg.Connection, device_ids: list[str] | None,
     return _apply_incident_rules(conn, device_ids, policy, geofence)
 
 
+# The units an incident rule may change anything for: near an open incident's area (within its
+# circle, a polygon's bounding one, and the margin: a unit further out is clearly outside, and
+# only a unit already present or crossing acts on that), or present in or crossing into or out
+# of one, or assigned to an open one, or with an open alert of an incident kind to clear.
+# Everything it reads is the database's, in the batch's transaction, as the rules' own
+# statements read it: a unit another worker's batch made due is found here just the same.
+_CONCERNED = (
+    "SELECT * FROM (SELECT l.device_id,"
+    " EXISTS (SELECT 1 FROM incidents i WHERE i.status = 'open' AND l.lat IS NOT NULL AND l.lon IS NOT NULL"
+    "  AND " + _DISTANCE_M + " <= i.radius_m + %(margin)s + 1) AS near,"  # +1 m: float rounding, against geometry.py
+    " EXISTS (SELECT 1 FROM incident_presence p WHERE p.device_id = l.device_id) AS present,"
+    " EXISTS (SELECT 1 FROM geofence_pending g WHERE g.device_id = l.device_id) AS crossing,"
+    " EXISTS (SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
+    "  WHERE u.device_id = l.device_id AND i.status = 'open') AS assigned,"
+    " EXISTS (SELECT 1 FROM alerts a WHERE a.device_id = l.device_id AND a.status <> 'resolved'"
+    "  AND a.kind IN ('geofence', 'assigned_not_recording')) AS alerted"
+    " FROM device_latest l WHERE l.device_id = ANY(" + _IDS + ")) c"
+    " WHERE near OR present OR crossing OR assigned OR alerted ORDER BY device_id")
+
+
+@dataclass(frozen=True)
+class _Concern:
+    """The units in scope of the incident rules (None: every unit), and whether any of them
+    is near an open incident, present in one, crossing, assigned to one, or has an open
+    incident alert: a statement whose rows all need one of these is skipped without it."""
+
+    device_ids: list[str] | None
+    near: bool = True
+    present: bool = True
+    crossing: bool = True
+    assigned: bool = True
+    alerted: bool = True
+
+
+def _concerned(cur: psycopg.Cursor[dict[str, Any]], device_ids: list[str], geofence: Geofence) -> _Concern:
+    """Of ``device_ids``, the units :data:`_CONCERNED` finds: most of a batch is far from every
+    open incident and in none of its state, and the rules' nine statements and the polygons'
+    depths over the whole batch cost ingest more than the rest of the alert engine did (one
+    statement finds the few, and what they need; for none, it is all)."""
+    cur.execute(_CONCERNED, {"ids": _id_text(device_ids), "margin": geofence.margin_m})
+    rows = cur.fetchall()
+    return _Concern([r["device_id"] for r in rows], *(any(r[flag] for r in rows) for flag in
+                                                       ("near", "present", "crossing", "assigned", "alerted")))
+
+
 def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None, policy: AlertPolicy,
                           geofence: Geofence) -> list[dict[str, Any]]:
     """:func:`evaluate_incidents`, once some incident is known to be open (or for every unit)."""
     with conn.cursor(row_factory=dict_row) as cur:
+        concern = _Concern(None) if device_ids is None else _concerned(cur, device_ids, geofence)
+        device_ids = concern.device_ids
+        if device_ids == []:
+            return []
         scope = "true" if device_ids is None else f"l.device_id = ANY({_IDS})"
         params: dict[str, Any] = {"ids": None if device_ids is None else _id_text(device_ids),
                                   "margin": geofence.margin_m, "dwell": geofence.dwell_s}
-        params |= _polygon_depths(cur, scope, params)
+        # Where a unit stands (below) is read only for a unit crossing, or near or present (a
+        # unit clearly outside, neither present nor crossing, changes nothing).
+        sided = concern.crossing or concern.near or concern.present
+        if sided:
+            params |= _polygon_depths(cur, scope, params)
         changes: list[dict[str, Any]] = []
         # Where each unit in scope stands towards each open incident, by its latest fix: clearly
         # inside, clearly outside, or neither (in the margin's band, no fix, or a fix whose
@@ -369,37 +432,43 @@ def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None
                  "  string_to_array(%(p_depth)s, ',')::float8[])"
                  "  AS pd(incident_id, device_id, depth) ON pd.incident_id = i.id AND pd.device_id = l.device_id"
                  f" WHERE {scope}")
-        # Left at once: moved to another borough, or the incident closed.
-        cur.execute(
-            "DELETE FROM incident_presence p USING device_latest l, devices d, incidents i"
-            f" WHERE p.device_id = l.device_id AND d.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
-            f" AND (i.status <> 'open' OR NOT {_IN_INCIDENT_AREA}) RETURNING p.device_id", params)
-        left = {r["device_id"] for r in cur.fetchall()}
-        cur.execute("DELETE FROM geofence_pending g USING incidents i WHERE g.incident_id = i.id"
-                    " AND i.status <> 'open'")
-        # A crossing under way is cancelled by any accurate fix not clearly across (back in the
-        # margin's band is enough: a unit standing on the boundary, however its fixes jitter,
-        # never stays clearly across for the dwell time); one is started by a fix clearly
-        # across, since that fix's time.
-        cur.execute(
-            f"DELETE FROM geofence_pending g USING ({sides}) s WHERE g.incident_id = s.incident_id"
-            " AND g.device_id = s.device_id AND ((g.toward = 'inside'"
-            " AND (NOT s.in_area OR (s.accurate AND NOT s.inside)))"
-            " OR (g.toward = 'outside' AND s.accurate AND NOT s.outside))", params)
-        cur.execute(
-            "INSERT INTO geofence_pending (incident_id, device_id, toward, since)"
-            " SELECT s.incident_id, s.device_id, CASE WHEN s.inside THEN 'inside' ELSE 'outside' END, s.ts"
-            f" FROM ({sides}) s WHERE (s.inside AND NOT EXISTS (SELECT 1 FROM incident_presence p"
-            " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
-            " OR (s.outside AND EXISTS (SELECT 1 FROM incident_presence p"
-            " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
-            " ORDER BY s.incident_id, s.device_id ON CONFLICT DO NOTHING", params)
-        # Crossed: the unit has stayed across for the dwell time (by its fixes' times).
-        cur.execute(
-            "DELETE FROM geofence_pending g USING device_latest l"
-            f" WHERE g.device_id = l.device_id AND {scope} AND g.since <= l.ts - make_interval(secs => %(dwell)s)"
-            " RETURNING g.incident_id, g.device_id, g.toward, g.since", params)
-        crossed = cur.fetchall()
+        left: set[str] = set()
+        if concern.present:  # left at once: moved to another borough, or the incident closed
+            cur.execute(
+                "DELETE FROM incident_presence p USING device_latest l, devices d, incidents i"
+                f" WHERE p.device_id = l.device_id AND d.device_id = l.device_id AND p.incident_id = i.id AND {scope}"
+                f" AND (i.status <> 'open' OR NOT {_IN_INCIDENT_AREA}) RETURNING p.device_id", params)
+            left = {r["device_id"] for r in cur.fetchall()}
+        if concern.crossing:
+            # Before the crossings below, which do not ask whether the incident is still open.
+            cur.execute("DELETE FROM geofence_pending g USING incidents i WHERE g.incident_id = i.id"
+                        " AND i.status <> 'open'")
+            # A crossing under way is cancelled by any accurate fix not clearly across (back in
+            # the margin's band is enough: a unit standing on the boundary, however its fixes
+            # jitter, never stays clearly across for the dwell time).
+            cur.execute(
+                f"DELETE FROM geofence_pending g USING ({sides}) s WHERE g.incident_id = s.incident_id"
+                " AND g.device_id = s.device_id AND ((g.toward = 'inside'"
+                " AND (NOT s.in_area OR (s.accurate AND NOT s.inside)))"
+                " OR (g.toward = 'outside' AND s.accurate AND NOT s.outside))", params)
+        started = 0
+        if concern.near or concern.present:  # one is started by a fix clearly across, since that fix's time
+            cur.execute(
+                "INSERT INTO geofence_pending (incident_id, device_id, toward, since)"
+                " SELECT s.incident_id, s.device_id, CASE WHEN s.inside THEN 'inside' ELSE 'outside' END, s.ts"
+                f" FROM ({sides}) s WHERE (s.inside AND NOT EXISTS (SELECT 1 FROM incident_presence p"
+                " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
+                " OR (s.outside AND EXISTS (SELECT 1 FROM incident_presence p"
+                " WHERE p.incident_id = s.incident_id AND p.device_id = s.device_id))"
+                " ORDER BY s.incident_id, s.device_id ON CONFLICT DO NOTHING", params)
+            started = cur.rowcount
+        crossed: list[dict[str, Any]] = []
+        if concern.crossing or started > 0:  # crossed: stayed across for the dwell time (by the fixes' times)
+            cur.execute(
+                "DELETE FROM geofence_pending g USING device_latest l"
+                f" WHERE g.device_id = l.device_id AND {scope} AND g.since <= l.ts - make_interval(secs => %(dwell)s)"
+                " RETURNING g.incident_id, g.device_id, g.toward, g.since", params)
+            crossed = cur.fetchall()
         outward = [c for c in crossed if c["toward"] == "outside"]
         if outward:
             cur.execute("DELETE FROM incident_presence p USING unnest(%s::bigint[], %s::text[]) AS c(incident_id,"
@@ -437,12 +506,15 @@ def _apply_incident_rules(conn: psycopg.Connection, device_ids: list[str] | None
         # firearms commanders with a state nobody knows (docs/api.md, "Alerts").
         assigned = ("SELECT 1 FROM incident_units u JOIN incidents i ON i.id = u.incident_id"
                     " WHERE u.device_id = l.device_id AND i.status = 'open'")
-        cur.execute(
-            "UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(), resolved_by = 'system'"
-            " FROM device_latest l WHERE a.device_id = l.device_id AND a.kind = 'assigned_not_recording'"
-            f" AND a.status <> 'resolved' AND {scope}"
-            f" AND (l.recording = 'recording' OR NOT EXISTS ({assigned})) {_RETURNING_A}", params)
-        changes += cur.fetchall()
+        if concern.alerted:
+            cur.execute(
+                "UPDATE alerts a SET status = 'resolved', outcome = 'cleared', resolved_at = now(),"
+                " resolved_by = 'system' FROM device_latest l WHERE a.device_id = l.device_id"
+                f" AND a.kind = 'assigned_not_recording' AND a.status <> 'resolved' AND {scope}"
+                f" AND (l.recording = 'recording' OR NOT EXISTS ({assigned})) {_RETURNING_A}", params)
+            changes += cur.fetchall()
+        if not concern.assigned:
+            return changes
         cur.execute(
             f"SELECT l.device_id, {_PROFILE},"
             " 'assigned firearms unit is ' || l.recording || ', not recording' AS detail"

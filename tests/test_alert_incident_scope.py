@@ -98,7 +98,7 @@ def _batch(twin: str, step: int, at: datetime, fixes: list[tuple[float | None, f
 
 def _seen(changes: list[dict[str, Any]], twin: str) -> list[tuple[object, ...]]:
     return sorted((str(a["device_id"]).removeprefix(f"{twin}-"), a["kind"], a["status"], a["severity"],
-                   a.get("incident_id")) for a in changes)
+                   a["detail"]) for a in changes)
 
 
 def _state(pg: Database, twin: str) -> dict[str, list[tuple[object, ...]]]:

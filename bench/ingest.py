@@ -7,8 +7,12 @@ beside a bare subscriber and beside main's ingest, measured in the same run.
 For each configuration (one worker or two in a ``$share`` group; MQTT 5 or 3.1.1) and each
 offered rate it measures, one after the other on the same broker and database:
 
-* the **bare subscriber**: main's paho subscriber that does no work (the project's read
-  buffer, MQTT 3.1.1, QoS 1 acknowledged by paho), its messages per core-second;
+* the **bare subscribers** (bench/bare.py): main's paho subscriber that does no work (the
+  project's read buffer, MQTT 3.1.1, QoS 1 acknowledged by paho), as many processes as the
+  configuration has workers, sharing the stream in a ``$share`` group as the workers do:
+  their messages per core-second, the yardstick. For two workers, also one subscriber
+  taking the whole stream, the yardstick of runs before 2026-12-07 (a subscriber taking half
+  the stream pays its per-read costs over half the messages, and costs more per message);
 * **main's ingest**: the same workers run from the baseline commit below, unpacked with
   ``git archive`` into a scratch folder (``--baseline-commit``; ``--no-baseline`` skips it);
 * **this tree's ingest**;
@@ -22,7 +26,7 @@ offered rate it measures, one after the other on the same broker and database:
 
 A party's messages per core-second is what it stored (or received) divided by the CPU
 seconds its processes used from the start of the load until the last message was stored
-(so a party that falls behind pays for its catch-up). The ratio to the bare subscriber is
+(so a party that falls behind pays for its catch-up). The ratio to the bare subscribers is
 the figure issue #17 sets a target for (at least 0.67); the absolute figures vary threefold
 from one day to the next on a shared machine. Baseline (main before the lean ingest):
 6be523f9048d72f0a9c12012d70829986e21d41a.
@@ -53,6 +57,7 @@ import orjson
 import paho.mqtt.client as paho
 import psutil
 import psycopg
+from bare import BareSubscribers
 from common import ROOT, WalUsed, scratch_stack, wal_mark, wal_since
 
 from core.mqtt import BrokerAddress, new_client  # noqa: E402
@@ -136,45 +141,28 @@ def _sent(proc: subprocess.Popen[bytes], seconds: float) -> int:
     return int(out.split()[1])
 
 
-def bare_subscriber(url: str, rate: int, seconds: float, cpu: CpuMeter) -> Row:
-    """The broker delivering to a subscriber that does no work (QoS 1, auto-ack)."""
-    address = BrokerAddress.parse(url)
-    received = [0]
-    latency = LatencyHistogram()
-    client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
-
-    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
-        received[0] += 1
-        if received[0] % 50 == 0:  # sample: parsing every message would be work
-            sent = orjson.loads(m.payload)["ts"]
-            latency.record(time.time() - _epoch(sent))
-
-    client.on_message = on_message
-    client.connect(address.host, address.port)
-    client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
-    client.loop_start()
-    time.sleep(0.5)
-    start = cpu.snapshot()
-    gen = _loadgen(url, rate, seconds, "bench-bare")
-    sent = _sent(gen, seconds)
-    at_end = received[0]
-    end = cpu.snapshot()
-    t_end = time.monotonic()
-    while received[0] < sent and time.monotonic() - t_end < 60:
-        time.sleep(0.05)
-    catch_up = time.monotonic() - t_end
-    done = cpu.snapshot()
-    client.disconnect()
-    client.loop_stop()
+def bare_subscriber(url: str, rate: int, seconds: float, cpu: CpuMeter, processes: int = 1) -> Row:
+    """The broker delivering to ``processes`` subscribers that do no work (bench/bare.py),
+    sharing the stream as that many ingest workers do."""
+    with BareSubscribers(url, processes) as bare:
+        cpu.watch(bare.processes)
+        start = cpu.snapshot()
+        gen = _loadgen(url, rate, seconds, "bench-bare")
+        sent = _sent(gen, seconds)
+        at_end = bare.received
+        end = cpu.snapshot()
+        t_end = time.monotonic()
+        bare.reach(sent)
+        catch_up = time.monotonic() - t_end
+        done = cpu.snapshot()
+        received = bare.received
+        latency = LatencyHistogram()
+        for sample in bare.close():
+            latency.record(sample)
     me, broker, db = CpuMeter.percent(start, end)
-    return Row("bare subscriber", rate, at_end / seconds, latency.quantile(0.5), latency.quantile(0.99),
-               catch_up, me, broker, db, received[0], done[1] - start[1])
-
-
-def _epoch(rfc3339: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+    what = "bare subscriber" if processes == 1 else f"bare subscribers ×{processes}"
+    return Row(what, rate, at_end / seconds, latency.quantile(0.5), latency.quantile(0.99),
+               catch_up, me, broker, db, received, done[1] - start[1])
 
 
 class Probe:
@@ -358,7 +346,7 @@ def main() -> None:
     rates = [int(r) for r in args.rates.split(",")]
     configs = [(int(w), p) for w in args.workers.split(",") for p in args.protocols.split(",")]
 
-    summary: list[tuple[str, int, Row, Row | None, Row, list[float]]] = []
+    summary: list[tuple[str, int, Row, Row | None, Row | None, Row, list[float]]] = []
     with scratch_stack(args.database, prefix="wf-bench", timescaledb=args.timescaledb) as (broker, db_url):
         workdir = broker.workdir.parent
         # (name, tree, alert engine on); "lean" is measured last, so that with --alerts-off the
@@ -371,8 +359,10 @@ def main() -> None:
         for workers, protocol in configs:
             config = f"×{workers} MQTT {protocol}"
             for rate in rates:
-                cpu.watch([psutil.Process()])
-                bare = bare_subscriber(broker.url, rate, args.seconds, cpu)
+                bare = bare_subscriber(broker.url, rate, args.seconds, cpu, processes=workers)
+                # Earlier runs compared every configuration with one subscriber taking the
+                # whole stream; printed beside the like-for-like yardstick for continuity.
+                single = bare_subscriber(broker.url, rate, args.seconds, cpu) if workers > 1 else None
 
                 def window(name: str, tree: Path, alerts: bool, label: str) -> Row:
                     tag = f"{name}-{uuid.uuid4().hex[:6]}"
@@ -389,7 +379,7 @@ def main() -> None:
                 measured = {name: window(name, tree, alerts,
                                          f"{name} ingest {config}" + (" #1" if rounds and name == "lean" else ""))
                             for name, tree, alerts in trees}
-                rows = [bare, *measured.values()]
+                rows = [bare, *([single] if single else []), *measured.values()]
                 ratios: list[float] = []
                 for n in range(1, args.alert_rounds + 1 if args.alerts_off else 1):
                     suffix = f" {config} #{n}" if rounds else f" {config}"
@@ -407,23 +397,28 @@ def main() -> None:
                     ratios.append(on.per_core_s / off.per_core_s)
                 print(_format(rows, header=header), flush=True)
                 header = False
-                summary.append((config, rate, bare, measured.get("main"), measured["lean"], ratios))
+                summary.append((config, rate, bare, single, measured.get("main"), measured["lean"], ratios))
 
     print()
-    print("messages per core-second (stored by ingest, received by the bare subscriber), and ingest's ratio")
-    print("to the bare subscriber; target: lean at least 0.67")
-    print(f"| configuration | offered/s | bare | main ({args.baseline_commit[:7]}) | main ratio | lean | lean ratio |")
-    print("|---|---|---|---|---|---|---|")
-    for config, rate, bare, main_row, lean, _ in summary:
+    print("messages per core-second (stored by ingest, received by the bare subscribers: as many as the")
+    print("workers, sharing the stream as they do), and ingest's ratio to them; target: lean at least 0.67.")
+    print("For two workers, also one subscriber taking the whole stream, and lean's ratio to it (the")
+    print("yardstick of runs before 2026-12-07)")
+    print(f"| configuration | offered/s | bare | main ({args.baseline_commit[:7]}) | main ratio | lean | lean ratio"
+          " | one bare subscriber | lean ratio to it |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for config, rate, bare, single, main_row, lean, _ in summary:
         main_cells = (f"{main_row.per_core_s:,.0f} | {main_row.per_core_s / bare.per_core_s:.2f}"
                       if main_row is not None else "- | -")
+        single_cells = (f"{single.per_core_s:,.0f} | {lean.per_core_s / single.per_core_s:.2f}"
+                        if single is not None else "- | -")
         print(f"| {config} | {rate} | {bare.per_core_s:,.0f} | {main_cells} | {lean.per_core_s:,.0f}"
-              f" | {lean.per_core_s / bare.per_core_s:.2f} |")
+              f" | {lean.per_core_s / bare.per_core_s:.2f} | {single_cells} |")
     if args.alerts_off:
         print()
         print("the alert engine's cost: messages per core-second with it on, to store only (goal: at least 0.95),")
         print(f"the median of {args.alert_rounds} rounds (lowest-highest)")
-        for config, rate, _, _, _, ratios in summary:
+        for config, rate, _, _, _, _, ratios in summary:
             print(f"  {config} {rate}/s: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
 
 

@@ -28,8 +28,13 @@ falling back to decoding every frame.
   synchronous loop, where aiortc's sender runs a task per viewer and a chain of
   coroutines per packet. Under asyncio's selector loop the packets go straight to the
   transport's socket (``_SelectorDatagramTransport._sock``), as the transport's own
-  ``sendto`` would when it has nothing buffered; an ``OSError`` hands the packet and the
-  rest of the frame back to that ``sendto``, which buffers or reports as usual. The
+  ``sendto`` would when it has nothing buffered; on Linux a frame's packets go in one
+  ``sendmsg`` with UDP GSO where their sizes allow (:mod:`streaming.gso`), so the frame
+  crosses the kernel's UDP/IP stack once instead of once per packet, and the viewer still
+  receives the same separate datagrams. A path whose kernel refuses GSO is warned about
+  once and sent packet by packet from then on; any other ``OSError`` (a full buffer) hands
+  the packet or run and the rest of the frame back to the transport's ``sendto``, packet
+  by packet, which buffers or reports as usual. The
   sender stays in charge of RTCP: its sender reports read the counters the writer keeps
   up to date (``__packet_count``, ``__octet_count``, ``__rtp_timestamp``,
   ``__ntp_timestamp``), NACKs reach the writer's own history through ``_retransmit``
@@ -57,7 +62,7 @@ import threading
 import time
 from asyncio import selector_events
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pylibsrtp
@@ -68,6 +73,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import uint16_add
 
+from .gso import GSO_REFUSED, gso_option, gso_runs, supports_gso
 from .rtp_headers import HeaderTemplate, abs_send_time_offset, ntp_time, sequence_number
 
 __all__ = [
@@ -381,22 +387,56 @@ class RtpWriter:
         now = ntp_time(time.time_ns())
         datagrams = template.datagrams(payloads, first_sequence=first_sequence, timestamp=timestamp,
                                        abs_send_time=now >> 14)
-        protect, send, sendto, address = path.protect, path.send, path.udp.sendto, path.address
         history = self._history
         for i, datagram in enumerate(datagrams):
             history[((first_sequence + i) & 0xFFFF) % RTP_HISTORY_SIZE] = datagram
-            data = protect(datagram)
-            if send is not None:
-                try:
-                    send(data, address)
-                    continue
-                except OSError:
-                    # What asyncio's own sendto does with it: try again, buffer what the
-                    # kernel refused, or report the error to the protocol. The rest of
-                    # the frame follows the same way, behind anything it buffered.
-                    send = None
-            sendto(data, address)
+        protect = path.protect
+        packets = [protect(datagram) for datagram in datagrams]
+        sent = 0 if path.send is None else self._send_direct(path, packets)
+        sendto, address = path.udp.sendto, path.address
+        for i in range(sent, len(packets)):
+            # What asyncio's own sendto does with it: try again, buffer what the kernel
+            # refused, or report the error to the protocol. The rest of the frame follows
+            # the same way, behind anything it buffered.
+            sendto(packets[i], address)
         self._count(len(datagrams), timestamp, sum(map(len, payloads)), now)
+
+    def _send_direct(self, path: _UdpPath, packets: list[bytes]) -> int:
+        """Send ``packets`` on the path's socket itself, in GSO runs where it can. Returns
+        how many went out: all, or those before the one the kernel refused (its buffer is
+        full, say)."""
+        send, sendmsg, address = path.send, path.sendmsg, path.address
+        assert send is not None
+        sent = 0
+        try:
+            if sendmsg is not None:
+                for run in gso_runs(packets):
+                    if len(run) == 1:
+                        send(run[0], address)
+                    else:
+                        try:
+                            sendmsg(run, gso_option(len(run[0])), 0, address)
+                        except OSError as exc:
+                            if exc.errno not in GSO_REFUSED:
+                                raise
+                            self._refuse_gso(path, exc)
+                            break
+                    sent += len(run)
+            for i in range(sent, len(packets)):  # without GSO, or from where it was refused
+                send(packets[i], address)
+                sent += 1
+        except OSError:
+            pass  # the caller hands this packet and the rest to asyncio
+        return sent
+
+    def _refuse_gso(self, path: _UdpPath, exc: OSError) -> None:
+        """The kernel will not segment on this path: send packet by packet from now on.
+        Remembered per path, not per process: what refuses (a device without checksum
+        offload, IPsec on the route, an MTU below the segment size) belongs to the route
+        to one viewer, and a viewer on another route keeps the saving. A kernel without
+        GSO at all is found out before (:func:`~streaming.gso.supports_gso`)."""
+        logger.warning("UDP GSO refused on the path to %s (%s): sending packet by packet", path.address, exc)
+        self._path = replace(path, sendmsg=None)
 
     async def write_waiting(self, payloads: Sequence[bytes], *, first_sequence: int, timestamp: int) -> None:
         """Send one frame's packets (as :meth:`write`) once the path takes them, so their
@@ -437,8 +477,11 @@ class RtpWriter:
         if self._template is None:
             self._bind()
         dtls.once("statechange", self._forget_path)  # no longer connected: look again
+        sock = _direct_socket(udp)
         return _UdpPath(dtls=dtls, nominated=nominated, pair=pair, udp=udp, protect=dtls._tx_srtp.protect,
-                        send=_socket_sendto(udp), address=pair.remote_addr)
+                        send=None if sock is None else sock.sendto,
+                        sendmsg=sock.sendmsg if sock is not None and supports_gso(sock) else None,
+                        address=pair.remote_addr)
 
     def _forget_path(self) -> None:
         self._path = None
@@ -500,20 +543,22 @@ class _UdpPath:
     udp: asyncio.DatagramTransport
     protect: Callable[[bytes], bytes]
     send: Callable[[bytes, tuple[str, int]], object] | None  # the socket's own sendto, if safe
+    # ... and its sendmsg, where send is and the kernel segments UDP (GSO; see streaming/gso.py)
+    sendmsg: Callable[[Sequence[bytes], list[tuple[int, int, bytes]], int, tuple[str, int]], object] | None
     address: tuple[str, int]
 
 
-def _socket_sendto(udp: asyncio.DatagramTransport) -> Callable[[bytes, tuple[str, int]], object] | None:
-    """The socket's own sendto under asyncio's selector datagram transport, which does the
-    same first (when nothing is buffered, as :meth:`RtpWriter.ready` made sure) after checks
-    that cost as much as the call; None for any other transport (another event loop) or
-    a connected socket (asyncio would send without the address)."""
+def _direct_socket(udp: asyncio.DatagramTransport) -> socket.socket | None:
+    """The socket under asyncio's selector datagram transport, whose own sendto the
+    transport calls first (when nothing is buffered, as :meth:`RtpWriter.ready` made sure)
+    after checks that cost as much as the call; None for any other transport (another
+    event loop) or a connected socket (asyncio would send without the address)."""
     if type(udp) is not _SELECTOR_DATAGRAM_TRANSPORT or udp.get_extra_info("peername") is not None:
         return None
     sock = getattr(udp, "_sock", None)
     if not isinstance(sock, socket.socket):
         raise AiortcChanged("asyncio's datagram transport has no _sock socket")
-    return sock.sendto
+    return sock
 
 
 def _nominations(dtls: RTCDtlsTransport) -> dict[int, CandidatePair]:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import fractions
 import gc
+import logging
 import re
 import threading
 import time
@@ -221,6 +223,12 @@ def test_each_viewer_gets_decodable_frames_with_its_own_ssrc_and_unbroken_number
     run(scenario())
 
 
+def viewer_protocol(viewer: ViewerPeer) -> Any:
+    """The viewer's UDP protocol on its nominated pair: every datagram it receives."""
+    dtls = viewer.pc.getReceivers()[0].transport
+    return dtls.transport.iceGatherer._connection._nominated[1].protocol
+
+
 def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
     """The relay keeps each viewer's recent packets: one it never delivered (lost between
     relay and viewer) is asked for again (NACK) and resent, so the viewer still gets
@@ -238,8 +246,7 @@ def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
 
         # Lost on the way: the viewer's socket never hands it on (the relay writes to its
         # own socket directly, so the loss is made at the receiving end).
-        dtls = viewer.pc.getReceivers()[0].transport
-        protocol = dtls.transport.iceGatherer._connection._nominated[1].protocol
+        protocol = viewer_protocol(viewer)
         received = protocol.datagram_received
         dropped: list[bytes] = []
 
@@ -263,10 +270,112 @@ def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
     run(scenario())
 
 
-def test_a_packet_the_socket_refuses_goes_out_through_asyncio() -> None:
-    """The relay writes to a viewer's socket directly; a packet the kernel refuses there
-    (BlockingIOError: its buffer is full) is handed, with the rest of its frame, to
-    asyncio's transport, which sends what it can and buffers the rest, as it would have
+def test_a_frame_sent_in_one_call_arrives_as_the_same_datagrams() -> None:
+    """The relay sends each frame's packets to a viewer in GSO runs (one sendmsg each,
+    Linux cuts them apart): the viewer's socket receives exactly the datagrams the writer
+    protected, byte for byte and in order, as it would from one sendto per packet."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        frames: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewer = await tap_viewer(relay, "cam-1", frames, ids)
+        await until(lambda: len(frames) >= 10, what="frames before recording")
+
+        received: list[bytes] = []
+        protocol = viewer_protocol(viewer)
+        datagram_received = protocol.datagram_received
+
+        def receive(data: bytes, address: Any) -> None:
+            received.append(data)
+            datagram_received(data, address)
+
+        protocol.datagram_received = receive  # type: ignore[method-assign]
+        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        path = writer._path
+        assert path is not None and path.sendmsg is not None, "the GSO path is in use"
+        protect, sendmsg = path.protect, path.sendmsg
+        protected: list[bytes] = []
+        runs: list[int] = []
+
+        def record_protect(datagram: bytes) -> bytes:
+            data = protect(datagram)
+            protected.append(data)
+            return data
+
+        def record_sendmsg(buffers: list[bytes], *args: Any) -> object:
+            runs.append(len(buffers))
+            return sendmsg(buffers, *args)
+
+        writer._path = dataclasses.replace(path, protect=record_protect, sendmsg=record_sendmsg)
+        await until(lambda: len(protected) >= 60 and runs, timeout=30, what="60 packets, some in one call")
+        writer._path = path
+        sent = list(protected)
+        await until(lambda: set(sent) <= set(received), what="every packet at the viewer")
+        assert [d for d in received if d in set(sent)] == sent
+        assert min(runs) > 1  # a run of one is a plain sendto
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+def test_a_kernel_that_refuses_gso_gets_the_frame_packet_by_packet(caplog: pytest.LogCaptureFixture) -> None:
+    """Where the kernel will not segment (EIO: a device without checksum offload, say),
+    the refused run and every later one go out packet by packet on the same socket, the
+    viewer still gets every frame whole and in order, and the relay warns once."""
+
+    async def scenario() -> None:
+        relay = Relay(host_addresses=LOOPBACK)
+        camera = RecordingCamera()
+        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+        frames: list[EncodedFrame] = []
+        ids: list[str] = []
+        viewer = await tap_viewer(relay, "cam-1", frames, ids)
+        await until(lambda: len(frames) >= 10, what="frames before the refusal")
+
+        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        path = writer._path
+        assert path is not None and path.send is not None and path.sendmsg is not None, "the GSO path is in use"
+        send = path.send
+        refused: list[bytes] = []
+        sent: list[bytes] = []
+        refused_at: list[int] = []
+
+        def refuse(buffers: list[bytes], *args: Any) -> object:
+            refused.extend(buffers)
+            refused_at.append(len(sent))
+            raise OSError(errno.EIO, "no checksum offload")
+
+        def record(data: bytes, address: Any) -> object:
+            sent.append(data)
+            return send(data, address)
+
+        writer._path = dataclasses.replace(path, send=record, sendmsg=refuse)
+        await until(lambda: refused, timeout=30, what="a run refused")
+        frames_at = len(frames)
+        await until(lambda: len(frames) >= frames_at + 30, what="frames after the refusal")
+        assert len(refused_at) == 1 and writer._path.sendmsg is None
+        assert sent[refused_at[0]:refused_at[0] + len(refused)] == refused
+        positions = index_in(camera.sent, frames)
+        assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
+        assert [r.levelno for r in caplog.records if "GSO refused" in r.getMessage()] == [logging.WARNING]
+        await viewer.pc.close()
+        await pub.close()
+        await relay.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("refusing", ["sendto", "sendmsg"])
+def test_a_packet_the_socket_refuses_goes_out_through_asyncio(refusing: str) -> None:
+    """The relay writes to a viewer's socket directly (a frame's packets one by one, or
+    several in one GSO call); a packet or run the kernel refuses there (BlockingIOError:
+    its buffer is full) is handed, with the rest of its frame, to asyncio's transport
+    packet by packet, which sends what it can and buffers the rest, as it would have
     itself: the viewer gets every frame, in order, with no keyframe asked for."""
 
     async def scenario() -> None:
@@ -281,27 +390,39 @@ def test_a_packet_the_socket_refuses_goes_out_through_asyncio() -> None:
 
         writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
         path = writer._path
-        assert path is not None and path.send is not None, "the direct path is in use"
-        send, sendto = path.send, path.udp.sendto
+        assert path is not None and path.send is not None and path.sendmsg is not None, "the direct path is in use"
+        send, sendmsg, sendto = path.send, path.sendmsg, path.udp.sendto
         refused: list[bytes] = []
         through_asyncio: list[bytes] = []
 
-        def refuse_once(data: bytes, address: Any) -> None:
-            if not refused and len(data) > 200:  # a media packet (RTCP does not come here)
-                refused.append(data)
+        def refuse_once(buffers: list[bytes]) -> None:
+            if not refused and sum(map(len, buffers)) > 200:  # media (RTCP does not come here)
+                refused.extend(buffers)
                 raise BlockingIOError
-            send(data, address)
+
+        def send_or_refuse(data: bytes, address: Any) -> object:
+            if refusing == "sendto":
+                refuse_once([data])
+            return send(data, address)
+
+        def sendmsg_or_refuse(buffers: list[bytes], *args: Any) -> object:
+            refuse_once(buffers)
+            return sendmsg(buffers, *args)
 
         def record(data: bytes, address: Any = None) -> None:
             through_asyncio.append(data)
             sendto(data, address)
 
-        writer._path = dataclasses.replace(path, send=refuse_once)
+        # Packet by packet (a kernel without GSO), or in runs: a frame of one packet is
+        # still sent with sendto then.
+        gso = sendmsg_or_refuse if refusing == "sendmsg" else None
+        writer._path = dataclasses.replace(path, send=send_or_refuse, sendmsg=gso)
         path.udp.sendto = record
-        await until(lambda: refused, what="a packet refused")
+        await until(lambda: refused, timeout=30, what="a packet refused")
         refused_at = len(frames)
         await until(lambda: len(frames) >= refused_at + 30, what="frames after the refusal")
-        assert through_asyncio[:1] == refused
+        assert through_asyncio[:len(refused)] == refused
+        assert writer._path.sendmsg is gso  # a full buffer is no refusal of GSO
         positions = index_in(camera.sent, frames)
         assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
         assert camera.keyframes_sent == keyframes_before

@@ -100,8 +100,9 @@ class CpuMeter:
         self._broker = psutil.Process(broker_pid)
         with psycopg.connect(db_url) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        self._postmaster = psutil.Process(row[0]).parent()
+            assert row is not None
+            # While connected: the backend's process ends with the connection.
+            self._postmaster = psutil.Process(row[0]).parent()
 
     def watch(self, processes: list[psutil.Process]) -> None:
         """Count these (the ingest workers) as "self" from now on."""

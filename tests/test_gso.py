@@ -45,11 +45,16 @@ def test_runs_keep_the_order_and_obey_the_kernel(datagrams: list[bytes], max_seg
 @given(st.integers(1, 1400), st.integers(1, 200), st.integers(1, 1400))
 def test_a_packetised_frame_is_as_few_runs_as_the_limits_allow(size: int, count: int, last: int) -> None:
     """A frame cut as VP8's packetiser cuts it (equal payloads, a shorter or equal last)
-    is one run per 64 segments or per 65,507 bytes, whichever comes first."""
+    is one run per 64 segments or per 65,507 bytes, whichever comes first: the equal
+    payloads fill runs, and the last joins the final one where both limits still allow."""
     last = min(last, size)
     runs = gso_runs([bytes(size)] * count + [bytes(last)])
     per_run = min(MAX_SEGMENTS, MAX_TOTAL // size)
-    assert len(runs) == -(-(count + 1) // per_run)
+    filled, left = divmod(count, per_run)
+    # A run with fewer than per_run equal payloads always has room for one more, and the
+    # last is no larger than they are; a filled run takes it only under both limits.
+    last_joins = bool(left) or (per_run < MAX_SEGMENTS and per_run * size + last <= MAX_TOTAL)
+    assert len(runs) == filled + (1 if left else 0) + (0 if last_joins else 1)
 
 
 def test_sizes_that_change_split_the_runs() -> None:

@@ -115,6 +115,41 @@ async def tap_viewer(relay: Relay, stream: str, frames: list[EncodedFrame],
                               on_frame=frames.append, host_addresses=LOOPBACK)
 
 
+@dataclasses.dataclass
+class WatchedCamera:
+    """A relay with a recording camera publishing and one tapped viewer connected and
+    getting its frames: the arrange step of the tests of a viewer's send path."""
+
+    relay: Relay
+    camera: RecordingCamera
+    publisher: RTCPeerConnection
+    viewer: ViewerPeer
+    frames: list[EncodedFrame]
+    viewer_id: str
+
+    @property
+    def writer(self) -> Any:
+        """The viewer's RtpWriter, whose path the tests replace."""
+        return self.relay._peers[self.viewer_id].outlet._writer  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self.viewer.pc.close()
+        await self.publisher.close()
+        await self.relay.aclose()
+
+
+async def watched_camera() -> WatchedCamera:
+    """A :class:`WatchedCamera` whose viewer has had its first ten frames."""
+    relay = Relay(host_addresses=LOOPBACK)
+    camera = RecordingCamera()
+    publisher = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
+    frames: list[EncodedFrame] = []
+    ids: list[str] = []
+    viewer = await tap_viewer(relay, "cam-1", frames, ids)
+    await until(lambda: len(frames) >= 10, what="the viewer's first frames")
+    return WatchedCamera(relay, camera, publisher, viewer, frames, ids[0])
+
+
 def index_in(sent: list[bytes], frames: list[EncodedFrame]) -> list[int]:
     """Where each received frame is in what the camera sent (frames are unique: each
     picture differs, and the search starts after the previous match)."""
@@ -235,13 +270,8 @@ def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
     every frame, byte for byte, without waiting for a keyframe."""
 
     async def scenario() -> None:
-        relay = Relay(host_addresses=LOOPBACK)
-        camera = RecordingCamera()
-        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
-        frames: list[EncodedFrame] = []
-        ids: list[str] = []
-        viewer = await tap_viewer(relay, "cam-1", frames, ids)
-        await until(lambda: len(frames) >= 10, what="frames before the loss")
+        watched = await watched_camera()
+        camera, frames, viewer = watched.camera, watched.frames, watched.viewer
         keyframes_before = camera.keyframes_sent
 
         # Lost on the way: the viewer's socket never hands it on (the relay writes to its
@@ -263,9 +293,7 @@ def test_a_packet_lost_on_the_way_to_a_viewer_is_sent_again() -> None:
         positions = index_in(camera.sent, frames)
         assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
         assert camera.keyframes_sent == keyframes_before  # repaired by retransmission, not a new keyframe
-        await viewer.pc.close()
-        await pub.close()
-        await relay.aclose()
+        await watched.close()
 
     run(scenario())
 
@@ -276,13 +304,8 @@ def test_a_frame_sent_in_one_call_arrives_as_the_same_datagrams() -> None:
     protected, byte for byte and in order, as it would from one sendto per packet."""
 
     async def scenario() -> None:
-        relay = Relay(host_addresses=LOOPBACK)
-        camera = RecordingCamera()
-        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
-        frames: list[EncodedFrame] = []
-        ids: list[str] = []
-        viewer = await tap_viewer(relay, "cam-1", frames, ids)
-        await until(lambda: len(frames) >= 10, what="frames before recording")
+        watched = await watched_camera()
+        viewer = watched.viewer
 
         received: list[bytes] = []
         protocol = viewer_protocol(viewer)
@@ -293,7 +316,7 @@ def test_a_frame_sent_in_one_call_arrives_as_the_same_datagrams() -> None:
             datagram_received(data, address)
 
         protocol.datagram_received = receive  # type: ignore[method-assign]
-        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        writer = watched.writer
         path = writer._path
         assert path is not None and path.sendmsg is not None, "the GSO path is in use"
         protect, sendmsg = path.protect, path.sendmsg
@@ -310,15 +333,15 @@ def test_a_frame_sent_in_one_call_arrives_as_the_same_datagrams() -> None:
             return sendmsg(buffers, *args)
 
         writer._path = dataclasses.replace(path, protect=record_protect, sendmsg=record_sendmsg)
+        # The camera's delta frames mostly fit one packet; a keyframe (7-10 kB) is several.
+        watched.camera.want_keyframe()
         await until(lambda: len(protected) >= 60 and runs, timeout=30, what="60 packets, some in one call")
         writer._path = path
         sent = list(protected)
         await until(lambda: set(sent) <= set(received), what="every packet at the viewer")
         assert [d for d in received if d in set(sent)] == sent
         assert min(runs) > 1  # a run of one is a plain sendto
-        await viewer.pc.close()
-        await pub.close()
-        await relay.aclose()
+        await watched.close()
 
     run(scenario())
 
@@ -329,15 +352,10 @@ def test_a_kernel_that_refuses_gso_gets_the_frame_packet_by_packet(caplog: pytes
     viewer still gets every frame whole and in order, and the relay warns once."""
 
     async def scenario() -> None:
-        relay = Relay(host_addresses=LOOPBACK)
-        camera = RecordingCamera()
-        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
-        frames: list[EncodedFrame] = []
-        ids: list[str] = []
-        viewer = await tap_viewer(relay, "cam-1", frames, ids)
-        await until(lambda: len(frames) >= 10, what="frames before the refusal")
+        watched = await watched_camera()
+        camera, frames = watched.camera, watched.frames
 
-        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        writer = watched.writer
         path = writer._path
         assert path is not None and path.send is not None and path.sendmsg is not None, "the GSO path is in use"
         send = path.send
@@ -355,6 +373,7 @@ def test_a_kernel_that_refuses_gso_gets_the_frame_packet_by_packet(caplog: pytes
             return send(data, address)
 
         writer._path = dataclasses.replace(path, send=record, sendmsg=refuse)
+        watched.camera.want_keyframe()  # several packets, whatever size the delta frames are
         await until(lambda: refused, timeout=30, what="a run refused")
         frames_at = len(frames)
         await until(lambda: len(frames) >= frames_at + 30, what="frames after the refusal")
@@ -363,9 +382,7 @@ def test_a_kernel_that_refuses_gso_gets_the_frame_packet_by_packet(caplog: pytes
         positions = index_in(camera.sent, frames)
         assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
         assert [r.levelno for r in caplog.records if "GSO refused" in r.getMessage()] == [logging.WARNING]
-        await viewer.pc.close()
-        await pub.close()
-        await relay.aclose()
+        await watched.close()
 
     run(scenario())
 
@@ -379,16 +396,11 @@ def test_a_packet_the_socket_refuses_goes_out_through_asyncio(refusing: str) -> 
     itself: the viewer gets every frame, in order, with no keyframe asked for."""
 
     async def scenario() -> None:
-        relay = Relay(host_addresses=LOOPBACK)
-        camera = RecordingCamera()
-        pub = await publish(relay, "cam-1", camera, on_keyframe_wanted=camera.want_keyframe)
-        frames: list[EncodedFrame] = []
-        ids: list[str] = []
-        viewer = await tap_viewer(relay, "cam-1", frames, ids)
-        await until(lambda: len(frames) >= 10, what="frames before the refusal")
+        watched = await watched_camera()
+        camera, frames = watched.camera, watched.frames
         keyframes_before = camera.keyframes_sent
 
-        writer = relay._peers[ids[0]].outlet._writer  # type: ignore[attr-defined]
+        writer = watched.writer
         path = writer._path
         assert path is not None and path.send is not None and path.sendmsg is not None, "the direct path is in use"
         send, sendmsg, sendto = path.send, path.sendmsg, path.udp.sendto
@@ -418,6 +430,12 @@ def test_a_packet_the_socket_refuses_goes_out_through_asyncio(refusing: str) -> 
         gso = sendmsg_or_refuse if refusing == "sendmsg" else None
         writer._path = dataclasses.replace(path, send=send_or_refuse, sendmsg=gso)
         path.udp.sendto = record
+        if gso is not None:
+            # A run needs a frame of several packets: a keyframe, whatever size the delta
+            # frames are (on a busy machine the encoder's fit one packet). The camera's own.
+            camera.want_keyframe()
+            await until(lambda: camera.keyframes_sent > keyframes_before, what="the camera's keyframe")
+            keyframes_before = camera.keyframes_sent
         await until(lambda: refused, timeout=30, what="a packet refused")
         refused_at = len(frames)
         await until(lambda: len(frames) >= refused_at + 30, what="frames after the refusal")
@@ -426,9 +444,7 @@ def test_a_packet_the_socket_refuses_goes_out_through_asyncio(refusing: str) -> 
         positions = index_in(camera.sent, frames)
         assert positions == list(range(positions[0], positions[0] + len(frames))), "a frame was lost"
         assert camera.keyframes_sent == keyframes_before
-        await viewer.pc.close()
-        await pub.close()
-        await relay.aclose()
+        await watched.close()
 
     run(scenario())
 

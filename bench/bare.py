@@ -12,23 +12,16 @@ prints both yardsticks).
 from __future__ import annotations
 
 import multiprocessing
-import threading
 import time
 import uuid
-from datetime import datetime
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-import orjson
-import paho.mqtt.client as paho
 import psutil
-from common import ROOT  # noqa: F401  (puts the project on sys.path, in the parent and in each child)
+from common import CountingSubscriber
 
-from core.mqtt import BrokerAddress, new_client  # noqa: E402
+__all__ = ["BareSubscribers"]
 
-__all__ = ["BareSubscribers", "LOAD_TOPIC"]
-
-LOAD_TOPIC = "watchfloor/v1/devices/+/telemetry"
 _SAMPLE_EVERY = 50  # parsing every message for its latency would be work
 
 
@@ -90,31 +83,12 @@ class BareSubscribers:
 
 
 def _subscribe(url: str, group: str, counter: Synchronized[int], ready: Any, stop: Any, samples: Any) -> None:
-    """One subscriber's process: count, sample the latency, report the count every 20 ms
-    (a shared value written per message would add to what is measured)."""
-    address = BrokerAddress.parse(url)
-    client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
-    received = [0]
-    latencies: list[float] = []
-
-    def on_message(c: paho.Client, u: object, m: paho.MQTTMessage) -> None:
-        received[0] += 1
-        if received[0] % _SAMPLE_EVERY == 0:
-            sent = orjson.loads(m.payload)["ts"]
-            latencies.append(time.time() - datetime.fromisoformat(sent.replace("Z", "+00:00")).timestamp())
-
-    subscribed = threading.Event()
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.connect(address.host, address.port)
-    client.subscribe(f"$share/{group}/{LOAD_TOPIC}" if group else LOAD_TOPIC, qos=1)
-    client.loop_start()
-    if not subscribed.wait(10):
-        raise SystemExit("no SUBACK within 10 s")
+    """One subscriber's process: report its count every 20 ms (a shared value written per
+    message would add to what is measured), then the latencies it sampled."""
+    subscriber = CountingSubscriber(url, share_group=group, sample_every=_SAMPLE_EVERY)
     ready.set()
     while not stop.wait(0.02):
-        counter.value = received[0]
-    counter.value = received[0]
-    client.disconnect()
-    client.loop_stop()
-    samples.put(latencies)
+        counter.value = subscriber.count
+    counter.value = subscriber.count
+    subscriber.stop()
+    samples.put(subscriber.latencies)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,13 @@ from simulator.geo import load_boroughs  # noqa: E402
 from telemetry.schema import migrate  # noqa: E402
 from watchfloor.mosquitto import MosquittoProcess  # noqa: E402
 
-__all__ = ["CHROMIUM", "PASSWORD", "ROOT", "SECRET", "CountingSubscriber", "WalMark", "WalUsed", "require_chromium",
-           "scratch_stack", "seed_fleet", "signed_in_page", "stop_processes", "wait_ready", "wal_mark", "wal_since"]
+__all__ = ["CHROMIUM", "LOAD_TOPIC", "PASSWORD", "ROOT", "SECRET", "CountingSubscriber", "WalMark", "WalUsed",
+           "require_chromium", "scratch_stack", "seed_fleet", "signed_in_page", "stop_processes", "wait_ready",
+           "wal_mark", "wal_since"]
+
+
+#: The devices' telemetry, as the bare subscribers take it.
+LOAD_TOPIC = "watchfloor/v1/devices/+/telemetry"
 
 
 @contextmanager
@@ -111,21 +116,31 @@ def wal_since(db_url: str, mark: WalMark) -> WalUsed:
 
 class CountingSubscriber:
     """The bare subscriber: a paho client that only counts the devices' telemetry (QoS 1,
-    auto-ack), as bench/ingest.py's does; the benches' calibration (its CPU per message is
-    ``B`` of docs/operations.md's sizing). Connected and subscribed (SUBACK) when made."""
+    auto-ack), in ``share_group`` if one is given; the benches' calibration (its CPU per
+    message is ``B`` of docs/operations.md's sizing). With ``sample_every``, every so many
+    messages its publish-to-delivery time goes to ``latencies`` (parsing every message would
+    be work). Connected and subscribed (SUBACK) when made."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, share_group: str = "", sample_every: int = 0) -> None:
         address = BrokerAddress.parse(url)
         self.count = 0
+        self.latencies: list[float] = []
+        self._sample_every = sample_every
         subscribed = threading.Event()
         self.client = new_client(address, client_id=f"bare-{uuid.uuid4().hex[:6]}", protocol=paho.MQTTv311)
-        self.client.on_message = lambda c, u, m: self._one()
+        self.client.on_message = (lambda c, u, m: self._sampled(m)) if sample_every else (lambda c, u, m: self._one())
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(address.host, address.port)
-        self.client.subscribe("watchfloor/v1/devices/+/telemetry", qos=1)
+        self.client.subscribe(f"$share/{share_group}/{LOAD_TOPIC}" if share_group else LOAD_TOPIC, qos=1)
         self.client.loop_start()
         if not subscribed.wait(10):
             raise SystemExit("the bare subscriber got no SUBACK within 10 s")
+
+    def _sampled(self, message: paho.MQTTMessage) -> None:
+        self.count += 1
+        if self.count % self._sample_every == 0:
+            sent = json.loads(message.payload)["ts"]
+            self.latencies.append(time.time() - datetime.fromisoformat(sent.replace("Z", "+00:00")).timestamp())
 
     def _one(self) -> None:
         self.count += 1
